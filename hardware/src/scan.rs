@@ -1,0 +1,1 @@
+//! Fast QR scanning on top of rqrr.
