@@ -19,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod envelope;
 pub mod error;
 pub mod geo;
@@ -31,6 +32,7 @@ pub mod replay;
 pub mod token;
 pub mod topics;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use envelope::{Claims, Opened, Sealed, Signer};
 pub use error::{EnvelopeError, JwsError, KeyError, ReplayError, TokenError};
 pub use geo::Position;
