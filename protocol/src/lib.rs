@@ -26,6 +26,8 @@ pub mod geo;
 pub mod ids;
 pub mod jws;
 pub mod keys;
+#[cfg(feature = "mqtt")]
+pub mod link;
 pub mod messages;
 pub mod money;
 pub mod replay;

@@ -1,0 +1,261 @@
+//! MQTT connection settings shared by the hub, the agent and the phone client (feature `mqtt`).
+//!
+//! Only the parts every program needs the same way: turning a broker URL and TLS files into
+//! `rumqttc` options (rustls with the `ring` provider, optional client certificate) and a
+//! reconnect backoff, since `rumqttc`'s `poll()` retries at once. The event loops themselves
+//! differ per program and live there. Durability never relies on the MQTT client's queue:
+//! it is memory only (see the agent's outbox).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{MqttOptions, TlsConfiguration, Transport};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::random_bytes;
+
+/// Where and how to reach the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `mqtt://host:port` (plain TCP) or `mqtts://host:port` (TLS).
+    pub url: String,
+    /// PEM file of the CA that signed the broker's certificate (TLS only).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain, for brokers that require client certificates.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate (0600).
+    pub key_file: Option<PathBuf>,
+    /// MQTT keep-alive in seconds.
+    pub keep_alive_s: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: "mqtt://127.0.0.1:1883".into(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            keep_alive_s: 15,
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// A plain-TCP configuration for `url`.
+    pub fn plain(url: impl Into<String>) -> Self {
+        BrokerConfig {
+            url: url.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The broker settings could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The URL is not `mqtt://host:port` or `mqtts://host:port`.
+    #[error("broker URL {0:?} must look like mqtt://host:port or mqtts://host:port")]
+    BadUrl(String),
+    /// A TLS file could not be read or parsed.
+    #[error("TLS file {path}: {detail}")]
+    TlsFile {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// Splits `mqtt://host:port` into (tls, host, port).
+pub fn parse_url(url: &str) -> Result<(bool, String, u16), LinkError> {
+    let bad = || LinkError::BadUrl(url.to_owned());
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        return Err(bad());
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad())?),
+        None => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(bad());
+    }
+    Ok((tls, host.trim_matches(['[', ']']).to_owned(), port))
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, LinkError> {
+    std::fs::read(path).map_err(|e| LinkError::TlsFile {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })
+}
+
+fn tls_config(cfg: &BrokerConfig) -> Result<rustls::ClientConfig, LinkError> {
+    let file_err = |path: &Path, detail: String| LinkError::TlsFile {
+        path: path.display().to_string(),
+        detail,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = cfg
+        .ca_file
+        .as_deref()
+        .ok_or_else(|| LinkError::Tls("mqtts:// needs ca_file (the broker's CA)".into()))?;
+    for cert in rustls_pemfile::certs(&mut read_pem(ca)?.as_slice()) {
+        let cert = cert.map_err(|e| file_err(ca, e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| file_err(ca, e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(file_err(ca, "no certificate in file".into()));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| LinkError::Tls(e.to_string()))?
+    .with_root_certificates(roots);
+    match (&cfg.cert_file, &cfg.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = rustls_pemfile::certs(&mut read_pem(cert)?.as_slice())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| file_err(cert, e.to_string()))?;
+            let key_der = rustls_pemfile::private_key(&mut read_pem(key)?.as_slice())
+                .map_err(|e| file_err(key, e.to_string()))?
+                .ok_or_else(|| file_err(key, "no private key in file".into()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| LinkError::Tls(e.to_string()))
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err(LinkError::Tls(
+            "cert_file and key_file must be given together".into(),
+        )),
+    }
+}
+
+/// `rumqttc` options for `client_id`: clean session (subscriptions are renewed on every
+/// ConnAck and durability lives in our own stores), QoS-1 friendly limits, TLS when the URL
+/// says `mqtts://`.
+pub fn mqtt_options(cfg: &BrokerConfig, client_id: &str) -> Result<MqttOptions, LinkError> {
+    let (tls, host, port) = parse_url(&cfg.url)?;
+    let mut opts = MqttOptions::new(client_id, host, port);
+    opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_s.max(5)))
+        .set_clean_session(true)
+        .set_max_packet_size(
+            crate::MAX_DOWNLINK_BYTES + 1024,
+            crate::MAX_DOWNLINK_BYTES + 1024,
+        );
+    if tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls_config(cfg)?),
+        )));
+    }
+    Ok(opts)
+}
+
+/// Exponential reconnect backoff with full jitter, capped.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// Starts at `base`, doubles per failure, never above `cap`.
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The delay before the next attempt: uniformly random in `[ceiling/2, ceiling]` where the
+    /// ceiling doubles per failure, so many ATMs coming back after an outage do not reconnect
+    /// in lock step.
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(16))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        let mut r = [0u8; 4];
+        random_bytes(&mut r);
+        let frac = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);
+        ceiling.mul_f64(0.5 + frac / 2.0)
+    }
+
+    /// Call after a successful connection.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(200), Duration::from_secs(30))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:1884").unwrap(),
+            (false, "127.0.0.1".into(), 1884)
+        );
+        assert_eq!(
+            parse_url("mqtts://broker.example").unwrap(),
+            (true, "broker.example".into(), 8883)
+        );
+        for bad in ["tcp://x:1", "mqtt://", "mqtt://h:notaport", "h:1883"] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tls_needs_a_ca_and_both_client_files() {
+        let cfg = BrokerConfig::plain("mqtts://h:8883");
+        assert!(matches!(
+            mqtt_options(&cfg, "c"),
+            Err(LinkError::Tls(_))
+        ));
+        let cfg = BrokerConfig {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..BrokerConfig::plain("mqtts://h:8883")
+        };
+        assert!(matches!(
+            mqtt_options(&cfg, "c"),
+            Err(LinkError::TlsFile { .. })
+        ));
+        assert!(mqtt_options(&BrokerConfig::default(), "c").is_ok());
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+        for _ in 0..10 {
+            assert!(b.next_delay() <= Duration::from_secs(1));
+        }
+        assert!(b.next_delay() >= Duration::from_millis(500));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}
