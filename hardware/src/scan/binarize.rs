@@ -1,0 +1,162 @@
+//! Local-mean binarization for the detector, in the spirit of ZXing's hybrid binarizer: the
+//! image is cut into 8×8 blocks, each block gets a black point from its mean (or, if it is
+//! flat, from its darker neighbours), and a pixel is black when it is at or below the average
+//! black point of the 5×5 blocks around it. One pass for the block statistics, one for the
+//! output; adapts to glare and shadows, and flat areas come out white instead of as noise.
+
+use crate::camera::LumaView;
+
+const BLOCK: usize = 8;
+/// Blocks whose darkest and lightest pixels differ by less than this are treated as flat.
+const MIN_DYNAMIC_RANGE: u8 = 24;
+
+/// Reusable buffers for [`Binarizer::binarize`].
+#[derive(Debug, Default, Clone)]
+pub struct Binarizer {
+    black_points: Vec<u8>,
+}
+
+impl Binarizer {
+    /// Binarize `src` into `out` (resized to `width * height`): 1 for black, 0 for white.
+    pub fn binarize(&mut self, src: LumaView<'_>, out: &mut Vec<u8>) {
+        let (w, h) = (src.width() as usize, src.height() as usize);
+        out.clear();
+        out.resize(w * h, 0);
+        if w < BLOCK || h < BLOCK {
+            global_threshold(src, out);
+            return;
+        }
+        let bw = w.div_ceil(BLOCK);
+        let bh = h.div_ceil(BLOCK);
+        self.black_points.clear();
+        self.black_points.resize(bw * bh, 0);
+        let bp = &mut self.black_points;
+        // The last block of a row/column is shifted inward so that every block is full.
+        let block_x = |bx: usize| (bx * BLOCK).min(w - BLOCK);
+        let block_y = |by: usize| (by * BLOCK).min(h - BLOCK);
+        for by in 0..bh {
+            let y0 = block_y(by);
+            for bx in 0..bw {
+                let x0 = block_x(bx);
+                let mut sum = 0u32;
+                let mut min = u8::MAX;
+                let mut max = 0u8;
+                for y in y0..y0 + BLOCK {
+                    for &p in &src.row(y as u32)[x0..x0 + BLOCK] {
+                        sum += u32::from(p);
+                        min = min.min(p);
+                        max = max.max(p);
+                    }
+                }
+                let mut point = (sum / (BLOCK * BLOCK) as u32) as u8;
+                if max - min <= MIN_DYNAMIC_RANGE {
+                    // Flat block: assume it is background (white) unless its neighbours say
+                    // it lies inside a dark area.
+                    point = min / 2;
+                    if bx > 0 && by > 0 {
+                        let up = u32::from(bp[(by - 1) * bw + bx]);
+                        let left = u32::from(bp[by * bw + bx - 1]);
+                        let diag = u32::from(bp[(by - 1) * bw + bx - 1]);
+                        let neighbours = ((up + 2 * left + diag) / 4) as u8;
+                        if min < neighbours {
+                            point = neighbours;
+                        }
+                    }
+                }
+                bp[by * bw + bx] = point;
+            }
+        }
+        for by in 0..bh {
+            let y0 = block_y(by);
+            let (ya, yb) = (by.saturating_sub(2), (by + 2).min(bh - 1));
+            for bx in 0..bw {
+                let (xa, xb) = (bx.saturating_sub(2), (bx + 2).min(bw - 1));
+                let mut sum = 0u32;
+                for row in bp[ya * bw..(yb + 1) * bw].chunks_exact(bw) {
+                    sum += row[xa..=xb].iter().map(|&v| u32::from(v)).sum::<u32>();
+                }
+                // Clamped neighbourhoods at the border still average 25 blocks' worth, the
+                // way ZXing does, by counting the edge blocks as many times as needed.
+                let count = ((yb - ya + 1) * (xb - xa + 1)) as u32;
+                let threshold = (sum / count) as u8;
+                let x0 = block_x(bx);
+                for y in y0..y0 + BLOCK {
+                    let row = &src.row(y as u32)[x0..x0 + BLOCK];
+                    let dst = &mut out[y * w + x0..y * w + x0 + BLOCK];
+                    for (d, &p) in dst.iter_mut().zip(row) {
+                        *d = u8::from(p <= threshold);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn global_threshold(src: LumaView<'_>, out: &mut [u8]) {
+    let (w, h) = (src.width() as usize, src.height() as usize);
+    if w == 0 || h == 0 {
+        return;
+    }
+    let sum: u64 = (0..h as u32)
+        .map(|y| src.row(y).iter().map(|&p| u64::from(p)).sum::<u64>())
+        .sum();
+    let mean = (sum / (w * h) as u64) as u8;
+    for y in 0..h {
+        for (d, &p) in out[y * w..(y + 1) * w].iter_mut().zip(src.row(y as u32)) {
+            *d = u8::from(p < mean);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::camera::LumaFrame;
+
+    #[test]
+    fn dark_square_on_light_ground() {
+        let mut frame = LumaFrame::filled(64, 64, 200);
+        for y in 20..40 {
+            frame.data_mut()[y * 64 + 20..y * 64 + 40].fill(30);
+        }
+        let mut out = Vec::new();
+        Binarizer::default().binarize(frame.view(), &mut out);
+        assert_eq!(out[30 * 64 + 30], 1, "inside the square");
+        assert_eq!(out[5 * 64 + 5], 0, "background");
+        assert_eq!(out.iter().filter(|&&b| b == 1).count(), 400);
+    }
+
+    #[test]
+    fn follows_an_illumination_gradient() {
+        // A checkerboard of 4-px cells whose brightness falls from left to right by more than
+        // the cell contrast: a global threshold would lose one side.
+        let (w, h) = (128usize, 32usize);
+        let mut data = vec![0u8; w * h];
+        for y in 0..h {
+            for x in 0..w {
+                let light = 250.0 - 1.5 * x as f64;
+                let v = if (x / 4 + y / 4) % 2 == 0 {
+                    light
+                } else {
+                    light - 60.0
+                };
+                data[y * w + x] = v as u8;
+            }
+        }
+        let frame = LumaFrame::from_pixels(w as u32, h as u32, data).expect("size");
+        let mut out = Vec::new();
+        Binarizer::default().binarize(frame.view(), &mut out);
+        for (x, y) in [(1, 1), (121, 1), (5, 1), (125, 1)] {
+            let dark = (x / 4 + y / 4) % 2 == 1;
+            assert_eq!(out[y * w + x] == 1, dark, "pixel ({x}, {y})");
+        }
+    }
+
+    #[test]
+    fn tiny_images_use_a_global_threshold() {
+        let frame = LumaFrame::from_pixels(2, 2, vec![10, 200, 200, 10]).expect("size");
+        let mut out = Vec::new();
+        Binarizer::default().binarize(frame.view(), &mut out);
+        assert_eq!(out, vec![1, 0, 0, 1]);
+    }
+}
