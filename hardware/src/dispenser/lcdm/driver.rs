@@ -1,0 +1,617 @@
+//! The LCDM driver: the thin I/O shell that runs the pure link and batch state machines over
+//! a serial port and implements `Dispenser`.
+//!
+//! Everything here is plumbing (reads with deadlines, writes, sleeps between batches,
+//! journal writes); decisions are made in `link` and `batch`.
+
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use serialport::SerialPort;
+
+use super::batch::DispenseRun;
+use super::config::LcdmConfig;
+use super::frame::{ACK, Direction, FrameDecoder, Token};
+use super::link::{LinkFailure, Transaction};
+use super::message::{Command, ErrorCode, Response, Slot};
+use crate::dispenser::Dispenser;
+use crate::dispenser::error::{DeviceError, DispenserError};
+use crate::dispenser::journal::{Journal, LastDispense};
+use crate::dispenser::outcome::{
+    CassetteTally, DispenseOutcome, DispenseResult, Recovery, StopReason, TestDispenseOutcome,
+};
+use crate::dispenser::request::{CassetteId, DispenseRequest};
+use crate::dispenser::status::{CassetteState, CassetteStatus, DispenserStatus, Sensors};
+
+/// A Puloon LCDM-1000/2000 on a serial port.
+pub struct LcdmDispenser {
+    config: LcdmConfig,
+    port: Box<dyn SerialPort>,
+    journal: Option<Journal>,
+    last: Option<LastDispense>,
+    /// Last state seen per cassette in dispense responses; the status command cannot report
+    /// near end for the lower cassette.
+    seen_states: Vec<CassetteState>,
+}
+
+/// A port failure inside a transaction, and whether a complete command frame had been
+/// written before it.
+struct PortFailure {
+    source: io::Error,
+    command_written: bool,
+}
+
+impl LcdmDispenser {
+    /// Opens the configured port and reads the journal, if one is configured.
+    pub fn open(config: LcdmConfig) -> Result<Self, DispenserError> {
+        config.validate()?;
+        let port = serialport::new(&config.port, config.baud_rate)
+            .data_bits(config.serial_data_bits())
+            .parity(config.serial_parity())
+            .stop_bits(config.serial_stop_bits())
+            .flow_control(serialport::FlowControl::None)
+            .timeout(config.response_timeout())
+            .open()
+            .map_err(|source| DispenserError::Open {
+                path: config.port.clone(),
+                source,
+            })?;
+        Self::with_port(config, port)
+    }
+
+    /// Uses an already open port (the line settings in `config` are then not applied).
+    pub fn with_port(
+        config: LcdmConfig,
+        port: Box<dyn SerialPort>,
+    ) -> Result<Self, DispenserError> {
+        config.validate()?;
+        let journal = config.journal.clone().map(Journal::new);
+        let last = match &journal {
+            Some(j) => j.load()?,
+            None => None,
+        };
+        if let Some(last) = last.as_ref().filter(|l| l.blocks_dispensing()) {
+            tracing::warn!(
+                outcome = ?last.outcome.result,
+                "journal: the last dispense needs recovery before the next one"
+            );
+        }
+        let cassettes = config.model.cassettes();
+        tracing::info!(port = %config.port, model = ?config.model, "LCDM dispenser ready");
+        Ok(LcdmDispenser {
+            config,
+            port,
+            journal,
+            last,
+            seen_states: vec![CassetteState::Unknown; cassettes],
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &LcdmConfig {
+        &self.config
+    }
+
+    /// The last dispense as this driver knows it (from memory or the journal).
+    pub fn last_dispense(&self) -> Option<&LastDispense> {
+        self.last.as_ref()
+    }
+
+    /// Reads the ROM version string.
+    pub fn rom_version(&mut self) -> Result<String, DispenserError> {
+        match self.command(Command::RomVersion)? {
+            Response::RomVersion { version } => {
+                Ok(String::from_utf8_lossy(&version).trim().to_string())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Runs one command to completion and maps link failures to errors.
+    fn command(&mut self, command: Command) -> Result<Response, DispenserError> {
+        match self.transact(command) {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(failure)) => Err(link_error(failure)),
+            Err(failure) => Err(self.io_error(failure.source)),
+        }
+    }
+
+    /// Runs one transaction over the port.
+    fn transact(&mut self, command: Command) -> Result<Result<Response, LinkFailure>, PortFailure> {
+        self.drain_stale_input().map_err(|source| PortFailure {
+            source,
+            command_written: false,
+        })?;
+        let timeout = if command.is_mechanical() {
+            self.config.dispense_timeout()
+        } else {
+            self.config.response_timeout()
+        };
+        let mut tx = Transaction::new(command, self.config.link(), timeout, Instant::now());
+        let mut command_written = false;
+        let mut buf = [0u8; 256];
+        loop {
+            while let Some(bytes) = tx.poll_transmit() {
+                if let Err(source) = self.port.write_all(&bytes).and_then(|_| self.port.flush()) {
+                    if tx.is_done() {
+                        // Only our final ACK was lost; the device will repeat the response a
+                        // few times and give up. The answer is already in hand.
+                        tracing::warn!(error = %source, "could not ACK the response");
+                        break;
+                    }
+                    return Err(PortFailure {
+                        source,
+                        command_written,
+                    });
+                }
+                command_written |= bytes.len() > 1;
+            }
+            for stale in tx.take_stale() {
+                tracing::warn!(cmd = stale.cmd, data = ?stale.data, "late response ignored");
+            }
+            if tx.is_done() {
+                let outcome = tx.take_outcome();
+                return Ok(outcome.unwrap_or(Err(LinkFailure::NoResponse {
+                    acknowledged: false,
+                })));
+            }
+            let Some(deadline) = tx.poll_timeout() else {
+                continue;
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                tx.handle_timeout(now);
+                continue;
+            }
+            let _ = self.port.set_timeout(deadline - now);
+            match self.port.read(&mut buf) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::trace!(bytes = ?&buf[..n], "rx");
+                    tx.handle_input(&buf[..n], Instant::now());
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                    ) =>
+                {
+                    tx.handle_timeout(Instant::now());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(PortFailure {
+                        source,
+                        command_written,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads whatever is waiting before a new command: late responses to an earlier
+    /// transaction are ACKed (so the device stops repeating them) and logged, never mistaken
+    /// for the next command's answer.
+    fn drain_stale_input(&mut self) -> io::Result<()> {
+        let mut decoder =
+            FrameDecoder::with_timeout(Direction::FromDevice, self.config.link().frame_timeout);
+        let mut buf = [0u8; 256];
+        while self.port.bytes_to_read().map_err(io::Error::other)? > 0 {
+            let n = self.port.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            for token in decoder.push_bytes(&buf[..n], Instant::now()) {
+                if let Token::Frame(frame) = token {
+                    tracing::warn!(cmd = frame.cmd, data = ?frame.data, "late response before a new command ignored");
+                    self.port.write_all(&[ACK])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn io_error(&self, source: io::Error) -> DispenserError {
+        DispenserError::Io {
+            path: self.config.port.clone(),
+            source,
+        }
+    }
+
+    fn store_last(&mut self, record: LastDispense) -> Result<(), DispenserError> {
+        let result = match &self.journal {
+            Some(j) => j.store(&record),
+            None => Ok(()),
+        };
+        self.last = Some(record);
+        result
+    }
+
+    fn run_dispense(&mut self, run: &mut DispenseRun) -> Result<(), DispenserError> {
+        let mut first = true;
+        while let Some(command) = run.next_command() {
+            if !first {
+                std::thread::sleep(self.config.batch_pause());
+            }
+            first = false;
+            // Journal first: if we die after sending, the record already says "in doubt".
+            let snapshot = run.snapshot();
+            if let Err(e) = self.store_last(LastDispense {
+                outcome: snapshot,
+                recovered: false,
+            }) {
+                tracing::error!(error = %e, "cannot journal the next batch; not sending it");
+                run.abandon_in_flight();
+                self.last = Some(LastDispense {
+                    outcome: run.snapshot(),
+                    recovered: false,
+                });
+                if run.batches_done() == 0 {
+                    return Err(e);
+                }
+                break;
+            }
+            tracing::debug!(?command, "sending batch");
+            match self.transact(command) {
+                Ok(Ok(response)) => run.on_response(&response),
+                Ok(Err(failure)) => {
+                    tracing::warn!(?failure, "batch got no usable answer");
+                    run.on_failure(&failure);
+                }
+                Err(PortFailure {
+                    source,
+                    command_written: false,
+                }) if run.batches_done() == 0 => {
+                    run.abandon_in_flight();
+                    self.record_final(run);
+                    return Err(self.io_error(source));
+                }
+                Err(PortFailure { source, .. }) => run.on_io_error(source.to_string()),
+            }
+            if !run.is_finished() {
+                // Between batches the counts are exact; keep the record honest.
+                let _ = self.store_last(LastDispense {
+                    outcome: run.snapshot(),
+                    recovered: false,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn record_final(&mut self, run: &DispenseRun) -> DispenseOutcome {
+        let outcome = run.snapshot();
+        for tally in &outcome.cassettes {
+            if let Some(slot) = tally
+                .cassette
+                .index()
+                .and_then(|i| self.seen_states.get_mut(i))
+                && tally.state != CassetteState::Unknown
+            {
+                *slot = tally.state;
+            }
+        }
+        if let Err(e) = self.store_last(LastDispense {
+            outcome: outcome.clone(),
+            recovered: false,
+        }) {
+            tracing::error!(error = %e, "cannot journal the dispense outcome");
+        }
+        outcome
+    }
+
+    fn slot_for(&self, cassette: CassetteId) -> Result<Slot, DispenserError> {
+        Slot::from_cassette(cassette)
+            .filter(|_| cassette.index().is_some_and(|i| i < self.cassette_count()))
+            .ok_or_else(|| {
+                DispenserError::InvalidRequest(format!(
+                    "{cassette} does not exist on an {:?}",
+                    self.config.model
+                ))
+            })
+    }
+}
+
+impl Dispenser for LcdmDispenser {
+    fn cassette_count(&self) -> usize {
+        self.config.model.cassettes()
+    }
+
+    fn status(&mut self) -> Result<DispenserStatus, DispenserError> {
+        match self.command(Command::Status)? {
+            Response::Status { error, sensors } => {
+                Ok(status_from_report(&self.seen_states, error, sensors))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn dispense(&mut self, request: &DispenseRequest) -> Result<DispenseOutcome, DispenserError> {
+        if self
+            .last
+            .as_ref()
+            .is_some_and(LastDispense::blocks_dispensing)
+        {
+            return Err(DispenserError::RecoveryRequired);
+        }
+        let mut run = DispenseRun::new(
+            request,
+            self.cassette_count(),
+            self.config.max_notes_per_batch,
+        )?;
+        tracing::info!(notes = ?request.notes, "dispense");
+        self.run_dispense(&mut run)?;
+        let outcome = self.record_final(&run);
+        match &outcome.result {
+            DispenseResult::Completed => {
+                tracing::info!(cassettes = ?outcome.cassettes, "dispense completed")
+            }
+            DispenseResult::Stopped { reason } => {
+                tracing::warn!(?reason, cassettes = ?outcome.cassettes, "dispense stopped")
+            }
+            DispenseResult::InDoubt { in_flight, reason } => tracing::error!(
+                ?reason, in_flight = ?in_flight.notes, cassettes = ?outcome.cassettes,
+                "dispense IN DOUBT: recover_last, then reconcile the cash"
+            ),
+        }
+        if let DispenseResult::Stopped {
+            reason: StopReason::CommandRejected { sends },
+        } = outcome.result
+            && run.batches_done() == 0
+        {
+            // Nothing was executed: keep the promise that Err means no note moved.
+            return Err(DispenserError::CommandRejected { sends });
+        }
+        Ok(outcome)
+    }
+
+    fn purge(&mut self) -> Result<(), DispenserError> {
+        match self.command(Command::Purge)? {
+            Response::Purge { error } => match error.fault() {
+                None => Ok(()),
+                Some(fault) => Err(DispenserError::Device(fault)),
+            },
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn test_dispense(
+        &mut self,
+        cassette: CassetteId,
+    ) -> Result<TestDispenseOutcome, DispenserError> {
+        let slot = self.slot_for(cassette)?;
+        match self.command(Command::TestDispense { slot })? {
+            Response::TestDispense {
+                slot: answered,
+                counts,
+                error,
+            } if answered == slot => {
+                let fault = error.fault();
+                let state = match &fault {
+                    Some(DeviceError::BillEnd { .. }) => CassetteState::Empty,
+                    Some(DeviceError::CassetteNotRecognised { .. }) => CassetteState::Missing,
+                    _ if counts.near_end => CassetteState::NearEnd,
+                    _ => CassetteState::Normal,
+                };
+                Ok(TestDispenseOutcome {
+                    tally: CassetteTally {
+                        cassette,
+                        requested: 1,
+                        picked: u32::from(counts.chk),
+                        exited: u32::from(counts.exit),
+                        rejected: u32::from(counts.rejected),
+                        state,
+                    },
+                    error: fault,
+                })
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn recover_last(&mut self) -> Result<Recovery, DispenserError> {
+        let status_before = self.status()?;
+        let last = self.last.clone();
+        let must_purge = status_before.notes_in_path
+            || status_before
+                .error
+                .as_ref()
+                .is_some_and(DeviceError::leaves_notes_in_path)
+            || last.as_ref().is_some_and(LastDispense::blocks_dispensing);
+        let (purged, purge_error) = if must_purge {
+            tracing::info!(
+                notes_in_path = status_before.notes_in_path,
+                "recovery: purging"
+            );
+            match self.purge() {
+                Ok(()) => (true, None),
+                Err(DispenserError::Device(fault)) => (true, Some(fault)),
+                Err(other) => return Err(other),
+            }
+        } else {
+            (false, None)
+        };
+        let status_after = if purged {
+            self.status()?
+        } else {
+            status_before.clone()
+        };
+        let recovery = Recovery {
+            last: last.as_ref().map(|l| l.outcome.clone()),
+            status_before,
+            purged,
+            purge_error,
+            status_after,
+        };
+        if recovery.machine_clear() {
+            if let Some(last) = last {
+                self.store_last(LastDispense {
+                    recovered: true,
+                    ..last
+                })?;
+            }
+            tracing::info!("recovery: machine clear");
+        } else {
+            tracing::error!(status = ?recovery.status_after, "recovery: machine still not clear; call service");
+        }
+        Ok(recovery)
+    }
+}
+
+/// Builds a status report from the LCDM status bytes.
+///
+/// The sensor bits describe the upper cassette only; the lower cassette's state comes from
+/// the error byte, else from the last dispense response that mentioned it.
+fn status_from_report(
+    seen: &[CassetteState],
+    error: ErrorCode,
+    sensors: Sensors,
+) -> DispenserStatus {
+    let fault = error.fault();
+    let cassettes = seen
+        .iter()
+        .enumerate()
+        .filter_map(|(i, seen)| CassetteId::from_index(i).map(|c| (c, *seen)))
+        .map(|(cassette, seen)| {
+            let state = match &fault {
+                Some(DeviceError::CassetteNotRecognised { cassette: c }) if *c == cassette => {
+                    CassetteState::Missing
+                }
+                Some(DeviceError::BillEnd { cassette: c }) if *c == cassette => {
+                    CassetteState::Empty
+                }
+                _ if cassette == CassetteId::UPPER && !sensors.cassette_in_place => {
+                    CassetteState::Missing
+                }
+                _ if cassette == CassetteId::UPPER && sensors.near_end => CassetteState::NearEnd,
+                _ if cassette == CassetteId::UPPER => CassetteState::Normal,
+                _ if seen == CassetteState::NearEnd => CassetteState::NearEnd,
+                _ => CassetteState::Normal,
+            };
+            CassetteStatus { cassette, state }
+        })
+        .collect();
+    DispenserStatus {
+        cassettes,
+        error: fault,
+        notes_in_path: sensors.notes_in_path(),
+        reject_tray_present: !sensors.reject_tray_absent,
+        sensors,
+    }
+}
+
+fn link_error(failure: LinkFailure) -> DispenserError {
+    match failure {
+        LinkFailure::Rejected { sends } => DispenserError::CommandRejected { sends },
+        LinkFailure::NoAcknowledge { sends } => DispenserError::NoAcknowledge { sends },
+        LinkFailure::NoResponse { acknowledged } => DispenserError::NoResponse { acknowledged },
+        LinkFailure::Unreadable { naks } => DispenserError::UnreadableResponse { naks },
+        LinkFailure::Malformed(e) => DispenserError::MalformedResponse(e.to_string()),
+    }
+}
+
+fn unexpected(response: &Response) -> DispenserError {
+    DispenserError::MalformedResponse(format!(
+        "response {:#04x} does not answer the command sent",
+        response.code()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sensors() -> Sensors {
+        Sensors {
+            cassette_in_place: true,
+            ..Sensors::default()
+        }
+    }
+
+    #[test]
+    fn status_of_a_ready_two_cassette_device() {
+        let s = status_from_report(
+            &[CassetteState::Unknown, CassetteState::Unknown],
+            ErrorCode::GOOD,
+            sensors(),
+        );
+        assert!(s.is_ready());
+        assert_eq!(s.cassette(CassetteId::UPPER), CassetteState::Normal);
+        assert_eq!(s.cassette(CassetteId::LOWER), CassetteState::Normal);
+    }
+
+    #[test]
+    fn status_maps_sensors_and_faults_to_cassette_states() {
+        let one = [CassetteState::Unknown];
+        let s = status_from_report(
+            &one,
+            ErrorCode::GOOD,
+            Sensors {
+                near_end: true,
+                ..sensors()
+            },
+        );
+        assert_eq!(s.cassette(CassetteId::UPPER), CassetteState::NearEnd);
+        assert!(s.is_ready());
+
+        let s = status_from_report(&one, ErrorCode::GOOD, Sensors::default());
+        assert_eq!(s.cassette(CassetteId::UPPER), CassetteState::Missing);
+        assert!(!s.is_ready());
+
+        let s = status_from_report(&one, ErrorCode(0x38), sensors());
+        assert_eq!(s.cassette(CassetteId::UPPER), CassetteState::Empty);
+        assert_eq!(
+            s.error,
+            Some(DeviceError::BillEnd {
+                cassette: CassetteId::UPPER
+            })
+        );
+
+        let two = [CassetteState::Normal, CassetteState::NearEnd];
+        let s = status_from_report(&two, ErrorCode::GOOD, sensors());
+        assert_eq!(s.cassette(CassetteId::LOWER), CassetteState::NearEnd);
+        let s = status_from_report(&two, ErrorCode(0x46), sensors());
+        assert_eq!(s.cassette(CassetteId::LOWER), CassetteState::Missing);
+        assert_eq!(s.cassette(CassetteId::UPPER), CassetteState::Normal);
+        let s = status_from_report(&two, ErrorCode(0x40), sensors());
+        assert_eq!(s.cassette(CassetteId::LOWER), CassetteState::Empty);
+    }
+
+    #[test]
+    fn status_reports_notes_in_path_and_reject_tray() {
+        let s = status_from_report(
+            &[CassetteState::Unknown],
+            ErrorCode(0x33),
+            Sensors {
+                chk1: true,
+                div1: true,
+                reject_tray_absent: true,
+                ..sensors()
+            },
+        );
+        assert!(s.notes_in_path);
+        assert!(!s.reject_tray_present);
+        assert_eq!(s.error, Some(DeviceError::JamAtChk));
+        assert!(!s.is_ready());
+    }
+
+    #[test]
+    fn link_failures_map_to_typed_errors() {
+        assert!(matches!(
+            link_error(LinkFailure::Rejected { sends: 4 }),
+            DispenserError::CommandRejected { sends: 4 }
+        ));
+        assert!(matches!(
+            link_error(LinkFailure::NoAcknowledge { sends: 4 }),
+            DispenserError::NoAcknowledge { sends: 4 }
+        ));
+        assert!(matches!(
+            link_error(LinkFailure::NoResponse { acknowledged: true }),
+            DispenserError::NoResponse { acknowledged: true }
+        ));
+        assert!(matches!(
+            link_error(LinkFailure::Unreadable { naks: 3 }),
+            DispenserError::UnreadableResponse { naks: 3 }
+        ));
+    }
+}
