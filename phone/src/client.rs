@@ -1,0 +1,611 @@
+//! [`PhoneClient`]: the phone's connection to the hub over MQTT, with typed requests and
+//! verified pushes.
+//!
+//! Two small tasks run per client: the `rumqttc` event loop (which backs off between
+//! reconnects and forwards raw pushes) and a subscriber that renews the push subscription on
+//! every ConnAck (the event-loop task never calls the client itself, which could deadlock).
+//! Everything else happens in the caller's task: requests are sealed with the device key and
+//! a persisted `seq`; every push is verified ([`crate::verify`]) before anyone sees it, and
+//! pushes nobody asked for yet wait in a small backlog for a later [`PhoneClient::next_push`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qrcash_protocol::envelope::Claims;
+use qrcash_protocol::link::{self, Backoff, BrokerConfig};
+use qrcash_protocol::messages::{
+    AnswerNewDeviceAlert, Balance, BalanceQuery, BankWithdrawal, CodeIssued, ConfirmRequest,
+    DeclineWithdrawal, IdentityEvidence, LoginResult, Payment, PhonePush, PhoneUp, Receipt,
+    RegisterWithdrawal, TopUp, Transfer,
+};
+use qrcash_protocol::replay::ReplayConfig;
+use qrcash_protocol::{
+    Amount, Clock, CodeToken, Position, PrivateKey, PublicKey, Signer, TxId, topics,
+};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::PhoneError;
+use crate::requests;
+use crate::store::DeviceStore;
+use crate::verify::PushVerifier;
+
+/// Pushes kept for later callers before the oldest is dropped.
+const BACKLOG: usize = 64;
+
+/// Who the phone is and where the hub is.
+#[derive(Debug, Clone)]
+pub struct PhoneSettings {
+    /// This device's id: its topic id and `iss` (letters, digits, `-`, `_`, `.`).
+    pub device_id: String,
+    /// A human name shown to the account holder in new-device alerts.
+    pub device_name: String,
+    /// The hub's sender id (`"hub"` unless the operator changed it).
+    pub hub_id: String,
+    /// The broker.
+    pub broker: BrokerConfig,
+    /// Keep the broker session between runs so pushes sent while the client is not running
+    /// are delivered on the next connect (the CLI does; an in-process demo need not).
+    pub persistent_session: bool,
+    /// How long [`PhoneClient::connect`] and [`PhoneClient::send`] wait for the broker.
+    pub connect_timeout: Duration,
+}
+
+impl PhoneSettings {
+    /// Settings with the defaults: hub id `"hub"`, clean session, 10 s connect timeout.
+    pub fn new(device_id: impl Into<String>, broker: BrokerConfig) -> Self {
+        let device_id = device_id.into();
+        PhoneSettings {
+            device_name: device_id.clone(),
+            device_id,
+            hub_id: "hub".into(),
+            broker,
+            persistent_session: false,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A connected phone.
+pub struct PhoneClient {
+    settings: PhoneSettings,
+    signer: Signer,
+    store: DeviceStore,
+    verifier: PushVerifier,
+    clock: Arc<dyn Clock>,
+    client: AsyncClient,
+    incoming: mpsc::Receiver<Vec<u8>>,
+    ready: watch::Receiver<bool>,
+    backlog: VecDeque<Claims<PhonePush>>,
+    rejected: u64,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for PhoneClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PhoneClient")
+            .field("device_id", &self.settings.device_id)
+            .field("kid", self.signer.kid())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PhoneClient {
+    /// Connects to the broker, subscribes to this device's push topic and waits until the
+    /// subscription is acknowledged (so no answer to a first request can be missed).
+    ///
+    /// `key` is the device key (see [`DeviceStore::device_key`]); `hub_key` the hub's public
+    /// key the phone was provisioned with; `store` persists `seq` and the hub's replay window.
+    pub async fn connect(
+        settings: PhoneSettings,
+        key: PrivateKey,
+        hub_key: PublicKey,
+        store: DeviceStore,
+        clock: Arc<dyn Clock>,
+    ) -> Result<PhoneClient, PhoneError> {
+        topics::validate_id(&settings.device_id).map_err(PhoneError::Config)?;
+        let mut options = link::mqtt_options(&settings.broker, &settings.device_id)?;
+        options.set_clean_session(!settings.persistent_session);
+        let (client, eventloop) = AsyncClient::new(options, 64);
+        let push_topic = topics::phone_push(&settings.device_id);
+        let (push_tx, incoming) = mpsc::channel(256);
+        let (ready_tx, ready) = watch::channel(false);
+        let (resub_tx, resub_rx) = mpsc::channel(4);
+        let tasks = vec![
+            tokio::spawn(drive(
+                eventloop,
+                push_topic.clone(),
+                push_tx,
+                ready_tx,
+                resub_tx,
+            )),
+            tokio::spawn(resubscribe(client.clone(), push_topic, resub_rx)),
+        ];
+        let verifier = PushVerifier::new(
+            &settings.hub_id,
+            &settings.device_id,
+            hub_key,
+            ReplayConfig::default(),
+        );
+        let mut phone = PhoneClient {
+            signer: Signer::new(settings.device_id.clone(), key),
+            settings,
+            store,
+            verifier,
+            clock,
+            client,
+            incoming,
+            ready,
+            backlog: VecDeque::new(),
+            rejected: 0,
+            tasks,
+        };
+        phone.wait_ready().await?;
+        tracing::info!(device = %phone.settings.device_id, kid = %phone.signer.kid(), "phone connected");
+        Ok(phone)
+    }
+
+    /// This device's id.
+    pub fn device_id(&self) -> &str {
+        &self.settings.device_id
+    }
+
+    /// The device key's public half (what `Login` enrols).
+    pub fn public_key(&self) -> &PublicKey {
+        self.signer.key().public()
+    }
+
+    /// The state store (seq, hub window, records).
+    pub fn store(&self) -> &DeviceStore {
+        &self.store
+    }
+
+    /// How many pushes were refused (bad signature, replay, misaddressed…) so far.
+    pub fn rejected_pushes(&self) -> u64 {
+        self.rejected
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), PhoneError> {
+        let timeout = self.settings.connect_timeout;
+        match tokio::time::timeout(timeout, self.ready.wait_for(|r| *r)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(PhoneError::Closed),
+            Err(_) => Err(PhoneError::Timeout {
+                waiting_for: format!("connection to the broker at {}", self.settings.broker.url),
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Seals `msg` with the device key and the next `seq`, publishes it on this device's
+    /// up-link topic, and returns its `jti` (which the hub's answer names in `re`).
+    pub async fn send(&mut self, msg: PhoneUp) -> Result<String, PhoneError> {
+        self.wait_ready().await?;
+        let seq = self.store.next_seq()?;
+        let claims = requests::claims(
+            &self.signer,
+            &self.settings.hub_id,
+            seq,
+            self.clock.now(),
+            msg,
+        );
+        let text = self.signer.seal(&claims);
+        self.client
+            .publish(
+                topics::phone_up(&self.settings.device_id),
+                QoS::AtLeastOnce,
+                false,
+                text.into_bytes(),
+            )
+            .await
+            .map_err(|e| PhoneError::Mqtt(e.to_string()))?;
+        tracing::debug!(jti = %claims.jti, seq, kind = kind(&claims.msg), "request sent");
+        Ok(claims.jti)
+    }
+
+    /// The next verified push for which `matches` holds, waiting up to `timeout`. Pushes that
+    /// do not match are kept for later calls; pushes that fail verification are dropped.
+    pub async fn next_push(
+        &mut self,
+        waiting_for: &str,
+        timeout: Duration,
+        mut matches: impl FnMut(&Claims<PhonePush>) -> bool,
+    ) -> Result<Claims<PhonePush>, PhoneError> {
+        if let Some(i) = self.backlog.iter().position(&mut matches)
+            && let Some(found) = self.backlog.remove(i)
+        {
+            return Ok(found);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let bytes = match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+                Err(_) => {
+                    return Err(PhoneError::Timeout {
+                        waiting_for: waiting_for.to_owned(),
+                        after: timeout,
+                    });
+                }
+                Ok(None) => return Err(PhoneError::Closed),
+                Ok(Some(b)) => b,
+            };
+            let claims = match self.accept(&bytes) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.rejected += 1;
+                    tracing::warn!(error = %e, bytes = bytes.len(), "push refused");
+                    continue;
+                }
+            };
+            tracing::debug!(jti = %claims.jti, re = ?claims.re, kind = push_kind(&claims.msg), "push received");
+            if matches(&claims) {
+                return Ok(claims);
+            }
+            if self.backlog.len() == BACKLOG {
+                self.backlog.pop_front();
+            }
+            self.backlog.push_back(claims);
+        }
+    }
+
+    fn accept(&mut self, bytes: &[u8]) -> Result<Claims<PhonePush>, PhoneError> {
+        let (claims, window) = self
+            .verifier
+            .verify(bytes, self.store.hub_window(), self.clock.now())
+            .map_err(|e| PhoneError::Unexpected(e.to_string()))?;
+        self.store.save_hub_window(window)?;
+        Ok(claims)
+    }
+
+    /// The push answering message `jti` (its `re`).
+    pub async fn reply_to(
+        &mut self,
+        jti: &str,
+        timeout: Duration,
+    ) -> Result<PhonePush, PhoneError> {
+        let claims = self
+            .next_push("answer from the hub", timeout, |c| {
+                c.re.as_deref() == Some(jti)
+            })
+            .await?;
+        match claims.msg {
+            PhonePush::Rejected(r) => Err(PhoneError::Rejected {
+                reason: r.reason,
+                message: r.message,
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// Sends `msg` and waits for its answer; a `Rejected` answer is an error.
+    pub async fn request(
+        &mut self,
+        msg: PhoneUp,
+        timeout: Duration,
+    ) -> Result<PhonePush, PhoneError> {
+        let jti = self.send(msg).await?;
+        self.reply_to(&jti, timeout).await
+    }
+
+    /// Logs in to `account` (enrolling this device's key on first use).
+    pub async fn login(
+        &mut self,
+        account: &str,
+        password: &str,
+        position: Option<Position>,
+        timeout: Duration,
+    ) -> Result<LoginResult, PhoneError> {
+        let msg = requests::login(
+            account,
+            password,
+            &self.settings.device_id,
+            &self.settings.device_name,
+            self.signer.key(),
+            position,
+        );
+        match self.request(msg, timeout).await? {
+            PhonePush::LoginResult(r) => Ok(r),
+            other => Err(unexpected("LoginResult", &other)),
+        }
+    }
+
+    /// Registers a withdrawal of `amount` from `account` and returns the issued code, after
+    /// checking that the token really is signed by the hub.
+    pub async fn register_withdrawal(
+        &mut self,
+        account: &str,
+        amount: Amount,
+        timeout: Duration,
+    ) -> Result<CodeIssued, PhoneError> {
+        let msg = PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+            account: account.to_owned(),
+            amount,
+        });
+        match self.request(msg, timeout).await? {
+            PhonePush::CodeIssued(code) => {
+                let token = CodeToken::verify_signature(
+                    &code.token,
+                    std::slice::from_ref(self.verifier.hub_key()),
+                )
+                .map_err(|e| PhoneError::Unexpected(format!("issued code does not verify: {e}")))?;
+                if token.tx_id != code.tx_id {
+                    return Err(PhoneError::Unexpected(
+                        "issued code names another transaction".into(),
+                    ));
+                }
+                Ok(code)
+            }
+            other => Err(unexpected("CodeIssued", &other)),
+        }
+    }
+
+    /// Waits for the hub's `ConfirmRequest` (for `tx_id`, or any when `None`).
+    pub async fn await_confirm_request(
+        &mut self,
+        tx_id: Option<TxId>,
+        timeout: Duration,
+    ) -> Result<ConfirmRequest, PhoneError> {
+        let claims = self
+            .next_push("confirmation request", timeout, |c| {
+                matches!(&c.msg, PhonePush::ConfirmRequest(r) if tx_id.is_none_or(|t| t == r.tx_id))
+            })
+            .await?;
+        match claims.msg {
+            PhonePush::ConfirmRequest(r) => Ok(r),
+            other => Err(unexpected("ConfirmRequest", &other)),
+        }
+    }
+
+    /// Approves `request` with the given evidence and position; returns the message `jti`.
+    /// The signed fields are copied from the request ([`requests::confirmation`]).
+    pub async fn confirm(
+        &mut self,
+        request: &ConfirmRequest,
+        identity: IdentityEvidence,
+        position: Option<Position>,
+    ) -> Result<String, PhoneError> {
+        self.send(requests::confirmation(request, identity, position))
+            .await
+    }
+
+    /// Declines the withdrawal `tx_id` (`not_me` also freezes the account); returns the `jti`.
+    pub async fn decline(&mut self, tx_id: TxId, not_me: bool) -> Result<String, PhoneError> {
+        self.send(PhoneUp::DeclineWithdrawal(DeclineWithdrawal {
+            tx_id,
+            not_me,
+        }))
+        .await
+    }
+
+    /// Waits for the receipt of `reference` (a transaction id or idempotency key); a
+    /// `Rejected` answering message `re` ends the wait with an error.
+    pub async fn await_receipt(
+        &mut self,
+        reference: &str,
+        re: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Receipt, PhoneError> {
+        let claims = self
+            .next_push("receipt", timeout, |c| match &c.msg {
+                PhonePush::Receipt(r) => {
+                    r.reference == reference || (re.is_some() && c.re.as_deref() == re)
+                }
+                PhonePush::Rejected(_) => re.is_some() && c.re.as_deref() == re,
+                _ => false,
+            })
+            .await?;
+        match claims.msg {
+            PhonePush::Receipt(r) => Ok(r),
+            PhonePush::Rejected(r) => Err(PhoneError::Rejected {
+                reason: r.reason,
+                message: r.message,
+            }),
+            other => Err(unexpected("Receipt", &other)),
+        }
+    }
+
+    /// Sends a money movement and waits for its receipt (matched by `re` or by the
+    /// idempotency key as reference).
+    async fn money(
+        &mut self,
+        msg: PhoneUp,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<Receipt, PhoneError> {
+        let jti = self.send(msg).await?;
+        self.await_receipt(key, Some(&jti), timeout).await
+    }
+
+    /// Sends `amount` to `to_account`.
+    pub async fn transfer(
+        &mut self,
+        to_account: &str,
+        amount: Amount,
+        memo: Option<String>,
+        timeout: Duration,
+    ) -> Result<Receipt, PhoneError> {
+        let key = requests::idempotency_key();
+        let msg = PhoneUp::Transfer(Transfer {
+            idempotency_key: key.clone(),
+            to_account: to_account.to_owned(),
+            amount,
+            memo,
+        });
+        self.money(msg, &key, timeout).await
+    }
+
+    /// Pays `amount` to merchant `merchant_id`.
+    pub async fn pay(
+        &mut self,
+        merchant_id: &str,
+        amount: Amount,
+        timeout: Duration,
+    ) -> Result<Receipt, PhoneError> {
+        let key = requests::idempotency_key();
+        let msg = PhoneUp::Payment(Payment {
+            idempotency_key: key.clone(),
+            merchant_id: merchant_id.to_owned(),
+            amount,
+        });
+        self.money(msg, &key, timeout).await
+    }
+
+    /// Pays `amount` out to the registered bank account `bank_account`.
+    pub async fn bank_withdraw(
+        &mut self,
+        bank_account: &str,
+        amount: Amount,
+        timeout: Duration,
+    ) -> Result<Receipt, PhoneError> {
+        let key = requests::idempotency_key();
+        let msg = PhoneUp::BankWithdrawal(BankWithdrawal {
+            idempotency_key: key.clone(),
+            bank_account: bank_account.to_owned(),
+            amount,
+        });
+        self.money(msg, &key, timeout).await
+    }
+
+    /// Adds `amount` to the account.
+    pub async fn top_up(
+        &mut self,
+        amount: Amount,
+        timeout: Duration,
+    ) -> Result<Receipt, PhoneError> {
+        let key = requests::idempotency_key();
+        let msg = PhoneUp::TopUp(TopUp {
+            idempotency_key: key.clone(),
+            amount,
+        });
+        self.money(msg, &key, timeout).await
+    }
+
+    /// Balance and the latest `history` entries of `account`.
+    pub async fn balance(
+        &mut self,
+        account: &str,
+        history: u32,
+        timeout: Duration,
+    ) -> Result<Balance, PhoneError> {
+        let msg = PhoneUp::BalanceQuery(BalanceQuery {
+            account: account.to_owned(),
+            history,
+        });
+        match self.request(msg, timeout).await? {
+            PhonePush::Balance(b) => Ok(b),
+            other => Err(unexpected("Balance", &other)),
+        }
+    }
+
+    /// Answers a new-device alert; returns the message `jti` (the hub may answer with a
+    /// `Rejected`, which [`PhoneClient::reply_to`] reports).
+    pub async fn answer_alert(
+        &mut self,
+        alert_id: &str,
+        not_me: bool,
+    ) -> Result<String, PhoneError> {
+        self.send(PhoneUp::AnswerNewDeviceAlert(AnswerNewDeviceAlert {
+            alert_id: alert_id.to_owned(),
+            not_me,
+        }))
+        .await
+    }
+
+    /// Disconnects from the broker and stops the client's tasks.
+    pub async fn shutdown(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.disconnect()).await;
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for PhoneClient {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn unexpected(wanted: &str, got: &PhonePush) -> PhoneError {
+    PhoneError::Unexpected(format!("expected {wanted}, got {}", push_kind(got)))
+}
+
+/// The message type's name, for logs (never the contents: they may hold secrets).
+pub fn kind(msg: &PhoneUp) -> &'static str {
+    match msg {
+        PhoneUp::Login(_) => "Login",
+        PhoneUp::RegisterWithdrawal(_) => "RegisterWithdrawal",
+        PhoneUp::ConfirmWithdrawal(_) => "ConfirmWithdrawal",
+        PhoneUp::DeclineWithdrawal(_) => "DeclineWithdrawal",
+        PhoneUp::Transfer(_) => "Transfer",
+        PhoneUp::Payment(_) => "Payment",
+        PhoneUp::BankWithdrawal(_) => "BankWithdrawal",
+        PhoneUp::TopUp(_) => "TopUp",
+        PhoneUp::BalanceQuery(_) => "BalanceQuery",
+        PhoneUp::AnswerNewDeviceAlert(_) => "AnswerNewDeviceAlert",
+    }
+}
+
+/// The push type's name, for logs and messages.
+pub fn push_kind(msg: &PhonePush) -> &'static str {
+    match msg {
+        PhonePush::LoginResult(_) => "LoginResult",
+        PhonePush::CodeIssued(_) => "CodeIssued",
+        PhonePush::ConfirmRequest(_) => "ConfirmRequest",
+        PhonePush::Receipt(_) => "Receipt",
+        PhonePush::NewDeviceAlert(_) => "NewDeviceAlert",
+        PhonePush::Balance(_) => "Balance",
+        PhonePush::Rejected(_) => "Rejected",
+    }
+}
+
+/// The event-loop task: polls, backs off after errors, forwards pushes, reports readiness.
+async fn drive(
+    mut eventloop: EventLoop,
+    push_topic: String,
+    pushes: mpsc::Sender<Vec<u8>>,
+    ready: watch::Sender<bool>,
+    resubscribe: mpsc::Sender<()>,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff.reset();
+                let _ = resubscribe.try_send(());
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                ready.send_replace(true);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == push_topic => {
+                if pushes.send(p.payload.to_vec()).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                ready.send_replace(false);
+                if pushes.is_closed() {
+                    return;
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Renews the push subscription after every ConnAck (outside the event-loop task).
+async fn resubscribe(client: AsyncClient, topic: String, mut connacks: mpsc::Receiver<()>) {
+    while connacks.recv().await.is_some() {
+        if let Err(e) = client.subscribe(topic.as_str(), QoS::AtLeastOnce).await {
+            tracing::warn!(error = %e, "cannot subscribe to the push topic");
+            return;
+        }
+    }
+}

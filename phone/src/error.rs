@@ -1,0 +1,76 @@
+//! The phone client's typed errors, each worded for the person running the app or CLI.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use qrcash_protocol::messages::RejectReason;
+use qrcash_protocol::{EnvelopeError, KeyError, ReplayError};
+use thiserror::Error;
+
+/// A push from the hub was not accepted (it is dropped and logged, never acted on).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum PushError {
+    /// Size, JWS, signature, claims or addressing check failed.
+    #[error("push refused: {0}")]
+    Envelope(#[from] EnvelopeError),
+    /// Replayed, expired, stale or future-dated.
+    #[error("push refused: {0}")]
+    Replay(#[from] ReplayError),
+}
+
+/// Anything the phone client can fail at.
+#[derive(Debug, Error)]
+pub enum PhoneError {
+    /// The device key or the hub key could not be used.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A file of the device's state directory could not be read or written.
+    #[error("phone state file {path}: {source}")]
+    Store {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A file of the state directory has unexpected contents.
+    #[error(
+        "phone state file {path} is damaged: {detail}; remove it or re-run `qrcash-phone init`"
+    )]
+    StoreFormat {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The configuration cannot work.
+    #[error("phone configuration: {0}")]
+    Config(String),
+    /// The broker settings are unusable.
+    #[error(transparent)]
+    Link(#[from] qrcash_protocol::link::LinkError),
+    /// The MQTT client refused a request (its event loop is gone).
+    #[error("MQTT client: {0}")]
+    Mqtt(String),
+    /// Nothing arrived in time.
+    #[error("no {waiting_for} within {after:?}; check the broker and the hub")]
+    Timeout {
+        /// What the client was waiting for.
+        waiting_for: String,
+        /// How long it waited.
+        after: Duration,
+    },
+    /// The hub refused the request; nothing changed.
+    #[error("the hub refused the request: {message} ({reason:?})")]
+    Rejected {
+        /// Machine-readable reason.
+        reason: RejectReason,
+        /// The hub's explanation.
+        message: String,
+    },
+    /// The hub answered with something this request does not expect.
+    #[error("unexpected answer from the hub: {0}")]
+    Unexpected(String),
+    /// The connection task ended (client shut down).
+    #[error("the phone client is shut down")]
+    Closed,
+}
