@@ -144,43 +144,34 @@ fn rqrr_decode(frame: &LumaFrame) -> (Vec<String>, Duration) {
     (payloads, start.elapsed())
 }
 
-fn probe() {
-    for d in [Distortion::Clean, Distortion::Rotation, Distortion::Noise] {
-        for i in 0..3 {
+/// `--stages`: which pass decoded each 1280×720 image, and in how many ms (debugging aid).
+fn stages() {
+    let mut scanner = Scanner::new(ScanConfig::default());
+    for d in Distortion::ALL {
+        let mut line = format!("{:>12}:", d.name());
+        for i in 0..8 {
             let img = corpus::generate(1280, 720, d, i, 20_240_601);
-            let mut half = LumaFrame::default();
-            let t0 = Instant::now();
-            qrcash_hardware::scan::halve(img.frame.view(), &mut half);
-            let mut bits = Vec::new();
-            qrcash_hardware::scan::Binarizer::default().binarize(half.view(), &mut bits);
-            let t1 = Instant::now();
-            let gi = image::GrayImage::from_raw(half.width(), half.height(), bits).unwrap();
-            let mut p = rqrr::PreparedImage::without_preparation(gi);
-            let t2 = Instant::now();
-            let grids = p.detect_grids();
-            let t3 = Instant::now();
-            let ok: Vec<bool> = grids
-                .iter()
-                .map(|g| g.decode().map(|x| x.1 == img.payload).unwrap_or(false))
-                .collect();
-            let t4 = Instant::now();
-            eprintln!(
-                "{:?} {i}: halve+bin {:?} wrap {:?} detect {:?} decode {:?} grids {} {:?}",
-                d,
-                t1 - t0,
-                t2 - t1,
-                t3 - t2,
-                t4 - t3,
-                grids.len(),
-                ok
-            );
+            scanner.reset_tracking();
+            let t = Instant::now();
+            let r = scanner.scan(&img.frame);
+            let e = t.elapsed();
+            let tag = match r {
+                Some(d) if d.payload == img.payload => format!("{:?}", d.stage)
+                    .chars()
+                    .filter(|c| c.is_uppercase())
+                    .collect::<String>(),
+                Some(_) => "WRONG".into(),
+                None => "-".into(),
+            };
+            line += &format!(" {tag}/{:.1}", e.as_secs_f64() * 1e3);
         }
+        eprintln!("{line}");
     }
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--probe") {
-        probe();
+    if std::env::args().any(|a| a == "--stages") {
+        stages();
         return;
     }
     let args = match parse_args() {

@@ -87,6 +87,24 @@ impl Homography {
         ])
     }
 
+    /// The map sending the quadrilateral `from` onto `to` (corners in the same order).
+    pub fn quad_to_quad(from: [(f64, f64); 4], to: [(f64, f64); 4]) -> Option<Self> {
+        let src = Self::unit_square_to(from).inverse()?;
+        Some(src.then(&Self::unit_square_to(to)))
+    }
+
+    /// `self` followed by `next`.
+    pub fn then(&self, next: &Homography) -> Homography {
+        let (a, b) = (&next.0, &self.0);
+        let mut m = [0.0; 9];
+        for r in 0..3 {
+            for c in 0..3 {
+                m[r * 3 + c] = (0..3).map(|k| a[r * 3 + k] * b[k * 3 + c]).sum();
+            }
+        }
+        Homography(m)
+    }
+
     /// Apply to a point; `None` at the line sent to infinity.
     #[inline]
     pub fn apply(&self, x: f64, y: f64) -> Option<(f64, f64)> {
@@ -282,6 +300,20 @@ mod tests {
             .and_then(|(u, v)| h.apply(u, v))
             .expect("finite");
         assert!((back.0 - 60.0).abs() < 1e-9 && (back.1 - 70.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn quad_to_quad_maps_corners() {
+        let from = [(0.0, 0.0), (10.0, 0.0), (10.0, 10.0), (0.0, 10.0)];
+        let to = [(5.0, 5.0), (50.0, 8.0), (55.0, 60.0), (2.0, 40.0)];
+        let h = Homography::quad_to_quad(from, to).expect("invertible");
+        for (f, t) in from.iter().zip(&to) {
+            let p = h.apply(f.0, f.1).expect("finite");
+            assert!(
+                (p.0 - t.0).abs() < 1e-9 && (p.1 - t.1).abs() < 1e-9,
+                "{p:?} vs {t:?}"
+            );
+        }
     }
 
     #[test]

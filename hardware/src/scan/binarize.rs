@@ -7,13 +7,21 @@
 use crate::camera::LumaView;
 
 const BLOCK: usize = 8;
-/// Blocks whose darkest and lightest pixels differ by less than this are treated as flat.
-const MIN_DYNAMIC_RANGE: u8 = 24;
+/// Blocks whose darkest and lightest pixels differ by no more than a threshold are treated as
+/// flat. The threshold follows the image's noise: 1.5 × the range of the quietest quarter of
+/// blocks (sensor noise in flat areas), within these bounds. A fixed 24 (ZXing's) loses
+/// low-contrast codes; a fixed 12 turns a noisy quiet zone into speckle.
+const MIN_DYNAMIC_RANGE: (u8, u8) = (8, 40);
 
 /// Reusable buffers for [`Binarizer::binarize`].
 #[derive(Debug, Default, Clone)]
 pub struct Binarizer {
     black_points: Vec<u8>,
+    sum: Vec<u32>,
+    min: Vec<u8>,
+    max: Vec<u8>,
+    thresholds: Vec<u8>,
+    stats: Vec<(u32, u8, u8)>,
 }
 
 impl Binarizer {
@@ -28,28 +36,28 @@ impl Binarizer {
         }
         let bw = w.div_ceil(BLOCK);
         let bh = h.div_ceil(BLOCK);
+        let full = w / BLOCK;
+        // The last block of a row/column is shifted inward so that every block is full.
+        let block_y = |by: usize| (by * BLOCK).min(h - BLOCK);
         self.black_points.clear();
         self.black_points.resize(bw * bh, 0);
-        let bp = &mut self.black_points;
-        // The last block of a row/column is shifted inward so that every block is full.
-        let block_x = |bx: usize| (bx * BLOCK).min(w - BLOCK);
-        let block_y = |by: usize| (by * BLOCK).min(h - BLOCK);
+        self.stats.clear();
+        let mut histogram = [0u32; 256];
         for by in 0..bh {
-            let y0 = block_y(by);
+            self.block_stats(src, block_y(by), bw, full);
             for bx in 0..bw {
-                let x0 = block_x(bx);
-                let mut sum = 0u32;
-                let mut min = u8::MAX;
-                let mut max = 0u8;
-                for y in y0..y0 + BLOCK {
-                    for &p in &src.row(y as u32)[x0..x0 + BLOCK] {
-                        sum += u32::from(p);
-                        min = min.min(p);
-                        max = max.max(p);
-                    }
-                }
+                let stat = (self.sum[bx], self.min[bx], self.max[bx]);
+                histogram[usize::from(stat.2 - stat.1)] += 1;
+                self.stats.push(stat);
+            }
+        }
+        let flat = flat_range(&histogram, bw * bh);
+        let bp = &mut self.black_points;
+        for by in 0..bh {
+            for bx in 0..bw {
+                let (sum, min, max) = self.stats[by * bw + bx];
                 let mut point = (sum / (BLOCK * BLOCK) as u32) as u8;
-                if max - min <= MIN_DYNAMIC_RANGE {
+                if max - min <= flat {
                     // Flat block: assume it is background (white) unless its neighbours say
                     // it lies inside a dark area.
                     point = min / 2;
@@ -66,30 +74,94 @@ impl Binarizer {
                 bp[by * bw + bx] = point;
             }
         }
+        self.thresholds.resize(bw, 0);
         for by in 0..bh {
-            let y0 = block_y(by);
             let (ya, yb) = (by.saturating_sub(2), (by + 2).min(bh - 1));
             for bx in 0..bw {
                 let (xa, xb) = (bx.saturating_sub(2), (bx + 2).min(bw - 1));
                 let mut sum = 0u32;
-                for row in bp[ya * bw..(yb + 1) * bw].chunks_exact(bw) {
+                for row in self.black_points[ya * bw..(yb + 1) * bw].chunks_exact(bw) {
                     sum += row[xa..=xb].iter().map(|&v| u32::from(v)).sum::<u32>();
                 }
-                // Clamped neighbourhoods at the border still average 25 blocks' worth, the
-                // way ZXing does, by counting the edge blocks as many times as needed.
                 let count = ((yb - ya + 1) * (xb - xa + 1)) as u32;
-                let threshold = (sum / count) as u8;
-                let x0 = block_x(bx);
-                for y in y0..y0 + BLOCK {
-                    let row = &src.row(y as u32)[x0..x0 + BLOCK];
-                    let dst = &mut out[y * w + x0..y * w + x0 + BLOCK];
-                    for (d, &p) in dst.iter_mut().zip(row) {
-                        *d = u8::from(p <= threshold);
+                self.thresholds[bx] = (sum / count) as u8;
+            }
+            let y0 = block_y(by);
+            for y in y0..y0 + BLOCK {
+                let row = src.row(y as u32);
+                let dst = &mut out[y * w..(y + 1) * w];
+                let cells = dst
+                    .chunks_exact_mut(BLOCK)
+                    .zip(row.chunks_exact(BLOCK))
+                    .zip(&self.thresholds);
+                for ((d, p), &t) in cells {
+                    for (d, &p) in d.iter_mut().zip(p) {
+                        *d = u8::from(p <= t);
+                    }
+                }
+                if full < bw {
+                    let t = self.thresholds[bw - 1];
+                    for (d, &p) in dst[full * BLOCK..].iter_mut().zip(&row[full * BLOCK..]) {
+                        *d = u8::from(p <= t);
                     }
                 }
             }
         }
     }
+
+    /// Sum, minimum and maximum of each 8×8 block in the block row starting at `y0`.
+    fn block_stats(&mut self, src: LumaView<'_>, y0: usize, bw: usize, full: usize) {
+        self.sum.clear();
+        self.sum.resize(bw, 0);
+        self.min.clear();
+        self.min.resize(bw, u8::MAX);
+        self.max.clear();
+        self.max.resize(bw, 0);
+        let w = src.width() as usize;
+        for y in y0..y0 + BLOCK {
+            let row = src.row(y as u32);
+            let blocks = row.chunks_exact(BLOCK).zip(
+                self.sum
+                    .iter_mut()
+                    .zip(self.min.iter_mut().zip(self.max.iter_mut())),
+            );
+            for (px, (sum, (min, max))) in blocks {
+                let mut s = 0u32;
+                let (mut lo, mut hi) = (*min, *max);
+                for &p in px {
+                    s += u32::from(p);
+                    lo = lo.min(p);
+                    hi = hi.max(p);
+                }
+                *sum += s;
+                *min = lo;
+                *max = hi;
+            }
+            if full < bw {
+                // The shifted last block: the row's last 8 pixels.
+                let px = &row[w - BLOCK..];
+                self.sum[bw - 1] += px.iter().map(|&p| u32::from(p)).sum::<u32>();
+                self.min[bw - 1] = px.iter().fold(self.min[bw - 1], |a, &p| a.min(p));
+                self.max[bw - 1] = px.iter().fold(self.max[bw - 1], |a, &p| a.max(p));
+            }
+        }
+    }
+}
+
+/// The flatness threshold from the histogram of block ranges (see [`MIN_DYNAMIC_RANGE`]).
+fn flat_range(histogram: &[u32; 256], blocks: usize) -> u8 {
+    let quarter = (blocks / 4).max(1) as u32;
+    let mut seen = 0;
+    let mut p25 = 0usize;
+    for (range, &n) in histogram.iter().enumerate() {
+        seen += n;
+        if seen >= quarter {
+            p25 = range;
+            break;
+        }
+    }
+    let (lo, hi) = MIN_DYNAMIC_RANGE;
+    (p25 as u8).clamp(lo, hi)
 }
 
 fn global_threshold(src: LumaView<'_>, out: &mut [u8]) {

@@ -14,11 +14,12 @@ pub fn halve(src: LumaView<'_>, dst: &mut LumaFrame) {
     for (y, row_out) in out.chunks_exact_mut(w).enumerate() {
         let a = src.row(2 * y as u32);
         let b = src.row(2 * y as u32 + 1);
-        for (x, o) in row_out.iter_mut().enumerate() {
-            let s = u16::from(a[2 * x])
-                + u16::from(a[2 * x + 1])
-                + u16::from(b[2 * x])
-                + u16::from(b[2 * x + 1]);
+        let pairs = row_out
+            .iter_mut()
+            .zip(a.chunks_exact(2))
+            .zip(b.chunks_exact(2));
+        for ((o, a), b) in pairs {
+            let s = u16::from(a[0]) + u16::from(a[1]) + u16::from(b[0]) + u16::from(b[1]);
             *o = ((s + 2) >> 2) as u8;
         }
     }

@@ -25,6 +25,7 @@ pub mod corpus;
 mod detect;
 mod downscale;
 mod files;
+mod locate;
 
 pub use binarize::Binarizer;
 pub use downscale::halve;
@@ -77,9 +78,14 @@ pub struct ScanConfig {
     pub downscale_min_side: u32,
     /// After a detection, look first around the code for this many frames (0 disables).
     pub track_frames: u32,
-    /// Scan the whole frame at full resolution when the cheaper passes found nothing. Costs
-    /// the most on empty frames; turn off on a board that cannot afford it at the frame rate.
+    /// Scan the whole frame at full resolution when the half-resolution pass found nothing
+    /// (small or distant codes).
     pub full_res_fallback: bool,
+    /// When the fast locator decodes nothing, also run rqrr's own grid search (slow: ~10 ms
+    /// per pass at 1280×720, most of an empty frame's cost) on one frame in this many; 1 =
+    /// every frame, 0 = never. A board that cannot afford it at its frame rate sets 3–5: a code
+    /// held in front of the camera stays for many frames.
+    pub slow_search_every: u32,
     /// Which payloads to return.
     pub filter: PayloadFilter,
 }
@@ -90,6 +96,7 @@ impl Default for ScanConfig {
             downscale_min_side: 600,
             track_frames: 10,
             full_res_fallback: true,
+            slow_search_every: 1,
             filter: PayloadFilter::accept_all(),
         }
     }
@@ -122,6 +129,15 @@ pub struct Detection {
     pub stage: Stage,
 }
 
+/// Which grid search a pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Search {
+    /// Our locator ([`locate`]): finder patterns, version, alignment, homography.
+    Fast,
+    /// rqrr's `detect_grids`: slower, finds some codes ours misses.
+    Rqrr,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Tracked {
     rect: Rect,
@@ -136,8 +152,10 @@ pub struct Scanner {
     config: ScanConfig,
     binarizer: Binarizer,
     half: LumaFrame,
+    bits: Vec<u8>,
     tracked: Option<Tracked>,
     rejected: u64,
+    frames: u64,
 }
 
 impl Scanner {
@@ -147,8 +165,10 @@ impl Scanner {
             config,
             binarizer: Binarizer::default(),
             half: LumaFrame::default(),
+            bits: Vec::new(),
             tracked: None,
             rejected: 0,
+            frames: 0,
         }
     }
 
@@ -167,7 +187,7 @@ impl Scanner {
         let view = frame.into();
         let start = Instant::now();
         if let Some(tracked) = self.tracked.take() {
-            let found = self.pass(view, tracked.rect, tracked.halve);
+            let found = self.pass(view, tracked.rect, tracked.halve, Search::Fast, true);
             if let Some(d) = self.first_accepted(&found, Stage::Tracked, start) {
                 return Some(d);
             }
@@ -178,8 +198,11 @@ impl Scanner {
                 });
             }
         }
+        let every = u64::from(self.config.slow_search_every);
+        let slow = every != 0 && self.frames % every == 0;
+        self.frames += 1;
         let mut out = Vec::new();
-        self.scan_frame(view, start, true, &mut out);
+        self.scan_frame(view, start, true, slow, &mut out);
         out.pop()
     }
 
@@ -188,16 +211,19 @@ impl Scanner {
         let view = frame.into();
         let start = Instant::now();
         let mut out = Vec::new();
-        self.scan_frame(view, start, false, &mut out);
+        self.scan_frame(view, start, false, true, &mut out);
         out
     }
 
     /// Passes 2–4 over the whole frame; with `first_only`, stop at the first accepted code.
+    /// All passes run with the fast locator first; with `slow`, rqrr's own search then goes
+    /// over the same images.
     fn scan_frame(
         &mut self,
         view: LumaView<'_>,
         start: Instant,
         first_only: bool,
+        slow: bool,
         out: &mut Vec<Detection>,
     ) {
         let whole = Rect {
@@ -207,48 +233,65 @@ impl Scanner {
             height: view.height(),
         };
         let halve = view.width().min(view.height()) >= self.config.downscale_min_side;
-        let mut grids_seen = false;
-        if halve {
-            let found = self.pass(view, whole, true);
-            grids_seen = !found.is_empty();
-            self.collect(&found, Stage::HalfResolution, start, out);
-            if first_only && !out.is_empty() {
-                return;
+        let full = !halve || self.config.full_res_fallback;
+        let searches: &[Search] = if slow {
+            &[Search::Fast, Search::Rqrr]
+        } else {
+            &[Search::Fast]
+        };
+        for &search in searches {
+            if halve {
+                let found = self.pass(view, whole, true, search, first_only);
+                self.collect(&found, Stage::HalfResolution, start, out);
+                if first_only && !out.is_empty() {
+                    return;
+                }
+                for failed in found.iter().filter(|f| f.payload.is_err()) {
+                    let Some(rect) = region_around(failed, view) else {
+                        continue;
+                    };
+                    let found = self.pass(view, rect, false, Search::Fast, first_only);
+                    self.collect(&found, Stage::FullResolutionRegion, start, out);
+                    if first_only && !out.is_empty() {
+                        return;
+                    }
+                }
             }
-            for failed in found.iter().filter(|f| f.payload.is_err()) {
-                let Some(rect) = region_around(failed, view) else {
-                    continue;
-                };
-                let found = self.pass(view, rect, false);
-                self.collect(&found, Stage::FullResolutionRegion, start, out);
+            if full && (!first_only || out.is_empty()) {
+                let found = self.pass(view, whole, false, search, first_only);
+                self.collect(&found, Stage::FullResolution, start, out);
                 if first_only && !out.is_empty() {
                     return;
                 }
             }
         }
-        let full_pass = !halve
-            || self.config.full_res_fallback && (!first_only || !grids_seen || out.is_empty());
-        if full_pass {
-            let found = self.pass(view, whole, false);
-            self.collect(&found, Stage::FullResolution, start, out);
-        }
     }
 
-    /// Binarize `rect` of `view` (halved or not), run rqrr, and map what it found to frame
-    /// coordinates.
-    fn pass(&mut self, view: LumaView<'_>, rect: Rect, halve: bool) -> Vec<Found> {
+    /// Binarize `rect` of `view` (halved or not), locate and decode codes with `search`, and
+    /// map what was found to frame coordinates.
+    fn pass(
+        &mut self,
+        view: LumaView<'_>,
+        rect: Rect,
+        halve: bool,
+        search: Search,
+        first_only: bool,
+    ) -> Vec<Found> {
         let crop = view.crop(rect);
-        let mut bits = Vec::new();
         let (w, h, scale) = if halve {
             downscale::halve(crop, &mut self.half);
-            self.binarizer.binarize(self.half.view(), &mut bits);
+            self.binarizer.binarize(self.half.view(), &mut self.bits);
             (self.half.width(), self.half.height(), 2)
         } else {
-            self.binarizer.binarize(crop, &mut bits);
+            self.binarizer.binarize(crop, &mut self.bits);
             (crop.width(), crop.height(), 1)
         };
+        let mut found = match search {
+            Search::Fast => detect::detect_fast(&self.bits, w, h, first_only),
+            // rqrr takes the bitmap; the next pass allocates a new one.
+            Search::Rqrr => detect::detect_rqrr(std::mem::take(&mut self.bits), w, h),
+        };
         let (ox, oy) = (i64::from(rect.x), i64::from(rect.y));
-        let mut found = detect::detect(bits, w, h);
         for f in &mut found {
             f.bounds = f.bounds.map(|(x, y)| (x * scale + ox, y * scale + oy));
         }
