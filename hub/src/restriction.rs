@@ -1,0 +1,1686 @@
+//! The new-device restriction policy: whether a login from another device may move money out,
+//! and for how long it may not.
+//!
+//! When an account already in use on one phone logs in from another device, the new device is
+//! kept away from asset-decreasing functions (withdrawal, transfer, payment, bank payout) for
+//! a period that is shorter for accounts that log in often, unless the two devices are close
+//! enough to be the same person's. Balance, history, receiving money and top-ups stay free.
+//!
+//! This module is pure: positions, counts and times (Unix seconds) come in as arguments and a
+//! [`Decision`] or a [`RejectReason`] comes out. It does not read the clock, store
+//! restrictions, count logins or send alerts; the hub's login and phone handlers do that and
+//! call [`locate_new_device`], [`decide`] and [`check`]. `docs/restriction.md` is the prose
+//! form of the rules and of the defaults' reasons.
+
+use std::time::Duration;
+
+use qrcash_protocol::Position;
+use qrcash_protocol::messages::{PhoneUp, RejectReason, RestrictionInfo, RestrictionReason};
+use serde::{Deserialize, Serialize};
+
+const SECS_PER_HOUR: u64 = 3_600;
+const SECS_PER_DAY: u64 = 86_400;
+
+// ---------------------------------------------------------------------------------------
+// Policy
+// ---------------------------------------------------------------------------------------
+
+/// The tunable figures of the restriction rules (the `[restriction]` table of the hub's
+/// configuration). Every field has a default, so a partial table is valid; unknown fields are
+/// rejected so a misspelt key cannot silently keep the default. Durations are plain seconds,
+/// distances kilometres, speeds km/h. The defaults and their reasons are in
+/// `docs/restriction.md`.
+///
+/// The functions of this module never panic or return a longer-than-`max` period on an
+/// invalid policy, but their answers are only meaningful for one that passes
+/// [`RestrictionPolicy::validate`]: call it when the configuration is loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestrictionPolicy {
+    /// Shortest restriction, for accounts that log in at least `frequent_logins` times in the
+    /// login window. Default 3,600 s (1 h).
+    pub min_period_secs: u64,
+    /// Longest restriction, for accounts that log in at most `rare_logins` times in the login
+    /// window, and for impossible travel. Default 259,200 s (72 h).
+    pub max_period_secs: u64,
+    /// The window over which the hub counts an account's logins for [`restriction_period`].
+    /// Default 2,592,000 s (30 days).
+    pub login_window_secs: u64,
+    /// At or below this many logins in the window the period is `max_period_secs`.
+    /// Default 1.
+    pub rare_logins: u32,
+    /// At or above this many logins in the window the period is `min_period_secs`.
+    /// Default 30 (about one a day).
+    pub frequent_logins: u32,
+    /// Two devices whose smallest plausible distance is at most this far apart are taken to be
+    /// the same person's: no restriction. Also the radius of "one place" when estimating a
+    /// position from payments. Default 20 km.
+    pub same_person_range_km: f64,
+    /// The least combined location error assumed for any pair of positions: the distance
+    /// between two devices is reduced by the larger of this and the sum of their accuracy
+    /// radii. Default 50 km.
+    pub location_tolerance_km: f64,
+    /// A position whose accuracy radius is larger than this is treated as unknown.
+    /// Default 25 km.
+    pub max_trusted_accuracy_km: f64,
+    /// Travel faster than this between the existing device's last fix and the new device's is
+    /// impossible. Default 900 km/h.
+    pub impossible_speed_kmh: f64,
+    /// The speed rule applies only when the smallest plausible distance is at least this far.
+    /// Default 100 km.
+    pub speed_rule_min_distance_km: f64,
+    /// Payments older than this are not used to estimate a position. Default 604,800 s
+    /// (7 days).
+    pub estimate_window_secs: u64,
+    /// At most this many of the most recent payments are used to estimate a position (0
+    /// disables estimation). Default 10.
+    pub estimate_max_payments: u32,
+    /// A payment's weight in the estimate halves with every this many seconds of age.
+    /// Default 86,400 s (1 day).
+    pub estimate_half_life_secs: u64,
+    /// How fast an estimate's accuracy radius grows with the age of the newest payment it
+    /// uses, in km per day. Default 10 km/day.
+    pub estimate_drift_km_per_day: f64,
+}
+
+impl Default for RestrictionPolicy {
+    fn default() -> Self {
+        RestrictionPolicy {
+            min_period_secs: SECS_PER_HOUR,
+            max_period_secs: 72 * SECS_PER_HOUR,
+            login_window_secs: 30 * SECS_PER_DAY,
+            rare_logins: 1,
+            frequent_logins: 30,
+            same_person_range_km: 20.0,
+            location_tolerance_km: 50.0,
+            max_trusted_accuracy_km: 25.0,
+            impossible_speed_kmh: 900.0,
+            speed_rule_min_distance_km: 100.0,
+            estimate_window_secs: 7 * SECS_PER_DAY,
+            estimate_max_payments: 10,
+            estimate_half_life_secs: SECS_PER_DAY,
+            estimate_drift_km_per_day: 10.0,
+        }
+    }
+}
+
+/// A restriction policy that cannot be applied as configured.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    /// The period bounds are reversed.
+    #[error(
+        "restriction: min_period_secs ({min}) is larger than max_period_secs ({max}); \
+         set min_period_secs <= max_period_secs"
+    )]
+    PeriodBounds {
+        /// The configured minimum.
+        min: u64,
+        /// The configured maximum.
+        max: u64,
+    },
+    /// The login-count bounds are reversed or zero.
+    #[error(
+        "restriction: rare_logins ({rare}) must be at least 1 and below frequent_logins \
+         ({frequent})"
+    )]
+    LoginBounds {
+        /// The configured `rare_logins`.
+        rare: u32,
+        /// The configured `frequent_logins`.
+        frequent: u32,
+    },
+    /// A distance, speed or rate is negative, infinite or not a number.
+    #[error("restriction: {field} must be a finite number >= 0, got {value}")]
+    NotAFigure {
+        /// The field's name as in the configuration.
+        field: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// A duration that must be positive is zero.
+    #[error("restriction: {field} must be greater than 0")]
+    Zero {
+        /// The field's name as in the configuration.
+        field: &'static str,
+    },
+}
+
+impl RestrictionPolicy {
+    /// Checks that the figures make sense together; the hub refuses to start otherwise.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        if self.min_period_secs > self.max_period_secs {
+            return Err(PolicyError::PeriodBounds {
+                min: self.min_period_secs,
+                max: self.max_period_secs,
+            });
+        }
+        if self.rare_logins == 0 || self.rare_logins >= self.frequent_logins {
+            return Err(PolicyError::LoginBounds {
+                rare: self.rare_logins,
+                frequent: self.frequent_logins,
+            });
+        }
+        for (field, value) in [
+            ("same_person_range_km", self.same_person_range_km),
+            ("location_tolerance_km", self.location_tolerance_km),
+            ("max_trusted_accuracy_km", self.max_trusted_accuracy_km),
+            ("impossible_speed_kmh", self.impossible_speed_kmh),
+            (
+                "speed_rule_min_distance_km",
+                self.speed_rule_min_distance_km,
+            ),
+            ("estimate_drift_km_per_day", self.estimate_drift_km_per_day),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(PolicyError::NotAFigure { field, value });
+            }
+        }
+        for (field, value) in [
+            ("min_period_secs", self.min_period_secs),
+            ("login_window_secs", self.login_window_secs),
+            ("estimate_window_secs", self.estimate_window_secs),
+            ("estimate_half_life_secs", self.estimate_half_life_secs),
+        ] {
+            if value == 0 {
+                return Err(PolicyError::Zero { field });
+            }
+        }
+        Ok(())
+    }
+
+    /// The shortest restriction.
+    pub fn min_period(&self) -> Duration {
+        Duration::from_secs(self.min_period_secs)
+    }
+
+    /// The longest restriction.
+    pub fn max_period(&self) -> Duration {
+        Duration::from_secs(self.max_period_secs)
+    }
+
+    /// The window over which the caller counts logins for [`restriction_period`].
+    pub fn login_window(&self) -> Duration {
+        Duration::from_secs(self.login_window_secs)
+    }
+
+    /// The period bounds in order, even if the configuration reversed them.
+    fn period_bounds(&self) -> (u64, u64) {
+        let lo = self.min_period_secs.min(self.max_period_secs);
+        let hi = self.min_period_secs.max(self.max_period_secs);
+        (lo, hi)
+    }
+
+    fn max_trusted_accuracy_m(&self) -> f64 {
+        self.max_trusted_accuracy_km * 1_000.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// How long: the login-habit rule
+// ---------------------------------------------------------------------------------------
+
+/// How long a new device stays restricted, from the account's number of logins in the last
+/// [`RestrictionPolicy::login_window`] (count only logins from the account's established,
+/// unrestricted devices, so a new device cannot shorten its own period by logging in often).
+///
+/// With `lo`/`hi` the period bounds, `r` = `rare_logins` and `f` = `frequent_logins`:
+///
+/// ```text
+/// n <= r      → hi
+/// n >= f      → lo
+/// otherwise   → hi − (hi − lo) · ln(n / r) / ln(f / r), rounded to whole minutes
+/// ```
+///
+/// that is, linear interpolation on a logarithmic login scale: the first few extra logins a
+/// month shorten the period the most. The result is non-increasing in `n` and always within
+/// the bounds (also for a policy that [`RestrictionPolicy::validate`] would refuse).
+pub fn restriction_period(policy: &RestrictionPolicy, logins_last_30_days: u32) -> Duration {
+    let (lo, hi) = policy.period_bounds();
+    let rare = policy.rare_logins.max(1);
+    let n = logins_last_30_days;
+    if n <= rare {
+        return Duration::from_secs(hi);
+    }
+    if n >= policy.frequent_logins {
+        return Duration::from_secs(lo);
+    }
+    // Here rare < n < frequent, so frequent / rare > 1 and the denominator is positive.
+    let t = (f64::from(n) / f64::from(rare)).ln()
+        / (f64::from(policy.frequent_logins) / f64::from(rare)).ln();
+    let secs = hi as f64 - (hi - lo) as f64 * t.clamp(0.0, 1.0);
+    let minutes = (secs / 60.0).round() * 60.0;
+    // `as` saturates; the clamp keeps bounds that are not whole minutes exact.
+    Duration::from_secs((minutes as u64).clamp(lo, hi))
+}
+
+// ---------------------------------------------------------------------------------------
+// Where: positions reported or estimated from payments
+// ---------------------------------------------------------------------------------------
+
+/// A position of a device at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DeviceFix {
+    /// Where, with its accuracy radius.
+    pub position: Position,
+    /// When, Unix seconds.
+    pub at: u64,
+}
+
+/// Where a device paid: the merchant's registered position at the payment's time.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PaymentFix {
+    /// When the payment was made, Unix seconds.
+    pub at: u64,
+    /// The merchant's position.
+    pub position: Position,
+}
+
+/// Where a new device's position came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FixSource {
+    /// The device reported it with its login.
+    Reported,
+    /// Estimated from the positions of merchants where the device paid recently.
+    EstimatedFromPayments,
+}
+
+/// A new device's position and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Located {
+    /// The position, timed `now` (an estimate's accuracy already covers its age).
+    pub fix: DeviceFix,
+    /// Reported or estimated.
+    pub source: FixSource,
+}
+
+/// Estimates where a device is now from the merchants it paid at recently, or `None` when
+/// its recent payments do not point to one place.
+///
+/// 1. Take the payments at most `estimate_window_secs` old with a valid position, the newest
+///    `estimate_max_payments` of them (a payment dated after `now` counts as made `now`).
+/// 2. Weigh each by recency: `w = 0.5^(age / estimate_half_life_secs)`.
+/// 3. Find the medoid: the payment with the least weighted distance to all the others.
+///    Payments within `same_person_range_km` of it form its cluster; the others are outliers
+///    and are ignored. If the cluster carries no more than half the total weight, the device
+///    is in no single place: `None`.
+/// 4. The estimate is the weighted centroid of the cluster (on the sphere, so clusters across
+///    the antimeridian work), with accuracy radius = weighted RMS distance of the cluster to
+///    the centroid + weighted mean of the merchants' own accuracy +
+///    `estimate_drift_km_per_day` × days since the cluster's newest payment.
+///
+/// [`decide`] treats an estimate whose radius exceeds `max_trusted_accuracy_km` as unknown,
+/// so an estimate ages out of trust even inside the window.
+pub fn estimate_position(
+    payments: &[PaymentFix],
+    now: u64,
+    policy: &RestrictionPolicy,
+) -> Option<Position> {
+    let mut recent: Vec<(u64, Position)> = payments
+        .iter()
+        .filter(|p| p.position.validate().is_ok())
+        .map(|p| (now.saturating_sub(p.at), p.position))
+        .filter(|(age, _)| *age <= policy.estimate_window_secs)
+        .collect();
+    // Newest first; the sort is stable, so equal ages keep the caller's order.
+    recent.sort_by_key(|(age, _)| *age);
+    recent.truncate(usize::try_from(policy.estimate_max_payments).unwrap_or(usize::MAX));
+    if recent.is_empty() {
+        return None;
+    }
+
+    let half_life = policy.estimate_half_life_secs.max(1) as f64;
+    let weights: Vec<f64> = recent
+        .iter()
+        .map(|(age, _)| 0.5_f64.powf(*age as f64 / half_life))
+        .collect();
+    let total: f64 = weights.iter().sum();
+
+    let medoid = (0..recent.len())
+        .map(|i| {
+            let cost: f64 = recent
+                .iter()
+                .zip(&weights)
+                .map(|((_, p), w)| w * recent[i].1.distance_m(p))
+                .sum();
+            (i, cost)
+        })
+        // Strictly smaller only: ties go to the newest payment.
+        .fold(None::<(usize, f64)>, |best, (i, cost)| match best {
+            Some((_, best_cost)) if best_cost <= cost => best,
+            _ => Some((i, cost)),
+        })
+        .map(|(i, _)| recent[i].1)?;
+
+    let range_m = policy.same_person_range_km * 1_000.0;
+    let cluster: Vec<(u64, Position, f64)> = recent
+        .iter()
+        .zip(&weights)
+        .filter(|((_, p), _)| medoid.distance_m(p) <= range_m)
+        .map(|((age, p), w)| (*age, *p, *w))
+        .collect();
+    let cluster_weight: f64 = cluster.iter().map(|(_, _, w)| w).sum();
+    if !(cluster_weight * 2.0 > total) {
+        return None;
+    }
+
+    let (mut x, mut y, mut z) = (0.0, 0.0, 0.0);
+    for (_, p, w) in &cluster {
+        let (lat, lon) = (p.lat.to_radians(), p.lon.to_radians());
+        x += w * lat.cos() * lon.cos();
+        y += w * lat.cos() * lon.sin();
+        z += w * lat.sin();
+    }
+    let norm = (x * x + y * y + z * z).sqrt();
+    if !(norm > 1e-9) {
+        return None;
+    }
+    let lat = (z / norm).clamp(-1.0, 1.0).asin().to_degrees();
+    let lon = y.atan2(x).to_degrees();
+    let centre = Position::new(lat, lon, 0.0);
+
+    let spread_m = (cluster
+        .iter()
+        .map(|(_, p, w)| w * centre.distance_m(p).powi(2))
+        .sum::<f64>()
+        / cluster_weight)
+        .sqrt();
+    let merchant_accuracy_m = cluster
+        .iter()
+        .map(|(_, p, w)| w * p.accuracy_m)
+        .sum::<f64>()
+        / cluster_weight;
+    let newest_age = cluster.iter().map(|(age, _, _)| *age).min().unwrap_or(0);
+    let drift_m = policy.estimate_drift_km_per_day.max(0.0) * 1_000.0 * newest_age as f64
+        / SECS_PER_DAY as f64;
+
+    let estimate = Position::new(lat, lon, spread_m + merchant_accuracy_m + drift_m);
+    estimate.validate().ok().map(|()| estimate)
+}
+
+/// The new device's position for [`decide`]: the one reported with the login when it is valid
+/// and no coarser than `max_trusted_accuracy_km`, otherwise the estimate from its payments
+/// ([`estimate_position`]), otherwise `None` (unknown).
+pub fn locate_new_device(
+    reported: Option<Position>,
+    payments: &[PaymentFix],
+    now: u64,
+    policy: &RestrictionPolicy,
+) -> Option<Located> {
+    let at_now = |position| DeviceFix { position, at: now };
+    match reported {
+        Some(p) if trusted(&p, policy) => Some(Located {
+            fix: at_now(p),
+            source: FixSource::Reported,
+        }),
+        _ => estimate_position(payments, now, policy).map(|p| Located {
+            fix: at_now(p),
+            source: FixSource::EstimatedFromPayments,
+        }),
+    }
+}
+
+/// Whether a position is well-formed and precise enough to decide on.
+fn trusted(position: &Position, policy: &RestrictionPolicy) -> bool {
+    position.validate().is_ok() && position.accuracy_m <= policy.max_trusted_accuracy_m()
+}
+
+// ---------------------------------------------------------------------------------------
+// Whether: the decision at login
+// ---------------------------------------------------------------------------------------
+
+/// Why a new device is not restricted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "snake_case")]
+pub enum FreeReason {
+    /// The two devices are close enough to be the same person's.
+    WithinRange {
+        /// The smallest plausible distance between them, km (see [`decide`]).
+        distance_km: f64,
+    },
+}
+
+/// What to do with a login from a new device.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    /// No restriction.
+    Free {
+        /// Why.
+        reason: FreeReason,
+    },
+    /// No asset-decreasing function from this device until `until`.
+    Restrict {
+        /// Until when, Unix seconds (self-lifting: free again from this second on).
+        until: u64,
+        /// [`RestrictionReason::NewDevice`] or [`RestrictionReason::ImpossibleTravel`].
+        reason: RestrictionReason,
+        /// The smallest plausible distance between the devices, km; `None` when a position
+        /// is unknown.
+        distance_km: Option<f64>,
+        /// That distance over the time between the two fixes, km/h; `None` when a position
+        /// is unknown.
+        speed_kmh: Option<f64>,
+    },
+}
+
+impl Decision {
+    /// The restriction to store for the new device, if any.
+    pub fn restriction(&self) -> Option<ActiveRestriction> {
+        match *self {
+            Decision::Free { .. } => None,
+            Decision::Restrict { until, reason, .. } => Some(ActiveRestriction {
+                reason,
+                until: Some(until),
+            }),
+        }
+    }
+
+    /// Whether the new device is restricted.
+    pub fn is_restricted(&self) -> bool {
+        matches!(self, Decision::Restrict { .. })
+    }
+}
+
+/// Decides whether a login from a new device restricts it, and until when.
+///
+/// `new_device` is its position now (reported or estimated, see [`locate_new_device`]);
+/// `existing_device_last` is the last known position of the device already logged in to the
+/// account. A position that is invalid or coarser than `max_trusted_accuracy_km` counts as
+/// unknown. The smallest plausible distance is the centre distance minus the larger of
+/// `location_tolerance_km` and the two accuracy radii together (never below 0). The rules, in
+/// order:
+///
+/// 1. either position unknown → restrict, [`RestrictionReason::NewDevice`], habit period
+///    ([`restriction_period`]): an unknown position counts as beyond range;
+/// 2. smallest plausible distance ≤ `same_person_range_km` → [`Decision::Free`];
+/// 3. smallest plausible distance ≥ `speed_rule_min_distance_km` and that distance over the
+///    time between the two fixes (at least one second) > `impossible_speed_kmh` → restrict,
+///    [`RestrictionReason::ImpossibleTravel`], `max_period_secs`;
+/// 4. otherwise → restrict, [`RestrictionReason::NewDevice`], habit period.
+///
+/// Fix times after `now` count as `now`.
+pub fn decide(
+    policy: &RestrictionPolicy,
+    new_device: Option<DeviceFix>,
+    existing_device_last: Option<DeviceFix>,
+    logins_last_30_days: u32,
+    now: u64,
+) -> Decision {
+    let habit_until =
+        || now.saturating_add(restriction_period(policy, logins_last_30_days).as_secs());
+    let known = |fix: Option<DeviceFix>| fix.filter(|f| trusted(&f.position, policy));
+    let (Some(new), Some(existing)) = (known(new_device), known(existing_device_last)) else {
+        return Decision::Restrict {
+            until: habit_until(),
+            reason: RestrictionReason::NewDevice,
+            distance_km: None,
+            speed_kmh: None,
+        };
+    };
+
+    let centre_km = new.position.distance_m(&existing.position) / 1_000.0;
+    let error_km = policy
+        .location_tolerance_km
+        .max((new.position.accuracy_m + existing.position.accuracy_m) / 1_000.0);
+    let distance_km = (centre_km - error_km).max(0.0);
+    if distance_km <= policy.same_person_range_km {
+        return Decision::Free {
+            reason: FreeReason::WithinRange { distance_km },
+        };
+    }
+
+    let elapsed_secs = new.at.min(now).abs_diff(existing.at.min(now)).max(1);
+    let speed_kmh = distance_km / (elapsed_secs as f64 / SECS_PER_HOUR as f64);
+    let impossible =
+        distance_km >= policy.speed_rule_min_distance_km && speed_kmh > policy.impossible_speed_kmh;
+    let (reason, until) = if impossible {
+        let (_, hi) = policy.period_bounds();
+        (RestrictionReason::ImpossibleTravel, now.saturating_add(hi))
+    } else {
+        (RestrictionReason::NewDevice, habit_until())
+    };
+    Decision::Restrict {
+        until,
+        reason,
+        distance_km: Some(distance_km),
+        speed_kmh: Some(speed_kmh),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// What: which functions a restriction blocks
+// ---------------------------------------------------------------------------------------
+
+/// A restriction in force on a device or an account, as the hub stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveRestriction {
+    /// Why.
+    pub reason: RestrictionReason,
+    /// Until when, Unix seconds; `None` until an operator lifts it (a frozen account).
+    pub until: Option<u64>,
+}
+
+impl ActiveRestriction {
+    /// The account holder said "not me": frozen until an operator lifts it.
+    pub const fn frozen() -> Self {
+        ActiveRestriction {
+            reason: RestrictionReason::AccountFrozen,
+            until: None,
+        }
+    }
+
+    /// Whether it still applies at `now`: a timed restriction lifts itself at `until`.
+    pub fn is_active(&self, now: u64) -> bool {
+        self.until.is_none_or(|until| now < until)
+    }
+
+    /// The form sent to the phone (`LoginResult::restriction`).
+    pub fn info(&self) -> RestrictionInfo {
+        RestrictionInfo {
+            until: self.until,
+            reason: self.reason,
+        }
+    }
+}
+
+impl From<ActiveRestriction> for RestrictionInfo {
+    fn from(r: ActiveRestriction) -> Self {
+        r.info()
+    }
+}
+
+impl From<RestrictionInfo> for ActiveRestriction {
+    fn from(r: RestrictionInfo) -> Self {
+        ActiveRestriction {
+            reason: r.reason,
+            until: r.until,
+        }
+    }
+}
+
+/// The functions a phone can use, as far as restrictions are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Function {
+    /// Log in.
+    Login,
+    /// Balance and history.
+    BalanceQuery,
+    /// Stage an ATM cash withdrawal.
+    WithdrawalRegister,
+    /// Approve a withdrawal presented at an ATM.
+    WithdrawalConfirm,
+    /// Refuse a withdrawal presented at an ATM (also "not me").
+    WithdrawalDecline,
+    /// Send money to another account.
+    Transfer,
+    /// Pay a merchant.
+    Payment,
+    /// Pay out to the registered bank account.
+    BankWithdrawal,
+    /// Add money to the account.
+    TopUp,
+    /// Receive a transfer from another account.
+    ReceiveTransfer,
+    /// Answer a new-device alert ("this was me" / "not me").
+    AnswerNewDeviceAlert,
+}
+
+impl Function {
+    /// Every function, for exhaustive checks.
+    pub const ALL: [Function; 11] = [
+        Function::Login,
+        Function::BalanceQuery,
+        Function::WithdrawalRegister,
+        Function::WithdrawalConfirm,
+        Function::WithdrawalDecline,
+        Function::Transfer,
+        Function::Payment,
+        Function::BankWithdrawal,
+        Function::TopUp,
+        Function::ReceiveTransfer,
+        Function::AnswerNewDeviceAlert,
+    ];
+
+    /// Whether using it can move money out of the account: the functions a restriction
+    /// blocks. Declining a withdrawal and answering an alert only ever protect the account,
+    /// so they stay free.
+    pub const fn decreases_assets(self) -> bool {
+        match self {
+            Function::WithdrawalRegister
+            | Function::WithdrawalConfirm
+            | Function::Transfer
+            | Function::Payment
+            | Function::BankWithdrawal => true,
+            Function::Login
+            | Function::BalanceQuery
+            | Function::WithdrawalDecline
+            | Function::TopUp
+            | Function::ReceiveTransfer
+            | Function::AnswerNewDeviceAlert => false,
+        }
+    }
+
+    /// The function a phone message asks for (a new message type must be classified here
+    /// before the hub compiles).
+    pub const fn of(message: &PhoneUp) -> Function {
+        match message {
+            PhoneUp::Login(_) => Function::Login,
+            PhoneUp::RegisterWithdrawal(_) => Function::WithdrawalRegister,
+            PhoneUp::ConfirmWithdrawal(_) => Function::WithdrawalConfirm,
+            PhoneUp::DeclineWithdrawal(_) => Function::WithdrawalDecline,
+            PhoneUp::Transfer(_) => Function::Transfer,
+            PhoneUp::Payment(_) => Function::Payment,
+            PhoneUp::BankWithdrawal(_) => Function::BankWithdrawal,
+            PhoneUp::TopUp(_) => Function::TopUp,
+            PhoneUp::BalanceQuery(_) => Function::BalanceQuery,
+            PhoneUp::AnswerNewDeviceAlert(_) => Function::AnswerNewDeviceAlert,
+        }
+    }
+
+    /// A stable snake_case name for logs and audit entries.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Function::Login => "login",
+            Function::BalanceQuery => "balance_query",
+            Function::WithdrawalRegister => "withdrawal_register",
+            Function::WithdrawalConfirm => "withdrawal_confirm",
+            Function::WithdrawalDecline => "withdrawal_decline",
+            Function::Transfer => "transfer",
+            Function::Payment => "payment",
+            Function::BankWithdrawal => "bank_withdrawal",
+            Function::TopUp => "top_up",
+            Function::ReceiveTransfer => "receive_transfer",
+            Function::AnswerNewDeviceAlert => "answer_new_device_alert",
+        }
+    }
+}
+
+/// Whether `function` may be used at `now` under `restriction` (the device's or the account's;
+/// call once for each that applies).
+///
+/// Functions that do not decrease assets always pass. An asset-decreasing one is refused with
+/// [`RejectReason::AccountFrozen`] while the restriction has no end or is an account freeze,
+/// and with [`RejectReason::Restricted`] before its `until`; from `until` on it passes (the
+/// restriction lifts itself; the stored row may be deleted lazily).
+pub fn check(
+    function: Function,
+    restriction: Option<&ActiveRestriction>,
+    now: u64,
+) -> Result<(), RejectReason> {
+    let Some(r) = restriction else {
+        return Ok(());
+    };
+    if !function.decreases_assets() || !r.is_active(now) {
+        return Ok(());
+    }
+    match r.until {
+        Some(until) if r.reason != RestrictionReason::AccountFrozen => {
+            Err(RejectReason::Restricted { until })
+        }
+        _ => Err(RejectReason::AccountFrozen),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qrcash_protocol::messages::{
+        AnswerNewDeviceAlert, BalanceQuery, BankWithdrawal, ConfirmWithdrawal, DeclineWithdrawal,
+        DeviceInfo, IdentityEvidence, Login, Payment, RegisterWithdrawal, Secret, TopUp, Transfer,
+    };
+    use qrcash_protocol::{Amount, Currency, PrivateKey, TxId};
+
+    const NOW: u64 = 1_760_000_000;
+    const HOUR: u64 = 3_600;
+    const DAY: u64 = 86_400;
+
+    const TOKYO: Position = Position::new(35.6812, 139.7671, 10.0);
+    const SHINJUKU: Position = Position::new(35.6896, 139.7006, 10.0);
+    const YOKOHAMA: Position = Position::new(35.4658, 139.6223, 10.0);
+    const OSAKA: Position = Position::new(34.7025, 135.4959, 10.0);
+
+    fn policy() -> RestrictionPolicy {
+        RestrictionPolicy::default()
+    }
+
+    fn fix(position: Position, at: u64) -> Option<DeviceFix> {
+        Some(DeviceFix { position, at })
+    }
+
+    fn paid(position: Position, age: u64) -> PaymentFix {
+        PaymentFix {
+            at: NOW - age,
+            position,
+        }
+    }
+
+    fn km(a: &Position, b: &Position) -> f64 {
+        a.distance_m(b) / 1_000.0
+    }
+
+    /// SplitMix64: a dependency-free deterministic generator for the randomised properties
+    /// (the hub crate has no `proptest` dev-dependency; see the module's tests summary).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+        fn range(&mut self, lo: f64, hi: f64) -> f64 {
+            lo + (hi - lo) * self.unit()
+        }
+    }
+
+    // --- policy ---------------------------------------------------------------------------
+
+    #[test]
+    fn defaults_are_the_documented_figures_and_valid() {
+        let p = policy();
+        assert_eq!(p.min_period(), Duration::from_secs(HOUR));
+        assert_eq!(p.max_period(), Duration::from_secs(72 * HOUR));
+        assert_eq!(p.login_window(), Duration::from_secs(30 * DAY));
+        assert_eq!((p.rare_logins, p.frequent_logins), (1, 30));
+        assert_eq!(p.same_person_range_km, 20.0);
+        assert_eq!(p.location_tolerance_km, 50.0);
+        assert_eq!(p.max_trusted_accuracy_km, 25.0);
+        assert_eq!(p.impossible_speed_kmh, 900.0);
+        assert_eq!(p.speed_rule_min_distance_km, 100.0);
+        assert_eq!(p.estimate_window_secs, 7 * DAY);
+        assert_eq!(p.estimate_max_payments, 10);
+        assert_eq!(p.estimate_half_life_secs, DAY);
+        assert_eq!(p.estimate_drift_km_per_day, 10.0);
+        assert_eq!(p.validate(), Ok(()));
+    }
+
+    #[test]
+    fn toml_table_is_partial_and_strict() {
+        let p: RestrictionPolicy = toml::from_str("").expect("empty table");
+        assert_eq!(p, policy());
+        let p: RestrictionPolicy =
+            toml::from_str("min_period_secs = 7200\nsame_person_range_km = 5.5\n")
+                .expect("partial table");
+        assert_eq!(p.min_period_secs, 7_200);
+        assert_eq!(p.same_person_range_km, 5.5);
+        assert_eq!(p.max_period_secs, policy().max_period_secs);
+        let typo = toml::from_str::<RestrictionPolicy>("min_period = 7200");
+        assert!(
+            typo.is_err(),
+            "a misspelt key must not silently keep the default"
+        );
+    }
+
+    #[test]
+    fn validate_names_each_bad_figure() {
+        let bad = |f: fn(&mut RestrictionPolicy)| {
+            let mut p = policy();
+            f(&mut p);
+            p.validate().expect_err("must be refused")
+        };
+        assert_eq!(
+            bad(|p| p.min_period_secs = 100 * HOUR),
+            PolicyError::PeriodBounds {
+                min: 100 * HOUR,
+                max: 72 * HOUR
+            }
+        );
+        assert!(matches!(
+            bad(|p| p.rare_logins = 0),
+            PolicyError::LoginBounds { rare: 0, .. }
+        ));
+        assert!(matches!(
+            bad(|p| p.frequent_logins = 1),
+            PolicyError::LoginBounds { .. }
+        ));
+        assert_eq!(
+            bad(|p| p.location_tolerance_km = -1.0),
+            PolicyError::NotAFigure {
+                field: "location_tolerance_km",
+                value: -1.0
+            }
+        );
+        assert!(matches!(
+            bad(|p| p.impossible_speed_kmh = f64::NAN),
+            PolicyError::NotAFigure {
+                field: "impossible_speed_kmh",
+                ..
+            }
+        ));
+        assert!(matches!(
+            bad(|p| p.max_trusted_accuracy_km = f64::INFINITY),
+            PolicyError::NotAFigure { .. }
+        ));
+        assert_eq!(
+            bad(|p| p.estimate_half_life_secs = 0),
+            PolicyError::Zero {
+                field: "estimate_half_life_secs"
+            }
+        );
+        assert_eq!(
+            bad(|p| p.min_period_secs = 0),
+            PolicyError::Zero {
+                field: "min_period_secs"
+            }
+        );
+        let msg = bad(|p| p.min_period_secs = 100 * HOUR).to_string();
+        assert!(
+            msg.contains("min_period_secs") && msg.contains("max_period_secs"),
+            "{msg}"
+        );
+    }
+
+    // --- period ---------------------------------------------------------------------------
+
+    /// The table in `docs/restriction.md` is what the code computes.
+    #[test]
+    fn period_table_in_docs_matches_code() {
+        let doc = include_str!("../../docs/restriction.md");
+        let start = doc.find("<!-- period-table").expect("table start marker");
+        let end = doc.find("<!-- end period-table").expect("table end marker");
+        let rows: Vec<(u32, u64)> = doc[start..end]
+            .lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                // "| n | text | secs |" splits into ["", n, text, secs, ""].
+                Some((cells.get(1)?.parse().ok()?, cells.get(3)?.parse().ok()?))
+            })
+            .collect();
+        let counts: Vec<u32> = rows.iter().map(|(n, _)| *n).collect();
+        assert_eq!(counts, [0, 1, 5, 10, 20, 30, 60]);
+        for (n, secs) in rows {
+            assert_eq!(
+                restriction_period(&policy(), n).as_secs(),
+                secs,
+                "{n} logins"
+            );
+        }
+    }
+
+    #[test]
+    fn period_is_max_when_rare_min_when_frequent_in_minutes_between() {
+        let p = policy();
+        assert_eq!(restriction_period(&p, 0), p.max_period());
+        assert_eq!(restriction_period(&p, 1), p.max_period());
+        assert_eq!(restriction_period(&p, 30), p.min_period());
+        assert_eq!(restriction_period(&p, u32::MAX), p.min_period());
+        for n in 2..30 {
+            let d = restriction_period(&p, n);
+            assert!(p.min_period() < d && d < p.max_period(), "{n}: {d:?}");
+            assert_eq!(d.as_secs() % 60, 0, "{n}: whole minutes");
+        }
+        // Log scale: the first extra logins shorten the period most.
+        let step =
+            |n| restriction_period(&p, n).as_secs() - restriction_period(&p, n + 1).as_secs();
+        assert!(step(1) > step(10) && step(10) > step(28));
+    }
+
+    /// Exhaustive for the defaults: every count from 0 past the saturation point (all counts
+    /// ≥ `frequent_logins` give the same answer by construction).
+    #[test]
+    fn period_is_non_increasing_and_bounded_for_every_count() {
+        let p = policy();
+        let mut last = restriction_period(&p, 0);
+        for n in (1..=1_000).chain([u32::MAX - 1, u32::MAX]) {
+            let d = restriction_period(&p, n);
+            assert!(d <= last, "{n}: {d:?} > {last:?}");
+            assert!(p.min_period() <= d && d <= p.max_period(), "{n}: {d:?}");
+            last = d;
+        }
+    }
+
+    /// Property over random policies, valid or not: non-increasing in the count and within
+    /// the (ordered) bounds, never a panic.
+    #[test]
+    fn period_property_holds_for_random_policies() {
+        let mut rng = Rng(0x5eed_0001);
+        for case in 0..3_000 {
+            let mut p = policy();
+            p.min_period_secs = rng.below(10 * DAY);
+            p.max_period_secs = match case % 4 {
+                0 => u64::MAX - rng.below(1_000),
+                _ => rng.below(20 * DAY),
+            };
+            p.rare_logins = rng.below(50) as u32;
+            p.frequent_logins = rng.below(200) as u32;
+            let (lo, hi) = (
+                p.min_period_secs.min(p.max_period_secs),
+                p.min_period_secs.max(p.max_period_secs),
+            );
+            let mut counts: Vec<u32> = (0..40).map(|_| rng.below(400) as u32).collect();
+            counts.extend([0, 1, p.rare_logins, p.frequent_logins, u32::MAX]);
+            counts.sort_unstable();
+            let periods: Vec<u64> = counts
+                .iter()
+                .map(|&n| restriction_period(&p, n).as_secs())
+                .collect();
+            for (w, pair) in periods.windows(2).enumerate() {
+                assert!(
+                    pair[0] >= pair[1],
+                    "case {case} {p:?}: counts {counts:?} → {periods:?} at {w}"
+                );
+            }
+            for s in &periods {
+                assert!(
+                    (lo..=hi).contains(s),
+                    "case {case} {p:?}: {s} outside [{lo}, {hi}]"
+                );
+            }
+        }
+    }
+
+    // --- estimate -------------------------------------------------------------------------
+
+    #[test]
+    fn single_payment_is_its_merchant_with_drift_added() {
+        let p = policy();
+        let merchant = Position::new(35.0, 139.0, 30.0);
+        let e = estimate_position(&[paid(merchant, 0)], NOW, &p).expect("one payment");
+        assert!(km(&e, &merchant) < 0.001);
+        assert!((e.accuracy_m - 30.0).abs() < 1e-6, "{}", e.accuracy_m);
+        // Half a day later: 5 km of drift at 10 km/day.
+        let e = estimate_position(&[paid(merchant, DAY / 2)], NOW, &p).expect("one payment");
+        assert!((e.accuracy_m - 5_030.0).abs() < 1e-6, "{}", e.accuracy_m);
+    }
+
+    #[test]
+    fn cluster_gives_centroid_with_spread_as_accuracy() {
+        let p = policy();
+        let pays = [paid(TOKYO, HOUR), paid(SHINJUKU, HOUR)];
+        let e = estimate_position(&pays, NOW, &p).expect("cluster");
+        let half = km(&TOKYO, &SHINJUKU) / 2.0;
+        assert!((km(&e, &TOKYO) - half).abs() < 0.05, "{e:?}");
+        assert!((km(&e, &SHINJUKU) - half).abs() < 0.05, "{e:?}");
+        // Spread (each ~3 km from the centroid) + merchant accuracy + 1 h of drift.
+        let expected_m = half * 1_000.0 + 10.0 + 10_000.0 / 24.0;
+        assert!(
+            (e.accuracy_m - expected_m).abs() < 50.0,
+            "{} vs {expected_m}",
+            e.accuracy_m
+        );
+    }
+
+    #[test]
+    fn outlier_far_away_is_ignored() {
+        let p = policy();
+        let pays = [
+            paid(TOKYO, HOUR),
+            paid(SHINJUKU, 2 * HOUR),
+            paid(TOKYO, 3 * HOUR),
+            paid(OSAKA, 30 * 60), // the newest, but alone
+            paid(SHINJUKU, 4 * HOUR),
+        ];
+        let e = estimate_position(&pays, NOW, &p).expect("cluster");
+        assert!(km(&e, &TOKYO) < 10.0, "{e:?}");
+        assert!(
+            e.accuracy_m < 10_000.0,
+            "outlier must not inflate accuracy: {e:?}"
+        );
+        // Without the outlier rule the centroid would be ~80 km towards Osaka.
+        assert!(km(&e, &OSAKA) > 390.0);
+    }
+
+    #[test]
+    fn payments_in_two_places_of_equal_weight_give_no_estimate() {
+        let p = policy();
+        let pays = [paid(TOKYO, HOUR), paid(OSAKA, HOUR)];
+        assert_eq!(estimate_position(&pays, NOW, &p), None);
+    }
+
+    #[test]
+    fn recent_payments_outweigh_older_ones() {
+        let p = policy();
+        let pays = [
+            paid(OSAKA, 6 * DAY),
+            paid(OSAKA, 6 * DAY),
+            paid(OSAKA, 6 * DAY),
+            paid(TOKYO, HOUR),
+            paid(SHINJUKU, 2 * HOUR),
+        ];
+        let e = estimate_position(&pays, NOW, &p).expect("recent cluster wins");
+        assert!(km(&e, &TOKYO) < 10.0, "{e:?}");
+        // The same payments all equally old: Osaka has the majority.
+        let flat: Vec<PaymentFix> = pays.iter().map(|f| paid(f.position, HOUR)).collect();
+        let e = estimate_position(&flat, NOW, &p).expect("majority cluster");
+        assert!(km(&e, &OSAKA) < 1.0, "{e:?}");
+    }
+
+    #[test]
+    fn payments_too_old_or_unusable_give_no_estimate() {
+        let p = policy();
+        assert_eq!(estimate_position(&[], NOW, &p), None);
+        let old = [paid(TOKYO, 7 * DAY + 1), paid(SHINJUKU, 30 * DAY)];
+        assert_eq!(estimate_position(&old, NOW, &p), None);
+        assert!(estimate_position(&[paid(TOKYO, 7 * DAY)], NOW, &p).is_some());
+        let nonsense = [
+            paid(Position::new(f64::NAN, 139.0, 0.0), HOUR),
+            paid(Position::new(95.0, 139.0, 0.0), HOUR),
+            paid(Position::new(35.0, 139.0, -5.0), HOUR),
+        ];
+        assert_eq!(estimate_position(&nonsense, NOW, &p), None);
+        let mut none = policy();
+        none.estimate_max_payments = 0;
+        assert_eq!(estimate_position(&[paid(TOKYO, HOUR)], NOW, &none), None);
+    }
+
+    #[test]
+    fn invalid_positions_are_skipped_not_fatal() {
+        let p = policy();
+        let pays = [
+            paid(Position::new(f64::NAN, 0.0, 0.0), 0),
+            paid(TOKYO, HOUR),
+        ];
+        let e = estimate_position(&pays, NOW, &p).expect("valid payment remains");
+        assert!(km(&e, &TOKYO) < 0.001);
+    }
+
+    #[test]
+    fn only_the_newest_payments_count() {
+        let mut p = policy();
+        p.estimate_max_payments = 3;
+        let mut pays: Vec<PaymentFix> = (0..3).map(|i| paid(TOKYO, HOUR + i)).collect();
+        // More, older payments in Osaka that would be the majority.
+        pays.extend((0..5).map(|i| paid(OSAKA, 2 * HOUR + i)));
+        let e = estimate_position(&pays, NOW, &p).expect("estimate");
+        assert!(km(&e, &TOKYO) < 0.001, "{e:?}");
+    }
+
+    #[test]
+    fn cluster_across_the_antimeridian_stays_there() {
+        let p = policy();
+        let east = Position::new(-17.0, 179.99, 0.0);
+        let west = Position::new(-17.0, -179.99, 0.0);
+        let e = estimate_position(&[paid(east, HOUR), paid(west, HOUR)], NOW, &p).expect("cluster");
+        assert!(e.lon.abs() > 179.9, "{e:?}");
+        assert!(km(&e, &east) < 2.0 && km(&e, &west) < 2.0, "{e:?}");
+    }
+
+    #[test]
+    fn accuracy_grows_with_age_and_future_payments_count_as_now() {
+        let p = policy();
+        let mut last = 0.0;
+        for age in [0, HOUR, DAY, 2 * DAY, 7 * DAY] {
+            let e = estimate_position(&[paid(TOKYO, age)], NOW, &p).expect("estimate");
+            assert!(e.accuracy_m > last || age == 0, "{age}: {e:?}");
+            last = e.accuracy_m;
+        }
+        let future = PaymentFix {
+            at: NOW + HOUR,
+            position: TOKYO,
+        };
+        let e = estimate_position(&[future], NOW, &p).expect("estimate");
+        assert_eq!(e.accuracy_m, TOKYO.accuracy_m);
+    }
+
+    // --- locate ---------------------------------------------------------------------------
+
+    #[test]
+    fn reported_position_wins_when_trusted_else_estimate() {
+        let p = policy();
+        let pays = [paid(OSAKA, HOUR)];
+        let l = locate_new_device(Some(TOKYO), &pays, NOW, &p).expect("reported");
+        assert_eq!(l.source, FixSource::Reported);
+        assert_eq!(
+            l.fix,
+            DeviceFix {
+                position: TOKYO,
+                at: NOW
+            }
+        );
+
+        let coarse = Position::new(35.68, 139.77, 30_000.0);
+        let l = locate_new_device(Some(coarse), &pays, NOW, &p).expect("estimated");
+        assert_eq!(l.source, FixSource::EstimatedFromPayments);
+        assert!(km(&l.fix.position, &OSAKA) < 0.001);
+        assert_eq!(l.fix.at, NOW);
+
+        let broken = Position::new(0.0, 200.0, 5.0);
+        let l = locate_new_device(Some(broken), &pays, NOW, &p).expect("estimated");
+        assert_eq!(l.source, FixSource::EstimatedFromPayments);
+
+        assert_eq!(locate_new_device(None, &[], NOW, &p), None);
+        assert_eq!(locate_new_device(Some(coarse), &[], NOW, &p), None);
+    }
+
+    // --- decide ---------------------------------------------------------------------------
+
+    #[test]
+    fn unknown_position_restricts_with_habit_period() {
+        let p = policy();
+        for (new, existing) in [
+            (None, fix(TOKYO, NOW - HOUR)),
+            (fix(TOKYO, NOW), None),
+            (None, None),
+            // Coarser than the trust limit counts as unknown.
+            (
+                fix(Position::new(35.68, 139.77, 25_001.0), NOW),
+                fix(TOKYO, NOW - HOUR),
+            ),
+            (
+                fix(TOKYO, NOW),
+                fix(Position::new(f64::NAN, 0.0, 1.0), NOW - HOUR),
+            ),
+        ] {
+            let d = decide(&p, new, existing, 10, NOW);
+            assert_eq!(
+                d,
+                Decision::Restrict {
+                    until: NOW + restriction_period(&p, 10).as_secs(),
+                    reason: RestrictionReason::NewDevice,
+                    distance_km: None,
+                    speed_kmh: None,
+                },
+                "{new:?} / {existing:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn same_city_is_free() {
+        let p = policy();
+        // Tokyo station – Yokohama is ~28 km: within 20 km once the 50 km tolerance is off.
+        let d = decide(&p, fix(YOKOHAMA, NOW), fix(TOKYO, NOW - 5 * 60), 0, NOW);
+        assert_eq!(
+            d,
+            Decision::Free {
+                reason: FreeReason::WithinRange { distance_km: 0.0 }
+            }
+        );
+        assert_eq!(d.restriction(), None);
+        assert!(!d.is_restricted());
+        // Even the same second: a precise same-place fix is never "impossible travel".
+        let d = decide(&p, fix(TOKYO, NOW), fix(SHINJUKU, NOW), 0, NOW);
+        assert!(!d.is_restricted());
+    }
+
+    #[test]
+    fn range_boundary_is_inclusive() {
+        let p = policy();
+        // Points due north of Tokyo at 69.9 km and 70.1 km centre distance (20 km + 50 km).
+        let north = |centre_km: f64| {
+            let dlat = (centre_km * 1_000.0 / qrcash_protocol::geo::EARTH_RADIUS_M).to_degrees();
+            Position::new(TOKYO.lat + dlat, TOKYO.lon, 0.0)
+        };
+        let origin = Position::new(TOKYO.lat, TOKYO.lon, 0.0);
+        let inside = decide(&p, fix(north(69.9), NOW), fix(origin, NOW - DAY), 30, NOW);
+        assert!(!inside.is_restricted(), "{inside:?}");
+        let outside = decide(&p, fix(north(70.1), NOW), fix(origin, NOW - DAY), 30, NOW);
+        assert!(
+            matches!(
+                outside,
+                Decision::Restrict {
+                    reason: RestrictionReason::NewDevice,
+                    ..
+                }
+            ),
+            "{outside:?}"
+        );
+    }
+
+    #[test]
+    fn accuracy_beyond_the_tolerance_widens_the_free_zone() {
+        let mut p = policy();
+        p.location_tolerance_km = 0.0;
+        // ~28 km apart: beyond 20 km with precise fixes...
+        let precise = decide(&p, fix(YOKOHAMA, NOW), fix(TOKYO, NOW - DAY), 0, NOW);
+        assert!(precise.is_restricted());
+        // ...within it when each fix is only good to 5 km.
+        let vague = |pos: Position| Position::new(pos.lat, pos.lon, 5_000.0);
+        let d = decide(
+            &p,
+            fix(vague(YOKOHAMA), NOW),
+            fix(vague(TOKYO), NOW - DAY),
+            0,
+            NOW,
+        );
+        assert!(!d.is_restricted(), "{d:?}");
+    }
+
+    #[test]
+    fn far_but_reachable_restricts_as_new_device_with_habit_period() {
+        let p = policy();
+        // Tokyo → Osaka in a day is an ordinary trip.
+        let d = decide(&p, fix(OSAKA, NOW), fix(TOKYO, NOW - DAY), 20, NOW);
+        let Decision::Restrict {
+            until,
+            reason,
+            distance_km,
+            speed_kmh,
+        } = d
+        else {
+            panic!("expected a restriction, got {d:?}");
+        };
+        assert_eq!(reason, RestrictionReason::NewDevice);
+        assert_eq!(until, NOW + restriction_period(&p, 20).as_secs());
+        let dist = distance_km.expect("distance");
+        assert!((dist - (km(&OSAKA, &TOKYO) - 50.0)).abs() < 1e-6, "{dist}");
+        let speed = speed_kmh.expect("speed");
+        assert!((speed - dist / 24.0).abs() < 1e-9, "{speed}");
+        assert_eq!(
+            d.restriction(),
+            Some(ActiveRestriction {
+                reason: RestrictionReason::NewDevice,
+                until: Some(until)
+            })
+        );
+    }
+
+    #[test]
+    fn impossible_travel_restricts_for_the_maximum() {
+        let p = policy();
+        // Tokyo → Osaka (~350 km after tolerance) in 10 minutes: ~2,100 km/h.
+        let d = decide(&p, fix(OSAKA, NOW), fix(TOKYO, NOW - 600), 60, NOW);
+        let Decision::Restrict {
+            until,
+            reason,
+            speed_kmh,
+            ..
+        } = d
+        else {
+            panic!("expected a restriction, got {d:?}");
+        };
+        assert_eq!(reason, RestrictionReason::ImpossibleTravel);
+        assert_eq!(
+            until,
+            NOW + p.max_period_secs,
+            "max period despite 60 logins"
+        );
+        assert!(speed_kmh.expect("speed") > 2_000.0);
+        // Fix times in the future count as now; zero elapsed time counts as one second.
+        let d = decide(&p, fix(OSAKA, NOW + 50), fix(TOKYO, NOW + 100), 60, NOW);
+        match d {
+            Decision::Restrict {
+                reason: RestrictionReason::ImpossibleTravel,
+                speed_kmh: Some(s),
+                ..
+            } => assert!(s.is_finite() && s > 1e6, "{s}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn speed_rule_needs_the_minimum_distance_and_a_speed_above_the_threshold() {
+        let p = policy();
+        let origin = Position::new(TOKYO.lat, TOKYO.lon, 0.0);
+        let north = |centre_km: f64| {
+            let dlat = (centre_km * 1_000.0 / qrcash_protocol::geo::EARTH_RADIUS_M).to_degrees();
+            Position::new(TOKYO.lat + dlat, TOKYO.lon, 0.0)
+        };
+        // 80 km left after tolerance, in one minute: fast, but below the 100 km minimum.
+        let d = decide(&p, fix(north(130.0), NOW), fix(origin, NOW - 60), 0, NOW);
+        assert!(
+            matches!(
+                d,
+                Decision::Restrict {
+                    reason: RestrictionReason::NewDevice,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        // 900 km left in exactly one hour: at the threshold, not above it.
+        let at = decide(&p, fix(north(950.0), NOW), fix(origin, NOW - HOUR), 0, NOW);
+        match at {
+            Decision::Restrict {
+                reason: RestrictionReason::NewDevice,
+                speed_kmh: Some(s),
+                ..
+            } => assert!((s - 900.0).abs() < 1e-6, "{s}"),
+            other => panic!("{other:?}"),
+        }
+        // A little faster is impossible.
+        let above = decide(&p, fix(north(951.0), NOW), fix(origin, NOW - HOUR), 0, NOW);
+        assert!(
+            matches!(
+                above,
+                Decision::Restrict {
+                    reason: RestrictionReason::ImpossibleTravel,
+                    ..
+                }
+            ),
+            "{above:?}"
+        );
+    }
+
+    #[test]
+    fn position_estimated_from_payments_near_the_other_device_is_free() {
+        let p = policy();
+        // No position with the login; the new device paid around Shinjuku this morning.
+        let pays = [
+            paid(SHINJUKU, 2 * HOUR),
+            paid(SHINJUKU, 3 * HOUR),
+            paid(TOKYO, 5 * HOUR),
+        ];
+        let located = locate_new_device(None, &pays, NOW, &p).expect("estimate");
+        assert_eq!(located.source, FixSource::EstimatedFromPayments);
+        let d = decide(&p, Some(located.fix), fix(TOKYO, NOW - HOUR), 0, NOW);
+        assert!(!d.is_restricted(), "{d:?}");
+    }
+
+    #[test]
+    fn position_estimated_from_payments_far_from_the_other_device_restricts() {
+        let p = policy();
+        let pays = [paid(OSAKA, 2 * HOUR), paid(OSAKA, 3 * HOUR)];
+        let located = locate_new_device(None, &pays, NOW, &p).expect("estimate");
+        // The owner's phone was in Tokyo yesterday: reachable, so a new-device restriction.
+        let d = decide(&p, Some(located.fix), fix(TOKYO, NOW - DAY), 5, NOW);
+        assert_eq!(
+            d.restriction(),
+            Some(ActiveRestriction {
+                reason: RestrictionReason::NewDevice,
+                until: Some(NOW + restriction_period(&p, 5).as_secs())
+            })
+        );
+        // ...and ten minutes ago: impossible.
+        let d = decide(&p, Some(located.fix), fix(TOKYO, NOW - 600), 5, NOW);
+        assert!(
+            matches!(
+                d,
+                Decision::Restrict {
+                    reason: RestrictionReason::ImpossibleTravel,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn stale_estimate_is_not_trusted() {
+        let p = policy();
+        // Paid next to the other device, but three days ago: drift makes it 30 km vague.
+        let located = locate_new_device(None, &[paid(TOKYO, 3 * DAY)], NOW, &p).expect("estimate");
+        assert!(located.fix.position.accuracy_m > 25_000.0);
+        let d = decide(&p, Some(located.fix), fix(TOKYO, NOW - HOUR), 0, NOW);
+        assert!(
+            matches!(
+                d,
+                Decision::Restrict {
+                    distance_km: None,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+    }
+
+    /// Randomised properties of `decide`: free exactly when the smallest plausible distance is
+    /// within range; a restriction always ends after `now` and no later than the maximum;
+    /// moving the new device farther away along the same meridian never frees it.
+    #[test]
+    fn decide_properties_hold_for_random_pairs() {
+        let p = policy();
+        let mut rng = Rng(0x5eed_0002);
+        for case in 0..5_000 {
+            let existing = Position::new(
+                rng.range(-80.0, 80.0),
+                rng.range(-180.0, 180.0),
+                rng.range(0.0, 30_000.0),
+            );
+            let span = if case % 2 == 0 { 2.0 } else { 40.0 };
+            let new = Position::new(
+                (existing.lat + rng.range(-span, span)).clamp(-89.0, 89.0),
+                existing.lon,
+                rng.range(0.0, 30_000.0),
+            );
+            let at_existing = NOW - rng.below(3 * DAY);
+            let logins = rng.below(80) as u32;
+            let d = decide(&p, fix(new, NOW), fix(existing, at_existing), logins, NOW);
+            let known = new.accuracy_m <= 25_000.0 && existing.accuracy_m <= 25_000.0;
+            let min_km = (km(&new, &existing)
+                - (50.0_f64).max((new.accuracy_m + existing.accuracy_m) / 1_000.0))
+            .max(0.0);
+            assert_eq!(
+                d.is_restricted(),
+                !known || min_km > 20.0,
+                "case {case}: {new:?} {existing:?} → {d:?}"
+            );
+            if let Decision::Restrict { until, .. } = d {
+                assert!(
+                    until > NOW && until <= NOW + p.max_period_secs,
+                    "case {case}: {d:?}"
+                );
+            }
+            // Farther north (away from the existing device when already north of it).
+            if known && new.lat >= existing.lat && new.lat < 88.0 {
+                let farther = Position::new((new.lat + 0.5).min(89.0), new.lon, new.accuracy_m);
+                let d2 = decide(
+                    &p,
+                    fix(farther, NOW),
+                    fix(existing, at_existing),
+                    logins,
+                    NOW,
+                );
+                assert!(
+                    !d.is_restricted() || d2.is_restricted(),
+                    "case {case}: moving away freed it: {d:?} → {d2:?}"
+                );
+            }
+        }
+    }
+
+    // --- functions and check ------------------------------------------------------------
+
+    #[test]
+    fn exactly_the_money_out_functions_decrease_assets() {
+        let decreasing: Vec<Function> = Function::ALL
+            .into_iter()
+            .filter(|f| f.decreases_assets())
+            .collect();
+        assert_eq!(
+            decreasing,
+            [
+                Function::WithdrawalRegister,
+                Function::WithdrawalConfirm,
+                Function::Transfer,
+                Function::Payment,
+                Function::BankWithdrawal,
+            ]
+        );
+    }
+
+    #[test]
+    fn names_are_unique_and_match_serde() {
+        let mut seen = std::collections::HashSet::new();
+        for f in Function::ALL {
+            assert!(seen.insert(f.as_str()), "duplicate {}", f.as_str());
+            let json = serde_json::to_string(&f).expect("serialise");
+            assert_eq!(json, format!("\"{}\"", f.as_str()));
+        }
+    }
+
+    #[test]
+    fn every_phone_message_maps_to_its_function() {
+        let amount = Amount::new(10_000, Currency::JPY);
+        let tx = TxId([7; 16]);
+        let cases = [
+            (
+                PhoneUp::Login(Login {
+                    account: "a".into(),
+                    password: Secret::new("pw"),
+                    device: DeviceInfo {
+                        device_id: "d".into(),
+                        name: "n".into(),
+                        public_key: PrivateKey::generate().public().to_jwk(),
+                    },
+                    position: None,
+                }),
+                Function::Login,
+            ),
+            (
+                PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+                    account: "a".into(),
+                    amount,
+                }),
+                Function::WithdrawalRegister,
+            ),
+            (
+                PhoneUp::ConfirmWithdrawal(ConfirmWithdrawal {
+                    tx_id: tx,
+                    atm_id: "atm".into(),
+                    amount,
+                    challenge: "c".into(),
+                    position: None,
+                    identity: IdentityEvidence::default(),
+                }),
+                Function::WithdrawalConfirm,
+            ),
+            (
+                PhoneUp::DeclineWithdrawal(DeclineWithdrawal {
+                    tx_id: tx,
+                    not_me: true,
+                }),
+                Function::WithdrawalDecline,
+            ),
+            (
+                PhoneUp::Transfer(Transfer {
+                    idempotency_key: "k".into(),
+                    to_account: "b".into(),
+                    amount,
+                    memo: None,
+                }),
+                Function::Transfer,
+            ),
+            (
+                PhoneUp::Payment(Payment {
+                    idempotency_key: "k".into(),
+                    merchant_id: "m".into(),
+                    amount,
+                }),
+                Function::Payment,
+            ),
+            (
+                PhoneUp::BankWithdrawal(BankWithdrawal {
+                    idempotency_key: "k".into(),
+                    bank_account: "b".into(),
+                    amount,
+                }),
+                Function::BankWithdrawal,
+            ),
+            (
+                PhoneUp::TopUp(TopUp {
+                    idempotency_key: "k".into(),
+                    amount,
+                }),
+                Function::TopUp,
+            ),
+            (
+                PhoneUp::BalanceQuery(BalanceQuery {
+                    account: "a".into(),
+                    history: 5,
+                }),
+                Function::BalanceQuery,
+            ),
+            (
+                PhoneUp::AnswerNewDeviceAlert(AnswerNewDeviceAlert {
+                    alert_id: "x".into(),
+                    not_me: true,
+                }),
+                Function::AnswerNewDeviceAlert,
+            ),
+        ];
+        for (msg, f) in &cases {
+            assert_eq!(Function::of(msg), *f, "{msg:?}");
+        }
+        // Every function except the hub-side credit is reachable from a phone message.
+        let mapped: std::collections::HashSet<Function> = cases.iter().map(|(_, f)| *f).collect();
+        for f in Function::ALL {
+            assert_eq!(mapped.contains(&f), f != Function::ReceiveTransfer, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn no_restriction_lets_everything_through() {
+        for f in Function::ALL {
+            assert_eq!(check(f, None, NOW), Ok(()), "{f:?}");
+        }
+    }
+
+    #[test]
+    fn timed_restriction_blocks_money_out_until_it_lifts_itself() {
+        let until = NOW + HOUR;
+        for reason in [
+            RestrictionReason::NewDevice,
+            RestrictionReason::ImpossibleTravel,
+        ] {
+            let r = ActiveRestriction {
+                reason,
+                until: Some(until),
+            };
+            for f in Function::ALL {
+                let before = check(f, Some(&r), until - 1);
+                let at = check(f, Some(&r), until);
+                if f.decreases_assets() {
+                    assert_eq!(before, Err(RejectReason::Restricted { until }), "{f:?}");
+                } else {
+                    assert_eq!(before, Ok(()), "{f:?}");
+                }
+                assert_eq!(at, Ok(()), "{f:?} at until");
+                assert_eq!(check(f, Some(&r), u64::MAX), Ok(()), "{f:?} long after");
+            }
+            assert!(r.is_active(until - 1) && !r.is_active(until));
+        }
+    }
+
+    #[test]
+    fn frozen_account_blocks_money_out_until_an_operator_lifts_it() {
+        let frozen = ActiveRestriction::frozen();
+        assert_eq!(frozen.until, None);
+        for f in Function::ALL {
+            let expected = if f.decreases_assets() {
+                Err(RejectReason::AccountFrozen)
+            } else {
+                Ok(())
+            };
+            assert_eq!(check(f, Some(&frozen), NOW), expected, "{f:?}");
+            assert_eq!(check(f, Some(&frozen), u64::MAX), expected, "{f:?} forever");
+        }
+        // An open-ended restriction of another reason is a freeze too.
+        let open = ActiveRestriction {
+            reason: RestrictionReason::NewDevice,
+            until: None,
+        };
+        assert_eq!(
+            check(Function::Transfer, Some(&open), NOW),
+            Err(RejectReason::AccountFrozen)
+        );
+        // A timed freeze reports the freeze while active and lifts at its end.
+        let timed = ActiveRestriction {
+            reason: RestrictionReason::AccountFrozen,
+            until: Some(NOW + 10),
+        };
+        assert_eq!(
+            check(Function::Payment, Some(&timed), NOW),
+            Err(RejectReason::AccountFrozen)
+        );
+        assert_eq!(check(Function::Payment, Some(&timed), NOW + 10), Ok(()));
+    }
+
+    #[test]
+    fn restriction_converts_to_and_from_the_wire_form() {
+        let r = ActiveRestriction {
+            reason: RestrictionReason::ImpossibleTravel,
+            until: Some(NOW),
+        };
+        let info: RestrictionInfo = r.into();
+        assert_eq!(
+            info,
+            RestrictionInfo {
+                until: Some(NOW),
+                reason: RestrictionReason::ImpossibleTravel
+            }
+        );
+        assert_eq!(ActiveRestriction::from(info), r);
+        assert_eq!(ActiveRestriction::frozen().info().until, None);
+    }
+}

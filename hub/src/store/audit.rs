@@ -1,0 +1,128 @@
+//! The append-only audit log: one row per message received (accepted, duplicate or
+//! rejected, with the reason) and per operator or sweeper action. Never a secret or a
+//! payload: ids, types and reasons only. Triggers in the schema refuse updates and deletes.
+
+use rusqlite::{Connection, params};
+
+use super::{from_sql, to_sql};
+use crate::error::StoreError;
+
+/// One audit entry to write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Unix seconds.
+    pub at: u64,
+    /// `atm`, `phone`, `operator`, `sweeper`, `unknown`.
+    pub source: String,
+    /// Sender id, when known.
+    pub sender: Option<String>,
+    /// MQTT topic, for messages.
+    pub topic: Option<String>,
+    /// Message type or operator command.
+    pub msg_type: Option<String>,
+    /// Message id.
+    pub jti: Option<String>,
+    /// `accepted`, `duplicate`, `rejected`, `done`.
+    pub outcome: String,
+    /// Machine-readable reason code of a refusal.
+    pub reason: Option<String>,
+    /// Human-readable detail (ids, amounts; never secrets).
+    pub detail: Option<String>,
+}
+
+/// A stored audit entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// Row id (increasing).
+    pub id: i64,
+    /// The entry.
+    pub entry: AuditEntry,
+}
+
+/// Appends an entry.
+pub fn append(db: &Connection, e: &AuditEntry) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO audit(at, source, sender, topic, msg_type, jti, outcome, reason, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            to_sql(e.at),
+            e.source,
+            e.sender,
+            e.topic,
+            e.msg_type,
+            e.jti,
+            e.outcome,
+            e.reason,
+            e.detail
+        ],
+    )?;
+    Ok(())
+}
+
+/// The latest `n` entries, oldest first.
+pub fn tail(db: &Connection, n: usize) -> Result<Vec<AuditRow>, StoreError> {
+    let mut stmt = db.prepare(
+        "SELECT id, at, source, sender, topic, msg_type, jti, outcome, reason, detail
+         FROM audit ORDER BY id DESC LIMIT ?1",
+    )?;
+    let mut rows = stmt
+        .query_map([n as i64], |r| {
+            Ok(AuditRow {
+                id: r.get(0)?,
+                entry: AuditEntry {
+                    at: from_sql(r.get(1)?),
+                    source: r.get(2)?,
+                    sender: r.get(3)?,
+                    topic: r.get(4)?,
+                    msg_type: r.get(5)?,
+                    jti: r.get(6)?,
+                    outcome: r.get(7)?,
+                    reason: r.get(8)?,
+                    detail: r.get(9)?,
+                },
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// Number of entries with `outcome` (tests and operators).
+pub fn count(db: &Connection, outcome: &str) -> Result<u64, StoreError> {
+    let n: i64 = db.query_row(
+        "SELECT COUNT(*) FROM audit WHERE outcome = ?1",
+        [outcome],
+        |r| r.get(0),
+    )?;
+    Ok(from_sql(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[test]
+    fn entries_append_and_cannot_be_changed() {
+        let s = Store::open_in_memory().unwrap();
+        let db = s.conn();
+        for i in 0..3 {
+            append(
+                db,
+                &AuditEntry {
+                    at: i,
+                    source: "atm".into(),
+                    outcome: "accepted".into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        }
+        let t = tail(db, 2).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].entry.at, t[1].entry.at), (1, 2));
+        assert_eq!(count(db, "accepted").unwrap(), 3);
+        assert!(db.execute("DELETE FROM audit", []).is_err());
+        assert!(db.execute("UPDATE audit SET outcome = 'x'", []).is_err());
+    }
+}

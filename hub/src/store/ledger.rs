@@ -1,0 +1,314 @@
+//! The ledger in the database: applying postings and checking the books.
+//!
+//! [`apply`] writes a [`Posting`] (posting row, entries, balances) and refuses one that is
+//! unbalanced or would overdraw an account that must not go negative, so a bug upstream
+//! cannot corrupt the books. [`check`] recomputes everything from the entries.
+
+use std::collections::BTreeMap;
+
+use qrcash_protocol::Currency;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{from_sql, to_sql};
+use crate::error::StoreError;
+use crate::ledger::{LedgerAccount, LedgerReport, Posting};
+use crate::withdrawal::Phase;
+
+/// Writes a posting at time `at`; returns its id.
+pub fn apply(db: &Connection, p: &Posting, at: u64) -> Result<i64, StoreError> {
+    if !p.is_balanced() {
+        return Err(StoreError::Unbalanced(format!(
+            "{} {}",
+            p.kind.as_str(),
+            p.reference
+        )));
+    }
+    db.execute(
+        "INSERT INTO postings(at, kind, currency, reference, description)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            to_sql(at),
+            p.kind.as_str(),
+            p.currency.as_str(),
+            p.reference,
+            p.description
+        ],
+    )?;
+    let id = db.last_insert_rowid();
+    for leg in &p.legs {
+        let key = leg.account.key();
+        db.execute(
+            "INSERT INTO ledger_accounts(id, kind, currency, balance) VALUES (?1, ?2, ?3, 0)
+             ON CONFLICT(id) DO NOTHING",
+            params![key, leg.account.kind(), p.currency.as_str()],
+        )?;
+        let (balance, currency): (i64, String) = db.query_row(
+            "UPDATE ledger_accounts SET balance = balance + ?2 WHERE id = ?1
+             RETURNING balance, currency",
+            params![key, leg.amount],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if currency != p.currency.as_str() {
+            return Err(StoreError::Unbalanced(format!(
+                "{key} is in {currency}, posting in {}",
+                p.currency
+            )));
+        }
+        if balance < 0 && !LedgerAccount::may_be_negative(leg.account.kind()) {
+            return Err(StoreError::Overdraft(key));
+        }
+        db.execute(
+            "INSERT INTO entries(posting_id, ledger_account, amount) VALUES (?1, ?2, ?3)",
+            params![id, key, leg.amount],
+        )?;
+    }
+    Ok(id)
+}
+
+/// The balance of one ledger account (0 if it never moved).
+pub fn balance(db: &Connection, account: &LedgerAccount) -> Result<i64, StoreError> {
+    Ok(db
+        .query_row(
+            "SELECT balance FROM ledger_accounts WHERE id = ?1",
+            [account.key()],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// A customer's available and held balances, as unsigned minor units.
+pub fn customer_balances(db: &Connection, account: &str) -> Result<(u64, u64), StoreError> {
+    let a = balance(db, &LedgerAccount::Available(account.to_owned()))?;
+    let h = balance(db, &LedgerAccount::Held(account.to_owned()))?;
+    Ok((from_sql(a), from_sql(h)))
+}
+
+/// One line of a customer's history: (at, signed amount on `available`, description).
+pub fn history(
+    db: &Connection,
+    account: &str,
+    limit: u32,
+) -> Result<Vec<(u64, i64, String)>, StoreError> {
+    let mut stmt = db.prepare(
+        "SELECT p.at, e.amount, p.description FROM entries e JOIN postings p ON p.id = e.posting_id
+         WHERE e.ledger_account = ?1 ORDER BY p.id DESC LIMIT ?2",
+    )?;
+    let rows = stmt
+        .query_map(
+            params![LedgerAccount::Available(account.to_owned()).key(), limit],
+            |r| Ok((from_sql(r.get(0)?), r.get(1)?, r.get(2)?)),
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Recomputes the books: every posting sums to zero; every stored balance equals the sum of
+/// its entries; balances sum to zero per currency; no account is negative that must not be;
+/// and each customer's held balance equals the amounts of their withdrawals that hold funds.
+pub fn check(db: &Connection) -> Result<LedgerReport, StoreError> {
+    let mut report = LedgerReport {
+        postings: from_sql(db.query_row("SELECT COUNT(*) FROM postings", [], |r| r.get(0))?),
+        ..LedgerReport::default()
+    };
+
+    let mut stmt = db.prepare(
+        "SELECT p.id, p.kind, p.reference, COALESCE(SUM(e.amount), 0), COUNT(e.amount)
+         FROM postings p LEFT JOIN entries e ON e.posting_id = p.id
+         GROUP BY p.id HAVING COALESCE(SUM(e.amount), 0) != 0 OR COUNT(e.amount) < 2",
+    )?;
+    let unbalanced = stmt.query_map([], |r| {
+        Ok(format!(
+            "posting {} ({} {}) sums to {} over {} entries",
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, i64>(4)?
+        ))
+    })?;
+    for p in unbalanced {
+        report.problems.push(p?);
+    }
+
+    let mut stmt = db.prepare(
+        "SELECT a.id, a.kind, a.currency, a.balance,
+                (SELECT COALESCE(SUM(amount), 0) FROM entries e WHERE e.ledger_account = a.id)
+         FROM ledger_accounts a ORDER BY a.id",
+    )?;
+    let accounts = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut totals: BTreeMap<String, i128> = BTreeMap::new();
+    for (id, kind, currency, balance, sum) in &accounts {
+        report.accounts += 1;
+        if balance != sum {
+            report.problems.push(format!(
+                "{id}: stored balance {balance} but entries sum to {sum}"
+            ));
+        }
+        if *balance < 0 && !LedgerAccount::may_be_negative(kind) {
+            report
+                .problems
+                .push(format!("{id}: negative balance {balance}"));
+        }
+        *totals.entry(currency.clone()).or_default() += i128::from(*balance);
+    }
+    for (c, t) in &totals {
+        if *t != 0 {
+            report
+                .problems
+                .push(format!("balances in {c} sum to {t}, not 0"));
+        }
+    }
+    report.totals = totals.into_iter().collect();
+
+    // Held balances against the withdrawals that hold funds.
+    let holding: Vec<String> = Phase::ALL
+        .iter()
+        .filter(|p| p.holds_funds())
+        .map(|p| format!("'{}'", p.as_str()))
+        .collect();
+    let sql = format!(
+        "SELECT a.id, a.balance,
+                (SELECT COALESCE(SUM(w.amount), 0) FROM withdrawals w
+                 WHERE 'cust:' || w.account || ':held' = a.id AND w.phase IN ({}))
+         FROM ledger_accounts a WHERE a.kind = 'held'",
+        holding.join(",")
+    );
+    let mut stmt = db.prepare(&sql)?;
+    let held = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (id, balance, expected) in held {
+        if balance != expected {
+            report.problems.push(format!(
+                "{id}: held {balance} but withdrawals in progress or in doubt total {expected}"
+            ));
+        }
+    }
+    Ok(report)
+}
+
+/// Total of all balances of `currency` (zero when the books balance).
+pub fn total(db: &Connection, currency: Currency) -> Result<i64, StoreError> {
+    Ok(db.query_row(
+        "SELECT COALESCE(SUM(balance), 0) FROM ledger_accounts WHERE currency = ?1",
+        [currency.as_str()],
+        |r| r.get(0),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Leg, PostingKind};
+    use crate::store::Store;
+
+    fn mv(kind: PostingKind, from: LedgerAccount, to: LedgerAccount, v: u64) -> Posting {
+        Posting::movement(kind, from, to, v, Currency::JPY, "ref", "test").unwrap()
+    }
+
+    #[test]
+    fn postings_move_balances_and_the_books_balance() {
+        let s = Store::open_in_memory().unwrap();
+        let db = s.conn();
+        let avail = LedgerAccount::Available("alice".into());
+        let held = LedgerAccount::Held("alice".into());
+        apply(
+            db,
+            &mv(
+                PostingKind::TopUp,
+                LedgerAccount::TopUpSource(Currency::JPY),
+                avail.clone(),
+                10_000,
+            ),
+            1,
+        )
+        .unwrap();
+        assert_eq!(customer_balances(db, "alice").unwrap(), (10_000, 0));
+        assert_eq!(total(db, Currency::JPY).unwrap(), 0);
+        let r = check(db).unwrap();
+        assert!(r.is_ok(), "{r}");
+        assert_eq!(r.postings, 1);
+        // A hold without a withdrawal holding funds is reported.
+        apply(db, &mv(PostingKind::Hold, avail.clone(), held, 1_000), 2).unwrap();
+        let r = check(db).unwrap();
+        assert!(!r.is_ok());
+        assert!(r.problems[0].contains("held 1000"), "{r}");
+        let h = history(db, "alice", 10).unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].1, -1_000);
+    }
+
+    #[test]
+    fn overdrafts_and_unbalanced_postings_are_refused() {
+        let s = Store::open_in_memory().unwrap();
+        let db = s.conn();
+        let avail = LedgerAccount::Available("bob".into());
+        let err = apply(
+            db,
+            &mv(
+                PostingKind::Payment,
+                avail.clone(),
+                LedgerAccount::Merchant("m".into()),
+                1,
+            ),
+            1,
+        )
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Overdraft(_)));
+        let bad = Posting {
+            kind: PostingKind::TopUp,
+            reference: "r".into(),
+            description: "d".into(),
+            currency: Currency::JPY,
+            legs: vec![Leg {
+                account: avail,
+                amount: 5,
+            }],
+        };
+        assert!(matches!(
+            apply(db, &bad, 1).unwrap_err(),
+            StoreError::Unbalanced(_)
+        ));
+    }
+
+    #[test]
+    fn tampering_is_detected() {
+        let s = Store::open_in_memory().unwrap();
+        let db = s.conn();
+        apply(
+            db,
+            &mv(
+                PostingKind::TopUp,
+                LedgerAccount::TopUpSource(Currency::JPY),
+                LedgerAccount::Available("c".into()),
+                500,
+            ),
+            1,
+        )
+        .unwrap();
+        db.execute(
+            "UPDATE ledger_accounts SET balance = 600 WHERE id = 'cust:c:available'",
+            [],
+        )
+        .unwrap();
+        let r = check(db).unwrap();
+        assert_eq!(r.problems.len(), 2, "{r}");
+    }
+}

@@ -1,0 +1,738 @@
+//! Typed rows: accounts, devices, ATMs, merchants, bank accounts and withdrawals, with the
+//! reads and writes the handler and the operator commands need.
+
+use qrcash_protocol::messages::{CassetteStatus, NoteCount};
+use qrcash_protocol::{Amount, Currency, OrderId, Position, TxId};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{from_sql, to_sql};
+use crate::error::StoreError;
+use crate::identity::PinState;
+use crate::withdrawal::{Lifecycle, Phase};
+
+fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(what.into())
+}
+
+fn currency(text: &str) -> Result<Currency, StoreError> {
+    Currency::new(text).map_err(corrupt)
+}
+
+/// A customer account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRow {
+    /// Account id.
+    pub id: String,
+    /// Its currency.
+    pub currency: Currency,
+    /// Argon2 PHC hash of the password.
+    pub password_hash: String,
+    /// Argon2 PHC hash of the PIN.
+    pub pin_hash: String,
+    /// Created, Unix seconds.
+    pub created_at: u64,
+    /// Last password change (equals `created_at` until changed).
+    pub password_changed_at: u64,
+    /// Asset-decreasing functions frozen ("not me").
+    pub frozen: bool,
+    /// Why frozen.
+    pub frozen_reason: Option<String>,
+    /// PIN attempt state.
+    pub pin: PinState,
+}
+
+/// Loads an account.
+pub fn account(db: &Connection, id: &str) -> Result<Option<AccountRow>, StoreError> {
+    let row = db
+        .query_row(
+            "SELECT id, currency, password_hash, pin_hash, created_at, password_changed_at,
+                    frozen, frozen_reason, pin_failures, pin_locked_until
+             FROM accounts WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, bool>(6)?,
+                    r.get(7)?,
+                    r.get::<_, i64>(8)?,
+                    r.get::<_, i64>(9)?,
+                ))
+            },
+        )
+        .optional()?;
+    row.map(|(id, cur, ph, pinh, ca, pca, frozen, fr, pf, plu)| {
+        Ok(AccountRow {
+            id,
+            currency: currency(&cur)?,
+            password_hash: ph,
+            pin_hash: pinh,
+            created_at: from_sql(ca),
+            password_changed_at: from_sql(pca),
+            frozen,
+            frozen_reason: fr,
+            pin: PinState {
+                failures: u32::try_from(pf).unwrap_or(u32::MAX),
+                locked_until: from_sql(plu),
+            },
+        })
+    })
+    .transpose()
+}
+
+/// Stores the PIN attempt state.
+pub fn save_pin_state(db: &Connection, account: &str, s: &PinState) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE accounts SET pin_failures = ?2, pin_locked_until = ?3 WHERE id = ?1",
+        params![account, s.failures, to_sql(s.locked_until)],
+    )?;
+    Ok(())
+}
+
+/// Freezes (or unfreezes) an account's asset-decreasing functions.
+pub fn set_frozen(
+    db: &Connection,
+    account: &str,
+    frozen: bool,
+    reason: Option<&str>,
+    at: u64,
+) -> Result<bool, StoreError> {
+    let n = db.execute(
+        "UPDATE accounts SET frozen = ?2, frozen_reason = ?3, frozen_at = ?4 WHERE id = ?1",
+        params![account, frozen, reason, frozen.then_some(to_sql(at))],
+    )?;
+    Ok(n == 1)
+}
+
+/// Device status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceStatus {
+    /// May be used.
+    Active,
+    /// Revoked by an operator or by the owner's "not me".
+    Revoked,
+}
+
+/// A phone device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    /// Device id (its topic id).
+    pub id: String,
+    /// The account it is enrolled for.
+    pub account: String,
+    /// Human name.
+    pub name: String,
+    /// Enrolled public key (JWK JSON).
+    pub public_jwk: String,
+    /// Its key id.
+    pub kid: String,
+    /// Active or revoked.
+    pub status: DeviceStatus,
+    /// First enrolled.
+    pub enrolled_at: u64,
+    /// Key last (re-)enrolled.
+    pub key_changed_at: u64,
+    /// Last successful login.
+    pub last_login_at: Option<u64>,
+    /// May not move money out before this time (new-device policy).
+    pub restricted_until: Option<u64>,
+    /// Why restricted.
+    pub restriction_reason: Option<String>,
+    /// Why revoked.
+    pub revoked_reason: Option<String>,
+}
+
+const DEVICE_COLS: &str = "id, account, name, public_jwk, kid, status, enrolled_at, key_changed_at,
+     last_login_at, restricted_until, restriction_reason, revoked_reason";
+
+fn device_from(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
+    let status: String = r.get(5)?;
+    Ok(DeviceRow {
+        id: r.get(0)?,
+        account: r.get(1)?,
+        name: r.get(2)?,
+        public_jwk: r.get(3)?,
+        kid: r.get(4)?,
+        status: if status == "active" {
+            DeviceStatus::Active
+        } else {
+            DeviceStatus::Revoked
+        },
+        enrolled_at: from_sql(r.get(6)?),
+        key_changed_at: from_sql(r.get(7)?),
+        last_login_at: r.get::<_, Option<i64>>(8)?.map(from_sql),
+        restricted_until: r.get::<_, Option<i64>>(9)?.map(from_sql),
+        restriction_reason: r.get(10)?,
+        revoked_reason: r.get(11)?,
+    })
+}
+
+/// Loads a device.
+pub fn device(db: &Connection, id: &str) -> Result<Option<DeviceRow>, StoreError> {
+    Ok(db
+        .query_row(
+            &format!("SELECT {DEVICE_COLS} FROM devices WHERE id = ?1"),
+            [id],
+            device_from,
+        )
+        .optional()?)
+}
+
+/// All devices, or those of one account.
+pub fn devices(db: &Connection, account: Option<&str>) -> Result<Vec<DeviceRow>, StoreError> {
+    let mut stmt = db.prepare(&format!(
+        "SELECT {DEVICE_COLS} FROM devices WHERE ?1 IS NULL OR account = ?1 ORDER BY account, id"
+    ))?;
+    let rows = stmt
+        .query_map([account], device_from)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Enrols a new device or replaces the key of an existing one, and records the login.
+pub fn upsert_device_login(
+    db: &Connection,
+    d: &DeviceRow,
+    at: u64,
+    position: Option<&Position>,
+    new_device: bool,
+) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO devices(id, account, name, public_jwk, kid, status, enrolled_at,
+                             key_changed_at, last_login_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8)
+         ON CONFLICT(id) DO UPDATE SET name = ?3, public_jwk = ?4, kid = ?5,
+                             key_changed_at = ?7, last_login_at = ?8",
+        params![
+            d.id,
+            d.account,
+            d.name,
+            d.public_jwk,
+            d.kid,
+            to_sql(d.enrolled_at),
+            to_sql(d.key_changed_at),
+            to_sql(at)
+        ],
+    )?;
+    db.execute(
+        "INSERT INTO logins(account, device_id, kid, at, lat, lon, accuracy_m, new_device)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            d.account,
+            d.id,
+            d.kid,
+            to_sql(at),
+            position.map(|p| p.lat),
+            position.map(|p| p.lon),
+            position.map(|p| p.accuracy_m),
+            new_device
+        ],
+    )?;
+    Ok(())
+}
+
+/// Revokes a device.
+pub fn revoke_device(db: &Connection, id: &str, reason: &str, at: u64) -> Result<bool, StoreError> {
+    let n = db.execute(
+        "UPDATE devices SET status = 'revoked', revoked_at = ?2, revoked_reason = ?3
+         WHERE id = ?1 AND status = 'active'",
+        params![id, to_sql(at), reason],
+    )?;
+    Ok(n == 1)
+}
+
+/// Sets or clears a device's restriction.
+pub fn set_restriction(
+    db: &Connection,
+    id: &str,
+    until: Option<u64>,
+    reason: Option<&str>,
+) -> Result<bool, StoreError> {
+    let n = db.execute(
+        "UPDATE devices SET restricted_until = ?2, restriction_reason = ?3 WHERE id = ?1",
+        params![id, until.map(to_sql), reason],
+    )?;
+    Ok(n == 1)
+}
+
+/// An enrolled ATM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AtmRow {
+    /// ATM id (its topic id).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Street address.
+    pub address: String,
+    /// Registered position.
+    pub position: Position,
+    /// Enrolled public key (JWK JSON).
+    pub public_jwk: String,
+    /// Its key id.
+    pub kid: String,
+    /// Cassette denominations.
+    pub denominations: Vec<u64>,
+    /// Latest reported cassettes, if any heartbeat arrived.
+    pub cassettes: Option<Vec<CassetteStatus>>,
+    /// Latest reported state.
+    pub state: Option<String>,
+    /// Latest presence (`online`/`offline`).
+    pub presence: Option<String>,
+    /// Last message.
+    pub last_seen: Option<u64>,
+    /// Enrolled and not retired.
+    pub active: bool,
+}
+
+/// Loads an ATM.
+pub fn atm(db: &Connection, id: &str) -> Result<Option<AtmRow>, StoreError> {
+    let row = db
+        .query_row(
+            "SELECT id, name, address, lat, lon, public_jwk, kid, denominations, cassettes,
+                    state, presence, last_seen, active
+             FROM atms WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, f64>(3)?,
+                    r.get::<_, f64>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, String>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                    r.get::<_, Option<String>>(9)?,
+                    r.get::<_, Option<String>>(10)?,
+                    r.get::<_, Option<i64>>(11)?,
+                    r.get::<_, bool>(12)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((id, name, address, lat, lon, jwk, kid, denoms, cass, state, presence, seen, active)) =
+        row
+    else {
+        return Ok(None);
+    };
+    let denominations: Vec<u64> = serde_json::from_str(&denoms)
+        .map_err(|e| corrupt(format!("denominations of ATM {id}: {e}")))?;
+    let cassettes = cass
+        .map(|c| serde_json::from_str(&c))
+        .transpose()
+        .map_err(|e| corrupt(format!("cassettes of ATM {id}: {e}")))?;
+    Ok(Some(AtmRow {
+        id,
+        name,
+        address,
+        position: Position::new(lat, lon, 0.0),
+        public_jwk: jwk,
+        kid,
+        denominations,
+        cassettes,
+        state,
+        presence,
+        last_seen: seen.map(from_sql),
+        active,
+    }))
+}
+
+/// All ATM ids.
+pub fn atm_ids(db: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = db.prepare("SELECT id FROM atms ORDER BY id")?;
+    let rows = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(rows)
+}
+
+/// Records an ATM heartbeat.
+pub fn atm_heartbeat(
+    db: &Connection,
+    id: &str,
+    state: &str,
+    cassettes: &[CassetteStatus],
+    at: u64,
+) -> Result<(), StoreError> {
+    let cass = serde_json::to_string(cassettes).map_err(|e| corrupt(e.to_string()))?;
+    db.execute(
+        "UPDATE atms SET state = ?2, cassettes = ?3, last_seen = ?4 WHERE id = ?1",
+        params![id, state, cass, to_sql(at)],
+    )?;
+    Ok(())
+}
+
+/// Records an ATM's presence (last will or online notice).
+pub fn atm_presence(
+    db: &Connection,
+    id: &str,
+    presence: &str,
+    at: u64,
+) -> Result<bool, StoreError> {
+    let n = db.execute(
+        "UPDATE atms SET presence = ?2, last_seen = ?3 WHERE id = ?1",
+        params![id, presence, to_sql(at)],
+    )?;
+    Ok(n == 1)
+}
+
+/// A merchant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MerchantRow {
+    /// Merchant id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Currency it accepts.
+    pub currency: Currency,
+    /// Where it is.
+    pub position: Position,
+}
+
+/// Loads a merchant.
+pub fn merchant(db: &Connection, id: &str) -> Result<Option<MerchantRow>, StoreError> {
+    let row = db
+        .query_row(
+            "SELECT id, name, currency, lat, lon FROM merchants WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, f64>(3)?,
+                    r.get::<_, f64>(4)?,
+                ))
+            },
+        )
+        .optional()?;
+    row.map(|(id, name, cur, lat, lon)| {
+        Ok(MerchantRow {
+            id,
+            name,
+            currency: currency(&cur)?,
+            position: Position::new(lat, lon, 0.0),
+        })
+    })
+    .transpose()
+}
+
+/// The owner account of a registered bank account.
+pub fn bank_account_owner(db: &Connection, id: &str) -> Result<Option<String>, StoreError> {
+    Ok(db
+        .query_row(
+            "SELECT account FROM bank_accounts WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// A withdrawal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WithdrawalRow {
+    /// Transaction id.
+    pub tx_id: TxId,
+    /// Account debited.
+    pub account: String,
+    /// Device that registered it.
+    pub device_id: String,
+    /// Amount.
+    pub amount: Amount,
+    /// Phase.
+    pub phase: Phase,
+    /// Registered at.
+    pub registered_at: u64,
+    /// Code expiry.
+    pub code_expires_at: u64,
+    /// ATM it was presented at.
+    pub atm_id: Option<String>,
+    /// Presented at.
+    pub presented_at: Option<u64>,
+    /// Confirmation deadline.
+    pub confirm_by: Option<u64>,
+    /// Challenge sent with the confirmation request.
+    pub challenge: Option<String>,
+    /// Note breakdown planned at presentation.
+    pub notes: Option<Vec<NoteCount>>,
+    /// Dispense order id.
+    pub order_id: Option<OrderId>,
+    /// Dispense order expiry.
+    pub order_expires_at: Option<u64>,
+    /// The signed order as sent (resent verbatim when the ATM must answer it).
+    pub order_payload: Option<String>,
+    /// Confirmed at.
+    pub confirmed_at: Option<u64>,
+    /// Device that confirmed.
+    pub confirmed_by: Option<String>,
+    /// Value captured.
+    pub settled: u64,
+    /// When it reached a final phase.
+    pub finished_at: Option<u64>,
+    /// Flagged for operator reconciliation.
+    pub needs_reconciliation: bool,
+    /// Operator-facing note (why flagged, how resolved).
+    pub note: Option<String>,
+}
+
+impl WithdrawalRow {
+    /// The facts the transition function needs.
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            phase: self.phase,
+            amount: self.amount.minor,
+            code_expires_at: self.code_expires_at,
+            confirm_by: self.confirm_by,
+        }
+    }
+}
+
+const W_COLS: &str = "tx_id, account, device_id, amount, currency, phase, registered_at,
+    code_expires_at, atm_id, presented_at, confirm_by, challenge, notes, order_id,
+    order_expires_at, order_payload, confirmed_at, confirmed_by, settled, finished_at,
+    needs_reconciliation, note";
+
+type RawW = (
+    (String, String, String, i64, String, String, i64, i64),
+    (
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+    ),
+    (
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        i64,
+        Option<i64>,
+        bool,
+        Option<String>,
+    ),
+);
+
+fn raw_w(r: &Row<'_>) -> rusqlite::Result<RawW> {
+    Ok((
+        (
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+        ),
+        (
+            r.get(8)?,
+            r.get(9)?,
+            r.get(10)?,
+            r.get(11)?,
+            r.get(12)?,
+            r.get(13)?,
+            r.get(14)?,
+        ),
+        (
+            r.get(15)?,
+            r.get(16)?,
+            r.get(17)?,
+            r.get(18)?,
+            r.get(19)?,
+            r.get(20)?,
+            r.get(21)?,
+        ),
+    ))
+}
+
+fn withdrawal_from(raw: RawW) -> Result<WithdrawalRow, StoreError> {
+    let ((tx, account, device, amount, cur, phase, reg, exp), b, c) = raw;
+    let (atm_id, presented_at, confirm_by, challenge, notes, order_id, order_exp) = b;
+    let (order_payload, confirmed_at, confirmed_by, settled, finished_at, flag, note) = c;
+    let tx_id: TxId = tx.parse().map_err(corrupt)?;
+    Ok(WithdrawalRow {
+        tx_id,
+        account,
+        device_id: device,
+        amount: Amount::new(from_sql(amount), currency(&cur)?),
+        phase: phase.parse().map_err(corrupt)?,
+        registered_at: from_sql(reg),
+        code_expires_at: from_sql(exp),
+        atm_id,
+        presented_at: presented_at.map(from_sql),
+        confirm_by: confirm_by.map(from_sql),
+        challenge,
+        notes: notes
+            .map(|n| serde_json::from_str(&n))
+            .transpose()
+            .map_err(|e| corrupt(format!("notes of {tx_id}: {e}")))?,
+        order_id: order_id
+            .map(|o| o.parse::<OrderId>())
+            .transpose()
+            .map_err(corrupt)?,
+        order_expires_at: order_exp.map(from_sql),
+        order_payload,
+        confirmed_at: confirmed_at.map(from_sql),
+        confirmed_by,
+        settled: from_sql(settled),
+        finished_at: finished_at.map(from_sql),
+        needs_reconciliation: flag,
+        note,
+    })
+}
+
+/// Loads a withdrawal.
+pub fn withdrawal(db: &Connection, tx: &TxId) -> Result<Option<WithdrawalRow>, StoreError> {
+    db.query_row(
+        &format!("SELECT {W_COLS} FROM withdrawals WHERE tx_id = ?1"),
+        [tx.to_string()],
+        raw_w,
+    )
+    .optional()?
+    .map(withdrawal_from)
+    .transpose()
+}
+
+/// Withdrawals matching an SQL condition on the table (operator listings and the sweeper).
+pub fn withdrawals_where(
+    db: &Connection,
+    condition: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<WithdrawalRow>, StoreError> {
+    let mut stmt = db.prepare(&format!(
+        "SELECT {W_COLS} FROM withdrawals WHERE {condition} ORDER BY registered_at, tx_id"
+    ))?;
+    let raws = stmt
+        .query_map(args, raw_w)?
+        .collect::<Result<Vec<_>, _>>()?;
+    raws.into_iter().map(withdrawal_from).collect()
+}
+
+/// Inserts a newly registered withdrawal.
+pub fn insert_withdrawal(db: &Connection, w: &WithdrawalRow) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO withdrawals(tx_id, account, device_id, amount, currency, phase,
+                                 registered_at, code_expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            w.tx_id.to_string(),
+            w.account,
+            w.device_id,
+            to_sql(w.amount.minor),
+            w.amount.currency.as_str(),
+            w.phase.as_str(),
+            to_sql(w.registered_at),
+            to_sql(w.code_expires_at)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Binds a registered withdrawal to the ATM that presented it: a conditional update, so of
+/// two presentations racing for the same code exactly one changes the row. Returns whether
+/// this call won.
+pub fn claim_presentation(
+    db: &Connection,
+    tx: &TxId,
+    atm_id: &str,
+    presented_at: u64,
+    confirm_by: u64,
+    challenge: &str,
+    notes: &[NoteCount],
+) -> Result<bool, StoreError> {
+    let notes = serde_json::to_string(notes).map_err(|e| corrupt(e.to_string()))?;
+    let n = db.execute(
+        "UPDATE withdrawals SET phase = 'presented', atm_id = ?2, presented_at = ?3,
+                confirm_by = ?4, challenge = ?5, notes = ?6
+         WHERE tx_id = ?1 AND phase = 'registered' AND code_expires_at > ?3",
+        params![
+            tx.to_string(),
+            atm_id,
+            to_sql(presented_at),
+            to_sql(confirm_by),
+            challenge,
+            notes
+        ],
+    )?;
+    Ok(n == 1)
+}
+
+/// Moves a withdrawal from `from` to `to` (conditional on `from`); returns whether it moved.
+pub fn set_phase(
+    db: &Connection,
+    tx: &TxId,
+    from: Phase,
+    to: Phase,
+    at: u64,
+) -> Result<bool, StoreError> {
+    let n = db.execute(
+        "UPDATE withdrawals SET phase = ?3,
+                finished_at = CASE WHEN ?5 THEN ?4 ELSE finished_at END
+         WHERE tx_id = ?1 AND phase = ?2",
+        params![
+            tx.to_string(),
+            from.as_str(),
+            to.as_str(),
+            to_sql(at),
+            to.is_final()
+        ],
+    )?;
+    Ok(n == 1)
+}
+
+/// Records the dispense order of a confirmed withdrawal.
+pub fn record_order(
+    db: &Connection,
+    tx: &TxId,
+    order_id: &OrderId,
+    expires_at: u64,
+    payload: &str,
+    confirmed_at: u64,
+    device: &str,
+) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE withdrawals SET order_id = ?2, order_expires_at = ?3, order_payload = ?4,
+                confirmed_at = ?5, confirmed_by = ?6 WHERE tx_id = ?1",
+        params![
+            tx.to_string(),
+            order_id.to_string(),
+            to_sql(expires_at),
+            payload,
+            to_sql(confirmed_at),
+            device
+        ],
+    )?;
+    Ok(())
+}
+
+/// Adds to the captured value and sets or clears the reconciliation flag with a note.
+pub fn record_settlement(
+    db: &Connection,
+    tx: &TxId,
+    settled: u64,
+    flag: bool,
+    note: Option<&str>,
+) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE withdrawals SET settled = ?2, needs_reconciliation = ?3,
+                note = COALESCE(?4, note) WHERE tx_id = ?1",
+        params![tx.to_string(), to_sql(settled), flag, note],
+    )?;
+    Ok(())
+}
+
+/// Flags a withdrawal for reconciliation with a note.
+pub fn flag(db: &Connection, tx: &TxId, note: &str) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE withdrawals SET needs_reconciliation = 1, note = ?2 WHERE tx_id = ?1",
+        params![tx.to_string(), note],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! The database schema as ordered migrations (`rusqlite_migration`, tracked in
+//! `user_version`). Append new migrations; never edit one that has shipped.
+
+use rusqlite_migration::{M, Migrations};
+
+const V1: &str = r#"
+-- Counters of the hub itself (its outgoing message seq).
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE accounts (
+    id                  TEXT PRIMARY KEY,
+    currency            TEXT NOT NULL,
+    password_hash       TEXT NOT NULL,
+    pin_hash            TEXT NOT NULL,
+    created_at          INTEGER NOT NULL,
+    password_changed_at INTEGER NOT NULL,
+    frozen              INTEGER NOT NULL DEFAULT 0,
+    frozen_reason       TEXT,
+    frozen_at           INTEGER,
+    pin_failures        INTEGER NOT NULL DEFAULT 0,
+    pin_locked_until    INTEGER NOT NULL DEFAULT 0
+) STRICT;
+
+-- Phone devices; one account per device. restricted_* is set by the new-device policy.
+CREATE TABLE devices (
+    id                 TEXT PRIMARY KEY,
+    account            TEXT NOT NULL REFERENCES accounts(id),
+    name               TEXT NOT NULL,
+    public_jwk         TEXT NOT NULL,
+    kid                TEXT NOT NULL,
+    status             TEXT NOT NULL CHECK (status IN ('active', 'revoked')),
+    enrolled_at        INTEGER NOT NULL,
+    key_changed_at     INTEGER NOT NULL,
+    last_login_at      INTEGER,
+    restricted_until   INTEGER,
+    restriction_reason TEXT,
+    revoked_at         INTEGER,
+    revoked_reason     TEXT
+) STRICT;
+CREATE INDEX devices_by_account ON devices(account);
+
+-- Every successful login with where it happened: input of the new-device policy.
+CREATE TABLE logins (
+    id         INTEGER PRIMARY KEY,
+    account    TEXT NOT NULL,
+    device_id  TEXT NOT NULL,
+    kid        TEXT NOT NULL,
+    at         INTEGER NOT NULL,
+    lat        REAL,
+    lon        REAL,
+    accuracy_m REAL,
+    new_device INTEGER NOT NULL
+) STRICT;
+CREATE INDEX logins_by_account ON logins(account, at);
+
+CREATE TABLE atms (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    address       TEXT NOT NULL,
+    lat           REAL NOT NULL,
+    lon           REAL NOT NULL,
+    public_jwk    TEXT NOT NULL,
+    kid           TEXT NOT NULL,
+    denominations TEXT NOT NULL,
+    cassettes     TEXT,
+    state         TEXT,
+    presence      TEXT,
+    last_seen     INTEGER,
+    active        INTEGER NOT NULL DEFAULT 1,
+    enrolled_at   INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE merchants (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    currency   TEXT NOT NULL,
+    lat        REAL NOT NULL,
+    lon        REAL NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE bank_accounts (
+    id         TEXT PRIMARY KEY,
+    account    TEXT NOT NULL REFERENCES accounts(id),
+    bank       TEXT NOT NULL,
+    number     TEXT NOT NULL,
+    holder     TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE withdrawals (
+    tx_id                TEXT PRIMARY KEY,
+    account              TEXT NOT NULL REFERENCES accounts(id),
+    device_id            TEXT NOT NULL,
+    amount               INTEGER NOT NULL CHECK (amount > 0),
+    currency             TEXT NOT NULL,
+    phase                TEXT NOT NULL,
+    registered_at        INTEGER NOT NULL,
+    code_expires_at      INTEGER NOT NULL,
+    atm_id               TEXT,
+    presented_at         INTEGER,
+    confirm_by           INTEGER,
+    challenge            TEXT,
+    notes                TEXT,
+    order_id             TEXT UNIQUE,
+    order_expires_at     INTEGER,
+    order_payload        TEXT,
+    confirmed_at         INTEGER,
+    confirmed_by         TEXT,
+    settled              INTEGER NOT NULL DEFAULT 0,
+    finished_at          INTEGER,
+    needs_reconciliation INTEGER NOT NULL DEFAULT 0,
+    note                 TEXT
+) STRICT;
+CREATE INDEX withdrawals_by_account ON withdrawals(account, registered_at);
+CREATE INDEX withdrawals_by_phase ON withdrawals(phase);
+
+-- Every dispense report received, applied or not: no dispense record is ever lost.
+CREATE TABLE dispense_reports (
+    id          INTEGER PRIMARY KEY,
+    tx_id       TEXT NOT NULL,
+    order_id    TEXT NOT NULL,
+    atm_id      TEXT NOT NULL,
+    jti         TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    outcome     TEXT NOT NULL,
+    dispensed   INTEGER NOT NULL,
+    report      TEXT NOT NULL,
+    applied     INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE ledger_accounts (
+    id       TEXT PRIMARY KEY,
+    kind     TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    balance  INTEGER NOT NULL DEFAULT 0
+) STRICT;
+
+CREATE TABLE postings (
+    id          INTEGER PRIMARY KEY,
+    at          INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    currency    TEXT NOT NULL,
+    reference   TEXT NOT NULL,
+    description TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE entries (
+    posting_id     INTEGER NOT NULL REFERENCES postings(id),
+    ledger_account TEXT NOT NULL REFERENCES ledger_accounts(id),
+    amount         INTEGER NOT NULL
+) STRICT;
+CREATE INDEX entries_by_account ON entries(ledger_account, posting_id);
+
+-- Phone money operations with their idempotency key and the answer given.
+CREATE TABLE operations (
+    account         TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    reference       TEXT NOT NULL,
+    request         TEXT NOT NULL,
+    amount          INTEGER NOT NULL,
+    counts_to_limit INTEGER NOT NULL,
+    receipt         TEXT NOT NULL,
+    at              INTEGER NOT NULL,
+    PRIMARY KEY (account, idempotency_key)
+) STRICT;
+CREATE INDEX operations_by_time ON operations(account, at);
+
+-- Merchant payments with the merchant's position: input of the device-location estimate.
+CREATE TABLE payments (
+    reference   TEXT PRIMARY KEY,
+    account     TEXT NOT NULL,
+    device_id   TEXT NOT NULL,
+    merchant_id TEXT NOT NULL,
+    amount      INTEGER NOT NULL,
+    at          INTEGER NOT NULL,
+    lat         REAL NOT NULL,
+    lon         REAL NOT NULL
+) STRICT;
+
+CREATE TABLE payouts (
+    reference    TEXT PRIMARY KEY,
+    account      TEXT NOT NULL,
+    bank_account TEXT NOT NULL,
+    amount       INTEGER NOT NULL,
+    currency     TEXT NOT NULL,
+    at           INTEGER NOT NULL,
+    status       TEXT NOT NULL
+) STRICT;
+
+-- Anti-replay windows per sender and key, updated with each message's effects.
+CREATE TABLE replay_windows (
+    sender  TEXT NOT NULL,
+    kid     TEXT NOT NULL,
+    highest INTEGER NOT NULL,
+    seen    BLOB NOT NULL,
+    PRIMARY KEY (sender, kid)
+) STRICT;
+
+-- Processed message ids and the answers sent, to answer a duplicate the same way.
+CREATE TABLE processed (
+    sender    TEXT NOT NULL,
+    jti       TEXT NOT NULL,
+    at        INTEGER NOT NULL,
+    responses TEXT NOT NULL,
+    PRIMARY KEY (sender, jti)
+) STRICT;
+CREATE INDEX processed_by_time ON processed(at);
+
+-- Append-only audit log of every message and operator action. Never secrets.
+CREATE TABLE audit (
+    id       INTEGER PRIMARY KEY,
+    at       INTEGER NOT NULL,
+    source   TEXT NOT NULL,
+    sender   TEXT,
+    topic    TEXT,
+    msg_type TEXT,
+    jti      TEXT,
+    outcome  TEXT NOT NULL,
+    reason   TEXT,
+    detail   TEXT
+) STRICT;
+CREATE TRIGGER audit_is_append_only_u BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_is_append_only_d BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+
+-- New-device alerts pushed to an account's other devices.
+CREATE TABLE alerts (
+    id            TEXT PRIMARY KEY,
+    account       TEXT NOT NULL,
+    new_device    TEXT NOT NULL,
+    notified      TEXT NOT NULL,
+    at            INTEGER NOT NULL,
+    answered_at   INTEGER,
+    not_me        INTEGER
+) STRICT;
+"#;
+
+/// The migrations, oldest first.
+pub fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(V1)])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_are_valid() {
+        assert!(super::migrations().validate().is_ok());
+    }
+}
