@@ -112,9 +112,7 @@ fn tls_config(cfg: &BrokerConfig) -> Result<rustls::ClientConfig, LinkError> {
         .ok_or_else(|| LinkError::Tls("mqtts:// needs ca_file (the broker's CA)".into()))?;
     for cert in rustls_pemfile::certs(&mut read_pem(ca)?.as_slice()) {
         let cert = cert.map_err(|e| file_err(ca, e.to_string()))?;
-        roots
-            .add(cert)
-            .map_err(|e| file_err(ca, e.to_string()))?;
+        roots.add(cert).map_err(|e| file_err(ca, e.to_string()))?;
     }
     if roots.is_empty() {
         return Err(file_err(ca, "no certificate in file".into()));
@@ -231,10 +229,7 @@ mod tests {
     #[test]
     fn tls_needs_a_ca_and_both_client_files() {
         let cfg = BrokerConfig::plain("mqtts://h:8883");
-        assert!(matches!(
-            mqtt_options(&cfg, "c"),
-            Err(LinkError::Tls(_))
-        ));
+        assert!(matches!(mqtt_options(&cfg, "c"), Err(LinkError::Tls(_))));
         let cfg = BrokerConfig {
             ca_file: Some("/nonexistent/ca.pem".into()),
             ..BrokerConfig::plain("mqtts://h:8883")
