@@ -4,6 +4,7 @@
 //! - [`request`], [`outcome`], [`status`] and [`error`] are its vocabulary; outcomes are
 //!   serde-serialisable so the agent can journal them.
 //! - [`lcdm`] drives a Puloon LCDM-1000/2000 over a serial port.
+//! - [`sim`] plays the device side of the LCDM protocol on a pseudo-terminal, with faults.
 //! - [`journal`] keeps the driver's record of its last dispense across restarts.
 //!
 //! The money rule throughout: what the device did is reported as counted, and when it cannot
@@ -14,6 +15,7 @@ pub mod journal;
 pub mod lcdm;
 pub mod outcome;
 pub mod request;
+pub mod sim;
 pub mod status;
 
 pub use error::{DeviceError, DispenserError};
