@@ -1,0 +1,170 @@
+//! The reference phone client against a real broker and a scripted stand-in for the hub:
+//! requests are signed by the device key with a persisted, increasing `seq`; answers are
+//! matched by `re`; forged, misaddressed and replayed pushes never reach the caller.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qrcash_phone::{DeviceStore, PhoneClient, PhoneSettings};
+use qrcash_protocol::envelope::{self, Claims};
+use qrcash_protocol::link::BrokerConfig;
+use qrcash_protocol::messages::{LoginResult, PhonePush, PhoneUp};
+use qrcash_protocol::{MAX_UPLINK_BYTES, PrivateKey, PublicKey, Signer, SystemClock, topics};
+use qrcash_tests::broker::Mosquitto;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+/// A raw MQTT client standing in for the hub: yields (topic, payload) of phone up-links.
+async fn fake_hub(port: u16) -> (AsyncClient, mpsc::Receiver<(String, Vec<u8>)>) {
+    let (client, mut eventloop) =
+        AsyncClient::new(MqttOptions::new("fake-hub", "127.0.0.1", port), 16);
+    let (tx, rx) = mpsc::channel(16);
+    let (sub_tx, mut sub_rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = sub_tx.try_send(());
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send((p.topic.clone(), p.payload.to_vec())).await;
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    client
+        .subscribe("qrcash/v1/phone/+/up", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), sub_rx.recv())
+        .await
+        .expect("fake hub subscribed");
+    (client, rx)
+}
+
+fn push(hub: &Signer, to: &str, seq: u64, re: &str, msg: PhonePush) -> Vec<u8> {
+    let now = qrcash_protocol::Clock::now(&SystemClock);
+    hub.seal(&Claims::new(hub.id(), to, seq, now, Duration::from_secs(60), msg).in_reply_to(re))
+        .into_bytes()
+}
+
+fn login_result() -> PhonePush {
+    PhonePush::LoginResult(LoginResult {
+        account: "hanako".into(),
+        device_id: "dev-1".into(),
+        new_device: false,
+        restriction: None,
+    })
+}
+
+#[tokio::test]
+async fn login_round_trip_refuses_forged_and_replayed_pushes() {
+    let broker = Mosquitto::start();
+    let (hub_client, mut uplinks) = fake_hub(broker.port()).await;
+    let hub = Signer::new("hub", PrivateKey::generate());
+    let state = tempfile::tempdir().unwrap();
+    let store = DeviceStore::open(state.path()).unwrap();
+    let key = store.device_key().unwrap();
+    let mut phone = PhoneClient::connect(
+        PhoneSettings::new("dev-1", BrokerConfig::plain(broker.url())),
+        key.clone(),
+        hub.key().public().clone(),
+        store,
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+
+    let jti = phone
+        .send(qrcash_phone::requests::login(
+            "hanako", "pw", "dev-1", "test", &key, None,
+        ))
+        .await
+        .unwrap();
+    let (topic, bytes) = tokio::time::timeout(Duration::from_secs(5), uplinks.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(topic, topics::phone_up("dev-1"));
+    // The hub's view: proof of possession with the key inside the Login.
+    let sealed = envelope::Sealed::parse(&bytes, MAX_UPLINK_BYTES).unwrap();
+    let peek: Claims<PhoneUp> = sealed.peek().unwrap();
+    let PhoneUp::Login(login) = &peek.msg else {
+        panic!("not a login")
+    };
+    let device_key = PublicKey::from_jwk(&login.device.public_key).unwrap();
+    assert_eq!(device_key.kid(), sealed.kid());
+    let claims: Claims<PhoneUp> = sealed.open(&device_key).unwrap();
+    assert_eq!((claims.iss.as_str(), claims.aud.as_str(), claims.seq), ("dev-1", "hub", 1));
+    assert_eq!(claims.jti, jti);
+
+    let push_topic = topics::phone_push("dev-1");
+    let publish = |bytes: Vec<u8>| {
+        let c = hub_client.clone();
+        let t = push_topic.clone();
+        async move { c.publish(t, QoS::AtLeastOnce, false, bytes).await.unwrap() }
+    };
+    // A forged answer (right ids, wrong key), one for another device, then the real one,
+    // then the real one replayed.
+    let mallory = Signer::new("hub", PrivateKey::generate());
+    publish(push(&mallory, "dev-1", 1, &jti, login_result())).await;
+    publish(push(&hub, "dev-2", 2, &jti, login_result())).await;
+    let genuine = push(&hub, "dev-1", 3, &jti, login_result());
+    publish(genuine.clone()).await;
+    publish(genuine).await;
+    let reply = phone.reply_to(&jti, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(reply, login_result());
+    assert_eq!(phone.rejected_pushes(), 2, "forged and misaddressed refused");
+    // The replay is refused too; nothing else arrives.
+    let err = phone
+        .next_push("anything", Duration::from_millis(500), |_| true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, qrcash_phone::PhoneError::Timeout { .. }), "{err}");
+    assert_eq!(phone.rejected_pushes(), 3, "replay refused");
+
+    // A Rejected answer becomes a typed error; seq keeps increasing.
+    let jti2 = phone
+        .send(PhoneUp::BalanceQuery(qrcash_protocol::messages::BalanceQuery {
+            account: "hanako".into(),
+            history: 0,
+        }))
+        .await
+        .unwrap();
+    let (_, bytes) = uplinks.recv().await.unwrap();
+    let claims: Claims<PhoneUp> = envelope::Sealed::parse(&bytes, MAX_UPLINK_BYTES)
+        .unwrap()
+        .open(&device_key)
+        .unwrap();
+    assert_eq!(claims.seq, 2);
+    publish(push(
+        &hub,
+        "dev-1",
+        4,
+        &jti2,
+        PhonePush::Rejected(qrcash_protocol::messages::Rejected {
+            reason: qrcash_protocol::RejectReason::NotLoggedIn,
+            message: "log in first".into(),
+        }),
+    ))
+    .await;
+    let err = phone.reply_to(&jti2, Duration::from_secs(5)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            qrcash_phone::PhoneError::Rejected {
+                reason: qrcash_protocol::RejectReason::NotLoggedIn,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    phone.shutdown().await;
+
+    // After a restart the counter and the hub window carry on from disk.
+    let store = DeviceStore::open(state.path()).unwrap();
+    assert_eq!(store.last_seq(), 2);
+    assert_eq!(store.hub_window().highest, 4);
+}
