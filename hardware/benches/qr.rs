@@ -18,6 +18,7 @@ use qrcash_hardware::scan::{ScanConfig, Scanner};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Decoder {
     Ours,
+    OursFast,
     Rqrr,
     Zbar,
 }
@@ -26,6 +27,7 @@ impl Decoder {
     fn name(self) -> &'static str {
         match self {
             Decoder::Ours => "qrcash scanner",
+            Decoder::OursFast => "qrcash, fast passes only",
             Decoder::Rqrr => "plain rqrr 0.10",
             Decoder::Zbar => "zbar (libzbar)",
         }
@@ -99,6 +101,9 @@ fn parse_args() -> Result<Args, String> {
     }
     Ok(args)
 }
+
+/// Samples per (frame size, decoder, distortion class).
+type Results = BTreeMap<((u32, u32), Decoder, Distortion), Vec<Sample>>;
 
 /// One decoder's result on one image.
 #[derive(Debug, Clone, Copy)]
@@ -189,8 +194,12 @@ fn main() {
         }
     };
     let mut scanner = Scanner::new(ScanConfig::default());
+    let mut fast_only = Scanner::new(ScanConfig {
+        slow_search_every: 0,
+        ..ScanConfig::default()
+    });
     // (size, decoder, class) -> samples
-    let mut results: BTreeMap<((u32, u32), Decoder, Distortion), Vec<Sample>> = BTreeMap::new();
+    let mut results: Results = BTreeMap::new();
     let mut empty: BTreeMap<((u32, u32), Decoder), Vec<Duration>> = BTreeMap::new();
     let mut tracked: BTreeMap<(u32, u32), Vec<Duration>> = BTreeMap::new();
     let started = Instant::now();
@@ -218,6 +227,15 @@ fn main() {
                     tracked.entry((w, h)).or_default().push(time);
                 }
             }
+            fast_only.reset_tracking();
+            let start = Instant::now();
+            let found = fast_only.scan(frame);
+            let time = start.elapsed();
+            let ok = found.is_some_and(|d| d.payload == img.payload);
+            results
+                .entry(((w, h), Decoder::OursFast, img.distortion))
+                .or_default()
+                .push(Sample { ok, time });
             let (payloads, time) = rqrr_decode(frame);
             let ok = payloads.contains(&img.payload);
             results
@@ -244,6 +262,13 @@ fn main() {
                 .entry(((w, h), Decoder::Ours))
                 .or_default()
                 .push(start.elapsed());
+            fast_only.reset_tracking();
+            let start = Instant::now();
+            let _ = fast_only.scan(&frame);
+            empty
+                .entry(((w, h), Decoder::OursFast))
+                .or_default()
+                .push(start.elapsed());
             let (_, time) = rqrr_decode(&frame);
             empty.entry(((w, h), Decoder::Rqrr)).or_default().push(time);
             if let Some(z) = &zbar {
@@ -263,9 +288,14 @@ fn main() {
         }
     }
     let decoders: Vec<Decoder> = if zbar.is_some() {
-        vec![Decoder::Ours, Decoder::Rqrr, Decoder::Zbar]
+        vec![
+            Decoder::Ours,
+            Decoder::OursFast,
+            Decoder::Rqrr,
+            Decoder::Zbar,
+        ]
     } else {
-        vec![Decoder::Ours, Decoder::Rqrr]
+        vec![Decoder::Ours, Decoder::OursFast, Decoder::Rqrr]
     };
     let report = report(
         &args,
@@ -307,7 +337,7 @@ fn dump(dir: &std::path::Path, img: &corpus::CorpusImage, w: u32, h: u32) {
 fn report(
     args: &Args,
     decoders: &[Decoder],
-    results: &BTreeMap<((u32, u32), Decoder, Distortion), Vec<Sample>>,
+    results: &Results,
     empty: &BTreeMap<((u32, u32), Decoder), Vec<Duration>>,
     tracked: &BTreeMap<(u32, u32), Vec<Duration>>,
     zbar_version: Option<String>,
@@ -443,6 +473,21 @@ mod zbar {
 
     type Ptr = *mut c_void;
 
+    /// Look up `name` in `lib` as a function pointer of type `F`.
+    ///
+    /// # Safety
+    /// `F` must be the `extern "C"` function pointer type matching the symbol's C declaration.
+    unsafe fn symbol<F: Copy>(lib: Ptr, name: &std::ffi::CStr) -> Result<F, String> {
+        assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<Ptr>());
+        // SAFETY: `name` is NUL-terminated; the caller vouches for `F`.
+        let p = unsafe { dlsym(lib, name.as_ptr()) };
+        if p.is_null() {
+            return Err(format!("libzbar lacks {name:?}"));
+        }
+        // SAFETY: a non-null symbol address reinterpreted as the function type the caller named.
+        Ok(unsafe { std::mem::transmute_copy::<Ptr, F>(&p) })
+    }
+
     pub struct Zbar {
         scanner: Ptr,
         image_create: unsafe extern "C" fn() -> Ptr,
@@ -468,13 +513,9 @@ mod zbar {
                     return Err("libzbar.so.0 not found".into());
                 }
                 macro_rules! sym {
-                    ($name:literal) => {{
-                        let p = dlsym(lib, $name.as_ptr());
-                        if p.is_null() {
-                            return Err(format!("libzbar lacks {:?}", $name));
-                        }
-                        std::mem::transmute::<*mut c_void, _>(p)
-                    }};
+                    ($name:literal) => {
+                        symbol(lib, $name)?
+                    };
                 }
                 let scanner_create: unsafe extern "C" fn() -> Ptr =
                     sym!(c"zbar_image_scanner_create");

@@ -137,7 +137,7 @@ pub(crate) fn find_finders(bm: &Bitmap<'_>) -> Vec<Finder> {
         let mut c = [0usize; 5];
         let mut state = 0usize;
         for x in 0..=bm.width {
-            let black = x < bm.width && row[x] != 0;
+            let black = row.get(x).is_some_and(|&b| b != 0);
             if black {
                 if state & 1 == 1 {
                     state += 1;
@@ -215,7 +215,7 @@ pub(crate) struct Corners {
 /// Plausible finder triples, best first.
 pub(crate) fn triples(finders: &[Finder]) -> Vec<Corners> {
     let mut pool: Vec<Finder> = finders.to_vec();
-    pool.sort_by(|a, b| b.count.cmp(&a.count));
+    pool.sort_by_key(|f| std::cmp::Reverse(f.count));
     if pool.iter().filter(|f| f.count >= 2).count() >= 3 {
         pool.retain(|f| f.count >= 2);
     }
@@ -348,10 +348,11 @@ pub(crate) fn locate(bm: &Bitmap<'_>, c: &Corners) -> Vec<Located> {
     let module = (c.tl.module + c.tr.module + c.bl.module) / 3.0 * ax.abs().max(ay.abs());
     let estimate = ((dist(tl, tr) + dist(tl, bl)) / 2.0 / module + 7.0).round() as usize;
     let mut sizes = vec![snap(estimate)];
-    if let Some(t) = timing_size(bm, c) {
-        if t.abs_diff(sizes[0]) <= 8 && t != sizes[0] {
-            sizes.insert(0, t);
-        }
+    if let Some(t) = timing_size(bm, c)
+        && t.abs_diff(sizes[0]) <= 8
+        && t != sizes[0]
+    {
+        sizes.insert(0, t);
     }
     for alt in [sizes[0] + 4, sizes[0].saturating_sub(4)] {
         if (21..=177).contains(&alt) && !sizes.contains(&alt) {
@@ -367,17 +368,15 @@ pub(crate) fn locate(bm: &Bitmap<'_>, c: &Corners) -> Vec<Located> {
         let Some(affine) = homography(c, size, parallelogram, false) else {
             continue;
         };
-        let mut located = Located {
-            to_image: affine,
-            size,
-        };
-        if size > 21 {
-            if let Some(centre) = find_alignment(bm, &located, module) {
-                if let Some(h) = homography(c, size, centre, true) {
-                    located.to_image = h;
-                }
-            }
-        }
+        let located = with_alignment(
+            bm,
+            c,
+            Located {
+                to_image: affine,
+                size,
+            },
+            module,
+        );
         if size >= 45 {
             // Version 7+: the version blocks say the size outright.
             match read_version(bm, &located) {
@@ -385,16 +384,11 @@ pub(crate) fn locate(bm: &Bitmap<'_>, c: &Corners) -> Vec<Located> {
                 Some(v) => {
                     let other = 17 + 4 * v;
                     if let Some(h) = homography(c, other, parallelogram, false) {
-                        let mut l = Located {
+                        let l = Located {
                             to_image: h,
                             size: other,
                         };
-                        if let Some(centre) = find_alignment(bm, &l, module) {
-                            if let Some(h) = homography(c, other, centre, true) {
-                                l.to_image = h;
-                            }
-                        }
-                        return vec![l];
+                        return vec![with_alignment(bm, c, l, module)];
                     }
                 }
                 None => {}
@@ -404,6 +398,18 @@ pub(crate) fn locate(bm: &Bitmap<'_>, c: &Corners) -> Vec<Located> {
     }
     out.truncate(2);
     out
+}
+
+/// Replace the parallelogram guess for the fourth corner by the alignment pattern, if found
+/// (version 2 and up): this is what makes perspective come out right.
+fn with_alignment(bm: &Bitmap<'_>, c: &Corners, mut l: Located, module: f64) -> Located {
+    if l.size > 21
+        && let Some(centre) = find_alignment(bm, &l, module)
+        && let Some(h) = homography(c, l.size, centre, true)
+    {
+        l.to_image = h;
+    }
+    l
 }
 
 fn snap(size: usize) -> usize {

@@ -199,7 +199,7 @@ impl Scanner {
             }
         }
         let every = u64::from(self.config.slow_search_every);
-        let slow = every != 0 && self.frames % every == 0;
+        let slow = every != 0 && self.frames.is_multiple_of(every);
         self.frames += 1;
         let mut out = Vec::new();
         self.scan_frame(view, start, true, slow, &mut out);
