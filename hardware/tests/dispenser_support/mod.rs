@@ -50,3 +50,34 @@ pub fn config_with_journal(sim: &SimHandle, model: LcdmModel, journal: &Path) ->
 pub fn open(sim: &SimHandle, model: LcdmModel) -> LcdmDispenser {
     LcdmDispenser::open(config(sim, model)).expect("driver opens the pty")
 }
+
+/// The invariant behind "no cash without an order": the notes that physically left the
+/// simulated machine during a dispense are exactly the reported count, or, when the outcome
+/// is in doubt, between the known count and the known count plus the batch in flight.
+pub fn assert_accounted(
+    outcome: &qrcash_hardware::dispenser::DispenseOutcome,
+    delivered_before: u64,
+    sim: &SimHandle,
+) {
+    let physical = sim.counters().delivered - delivered_before;
+    if outcome.is_in_doubt() {
+        assert!(
+            outcome.delivered_total() <= physical
+                && physical <= outcome.max_possibly_delivered_total(),
+            "in doubt: known {} ≤ physical {physical} ≤ max {} violated: {outcome:?}",
+            outcome.delivered_total(),
+            outcome.max_possibly_delivered_total()
+        );
+    } else {
+        assert_eq!(
+            outcome.delivered_total(),
+            physical,
+            "reported and physical notes differ: {outcome:?}"
+        );
+    }
+    assert!(
+        physical <= outcome.requested.total(),
+        "more notes left than were ordered: {physical} > {}",
+        outcome.requested.total()
+    );
+}

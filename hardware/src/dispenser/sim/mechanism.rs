@@ -57,6 +57,8 @@ pub struct Faults {
     pub corrupt_responses: u32,
     /// Answer the next this-many command frames with NAK.
     pub nak_commands: u32,
+    /// Send idle noise (0xFF, 0x00 bytes) before every ACK and response.
+    pub line_noise: bool,
 }
 
 impl Faults {

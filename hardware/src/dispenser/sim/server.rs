@@ -389,6 +389,15 @@ impl Server {
     }
 
     fn write(&mut self, bytes: &[u8]) {
+        if self.lock().faults.line_noise {
+            let mut noisy = vec![0xFF, 0x00, 0xFF];
+            noisy.extend_from_slice(bytes);
+            return self.write_raw(&noisy);
+        }
+        self.write_raw(bytes);
+    }
+
+    fn write_raw(&mut self, bytes: &[u8]) {
         if let Err(e) = self.port.write_all(bytes).and_then(|_| self.port.flush()) {
             tracing::warn!(error = %e, "simulator write failed");
         }
