@@ -5,3 +5,5 @@
 //! own generated configuration on a free loopback port.
 
 pub mod broker;
+pub mod mqtt;
+pub mod pki;
