@@ -1,0 +1,1006 @@
+//! The customer session as a pure state machine: one transaction at a time, from a code
+//! read by the camera to the end of the dispense. No I/O, no clock: inputs carry the time,
+//! outputs are [`Action`]s the shell (`runtime`) carries out (show, journal, send, dispense).
+//!
+//! ```text
+//! Idle --valid code, link up--> Presented --AwaitConfirmation--> AwaitingConfirmation
+//!   ^                              |                                  |
+//!   |   timeout / Abort / refusal  |                                  | DispenseOrder (verified)
+//!   +------------------------------+----------------------------------+--> Dispensing
+//!   +-------------------------------- dispense finished ------------------------+
+//! ```
+//!
+//! Safety rules enforced here: an order is executed only if it names this ATM, the
+//! transaction presented at this ATM right now, an unexpired deadline, the ATM's currency
+//! and notes that add up to the amount and exist in the cassettes. Anything else is
+//! answered with `OrderRefused`, so the hub releases the hold. Signature, addressing and
+//! replay checks of hub messages happen before (`inbound`); "order already executed" is
+//! checked against the database before (`runtime`).
+
+use std::time::Duration;
+
+use qrcash_hardware::dispenser::DispenseRequest;
+use qrcash_protocol::messages::{
+    AbortReason, AtmDown, AtmState, AtmUp, CancelReason, CodePresented, DispenseOrder,
+    DispenseOutcome, OrderRefused, RejectReason, SessionCancelled,
+};
+use qrcash_protocol::token::{self, CodeToken};
+use qrcash_protocol::{Amount, Currency, OrderId, PublicKey, TxId};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::dispense::request_for;
+use crate::store::{JournalKind, Priority};
+
+/// What the session needs to know about this ATM.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// This ATM's id.
+    pub atm_id: String,
+    /// The currency its cassettes hold.
+    pub currency: Currency,
+    /// Denomination of each cassette, position order (index 0 = cassette 1).
+    pub cassettes: Vec<u64>,
+    /// Trusted hub keys for codes (several during a key rotation).
+    pub hub_keys: Vec<PublicKey>,
+    /// How long to wait for the hub's `AwaitConfirmation` after presenting a code.
+    pub present_timeout: Duration,
+    /// How long after the confirmation deadline an order is still awaited.
+    pub confirm_grace: Duration,
+    /// The same code seen again within this time is the same presentation.
+    pub rescan_quiet: Duration,
+}
+
+/// What the ATM's screen shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "screen", rename_all = "snake_case")]
+pub enum Screen {
+    /// Ready for a code.
+    Idle,
+    /// The hub cannot be reached: codes cannot be used right now.
+    ServiceUnavailable,
+    /// The code was refused.
+    CodeRefused {
+        /// Why.
+        reason: String,
+    },
+    /// The code was sent to the hub.
+    PleaseWait,
+    /// The customer must confirm on the phone.
+    ConfirmOnPhone {
+        /// The amount.
+        amount: Amount,
+        /// Deadline, Unix seconds.
+        confirm_by: u64,
+    },
+    /// Paying out.
+    Dispensing {
+        /// The amount.
+        amount: Amount,
+    },
+    /// Done.
+    TakeCash {
+        /// What left the machine.
+        dispensed: Amount,
+        /// How it ended.
+        outcome: DispenseOutcome,
+    },
+    /// The session ended without cash.
+    Cancelled {
+        /// Why.
+        reason: String,
+    },
+    /// The ATM cannot serve.
+    OutOfService {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where the session stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// No transaction.
+    Idle,
+    /// `CodePresented` queued; waiting for the hub.
+    Presented {
+        /// The transaction.
+        tx_id: TxId,
+        /// The `jti` of the `CodePresented` message.
+        jti: String,
+        /// When, Unix seconds.
+        since: u64,
+    },
+    /// The hub is waiting for the phone.
+    AwaitingConfirmation {
+        /// The transaction.
+        tx_id: TxId,
+        /// The `jti` of the `CodePresented` message.
+        jti: String,
+        /// The amount.
+        amount: Amount,
+        /// The deadline, Unix seconds.
+        confirm_by: u64,
+    },
+    /// An order is being executed.
+    Dispensing {
+        /// The order.
+        order_id: OrderId,
+        /// Its transaction.
+        tx_id: TxId,
+    },
+    /// Not serving (machine not clear, operator needed).
+    OutOfService {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An input to the session.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// The camera decoded this text.
+    CodeRead(String),
+    /// A verified message from the hub, with its `jti`.
+    Down {
+        /// Its `jti` (answers set `re` to it).
+        jti: String,
+        /// The message.
+        msg: AtmDown,
+    },
+    /// The hub refused one of our messages (`re`).
+    SendRefused {
+        /// The refused message's `jti`.
+        re: String,
+        /// Why.
+        reason: RejectReason,
+    },
+    /// A message could not be queued (outbox full).
+    QueueFailed {
+        /// Its `jti`.
+        jti: String,
+    },
+    /// The dispense of an order ended and its report is committed.
+    DispenseFinished {
+        /// The order.
+        order_id: OrderId,
+        /// What left the machine.
+        dispensed: Amount,
+        /// How it ended.
+        outcome: DispenseOutcome,
+        /// Whether the machine is clear for the next customer.
+        machine_clear: bool,
+    },
+    /// Recovery left the machine clear again.
+    MachineClear,
+    /// The broker connection went up or down.
+    Link(bool),
+    /// Time passes.
+    Tick,
+}
+
+/// What the shell must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Update the screen / status output.
+    Show(Screen),
+    /// Append to the electronic journal.
+    Journal {
+        /// What.
+        kind: JournalKind,
+        /// The transaction.
+        tx_id: Option<TxId>,
+        /// The order.
+        order_id: Option<OrderId>,
+        /// Details.
+        detail: serde_json::Value,
+    },
+    /// Seal with this `jti` and queue in the outbox.
+    Send {
+        /// The `jti` to use.
+        jti: String,
+        /// The message.
+        msg: AtmUp,
+        /// The hub message it answers.
+        re: Option<String>,
+        /// Outbox priority.
+        priority: Priority,
+    },
+    /// Run the dispense sequence for this order (`dispense::DispenseSequence`).
+    Dispense {
+        /// The order.
+        order: DispenseOrder,
+        /// Its cassette mapping.
+        request: DispenseRequest,
+        /// The `jti` of the order message.
+        re: String,
+    },
+    /// Run dispenser recovery (status, purge).
+    Recover,
+}
+
+/// The session state machine.
+pub struct Session {
+    cfg: SessionConfig,
+    phase: Phase,
+    link_up: bool,
+    last_code: Option<(String, u64)>,
+    new_jti: Box<dyn FnMut() -> String + Send>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("phase", &self.phase)
+            .field("link_up", &self.link_up)
+            .finish_non_exhaustive()
+    }
+}
+
+fn journal(
+    kind: JournalKind,
+    tx_id: Option<TxId>,
+    order_id: Option<OrderId>,
+    detail: serde_json::Value,
+) -> Action {
+    Action::Journal {
+        kind,
+        tx_id,
+        order_id,
+        detail,
+    }
+}
+
+impl Session {
+    /// A session machine in `Idle`, link down; `new_jti` makes message ids (injected so tests
+    /// are deterministic).
+    pub fn new(cfg: SessionConfig, new_jti: Box<dyn FnMut() -> String + Send>) -> Self {
+        Session {
+            cfg,
+            phase: Phase::Idle,
+            link_up: false,
+            last_code: None,
+            new_jti,
+        }
+    }
+
+    /// Starts out of service (e.g. recovery could not clear the machine).
+    pub fn set_out_of_service(&mut self, reason: String) {
+        self.phase = Phase::OutOfService { reason };
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The phase as the heartbeat reports it.
+    pub fn atm_state(&self) -> AtmState {
+        match self.phase {
+            Phase::Idle => AtmState::Idle,
+            Phase::Presented { .. } | Phase::AwaitingConfirmation { .. } => {
+                AtmState::AwaitingConfirmation
+            }
+            Phase::Dispensing { .. } => AtmState::Dispensing,
+            Phase::OutOfService { .. } => AtmState::OutOfService,
+        }
+    }
+
+    /// The session's transaction, if any.
+    pub fn current_tx(&self) -> Option<TxId> {
+        match &self.phase {
+            Phase::Presented { tx_id, .. }
+            | Phase::AwaitingConfirmation { tx_id, .. }
+            | Phase::Dispensing { tx_id, .. } => Some(*tx_id),
+            _ => None,
+        }
+    }
+
+    fn idle_screen(&self) -> Screen {
+        if self.link_up {
+            Screen::Idle
+        } else {
+            Screen::ServiceUnavailable
+        }
+    }
+
+    /// Applies one input at time `now` (Unix seconds).
+    pub fn handle(&mut self, input: Input, now: u64) -> Vec<Action> {
+        match input {
+            Input::CodeRead(text) => self.code_read(text, now),
+            Input::Down { jti, msg } => self.down(jti, msg, now),
+            Input::SendRefused { re, reason } => self.refused(&re, &reason),
+            Input::QueueFailed { jti } => self.queue_failed(&jti),
+            Input::DispenseFinished {
+                order_id,
+                dispensed,
+                outcome,
+                machine_clear,
+            } => self.finished(order_id, dispensed, outcome, machine_clear),
+            Input::MachineClear => {
+                if matches!(self.phase, Phase::OutOfService { .. }) {
+                    self.phase = Phase::Idle;
+                    return vec![Action::Show(self.idle_screen())];
+                }
+                vec![]
+            }
+            Input::Link(up) => {
+                let changed = self.link_up != up;
+                self.link_up = up;
+                if changed && self.phase == Phase::Idle {
+                    vec![Action::Show(self.idle_screen())]
+                } else {
+                    vec![]
+                }
+            }
+            Input::Tick => self.tick(now),
+        }
+    }
+
+    fn code_read(&mut self, text: String, now: u64) -> Vec<Action> {
+        if !token::looks_like_token(&text) {
+            return vec![];
+        }
+        // A camera sees the same code on many frames: one presentation per showing.
+        let quiet = self.cfg.rescan_quiet.as_secs();
+        if let Some((last, at)) = &self.last_code
+            && *last == text
+            && now < at.saturating_add(quiet)
+        {
+            return vec![];
+        }
+        self.last_code = Some((text.clone(), now));
+        let token = match CodeToken::verify(&text, &self.cfg.hub_keys, now) {
+            Ok(t) => t,
+            Err(e) => {
+                let mut out = vec![journal(
+                    JournalKind::CodeRejected,
+                    None,
+                    None,
+                    json!({ "error": e.to_string() }),
+                )];
+                if self.current_tx().is_none() {
+                    out.push(Action::Show(Screen::CodeRefused {
+                        reason: e.to_string(),
+                    }));
+                }
+                return out;
+            }
+        };
+        match &self.phase {
+            Phase::Idle => {}
+            Phase::OutOfService { reason } => {
+                return vec![Action::Show(Screen::OutOfService {
+                    reason: reason.clone(),
+                })];
+            }
+            // One transaction at a time: a code shown during a session is ignored.
+            _ => return vec![],
+        }
+        let tx = token.tx_id;
+        if !self.link_up {
+            return vec![
+                journal(
+                    JournalKind::CodeRead,
+                    Some(tx),
+                    None,
+                    json!({ "presented": false, "why": "hub unreachable" }),
+                ),
+                Action::Show(Screen::ServiceUnavailable),
+            ];
+        }
+        let jti = (self.new_jti)();
+        self.phase = Phase::Presented {
+            tx_id: tx,
+            jti: jti.clone(),
+            since: now,
+        };
+        vec![
+            journal(
+                JournalKind::CodeRead,
+                Some(tx),
+                None,
+                json!({ "expires_at": token.expires_at }),
+            ),
+            Action::Send {
+                jti: jti.clone(),
+                msg: AtmUp::CodePresented(CodePresented { token: text }),
+                re: None,
+                priority: Priority::Normal,
+            },
+            journal(
+                JournalKind::Presented,
+                Some(tx),
+                None,
+                json!({ "jti": jti }),
+            ),
+            Action::Show(Screen::PleaseWait),
+        ]
+    }
+
+    fn down(&mut self, jti: String, msg: AtmDown, now: u64) -> Vec<Action> {
+        match msg {
+            AtmDown::AwaitConfirmation(a) => match &self.phase {
+                Phase::Presented { tx_id, jti: pj, .. }
+                | Phase::AwaitingConfirmation { tx_id, jti: pj, .. }
+                    if *tx_id == a.tx_id =>
+                {
+                    self.phase = Phase::AwaitingConfirmation {
+                        tx_id: a.tx_id,
+                        jti: pj.clone(),
+                        amount: a.amount,
+                        confirm_by: a.confirm_by,
+                    };
+                    vec![
+                        journal(
+                            JournalKind::AwaitConfirmation,
+                            Some(a.tx_id),
+                            None,
+                            json!({ "amount": a.amount, "confirm_by": a.confirm_by }),
+                        ),
+                        Action::Show(Screen::ConfirmOnPhone {
+                            amount: a.amount,
+                            confirm_by: a.confirm_by,
+                        }),
+                    ]
+                }
+                _ => vec![],
+            },
+            AtmDown::DispenseOrder(order) => self.order(jti, order, now),
+            AtmDown::Abort(a) => match &self.phase {
+                Phase::Presented { tx_id, .. } | Phase::AwaitingConfirmation { tx_id, .. }
+                    if *tx_id == a.tx_id =>
+                {
+                    self.phase = Phase::Idle;
+                    vec![
+                        journal(
+                            JournalKind::SessionEnded,
+                            Some(a.tx_id),
+                            None,
+                            json!({ "why": "aborted by the hub", "reason": a.reason }),
+                        ),
+                        Action::Show(Screen::Cancelled {
+                            reason: abort_text(a.reason).into(),
+                        }),
+                    ]
+                }
+                Phase::Dispensing { tx_id, .. } if *tx_id == a.tx_id => vec![journal(
+                    JournalKind::SessionEnded,
+                    Some(a.tx_id),
+                    None,
+                    json!({ "why": "abort ignored: already dispensing", "reason": a.reason }),
+                )],
+                _ => vec![],
+            },
+            // Acks and refusals concern the outbox; the shell handles them.
+            AtmDown::Ack(_) | AtmDown::Rejected(_) => vec![],
+        }
+    }
+
+    fn order(&mut self, jti: String, order: DispenseOrder, now: u64) -> Vec<Action> {
+        let session_tx = match &self.phase {
+            Phase::Presented { tx_id, .. } | Phase::AwaitingConfirmation { tx_id, .. } => {
+                Some(*tx_id)
+            }
+            _ => None,
+        };
+        let check = || -> Result<DispenseRequest, String> {
+            if order.atm_id != self.cfg.atm_id {
+                return Err(format!("order is for ATM {}, not this one", order.atm_id));
+            }
+            if session_tx != Some(order.tx_id) {
+                return Err("not the transaction presented at this ATM".into());
+            }
+            if now >= order.expires_at {
+                return Err(format!("order expired {} s ago", now - order.expires_at));
+            }
+            if order.amount.currency != self.cfg.currency {
+                return Err(format!(
+                    "this ATM pays {}, not {}",
+                    self.cfg.currency, order.amount.currency
+                ));
+            }
+            if !order.notes_match_amount() {
+                return Err("notes do not add up to the amount".into());
+            }
+            request_for(&order, &self.cfg.cassettes)
+        };
+        match check() {
+            Ok(request) => {
+                self.phase = Phase::Dispensing {
+                    order_id: order.order_id,
+                    tx_id: order.tx_id,
+                };
+                vec![
+                    journal(
+                        JournalKind::OrderReceived,
+                        Some(order.tx_id),
+                        Some(order.order_id),
+                        json!({ "amount": order.amount, "notes": order.notes, "jti": jti }),
+                    ),
+                    Action::Show(Screen::Dispensing {
+                        amount: order.amount,
+                    }),
+                    Action::Dispense {
+                        order,
+                        request,
+                        re: jti,
+                    },
+                ]
+            }
+            Err(reason) => {
+                let mut out = vec![
+                    journal(
+                        JournalKind::OrderRefused,
+                        Some(order.tx_id),
+                        Some(order.order_id),
+                        json!({ "reason": reason }),
+                    ),
+                    Action::Send {
+                        jti: (self.new_jti)(),
+                        msg: AtmUp::OrderRefused(OrderRefused {
+                            order_id: order.order_id,
+                            tx_id: order.tx_id,
+                            reason: reason.clone(),
+                        }),
+                        re: Some(jti),
+                        priority: Priority::Critical,
+                    },
+                ];
+                // A bad order for our own session ends it: the hub releases the hold.
+                if session_tx == Some(order.tx_id) {
+                    self.phase = Phase::Idle;
+                    out.push(Action::Show(Screen::Cancelled { reason }));
+                }
+                out
+            }
+        }
+    }
+
+    fn refused(&mut self, re: &str, reason: &RejectReason) -> Vec<Action> {
+        match &self.phase {
+            Phase::Presented { tx_id, jti, .. }
+            | Phase::AwaitingConfirmation { tx_id, jti, .. }
+                if jti == re =>
+            {
+                let tx = *tx_id;
+                self.phase = Phase::Idle;
+                vec![
+                    journal(
+                        JournalKind::SessionEnded,
+                        Some(tx),
+                        None,
+                        json!({ "why": "code refused by the hub", "reason": reason }),
+                    ),
+                    Action::Show(Screen::CodeRefused {
+                        reason: refusal_text(reason),
+                    }),
+                ]
+            }
+            _ => vec![],
+        }
+    }
+
+    fn queue_failed(&mut self, jti: &str) -> Vec<Action> {
+        match &self.phase {
+            Phase::Presented { tx_id, jti: pj, .. } if pj == jti => {
+                let tx = *tx_id;
+                self.phase = Phase::Idle;
+                vec![
+                    journal(
+                        JournalKind::SessionEnded,
+                        Some(tx),
+                        None,
+                        json!({ "why": "outbox full" }),
+                    ),
+                    Action::Show(Screen::ServiceUnavailable),
+                ]
+            }
+            _ => vec![],
+        }
+    }
+
+    fn finished(
+        &mut self,
+        order_id: OrderId,
+        dispensed: Amount,
+        outcome: DispenseOutcome,
+        machine_clear: bool,
+    ) -> Vec<Action> {
+        if !matches!(&self.phase, Phase::Dispensing { order_id: o, .. } if *o == order_id) {
+            return vec![];
+        }
+        let mut out = vec![Action::Show(Screen::TakeCash { dispensed, outcome })];
+        if machine_clear {
+            self.phase = Phase::Idle;
+        } else {
+            let reason = "the dispenser needs recovery".to_owned();
+            self.phase = Phase::OutOfService {
+                reason: reason.clone(),
+            };
+            out.push(Action::Recover);
+            out.push(Action::Show(Screen::OutOfService { reason }));
+        }
+        out
+    }
+
+    fn tick(&mut self, now: u64) -> Vec<Action> {
+        let (tx, why) = match &self.phase {
+            Phase::Presented { tx_id, since, .. }
+                if now >= since.saturating_add(self.cfg.present_timeout.as_secs()) =>
+            {
+                (*tx_id, "no answer from the hub")
+            }
+            Phase::AwaitingConfirmation {
+                tx_id, confirm_by, ..
+            } if now >= confirm_by.saturating_add(self.cfg.confirm_grace.as_secs()) => {
+                (*tx_id, "not confirmed in time")
+            }
+            _ => return vec![],
+        };
+        self.phase = Phase::Idle;
+        vec![
+            Action::Send {
+                jti: (self.new_jti)(),
+                msg: AtmUp::SessionCancelled(SessionCancelled {
+                    tx_id: tx,
+                    reason: CancelReason::Timeout,
+                }),
+                re: None,
+                priority: Priority::Critical,
+            },
+            journal(
+                JournalKind::SessionEnded,
+                Some(tx),
+                None,
+                json!({ "why": why }),
+            ),
+            Action::Show(Screen::Cancelled { reason: why.into() }),
+        ]
+    }
+}
+
+fn abort_text(reason: AbortReason) -> &'static str {
+    match reason {
+        AbortReason::Declined => "declined on the phone",
+        AbortReason::NotMe => "declined on the phone",
+        AbortReason::Timeout => "not confirmed in time",
+        AbortReason::AuthenticationFailed => "authentication failed",
+        AbortReason::Operator => "stopped by the operator",
+    }
+}
+
+fn refusal_text(reason: &RejectReason) -> String {
+    match reason {
+        RejectReason::CodeExpired => "code expired".into(),
+        RejectReason::CodeAlreadyUsed => "code already used".into(),
+        RejectReason::CodeInvalid => "code not valid".into(),
+        other => format!("refused by the bank ({other:?})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qrcash_protocol::PrivateKey;
+    use qrcash_protocol::messages::{Abort, AwaitConfirmation, NoteCount};
+
+    const NOW: u64 = 1_800_000_000;
+
+    struct Fixture {
+        hub: PrivateKey,
+        s: Session,
+    }
+
+    fn fixture() -> Fixture {
+        let hub = PrivateKey::generate();
+        let mut n = 0;
+        let s = Session::new(
+            SessionConfig {
+                atm_id: "atm-1".into(),
+                currency: Currency::JPY,
+                cassettes: vec![10_000, 1_000],
+                hub_keys: vec![hub.public().clone()],
+                present_timeout: Duration::from_secs(30),
+                confirm_grace: Duration::from_secs(10),
+                rescan_quiet: Duration::from_secs(10),
+            },
+            Box::new(move || {
+                n += 1;
+                format!("jti-{n}")
+            }),
+        );
+        let mut f = Fixture { hub, s };
+        f.s.handle(Input::Link(true), NOW);
+        f
+    }
+
+    fn sends(actions: &[Action]) -> Vec<&AtmUp> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { msg, .. } => Some(msg),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn order(tx: TxId, amount: u64) -> DispenseOrder {
+        DispenseOrder {
+            order_id: OrderId([9; 16]),
+            tx_id: tx,
+            atm_id: "atm-1".into(),
+            amount: Amount::new(amount, Currency::JPY),
+            notes: vec![NoteCount {
+                denomination: 10_000,
+                count: (amount / 10_000) as u32,
+            }],
+            expires_at: NOW + 60,
+        }
+    }
+
+    /// Presents a fresh code and confirms; returns the tx.
+    fn to_awaiting(f: &mut Fixture) -> TxId {
+        let tx = TxId::random();
+        let code = CodeToken::issue(&f.hub, tx, NOW + 300);
+        let a = f.s.handle(Input::CodeRead(code), NOW);
+        assert!(matches!(sends(&a)[..], [AtmUp::CodePresented(_)]));
+        let a = f.s.handle(
+            Input::Down {
+                jti: "h1".into(),
+                msg: AtmDown::AwaitConfirmation(AwaitConfirmation {
+                    tx_id: tx,
+                    amount: Amount::new(20_000, Currency::JPY),
+                    confirm_by: NOW + 60,
+                }),
+            },
+            NOW + 1,
+        );
+        assert!(a.contains(&Action::Show(Screen::ConfirmOnPhone {
+            amount: Amount::new(20_000, Currency::JPY),
+            confirm_by: NOW + 60
+        })));
+        tx
+    }
+
+    #[test]
+    fn full_session_presents_then_dispenses_a_matching_order() {
+        let mut f = fixture();
+        let tx = to_awaiting(&mut f);
+        let a = f.s.handle(
+            Input::Down {
+                jti: "h2".into(),
+                msg: AtmDown::DispenseOrder(order(tx, 20_000)),
+            },
+            NOW + 5,
+        );
+        let dispense = a.iter().find_map(|a| match a {
+            Action::Dispense { request, re, .. } => Some((request.clone(), re.clone())),
+            _ => None,
+        });
+        assert_eq!(
+            dispense,
+            Some((DispenseRequest::upper_lower(2, 0), "h2".into()))
+        );
+        assert_eq!(f.s.atm_state(), AtmState::Dispensing);
+        // A second code during the dispense is ignored.
+        let other = CodeToken::issue(&f.hub, TxId::random(), NOW + 300);
+        assert!(f.s.handle(Input::CodeRead(other), NOW + 6).is_empty());
+        let a = f.s.handle(
+            Input::DispenseFinished {
+                order_id: OrderId([9; 16]),
+                dispensed: Amount::new(20_000, Currency::JPY),
+                outcome: DispenseOutcome::Dispensed,
+                machine_clear: true,
+            },
+            NOW + 10,
+        );
+        assert!(matches!(a[0], Action::Show(Screen::TakeCash { .. })));
+        assert_eq!(f.s.phase(), &Phase::Idle);
+    }
+
+    #[test]
+    fn forged_expired_and_repeated_codes_are_handled_offline() {
+        let mut f = fixture();
+        let mallory = PrivateKey::generate();
+        let forged = CodeToken::issue(&mallory, TxId::random(), NOW + 300);
+        let a = f.s.handle(Input::CodeRead(forged), NOW);
+        assert!(sends(&a).is_empty());
+        assert!(matches!(
+            a.last(),
+            Some(Action::Show(Screen::CodeRefused { .. }))
+        ));
+        let expired = CodeToken::issue(&f.hub, TxId::random(), NOW - 1);
+        let a = f.s.handle(Input::CodeRead(expired), NOW);
+        assert!(sends(&a).is_empty());
+        assert_eq!(f.s.phase(), &Phase::Idle);
+        // Not a qrcash code at all: nothing happens.
+        assert!(
+            f.s.handle(Input::CodeRead("https://x".into()), NOW)
+                .is_empty()
+        );
+        // The same valid code on consecutive frames is presented once.
+        let code = CodeToken::issue(&f.hub, TxId::random(), NOW + 300);
+        assert_eq!(
+            sends(&f.s.handle(Input::CodeRead(code.clone()), NOW)).len(),
+            1
+        );
+        f.s.handle(
+            Input::SendRefused {
+                re: "jti-1".into(),
+                reason: RejectReason::CodeAlreadyUsed,
+            },
+            NOW + 1,
+        );
+        assert_eq!(f.s.phase(), &Phase::Idle);
+        assert!(sends(&f.s.handle(Input::CodeRead(code), NOW + 2)).is_empty());
+    }
+
+    #[test]
+    fn offline_codes_are_verified_but_not_presented() {
+        let mut f = fixture();
+        f.s.handle(Input::Link(false), NOW);
+        let code = CodeToken::issue(&f.hub, TxId::random(), NOW + 300);
+        let a = f.s.handle(Input::CodeRead(code), NOW);
+        assert!(sends(&a).is_empty());
+        assert!(a.contains(&Action::Show(Screen::ServiceUnavailable)));
+        assert_eq!(f.s.phase(), &Phase::Idle);
+    }
+
+    #[test]
+    fn bad_orders_are_refused_without_dispensing() {
+        type MakeOrder = Box<dyn Fn(TxId) -> DispenseOrder>;
+        let cases: Vec<(&str, MakeOrder, bool)> = vec![
+            (
+                "other atm",
+                Box::new(|tx| DispenseOrder {
+                    atm_id: "atm-2".into(),
+                    ..order(tx, 20_000)
+                }),
+                true,
+            ),
+            (
+                "other tx",
+                Box::new(|_| order(TxId::random(), 20_000)),
+                false,
+            ),
+            (
+                "expired",
+                Box::new(|tx| DispenseOrder {
+                    expires_at: NOW,
+                    ..order(tx, 20_000)
+                }),
+                true,
+            ),
+            (
+                "notes mismatch",
+                Box::new(|tx| DispenseOrder {
+                    amount: Amount::new(30_000, Currency::JPY),
+                    ..order(tx, 20_000)
+                }),
+                true,
+            ),
+            (
+                "currency",
+                Box::new(|tx| DispenseOrder {
+                    amount: Amount::new(20_000, Currency::EUR),
+                    ..order(tx, 20_000)
+                }),
+                true,
+            ),
+            (
+                "denomination",
+                Box::new(|tx| DispenseOrder {
+                    notes: vec![NoteCount {
+                        denomination: 5_000,
+                        count: 4,
+                    }],
+                    ..order(tx, 20_000)
+                }),
+                true,
+            ),
+        ];
+        for (name, make, ends_session) in cases {
+            let mut f = fixture();
+            let tx = to_awaiting(&mut f);
+            let a = f.s.handle(
+                Input::Down {
+                    jti: "h9".into(),
+                    msg: AtmDown::DispenseOrder(make(tx)),
+                },
+                NOW + 5,
+            );
+            assert!(
+                !a.iter().any(|a| matches!(a, Action::Dispense { .. })),
+                "{name}: dispensed"
+            );
+            let refused = a.iter().find_map(|a| match a {
+                Action::Send {
+                    msg: AtmUp::OrderRefused(_),
+                    re,
+                    priority,
+                    ..
+                } => Some((re.clone(), *priority)),
+                _ => None,
+            });
+            assert_eq!(
+                refused,
+                Some((Some("h9".into()), Priority::Critical)),
+                "{name}"
+            );
+            assert_eq!(f.s.phase() == &Phase::Idle, ends_session, "{name}");
+        }
+        // An order with no session at all.
+        let mut f = fixture();
+        let a = f.s.handle(
+            Input::Down {
+                jti: "h1".into(),
+                msg: AtmDown::DispenseOrder(order(TxId::random(), 10_000)),
+            },
+            NOW,
+        );
+        assert!(matches!(sends(&a)[..], [AtmUp::OrderRefused(_)]));
+    }
+
+    #[test]
+    fn abort_and_timeouts_return_to_idle_and_cancel() {
+        let mut f = fixture();
+        let tx = to_awaiting(&mut f);
+        let a = f.s.handle(
+            Input::Down {
+                jti: "h3".into(),
+                msg: AtmDown::Abort(Abort {
+                    tx_id: tx,
+                    reason: AbortReason::Declined,
+                }),
+            },
+            NOW + 5,
+        );
+        assert!(sends(&a).is_empty(), "the hub knows: nothing to send");
+        assert_eq!(f.s.phase(), &Phase::Idle);
+
+        // Confirmation deadline + grace passes.
+        let tx = to_awaiting(&mut f);
+        assert!(f.s.handle(Input::Tick, NOW + 69).is_empty());
+        let a = f.s.handle(Input::Tick, NOW + 70);
+        assert!(matches!(
+            sends(&a)[..],
+            [AtmUp::SessionCancelled(SessionCancelled { tx_id, reason: CancelReason::Timeout })] if *tx_id == tx
+        ));
+        assert_eq!(f.s.phase(), &Phase::Idle);
+
+        // The hub never answers the presentation.
+        let code = CodeToken::issue(&f.hub, TxId::random(), NOW + 3000);
+        f.s.handle(Input::CodeRead(code), NOW + 100);
+        let a = f.s.handle(Input::Tick, NOW + 130);
+        assert!(matches!(sends(&a)[..], [AtmUp::SessionCancelled(_)]));
+    }
+
+    #[test]
+    fn a_machine_left_unclear_goes_out_of_service_until_recovered() {
+        let mut f = fixture();
+        let tx = to_awaiting(&mut f);
+        f.s.handle(
+            Input::Down {
+                jti: "h2".into(),
+                msg: AtmDown::DispenseOrder(order(tx, 20_000)),
+            },
+            NOW + 5,
+        );
+        let a = f.s.handle(
+            Input::DispenseFinished {
+                order_id: OrderId([9; 16]),
+                dispensed: Amount::new(0, Currency::JPY),
+                outcome: DispenseOutcome::InDoubt,
+                machine_clear: false,
+            },
+            NOW + 6,
+        );
+        assert!(a.contains(&Action::Recover));
+        assert_eq!(f.s.atm_state(), AtmState::OutOfService);
+        let code = CodeToken::issue(&f.hub, TxId::random(), NOW + 300);
+        assert!(sends(&f.s.handle(Input::CodeRead(code), NOW + 7)).is_empty());
+        f.s.handle(Input::MachineClear, NOW + 8);
+        assert_eq!(f.s.phase(), &Phase::Idle);
+    }
+}
