@@ -17,6 +17,7 @@ pub mod error;
 pub mod identity;
 pub mod ledger;
 pub mod notes;
+pub mod restriction;
 pub mod rng;
 pub mod store;
 pub mod warnings;

@@ -360,7 +360,8 @@ pub fn estimate_position(
         .map(|((age, p), w)| (*age, *p, *w))
         .collect();
     let cluster_weight: f64 = cluster.iter().map(|(_, _, w)| w).sum();
-    if !(cluster_weight * 2.0 > total) {
+    // Weights are finite and non-negative; all of them underflowing to 0 also ends here.
+    if cluster_weight * 2.0 <= total {
         return None;
     }
 
@@ -372,7 +373,7 @@ pub fn estimate_position(
         z += w * lat.sin();
     }
     let norm = (x * x + y * y + z * z).sqrt();
-    if !(norm > 1e-9) {
+    if !norm.is_finite() || norm <= 1e-9 {
         return None;
     }
     let lat = (z / norm).clamp(-1.0, 1.0).asin().to_degrees();
@@ -726,6 +727,7 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use qrcash_protocol::messages::{
         AnswerNewDeviceAlert, BalanceQuery, BankWithdrawal, ConfirmWithdrawal, DeclineWithdrawal,
         DeviceInfo, IdentityEvidence, Login, Payment, RegisterWithdrawal, Secret, TopUp, Transfer,
@@ -758,29 +760,6 @@ mod tests {
 
     fn km(a: &Position, b: &Position) -> f64 {
         a.distance_m(b) / 1_000.0
-    }
-
-    /// SplitMix64: a dependency-free deterministic generator for the randomised properties
-    /// (the hub crate has no `proptest` dev-dependency; see the module's tests summary).
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-        fn range(&mut self, lo: f64, hi: f64) -> f64 {
-            lo + (hi - lo) * self.unit()
-        }
     }
 
     // --- policy ---------------------------------------------------------------------------
@@ -939,43 +918,47 @@ mod tests {
         }
     }
 
-    /// Property over random policies, valid or not: non-increasing in the count and within
-    /// the (ordered) bounds, never a panic.
-    #[test]
-    fn period_property_holds_for_random_policies() {
-        let mut rng = Rng(0x5eed_0001);
-        for case in 0..3_000 {
-            let mut p = policy();
-            p.min_period_secs = rng.below(10 * DAY);
-            p.max_period_secs = match case % 4 {
-                0 => u64::MAX - rng.below(1_000),
-                _ => rng.below(20 * DAY),
-            };
-            p.rare_logins = rng.below(50) as u32;
-            p.frequent_logins = rng.below(200) as u32;
-            let (lo, hi) = (
-                p.min_period_secs.min(p.max_period_secs),
-                p.min_period_secs.max(p.max_period_secs),
+    /// Any policy, valid or not (reversed bounds, zero or reversed login counts, a maximum
+    /// near `u64::MAX`).
+    fn any_policy() -> impl Strategy<Value = RestrictionPolicy> {
+        (
+            0..10 * DAY,
+            prop_oneof![0..20 * DAY, (u64::MAX - 1_000)..=u64::MAX],
+            0u32..50,
+            0u32..200,
+        )
+            .prop_map(|(min, max, rare, frequent)| RestrictionPolicy {
+                min_period_secs: min,
+                max_period_secs: max,
+                rare_logins: rare,
+                frequent_logins: frequent,
+                ..RestrictionPolicy::default()
+            })
+    }
+
+    fn any_count() -> impl Strategy<Value = u32> {
+        prop_oneof![0u32..300, any::<u32>()]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Non-increasing in the count and within the (ordered) bounds, for any policy.
+        #[test]
+        fn period_is_monotone_and_bounded_for_any_policy(
+            p in any_policy(),
+            a in any_count(),
+            b in any_count(),
+        ) {
+            let lo = p.min_period_secs.min(p.max_period_secs);
+            let hi = p.min_period_secs.max(p.max_period_secs);
+            let (fewer, more) = (a.min(b), a.max(b));
+            let (long, short) = (
+                restriction_period(&p, fewer).as_secs(),
+                restriction_period(&p, more).as_secs(),
             );
-            let mut counts: Vec<u32> = (0..40).map(|_| rng.below(400) as u32).collect();
-            counts.extend([0, 1, p.rare_logins, p.frequent_logins, u32::MAX]);
-            counts.sort_unstable();
-            let periods: Vec<u64> = counts
-                .iter()
-                .map(|&n| restriction_period(&p, n).as_secs())
-                .collect();
-            for (w, pair) in periods.windows(2).enumerate() {
-                assert!(
-                    pair[0] >= pair[1],
-                    "case {case} {p:?}: counts {counts:?} → {periods:?} at {w}"
-                );
-            }
-            for s in &periods {
-                assert!(
-                    (lo..=hi).contains(s),
-                    "case {case} {p:?}: {s} outside [{lo}, {hi}]"
-                );
-            }
+            prop_assert!(long >= short, "{fewer} → {long} s but {more} → {short} s");
+            prop_assert!((lo..=hi).contains(&long) && (lo..=hi).contains(&short));
         }
     }
 
@@ -1204,7 +1187,7 @@ mod tests {
     }
 
     #[test]
-    fn range_boundary_is_inclusive() {
+    fn free_zone_ends_at_range_plus_tolerance() {
         let p = policy();
         // Points due north of Tokyo at 69.9 km and 70.1 km centre distance (20 km + 50 km).
         let north = |centre_km: f64| {
@@ -1328,27 +1311,49 @@ mod tests {
             ),
             "{d:?}"
         );
-        // 900 km left in exactly one hour: at the threshold, not above it.
-        let at = decide(&p, fix(north(950.0), NOW), fix(origin, NOW - HOUR), 0, NOW);
-        match at {
-            Decision::Restrict {
-                reason: RestrictionReason::NewDevice,
-                speed_kmh: Some(s),
-                ..
-            } => assert!((s - 900.0).abs() < 1e-6, "{s}"),
-            other => panic!("{other:?}"),
-        }
-        // A little faster is impossible.
-        let above = decide(&p, fix(north(951.0), NOW), fix(origin, NOW - HOUR), 0, NOW);
-        assert!(
-            matches!(
-                above,
-                Decision::Restrict {
-                    reason: RestrictionReason::ImpossibleTravel,
-                    ..
-                }
-            ),
-            "{above:?}"
+        // 900 km left in one hour: the speed is the threshold; it must be exceeded.
+        let (far, hour_ago) = (fix(north(950.0), NOW), fix(origin, NOW - HOUR));
+        let Decision::Restrict {
+            speed_kmh: Some(s), ..
+        } = decide(&p, far, hour_ago, 0, NOW)
+        else {
+            panic!("beyond range must restrict");
+        };
+        assert!((s - 900.0).abs() < 1e-6, "{s}");
+        let reason_with = |f: fn(&mut RestrictionPolicy, f64), value: f64, new, old| {
+            let mut q = policy();
+            f(&mut q, value);
+            match decide(&q, new, old, 0, NOW) {
+                Decision::Restrict { reason, .. } => reason,
+                other => panic!("{other:?}"),
+            }
+        };
+        let speed = |q: &mut RestrictionPolicy, v: f64| q.impossible_speed_kmh = v;
+        assert_eq!(
+            reason_with(speed, s, far, hour_ago),
+            RestrictionReason::NewDevice
+        );
+        assert_eq!(
+            reason_with(speed, s.next_down(), far, hour_ago),
+            RestrictionReason::ImpossibleTravel
+        );
+        // The minimum distance is inclusive: 900 km in a minute, minimum set to exactly it.
+        let minute_ago = fix(origin, NOW - 60);
+        let Decision::Restrict {
+            distance_km: Some(dist),
+            ..
+        } = decide(&p, far, minute_ago, 0, NOW)
+        else {
+            panic!("beyond range must restrict");
+        };
+        let min_distance = |q: &mut RestrictionPolicy, v: f64| q.speed_rule_min_distance_km = v;
+        assert_eq!(
+            reason_with(min_distance, dist, far, minute_ago),
+            RestrictionReason::ImpossibleTravel
+        );
+        assert_eq!(
+            reason_with(min_distance, dist.next_up(), far, minute_ago),
+            RestrictionReason::NewDevice
         );
     }
 
@@ -1414,57 +1419,45 @@ mod tests {
         );
     }
 
-    /// Randomised properties of `decide`: free exactly when the smallest plausible distance is
-    /// within range; a restriction always ends after `now` and no later than the maximum;
-    /// moving the new device farther away along the same meridian never frees it.
-    #[test]
-    fn decide_properties_hold_for_random_pairs() {
-        let p = policy();
-        let mut rng = Rng(0x5eed_0002);
-        for case in 0..5_000 {
-            let existing = Position::new(
-                rng.range(-80.0, 80.0),
-                rng.range(-180.0, 180.0),
-                rng.range(0.0, 30_000.0),
-            );
-            let span = if case % 2 == 0 { 2.0 } else { 40.0 };
+    fn any_position() -> impl Strategy<Value = Position> {
+        (-80.0..80.0, -180.0..180.0, 0.0..30_000.0)
+            .prop_map(|(lat, lon, acc)| Position::new(lat, lon, acc))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// Free exactly when both positions are trusted and the smallest plausible distance
+        /// is within range; a restriction ends after `now` and no later than the maximum;
+        /// moving the new device farther away (north, when already north) never frees it.
+        #[test]
+        fn decide_is_consistent_for_any_pair(
+            existing in any_position(),
+            dlat in prop_oneof![-2.0f64..2.0, -40.0f64..40.0],
+            new_accuracy in 0.0..30_000.0,
+            age in 0..3 * DAY,
+            logins in 0u32..80,
+        ) {
+            let p = policy();
             let new = Position::new(
-                (existing.lat + rng.range(-span, span)).clamp(-89.0, 89.0),
+                (existing.lat + dlat).clamp(-89.0, 89.0),
                 existing.lon,
-                rng.range(0.0, 30_000.0),
+                new_accuracy,
             );
-            let at_existing = NOW - rng.below(3 * DAY);
-            let logins = rng.below(80) as u32;
+            let at_existing = NOW - age;
             let d = decide(&p, fix(new, NOW), fix(existing, at_existing), logins, NOW);
             let known = new.accuracy_m <= 25_000.0 && existing.accuracy_m <= 25_000.0;
             let min_km = (km(&new, &existing)
-                - (50.0_f64).max((new.accuracy_m + existing.accuracy_m) / 1_000.0))
+                - 50.0_f64.max((new.accuracy_m + existing.accuracy_m) / 1_000.0))
             .max(0.0);
-            assert_eq!(
-                d.is_restricted(),
-                !known || min_km > 20.0,
-                "case {case}: {new:?} {existing:?} → {d:?}"
-            );
+            prop_assert_eq!(d.is_restricted(), !known || min_km > 20.0, "{:?}", d);
             if let Decision::Restrict { until, .. } = d {
-                assert!(
-                    until > NOW && until <= NOW + p.max_period_secs,
-                    "case {case}: {d:?}"
-                );
+                prop_assert!(until > NOW && until <= NOW + p.max_period_secs, "{:?}", d);
             }
-            // Farther north (away from the existing device when already north of it).
-            if known && new.lat >= existing.lat && new.lat < 88.0 {
-                let farther = Position::new((new.lat + 0.5).min(89.0), new.lon, new.accuracy_m);
-                let d2 = decide(
-                    &p,
-                    fix(farther, NOW),
-                    fix(existing, at_existing),
-                    logins,
-                    NOW,
-                );
-                assert!(
-                    !d.is_restricted() || d2.is_restricted(),
-                    "case {case}: moving away freed it: {d:?} → {d2:?}"
-                );
+            if new.lat >= existing.lat && new.lat < 88.0 {
+                let farther = Position::new(new.lat + 0.5, new.lon, new.accuracy_m);
+                let d2 = decide(&p, fix(farther, NOW), fix(existing, at_existing), logins, NOW);
+                prop_assert!(!d.is_restricted() || d2.is_restricted(), "{:?} → {:?}", d, d2);
             }
         }
     }
