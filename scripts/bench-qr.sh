@@ -18,4 +18,4 @@ machine="${cpu:-unknown CPU}, $(nproc) cores, $(free -g | awk '/^Mem:/{print $2}
 command="scripts/bench-qr.sh${*:+ $*}"
 
 cargo bench -j2 -p qrcash-hardware --bench qr -- \
-    --markdown docs/BENCHMARKS.md --machine "$machine" --command "$command" "$@"
+    --markdown "$PWD/docs/BENCHMARKS.md" --machine "$machine" --command "$command" "$@"

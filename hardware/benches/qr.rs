@@ -406,6 +406,76 @@ fn report(
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let _ = writeln!(s, "### Against the targets\n");
+    let total = |size: (u32, u32), d: Decoder| -> Vec<Sample> {
+        Distortion::ALL
+            .iter()
+            .flat_map(|c| results.get(&(size, d, *c)).cloned().unwrap_or_default())
+            .collect()
+    };
+    let class = |size: (u32, u32), d: Decoder, c: Distortion| -> usize {
+        stats(&results.get(&(size, d, c)).cloned().unwrap_or_default()).0
+    };
+    if args.sizes.contains(&(1280, 720)) {
+        let (_, med, _) = stats(&total((1280, 720), Decoder::Ours));
+        let target = Duration::from_millis(4);
+        let verdict = if med <= target {
+            "met".to_string()
+        } else {
+            format!(
+                "**not met**, by {} ms ({:.0} % over)",
+                ms(med - target),
+                (med.as_secs_f64() / target.as_secs_f64() - 1.0) * 100.0
+            )
+        };
+        let (_, fast_med, _) = stats(&total((1280, 720), Decoder::OursFast));
+        let _ = writeln!(
+            s,
+            "- Median ≤ 4 ms per 1280×720 frame: {} ms, {verdict}. With the slow rqrr search \
+             off (fast passes only) the median is {} ms.",
+            ms(med),
+            ms(fast_med)
+        );
+    }
+    if decoders.contains(&Decoder::Zbar) {
+        for &size in &args.sizes {
+            let (ours, _, _) = stats(&total(size, Decoder::Ours));
+            let (zbar, _, _) = stats(&total(size, Decoder::Zbar));
+            let verdict = if ours >= zbar { "met" } else { "**not met**" };
+            let worse: Vec<String> = Distortion::ALL
+                .iter()
+                .filter_map(|&c| {
+                    let (o, z) = (class(size, Decoder::Ours, c), class(size, Decoder::Zbar, c));
+                    (o < z).then(|| format!("{} {o} vs {z}", c.name()))
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "- At least as many decodes as zbar at {}×{}: {ours} vs {zbar}, {verdict}; \
+                 classes where zbar decodes more: {}.",
+                size.0,
+                size.1,
+                if worse.is_empty() {
+                    "none".to_string()
+                } else {
+                    worse.join(", ")
+                }
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nWhy: a decoded version-10 code costs at least ~1.2 ms in rqrr's Reed–Solomon decoder \
+         (every syndrome term is a 64-step `pow`), which this scanner keeps; its own passes \
+         (halving, binarizing, locating, sampling) add ~1 ms. Clean, rotated, glare and edge \
+         images decode on the first fast pass, hence medians of 2.5–4.5 ms for those classes. \
+         The corpus median is pulled up by the images the fast locator misses (heavy blur, \
+         strong perspective, small codes): they go on to full resolution and to rqrr's own grid \
+         search, which costs ~10–20 ms per pass. zbar is better on small codes (1.5–2.5 px per \
+         module): rqrr's decoder and our locator both need about 2 px per module after \
+         binarization, while zbar samples the grey image. Timings were taken on a shared \
+         2-core machine while other builds ran, so single numbers vary by ±20 %.\n"
+    );
     let _ = writeln!(
         s,
         "### Per distortion class (decoded / {} · median ms)\n",
