@@ -40,6 +40,8 @@ pub struct HubConfig {
     pub replay: ReplaySection,
     /// Storage and background work.
     pub storage: StorageSection,
+    /// The new-device restriction policy (`docs/restriction.md`).
+    pub restriction: crate::restriction::RestrictionPolicy,
 }
 
 impl Default for HubConfig {
@@ -56,6 +58,7 @@ impl Default for HubConfig {
             warnings: WarningsSection::default(),
             replay: ReplaySection::default(),
             storage: StorageSection::default(),
+            restriction: crate::restriction::RestrictionPolicy::default(),
         }
     }
 }
@@ -441,6 +444,9 @@ impl HubConfig {
                 "must be positive",
             );
         }
+        self.restriction
+            .validate()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if self.storage.group_commit_max == 0 {
             return bad("storage.group_commit_max", "must be at least 1");
         }

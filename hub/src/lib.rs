@@ -12,13 +12,18 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod config;
 pub mod error;
+pub mod handler;
 pub mod identity;
 pub mod ledger;
 pub mod notes;
+pub mod policy;
+pub mod qr;
 pub mod restriction;
 pub mod rng;
 pub mod store;
+pub mod testkit;
 pub mod warnings;
 pub mod withdrawal;

@@ -162,6 +162,8 @@ pub enum Event {
     Refused,
     /// The ATM gave up the session.
     SessionCancelled,
+    /// The last allowed wrong PIN was entered: the session ends.
+    AuthFailed,
     /// The customer declined on the phone.
     Decline {
         /// "This was not me".
@@ -195,6 +197,7 @@ impl Event {
             Event::Report { .. } => "report",
             Event::Refused => "order_refused",
             Event::SessionCancelled => "session_cancelled",
+            Event::AuthFailed => "auth_failed",
             Event::Decline { .. } => "decline",
             Event::CodeExpired { .. } => "code_expired",
             Event::DeadlinePassed { .. } => "deadline_passed",
@@ -361,12 +364,8 @@ pub fn transition(w: &Lifecycle, event: Event) -> Result<Step, TransitionError> 
             }
         }
 
-        (P::Ordered, Event::Refused) => {
-            let mut s = Step::to(P::Cancelled);
-            s.ledger.push(LedgerEffect::Release(w.amount));
-            s.receipt = Some(ReceiptStatus::Cancelled);
-            s
-        }
+        // Nothing left the machine: the same as a failed dispense.
+        (P::Ordered, Event::Refused) => Step::settle(w.amount, 0),
 
         (P::Presented, Event::SessionCancelled) => {
             let mut s = Step::to(P::Cancelled);
@@ -389,6 +388,13 @@ pub fn transition(w: &Lifecycle, event: Event) -> Result<Step, TransitionError> 
             } else {
                 AbortReason::Declined
             });
+            s
+        }
+
+        (P::Presented, Event::AuthFailed) => {
+            let mut s = Step::to(P::Declined);
+            s.abort_atm = Some(AbortReason::AuthenticationFailed);
+            s.receipt = Some(ReceiptStatus::Cancelled);
             s
         }
 
@@ -609,7 +615,12 @@ mod tests {
         let s = transition(&at(Phase::Ordered), Event::Refused).unwrap();
         assert_eq!(
             (s.next, s.ledger),
-            (Phase::Cancelled, vec![LedgerEffect::Release(30_000)])
+            (Phase::Failed, vec![LedgerEffect::Release(30_000)])
+        );
+        let s = transition(&at(Phase::Presented), Event::AuthFailed).unwrap();
+        assert_eq!(
+            (s.next, s.abort_atm),
+            (Phase::Declined, Some(AbortReason::AuthenticationFailed))
         );
         let s = transition(&at(Phase::Ordered), Event::SessionCancelled).unwrap();
         assert_eq!(s.next, Phase::Ordered);
@@ -646,6 +657,7 @@ mod tests {
             }),
             Just(Event::Refused),
             Just(Event::SessionCancelled),
+            Just(Event::AuthFailed),
             any::<bool>().prop_map(|not_me| Event::Decline { not_me }),
             (0u64..800).prop_map(|d| Event::CodeExpired { now: T0 + d }),
             (0u64..800).prop_map(|d| Event::DeadlinePassed { now: T0 + d }),

@@ -1,0 +1,485 @@
+//! Operator operations as library functions: the CLI calls them, and so do tests and the
+//! demo to set up without shelling out. Each runs in its own transaction and leaves an
+//! `operator` entry in the audit log (never a secret).
+
+use qrcash_protocol::{Currency, Position, PublicJwk, PublicKey, TxId, topics};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use crate::error::{AdminError, StoreError};
+use crate::identity::{HashCost, hash_secret, valid_pin};
+use crate::ledger::{LedgerAccount, LedgerReport, Posting, PostingKind};
+use crate::store::audit::{self, AuditEntry, AuditRow};
+use crate::store::ledger as books;
+use crate::store::rows::{self, AccountRow, DeviceRow, WithdrawalRow};
+use crate::store::{Store, from_sql, to_sql};
+use crate::withdrawal::{Event, Phase, transition};
+
+fn audit_op(
+    db: &rusqlite::Connection,
+    at: u64,
+    cmd: &str,
+    detail: String,
+) -> Result<(), StoreError> {
+    audit::append(
+        db,
+        &AuditEntry {
+            at,
+            source: "operator".into(),
+            msg_type: Some(cmd.into()),
+            outcome: "done".into(),
+            detail: Some(detail),
+            ..AuditEntry::default()
+        },
+    )
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), AdminError> {
+    topics::validate_id(id).map_err(|e| AdminError::Invalid(format!("{what}: {e}")))
+}
+
+/// A new customer account.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    /// Account id.
+    pub id: String,
+    /// Currency.
+    pub currency: Currency,
+    /// Login password (hashed with argon2id; at least 8 characters).
+    pub password: String,
+    /// PIN (4–12 digits, hashed with argon2id).
+    pub pin: String,
+    /// Opening balance, booked as a top-up so the ledger balances.
+    pub opening_balance: u64,
+}
+
+/// Creates an account.
+pub fn create_account(
+    store: &mut Store,
+    a: &NewAccount,
+    cost: HashCost,
+    now: u64,
+) -> Result<(), AdminError> {
+    check_id("account id", &a.id)?;
+    if a.password.chars().count() < 8 {
+        return Err(AdminError::Invalid(
+            "the password needs at least 8 characters".into(),
+        ));
+    }
+    if !valid_pin(&a.pin) {
+        return Err(AdminError::Invalid("the PIN must be 4 to 12 digits".into()));
+    }
+    if i64::try_from(a.opening_balance).is_err() {
+        return Err(AdminError::Invalid("opening balance too large".into()));
+    }
+    let password_hash = hash_secret(&a.password, cost).map_err(AdminError::Invalid)?;
+    let pin_hash = hash_secret(&a.pin, cost).map_err(AdminError::Invalid)?;
+    let tx = store
+        .conn_mut()
+        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if rows::account(&tx, &a.id)?.is_some() {
+        return Err(AdminError::Exists(format!("account {}", a.id)));
+    }
+    tx.execute(
+        "INSERT INTO accounts(id, currency, password_hash, pin_hash, created_at, password_changed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+        params![a.id, a.currency.as_str(), password_hash, pin_hash, to_sql(now)],
+    )?;
+    if a.opening_balance > 0 {
+        let p = Posting::movement(
+            PostingKind::TopUp,
+            LedgerAccount::TopUpSource(a.currency),
+            LedgerAccount::Available(a.id.clone()),
+            a.opening_balance,
+            a.currency,
+            format!("open-{}", a.id),
+            "opening balance",
+        )
+        .map_err(|e| AdminError::Invalid(e.to_string()))?;
+        books::apply(&tx, &p, now)?;
+    }
+    audit_op(
+        &tx,
+        now,
+        "account create",
+        format!("{} in {} opening {}", a.id, a.currency, a.opening_balance),
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// An account with its balances and devices.
+#[derive(Debug, Clone)]
+pub struct AccountView {
+    /// The account.
+    pub account: AccountRow,
+    /// Spendable.
+    pub available: u64,
+    /// Held for withdrawals in progress or in doubt.
+    pub held: u64,
+    /// Its devices.
+    pub devices: Vec<DeviceRow>,
+}
+
+/// Shows an account.
+pub fn show_account(store: &Store, id: &str) -> Result<AccountView, AdminError> {
+    let db = store.conn();
+    let account =
+        rows::account(db, id)?.ok_or_else(|| AdminError::NotFound(format!("account {id}")))?;
+    let (available, held) = books::customer_balances(db, id)?;
+    Ok(AccountView {
+        account,
+        available,
+        held,
+        devices: rows::devices(db, Some(id))?,
+    })
+}
+
+/// Clears a freeze ("not me") after the operator has checked with the customer.
+pub fn unfreeze_account(store: &mut Store, id: &str, now: u64) -> Result<(), AdminError> {
+    let tx = store.conn_mut().transaction()?;
+    let a = rows::account(&tx, id)?.ok_or_else(|| AdminError::NotFound(format!("account {id}")))?;
+    if !a.frozen {
+        return Err(AdminError::WrongState(format!(
+            "account {id} is not frozen"
+        )));
+    }
+    rows::set_frozen(&tx, id, false, None, now)?;
+    audit_op(
+        &tx,
+        now,
+        "account unfreeze",
+        format!("{id} (was: {})", a.frozen_reason.unwrap_or_default()),
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// A bank account registered for payouts.
+#[derive(Debug, Clone)]
+pub struct NewBankAccount {
+    /// Its id (quoted by `BankWithdrawal`).
+    pub id: String,
+    /// The customer account it belongs to.
+    pub account: String,
+    /// Bank name.
+    pub bank: String,
+    /// Account number.
+    pub number: String,
+    /// Holder name.
+    pub holder: String,
+}
+
+/// Registers a bank account for payouts.
+pub fn add_bank_account(store: &mut Store, b: &NewBankAccount, now: u64) -> Result<(), AdminError> {
+    check_id("bank account id", &b.id)?;
+    let tx = store.conn_mut().transaction()?;
+    if rows::account(&tx, &b.account)?.is_none() {
+        return Err(AdminError::NotFound(format!("account {}", b.account)));
+    }
+    if rows::bank_account_owner(&tx, &b.id)?.is_some() {
+        return Err(AdminError::Exists(format!("bank account {}", b.id)));
+    }
+    tx.execute(
+        "INSERT INTO bank_accounts(id, account, bank, number, holder, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![b.id, b.account, b.bank, b.number, b.holder, to_sql(now)],
+    )?;
+    audit_op(
+        &tx,
+        now,
+        "account bank-add",
+        format!("{} for {} at {}", b.id, b.account, b.bank),
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// An ATM to enrol.
+#[derive(Debug, Clone)]
+pub struct NewAtm {
+    /// ATM id (its topic id and `iss`).
+    pub id: String,
+    /// Its public key.
+    pub public_key: PublicJwk,
+    /// Display name.
+    pub name: String,
+    /// Street address.
+    pub address: String,
+    /// Surveyed position.
+    pub position: Position,
+    /// Cassette denominations (minor units).
+    pub denominations: Vec<u64>,
+}
+
+/// Enrols an ATM (or replaces its key and details when re-enrolled).
+pub fn enroll_atm(store: &mut Store, a: &NewAtm, now: u64) -> Result<(), AdminError> {
+    check_id("ATM id", &a.id)?;
+    a.position
+        .validate()
+        .map_err(|e| AdminError::Invalid(format!("position: {e}")))?;
+    if a.denominations.is_empty() || a.denominations.contains(&0) {
+        return Err(AdminError::Invalid(
+            "list the cassette denominations (non-zero)".into(),
+        ));
+    }
+    let key = PublicKey::from_jwk(&a.public_key).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let jwk =
+        serde_json::to_string(&key.to_jwk()).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let denoms =
+        serde_json::to_string(&a.denominations).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let tx = store.conn_mut().transaction()?;
+    tx.execute(
+        "INSERT INTO atms(id, name, address, lat, lon, public_jwk, kid, denominations, active, enrolled_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9)
+         ON CONFLICT(id) DO UPDATE SET name = ?2, address = ?3, lat = ?4, lon = ?5,
+             public_jwk = ?6, kid = ?7, denominations = ?8, active = 1",
+        params![
+            a.id,
+            a.name,
+            a.address,
+            a.position.lat,
+            a.position.lon,
+            jwk,
+            key.kid().as_str(),
+            denoms,
+            to_sql(now)
+        ],
+    )?;
+    audit_op(
+        &tx,
+        now,
+        "atm enroll",
+        format!("{} key {} at {}", a.id, key.kid(), a.address),
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// A merchant to register.
+#[derive(Debug, Clone)]
+pub struct NewMerchant {
+    /// Merchant id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Currency it accepts.
+    pub currency: Currency,
+    /// Where it is.
+    pub position: Position,
+}
+
+/// Registers a merchant.
+pub fn add_merchant(store: &mut Store, m: &NewMerchant, now: u64) -> Result<(), AdminError> {
+    check_id("merchant id", &m.id)?;
+    m.position
+        .validate()
+        .map_err(|e| AdminError::Invalid(format!("position: {e}")))?;
+    let tx = store.conn_mut().transaction()?;
+    if rows::merchant(&tx, &m.id)?.is_some() {
+        return Err(AdminError::Exists(format!("merchant {}", m.id)));
+    }
+    tx.execute(
+        "INSERT INTO merchants(id, name, currency, lat, lon, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            m.id,
+            m.name,
+            m.currency.as_str(),
+            m.position.lat,
+            m.position.lon,
+            to_sql(now)
+        ],
+    )?;
+    audit_op(&tx, now, "merchant add", format!("{} {}", m.id, m.name))?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Devices, of one account or all.
+pub fn list_devices(store: &Store, account: Option<&str>) -> Result<Vec<DeviceRow>, AdminError> {
+    Ok(rows::devices(store.conn(), account)?)
+}
+
+/// Revokes a device.
+pub fn revoke_device(
+    store: &mut Store,
+    id: &str,
+    reason: &str,
+    now: u64,
+) -> Result<(), AdminError> {
+    let tx = store.conn_mut().transaction()?;
+    if !rows::revoke_device(&tx, id, reason, now)? {
+        return Err(AdminError::NotFound(format!("active device {id}")));
+    }
+    audit_op(&tx, now, "device revoke", format!("{id}: {reason}"))?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Devices under a restriction still in force at `now`.
+pub fn list_restrictions(store: &Store, now: u64) -> Result<Vec<DeviceRow>, AdminError> {
+    Ok(rows::devices(store.conn(), None)?
+        .into_iter()
+        .filter(|d| d.restricted_until.is_some_and(|u| u > now))
+        .collect())
+}
+
+/// Lifts a device's restriction before its time.
+pub fn lift_restriction(store: &mut Store, device: &str, now: u64) -> Result<(), AdminError> {
+    let tx = store.conn_mut().transaction()?;
+    let d = rows::device(&tx, device)?
+        .ok_or_else(|| AdminError::NotFound(format!("device {device}")))?;
+    if d.restricted_until.is_none() {
+        return Err(AdminError::WrongState(format!(
+            "device {device} is not restricted"
+        )));
+    }
+    rows::set_restriction(&tx, device, None, None)?;
+    audit_op(
+        &tx,
+        now,
+        "restriction lift",
+        format!(
+            "{device} ({} until {:?})",
+            d.restriction_reason.unwrap_or_default(),
+            d.restricted_until
+        ),
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Which withdrawals to list.
+#[derive(Debug, Clone, Default)]
+pub struct TxFilter {
+    /// Only this phase.
+    pub phase: Option<Phase>,
+    /// Only those flagged for reconciliation.
+    pub flagged: bool,
+    /// Only this account.
+    pub account: Option<String>,
+    /// At most this many (newest).
+    pub limit: Option<usize>,
+}
+
+/// Lists withdrawals.
+pub fn list_withdrawals(store: &Store, f: &TxFilter) -> Result<Vec<WithdrawalRow>, AdminError> {
+    let phase = f.phase.map(|p| p.as_str().to_owned());
+    let mut list = rows::withdrawals_where(
+        store.conn(),
+        "(?1 IS NULL OR phase = ?1) AND (?2 = 0 OR needs_reconciliation = 1) AND (?3 IS NULL OR account = ?3)",
+        &[&phase, &f.flagged, &f.account],
+    )?;
+    if let Some(n) = f.limit {
+        let skip = list.len().saturating_sub(n);
+        list.drain(..skip);
+    }
+    Ok(list)
+}
+
+/// A dispense report as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRow {
+    /// When received.
+    pub received_at: u64,
+    /// From which ATM.
+    pub atm_id: String,
+    /// Its message id.
+    pub jti: String,
+    /// The device's verdict.
+    pub outcome: String,
+    /// Value reported exited.
+    pub dispensed: u64,
+    /// Whether it changed the transaction.
+    pub applied: bool,
+}
+
+/// One withdrawal with every dispense report received for it.
+pub fn show_withdrawal(
+    store: &Store,
+    tx: &TxId,
+) -> Result<(WithdrawalRow, Vec<ReportRow>), AdminError> {
+    let db = store.conn();
+    let w = rows::withdrawal(db, tx)?
+        .ok_or_else(|| AdminError::NotFound(format!("transaction {tx}")))?;
+    let mut stmt = db.prepare(
+        "SELECT received_at, atm_id, jti, outcome, dispensed, applied FROM dispense_reports
+         WHERE tx_id = ?1 ORDER BY id",
+    )?;
+    let reports = stmt
+        .query_map([tx.to_string()], |r| {
+            Ok(ReportRow {
+                received_at: from_sql(r.get(0)?),
+                atm_id: r.get(1)?,
+                jti: r.get(2)?,
+                outcome: r.get(3)?,
+                dispensed: from_sql(r.get(4)?),
+                applied: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((w, reports))
+}
+
+/// Settles an unresolved withdrawal (in doubt, or ordered without a report) with the amount
+/// the operator counted as paid out; returns the final phase. No receipt is pushed: the
+/// operator informs the customer.
+pub fn resolve_withdrawal(
+    store: &mut Store,
+    tx_id: &TxId,
+    dispensed: u64,
+    now: u64,
+) -> Result<Phase, AdminError> {
+    let tx = store
+        .conn_mut()
+        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let w = rows::withdrawal(&tx, tx_id)?
+        .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
+    let step = transition(&w.lifecycle(), Event::Resolve { dispensed })
+        .map_err(|e| AdminError::WrongState(e.to_string()))?;
+    if !rows::set_phase(&tx, tx_id, w.phase, step.next, now)? {
+        return Err(AdminError::WrongState(format!(
+            "transaction {tx_id} changed concurrently"
+        )));
+    }
+    for effect in &step.ledger {
+        books::apply(&tx, &crate::handler::posting_for(&w, *effect)?, now)?;
+    }
+    let note = format!("resolved by operator: {dispensed} paid out");
+    rows::record_settlement(&tx, tx_id, step.settled, false, Some(&note))?;
+    audit_op(
+        &tx,
+        now,
+        "tx resolve",
+        format!("{tx_id} {} → {} ({dispensed})", w.phase, step.next),
+    )?;
+    tx.commit()?;
+    Ok(step.next)
+}
+
+/// Checks the books (see [`books::check`]).
+pub fn ledger_check(store: &Store) -> Result<LedgerReport, AdminError> {
+    Ok(books::check(store.conn())?)
+}
+
+/// The latest audit entries.
+pub fn audit_tail(store: &Store, n: usize) -> Result<Vec<AuditRow>, AdminError> {
+    Ok(audit::tail(store.conn(), n)?)
+}
+
+/// Withdrawals still in a non-final phase, or flagged (for tests and monitoring).
+pub fn unsettled(store: &Store) -> Result<Vec<WithdrawalRow>, AdminError> {
+    Ok(rows::withdrawals_where(
+        store.conn(),
+        "phase IN ('registered', 'presented', 'ordered', 'in_doubt') OR needs_reconciliation = 1",
+        &[],
+    )?)
+}
+
+/// The hub's outgoing sequence counter (tests: strictly increasing across restarts).
+pub fn hub_seq(store: &Store) -> Result<u64, AdminError> {
+    let v: Option<i64> = store
+        .conn()
+        .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))
+        .optional()?;
+    Ok(v.map_or(0, from_sql))
+}

@@ -1,0 +1,770 @@
+//! The hub's pure entry point: bytes and a topic in, signed answers out, no MQTT inside.
+//!
+//! [`Hub::handle`] (and [`Hub::handle_batch`], which the writer task uses for group commit)
+//! runs each message through the same pipeline:
+//!
+//! 1. topic → sender class and id; size limit; JWS parse (nothing is trusted yet);
+//! 2. key by `kid` (an enrolled ATM or device key, or the key inside a `Login`), strict
+//!    signature verification, claims decoding;
+//! 3. addressing (`aud` is this hub, `iss` is the topic's id), times (`iat`/`exp`);
+//! 4. duplicate (same sender and `jti` already processed) → the same answers again, applied
+//!    once; otherwise the per-sender sequence window;
+//! 5. the message's own handler ([`phone`], [`money`], [`atm`]) inside a savepoint;
+//! 6. the replay window, the processed-id record with the answers, and the audit entry, in
+//!    the same transaction as the effects.
+//!
+//! A failure in steps 1–2 is answered with nothing but an audit entry: the sender is not
+//! authenticated. From step 3 on the sender gets a `Rejected` naming the refused `jti`. A
+//! refusal undoes the handler's effects (except the few that must stay, such as counting a
+//! wrong PIN). Answers are only handed out after the transaction committed.
+
+mod atm;
+mod money;
+mod phone;
+mod steps;
+mod sweep;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qrcash_protocol::envelope::Sealed;
+use qrcash_protocol::messages::{AtmDown, AtmUp, PhonePush, PhoneUp, Rejected};
+use qrcash_protocol::replay::check_times;
+use qrcash_protocol::topics::{self, Topic};
+use qrcash_protocol::{
+    Claims, Clock, EnvelopeError, MAX_UPLINK_BYTES, PublicKey, RejectReason, ReplayError, Signer,
+};
+use rusqlite::{Connection, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::config::HubConfig;
+use crate::error::StoreError;
+use crate::rng::Entropy;
+use crate::store::audit::{self, AuditEntry};
+use crate::store::rows::{self, AtmRow, DeviceRow};
+use crate::store::{self, Store};
+use crate::warnings::WarningCatalog;
+
+pub use sweep::SweepReport;
+
+/// The ledger posting for one effect of a withdrawal step (operator resolution uses it).
+pub fn posting_for(
+    w: &rows::WithdrawalRow,
+    effect: crate::withdrawal::LedgerEffect,
+) -> Result<crate::ledger::Posting, StoreError> {
+    steps::posting(w, effect)
+}
+
+/// A message received from the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    /// The MQTT topic it arrived on.
+    pub topic: String,
+    /// The raw payload.
+    pub payload: Vec<u8>,
+}
+
+/// A message for the broker, already signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outgoing {
+    /// The MQTT topic to publish on.
+    pub topic: String,
+    /// The payload (a JWS compact serialization).
+    pub payload: Vec<u8>,
+}
+
+/// What happened to a message that was not refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Processed now.
+    Applied,
+    /// Seen before: answered again, nothing applied.
+    Duplicate,
+    /// An ATM presence notice (unsigned), recorded.
+    Presence,
+}
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HandleError {
+    /// Not one of the topics the hub accepts messages on.
+    #[error("topic {0:?} is not an up-link topic of this hub")]
+    Topic(String),
+    /// No enrolled ATM or device with this id (and not a login).
+    #[error("unknown sender {0:?}")]
+    UnknownSender(String),
+    /// The envelope failed (size, JWS, key, signature, claims, addressing).
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The anti-replay rules failed.
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    /// The message was authentic but refused.
+    #[error("{message}")]
+    Refused {
+        /// Machine-readable reason, as sent to the sender.
+        reason: RejectReason,
+        /// Human-readable explanation.
+        message: String,
+    },
+    /// The hub failed (database); nothing was applied.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl HandleError {
+    /// The reason given to the sender (or recorded in the audit log).
+    pub fn reason(&self) -> RejectReason {
+        match self {
+            HandleError::Topic(_) => RejectReason::WrongAddress,
+            HandleError::UnknownSender(_) => RejectReason::UnknownSender,
+            HandleError::Envelope(e) => match e {
+                EnvelopeError::TooLarge { .. } => RejectReason::TooLarge,
+                EnvelopeError::NotText | EnvelopeError::Claims(_) => RejectReason::Malformed,
+                EnvelopeError::Jws(qrcash_protocol::JwsError::BadSignature)
+                | EnvelopeError::Jws(qrcash_protocol::JwsError::UnsupportedAlgorithm(_))
+                | EnvelopeError::Jws(qrcash_protocol::JwsError::SignatureLength(_))
+                | EnvelopeError::MissingKeyId
+                | EnvelopeError::UnknownKey(_) => RejectReason::BadSignature,
+                EnvelopeError::Jws(_) | EnvelopeError::WrongType(_) => RejectReason::Malformed,
+                EnvelopeError::WrongAudience { .. } | EnvelopeError::WrongIssuer { .. } => {
+                    RejectReason::WrongAddress
+                }
+            },
+            HandleError::Replay(_) => RejectReason::Replayed,
+            HandleError::Refused { reason, .. } => reason.clone(),
+            HandleError::Internal(_) => RejectReason::Internal,
+        }
+    }
+}
+
+/// The result of handling one message.
+#[derive(Debug, Clone)]
+pub struct Handled {
+    /// Signed messages to publish (only after the transaction committed).
+    pub outgoing: Vec<Outgoing>,
+    /// What happened.
+    pub result: Result<Disposition, HandleError>,
+}
+
+/// A refusal from a message handler.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub reason: RejectReason,
+    pub message: String,
+    /// Keep the handler's effects (e.g. a counted wrong PIN) instead of undoing them.
+    pub keep_effects: bool,
+    /// Messages to send besides the `Rejected` (only with `keep_effects`).
+    pub extra: Vec<Outgoing>,
+}
+
+/// Why a handler stopped.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    Refused(Refusal),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Fail::Store(e)
+    }
+}
+
+impl From<rusqlite::Error> for Fail {
+    fn from(e: rusqlite::Error) -> Self {
+        Fail::Store(StoreError::Sqlite(e))
+    }
+}
+
+/// A refusal that undoes everything.
+pub(crate) fn refuse(reason: RejectReason, message: impl Into<String>) -> Fail {
+    Fail::Refused(Refusal {
+        reason,
+        message: message.into(),
+        keep_effects: false,
+        extra: Vec::new(),
+    })
+}
+
+pub(crate) type Outcome = Result<Vec<Outgoing>, Fail>;
+
+/// The authenticated sender of a message.
+#[derive(Debug, Clone)]
+pub(crate) enum Sender {
+    Atm(AtmRow),
+    /// A phone; `None` until its first login enrols it.
+    Phone(String, Option<DeviceRow>),
+}
+
+/// Everything a message handler may use. Time and randomness come in from outside.
+pub(crate) struct Ctx<'a> {
+    pub db: &'a Connection,
+    pub cfg: &'a HubConfig,
+    pub signer: &'a Signer,
+    pub warnings: &'a WarningCatalog,
+    pub rng: &'a mut dyn Entropy,
+    pub now: u64,
+    /// The sender's id and the incoming `jti`, so answers to it carry `re`.
+    pub sender: String,
+    pub jti: String,
+    /// Detail for the audit entry (ids, amounts; never secrets).
+    pub detail: Option<String>,
+}
+
+impl Ctx<'_> {
+    fn seal<M: Serialize>(
+        &mut self,
+        to: &str,
+        topic: String,
+        msg: M,
+        exp: Option<u64>,
+    ) -> Result<Outgoing, StoreError> {
+        let seq = store::next_seq(self.db)?;
+        let ttl = Duration::from_secs(self.cfg.replay.downlink_ttl_s);
+        let mut claims = Claims::new(self.signer.id(), to, seq, self.now, ttl, msg);
+        if let Some(exp) = exp {
+            claims.exp = exp.max(self.now + 1);
+        }
+        if to == self.sender {
+            claims = claims.in_reply_to(self.jti.clone());
+        }
+        Ok(Outgoing {
+            topic,
+            payload: self.signer.seal(&claims).into_bytes(),
+        })
+    }
+
+    /// A signed message to an ATM.
+    pub fn send_atm(&mut self, atm: &str, msg: AtmDown) -> Result<Outgoing, StoreError> {
+        self.seal(atm, topics::atm_down(atm), msg, None)
+    }
+
+    /// A signed message to an ATM with its own expiry.
+    pub fn send_atm_until(
+        &mut self,
+        atm: &str,
+        msg: AtmDown,
+        exp: u64,
+    ) -> Result<Outgoing, StoreError> {
+        self.seal(atm, topics::atm_down(atm), msg, Some(exp))
+    }
+
+    /// A signed push to a phone.
+    pub fn push_phone(&mut self, device: &str, msg: PhonePush) -> Result<Outgoing, StoreError> {
+        self.seal(device, topics::phone_push(device), msg, None)
+    }
+
+    /// Random bytes as base64url (challenges, alert ids).
+    pub fn random_token(&mut self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.rng.bytes16())
+    }
+
+    /// Notes a detail for the audit entry.
+    pub fn note(&mut self, detail: impl Into<String>) {
+        self.detail = Some(detail.into());
+    }
+}
+
+/// The hub: database, signing key, configuration, clock and randomness. Single-threaded by
+/// design: the writer task owns it.
+#[derive(Debug)]
+pub struct Hub {
+    store: Store,
+    signer: Signer,
+    config: HubConfig,
+    warnings: WarningCatalog,
+    clock: Arc<dyn Clock>,
+    rng: Box<dyn Entropy>,
+}
+
+/// An authenticated message, ready for its handler.
+struct Verified {
+    sender: Sender,
+    class: &'static str,
+    kid: String,
+    body: Body,
+    jti: String,
+    seq: u64,
+}
+
+enum Body {
+    Atm(Claims<AtmUp>),
+    Phone(Claims<PhoneUp>),
+}
+
+impl Body {
+    fn type_name(&self) -> String {
+        let v = match self {
+            Body::Atm(c) => serde_json::to_value(&c.msg),
+            Body::Phone(c) => serde_json::to_value(&c.msg),
+        };
+        v.ok()
+            .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+fn reason_code(r: &RejectReason) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "internal".into())
+}
+
+impl Hub {
+    /// A hub over an open store.
+    pub fn new(
+        store: Store,
+        signer: Signer,
+        config: HubConfig,
+        warnings: WarningCatalog,
+        clock: Arc<dyn Clock>,
+        rng: Box<dyn Entropy>,
+    ) -> Hub {
+        Hub {
+            store,
+            signer,
+            config,
+            warnings,
+            clock,
+            rng,
+        }
+    }
+
+    /// The store (setup in tests and the demo, operator commands).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The store, mutable.
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// The hub's signer (its id and key).
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Handles one message in its own transaction.
+    pub fn handle(&mut self, topic: &str, payload: &[u8]) -> Handled {
+        let batch = [Incoming {
+            topic: topic.to_owned(),
+            payload: payload.to_vec(),
+        }];
+        self.handle_batch(&batch).pop().unwrap_or_else(|| Handled {
+            outgoing: Vec::new(),
+            result: Err(HandleError::Internal("no result".into())),
+        })
+    }
+
+    /// Handles several messages in one transaction (group commit): each message's effects
+    /// stay atomic (savepoints), the fsync is shared. If the commit fails, nothing is
+    /// applied and nothing is sent: every result is [`HandleError::Internal`].
+    pub fn handle_batch(&mut self, batch: &[Incoming]) -> Vec<Handled> {
+        let now = self.clock.now();
+        match self.try_batch(batch, now) {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, messages = batch.len(), "batch not committed");
+                batch
+                    .iter()
+                    .map(|_| Handled {
+                        outgoing: Vec::new(),
+                        result: Err(HandleError::Internal(e.to_string())),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn try_batch(&mut self, batch: &[Incoming], now: u64) -> Result<Vec<Handled>, StoreError> {
+        let Hub {
+            store,
+            signer,
+            config,
+            warnings,
+            rng,
+            ..
+        } = self;
+        let mut tx = store
+            .conn_mut()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(batch.len());
+        for m in batch {
+            results.push(process(
+                &mut tx,
+                config,
+                signer,
+                warnings,
+                rng.as_mut(),
+                now,
+                m,
+            )?);
+        }
+        tx.commit()?;
+        Ok(results)
+    }
+
+    /// Runs the expiry sweeper once (in its own transaction).
+    pub fn sweep(&mut self) -> Result<(Vec<Outgoing>, SweepReport), StoreError> {
+        let now = self.clock.now();
+        let Hub {
+            store,
+            signer,
+            config,
+            warnings,
+            rng,
+            ..
+        } = self;
+        let tx = store
+            .conn_mut()
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut ctx = Ctx {
+            db: &tx,
+            cfg: config,
+            signer,
+            warnings,
+            rng: rng.as_mut(),
+            now,
+            sender: String::new(),
+            jti: String::new(),
+            detail: None,
+        };
+        let out = sweep::sweep(&mut ctx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+/// One message, start to end. `Err` only for a database failure that spoils the batch.
+fn process(
+    tx: &mut rusqlite::Transaction<'_>,
+    cfg: &HubConfig,
+    signer: &Signer,
+    warnings: &WarningCatalog,
+    rng: &mut dyn Entropy,
+    now: u64,
+    m: &Incoming,
+) -> Result<Handled, StoreError> {
+    let topic = Topic::parse(&m.topic);
+    let mut entry = AuditEntry {
+        at: now,
+        source: match &topic {
+            Some(Topic::AtmUp(_) | Topic::AtmPresence(_)) => "atm",
+            Some(Topic::PhoneUp(_)) => "phone",
+            _ => "unknown",
+        }
+        .into(),
+        sender: topic.as_ref().map(|t| t.id().to_owned()),
+        topic: Some(m.topic.clone()),
+        ..AuditEntry::default()
+    };
+
+    if let Some(Topic::AtmPresence(id)) = &topic {
+        let text = String::from_utf8_lossy(&m.payload);
+        let presence = if text.trim() == "online" {
+            "online"
+        } else {
+            "offline"
+        };
+        let known = rows::atm_presence(tx, id, presence, now)?;
+        entry.msg_type = Some("presence".into());
+        entry.outcome = if known { "accepted" } else { "rejected" }.into();
+        entry.detail = Some(presence.into());
+        if !known {
+            entry.reason = Some("unknown_atm".into());
+        }
+        audit::append(tx, &entry)?;
+        return Ok(Handled {
+            outgoing: Vec::new(),
+            result: if known {
+                Ok(Disposition::Presence)
+            } else {
+                Err(HandleError::UnknownSender(id.clone()))
+            },
+        });
+    }
+
+    // Steps 1–2: nothing is answered before the signature holds.
+    let verified = match verify(tx, &m.topic, topic, &m.payload) {
+        Ok(v) => v,
+        Err(e) => {
+            entry.outcome = "rejected".into();
+            entry.reason = Some(reason_code(&e.reason()));
+            entry.detail = Some(e.to_string());
+            audit::append(tx, &entry)?;
+            tracing::debug!(topic = %m.topic, error = %e, "unauthenticated message dropped");
+            return Ok(Handled {
+                outgoing: Vec::new(),
+                result: Err(e),
+            });
+        }
+    };
+    entry.msg_type = Some(verified.body.type_name());
+    entry.jti = Some(verified.jti.clone());
+    let sender_id = match &verified.sender {
+        Sender::Atm(a) => a.id.clone(),
+        Sender::Phone(id, _) => id.clone(),
+    };
+
+    let mut ctx = Ctx {
+        db: tx,
+        cfg,
+        signer,
+        warnings,
+        rng: &mut *rng,
+        now,
+        sender: sender_id.clone(),
+        jti: verified.jti.clone(),
+        detail: None,
+    };
+
+    // Step 3: addressing and times.
+    let (iat, exp, addressing) = match &verified.body {
+        Body::Atm(c) => (
+            c.iat,
+            c.exp,
+            c.check_addressing(signer.id(), Some(&sender_id)),
+        ),
+        Body::Phone(c) => (
+            c.iat,
+            c.exp,
+            c.check_addressing(signer.id(), Some(&sender_id)),
+        ),
+    };
+    let replay_cfg = if verified.class == "atm" {
+        cfg.replay.atm()
+    } else {
+        cfg.replay.phone()
+    };
+    let early = addressing
+        .map_err(HandleError::from)
+        .and_then(|()| check_times(&replay_cfg, iat, exp, now).map_err(HandleError::from));
+    if let Err(e) = early {
+        let out = rejected(&mut ctx, verified.class, &e)?;
+        return finish(ctx.db, entry, e, out);
+    }
+
+    // Step 4: duplicates are answered again; anything else must pass the window.
+    if let Some(previous) = store::processed(ctx.db, &sender_id, &verified.jti)? {
+        let outgoing: Vec<Outgoing> = serde_json::from_str(&previous)
+            .map_err(|e| StoreError::Corrupt(format!("processed answers: {e}")))?;
+        entry.outcome = "duplicate".into();
+        audit::append(ctx.db, &entry)?;
+        return Ok(Handled {
+            outgoing,
+            result: Ok(Disposition::Duplicate),
+        });
+    }
+    let window = store::window(ctx.db, &sender_id, &verified.kid)?;
+    if let Err(e) = window.check(verified.seq, replay_cfg.seq_window) {
+        let e = HandleError::Replay(e);
+        let out = rejected(&mut ctx, verified.class, &e)?;
+        return finish(ctx.db, entry, e, out);
+    }
+
+    // Step 5: the handler, inside a savepoint.
+    drop(ctx);
+    let sp = tx.savepoint()?;
+    let mut ctx = Ctx {
+        db: &sp,
+        cfg,
+        signer,
+        warnings,
+        rng: &mut *rng,
+        now,
+        sender: sender_id.clone(),
+        jti: verified.jti.clone(),
+        detail: None,
+    };
+    let outcome = match (&verified.body, &verified.sender) {
+        (Body::Atm(c), Sender::Atm(atm)) => atm::dispatch(&mut ctx, atm, &c.msg),
+        (Body::Phone(c), Sender::Phone(id, device)) => {
+            phone::dispatch(&mut ctx, id, device.as_ref(), &c.msg)
+        }
+        _ => Err(refuse(
+            RejectReason::Malformed,
+            "message does not fit its topic",
+        )),
+    };
+    let detail = ctx.detail.take();
+    drop(ctx);
+    let (mut outgoing, result, keep) = match outcome {
+        Ok(out) => (out, Ok(Disposition::Applied), true),
+        Err(Fail::Refused(r)) => {
+            let e = HandleError::Refused {
+                reason: r.reason,
+                message: r.message,
+            };
+            (r.extra, Err(e), r.keep_effects)
+        }
+        Err(Fail::Store(e)) => {
+            tracing::error!(error = %e, sender = %sender_id, "message handler failed");
+            (Vec::new(), Err(HandleError::Internal(e.to_string())), false)
+        }
+    };
+    if keep {
+        sp.commit()?;
+    } else {
+        outgoing.clear();
+        drop(sp); // rolls back
+    }
+
+    // Step 6: window, processed record and audit, with the effects.
+    let mut ctx = Ctx {
+        db: tx,
+        cfg,
+        signer,
+        warnings,
+        rng: &mut *rng,
+        now,
+        sender: sender_id.clone(),
+        jti: verified.jti.clone(),
+        detail,
+    };
+    if let Err(e) = &result {
+        outgoing.extend(rejected(&mut ctx, verified.class, e)?);
+    }
+    if !matches!(result, Err(HandleError::Internal(_))) {
+        store::save_window(tx, &sender_id, &verified.kid, &window.record(verified.seq))?;
+        let answers = serde_json::to_string(&outgoing)
+            .map_err(|e| StoreError::Corrupt(format!("answers: {e}")))?;
+        store::record_processed(tx, &sender_id, &verified.jti, now, &answers)?;
+    }
+    entry.detail = ctx.detail.take();
+    match result {
+        Ok(d) => {
+            entry.outcome = "accepted".into();
+            audit::append(tx, &entry)?;
+            Ok(Handled {
+                outgoing,
+                result: Ok(d),
+            })
+        }
+        Err(e) => finish(tx, entry, e, outgoing),
+    }
+}
+
+fn finish(
+    db: &Connection,
+    mut entry: AuditEntry,
+    e: HandleError,
+    outgoing: Vec<Outgoing>,
+) -> Result<Handled, StoreError> {
+    entry.outcome = "rejected".into();
+    entry.reason = Some(reason_code(&e.reason()));
+    let msg = e.to_string();
+    entry.detail = Some(match entry.detail.take() {
+        Some(d) => format!("{msg}; {d}"),
+        None => msg,
+    });
+    audit::append(db, &entry)?;
+    Ok(Handled {
+        outgoing,
+        result: Err(e),
+    })
+}
+
+/// The `Rejected` answer for an authenticated sender.
+fn rejected(ctx: &mut Ctx<'_>, class: &str, e: &HandleError) -> Result<Vec<Outgoing>, StoreError> {
+    let body = Rejected {
+        reason: e.reason(),
+        message: e.to_string(),
+    };
+    let to = ctx.sender.clone();
+    Ok(vec![if class == "atm" {
+        ctx.send_atm(&to, AtmDown::Rejected(body))?
+    } else {
+        ctx.push_phone(&to, PhonePush::Rejected(body))?
+    }])
+}
+
+/// Steps 1–2: topic, size, JWS, key, signature, claims.
+fn verify(
+    db: &Connection,
+    raw_topic: &str,
+    topic: Option<Topic>,
+    payload: &[u8],
+) -> Result<Verified, HandleError> {
+    let internal = |e: StoreError| HandleError::Internal(e.to_string());
+    let topic = topic.ok_or_else(|| HandleError::Topic(raw_topic.to_owned()))?;
+    let sealed = Sealed::parse(payload, MAX_UPLINK_BYTES)?;
+    let kid = sealed.kid().as_str().to_owned();
+    match topic {
+        Topic::AtmUp(id) => {
+            let atm = rows::atm(db, &id)
+                .map_err(internal)?
+                .ok_or_else(|| HandleError::UnknownSender(id.clone()))?;
+            if atm.kid != kid {
+                return Err(EnvelopeError::UnknownKey(kid).into());
+            }
+            let key = PublicKey::from_jwk_json(&atm.public_jwk)
+                .map_err(|e| HandleError::Internal(format!("enrolled key of ATM {id}: {e}")))?;
+            let claims: Claims<AtmUp> = sealed.open(&key)?;
+            Ok(Verified {
+                jti: claims.jti.clone(),
+                seq: claims.seq,
+                sender: Sender::Atm(atm),
+                class: "atm",
+                kid,
+                body: Body::Atm(claims),
+            })
+        }
+        Topic::PhoneUp(id) => {
+            let device = rows::device(db, &id).map_err(internal)?;
+            if let Some(d) = device.as_ref().filter(|d| d.kid == kid) {
+                let key = PublicKey::from_jwk_json(&d.public_jwk).map_err(|e| {
+                    HandleError::Internal(format!("enrolled key of device {id}: {e}"))
+                })?;
+                let claims: Claims<PhoneUp> = sealed.open(&key)?;
+                return Ok(Verified {
+                    jti: claims.jti.clone(),
+                    seq: claims.seq,
+                    sender: Sender::Phone(id, device),
+                    class: "phone",
+                    kid,
+                    body: Body::Phone(claims),
+                });
+            }
+            // Not the enrolled key: only a Login carrying its own key may introduce one, and
+            // it must be signed by that key (proof of possession).
+            let peek: Claims<PhoneUp> = sealed.peek()?;
+            let PhoneUp::Login(login) = &peek.msg else {
+                return Err(match device {
+                    Some(_) => EnvelopeError::UnknownKey(kid).into(),
+                    None => HandleError::UnknownSender(id),
+                });
+            };
+            let key = PublicKey::from_jwk(&login.device.public_key)
+                .map_err(|_| EnvelopeError::UnknownKey(kid.clone()))?;
+            if key.kid().as_str() != kid {
+                return Err(EnvelopeError::UnknownKey(kid).into());
+            }
+            let claims: Claims<PhoneUp> = sealed.open(&key)?;
+            Ok(Verified {
+                jti: claims.jti.clone(),
+                seq: claims.seq,
+                sender: Sender::Phone(id, device),
+                class: "phone",
+                kid,
+                body: Body::Phone(claims),
+            })
+        }
+        other => Err(HandleError::Topic(other.to_string())),
+    }
+}

@@ -1,0 +1,763 @@
+//! Phone messages about sessions and withdrawals: `Login` (with the new-device restriction),
+//! `RegisterWithdrawal`, `ConfirmWithdrawal`, `DeclineWithdrawal` and
+//! `AnswerNewDeviceAlert`. Money operations are in [`super::money`].
+
+use qrcash_protocol::messages::{
+    AnswerNewDeviceAlert, AtmDown, CodeIssued, ConfirmWithdrawal, DeclineWithdrawal, DispenseOrder,
+    IdentityEvidence, Login, LoginResult, NewDeviceAlert, PhonePush, PhoneUp, RegisterWithdrawal,
+};
+use qrcash_protocol::{Amount, CodeToken, OrderId, Position, PublicKey, RejectReason, TxId};
+use rusqlite::{OptionalExtension, params};
+
+use super::{Ctx, Fail, Outcome, Refusal, money, refuse, steps};
+use crate::config::IdentityRule;
+use crate::identity::verify_secret;
+use crate::policy::{self, check_may_move_money};
+use crate::restriction::{self, DeviceFix, Function, PaymentFix};
+use crate::store::ledger as books;
+use crate::store::rows::{self, AccountRow, DeviceRow, DeviceStatus, WithdrawalRow};
+use crate::store::{from_sql, to_sql};
+use crate::withdrawal::{Event, Phase, TransitionError, transition};
+
+/// Routes a phone message.
+pub(super) fn dispatch(
+    ctx: &mut Ctx<'_>,
+    sender: &str,
+    device: Option<&DeviceRow>,
+    msg: &PhoneUp,
+) -> Outcome {
+    if let PhoneUp::Login(l) = msg {
+        return login(ctx, sender, device, l);
+    }
+    let (device, account) = session(ctx, device)?;
+    match msg {
+        PhoneUp::Login(_) => unreachable_login(),
+        PhoneUp::RegisterWithdrawal(r) => register(ctx, &device, &account, r),
+        PhoneUp::ConfirmWithdrawal(c) => confirm(ctx, &device, &account, c),
+        PhoneUp::DeclineWithdrawal(d) => decline(ctx, &device, &account, d),
+        PhoneUp::AnswerNewDeviceAlert(a) => answer_alert(ctx, &device, &account, a),
+        PhoneUp::Transfer(t) => money::transfer(ctx, &device, &account, t),
+        PhoneUp::Payment(p) => money::payment(ctx, &device, &account, p),
+        PhoneUp::BankWithdrawal(b) => money::bank_withdrawal(ctx, &device, &account, b),
+        PhoneUp::TopUp(t) => money::top_up(ctx, &device, &account, t),
+        PhoneUp::BalanceQuery(q) => money::balance(ctx, &device, &account, q),
+    }
+}
+
+fn unreachable_login() -> Outcome {
+    Err(refuse(RejectReason::Internal, "login routed twice"))
+}
+
+/// The device must be enrolled, active and logged in; returns it with its account.
+fn session(ctx: &Ctx<'_>, device: Option<&DeviceRow>) -> Result<(DeviceRow, AccountRow), Fail> {
+    let d = device.ok_or_else(|| refuse(RejectReason::NotLoggedIn, "log in first"))?;
+    if d.status == DeviceStatus::Revoked {
+        return Err(refuse(
+            RejectReason::DeviceRevoked,
+            "this device was revoked; contact support",
+        ));
+    }
+    let fresh = d
+        .last_login_at
+        .is_some_and(|t| ctx.now <= t.saturating_add(ctx.cfg.auth.session_ttl_s));
+    if !fresh {
+        return Err(refuse(
+            RejectReason::NotLoggedIn,
+            "the session has expired; log in again",
+        ));
+    }
+    let account = rows::account(ctx.db, &d.account)?.ok_or_else(|| {
+        refuse(
+            RejectReason::UnknownAccount,
+            format!("account {} no longer exists", d.account),
+        )
+    })?;
+    Ok((d.clone(), account))
+}
+
+/// The request names the session's account (or another one, which is refused).
+pub(super) fn own_account(ctx: &Ctx<'_>, account: &AccountRow, named: &str) -> Result<(), Fail> {
+    if named == account.id {
+        return Ok(());
+    }
+    if rows::account(ctx.db, named)?.is_some() {
+        Err(refuse(
+            RejectReason::NotLoggedIn,
+            format!("this device is not logged in to account {named}"),
+        ))
+    } else {
+        Err(refuse(
+            RejectReason::UnknownAccount,
+            format!("no account {named}"),
+        ))
+    }
+}
+
+/// An amount must be positive, in the account currency and storable.
+pub(super) fn check_amount(account: &AccountRow, amount: &Amount) -> Result<(), Fail> {
+    if amount.currency != account.currency {
+        return Err(refuse(
+            RejectReason::InvalidAmount,
+            format!(
+                "the account is in {}, not {}",
+                account.currency, amount.currency
+            ),
+        ));
+    }
+    if amount.minor == 0 || i64::try_from(amount.minor).is_err() {
+        return Err(refuse(
+            RejectReason::InvalidAmount,
+            format!("{amount} is not a valid amount"),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn gate(
+    ctx: &Ctx<'_>,
+    account: &AccountRow,
+    device: &DeviceRow,
+    f: Function,
+) -> Result<(), Fail> {
+    check_may_move_money(ctx.db, account, device, f, ctx.now).map_err(|reason| {
+        let message = match &reason {
+            RejectReason::AccountFrozen => {
+                "the account's payments are frozen until support clears them".to_owned()
+            }
+            RejectReason::Restricted { until } => {
+                format!("this new device may not move money out until {until}")
+            }
+            _ => "this device may not move money out".to_owned(),
+        };
+        refuse(reason, message)
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Login
+// ---------------------------------------------------------------------------------------
+
+fn login(ctx: &mut Ctx<'_>, sender: &str, device: Option<&DeviceRow>, l: &Login) -> Outcome {
+    if l.device.device_id != sender {
+        return Err(refuse(
+            RejectReason::WrongAddress,
+            "device_id differs from the sender",
+        ));
+    }
+    if let Some(p) = &l.position {
+        p.validate()
+            .map_err(|e| refuse(RejectReason::Malformed, format!("position: {e}")))?;
+    }
+    let bad = || refuse(RejectReason::BadCredentials, "wrong account or password");
+    let account = rows::account(ctx.db, &l.account)?.ok_or_else(bad)?;
+    if !verify_secret(l.password.expose(), &account.password_hash) {
+        ctx.note(format!("wrong password for account {}", account.id));
+        return Err(bad());
+    }
+    if let Some(d) = device {
+        if d.account != account.id {
+            ctx.note(format!("device {} is enrolled for another account", d.id));
+            return Err(bad());
+        }
+        if d.status == DeviceStatus::Revoked {
+            return Err(refuse(
+                RejectReason::DeviceRevoked,
+                "this device was revoked; contact support",
+            ));
+        }
+    }
+    let key = PublicKey::from_jwk(&l.device.public_key)
+        .map_err(|e| refuse(RejectReason::BadSignature, e.to_string()))?;
+    let jwk = serde_json::to_string(&l.device.public_key)
+        .map_err(|e| refuse(RejectReason::Malformed, e.to_string()))?;
+    let others: Vec<DeviceRow> = rows::devices(ctx.db, Some(&account.id))?
+        .into_iter()
+        .filter(|d| d.id != sender && d.status == DeviceStatus::Active)
+        .collect();
+    let new_device = device.is_none() && !others.is_empty();
+    let rekeyed = device.is_some_and(|d| d.kid != key.kid().as_str());
+    let row = DeviceRow {
+        id: sender.to_owned(),
+        account: account.id.clone(),
+        name: l.device.name.chars().take(64).collect(),
+        public_jwk: jwk,
+        kid: key.kid().as_str().to_owned(),
+        status: DeviceStatus::Active,
+        enrolled_at: device.map_or(ctx.now, |d| d.enrolled_at),
+        key_changed_at: match device {
+            Some(d) if !rekeyed => d.key_changed_at,
+            _ => ctx.now,
+        },
+        last_login_at: Some(ctx.now),
+        restricted_until: None,
+        restriction_reason: None,
+        revoked_reason: None,
+    };
+    rows::upsert_device_login(ctx.db, &row, ctx.now, l.position.as_ref(), new_device)?;
+    let mut out = Vec::new();
+    if new_device {
+        out.extend(restrict_new_device(
+            ctx, &account, &row, &others, l.position,
+        )?);
+    } else {
+        ctx.note(format!(
+            "login of {} to {}{}",
+            row.id,
+            account.id,
+            if rekeyed { " with a new key" } else { "" }
+        ));
+    }
+    let stored = rows::device(ctx.db, sender)?.unwrap_or(row);
+    let restriction = policy::effective_restriction(&account, &stored, ctx.now).map(|r| r.info());
+    out.insert(
+        0,
+        ctx.push_phone(
+            sender,
+            PhonePush::LoginResult(LoginResult {
+                account: account.id.clone(),
+                device_id: sender.to_owned(),
+                new_device,
+                restriction,
+            }),
+        )?,
+    );
+    Ok(out)
+}
+
+/// Applies the new-device policy ([`restriction::decide`]) and alerts the other devices.
+fn restrict_new_device(
+    ctx: &mut Ctx<'_>,
+    account: &AccountRow,
+    new: &DeviceRow,
+    others: &[DeviceRow],
+    reported: Option<Position>,
+) -> Result<Vec<super::Outgoing>, Fail> {
+    let policy = &ctx.cfg.restriction;
+    let own_payments = payment_fixes(ctx, "device_id = ?1", &new.id)?;
+    let located = restriction::locate_new_device(reported, &own_payments, ctx.now, policy);
+    let existing = last_fix_of(ctx, others)?;
+    let window_start = ctx.now.saturating_sub(policy.login_window_secs);
+    let mut logins = 0u32;
+    for d in others {
+        let established = policy::device_restriction(d).is_none_or(|r| !r.is_active(ctx.now));
+        if established {
+            let n: i64 = ctx.db.query_row(
+                "SELECT COUNT(*) FROM logins WHERE device_id = ?1 AND at >= ?2",
+                params![d.id, to_sql(window_start)],
+                |r| r.get(0),
+            )?;
+            logins = logins.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+    let decision = restriction::decide(policy, located.map(|l| l.fix), existing, logins, ctx.now);
+    let active = decision.restriction();
+    if let Some(r) = &active {
+        let reason = serde_json::to_value(r.reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "new_device".into());
+        rows::set_restriction(ctx.db, &new.id, r.until, Some(&reason))?;
+    }
+    ctx.note(format!(
+        "new device {} on {}: {}",
+        new.id,
+        account.id,
+        serde_json::to_string(&decision).unwrap_or_default()
+    ));
+    let mut out = Vec::new();
+    for other in others {
+        let alert_id = format!("alert-{}", ctx.random_token());
+        ctx.db.execute(
+            "INSERT INTO alerts(id, account, new_device, notified, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![alert_id, account.id, new.id, other.id, to_sql(ctx.now)],
+        )?;
+        out.push(ctx.push_phone(
+            &other.id,
+            PhonePush::NewDeviceAlert(NewDeviceAlert {
+                alert_id,
+                account: account.id.clone(),
+                device_id: new.id.clone(),
+                device_name: new.name.clone(),
+                position: located.map(|l| l.fix.position),
+                at: ctx.now,
+                restricted_until: active.and_then(|r| r.until),
+            }),
+        )?);
+    }
+    Ok(out)
+}
+
+/// Payments matching `condition` (on `device_id` or `account`) as position fixes.
+fn payment_fixes(ctx: &Ctx<'_>, condition: &str, arg: &str) -> Result<Vec<PaymentFix>, Fail> {
+    let mut stmt = ctx.db.prepare(&format!(
+        "SELECT at, lat, lon FROM payments WHERE {condition} ORDER BY at DESC LIMIT 100"
+    ))?;
+    let fixes = stmt
+        .query_map([arg], |r| {
+            Ok(PaymentFix {
+                at: from_sql(r.get(0)?),
+                position: Position::new(r.get(1)?, r.get(2)?, 0.0),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(fixes)
+}
+
+/// The last known position of the account's other devices: their latest login with a
+/// position, else an estimate from their payments.
+fn last_fix_of(ctx: &Ctx<'_>, others: &[DeviceRow]) -> Result<Option<DeviceFix>, Fail> {
+    let mut best: Option<DeviceFix> = None;
+    let mut payments = Vec::new();
+    for d in others {
+        let fix = ctx
+            .db
+            .query_row(
+                "SELECT at, lat, lon, accuracy_m FROM logins
+                 WHERE device_id = ?1 AND lat IS NOT NULL ORDER BY at DESC LIMIT 1",
+                [&d.id],
+                |r| {
+                    Ok(DeviceFix {
+                        at: from_sql(r.get(0)?),
+                        position: Position::new(r.get(1)?, r.get(2)?, r.get(3)?),
+                    })
+                },
+            )
+            .optional()?;
+        if let Some(f) = fix
+            && best.is_none_or(|b| f.at > b.at)
+        {
+            best = Some(f);
+        }
+        payments.extend(payment_fixes(ctx, "device_id = ?1", &d.id)?);
+    }
+    if best.is_some() {
+        return Ok(best);
+    }
+    Ok(
+        restriction::estimate_position(&payments, ctx.now, &ctx.cfg.restriction).map(|p| {
+            DeviceFix {
+                position: p,
+                at: ctx.now,
+            }
+        }),
+    )
+}
+
+fn answer_alert(
+    ctx: &mut Ctx<'_>,
+    device: &DeviceRow,
+    account: &AccountRow,
+    a: &AnswerNewDeviceAlert,
+) -> Outcome {
+    let row: Option<(String, Option<i64>)> = ctx
+        .db
+        .query_row(
+            "SELECT new_device, answered_at FROM alerts WHERE id = ?1 AND notified = ?2",
+            params![a.alert_id, device.id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((new_device, answered)) = row else {
+        return Err(refuse(
+            RejectReason::UnknownAlert,
+            format!("no alert {} for this device", a.alert_id),
+        ));
+    };
+    if answered.is_none() {
+        ctx.db.execute(
+            "UPDATE alerts SET answered_at = ?2, not_me = ?3 WHERE id = ?1",
+            params![a.alert_id, to_sql(ctx.now), a.not_me],
+        )?;
+    }
+    if a.not_me {
+        rows::revoke_device(
+            ctx.db,
+            &new_device,
+            &format!("owner answered alert {} with not me", a.alert_id),
+            ctx.now,
+        )?;
+        rows::set_frozen(
+            ctx.db,
+            &account.id,
+            true,
+            Some(&format!("not me: alert {}", a.alert_id)),
+            ctx.now,
+        )?;
+        ctx.note(format!(
+            "not me: device {new_device} revoked, account {} frozen",
+            account.id
+        ));
+    } else {
+        ctx.note(format!("owner confirmed device {new_device}"));
+    }
+    Ok(Vec::new())
+}
+
+// ---------------------------------------------------------------------------------------
+// Withdrawals
+// ---------------------------------------------------------------------------------------
+
+fn register(
+    ctx: &mut Ctx<'_>,
+    device: &DeviceRow,
+    account: &AccountRow,
+    r: &RegisterWithdrawal,
+) -> Outcome {
+    own_account(ctx, account, &r.account)?;
+    gate(ctx, account, device, Function::WithdrawalRegister)?;
+    check_amount(account, &r.amount)?;
+    if r.amount.currency != ctx.cfg.currency() {
+        return Err(refuse(
+            RejectReason::InvalidAmount,
+            format!("the ATMs pay out {}", ctx.cfg.currency()),
+        ));
+    }
+    let today = policy::withdrawn_today(
+        ctx.db,
+        &account.id,
+        ctx.now,
+        ctx.cfg.network.utc_offset_minutes,
+    )?;
+    policy::check_limits(
+        r.amount,
+        today,
+        ctx.cfg.withdrawal.per_transaction,
+        ctx.cfg.withdrawal.daily,
+    )
+    .map_err(|reason| refuse(reason, "the amount exceeds a withdrawal limit"))?;
+    if !crate::notes::payable(r.amount.minor, &ctx.cfg.network.denominations) {
+        return Err(refuse(
+            RejectReason::InvalidAmount,
+            format!(
+                "{} cannot be paid in notes of {:?}",
+                r.amount, ctx.cfg.network.denominations
+            ),
+        ));
+    }
+    let (available, _) = books::customer_balances(ctx.db, &account.id)?;
+    if available < r.amount.minor {
+        return Err(refuse(
+            RejectReason::InsufficientFunds,
+            format!("available balance is {available}"),
+        ));
+    }
+    let tx_id = TxId(ctx.rng.bytes16());
+    let expires_at = ctx.now + ctx.cfg.withdrawal.code_ttl_s;
+    let token = CodeToken::issue(ctx.signer.key(), tx_id, expires_at);
+    let (qr_png, qr_svg) =
+        crate::qr::render(&token).map_err(|e| Fail::Store(crate::error::StoreError::Corrupt(e)))?;
+    rows::insert_withdrawal(
+        ctx.db,
+        &WithdrawalRow {
+            tx_id,
+            account: account.id.clone(),
+            device_id: device.id.clone(),
+            amount: r.amount,
+            phase: Phase::Registered,
+            registered_at: ctx.now,
+            code_expires_at: expires_at,
+            atm_id: None,
+            presented_at: None,
+            confirm_by: None,
+            challenge: None,
+            notes: None,
+            order_id: None,
+            order_expires_at: None,
+            order_payload: None,
+            confirmed_at: None,
+            confirmed_by: None,
+            settled: 0,
+            finished_at: None,
+            needs_reconciliation: false,
+            note: None,
+        },
+    )?;
+    ctx.note(format!("tx {tx_id} registered for {}", r.amount));
+    tracing::info!(tx = %tx_id, account = %account.id, amount = %r.amount, "withdrawal registered");
+    Ok(vec![ctx.push_phone(
+        &device.id,
+        PhonePush::CodeIssued(CodeIssued {
+            tx_id,
+            amount: r.amount,
+            token,
+            expires_at,
+            qr_png,
+            qr_svg,
+        }),
+    )?])
+}
+
+fn load_own(ctx: &Ctx<'_>, account: &AccountRow, tx: &TxId) -> Result<WithdrawalRow, Fail> {
+    rows::withdrawal(ctx.db, tx)?
+        .filter(|w| w.account == account.id)
+        .ok_or_else(|| {
+            refuse(
+                RejectReason::UnknownTransaction,
+                format!("no transaction {tx} on this account"),
+            )
+        })
+}
+
+fn wrong_state(w: &WithdrawalRow) -> Fail {
+    refuse(
+        RejectReason::WrongState {
+            state: w.phase.as_str().into(),
+        },
+        format!("transaction {} is {}", w.tx_id, w.phase),
+    )
+}
+
+/// A refusal that keeps the effects already made (and sends `extra`).
+fn refuse_keeping(reason: RejectReason, message: String, extra: Vec<super::Outgoing>) -> Fail {
+    Fail::Refused(Refusal {
+        reason,
+        message,
+        keep_effects: true,
+        extra,
+    })
+}
+
+fn confirm(
+    ctx: &mut Ctx<'_>,
+    device: &DeviceRow,
+    account: &AccountRow,
+    c: &ConfirmWithdrawal,
+) -> Outcome {
+    let w = load_own(ctx, account, &c.tx_id)?;
+    if w.phase != Phase::Presented {
+        return Err(wrong_state(&w));
+    }
+    let confirm_by = w.confirm_by.unwrap_or(0);
+    if ctx.now > confirm_by {
+        // Late: the session is over either way; end it now rather than at the next sweep.
+        let out = match transition(&w.lifecycle(), Event::DeadlinePassed { now: ctx.now }) {
+            Ok(step) => steps::apply(ctx, &w, &step, None)?,
+            Err(_) => Vec::new(),
+        };
+        return Err(refuse_keeping(
+            RejectReason::ConfirmationTimeout,
+            format!("the confirmation deadline {confirm_by} has passed"),
+            out,
+        ));
+    }
+    // Dynamic linking: the signature must cover exactly what the hub holds.
+    let mismatch = if Some(c.atm_id.as_str()) != w.atm_id.as_deref() {
+        Some("atm_id")
+    } else if c.amount != w.amount {
+        Some("amount")
+    } else if Some(c.challenge.as_str()) != w.challenge.as_deref() {
+        Some("challenge")
+    } else {
+        None
+    };
+    if let Some(field) = mismatch {
+        return Err(refuse(
+            RejectReason::TransactionMismatch {
+                field: field.into(),
+            },
+            format!("{field} differs from the transaction"),
+        ));
+    }
+    gate(ctx, account, device, Function::WithdrawalConfirm)?;
+    let atm_id = w.atm_id.clone().unwrap_or_default();
+    let atm = rows::atm(ctx.db, &atm_id)?
+        .ok_or_else(|| refuse(RejectReason::UnknownAtm, format!("ATM {atm_id} is gone")))?;
+    check_location(ctx, c.position.as_ref(), &atm.position)?;
+    check_identity(ctx, account, &w, &c.identity)?;
+    let (available, _) = books::customer_balances(ctx.db, &account.id)?;
+    if available < w.amount.minor {
+        return Err(refuse(
+            RejectReason::InsufficientFunds,
+            format!("available balance is {available}"),
+        ));
+    }
+    let step =
+        transition(&w.lifecycle(), Event::Confirm { now: ctx.now }).map_err(|e| match e {
+            TransitionError::Late => refuse(RejectReason::ConfirmationTimeout, e.to_string()),
+            _ => wrong_state(&w),
+        })?;
+    let mut out = steps::apply(ctx, &w, &step, None)?;
+    let order_id = OrderId(ctx.rng.bytes16());
+    let expires_at = ctx.now + ctx.cfg.withdrawal.order_ttl_s;
+    let order = DispenseOrder {
+        order_id,
+        tx_id: w.tx_id,
+        atm_id: atm_id.clone(),
+        amount: w.amount,
+        notes: w.notes.clone().unwrap_or_default(),
+        expires_at,
+    };
+    debug_assert!(order.notes_match_amount(), "planned notes must add up");
+    if !order.notes_match_amount() {
+        return Err(refuse(
+            RejectReason::InvalidAmount,
+            "the ATM cannot pay this amount",
+        ));
+    }
+    let sealed = ctx.send_atm_until(&atm_id, AtmDown::DispenseOrder(order), expires_at)?;
+    let payload = String::from_utf8_lossy(&sealed.payload).into_owned();
+    rows::record_order(
+        ctx.db, &w.tx_id, &order_id, expires_at, &payload, ctx.now, &device.id,
+    )?;
+    ctx.note(format!(
+        "tx {} confirmed; order {order_id} to {atm_id}",
+        w.tx_id
+    ));
+    tracing::info!(tx = %w.tx_id, order = %order_id, atm = %atm_id, "dispense ordered");
+    out.insert(0, sealed);
+    Ok(out)
+}
+
+fn check_location(ctx: &Ctx<'_>, position: Option<&Position>, atm: &Position) -> Result<(), Fail> {
+    let auth = &ctx.cfg.auth;
+    let Some(p) = position else {
+        if auth.location_required {
+            return Err(refuse(
+                RejectReason::LocationRequired,
+                "the phone's position is required to confirm",
+            ));
+        }
+        return Ok(());
+    };
+    p.validate()
+        .map_err(|e| refuse(RejectReason::Malformed, format!("position: {e}")))?;
+    if p.accuracy_m > auth.max_accuracy_m {
+        return Err(refuse(
+            RejectReason::LocationRequired,
+            format!(
+                "the position is accurate to {:.0} m; at most {:.0} m is accepted",
+                p.accuracy_m, auth.max_accuracy_m
+            ),
+        ));
+    }
+    let distance = p.min_distance_m(atm);
+    if distance > auth.radius_m {
+        return Err(refuse(
+            RejectReason::TooFarFromAtm {
+                distance_m: distance.round() as u64,
+                allowed_m: auth.radius_m.round() as u64,
+            },
+            format!(
+                "your phone is {:.0} m from the ATM; confirm at the ATM",
+                distance
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_identity(
+    ctx: &mut Ctx<'_>,
+    account: &AccountRow,
+    w: &WithdrawalRow,
+    id: &IdentityEvidence,
+) -> Result<(), Fail> {
+    let auth = &ctx.cfg.auth;
+    let skew = ctx.cfg.replay.max_skew_s;
+    let presented = w.presented_at.unwrap_or(ctx.now);
+    let biometric_ok = id.biometric.as_ref().is_some_and(|b| {
+        b.verified_at + skew >= presented
+            && b.verified_at <= ctx.now + skew
+            && ctx.now.saturating_sub(b.verified_at) <= auth.biometric_max_age_s
+    });
+    let (need_pin, need_bio) = match auth.identity {
+        IdentityRule::Pin => (true, false),
+        IdentityRule::Biometric => (false, true),
+        IdentityRule::PinAndBiometric => (true, true),
+        IdentityRule::PinOrBiometric => (id.pin.is_some() || !biometric_ok, false),
+    };
+    if need_bio && !biometric_ok {
+        return Err(refuse(
+            RejectReason::IdentityRequired,
+            "a fresh biometric check on this phone is required",
+        ));
+    }
+    if !need_pin {
+        return Ok(());
+    }
+    if let Some(locked) = account.pin.locked(ctx.now) {
+        return Err(refuse(
+            locked,
+            "the PIN is locked after too many wrong attempts",
+        ));
+    }
+    let Some(pin) = &id.pin else {
+        return Err(refuse(
+            RejectReason::IdentityRequired,
+            "the PIN is required",
+        ));
+    };
+    let correct = verify_secret(pin.expose(), &account.pin_hash);
+    let (state, verdict) =
+        account
+            .pin
+            .attempt(correct, ctx.now, auth.pin_max_failures, auth.pin_lockout_s);
+    if state != account.pin {
+        rows::save_pin_state(ctx.db, &account.id, &state)?;
+    }
+    match verdict {
+        Ok(()) => Ok(()),
+        Err(reason @ RejectReason::PinLocked { .. }) => {
+            // The last allowed attempt failed: the session ends at the ATM too.
+            let out = match transition(&w.lifecycle(), Event::AuthFailed) {
+                Ok(step) => steps::apply(ctx, w, &step, None)?,
+                Err(_) => Vec::new(),
+            };
+            ctx.note(format!(
+                "PIN locked on {}; tx {} ended",
+                account.id, w.tx_id
+            ));
+            Err(refuse_keeping(
+                reason,
+                "wrong PIN; the PIN is now locked".into(),
+                out,
+            ))
+        }
+        Err(reason) => Err(refuse_keeping(reason, "wrong PIN".into(), Vec::new())),
+    }
+}
+
+fn decline(
+    ctx: &mut Ctx<'_>,
+    device: &DeviceRow,
+    account: &AccountRow,
+    d: &DeclineWithdrawal,
+) -> Outcome {
+    let w = load_own(ctx, account, &d.tx_id)?;
+    let step = transition(&w.lifecycle(), Event::Decline { not_me: d.not_me })
+        .map_err(|_| wrong_state(&w))?;
+    let mut out = steps::apply(ctx, &w, &step, None)?;
+    if d.not_me {
+        rows::set_frozen(
+            ctx.db,
+            &account.id,
+            true,
+            Some(&format!("not me: withdrawal {}", w.tx_id)),
+            ctx.now,
+        )?;
+        tracing::warn!(account = %account.id, tx = %w.tx_id, "not me: account frozen");
+    }
+    ctx.note(format!(
+        "tx {} declined{}",
+        w.tx_id,
+        if d.not_me {
+            " (not me: account frozen)"
+        } else {
+            ""
+        }
+    ));
+    let (available, _) = books::customer_balances(ctx.db, &account.id)?;
+    out.push(ctx.push_phone(
+        &device.id,
+        PhonePush::Receipt(qrcash_protocol::messages::Receipt {
+            reference: w.tx_id.to_string(),
+            kind: qrcash_protocol::messages::ReceiptKind::Withdrawal,
+            requested: w.amount,
+            settled: Amount::new(0, w.amount.currency),
+            status: qrcash_protocol::messages::ReceiptStatus::Cancelled,
+            balance: Amount::new(available, w.amount.currency),
+            at: ctx.now,
+        }),
+    )?);
+    Ok(out)
+}

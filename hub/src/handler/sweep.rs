@@ -1,0 +1,144 @@
+//! The background sweep: expires unused codes and unconfirmed sessions (telling the ATM),
+//! marks orders without a report long after their expiry as in doubt, lifts restrictions
+//! whose time is up and forgets processed message ids past their retention.
+
+use super::{Ctx, Fail, Outgoing, steps};
+use crate::error::StoreError;
+use crate::store::audit::{self, AuditEntry};
+use crate::store::rows::{self, WithdrawalRow};
+use crate::store::{self, from_sql, to_sql};
+use crate::withdrawal::{Event, transition};
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SweepReport {
+    /// Registered codes that expired.
+    pub codes_expired: usize,
+    /// Presented withdrawals whose confirmation deadline passed.
+    pub sessions_expired: usize,
+    /// Ordered withdrawals without a report long after the order expired (now in doubt).
+    pub orders_overdue: usize,
+    /// Device restrictions whose time was up.
+    pub restrictions_lifted: usize,
+    /// Processed message ids forgotten.
+    pub processed_pruned: usize,
+}
+
+impl SweepReport {
+    /// Whether the sweep changed anything.
+    pub fn is_empty(&self) -> bool {
+        *self == SweepReport::default()
+    }
+}
+
+fn step_all(
+    ctx: &mut Ctx<'_>,
+    list: Vec<WithdrawalRow>,
+    event: Event,
+    what: &str,
+) -> Result<(usize, Vec<Outgoing>), StoreError> {
+    let mut out = Vec::new();
+    let mut n = 0;
+    for w in list {
+        let Ok(step) = transition(&w.lifecycle(), event) else {
+            continue;
+        };
+        match steps::apply(ctx, &w, &step, None) {
+            Ok(o) => {
+                out.extend(o);
+                n += 1;
+                audit::append(
+                    ctx.db,
+                    &AuditEntry {
+                        at: ctx.now,
+                        source: "sweeper".into(),
+                        msg_type: Some(what.into()),
+                        outcome: "done".into(),
+                        detail: Some(format!("tx {} {} → {}", w.tx_id, w.phase, step.next)),
+                        ..AuditEntry::default()
+                    },
+                )?;
+                tracing::info!(tx = %w.tx_id, to = %step.next, "{what}");
+            }
+            Err(Fail::Refused(_)) => {}
+            Err(Fail::Store(e)) => return Err(e),
+        }
+    }
+    Ok((n, out))
+}
+
+pub(super) fn sweep(ctx: &mut Ctx<'_>) -> Result<(Vec<Outgoing>, SweepReport), StoreError> {
+    let now = to_sql(ctx.now);
+    let mut report = SweepReport::default();
+    let mut out = Vec::new();
+
+    let codes = rows::withdrawals_where(
+        ctx.db,
+        "phase = 'registered' AND code_expires_at <= ?1",
+        &[&now],
+    )?;
+    let (n, o) = step_all(
+        ctx,
+        codes,
+        Event::CodeExpired { now: ctx.now },
+        "code expired",
+    )?;
+    report.codes_expired = n;
+    out.extend(o);
+
+    let sessions =
+        rows::withdrawals_where(ctx.db, "phase = 'presented' AND confirm_by < ?1", &[&now])?;
+    let (n, o) = step_all(
+        ctx,
+        sessions,
+        Event::DeadlinePassed { now: ctx.now },
+        "confirmation timed out",
+    )?;
+    report.sessions_expired = n;
+    out.extend(o);
+
+    let overdue_before = to_sql(ctx.now.saturating_sub(ctx.cfg.withdrawal.report_grace_s));
+    let orders = rows::withdrawals_where(
+        ctx.db,
+        "phase = 'ordered' AND order_expires_at < ?1",
+        &[&overdue_before],
+    )?;
+    let (n, o) = step_all(ctx, orders, Event::ReportOverdue, "dispense report overdue")?;
+    report.orders_overdue = n;
+    out.extend(o);
+
+    let lifted: Vec<(String, i64)> = {
+        let mut stmt = ctx.db.prepare(
+            "SELECT id, restricted_until FROM devices
+             WHERE restricted_until IS NOT NULL AND restricted_until <= ?1",
+        )?;
+        stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    for (id, until) in &lifted {
+        rows::set_restriction(ctx.db, id, None, None)?;
+        audit::append(
+            ctx.db,
+            &AuditEntry {
+                at: ctx.now,
+                source: "sweeper".into(),
+                sender: Some(id.clone()),
+                msg_type: Some("restriction lifted".into()),
+                outcome: "done".into(),
+                detail: Some(format!(
+                    "restriction of device {id} ended at {}",
+                    from_sql(*until)
+                )),
+                ..AuditEntry::default()
+            },
+        )?;
+    }
+    report.restrictions_lifted = lifted.len();
+
+    report.processed_pruned = store::prune_processed(
+        ctx.db,
+        ctx.now
+            .saturating_sub(ctx.cfg.storage.processed_retention_s),
+    )?;
+    Ok((out, report))
+}

@@ -1,0 +1,1094 @@
+//! Pure-handler tests: real keys, real signatures, real SQLite, no MQTT.
+
+use std::time::Duration;
+
+use qrcash_protocol::messages::{
+    AbortReason, AtmDown, AtmUp, CodePresented, DeclineWithdrawal, DispenseOutcome, LimitKind,
+    OrderRefused, PhonePush, PhoneUp, ReceiptStatus, RegisterWithdrawal, SessionCancelled,
+};
+use qrcash_protocol::{Amount, Currency, RejectReason, topics};
+
+use super::{Disposition, HandleError};
+use crate::admin;
+use crate::store::audit;
+use crate::store::ledger as books;
+use crate::testkit::*;
+use crate::withdrawal::Phase;
+
+fn jpy(v: u64) -> Amount {
+    Amount::new(v, Currency::JPY)
+}
+
+/// A rig with account `hanako` (100,000 yen) logged in on `phone` and ATM `atm-1`.
+fn setup(seed: u64) -> (Rig, TestDevice, TestDevice) {
+    let mut rig = Rig::in_memory(seed);
+    rig.account("hanako", 100_000);
+    let atm = rig.atm("atm-1");
+    let mut phone = TestDevice::new("phone-1");
+    let h = rig.login(&mut phone, "hanako");
+    assert_eq!(h.result, Ok(Disposition::Applied), "{:?}", h.result);
+    (rig, phone, atm)
+}
+
+fn refused(h: &super::Handled) -> RejectReason {
+    match &h.result {
+        Err(e) => e.reason(),
+        Ok(d) => panic!("expected a refusal, got {d:?}"),
+    }
+}
+
+fn rejected_reason(rig: &Rig, h: &super::Handled, to: &str, atm: bool) -> RejectReason {
+    if atm {
+        match rig.downs(&h.outgoing, to).pop().map(|c| c.msg) {
+            Some(AtmDown::Rejected(r)) => r.reason,
+            other => panic!("expected Rejected to {to}, got {other:?}"),
+        }
+    } else {
+        match rig.pushes(&h.outgoing, to).pop().map(|c| c.msg) {
+            Some(PhonePush::Rejected(r)) => r.reason,
+            other => panic!("expected Rejected to {to}, got {other:?}"),
+        }
+    }
+}
+
+fn balances(rig: &Rig, account: &str) -> (u64, u64) {
+    books::customer_balances(rig.hub.store().conn(), account).unwrap()
+}
+
+fn phase(rig: &Rig, tx: &qrcash_protocol::TxId) -> Phase {
+    crate::store::rows::withdrawal(rig.hub.store().conn(), tx)
+        .unwrap()
+        .unwrap()
+        .phase
+}
+
+fn assert_books(rig: &Rig) {
+    let r = admin::ledger_check(rig.hub.store()).unwrap();
+    assert!(r.is_ok(), "{r}");
+}
+
+#[test]
+fn a_withdrawal_goes_from_code_to_cash_to_receipt() {
+    let (mut rig, mut phone, mut atm) = setup(1);
+    let code = rig.register(&mut phone, "hanako", 30_000);
+    assert_eq!(code.amount, jpy(30_000));
+    assert_eq!(code.expires_at, T0 + 600);
+    assert!(code.qr_svg.contains("<svg") && !code.qr_png.is_empty());
+
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    assert_eq!(req.tx_id, code.tx_id);
+    assert_eq!(req.atm.atm_id, "atm-1");
+    assert_eq!(req.confirm_by, T0 + 120);
+    assert!(req.auth.pin && req.auth.location && !req.auth.biometric);
+    let codes: Vec<&str> = req.warnings.iter().map(|w| w.code.as_str()).collect();
+    assert!(
+        codes.contains(&"general") && codes.contains(&"first_use_of_atm"),
+        "{codes:?}"
+    );
+    assert!(req.warnings.iter().any(|w| w.lang == "ja"));
+    assert_eq!(phase(&rig, &code.tx_id), Phase::Presented);
+    // No money moved before the confirmation.
+    assert_eq!(balances(&rig, "hanako"), (100_000, 0));
+
+    rig.clock.advance(Duration::from_secs(20));
+    let h = rig.confirm(&mut phone, &req);
+    assert_eq!(h.result, Ok(Disposition::Applied), "{:?}", h.result);
+    let order = rig.order(&h.outgoing, "atm-1").expect("dispense order");
+    assert!(order.notes_match_amount());
+    assert_eq!(order.notes[0].denomination, 10_000);
+    assert_eq!(order.atm_id, "atm-1");
+    assert_eq!(balances(&rig, "hanako"), (70_000, 30_000));
+    assert_eq!(phase(&rig, &code.tx_id), Phase::Ordered);
+    assert_books(&rig);
+
+    let h = rig.report(&mut atm, &order, DispenseOutcome::Dispensed, 30_000);
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    let downs = rig.downs(&h.outgoing, "atm-1");
+    assert!(matches!(&downs[0].msg, AtmDown::Ack(a) if a.ids.len() == 1));
+    let receipt = match rig.pushes(&h.outgoing, "phone-1").pop().map(|c| c.msg) {
+        Some(PhonePush::Receipt(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(receipt.status, ReceiptStatus::Completed);
+    assert_eq!(receipt.settled, jpy(30_000));
+    assert_eq!(receipt.balance, jpy(70_000));
+    assert_eq!(balances(&rig, "hanako"), (70_000, 0));
+    assert_eq!(phase(&rig, &code.tx_id), Phase::Dispensed);
+    assert_books(&rig);
+    assert!(admin::unsettled(rig.hub.store()).unwrap().is_empty());
+}
+
+#[test]
+fn the_confirm_request_answers_the_atm_and_replies_carry_re() {
+    let (mut rig, mut phone, mut atm) = setup(2);
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let claims = atm.claims(
+        &rig.hub_id(),
+        rig.now(),
+        AtmUp::CodePresented(CodePresented {
+            token: code.token.clone(),
+        }),
+    );
+    let h = rig.hub.handle(&atm.atm_up(), &atm.seal(&claims));
+    let downs = rig.downs(&h.outgoing, "atm-1");
+    assert!(matches!(downs[0].msg, AtmDown::AwaitConfirmation(_)));
+    assert!(matches!(&downs[1].msg, AtmDown::Ack(a) if a.ids == vec![claims.jti.clone()]));
+    assert!(
+        downs
+            .iter()
+            .all(|d| d.re.as_deref() == Some(claims.jti.as_str()))
+    );
+    // The push to the phone is unsolicited: no `re`.
+    let push = rig.pushes(&h.outgoing, "phone-1");
+    assert_eq!(push[0].re, None);
+    assert_eq!(push[0].aud, "phone-1");
+}
+
+#[test]
+fn a_duplicate_report_is_acked_again_and_applied_once() {
+    let (mut rig, mut phone, mut atm) = setup(3);
+    let code = rig.register(&mut phone, "hanako", 20_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let order = rig.confirm_order(&mut phone, &req);
+    let bytes = atm.message(
+        &rig.hub_id(),
+        rig.now(),
+        report_message(&order, DispenseOutcome::Dispensed, 20_000),
+    );
+    let first = rig.hub.handle(&atm.atm_up(), &bytes);
+    assert_eq!(first.result, Ok(Disposition::Applied));
+    let second = rig.hub.handle(&atm.atm_up(), &bytes);
+    assert_eq!(second.result, Ok(Disposition::Duplicate));
+    assert_eq!(first.outgoing, second.outgoing, "the same answers again");
+    assert_eq!(balances(&rig, "hanako"), (80_000, 0));
+    assert_books(&rig);
+    assert_eq!(
+        audit::count(rig.hub.store().conn(), "duplicate").unwrap(),
+        1
+    );
+}
+
+#[test]
+fn partial_failed_and_in_doubt_reports_settle_the_hold_correctly() {
+    for (outcome, exited, want_phase, want_bal) in [
+        (
+            DispenseOutcome::Partial,
+            10_000,
+            Phase::Partial,
+            (90_000, 0),
+        ),
+        (DispenseOutcome::Failed, 0, Phase::Failed, (100_000, 0)),
+        (
+            DispenseOutcome::InDoubt,
+            10_000,
+            Phase::InDoubt,
+            (70_000, 30_000),
+        ),
+    ] {
+        let (mut rig, mut phone, mut atm) = setup(4);
+        let code = rig.register(&mut phone, "hanako", 30_000);
+        let req = rig.present(&mut atm, &code.token, "phone-1");
+        let order = rig.confirm_order(&mut phone, &req);
+        let h = rig.report(&mut atm, &order, outcome, exited);
+        assert_eq!(h.result, Ok(Disposition::Applied));
+        assert_eq!(phase(&rig, &code.tx_id), want_phase, "{outcome:?}");
+        assert_eq!(balances(&rig, "hanako"), want_bal, "{outcome:?}");
+        assert_books(&rig);
+        if want_phase == Phase::InDoubt {
+            let flagged = admin::list_withdrawals(
+                rig.hub.store(),
+                &admin::TxFilter {
+                    flagged: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(flagged.len(), 1);
+            // The operator counts 10,000 yen and settles.
+            let now = rig.now();
+            let p =
+                admin::resolve_withdrawal(rig.hub.store_mut(), &code.tx_id, 10_000, now).unwrap();
+            assert_eq!(p, Phase::Partial);
+            assert_eq!(balances(&rig, "hanako"), (90_000, 0));
+            assert!(admin::unsettled(rig.hub.store()).unwrap().is_empty());
+            assert_books(&rig);
+        }
+    }
+}
+
+#[test]
+fn a_self_contradicting_report_is_in_doubt() {
+    let (mut rig, mut phone, mut atm) = setup(5);
+    let code = rig.register(&mut phone, "hanako", 30_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let order = rig.confirm_order(&mut phone, &req);
+    let mut msg = report_message(&order, DispenseOutcome::Dispensed, 30_000);
+    if let AtmUp::DispenseReport(r) = &mut msg {
+        r.notes[0].exited -= 1; // the counts say 20,000 left the machine
+    }
+    let h = rig.atm_send(&mut atm, msg);
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    assert_eq!(phase(&rig, &code.tx_id), Phase::InDoubt);
+    assert_eq!(balances(&rig, "hanako"), (70_000, 30_000));
+}
+
+#[test]
+fn a_code_is_used_once_and_expires() {
+    let (mut rig, mut phone, mut atm) = setup(6);
+    let mut atm2 = rig.atm("atm-2");
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    rig.present(&mut atm, &code.token, "phone-1");
+    let h = rig.atm_send(
+        &mut atm2,
+        AtmUp::CodePresented(CodePresented {
+            token: code.token.clone(),
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::CodeAlreadyUsed);
+    assert_eq!(
+        rejected_reason(&rig, &h, "atm-2", true),
+        RejectReason::CodeAlreadyUsed
+    );
+    // The winner keeps the transaction.
+    let w = crate::store::rows::withdrawal(rig.hub.store().conn(), &code.tx_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(w.atm_id.as_deref(), Some("atm-1"));
+
+    let late = rig.register(&mut phone, "hanako", 10_000);
+    rig.clock.advance(Duration::from_secs(600));
+    let h = rig.atm_send(
+        &mut atm2,
+        AtmUp::CodePresented(CodePresented { token: late.token }),
+    );
+    assert_eq!(refused(&h), RejectReason::CodeExpired);
+    // A forged code (signed by another hub key) is invalid.
+    let forged = qrcash_protocol::CodeToken::issue(
+        &qrcash_protocol::PrivateKey::generate(),
+        qrcash_protocol::TxId([9; 16]),
+        rig.now() + 100,
+    );
+    let h = rig.atm_send(
+        &mut atm2,
+        AtmUp::CodePresented(CodePresented { token: forged }),
+    );
+    assert_eq!(refused(&h), RejectReason::CodeInvalid);
+}
+
+#[test]
+fn registration_checks_amount_limits_funds_and_session() {
+    let (mut rig, mut phone, _) = setup(7);
+    let reg = |yen: u64, cur: Currency, account: &str| {
+        PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+            account: account.into(),
+            amount: Amount::new(yen, cur),
+        })
+    };
+    for (msg, want) in [
+        (reg(0, Currency::JPY, "hanako"), RejectReason::InvalidAmount),
+        (
+            reg(1_500, Currency::JPY, "hanako"),
+            RejectReason::InvalidAmount,
+        ),
+        (
+            reg(1_000, Currency::EUR, "hanako"),
+            RejectReason::InvalidAmount,
+        ),
+        (
+            reg(100_000 + 10_000, Currency::JPY, "hanako"),
+            RejectReason::InsufficientFunds,
+        ),
+        (
+            reg(210_000, Currency::JPY, "hanako"),
+            RejectReason::LimitExceeded {
+                limit: LimitKind::PerTransaction,
+                max: jpy(200_000),
+            },
+        ),
+        (
+            reg(1_000, Currency::JPY, "nobody"),
+            RejectReason::UnknownAccount,
+        ),
+    ] {
+        let h = rig.phone(&mut phone, msg);
+        assert_eq!(refused(&h), want);
+        assert_eq!(rejected_reason(&rig, &h, "phone-1", false), want);
+    }
+    // Daily limit: 500,000 a day.
+    rig.account("rich", 2_000_000);
+    let mut p2 = TestDevice::new("phone-rich");
+    rig.login(&mut p2, "rich");
+    for _ in 0..2 {
+        rig.register(&mut p2, "rich", 200_000);
+    }
+    let h = rig.phone(&mut p2, reg(200_000, Currency::JPY, "rich"));
+    assert!(matches!(
+        refused(&h),
+        RejectReason::LimitExceeded {
+            limit: LimitKind::Daily,
+            ..
+        }
+    ));
+    // Another account's name from a device logged in elsewhere.
+    let h = rig.phone(&mut p2, reg(1_000, Currency::JPY, "hanako"));
+    assert_eq!(refused(&h), RejectReason::NotLoggedIn);
+    // After the session expires, log in again.
+    rig.clock.advance(Duration::from_secs(31 * 24 * 3600));
+    let h = rig.phone(&mut phone, reg(1_000, Currency::JPY, "hanako"));
+    assert_eq!(refused(&h), RejectReason::NotLoggedIn);
+    assert_books(&rig);
+}
+
+#[test]
+fn dynamic_linking_rejects_any_changed_field() {
+    let (mut rig, mut phone, mut atm) = setup(8);
+    let code = rig.register(&mut phone, "hanako", 30_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    for (field, edit) in [("atm_id", 0), ("amount", 1), ("challenge", 2)] {
+        let mut msg = confirm_message(&req, Some(PIN), Some(near_atm()));
+        if let PhoneUp::ConfirmWithdrawal(c) = &mut msg {
+            match edit {
+                0 => c.atm_id = "atm-9".into(),
+                1 => c.amount = jpy(3_000),
+                _ => c.challenge = "AAAA".into(),
+            }
+        }
+        let h = rig.phone(&mut phone, msg);
+        assert_eq!(
+            refused(&h),
+            RejectReason::TransactionMismatch {
+                field: field.into()
+            }
+        );
+    }
+    // Nothing was held, the transaction waits for a correct confirmation.
+    assert_eq!(balances(&rig, "hanako"), (100_000, 0));
+    let h = rig.confirm(&mut phone, &req);
+    assert_eq!(h.result, Ok(Disposition::Applied));
+}
+
+#[test]
+fn location_is_required_and_must_be_near_and_accurate() {
+    let (mut rig, mut phone, mut atm) = setup(9);
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let h = rig.phone(&mut phone, confirm_message(&req, Some(PIN), None));
+    assert_eq!(refused(&h), RejectReason::LocationRequired);
+    let vague = qrcash_protocol::Position::new(SHIBUYA.0, SHIBUYA.1, 500.0);
+    let h = rig.phone(&mut phone, confirm_message(&req, Some(PIN), Some(vague)));
+    assert_eq!(refused(&h), RejectReason::LocationRequired);
+    // About 1.1 km north, accurate to 10 m.
+    let far = qrcash_protocol::Position::new(SHIBUYA.0 + 0.01, SHIBUYA.1, 10.0);
+    let h = rig.phone(&mut phone, confirm_message(&req, Some(PIN), Some(far)));
+    match refused(&h) {
+        RejectReason::TooFarFromAtm {
+            distance_m,
+            allowed_m,
+        } => {
+            assert!((1_000..1_200).contains(&distance_m), "{distance_m}");
+            assert_eq!(allowed_m, 200);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(phase(&rig, &code.tx_id), Phase::Presented);
+}
+
+#[test]
+fn wrong_pins_lock_the_pin_and_end_the_session() {
+    let (mut rig, mut phone, mut atm) = setup(10);
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let h = rig.phone(&mut phone, confirm_message(&req, None, Some(near_atm())));
+    assert_eq!(refused(&h), RejectReason::IdentityRequired);
+    let h = rig.phone(
+        &mut phone,
+        confirm_message(&req, Some("9999"), Some(near_atm())),
+    );
+    assert_eq!(refused(&h), RejectReason::PinWrong { attempts_left: 2 });
+    let h = rig.phone(
+        &mut phone,
+        confirm_message(&req, Some("9998"), Some(near_atm())),
+    );
+    assert_eq!(refused(&h), RejectReason::PinWrong { attempts_left: 1 });
+    let h = rig.phone(
+        &mut phone,
+        confirm_message(&req, Some("9997"), Some(near_atm())),
+    );
+    let until = rig.now() + 1800;
+    assert_eq!(refused(&h), RejectReason::PinLocked { until });
+    // The ATM is told to stop, the phone gets the refusal.
+    let downs = rig.downs(&h.outgoing, "atm-1");
+    assert!(matches!(
+        &downs[0].msg,
+        AtmDown::Abort(a) if a.reason == AbortReason::AuthenticationFailed
+    ));
+    assert_eq!(phase(&rig, &code.tx_id), Phase::Declined);
+    // Even the right PIN is refused while locked.
+    let code2 = rig.register(&mut phone, "hanako", 10_000);
+    let req2 = rig.present(&mut atm, &code2.token, "phone-1");
+    let h = rig.confirm(&mut phone, &req2);
+    assert_eq!(refused(&h), RejectReason::PinLocked { until });
+    assert_eq!(balances(&rig, "hanako"), (100_000, 0));
+}
+
+#[test]
+fn a_late_confirmation_is_refused_and_ends_the_session() {
+    let (mut rig, mut phone, mut atm) = setup(11);
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    rig.clock.advance(Duration::from_secs(121));
+    let h = rig.confirm(&mut phone, &req);
+    assert_eq!(refused(&h), RejectReason::ConfirmationTimeout);
+    let downs = rig.downs(&h.outgoing, "atm-1");
+    assert!(matches!(&downs[0].msg, AtmDown::Abort(a) if a.reason == AbortReason::Timeout));
+    assert_eq!(phase(&rig, &code.tx_id), Phase::Expired);
+    assert_eq!(balances(&rig, "hanako"), (100_000, 0));
+}
+
+#[test]
+fn the_sweeper_expires_codes_and_sessions() {
+    let (mut rig, mut phone, mut atm) = setup(12);
+    let unused = rig.register(&mut phone, "hanako", 10_000);
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let _req = rig.present(&mut atm, &code.token, "phone-1");
+    rig.clock.advance(Duration::from_secs(121));
+    let (out, report) = rig.hub.sweep().unwrap();
+    assert_eq!(report.sessions_expired, 1);
+    assert_eq!(report.codes_expired, 0);
+    let downs = rig.downs(&out, "atm-1");
+    assert!(
+        matches!(&downs[0].msg, AtmDown::Abort(a) if a.reason == AbortReason::Timeout && a.tx_id == code.tx_id)
+    );
+    rig.clock.advance(Duration::from_secs(600));
+    let (_, report) = rig.hub.sweep().unwrap();
+    assert_eq!(report.codes_expired, 1);
+    assert_eq!(phase(&rig, &unused.tx_id), Phase::Expired);
+    assert_eq!(phase(&rig, &code.tx_id), Phase::Expired);
+    let (_, report) = rig.hub.sweep().unwrap();
+    assert!(report.is_empty(), "{report:?}");
+}
+
+#[test]
+fn an_order_without_a_report_ends_in_doubt_with_the_hold_kept() {
+    let (mut rig, mut phone, mut atm) = setup(13);
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let order = rig.confirm_order(&mut phone, &req);
+    rig.clock.advance(Duration::from_secs(120 + 3600 + 1));
+    let (_, report) = rig.hub.sweep().unwrap();
+    assert_eq!(report.orders_overdue, 1);
+    assert_eq!(phase(&rig, &code.tx_id), Phase::InDoubt);
+    assert_eq!(balances(&rig, "hanako"), (90_000, 10_000));
+    // The agent's outbox delivers the report days later: it settles the transaction.
+    rig.clock.advance(Duration::from_secs(3 * 24 * 3600));
+    atm.ttl = Duration::from_secs(7 * 24 * 3600);
+    let h = rig.report(&mut atm, &order, DispenseOutcome::Dispensed, 10_000);
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    assert_eq!(phase(&rig, &code.tx_id), Phase::Dispensed);
+    assert_eq!(balances(&rig, "hanako"), (90_000, 0));
+    assert!(admin::unsettled(rig.hub.store()).unwrap().is_empty());
+    assert_books(&rig);
+}
+
+#[test]
+fn refusals_and_cancellations_release_or_resend() {
+    let (mut rig, mut phone, mut atm) = setup(14);
+    // Order refused → released.
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let order = rig.confirm_order(&mut phone, &req);
+    let h = rig.atm_send(
+        &mut atm,
+        AtmUp::OrderRefused(OrderRefused {
+            order_id: order.order_id,
+            tx_id: order.tx_id,
+            reason: "out of service".into(),
+        }),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    assert_eq!(phase(&rig, &code.tx_id), Phase::Failed);
+    assert_eq!(balances(&rig, "hanako"), (100_000, 0));
+
+    // Session cancelled while presented → cancelled.
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    rig.present(&mut atm, &code.token, "phone-1");
+    let h = rig.atm_send(
+        &mut atm,
+        AtmUp::SessionCancelled(SessionCancelled {
+            tx_id: code.tx_id,
+            reason: qrcash_protocol::messages::CancelReason::Customer,
+        }),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    assert_eq!(phase(&rig, &code.tx_id), Phase::Cancelled);
+
+    // Session cancelled after the order left → the order is sent again, the hold stays.
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let h = rig.confirm(&mut phone, &req);
+    let sent = h.outgoing[0].clone();
+    let h = rig.atm_send(
+        &mut atm,
+        AtmUp::SessionCancelled(SessionCancelled {
+            tx_id: code.tx_id,
+            reason: qrcash_protocol::messages::CancelReason::Timeout,
+        }),
+    );
+    assert_eq!(h.outgoing[0], sent, "the same signed order again");
+    assert_eq!(phase(&rig, &code.tx_id), Phase::Ordered);
+    assert_eq!(balances(&rig, "hanako"), (90_000, 10_000));
+    assert_books(&rig);
+}
+
+#[test]
+fn decline_and_not_me_abort_the_atm_and_freeze_the_account() {
+    let (mut rig, mut phone, mut atm) = setup(15);
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    rig.present(&mut atm, &code.token, "phone-1");
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::DeclineWithdrawal(DeclineWithdrawal {
+            tx_id: code.tx_id,
+            not_me: false,
+        }),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    assert!(
+        matches!(&rig.downs(&h.outgoing, "atm-1")[0].msg, AtmDown::Abort(a) if a.reason == AbortReason::Declined)
+    );
+    assert_eq!(phase(&rig, &code.tx_id), Phase::Declined);
+
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    rig.present(&mut atm, &code.token, "phone-1");
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::DeclineWithdrawal(DeclineWithdrawal {
+            tx_id: code.tx_id,
+            not_me: true,
+        }),
+    );
+    assert!(
+        matches!(&rig.downs(&h.outgoing, "atm-1")[0].msg, AtmDown::Abort(a) if a.reason == AbortReason::NotMe)
+    );
+    // Money out is frozen, balance queries and top-ups are not.
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+            account: "hanako".into(),
+            amount: jpy(1_000),
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::AccountFrozen);
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::BalanceQuery(qrcash_protocol::messages::BalanceQuery {
+            account: "hanako".into(),
+            history: 5,
+        }),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    // A declined code cannot be presented any more.
+    let h = rig.atm_send(
+        &mut atm,
+        AtmUp::CodePresented(CodePresented { token: code.token }),
+    );
+    assert_eq!(refused(&h), RejectReason::CodeAlreadyUsed);
+    let now = rig.now();
+    admin::unfreeze_account(rig.hub.store_mut(), "hanako", now).unwrap();
+    rig.register(&mut phone, "hanako", 1_000);
+}
+
+#[test]
+fn unauthenticated_garbage_gets_only_an_audit_entry() {
+    let (mut rig, mut phone, mut atm) = setup(16);
+    let seq_before = admin::hub_seq(rig.hub.store()).unwrap();
+    let rejected_before = audit::count(rig.hub.store().conn(), "rejected").unwrap();
+    let hub = rig.hub_id();
+    let good = atm.message(&hub, rig.now(), AtmUp::Heartbeat(heartbeat()));
+    let stranger = TestDevice::new("atm-x");
+    let mut impostor = TestDevice::new("atm-1"); // claims atm-1's id with another key
+    let cases: Vec<(String, Vec<u8>, RejectReason)> = vec![
+        (
+            atm.atm_up(),
+            b"{\"not\":\"a jws\"}".to_vec(),
+            RejectReason::Malformed,
+        ),
+        (atm.atm_up(), vec![b'a'; 20_000], RejectReason::TooLarge),
+        (
+            atm.atm_up(),
+            vec![0xff, 0xfe, 0x00],
+            RejectReason::Malformed,
+        ),
+        (
+            topics::atm_up("atm-x"),
+            stranger
+                .clone()
+                .message(&hub, T0, AtmUp::Heartbeat(heartbeat())),
+            RejectReason::UnknownSender,
+        ),
+        (
+            atm.atm_up(),
+            impostor.message(&hub, T0, AtmUp::Heartbeat(heartbeat())),
+            RejectReason::BadSignature,
+        ),
+        (
+            "qrcash/v1/bank/atm-1/up".into(),
+            good.clone(),
+            RejectReason::WrongAddress,
+        ),
+        (
+            topics::atm_down("atm-1"),
+            good.clone(),
+            RejectReason::WrongAddress,
+        ),
+        (
+            topics::phone_up("nobody"),
+            good.clone(),
+            RejectReason::Malformed,
+        ),
+    ];
+    for (topic, payload, want) in cases {
+        let h = rig.hub.handle(&topic, &payload);
+        assert!(h.outgoing.is_empty(), "{topic}: answered garbage");
+        assert_eq!(refused(&h), want, "{topic}");
+    }
+    // A tampered signature (flip one payload character).
+    let mut tampered = good.clone();
+    let dot = tampered.iter().position(|b| *b == b'.').unwrap();
+    tampered[dot + 5] = if tampered[dot + 5] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
+    let h = rig.hub.handle(&atm.atm_up(), &tampered);
+    assert!(h.outgoing.is_empty());
+    assert!(matches!(
+        refused(&h),
+        RejectReason::BadSignature | RejectReason::Malformed
+    ));
+    // "alg": "none" and unsigned JWS.
+    let unsigned = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"qrcash.v1+jws","kid":"x"}"#),
+        b64(b"{}")
+    );
+    let h = rig.hub.handle(&atm.atm_up(), unsigned.as_bytes());
+    assert!(h.outgoing.is_empty());
+    assert_eq!(
+        admin::hub_seq(rig.hub.store()).unwrap(),
+        seq_before,
+        "nothing signed"
+    );
+    assert_eq!(
+        audit::count(rig.hub.store().conn(), "rejected").unwrap(),
+        rejected_before + 10
+    );
+    // A phone that never logged in cannot do anything but log in.
+    let mut newcomer = TestDevice::new("phone-new");
+    let h = rig.phone(
+        &mut newcomer,
+        PhoneUp::BalanceQuery(qrcash_protocol::messages::BalanceQuery {
+            account: "hanako".into(),
+            history: 1,
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::UnknownSender);
+    assert!(h.outgoing.is_empty());
+    let _ = &mut phone;
+}
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn heartbeat() -> qrcash_protocol::messages::Heartbeat {
+    qrcash_protocol::messages::Heartbeat {
+        state: qrcash_protocol::messages::AtmState::Idle,
+        cassettes: vec![],
+        outbox: 0,
+        software: "test".into(),
+    }
+}
+
+#[test]
+fn authenticated_but_wrong_messages_are_rejected_to_the_sender() {
+    let (mut rig, mut phone, mut atm) = setup(17);
+    let hub = rig.hub_id();
+    // Wrong audience.
+    let bytes = atm.message("other-hub", rig.now(), AtmUp::Heartbeat(heartbeat()));
+    let h = rig.hub.handle(&atm.atm_up(), &bytes);
+    assert_eq!(refused(&h), RejectReason::WrongAddress);
+    assert_eq!(
+        rejected_reason(&rig, &h, "atm-1", true),
+        RejectReason::WrongAddress
+    );
+    // Expired.
+    let mut c = atm.claims(&hub, rig.now() - 1000, AtmUp::Heartbeat(heartbeat()));
+    c.exp = rig.now() - 100;
+    let h = rig.hub.handle(&atm.atm_up(), &atm.seal(&c));
+    assert_eq!(refused(&h), RejectReason::Replayed);
+    // Future-dated.
+    let c = atm.claims(&hub, rig.now() + 3600, AtmUp::Heartbeat(heartbeat()));
+    let h = rig.hub.handle(&atm.atm_up(), &atm.seal(&c));
+    assert_eq!(refused(&h), RejectReason::Replayed);
+    // Replayed sequence number under a new jti.
+    let c1 = atm.claims(&hub, rig.now(), AtmUp::Heartbeat(heartbeat()));
+    assert_eq!(
+        rig.hub.handle(&atm.atm_up(), &atm.seal(&c1)).result,
+        Ok(Disposition::Applied)
+    );
+    let mut c2 = c1.clone();
+    c2.jti = "another-id".into();
+    let h = rig.hub.handle(&atm.atm_up(), &atm.seal(&c2));
+    assert_eq!(refused(&h), RejectReason::Replayed);
+    assert_eq!(
+        rejected_reason(&rig, &h, "atm-1", true),
+        RejectReason::Replayed
+    );
+    // A phone message about another account's transaction.
+    rig.account("taro", 50_000);
+    let mut taro = TestDevice::new("phone-taro");
+    rig.login(&mut taro, "taro");
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let h = rig.phone(
+        &mut taro,
+        PhoneUp::DeclineWithdrawal(DeclineWithdrawal {
+            tx_id: code.tx_id,
+            not_me: true,
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::UnknownTransaction);
+    // The message of an ATM about a transaction bound to another ATM.
+    let mut atm2 = rig.atm("atm-2");
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let h = rig.atm_send(
+        &mut atm2,
+        AtmUp::SessionCancelled(SessionCancelled {
+            tx_id: req.tx_id,
+            reason: qrcash_protocol::messages::CancelReason::Customer,
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::AtmMismatch);
+    assert_eq!(phase(&rig, &code.tx_id), Phase::Presented);
+}
+
+#[test]
+fn login_checks_password_and_binds_devices_to_one_account() {
+    let mut rig = Rig::in_memory(18);
+    rig.account("hanako", 1_000);
+    rig.account("taro", 1_000);
+    let mut phone = TestDevice::new("phone-1");
+    let mut wrong = login_message(&phone, "hanako", None);
+    if let PhoneUp::Login(l) = &mut wrong {
+        l.password = qrcash_protocol::messages::Secret::new("nope-nope");
+    }
+    let h = rig.phone(&mut phone, wrong);
+    assert_eq!(refused(&h), RejectReason::BadCredentials);
+    assert_eq!(
+        rejected_reason(&rig, &h, "phone-1", false),
+        RejectReason::BadCredentials
+    );
+    let h = rig.login(&mut phone, "hanako");
+    match rig.pushes(&h.outgoing, "phone-1").pop().map(|c| c.msg) {
+        Some(PhonePush::LoginResult(r)) => {
+            assert!(!r.new_device);
+            assert_eq!(r.restriction, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The same device id cannot log in to another account.
+    let h = rig.login(&mut phone, "taro");
+    assert_eq!(refused(&h), RejectReason::BadCredentials);
+    // A Login whose device id is not the sender's.
+    let other = TestDevice::new("phone-2");
+    let msg = login_message(&other, "hanako", None);
+    let h = rig.phone(&mut phone, msg);
+    assert_eq!(refused(&h), RejectReason::WrongAddress);
+    // A Login signed by a key other than the one inside it.
+    let mut thief = TestDevice::new("phone-3");
+    let msg = login_message(&TestDevice::new("phone-3"), "hanako", None);
+    let h = rig.phone(&mut thief, msg);
+    assert_eq!(refused(&h), RejectReason::BadSignature);
+    assert!(h.outgoing.is_empty());
+    // A revoked device cannot log in again.
+    let now = rig.now();
+    admin::revoke_device(rig.hub.store_mut(), "phone-1", "lost", now).unwrap();
+    let h = rig.login(&mut phone, "hanako");
+    assert_eq!(refused(&h), RejectReason::DeviceRevoked);
+}
+
+#[test]
+fn a_new_device_far_away_is_restricted_and_the_owner_can_say_not_me() {
+    let (mut rig, mut phone, _) = setup(19);
+    rig.account("taro", 10_000);
+    // A second device logs in from Osaka with no history: restricted, alert to phone-1.
+    let mut thief = TestDevice::new("phone-osaka");
+    let osaka = qrcash_protocol::Position::new(34.7025, 135.4959, 20.0);
+    let msg = login_message(&thief, "hanako", Some(osaka));
+    let h = rig.phone(&mut thief, msg);
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    let result = match rig.pushes(&h.outgoing, "phone-osaka").pop().map(|c| c.msg) {
+        Some(PhonePush::LoginResult(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    assert!(result.new_device);
+    let restriction = result.restriction.expect("restricted");
+    let until = restriction.until.expect("timed");
+    assert!(until > rig.now());
+    let alert = match rig.pushes(&h.outgoing, "phone-1").pop().map(|c| c.msg) {
+        Some(PhonePush::NewDeviceAlert(a)) => a,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(alert.device_id, "phone-osaka");
+    assert_eq!(alert.restricted_until, Some(until));
+    // Money out is refused, top-up is free.
+    let h = rig.phone(
+        &mut thief,
+        PhoneUp::Transfer(qrcash_protocol::messages::Transfer {
+            idempotency_key: "k1".into(),
+            to_account: "taro".into(),
+            amount: jpy(1_000),
+            memo: None,
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::Restricted { until });
+    let h = rig.phone(
+        &mut thief,
+        PhoneUp::TopUp(qrcash_protocol::messages::TopUp {
+            idempotency_key: "t1".into(),
+            amount: jpy(1_000),
+        }),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    assert_eq!(
+        admin::list_restrictions(rig.hub.store(), rig.now())
+            .unwrap()
+            .len(),
+        1
+    );
+    // The owner says "not me": the new device is revoked, the account frozen.
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::AnswerNewDeviceAlert(qrcash_protocol::messages::AnswerNewDeviceAlert {
+            alert_id: alert.alert_id.clone(),
+            not_me: true,
+        }),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    let h = rig.phone(
+        &mut thief,
+        PhoneUp::BalanceQuery(qrcash_protocol::messages::BalanceQuery {
+            account: "hanako".into(),
+            history: 1,
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::DeviceRevoked);
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+            account: "hanako".into(),
+            amount: jpy(1_000),
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::AccountFrozen);
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::AnswerNewDeviceAlert(qrcash_protocol::messages::AnswerNewDeviceAlert {
+            alert_id: "alert-nope".into(),
+            not_me: true,
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::UnknownAlert);
+}
+
+#[test]
+fn a_new_device_next_to_the_old_one_is_free_and_restrictions_lift_themselves() {
+    let (mut rig, _phone, _) = setup(20);
+    let mut second = TestDevice::new("phone-2");
+    let h = rig.login(&mut second, "hanako"); // same place as phone-1's login
+    match rig.pushes(&h.outgoing, "phone-2").pop().map(|c| c.msg) {
+        Some(PhonePush::LoginResult(r)) => {
+            assert!(r.new_device);
+            assert_eq!(r.restriction, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A third device without a position is restricted; the sweeper lifts it when due.
+    let mut third = TestDevice::new("phone-3");
+    let msg = login_message(&third, "hanako", None);
+    let h = rig.phone(&mut third, msg);
+    let until = match rig.pushes(&h.outgoing, "phone-3").pop().map(|c| c.msg) {
+        Some(PhonePush::LoginResult(r)) => r.restriction.and_then(|r| r.until).expect("restricted"),
+        other => panic!("{other:?}"),
+    };
+    rig.clock.set(until);
+    let (_, report) = rig.hub.sweep().unwrap();
+    assert_eq!(report.restrictions_lifted, 1);
+    // Log in again (the session may be old by now) and move money.
+    let msg = login_message(&third, "hanako", None);
+    rig.phone(&mut third, msg);
+    rig.register(&mut third, "hanako", 1_000);
+}
+
+#[test]
+fn transfers_payments_payouts_and_top_ups_are_balanced_and_idempotent() {
+    let (mut rig, mut phone, _) = setup(21);
+    rig.account("taro", 0);
+    let mut taro = TestDevice::new("phone-taro");
+    rig.login(&mut taro, "taro");
+    rig.merchant("cafe");
+    let now = rig.now();
+    admin::add_bank_account(
+        rig.hub.store_mut(),
+        &admin::NewBankAccount {
+            id: "bank-hanako".into(),
+            account: "hanako".into(),
+            bank: "Mizuho".into(),
+            number: "1234567".into(),
+            holder: "HANAKO".into(),
+        },
+        now,
+    )
+    .unwrap();
+    let transfer = PhoneUp::Transfer(qrcash_protocol::messages::Transfer {
+        idempotency_key: "tr-1".into(),
+        to_account: "taro".into(),
+        amount: jpy(5_000),
+        memo: Some("dinner".into()),
+    });
+    let h = rig.phone(&mut phone, transfer.clone());
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    let taro_push = rig.pushes(&h.outgoing, "phone-taro");
+    assert!(
+        matches!(&taro_push[0].msg, PhonePush::Receipt(r) if r.kind == qrcash_protocol::messages::ReceiptKind::TransferReceived && r.balance == jpy(5_000))
+    );
+    // The same key and request again: the same receipt, no second posting.
+    let first = rig.pushes(&h.outgoing, "phone-1").pop().unwrap().msg;
+    let h = rig.phone(&mut phone, transfer);
+    assert_eq!(rig.pushes(&h.outgoing, "phone-1").pop().unwrap().msg, first);
+    assert_eq!(balances(&rig, "taro"), (5_000, 0));
+    // The same key for another request: conflict.
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::Transfer(qrcash_protocol::messages::Transfer {
+            idempotency_key: "tr-1".into(),
+            to_account: "taro".into(),
+            amount: jpy(6_000),
+            memo: None,
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::IdempotencyConflict);
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::Payment(qrcash_protocol::messages::Payment {
+            idempotency_key: "p-1".into(),
+            merchant_id: "cafe".into(),
+            amount: jpy(780),
+        }),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::Payment(qrcash_protocol::messages::Payment {
+            idempotency_key: "p-2".into(),
+            merchant_id: "nowhere".into(),
+            amount: jpy(780),
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::UnknownMerchant);
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::BankWithdrawal(qrcash_protocol::messages::BankWithdrawal {
+            idempotency_key: "b-1".into(),
+            bank_account: "bank-hanako".into(),
+            amount: jpy(20_000),
+        }),
+    );
+    assert!(
+        matches!(&rig.pushes(&h.outgoing, "phone-1")[0].msg, PhonePush::Receipt(r) if r.status == ReceiptStatus::Pending)
+    );
+    let h = rig.phone(
+        &mut taro,
+        PhoneUp::BankWithdrawal(qrcash_protocol::messages::BankWithdrawal {
+            idempotency_key: "b-1".into(),
+            bank_account: "bank-hanako".into(),
+            amount: jpy(1_000),
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::UnknownBankAccount);
+    let h = rig.phone(
+        &mut taro,
+        PhoneUp::Transfer(qrcash_protocol::messages::Transfer {
+            idempotency_key: "x".into(),
+            to_account: "hanako".into(),
+            amount: jpy(5_001),
+            memo: None,
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::InsufficientFunds);
+    let h = rig.phone(
+        &mut taro,
+        PhoneUp::TopUp(qrcash_protocol::messages::TopUp {
+            idempotency_key: "t".into(),
+            amount: jpy(2_000_000),
+        }),
+    );
+    assert!(matches!(refused(&h), RejectReason::LimitExceeded { .. }));
+    assert_eq!(
+        balances(&rig, "hanako"),
+        (100_000 - 5_000 - 780 - 20_000, 0)
+    );
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::BalanceQuery(qrcash_protocol::messages::BalanceQuery {
+            account: "hanako".into(),
+            history: 10,
+        }),
+    );
+    match rig.pushes(&h.outgoing, "phone-1").pop().map(|c| c.msg) {
+        Some(PhonePush::Balance(b)) => {
+            assert_eq!(b.available, jpy(74_220));
+            assert_eq!(b.history.len(), 4);
+            assert_eq!(b.history[0].amount, jpy(20_000));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_books(&rig);
+}
+
+#[test]
+fn the_hub_seq_keeps_increasing_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.sqlite");
+    let mut rig = Rig::new(crate::store::Store::open(&path).unwrap(), test_config(), 22);
+    rig.account("hanako", 10_000);
+    let mut phone = TestDevice::new("phone-1");
+    rig.login(&mut phone, "hanako");
+    rig.register(&mut phone, "hanako", 1_000);
+    let before = admin::hub_seq(rig.hub.store()).unwrap();
+    drop(rig);
+    let mut rig = Rig::new(crate::store::Store::open(&path).unwrap(), test_config(), 23);
+    // The phone's window survived too: its next message is accepted, an old one is not.
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::BalanceQuery(qrcash_protocol::messages::BalanceQuery {
+            account: "hanako".into(),
+            history: 0,
+        }),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    let seq = rig.pushes(&h.outgoing, "phone-1")[0].seq;
+    assert!(seq > before, "{seq} > {before}");
+    let mut old = phone.clone();
+    old.seq = 1;
+    let h = rig.phone(
+        &mut old,
+        PhoneUp::BalanceQuery(qrcash_protocol::messages::BalanceQuery {
+            account: "hanako".into(),
+            history: 0,
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::Replayed);
+    assert!(matches!(h.result, Err(HandleError::Replay(_))));
+}
