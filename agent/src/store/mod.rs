@@ -17,9 +17,10 @@ use std::time::Duration;
 use rusqlite::Connection;
 use rusqlite_migration::{M, Migrations};
 
+pub use journal::ExportError;
 pub use journal::{JournalEntry, JournalKind};
 pub use orders::{OrderRecord, OrderState};
-pub use outbox::{DeadLetter, OutboxBounds, OutboxMessage, OutboxStats, Priority};
+pub use outbox::{DeadLetter, OutboxBounds, OutboxMessage, OutboxStats, Outgoing, Priority};
 
 use crate::error::StoreError;
 

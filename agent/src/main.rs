@@ -1,0 +1,242 @@
+//! `qrcash-agent`: the ATM agent's command line.
+//!
+//! `keygen` makes the ATM's signing key and prints the public JWK for enrolment at the hub;
+//! `run` runs the agent; `decode FILE...` reads QR codes from images (camera checks);
+//! `journal export` writes the electronic journal; `status` reads the database.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use qrcash_agent::store::{JournalKind, Store};
+use qrcash_agent::{Agent, AgentConfig};
+use qrcash_hardware::dispenser::lcdm::LcdmDispenser;
+use qrcash_protocol::PrivateKey;
+
+#[derive(Parser)]
+#[command(name = "qrcash-agent", version, about = "qrcash ATM agent")]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        short,
+        env = "QRCASH_AGENT_CONFIG",
+        default_value = "/etc/qrcash/agent.toml",
+        global = true
+    )]
+    config: PathBuf,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    json_logs: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the ATM's signing key (0600) and print its public JWK for the hub operator.
+    Keygen {
+        /// Where to write the key (default: `key_file` from the configuration).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace an existing key.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the agent.
+    Run,
+    /// Decode QR codes in image files (checks the camera pipeline on stills).
+    Decode {
+        /// Image files (PNG, JPEG).
+        files: Vec<PathBuf>,
+    },
+    /// The electronic journal.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+    /// Print the agent's state from its database (JSON).
+    Status,
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Write the whole journal to standard output or a file.
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: Format,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.json_logs {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    match cli.command {
+        Command::Decode { files } => decode(&files),
+        Command::Keygen { out, force } => keygen(&cli.config, out, force),
+        Command::Run => {
+            let cfg = load(&cli.config)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(run(cfg))
+        }
+        Command::Journal {
+            command: JournalCommand::Export { format, out },
+        } => {
+            let cfg = load(&cli.config)?;
+            let mut store = Store::open(&cfg.database, cfg.outbox.bounds())
+                .with_context(|| format!("opening {}", cfg.database.display()))?;
+            let mut w: Box<dyn std::io::Write> = match &out {
+                Some(p) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p)
+                        .with_context(|| format!("creating {}", p.display()))?,
+                )),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let n = match format {
+                Format::Jsonl => store.export_jsonl(&mut w)?,
+                Format::Csv => store.export_csv(&mut w)?,
+            };
+            eprintln!("{n} journal entries exported");
+            Ok(())
+        }
+        Command::Status => {
+            let cfg = load(&cli.config)?;
+            let mut store = Store::open(&cfg.database, cfg.outbox.bounds())
+                .with_context(|| format!("opening {}", cfg.database.display()))?;
+            let status = status(&mut store)?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<AgentConfig> {
+    AgentConfig::load(path)
+        .with_context(|| "fix the configuration file (see docs/agent.md)".to_string())
+}
+
+fn keygen(config: &std::path::Path, out: Option<PathBuf>, force: bool) -> Result<()> {
+    let path = match out {
+        Some(p) => p,
+        None => load(config)?.key_file,
+    };
+    if path.exists() && !force {
+        bail!(
+            "{} already exists; pass --force to replace the ATM's key (the hub must then re-enrol it)",
+            path.display()
+        );
+    }
+    let key = PrivateKey::generate();
+    key.save(&path)?;
+    eprintln!("ATM key written to {} (kid {})", path.display(), key.kid());
+    println!("{}", serde_json::to_string_pretty(&key.public().to_jwk())?);
+    Ok(())
+}
+
+fn decode(files: &[PathBuf]) -> Result<()> {
+    if files.is_empty() {
+        bail!("name at least one image file");
+    }
+    let results =
+        qrcash_hardware::scan::decode_files(files, qrcash_hardware::scan::ScanConfig::default());
+    let mut failed = false;
+    for r in results {
+        match r.outcome {
+            Ok(found) if found.is_empty() => println!("{}: no QR code", r.path.display()),
+            Ok(found) => {
+                for d in found {
+                    let verdict = if qrcash_protocol::token::looks_like_token(&d.payload) {
+                        "qrcash code"
+                    } else {
+                        "not a qrcash code"
+                    };
+                    println!(
+                        "{}: {} ({verdict}, {} us)",
+                        r.path.display(),
+                        d.payload,
+                        r.decode_time.as_micros()
+                    );
+                }
+            }
+            Err(e) => {
+                failed = true;
+                println!("{}: error: {e}", r.path.display());
+            }
+        }
+    }
+    if failed {
+        bail!("some files could not be read");
+    }
+    Ok(())
+}
+
+async fn run(cfg: AgentConfig) -> Result<()> {
+    let camera_cfg = cfg
+        .camera
+        .clone()
+        .context("the configuration has no [camera] section")?;
+    let dispenser_cfg = cfg
+        .dispenser
+        .clone()
+        .context("the configuration has no [dispenser] section")?;
+    let camera = qrcash_hardware::camera::open(&camera_cfg).context("opening the camera")?;
+    let dispenser = LcdmDispenser::open(dispenser_cfg).context("opening the dispenser")?;
+    let agent = Agent::start(cfg, camera.source, Box::new(dispenser))
+        .await
+        .context("starting the agent")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for a signal")?;
+    tracing::info!("stopping");
+    agent.shutdown().await;
+    Ok(())
+}
+
+fn status(store: &mut Store) -> Result<serde_json::Value> {
+    let screen: Option<serde_json::Value> = store
+        .status_value("screen")?
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let unfinished: Vec<String> = store
+        .unfinished_orders()?
+        .into_iter()
+        .map(|o| o.order.order_id.to_string())
+        .collect();
+    let outbox = store.outbox_stats()?;
+    let last = store.journal_entries(0, u32::MAX)?;
+    let tail: Vec<_> = last.iter().rev().take(10).rev().collect();
+    Ok(serde_json::json!({
+        "screen": screen,
+        "state": store.status_value("state")?,
+        "link": store.status_value("link")?,
+        "alarm": store.status_value("alarm")?.filter(|_| outbox.full),
+        "outbox": outbox,
+        "dead_letters": store.dead_letters()?,
+        "orders_started": store.order_count()?,
+        "orders_unfinished": unfinished,
+        "last_seq": store.last_seq()?,
+        "recovered": store.journal_of_kind(JournalKind::Recovered)?.len(),
+        "journal_tail": tail,
+    }))
+}
