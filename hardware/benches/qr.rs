@@ -203,6 +203,7 @@ fn main() {
     let mut empty: BTreeMap<((u32, u32), Decoder), Vec<Duration>> = BTreeMap::new();
     let mut tracked: BTreeMap<(u32, u32), Vec<Duration>> = BTreeMap::new();
     let started = Instant::now();
+    let load_start = load_average();
     for &(w, h) in &args.sizes {
         for img in corpus::generate_all(w, h, args.per_class, args.seed) {
             if let Some(dir) = &args.dump {
@@ -304,6 +305,7 @@ fn main() {
         &empty,
         &tracked,
         zbar.as_ref().map(|z| z.version.clone()),
+        (load_start, load_average()),
     );
     println!("{report}");
     if let Some(path) = &args.markdown {
@@ -313,6 +315,14 @@ fn main() {
         }
         eprintln!("updated {}", path.display());
     }
+}
+
+/// The 1-minute load average, as the kernel reports it.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn dump(dir: &std::path::Path, img: &corpus::CorpusImage, w: u32, h: u32) {
@@ -341,6 +351,7 @@ fn report(
     empty: &BTreeMap<((u32, u32), Decoder), Vec<Duration>>,
     tracked: &BTreeMap<(u32, u32), Vec<Duration>>,
     zbar_version: Option<String>,
+    load: (String, String),
 ) -> String {
     use std::fmt::Write;
     let mut s = String::new();
@@ -358,6 +369,12 @@ fn report(
         args.empty
     );
     let _ = writeln!(s, "- Machine: {}", args.machine);
+    let _ = writeln!(
+        s,
+        "- Load average (1 min) at start / end of the run: {} / {} (other work on the machine \
+         slows every decoder alike)",
+        load.0, load.1
+    );
     let _ = writeln!(
         s,
         "- zbar: {}",
@@ -473,8 +490,9 @@ fn report(
          strong perspective, small codes): they go on to full resolution and to rqrr's own grid \
          search, which costs ~10–20 ms per pass. zbar is better on small codes (1.5–2.5 px per \
          module): rqrr's decoder and our locator both need about 2 px per module after \
-         binarization, while zbar samples the grey image. Timings were taken on a shared \
-         2-core machine while other builds ran, so single numbers vary by ±20 %.\n"
+         binarization, while zbar samples the grey image. Absolute times depend on what else \
+         runs: see the load average above; between two runs of this benchmark on the shared \
+         machine medians differed by up to 45 %, the ratios between decoders much less.\n"
     );
     let _ = writeln!(
         s,
