@@ -627,9 +627,17 @@ async fn run_outbox(
             backoff.reset();
         }
         let mut published = Vec::new();
+        // Order: outside a resend round, a new message goes out only while nothing older is
+        // still unacknowledged; otherwise it waits for the next round, which republishes the
+        // whole queue oldest first.
+        let mut older_outstanding = false;
         for m in &pending {
             if !resend_all && sent.contains(&m.jti) {
+                older_outstanding = true;
                 continue;
+            }
+            if !resend_all && older_outstanding {
+                break;
             }
             // try_publish: never block on the client's queue while the link is shaky.
             match client.try_publish(

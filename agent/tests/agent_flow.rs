@@ -1,0 +1,334 @@
+//! The agent in-process against a real broker, the LCDM simulator on a pty and a scripted
+//! hub: full withdrawal, forged and repeated orders, broker restart mid-flow, and a long
+//! hub outage whose queued messages are all delivered.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qrcash_agent::store::{JournalKind, Store};
+use qrcash_agent::{Agent, AgentEvent, Screen};
+use qrcash_hardware::camera::{SyntheticCamera, SyntheticScene};
+use qrcash_protocol::messages::{AtmDown, AtmUp, AwaitConfirmation, DispenseOutcome};
+use qrcash_protocol::{
+    Amount, Clock, Currency, ManualClock, PrivateKey, Signer, SystemClock, TxId,
+};
+use support::{Rig, ScriptedHub, order, wait_event};
+
+const T: Duration = Duration::from_secs(20);
+
+fn camera() -> SyntheticCamera {
+    SyntheticCamera::with_scene(
+        640,
+        480,
+        SyntheticScene {
+            noise_sigma: 0.0,
+            ..SyntheticScene::default()
+        },
+    )
+}
+
+fn await_confirmation(tx: TxId, now: u64) -> AtmDown {
+    AtmDown::AwaitConfirmation(AwaitConfirmation {
+        tx_id: tx,
+        amount: Amount::new(12_000, Currency::JPY),
+        confirm_by: now + 60,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_withdrawal_dispenses_once_and_refuses_forgeries_and_repeats() {
+    let rig = Rig::new();
+    let mut hub = ScriptedHub::connect(&rig, 0).await;
+    let cam = camera();
+    let agent = Agent::start(rig.config(), Box::new(cam.clone()), rig.dispenser())
+        .await
+        .unwrap();
+    let mut events = agent.subscribe();
+    wait_event(&mut events, T, "link up", |e| {
+        matches!(e, AgentEvent::Link { up: true })
+    })
+    .await;
+
+    let now = SystemClock.now();
+    let tx = TxId::random();
+    let token = rig.code(tx, now);
+    cam.show(&token).unwrap();
+    let presented = hub.next_up(T).await.expect("CodePresented");
+    let AtmUp::CodePresented(p) = &presented.msg else {
+        panic!("expected CodePresented, got {:?}", presented.msg)
+    };
+    assert_eq!(p.token, token);
+    hub.ack(&presented.jti).await;
+    hub.send(await_confirmation(tx, now), Some(&presented.jti))
+        .await;
+    wait_event(&mut events, T, "confirm screen", |e| {
+        matches!(e, AgentEvent::Screen(Screen::ConfirmOnPhone { .. }))
+    })
+    .await;
+    cam.clear();
+
+    // A forged order (right shape, wrong key) changes nothing.
+    let mallory = Signer::new("hub", PrivateKey::generate());
+    let forged = mallory.seal(&qrcash_protocol::envelope::Claims::new(
+        "hub",
+        support::ATM,
+        999,
+        now,
+        Duration::from_secs(60),
+        AtmDown::DispenseOrder(order(tx, now)),
+    ));
+    hub.send_raw(forged.into_bytes()).await;
+    wait_event(&mut events, T, "inbound rejection", |e| {
+        matches!(e, AgentEvent::InboundRejected { .. })
+    })
+    .await;
+    assert_eq!(rig.sim.counters().delivered, 0);
+
+    let o = order(tx, now);
+    let order_jti = hub.send(AtmDown::DispenseOrder(o.clone()), None).await;
+    let report = hub.next_up(T).await.expect("DispenseReport");
+    let AtmUp::DispenseReport(r) = &report.msg else {
+        panic!("expected DispenseReport, got {:?}", report.msg)
+    };
+    assert_eq!(
+        (r.order_id, r.outcome, r.dispensed.minor),
+        (o.order_id, DispenseOutcome::Dispensed, 12_000)
+    );
+    assert_eq!(
+        rig.sim.counters().delivered,
+        3,
+        "one 10,000 and two 1,000 notes"
+    );
+    hub.ack(&report.jti).await;
+    wait_event(
+        &mut events,
+        T,
+        "report delivered",
+        |e| matches!(e, AgentEvent::Delivered { kind, .. } if kind == "DispenseReport"),
+    )
+    .await;
+
+    // The same order again (a new message): answered with the stored report, not dispensed.
+    hub.send(AtmDown::DispenseOrder(o.clone()), Some(&order_jti))
+        .await;
+    let again = hub.next_up(T).await.expect("stored report");
+    let AtmUp::DispenseReport(r2) = &again.msg else {
+        panic!("expected the stored DispenseReport, got {:?}", again.msg)
+    };
+    assert_eq!(r2, r);
+    assert_ne!(again.jti, report.jti);
+    hub.ack(&again.jti).await;
+    wait_event(
+        &mut events,
+        T,
+        "stored report delivered",
+        |e| matches!(e, AgentEvent::Delivered { jti, .. } if *jti == again.jti),
+    )
+    .await;
+    assert_eq!(rig.sim.counters().delivered, 3, "never dispensed twice");
+
+    agent.shutdown().await;
+    let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
+    let kinds: Vec<String> = store
+        .journal_entries(0, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.tx_id.as_deref() == Some(&tx.to_string()))
+        .map(|e| e.kind)
+        .collect();
+    for k in [
+        "code_read",
+        "presented",
+        "await_confirmation",
+        "order_received",
+        "dispense_started",
+        "device_outcome",
+        "reported",
+        "order_refused",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "journal lacks {k}: {kinds:?}");
+    }
+    let pos = |k: &str| kinds.iter().position(|x| x == k).unwrap();
+    assert!(pos("dispense_started") < pos("device_outcome"));
+    assert_eq!(
+        store
+            .journal_of_kind(JournalKind::DispenseStarted)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.outbox_stats().unwrap().messages, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_flow_then_the_order_is_still_served() {
+    let mut rig = Rig::new();
+    let mut hub = ScriptedHub::connect(&rig, 0).await;
+    let cam = camera();
+    let agent = Agent::start(rig.config(), Box::new(cam.clone()), rig.dispenser())
+        .await
+        .unwrap();
+    let mut events = agent.subscribe();
+    wait_event(&mut events, T, "link up", |e| {
+        matches!(e, AgentEvent::Link { up: true })
+    })
+    .await;
+    let now = SystemClock.now();
+    let tx = TxId::random();
+    cam.show(&rig.code(tx, now)).unwrap();
+    let presented = hub.next_up(T).await.expect("CodePresented");
+    hub.ack(&presented.jti).await;
+    hub.send(await_confirmation(tx, now), Some(&presented.jti))
+        .await;
+    wait_event(&mut events, T, "confirm screen", |e| {
+        matches!(e, AgentEvent::Screen(Screen::ConfirmOnPhone { .. }))
+    })
+    .await;
+    cam.clear();
+
+    rig.broker.stop();
+    wait_event(&mut events, T, "link down", |e| {
+        matches!(e, AgentEvent::Link { up: false })
+    })
+    .await;
+    rig.broker.start_again();
+    wait_event(&mut events, T, "link up again", |e| {
+        matches!(e, AgentEvent::Link { up: true })
+    })
+    .await;
+
+    let seq = hub.seq();
+    drop(hub);
+    let mut hub = ScriptedHub::connect(&rig, seq).await;
+    let o = order(tx, now);
+    hub.send(AtmDown::DispenseOrder(o.clone()), None).await;
+    let report = hub
+        .next_up(T)
+        .await
+        .expect("DispenseReport after the restart");
+    let AtmUp::DispenseReport(r) = &report.msg else {
+        panic!("expected DispenseReport, got {:?}", report.msg)
+    };
+    assert_eq!(
+        (r.order_id, r.outcome),
+        (o.order_id, DispenseOutcome::Dispensed)
+    );
+    assert_eq!(rig.sim.counters().delivered, 3);
+    agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_queued_during_a_long_hub_outage_are_all_delivered_in_order() {
+    let rig = Rig::new();
+    let clock = ManualClock::new(SystemClock.now());
+    let mut hub = ScriptedHub::connect(&rig, 0).await;
+    let cam = camera();
+    let agent = Agent::start_with_clock(
+        rig.config(),
+        Box::new(cam.clone()),
+        rig.dispenser(),
+        Arc::new(clock.clone()),
+    )
+    .await
+    .unwrap();
+    let mut events = agent.subscribe();
+    wait_event(&mut events, T, "link up", |e| {
+        matches!(e, AgentEvent::Link { up: true })
+    })
+    .await;
+
+    // Session A reaches the dispenser; the hub goes away right after sending the order.
+    let now = clock.now();
+    let tx_a = TxId::random();
+    cam.show(&rig.code(tx_a, now)).unwrap();
+    let presented = hub.next_up(T).await.expect("CodePresented A");
+    hub.ack(&presented.jti).await;
+    hub.send(await_confirmation(tx_a, now), Some(&presented.jti))
+        .await;
+    wait_event(&mut events, T, "confirm screen", |e| {
+        matches!(e, AgentEvent::Screen(Screen::ConfirmOnPhone { .. }))
+    })
+    .await;
+    cam.clear();
+    let o = order(tx_a, now);
+    hub.send(AtmDown::DispenseOrder(o.clone()), None).await;
+    let seq = hub.seq();
+    drop(hub);
+    wait_event(&mut events, T, "report A queued", |e| {
+        matches!(e, AgentEvent::Dispensed(_))
+    })
+    .await;
+
+    // Session B is presented to nobody and times out.
+    let tx_b = TxId::random();
+    cam.show(&rig.code(tx_b, clock.now())).unwrap();
+    wait_event(
+        &mut events,
+        T,
+        "code B queued",
+        |e| matches!(e, AgentEvent::Queued { kind, .. } if kind == "CodePresented"),
+    )
+    .await;
+    cam.clear();
+    clock.advance(Duration::from_secs(31));
+    wait_event(
+        &mut events,
+        T,
+        "cancel B queued",
+        |e| matches!(e, AgentEvent::Queued { kind, .. } if kind == "SessionCancelled"),
+    )
+    .await;
+
+    // Two days later the hub is back.
+    clock.advance(Duration::from_secs(2 * 24 * 3600));
+    let mut hub = ScriptedHub::connect(&rig, seq)
+        .await
+        .with_clock(Arc::new(clock.clone()));
+    let mut seen: Vec<qrcash_protocol::envelope::Claims<AtmUp>> = Vec::new();
+    while seen.len() < 3 {
+        let m = hub.next_up(T).await.expect("queued message");
+        hub.ack(&m.jti).await;
+        if !seen.iter().any(|s| s.jti == m.jti) {
+            seen.push(m);
+        }
+    }
+    // A hub that comes back mid-stream may first see the tail of a resend round: it
+    // orders by the sender's seq, which follows the queue order.
+    seen.sort_by_key(|c| c.seq);
+    let kinds: Vec<&str> = seen
+        .iter()
+        .map(|c| match &c.msg {
+            AtmUp::DispenseReport(r) if r.order_id == o.order_id => "report A",
+            AtmUp::CodePresented(_) => "presented B",
+            AtmUp::SessionCancelled(s) if s.tx_id == tx_b => "cancelled B",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["report A", "presented B", "cancelled B"]);
+    // Everything is acknowledged: the outbox drains and each message is delivered once.
+    for _ in 0..3 {
+        wait_event(&mut events, T, "delivered", |e| {
+            matches!(e, AgentEvent::Delivered { .. })
+        })
+        .await;
+    }
+    agent.shutdown().await;
+    let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
+    assert_eq!(store.outbox_stats().unwrap().messages, 0);
+    let delivered = store.journal_of_kind(JournalKind::Delivered).unwrap();
+    let mut jtis: Vec<String> = delivered
+        .iter()
+        .map(|e| e.detail["jti"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    jtis.sort();
+    jtis.dedup();
+    assert_eq!(
+        jtis.len(),
+        delivered.len(),
+        "each message delivered exactly once"
+    );
+    assert!(seen.iter().all(|m| jtis.contains(&m.jti)));
+    assert_eq!(rig.sim.counters().delivered, 3);
+}

@@ -1,0 +1,237 @@
+//! Shared rig for the agent's end-to-end suites: a private Mosquitto, the LCDM simulator on
+//! a pty, generated keys and configuration, and a scripted stand-in for the hub that signs
+//! its messages with the hub key and verifies the agent's with the ATM key.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use qrcash_agent::AgentConfig;
+use qrcash_agent::config::{CassetteConfig, OutboxSettings, Timing};
+use qrcash_hardware::dispenser::lcdm::{LcdmConfig, LcdmModel};
+use qrcash_hardware::dispenser::sim::{SimConfig, SimHandle, Simulator};
+use qrcash_protocol::envelope::{Claims, Sealed};
+use qrcash_protocol::link::BrokerConfig;
+use qrcash_protocol::messages::{AtmDown, AtmUp, DispenseOrder, NoteCount};
+use qrcash_protocol::{
+    Amount, Clock, Currency, MAX_UPLINK_BYTES, OrderId, PrivateKey, Signer, TxId, topics,
+};
+use qrcash_tests::broker::Mosquitto;
+use qrcash_tests::mqtt::TestClient;
+
+pub const ATM: &str = "atm-1";
+
+/// Everything one ATM test needs.
+pub struct Rig {
+    pub dir: tempfile::TempDir,
+    pub broker: Mosquitto,
+    pub hub_key: PrivateKey,
+    pub atm_key: PrivateKey,
+    pub sim: SimHandle,
+}
+
+impl Rig {
+    pub fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let hub_key = PrivateKey::generate();
+        let atm_key = PrivateKey::generate();
+        atm_key.save(&dir.path().join("atm.jwk")).unwrap();
+        std::fs::write(
+            dir.path().join("hub.pub.jwk"),
+            serde_json::to_string(&hub_key.public().to_jwk()).unwrap(),
+        )
+        .unwrap();
+        let sim = Simulator::spawn(SimConfig {
+            note_interval: Duration::from_millis(5),
+            ..SimConfig::lcdm2000(100, 100)
+        })
+        .unwrap();
+        Rig {
+            dir,
+            broker: Mosquitto::start(),
+            hub_key,
+            atm_key,
+            sim,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The agent configuration (no camera section: tests pass the frame source in).
+    pub fn config(&self) -> AgentConfig {
+        AgentConfig {
+            atm_id: ATM.into(),
+            hub_id: "hub".into(),
+            key_file: self.path("atm.jwk"),
+            hub_keys: vec![self.path("hub.pub.jwk")],
+            database: self.path("agent.db"),
+            currency: "JPY".into(),
+            cassettes: vec![
+                CassetteConfig {
+                    denomination: 10_000,
+                    notes: 100,
+                },
+                CassetteConfig {
+                    denomination: 1_000,
+                    notes: 100,
+                },
+            ],
+            broker: BrokerConfig::plain(self.broker.url()),
+            camera: None,
+            dispenser: Some(self.dispenser_config()),
+            outbox: OutboxSettings {
+                resend_initial_ms: 200,
+                resend_max_ms: 1_000,
+                ..OutboxSettings::default()
+            },
+            timing: Timing {
+                min_frame_interval_ms: 30,
+                ..Timing::default()
+            },
+        }
+    }
+
+    pub fn dispenser_config(&self) -> LcdmConfig {
+        LcdmConfig {
+            journal: Some(self.path("dispenser-journal.json")),
+            ..LcdmConfig::new(self.sim.port_path(), LcdmModel::Lcdm2000)
+        }
+    }
+
+    pub fn dispenser(&self) -> Box<dyn qrcash_hardware::dispenser::Dispenser> {
+        Box::new(
+            qrcash_hardware::dispenser::lcdm::LcdmDispenser::open(self.dispenser_config()).unwrap(),
+        )
+    }
+
+    pub fn hub(&self) -> Signer {
+        Signer::new("hub", self.hub_key.clone())
+    }
+
+    pub fn code(&self, tx: TxId, now: u64) -> String {
+        qrcash_protocol::CodeToken::issue(&self.hub_key, tx, now + 600)
+    }
+}
+
+pub fn order(tx: TxId, now: u64) -> DispenseOrder {
+    DispenseOrder {
+        order_id: OrderId::random(),
+        tx_id: tx,
+        atm_id: ATM.into(),
+        amount: Amount::new(12_000, Currency::JPY),
+        notes: vec![
+            NoteCount {
+                denomination: 10_000,
+                count: 1,
+            },
+            NoteCount {
+                denomination: 1_000,
+                count: 2,
+            },
+        ],
+        expires_at: now + 120,
+    }
+}
+
+/// The scripted hub.
+pub struct ScriptedHub {
+    client: TestClient,
+    signer: Signer,
+    atm_key: qrcash_protocol::PublicKey,
+    seq: u64,
+    clock: std::sync::Arc<dyn Clock>,
+}
+
+impl ScriptedHub {
+    pub async fn connect(rig: &Rig, seq_from: u64) -> ScriptedHub {
+        let mut client =
+            TestClient::connect(&BrokerConfig::plain(rig.broker.url()), "scripted-hub")
+                .await
+                .unwrap();
+        client.subscribe("qrcash/v1/atm/+/up").await;
+        ScriptedHub {
+            client,
+            signer: rig.hub(),
+            atm_key: rig.atm_key.public().clone(),
+            seq: seq_from,
+            clock: std::sync::Arc::new(qrcash_protocol::SystemClock),
+        }
+    }
+
+    /// Dates the hub's messages by `clock` (tests that move time).
+    pub fn with_clock(mut self, clock: std::sync::Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The next verified up-link message (heartbeats are acknowledged and skipped).
+    pub async fn next_up(&mut self, timeout: Duration) -> Option<Claims<AtmUp>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (topic, bytes) = self.client.next_publish(left).await?;
+            assert_eq!(topic, topics::atm_up(ATM));
+            let claims: Claims<AtmUp> = Sealed::parse(&bytes, MAX_UPLINK_BYTES)
+                .unwrap()
+                .open(&self.atm_key)
+                .expect("agent messages verify with the ATM key");
+            assert_eq!((claims.iss.as_str(), claims.aud.as_str()), (ATM, "hub"));
+            if matches!(claims.msg, AtmUp::Heartbeat(_)) {
+                self.ack(&claims.jti).await;
+                continue;
+            }
+            return Some(claims);
+        }
+    }
+
+    pub async fn send(&mut self, msg: AtmDown, re: Option<&str>) -> String {
+        self.seq += 1;
+        let now = self.clock.now();
+        let mut claims = Claims::new("hub", ATM, self.seq, now, Duration::from_secs(300), msg);
+        claims.re = re.map(str::to_owned);
+        let text = self.signer.seal(&claims);
+        self.client
+            .publish(&topics::atm_down(ATM), text.into_bytes())
+            .await;
+        claims.jti
+    }
+
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) {
+        self.client.publish(&topics::atm_down(ATM), bytes).await;
+    }
+
+    pub async fn ack(&mut self, jti: &str) {
+        self.send(
+            AtmDown::Ack(qrcash_protocol::messages::Ack {
+                ids: vec![jti.to_owned()],
+            }),
+            None,
+        )
+        .await;
+    }
+}
+
+/// Waits until `pred` holds for an event, or panics after `timeout`.
+pub async fn wait_event(
+    rx: &mut tokio::sync::broadcast::Receiver<qrcash_agent::AgentEvent>,
+    timeout: Duration,
+    what: &str,
+    mut pred: impl FnMut(&qrcash_agent::AgentEvent) -> bool,
+) -> qrcash_agent::AgentEvent {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(ev)) if pred(&ev) => return ev,
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(e)) => panic!("event channel closed while waiting for {what}: {e}"),
+            Err(_) => panic!("no {what} within {timeout:?}"),
+        }
+    }
+}
