@@ -1,0 +1,223 @@
+//! Power-loss and crash recovery with the real `qrcash-agent` binary as a child process:
+//! the agent aborts itself at a named step (crash hook), is restarted, settles the
+//! interrupted order as `InDoubt` with the counts the dispenser knows, and never dispenses
+//! the order again — the simulator's delivered-notes counter proves it.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use qrcash_agent::store::{JournalKind, Store};
+use qrcash_protocol::messages::{AtmDown, AtmUp, AwaitConfirmation, DispenseOutcome};
+use qrcash_protocol::{Amount, Clock, Currency, SystemClock, TxId};
+use support::{Rig, ScriptedHub, order};
+
+const T: Duration = Duration::from_secs(30);
+
+fn write_png(path: &std::path::Path, text: Option<&str>) {
+    let img = match text {
+        Some(t) => qrcode::QrCode::new(t)
+            .unwrap()
+            .render::<image::Luma<u8>>()
+            .module_dimensions(6, 6)
+            .build(),
+        None => image::ImageBuffer::from_pixel(200, 200, image::Luma([200u8])),
+    };
+    let tmp = path.with_extension("tmp.png");
+    img.save(&tmp).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn config_file(rig: &Rig) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+atm_id = "{atm}"
+key_file = "{key}"
+hub_keys = ["{hub}"]
+database = "{db}"
+
+[[cassettes]]
+denomination = 10000
+notes = 100
+
+[[cassettes]]
+denomination = 1000
+notes = 100
+
+[broker]
+url = "{url}"
+
+[camera]
+kind = "files"
+path = "{png}"
+looping = true
+
+[dispenser]
+port = "{port}"
+model = "lcdm-2000"
+journal = "{journal}"
+
+[outbox]
+resend_initial_ms = 200
+resend_max_ms = 1000
+
+[timing]
+min_frame_interval_ms = 50
+"#,
+        atm = support::ATM,
+        key = rig.path("atm.jwk").display(),
+        hub = rig.path("hub.pub.jwk").display(),
+        db = rig.path("agent.db").display(),
+        url = rig.broker.url(),
+        png = rig.path("code.png").display(),
+        port = rig.sim.port_path(),
+        journal = rig.path("dispenser-journal.json").display(),
+    );
+    let path = rig.path("agent.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn spawn_agent(config: &std::path::Path, crash_at: Option<&str>) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qrcash-agent"));
+    cmd.arg("--config").arg(config).arg("run");
+    cmd.env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd.env_remove(qrcash_agent::runtime::CRASH_ENV);
+    if let Some(step) = crash_at {
+        cmd.env(qrcash_agent::runtime::CRASH_ENV, step);
+    }
+    cmd.spawn().expect("qrcash-agent binary")
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not crash in time"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs one session up to the order with the agent set to crash at `step`; restarts it;
+/// returns the recovered report and the hub for further checks.
+async fn crash_and_recover(
+    rig: &Rig,
+    step: &str,
+) -> (
+    qrcash_protocol::messages::DispenseReport,
+    ScriptedHub,
+    qrcash_protocol::messages::DispenseOrder,
+) {
+    let config = config_file(rig);
+    let mut hub = ScriptedHub::connect(rig, 0).await;
+    write_png(&rig.path("code.png"), None);
+    let mut agent = spawn_agent(&config, Some(step));
+    let now = SystemClock.now();
+    let tx = TxId::random();
+    write_png(&rig.path("code.png"), Some(&rig.code(tx, now)));
+    let presented = loop {
+        let m = hub
+            .next_up(T)
+            .await
+            .expect("CodePresented from the child agent");
+        if matches!(m.msg, AtmUp::CodePresented(_)) {
+            break m;
+        }
+    };
+    write_png(&rig.path("code.png"), None);
+    hub.ack(&presented.jti).await;
+    hub.send(
+        AtmDown::AwaitConfirmation(AwaitConfirmation {
+            tx_id: tx,
+            amount: Amount::new(12_000, Currency::JPY),
+            confirm_by: now + 60,
+        }),
+        Some(&presented.jti),
+    )
+    .await;
+    let o = order(tx, now);
+    hub.send(AtmDown::DispenseOrder(o.clone()), None).await;
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut agent, T))
+        .await
+        .unwrap();
+    assert!(!status.success(), "the crash hook aborts the process");
+
+    // Restart without the hook: recovery settles the order before anything else.
+    let mut agent = spawn_agent(&config, None);
+    let report = loop {
+        let m = hub.next_up(T).await.expect("recovered report");
+        if let AtmUp::DispenseReport(r) = &m.msg {
+            hub.ack(&m.jti).await;
+            break r.clone();
+        }
+    };
+    // The hub (or a replay of its message) sends the order again: it is never executed.
+    hub.send(AtmDown::DispenseOrder(o.clone()), None).await;
+    let again = loop {
+        let m = hub.next_up(T).await.expect("answer to the repeated order");
+        if let AtmUp::DispenseReport(r) = &m.msg {
+            hub.ack(&m.jti).await;
+            break r.clone();
+        }
+    };
+    assert_eq!(again, report, "a repeat gets the stored report");
+    let _ = agent.kill();
+    let _ = agent.wait();
+    (report, hub, o)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_write_ahead_is_recovered_in_doubt_without_any_dispense() {
+    let rig = Rig::new();
+    let (report, _hub, o) = crash_and_recover(&rig, "after_write_ahead").await;
+    assert_eq!(report.order_id, o.order_id);
+    assert_eq!(
+        report.outcome,
+        DispenseOutcome::InDoubt,
+        "never success or failure by guess"
+    );
+    assert_eq!(report.dispensed.minor, 0);
+    assert_eq!(
+        rig.sim.counters().delivered,
+        0,
+        "nothing was ever dispensed"
+    );
+    let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
+    assert_eq!(
+        store
+            .journal_of_kind(JournalKind::DispenseStarted)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store.journal_of_kind(JournalKind::Recovered).unwrap().len(),
+        1
+    );
+    assert!(store.unfinished_orders().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_device_paid_out_reports_the_known_counts_in_doubt_once() {
+    let rig = Rig::new();
+    let (report, _hub, o) = crash_and_recover(&rig, "after_device_outcome").await;
+    assert_eq!(report.order_id, o.order_id);
+    assert_eq!(report.outcome, DispenseOutcome::InDoubt);
+    assert_eq!(
+        report.dispensed.minor, 12_000,
+        "the driver's counts for this order"
+    );
+    assert_eq!(
+        rig.sim.counters().delivered,
+        3,
+        "paid out once, never again"
+    );
+}
