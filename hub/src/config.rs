@@ -135,6 +135,9 @@ pub struct WithdrawalSection {
     pub per_transaction: u64,
     /// Largest total of withdrawals per local day (minor units).
     pub daily: u64,
+    /// Send PNG and SVG renderings of the code with `CodeIssued` (about 30 KB); phones that
+    /// draw the token themselves can do without (the fields are then empty).
+    pub qr_images: bool,
 }
 
 impl Default for WithdrawalSection {
@@ -146,6 +149,7 @@ impl Default for WithdrawalSection {
             report_grace_s: 3600,
             per_transaction: 200_000,
             daily: 500_000,
+            qr_images: true,
         }
     }
 }

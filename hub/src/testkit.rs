@@ -122,13 +122,18 @@ pub struct Rig {
 impl Rig {
     /// A rig over `store` with `config`, the clock at [`T0`], randomness from `seed`.
     pub fn new(store: Store, config: HubConfig, seed: u64) -> Rig {
+        Self::with_key(store, config, seed, PrivateKey::generate())
+    }
+
+    /// Like [`Rig::new`] with a given hub key (several hub instances sharing a database).
+    pub fn with_key(store: Store, config: HubConfig, seed: u64, key: PrivateKey) -> Rig {
         let clock = ManualClock::new(T0);
         let warnings =
             WarningCatalog::load(config.warnings.file.as_deref(), &config.warnings.languages)
                 .unwrap_or_else(|e| panic!("warnings: {e}"));
         let hub = Hub::new(
             store,
-            Signer::new(config.hub_id.clone(), PrivateKey::generate()),
+            Signer::new(config.hub_id.clone(), key),
             config,
             warnings,
             Arc::new(clock.clone()),

@@ -21,6 +21,8 @@
 mod atm;
 mod money;
 mod phone;
+#[cfg(test)]
+mod simulation;
 mod steps;
 mod sweep;
 #[cfg(test)]
@@ -72,7 +74,21 @@ pub struct Outgoing {
     /// The MQTT topic to publish on.
     pub topic: String,
     /// The payload (a JWS compact serialization).
+    #[serde(with = "payload_text")]
     pub payload: Vec<u8>,
+}
+
+/// Stores payloads (ASCII JWS) as text rather than arrays of numbers.
+mod payload_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        String::deserialize(d).map(String::into_bytes)
+    }
 }
 
 /// What happened to a message that was not refused.

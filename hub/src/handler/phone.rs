@@ -444,8 +444,11 @@ fn register(
     let tx_id = TxId(ctx.rng.bytes16());
     let expires_at = ctx.now + ctx.cfg.withdrawal.code_ttl_s;
     let token = CodeToken::issue(ctx.signer.key(), tx_id, expires_at);
-    let (qr_png, qr_svg) =
-        crate::qr::render(&token).map_err(|e| Fail::Store(crate::error::StoreError::Corrupt(e)))?;
+    let (qr_png, qr_svg) = if ctx.cfg.withdrawal.qr_images {
+        crate::qr::render(&token).map_err(|e| Fail::Store(crate::error::StoreError::Corrupt(e)))?
+    } else {
+        (String::new(), String::new())
+    };
     rows::insert_withdrawal(
         ctx.db,
         &WithdrawalRow {
