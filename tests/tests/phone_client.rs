@@ -97,7 +97,10 @@ async fn login_round_trip_refuses_forged_and_replayed_pushes() {
     let device_key = PublicKey::from_jwk(&login.device.public_key).unwrap();
     assert_eq!(device_key.kid(), sealed.kid());
     let claims: Claims<PhoneUp> = sealed.open(&device_key).unwrap();
-    assert_eq!((claims.iss.as_str(), claims.aud.as_str(), claims.seq), ("dev-1", "hub", 1));
+    assert_eq!(
+        (claims.iss.as_str(), claims.aud.as_str(), claims.seq),
+        ("dev-1", "hub", 1)
+    );
     assert_eq!(claims.jti, jti);
 
     let push_topic = topics::phone_push("dev-1");
@@ -116,21 +119,30 @@ async fn login_round_trip_refuses_forged_and_replayed_pushes() {
     publish(genuine).await;
     let reply = phone.reply_to(&jti, Duration::from_secs(5)).await.unwrap();
     assert_eq!(reply, login_result());
-    assert_eq!(phone.rejected_pushes(), 2, "forged and misaddressed refused");
+    assert_eq!(
+        phone.rejected_pushes(),
+        2,
+        "forged and misaddressed refused"
+    );
     // The replay is refused too; nothing else arrives.
     let err = phone
         .next_push("anything", Duration::from_millis(500), |_| true)
         .await
         .unwrap_err();
-    assert!(matches!(err, qrcash_phone::PhoneError::Timeout { .. }), "{err}");
+    assert!(
+        matches!(err, qrcash_phone::PhoneError::Timeout { .. }),
+        "{err}"
+    );
     assert_eq!(phone.rejected_pushes(), 3, "replay refused");
 
     // A Rejected answer becomes a typed error; seq keeps increasing.
     let jti2 = phone
-        .send(PhoneUp::BalanceQuery(qrcash_protocol::messages::BalanceQuery {
-            account: "hanako".into(),
-            history: 0,
-        }))
+        .send(PhoneUp::BalanceQuery(
+            qrcash_protocol::messages::BalanceQuery {
+                account: "hanako".into(),
+                history: 0,
+            },
+        ))
         .await
         .unwrap();
     let (_, bytes) = uplinks.recv().await.unwrap();
@@ -150,7 +162,10 @@ async fn login_round_trip_refuses_forged_and_replayed_pushes() {
         }),
     ))
     .await;
-    let err = phone.reply_to(&jti2, Duration::from_secs(5)).await.unwrap_err();
+    let err = phone
+        .reply_to(&jti2, Duration::from_secs(5))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             err,
