@@ -79,6 +79,23 @@ pub struct BrokerSection {
     pub client_id: String,
     /// Subscribe through the `$share/hub/` group so several hub instances split the load.
     pub shared_subscription: bool,
+    /// MQTT keep-alive in seconds.
+    pub keep_alive_s: u64,
+    /// Port of the embedded broker (`serve --embedded-broker`).
+    pub embedded_port: u16,
+}
+
+impl BrokerSection {
+    /// The connection settings for [`qrcash_protocol::link`].
+    pub fn link_config(&self) -> qrcash_protocol::link::BrokerConfig {
+        qrcash_protocol::link::BrokerConfig {
+            url: self.url.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            keep_alive_s: self.keep_alive_s,
+        }
+    }
 }
 
 impl Default for BrokerSection {
@@ -90,6 +107,8 @@ impl Default for BrokerSection {
             key_file: None,
             client_id: "qrcash-hub".into(),
             shared_subscription: false,
+            keep_alive_s: 15,
+            embedded_port: 1883,
         }
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod embedded_broker;
 pub mod error;
 pub mod handler;
 pub mod identity;
@@ -23,6 +24,7 @@ pub mod policy;
 pub mod qr;
 pub mod restriction;
 pub mod rng;
+pub mod service;
 pub mod store;
 pub mod testkit;
 pub mod warnings;

@@ -1,1 +1,656 @@
-fn main() {}
+//! `qrcash-hub`: the operator's command line. `init` sets up a hub directory, `serve` runs
+//! the service, the other commands inspect and administer the database (they may run while
+//! `serve` runs: SQLite WAL lets them in between the writer's transactions).
+
+use std::io::BufRead as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use qrcash_hub::admin::{self, NewAccount, NewAtm, NewBankAccount, NewMerchant, TxFilter};
+use qrcash_hub::config::{DEFAULT_CONFIG_TOML, HubConfig};
+use qrcash_hub::identity::HashCost;
+use qrcash_hub::policy;
+use qrcash_hub::service::HubService;
+use qrcash_hub::store::Store;
+use qrcash_hub::withdrawal::Phase;
+use qrcash_protocol::{Clock as _, Currency, Position, PrivateKey, PublicKey, SystemClock, TxId};
+
+#[derive(Parser)]
+#[command(
+    name = "qrcash-hub",
+    version,
+    about = "qrcash hub: cardless withdrawals over MQTT"
+)]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, short, global = true, default_value = "hub.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the configuration file (with comments), the hub key (0600) and the database.
+    Init {
+        /// Overwrite an existing configuration file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the service until SIGINT or SIGTERM.
+    Serve {
+        /// Start an in-process MQTT broker on 127.0.0.1 (`[broker] embedded_port`) and use it.
+        #[arg(long)]
+        embedded_broker: bool,
+    },
+    /// Customer accounts.
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// Phone devices.
+    #[command(subcommand)]
+    Device(DeviceCmd),
+    /// ATMs.
+    #[command(subcommand)]
+    Atm(AtmCmd),
+    /// Merchants.
+    #[command(subcommand)]
+    Merchant(MerchantCmd),
+    /// Withdrawals.
+    #[command(subcommand)]
+    Tx(TxCmd),
+    /// The ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// New-device restrictions.
+    #[command(subcommand)]
+    Restriction(RestrictionCmd),
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    /// Create an account. The password and PIN are read from QRCASH_PASSWORD and QRCASH_PIN,
+    /// or else as two lines from standard input (never from the command line).
+    Create {
+        /// Account id.
+        id: String,
+        /// ISO 4217 currency.
+        #[arg(long, default_value = "JPY")]
+        currency: String,
+        /// Opening balance in minor units (booked as a top-up).
+        #[arg(long, default_value_t = 0)]
+        opening: u64,
+    },
+    /// Show balances, freeze and devices.
+    Show {
+        /// Account id.
+        id: String,
+    },
+    /// Clear a "not me" freeze after checking with the customer.
+    Unfreeze {
+        /// Account id.
+        id: String,
+    },
+    /// Register a bank account for payouts.
+    BankAdd {
+        /// The customer account.
+        account: String,
+        /// Id of the bank account (quoted in BankWithdrawal).
+        #[arg(long)]
+        id: String,
+        /// Bank name.
+        #[arg(long)]
+        bank: String,
+        /// Account number.
+        #[arg(long)]
+        number: String,
+        /// Holder name.
+        #[arg(long)]
+        holder: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCmd {
+    /// List devices with their status and restriction.
+    List {
+        /// Only this account's.
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Revoke a device.
+    Revoke {
+        /// Device id.
+        id: String,
+        /// Why (kept in the audit log).
+        #[arg(long, default_value = "revoked by operator")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AtmCmd {
+    /// Enrol an ATM (or update it).
+    Enroll {
+        /// ATM id.
+        id: String,
+        /// Its public key (JWK file from the agent).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Street address.
+        #[arg(long)]
+        address: String,
+        /// Latitude.
+        #[arg(long, allow_hyphen_values = true)]
+        lat: f64,
+        /// Longitude.
+        #[arg(long, allow_hyphen_values = true)]
+        lon: f64,
+        /// Cassette denominations, comma-separated minor units.
+        #[arg(long, value_delimiter = ',', default_value = "10000,5000,1000")]
+        denominations: Vec<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MerchantCmd {
+    /// Register a merchant.
+    Add {
+        /// Merchant id.
+        id: String,
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Latitude.
+        #[arg(long, allow_hyphen_values = true)]
+        lat: f64,
+        /// Longitude.
+        #[arg(long, allow_hyphen_values = true)]
+        lon: f64,
+        /// Currency.
+        #[arg(long, default_value = "JPY")]
+        currency: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TxCmd {
+    /// List withdrawals.
+    List {
+        /// Only this phase (registered, presented, ordered, dispensed, partial, failed,
+        /// in_doubt, expired, declined, cancelled).
+        #[arg(long)]
+        phase: Option<String>,
+        /// Only those flagged for reconciliation.
+        #[arg(long)]
+        flagged: bool,
+        /// Only this account.
+        #[arg(long)]
+        account: Option<String>,
+        /// At most this many (newest).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one withdrawal and its dispense reports.
+    Show {
+        /// Transaction id.
+        tx: String,
+    },
+    /// Settle an in-doubt (or unreported) withdrawal with the counted amount.
+    Resolve {
+        /// Transaction id.
+        tx: String,
+        /// Minor units the customer received.
+        #[arg(long)]
+        dispensed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCmd {
+    /// Recompute the books; exits with status 1 if anything is wrong.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// The latest entries.
+    Tail {
+        /// How many.
+        #[arg(short, default_value_t = 20)]
+        n: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum RestrictionCmd {
+    /// Devices restricted now, and why.
+    List,
+    /// Lift a device's restriction before its time.
+    Lift {
+        /// Device id.
+        device: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("qrcash-hub: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn load(path: &Path) -> Result<HubConfig> {
+    HubConfig::load(path).with_context(|| {
+        format!(
+            "cannot use config {} (create one with `qrcash-hub init`)",
+            path.display()
+        )
+    })
+}
+
+fn open(config: &HubConfig) -> Result<Store> {
+    Store::open(&config.database)
+        .with_context(|| format!("cannot open database {}", config.database.display()))
+}
+
+fn now() -> u64 {
+    SystemClock.now()
+}
+
+fn currency(code: &str) -> Result<Currency> {
+    Currency::new(code).map_err(anyhow::Error::msg)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init { force } => init(&cli.config, force),
+        Command::Serve { embedded_broker } => serve(&cli.config, embedded_broker),
+        Command::Account(c) => account(&cli.config, c),
+        Command::Device(c) => device(&cli.config, c),
+        Command::Atm(AtmCmd::Enroll {
+            id,
+            key_file,
+            name,
+            address,
+            lat,
+            lon,
+            denominations,
+        }) => {
+            let config = load(&cli.config)?;
+            let mut store = open(&config)?;
+            let text = std::fs::read_to_string(&key_file)
+                .with_context(|| format!("cannot read ATM key {}", key_file.display()))?;
+            let key = PublicKey::from_jwk_json(&text)
+                .with_context(|| format!("{} is not an Ed25519 public JWK", key_file.display()))?;
+            admin::enroll_atm(
+                &mut store,
+                &NewAtm {
+                    id: id.clone(),
+                    public_key: key.to_jwk(),
+                    name,
+                    address,
+                    position: Position::new(lat, lon, 0.0),
+                    denominations,
+                },
+                now(),
+            )?;
+            println!("ATM {id} enrolled with key {}", key.kid());
+            Ok(())
+        }
+        Command::Merchant(MerchantCmd::Add {
+            id,
+            name,
+            lat,
+            lon,
+            currency: cur,
+        }) => {
+            let config = load(&cli.config)?;
+            let mut store = open(&config)?;
+            admin::add_merchant(
+                &mut store,
+                &NewMerchant {
+                    id: id.clone(),
+                    name,
+                    currency: currency(&cur)?,
+                    position: Position::new(lat, lon, 0.0),
+                },
+                now(),
+            )?;
+            println!("merchant {id} added");
+            Ok(())
+        }
+        Command::Tx(c) => tx(&cli.config, c),
+        Command::Ledger(LedgerCmd::Check) => {
+            let config = load(&cli.config)?;
+            let store = open(&config)?;
+            let report = admin::ledger_check(&store)?;
+            println!("{report}");
+            if !report.is_ok() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Audit(AuditCmd::Tail { n }) => {
+            let config = load(&cli.config)?;
+            let store = open(&config)?;
+            for r in admin::audit_tail(&store, n)? {
+                let e = r.entry;
+                println!(
+                    "{:>6} {} {:<8} {:<10} {:<22} {:<9} {} {}",
+                    r.id,
+                    e.at,
+                    e.source,
+                    e.sender.unwrap_or_default(),
+                    e.msg_type.unwrap_or_default(),
+                    e.outcome,
+                    e.reason.unwrap_or_default(),
+                    e.detail.unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Command::Restriction(c) => {
+            let config = load(&cli.config)?;
+            let mut store = open(&config)?;
+            match c {
+                RestrictionCmd::List => {
+                    for d in admin::list_restrictions(&store, now())? {
+                        println!(
+                            "{:<20} {:<16} until {} ({})",
+                            d.id,
+                            d.account,
+                            d.restricted_until.unwrap_or(0),
+                            d.restriction_reason.unwrap_or_default()
+                        );
+                    }
+                }
+                RestrictionCmd::Lift { device } => {
+                    admin::lift_restriction(&mut store, &device, now())?;
+                    println!("restriction of {device} lifted");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn init(path: &Path, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        bail!("{} exists; use --force to overwrite it", path.display());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(path, DEFAULT_CONFIG_TOML)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let config = load(path)?;
+    let key = PrivateKey::load_or_generate(&config.key_file)
+        .with_context(|| format!("hub key {}", config.key_file.display()))?;
+    let _store = open(&config)?;
+    let jwk = serde_json::to_string_pretty(&key.public().to_jwk())?;
+    let pub_path = config.key_file.with_extension("pub.jwk");
+    std::fs::write(&pub_path, format!("{jwk}\n"))
+        .with_context(|| format!("cannot write {}", pub_path.display()))?;
+    println!("config:    {}", path.display());
+    println!(
+        "hub key:   {} (kid {})",
+        config.key_file.display(),
+        key.kid()
+    );
+    println!(
+        "public:    {} (give it to ATM agents and phones)",
+        pub_path.display()
+    );
+    println!("database:  {}", config.database.display());
+    Ok(())
+}
+
+fn serve(path: &Path, embedded: bool) -> Result<()> {
+    let mut config = load(path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        if embedded {
+            let broker = qrcash_hub::embedded_broker::start(config.broker.embedded_port)?;
+            config.broker.url = broker.url();
+            config.broker.ca_file = None;
+            config.broker.cert_file = None;
+            config.broker.key_file = None;
+            println!("embedded MQTT broker on {}", broker.url());
+        }
+        let url = config.broker.url.clone();
+        let handle = HubService::from_config(config)
+            .await
+            .context("cannot start the hub")?;
+        tracing::info!(broker = %url, "hub running; SIGINT or SIGTERM stops it");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping");
+        handle.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Reads the password and PIN from the environment, else two lines of standard input.
+fn secrets() -> Result<(String, String)> {
+    let from_env = (
+        std::env::var("QRCASH_PASSWORD").ok(),
+        std::env::var("QRCASH_PIN").ok(),
+    );
+    if let (Some(p), Some(n)) = from_env {
+        return Ok((p, n));
+    }
+    eprintln!("password, then PIN, one per line:");
+    let mut lines = std::io::stdin().lock().lines();
+    let mut next = |what: &str| -> Result<String> {
+        lines
+            .next()
+            .transpose()?
+            .map(|l| l.trim_end().to_owned())
+            .with_context(|| format!("no {what} given on standard input"))
+    };
+    let password = next("password")?;
+    let pin = next("PIN")?;
+    Ok((password, pin))
+}
+
+fn account(path: &Path, c: AccountCmd) -> Result<()> {
+    let config = load(path)?;
+    let mut store = open(&config)?;
+    match c {
+        AccountCmd::Create {
+            id,
+            currency: cur,
+            opening,
+        } => {
+            let (password, pin) = secrets()?;
+            let cost = HashCost {
+                memory_kib: config.auth.argon2_memory_kib,
+                iterations: config.auth.argon2_iterations,
+            };
+            admin::create_account(
+                &mut store,
+                &NewAccount {
+                    id: id.clone(),
+                    currency: currency(&cur)?,
+                    password,
+                    pin,
+                    opening_balance: opening,
+                },
+                cost,
+                now(),
+            )?;
+            println!("account {id} created with {opening} {cur}");
+        }
+        AccountCmd::Show { id } => {
+            let v = admin::show_account(&store, &id)?;
+            let a = &v.account;
+            println!("account   {} ({})", a.id, a.currency);
+            println!("available {}", v.available);
+            println!("held      {}", v.held);
+            match &a.frozen_reason {
+                Some(r) if a.frozen => println!("FROZEN    {r}"),
+                _ if a.frozen => println!("FROZEN"),
+                _ => println!("frozen    no"),
+            }
+            if a.pin.locked_until > now() {
+                println!("PIN locked until {}", a.pin.locked_until);
+            }
+            for d in &v.devices {
+                print_device(d, a);
+            }
+        }
+        AccountCmd::Unfreeze { id } => {
+            admin::unfreeze_account(&mut store, &id, now())?;
+            println!("account {id} unfrozen");
+        }
+        AccountCmd::BankAdd {
+            account,
+            id,
+            bank,
+            number,
+            holder,
+        } => {
+            admin::add_bank_account(
+                &mut store,
+                &NewBankAccount {
+                    id: id.clone(),
+                    account: account.clone(),
+                    bank,
+                    number,
+                    holder,
+                },
+                now(),
+            )?;
+            println!("bank account {id} registered for {account}");
+        }
+    }
+    Ok(())
+}
+
+fn print_device(
+    d: &qrcash_hub::store::rows::DeviceRow,
+    account: &qrcash_hub::store::rows::AccountRow,
+) {
+    let status = match d.status {
+        qrcash_hub::store::rows::DeviceStatus::Active => "active",
+        qrcash_hub::store::rows::DeviceStatus::Revoked => "revoked",
+    };
+    let restriction = match policy::effective_restriction(account, d, now()) {
+        Some(r) => format!(
+            "restricted ({:?}) until {}",
+            r.reason,
+            r.until
+                .map_or("an operator lifts it".into(), |u| u.to_string())
+        ),
+        None => "free".into(),
+    };
+    println!(
+        "device    {:<20} {:<8} last login {:<12} {} {}",
+        d.id,
+        status,
+        d.last_login_at.unwrap_or(0),
+        restriction,
+        d.revoked_reason.as_deref().unwrap_or("")
+    );
+}
+
+fn device(path: &Path, c: DeviceCmd) -> Result<()> {
+    let config = load(path)?;
+    let mut store = open(&config)?;
+    match c {
+        DeviceCmd::List { account } => {
+            for d in admin::list_devices(&store, account.as_deref())? {
+                let a = admin::show_account(&store, &d.account)?.account;
+                print!("{:<16} ", d.account);
+                print_device(&d, &a);
+            }
+        }
+        DeviceCmd::Revoke { id, reason } => {
+            admin::revoke_device(&mut store, &id, &reason, now())?;
+            println!("device {id} revoked");
+        }
+    }
+    Ok(())
+}
+
+fn tx(path: &Path, c: TxCmd) -> Result<()> {
+    let config = load(path)?;
+    let mut store = open(&config)?;
+    match c {
+        TxCmd::List {
+            phase,
+            flagged,
+            account,
+            limit,
+        } => {
+            let phase = phase
+                .map(|p| p.parse::<Phase>().map_err(anyhow::Error::msg))
+                .transpose()?;
+            let list = admin::list_withdrawals(
+                &store,
+                &TxFilter {
+                    phase,
+                    flagged,
+                    account,
+                    limit: Some(limit),
+                },
+            )?;
+            for w in list {
+                println!(
+                    "{} {:<10} {:<12} {:>10} {:<10} {}{}",
+                    w.tx_id,
+                    w.phase,
+                    w.account,
+                    w.amount,
+                    w.atm_id.as_deref().unwrap_or("-"),
+                    if w.needs_reconciliation {
+                        "FLAGGED "
+                    } else {
+                        ""
+                    },
+                    w.note.as_deref().unwrap_or("")
+                );
+            }
+        }
+        TxCmd::Show { tx } => {
+            let id: TxId = tx.parse().map_err(anyhow::Error::msg)?;
+            let (w, reports) = admin::show_withdrawal(&store, &id)?;
+            println!("{w:#?}");
+            for r in reports {
+                println!(
+                    "report at {} from {}: {} {} (applied: {})",
+                    r.received_at, r.atm_id, r.outcome, r.dispensed, r.applied
+                );
+            }
+        }
+        TxCmd::Resolve { tx, dispensed } => {
+            let id: TxId = tx.parse().map_err(anyhow::Error::msg)?;
+            let phase = admin::resolve_withdrawal(&mut store, &id, dispensed, now())?;
+            println!("{id} resolved: {phase}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,394 @@
+//! The MQTT shell around the pure [`Hub`]: connection, subscriptions, the single writer, the
+//! sweeper and graceful shutdown.
+//!
+//! Tasks, connected by typed channels:
+//!
+//! ```text
+//! broker ─▶ event loop task ──Incoming──▶ writer thread (owns Hub + SQLite) ──Outgoing──▶
+//!               │  ▲ ConnAck                 ▲ Sweep (sweeper task)                         │
+//!               ▼  │                                                                       ▼
+//!            client task (owns AsyncClient): subscribes on every ConnAck, publishes answers
+//! ```
+//!
+//! - The event loop task only polls: it never calls the `AsyncClient` (that can deadlock),
+//!   backs off with [`Backoff`] after an error (`poll()` itself retries at once) and tells
+//!   the client task to subscribe again after every ConnAck (clean sessions lose them).
+//! - The writer thread takes every message waiting (up to `group_commit_max`) into one
+//!   SQLite transaction (group commit), each message atomic in its own savepoint, and hands
+//!   the answers out only after the commit.
+//! - Shutdown: stop taking messages, let the writer finish what it has, publish its answers,
+//!   disconnect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qrcash_protocol::link::{Backoff, BrokerConfig, LinkError, mqtt_options};
+use qrcash_protocol::{Clock, PrivateKey, Signer, SystemClock, topics};
+use rumqttc::{AsyncClient, Event, Outgoing as MqttOut, Packet, QoS};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::HubConfig;
+use crate::handler::{Hub, Incoming, Outgoing};
+use crate::rng::OsEntropy;
+use crate::store::Store;
+use crate::warnings::WarningCatalog;
+
+/// The service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Broker settings unusable.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// Database unusable.
+    #[error(transparent)]
+    Store(#[from] crate::error::StoreError),
+    /// Hub key unusable.
+    #[error(transparent)]
+    Key(#[from] qrcash_protocol::KeyError),
+    /// Warnings file unusable.
+    #[error(transparent)]
+    Warnings(#[from] crate::warnings::WarningsError),
+    /// A thread could not be started.
+    #[error("cannot start the writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Commands for the writer thread.
+enum WriterCmd {
+    Message(Incoming),
+    Sweep,
+}
+
+/// How the service connects.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// The broker.
+    pub broker: BrokerConfig,
+    /// MQTT client id.
+    pub client_id: String,
+    /// Subscribe through the shared group.
+    pub shared_subscription: bool,
+    /// Most messages per transaction.
+    pub group_commit_max: usize,
+    /// How often to sweep.
+    pub sweep_interval: Duration,
+}
+
+impl ServiceOptions {
+    /// The options a configuration describes.
+    pub fn from_config(c: &HubConfig) -> Self {
+        ServiceOptions {
+            broker: c.broker.link_config(),
+            client_id: c.broker.client_id.clone(),
+            shared_subscription: c.broker.shared_subscription,
+            group_commit_max: c.storage.group_commit_max,
+            sweep_interval: Duration::from_secs(c.storage.sweep_interval_s.max(1)),
+        }
+    }
+}
+
+/// Counters a running service exposes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Messages handled.
+    pub handled: u64,
+    /// Transactions committed for them.
+    pub batches: u64,
+    /// Answers handed to the client.
+    pub published: u64,
+}
+
+/// A running hub service.
+#[derive(Debug)]
+pub struct HubHandle {
+    stop: watch::Sender<bool>,
+    ready: watch::Receiver<bool>,
+    stats: watch::Receiver<ServiceStats>,
+    tasks: Vec<JoinHandle<()>>,
+    writer: Option<std::thread::JoinHandle<Hub>>,
+}
+
+impl HubHandle {
+    /// Waits until the hub is connected and subscribed (or `timeout` passes).
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut rx = self.ready.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Whether the hub is connected and subscribed now.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> ServiceStats {
+        *self.stats.borrow()
+    }
+
+    /// Stops: no new messages, the writer finishes its queue, answers are published, the
+    /// connection closes. Returns the hub (its database stays open until dropped).
+    pub async fn shutdown(mut self) -> Option<Hub> {
+        let _ = self.stop.send(true);
+        for t in self.tasks.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a hub task did not stop in time");
+            }
+        }
+        let writer = self.writer.take()?;
+        tokio::task::spawn_blocking(move || writer.join().ok())
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// The hub as an MQTT service.
+#[derive(Debug)]
+pub struct HubService;
+
+impl HubService {
+    /// Opens the database and key named by `config` and starts with the system clock.
+    pub async fn from_config(config: HubConfig) -> Result<HubHandle, ServiceError> {
+        let store = Store::open(&config.database)?;
+        let key = PrivateKey::load(&config.key_file)?;
+        let warnings =
+            WarningCatalog::load(config.warnings.file.as_deref(), &config.warnings.languages)?;
+        let options = ServiceOptions::from_config(&config);
+        let hub = Hub::new(
+            store,
+            Signer::new(config.hub_id.clone(), key),
+            config,
+            warnings,
+            Arc::new(SystemClock) as Arc<dyn Clock>,
+            Box::new(OsEntropy),
+        );
+        Self::start(hub, options).await
+    }
+
+    /// Starts the service around `hub`.
+    pub async fn start(hub: Hub, options: ServiceOptions) -> Result<HubHandle, ServiceError> {
+        let mut mqtt = mqtt_options(&options.broker, &options.client_id)?;
+        mqtt.set_inflight(100);
+        let (client, eventloop) = AsyncClient::new(mqtt, 1024);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (ready_tx, ready_rx) = watch::channel(false);
+        let (stats_tx, stats_rx) = watch::channel(ServiceStats::default());
+        let (writer_tx, writer_rx) = mpsc::channel::<WriterCmd>(4096);
+        let (out_tx, out_rx) = mpsc::channel::<Outgoing>(4096);
+        let (conn_tx, conn_rx) = mpsc::unbounded_channel::<()>();
+
+        let group = options.group_commit_max.max(1);
+        let stats = stats_tx.clone();
+        let writer = std::thread::Builder::new()
+            .name("hub-writer".into())
+            .spawn(move || writer_loop(hub, writer_rx, out_tx, group, stats))
+            .map_err(ServiceError::Thread)?;
+
+        let subs = topics::hub_subscriptions(options.shared_subscription);
+        let tasks = vec![
+            tokio::spawn(event_loop(
+                eventloop,
+                subs.len(),
+                writer_tx.clone(),
+                conn_tx,
+                ready_tx.clone(),
+                stop_rx.clone(),
+            )),
+            tokio::spawn(client_loop(
+                client, out_rx, conn_rx, subs, ready_tx, stats_tx,
+            )),
+            tokio::spawn(sweeper(writer_tx, options.sweep_interval, stop_rx)),
+        ];
+        Ok(HubHandle {
+            stop: stop_tx,
+            ready: ready_rx,
+            stats: stats_rx,
+            tasks,
+            writer: Some(writer),
+        })
+    }
+}
+
+/// Polls the connection; forwards publishes to the writer. Never touches the client.
+async fn event_loop(
+    mut eventloop: rumqttc::EventLoop,
+    subscriptions: usize,
+    writer: mpsc::Sender<WriterCmd>,
+    connected: mpsc::UnboundedSender<()>,
+    ready: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::default();
+    let mut writer = Some(writer);
+    let mut pending_subacks = 0usize;
+    loop {
+        let stopping = *stop.borrow();
+        if stopping && writer.is_some() {
+            // No new work: the writer finishes what it has, then the client disconnects.
+            writer = None;
+        }
+        let event = tokio::select! {
+            e = eventloop.poll() => e,
+            _ = stop.changed(), if !stopping => continue,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                tracing::info!(code = ?ack.code, "connected to the broker");
+                backoff.reset();
+                pending_subacks = subscriptions;
+                if connected.send(()).is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                pending_subacks = pending_subacks.saturating_sub(1);
+                if pending_subacks == 0 {
+                    let _ = ready.send(true);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let Some(w) = &writer else { continue };
+                let msg = Incoming {
+                    topic: p.topic.clone(),
+                    payload: p.payload.to_vec(),
+                };
+                if w.send(WriterCmd::Message(msg)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Outgoing(MqttOut::Disconnect)) if stopping => {
+                // Let the DISCONNECT reach the socket, then stop.
+                let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = ready.send(false);
+                if stopping {
+                    return;
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+/// Owns the client: subscribes after each ConnAck, publishes the writer's answers.
+async fn client_loop(
+    client: AsyncClient,
+    mut answers: mpsc::Receiver<Outgoing>,
+    mut connected: mpsc::UnboundedReceiver<()>,
+    subscriptions: Vec<String>,
+    ready: watch::Sender<bool>,
+    stats: watch::Sender<ServiceStats>,
+) {
+    loop {
+        tokio::select! {
+            c = connected.recv() => {
+                if c.is_none() {
+                    break;
+                }
+                let _ = ready.send(false);
+                for s in &subscriptions {
+                    if let Err(e) = client.subscribe(s.as_str(), QoS::AtLeastOnce).await {
+                        tracing::warn!(error = %e, topic = %s, "subscribe failed");
+                    }
+                }
+            }
+            out = answers.recv() => {
+                let Some(out) = out else { break };
+                match client.publish(out.topic.as_str(), QoS::AtLeastOnce, false, out.payload).await {
+                    Ok(()) => stats.send_modify(|s| s.published += 1),
+                    Err(e) => tracing::warn!(error = %e, topic = %out.topic, "publish failed"),
+                }
+            }
+        }
+    }
+    // The writer is done (shutdown): close the connection cleanly.
+    let _ = client.disconnect().await;
+}
+
+/// Asks the writer to sweep at every interval.
+async fn sweeper(
+    writer: mpsc::Sender<WriterCmd>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if writer.send(WriterCmd::Sweep).await.is_err() {
+                    return;
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The single writer: group commit over whatever is waiting.
+fn writer_loop(
+    mut hub: Hub,
+    mut rx: mpsc::Receiver<WriterCmd>,
+    out: mpsc::Sender<Outgoing>,
+    group: usize,
+    stats: watch::Sender<ServiceStats>,
+) -> Hub {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = Vec::new();
+        let mut sweep = false;
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                WriterCmd::Message(m) => batch.push(m),
+                WriterCmd::Sweep => sweep = true,
+            }
+            if batch.len() < group {
+                next = rx.try_recv().ok();
+            }
+        }
+        let mut answers = Vec::new();
+        if !batch.is_empty() {
+            for h in hub.handle_batch(&batch) {
+                if let Err(e) = &h.result {
+                    tracing::debug!(error = %e, "message refused");
+                }
+                answers.extend(h.outgoing);
+            }
+            stats.send_modify(|s| {
+                s.handled += batch.len() as u64;
+                s.batches += 1;
+            });
+        }
+        if sweep {
+            match hub.sweep() {
+                Ok((o, report)) => {
+                    if !report.is_empty() {
+                        tracing::info!(?report, "sweep");
+                    }
+                    answers.extend(o);
+                }
+                Err(e) => tracing::error!(error = %e, "sweep failed"),
+            }
+        }
+        for a in answers {
+            if out.blocking_send(a).is_err() {
+                return hub;
+            }
+        }
+    }
+    hub
+}
