@@ -224,8 +224,7 @@ fn status(store: &mut Store) -> Result<serde_json::Value> {
         .map(|o| o.order.order_id.to_string())
         .collect();
     let outbox = store.outbox_stats()?;
-    let last = store.journal_entries(0, u32::MAX)?;
-    let tail: Vec<_> = last.iter().rev().take(10).rev().collect();
+    let tail = store.journal_tail(10)?;
     Ok(serde_json::json!({
         "screen": screen,
         "state": store.status_value("state")?,

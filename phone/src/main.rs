@@ -326,11 +326,23 @@ async fn run(cli: Cli) -> Result<()> {
             );
             println!("token: {}", code.token);
             if wait > 0 {
-                await_confirm(&mut phone, &store, clock.now(), Duration::from_secs(wait)).await?;
+                await_confirm(
+                    &mut phone,
+                    &store,
+                    clock.as_ref(),
+                    Duration::from_secs(wait),
+                )
+                .await?;
             }
         }
         Command::AwaitConfirm { wait } => {
-            await_confirm(&mut phone, &store, clock.now(), Duration::from_secs(wait)).await?;
+            await_confirm(
+                &mut phone,
+                &store,
+                clock.as_ref(),
+                Duration::from_secs(wait),
+            )
+            .await?;
         }
         Command::Confirm {
             pin,
@@ -434,13 +446,13 @@ async fn run(cli: Cli) -> Result<()> {
 async fn await_confirm(
     phone: &mut PhoneClient,
     store: &DeviceStore,
-    now: u64,
+    clock: &dyn Clock,
     wait: Duration,
 ) -> Result<()> {
     println!("waiting for the ATM to read the code...");
     let req = phone.await_confirm_request(None, wait).await?;
     store.save_json(CONFIRM_FILE, &req)?;
-    print!("{}", display::confirm_screen(&req, now));
+    print!("{}", display::confirm_screen(&req, clock.now()));
     println!("answer with `qrcash-phone confirm`, `decline` or `not-me`");
     Ok(())
 }

@@ -163,6 +163,14 @@ impl Store {
         Ok(out)
     }
 
+    /// The last `n` entries, oldest first.
+    pub fn journal_tail(&mut self, n: u32) -> Result<Vec<JournalEntry>, StoreError> {
+        let last: i64 =
+            self.conn()
+                .query_row("SELECT COALESCE(MAX(id), 0) FROM journal", [], |r| r.get(0))?;
+        self.journal_entries(last.saturating_sub(i64::from(n)), n)
+    }
+
     /// Entries of one kind, oldest first (for tests and the status command).
     pub fn journal_of_kind(&mut self, kind: JournalKind) -> Result<Vec<JournalEntry>, StoreError> {
         let mut all = Vec::new();
@@ -290,5 +298,8 @@ mod tests {
         assert!(csv.starts_with("id,at,kind,tx_id,order_id,detail\n"));
         assert!(csv.contains(r#""{""note"":""x,\""y\""""}""#), "{csv}");
         assert_eq!(s.journal_of_kind(JournalKind::Presented).unwrap().len(), 1);
+        let tail = s.journal_tail(1).unwrap();
+        assert_eq!(tail.len(), 1);
+        assert_eq!(tail[0].kind, "presented");
     }
 }

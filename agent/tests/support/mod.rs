@@ -29,10 +29,25 @@ pub struct Rig {
     pub hub_key: PrivateKey,
     pub atm_key: PrivateKey,
     pub sim: SimHandle,
+    /// How the agent connects.
+    pub atm_broker: BrokerConfig,
+    /// How the scripted hub connects.
+    pub hub_broker: BrokerConfig,
 }
 
 impl Rig {
     pub fn new() -> Rig {
+        let broker = Mosquitto::start();
+        let plain = BrokerConfig::plain(broker.url());
+        Rig::with_broker(broker, plain.clone(), plain)
+    }
+
+    /// A rig on a given broker (e.g. TLS with client certificates and the production ACL).
+    pub fn with_broker(
+        broker: Mosquitto,
+        atm_broker: BrokerConfig,
+        hub_broker: BrokerConfig,
+    ) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let hub_key = PrivateKey::generate();
         let atm_key = PrivateKey::generate();
@@ -49,10 +64,12 @@ impl Rig {
         .unwrap();
         Rig {
             dir,
-            broker: Mosquitto::start(),
+            broker,
             hub_key,
             atm_key,
             sim,
+            atm_broker,
+            hub_broker,
         }
     }
 
@@ -79,7 +96,7 @@ impl Rig {
                     notes: 100,
                 },
             ],
-            broker: BrokerConfig::plain(self.broker.url()),
+            broker: self.atm_broker.clone(),
             camera: None,
             dispenser: Some(self.dispenser_config()),
             outbox: OutboxSettings {
@@ -147,10 +164,7 @@ pub struct ScriptedHub {
 
 impl ScriptedHub {
     pub async fn connect(rig: &Rig, seq_from: u64) -> ScriptedHub {
-        let mut client =
-            TestClient::connect(&BrokerConfig::plain(rig.broker.url()), "scripted-hub")
-                .await
-                .unwrap();
+        let mut client = TestClient::connect(&rig.hub_broker, "hub").await.unwrap();
         client.subscribe("qrcash/v1/atm/+/up").await;
         ScriptedHub {
             client,
@@ -201,6 +215,16 @@ impl ScriptedHub {
             .publish(&topics::atm_down(ATM), text.into_bytes())
             .await;
         claims.jti
+    }
+
+    /// Subscribes to another filter (e.g. presence).
+    pub async fn subscribe(&mut self, filter: &str) {
+        self.client.subscribe(filter).await;
+    }
+
+    /// The next raw message on any subscribed topic.
+    pub async fn next_raw(&mut self, timeout: Duration) -> Option<(String, Vec<u8>)> {
+        self.client.next_publish(timeout).await
     }
 
     pub async fn send_raw(&mut self, bytes: Vec<u8>) {
