@@ -1,0 +1,206 @@
+//! The whole withdrawal with the real pieces: the hub service (in-process, real SQLite),
+//! the reference phone client, the ATM agent with a synthetic camera and the LCDM
+//! simulator on a pty, all over a private Mosquitto. The hub, phone and agent share one
+//! hand-moved clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qrcash_agent::config::{CassetteConfig, OutboxSettings, Timing};
+use qrcash_agent::{Agent, AgentConfig, AgentEvent};
+use qrcash_hardware::camera::{SyntheticCamera, SyntheticScene};
+use qrcash_hardware::dispenser::lcdm::{LcdmConfig, LcdmDispenser, LcdmModel};
+use qrcash_hardware::dispenser::sim::{SimConfig, Simulator};
+use qrcash_hub::admin::{self, NewAtm};
+use qrcash_hub::service::{HubService, ServiceOptions};
+use qrcash_hub::store::Store as HubStore;
+use qrcash_hub::testkit::{PIN, Rig as HubRig, SHIBUYA, password, test_config};
+use qrcash_phone::{DeviceStore, PhoneClient, PhoneSettings, requests};
+use qrcash_protocol::link::BrokerConfig;
+use qrcash_protocol::messages::{ReceiptKind, ReceiptStatus};
+use qrcash_protocol::{Amount, Clock, Currency, Position, PrivateKey};
+use qrcash_tests::broker::Mosquitto;
+
+const T: Duration = Duration::from_secs(20);
+const ATM: &str = "atm-shibuya-1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_hub_and_agent_complete_a_withdrawal_and_the_notes_leave_once() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Hub: an account and this ATM (two cassettes: 10,000 and 1,000 yen).
+    let store = HubStore::open(&dir.path().join("hub.sqlite")).unwrap();
+    let mut hub = HubRig::new(store, test_config(), 7);
+    hub.account("hanako", 100_000);
+    let atm_key = PrivateKey::generate();
+    let now = hub.now();
+    admin::enroll_atm(
+        hub.hub.store_mut(),
+        &NewAtm {
+            id: ATM.into(),
+            public_key: atm_key.public().to_jwk(),
+            name: "Shibuya 1".into(),
+            address: "2-24-1 Shibuya, Tokyo".into(),
+            position: Position::new(SHIBUYA.0, SHIBUYA.1, 0.0),
+            denominations: vec![10_000, 1_000],
+        },
+        now,
+    )
+    .unwrap();
+    let hub_key = hub.hub_key();
+    let clock = hub.clock.clone();
+    let HubRig { hub, .. } = hub;
+    let hub = HubService::start(
+        hub,
+        ServiceOptions {
+            broker: BrokerConfig::plain(broker.url()),
+            client_id: "hub".into(),
+            shared_subscription: false,
+            group_commit_max: 64,
+            sweep_interval: Duration::from_secs(3600),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(hub.wait_ready(T).await, "hub subscribed");
+
+    // Agent.
+    atm_key.save(&dir.path().join("atm.jwk")).unwrap();
+    std::fs::write(
+        dir.path().join("hub.pub.jwk"),
+        serde_json::to_string(&hub_key.to_jwk()).unwrap(),
+    )
+    .unwrap();
+    let sim = Simulator::spawn(SimConfig {
+        note_interval: Duration::from_millis(5),
+        ..SimConfig::lcdm2000(100, 100)
+    })
+    .unwrap();
+    let dispenser = LcdmDispenser::open(LcdmConfig {
+        journal: Some(dir.path().join("dispenser.json")),
+        ..LcdmConfig::new(sim.port_path(), LcdmModel::Lcdm2000)
+    })
+    .unwrap();
+    let config = AgentConfig {
+        atm_id: ATM.into(),
+        hub_id: "hub".into(),
+        key_file: dir.path().join("atm.jwk"),
+        hub_keys: vec![dir.path().join("hub.pub.jwk")],
+        database: dir.path().join("agent.db"),
+        currency: "JPY".into(),
+        cassettes: vec![
+            CassetteConfig {
+                denomination: 10_000,
+                notes: 100,
+            },
+            CassetteConfig {
+                denomination: 1_000,
+                notes: 100,
+            },
+        ],
+        broker: BrokerConfig::plain(broker.url()),
+        camera: None,
+        dispenser: None,
+        outbox: OutboxSettings {
+            resend_initial_ms: 300,
+            resend_max_ms: 2_000,
+            ..OutboxSettings::default()
+        },
+        timing: Timing {
+            min_frame_interval_ms: 30,
+            ..Timing::default()
+        },
+    };
+    let camera = SyntheticCamera::with_scene(
+        640,
+        480,
+        SyntheticScene {
+            noise_sigma: 0.0,
+            ..SyntheticScene::default()
+        },
+    );
+    let agent = Agent::start_with_clock(
+        config,
+        Box::new(camera.clone()),
+        Box::new(dispenser),
+        Arc::new(clock.clone()),
+    )
+    .await
+    .unwrap();
+    let mut events = agent.subscribe();
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(AgentEvent::Link { up: true })) => break,
+            Ok(_) => {}
+            Err(_) => panic!("agent did not connect"),
+        }
+    }
+
+    // Phone.
+    let mut phone = PhoneClient::connect(
+        PhoneSettings::new("hanako-phone", BrokerConfig::plain(broker.url())),
+        PrivateKey::generate(),
+        hub_key.clone(),
+        DeviceStore::in_memory(),
+        Arc::new(clock.clone()),
+    )
+    .await
+    .unwrap();
+    let here = Position::new(SHIBUYA.0, SHIBUYA.1, 10.0);
+    let login = phone
+        .login("hanako", &password("hanako"), Some(here), T)
+        .await
+        .unwrap();
+    assert!(login.restriction.is_none(), "{login:?}");
+    let code = phone
+        .register_withdrawal("hanako", Amount::new(12_000, Currency::JPY), T)
+        .await
+        .unwrap();
+
+    // The customer shows the code to the ATM's camera.
+    camera.show(&code.token).unwrap();
+    let request = phone
+        .await_confirm_request(Some(code.tx_id), T)
+        .await
+        .unwrap();
+    camera.clear();
+    assert_eq!(request.atm.atm_id, ATM);
+    assert_eq!(request.amount, Amount::new(12_000, Currency::JPY));
+    let jti = phone
+        .confirm(
+            &request,
+            requests::evidence(Some(PIN), None, clock.now()),
+            Some(here),
+        )
+        .await
+        .unwrap();
+    let receipt = phone
+        .await_receipt(&code.tx_id.to_string(), Some(&jti), T)
+        .await
+        .unwrap();
+    assert_eq!(receipt.kind, ReceiptKind::Withdrawal);
+    assert_eq!(receipt.status, ReceiptStatus::Completed);
+    assert_eq!(receipt.settled, Amount::new(12_000, Currency::JPY));
+    assert_eq!(receipt.balance, Amount::new(88_000, Currency::JPY));
+    assert_eq!(
+        sim.counters().delivered,
+        3,
+        "one 10,000 and two 1,000 notes"
+    );
+    assert_eq!(phone.rejected_pushes(), 0);
+
+    // The agent's report is acknowledged: its outbox drains.
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(AgentEvent::Delivered { kind, .. })) if kind == "DispenseReport" => break,
+            Ok(_) => {}
+            Err(_) => panic!("the hub never acknowledged the dispense report"),
+        }
+    }
+    phone.shutdown().await;
+    agent.shutdown().await;
+    hub.shutdown().await;
+}
