@@ -1,0 +1,257 @@
+//! The hub as a service over real brokers: the embedded rumqttd, a private Mosquitto, and
+//! Mosquitto locked down with TLS, client certificates and the production ACL. A complete
+//! withdrawal, the double-presentation race, acknowledgements and graceful shutdown.
+
+mod hub_common;
+
+use std::time::Duration;
+
+use hub_common::{Net, Peer, WAIT};
+use qrcash_hub::admin;
+use qrcash_hub::testkit::{
+    PIN, TestDevice, confirm_message, login_message, near_atm, report_message,
+};
+use qrcash_protocol::link::BrokerConfig;
+use qrcash_protocol::messages::{
+    AtmDown, AtmUp, CodePresented, DispenseOutcome, Heartbeat, PhonePush, PhoneUp, ReceiptStatus,
+    RegisterWithdrawal,
+};
+use qrcash_protocol::{Amount, Currency, RejectReason};
+use qrcash_tests::broker::{Mosquitto, MosquittoConfig};
+use qrcash_tests::pki::{PRODUCTION_ACL, TestPki};
+
+fn setup(rig: &mut qrcash_hub::testkit::Rig) -> Vec<TestDevice> {
+    rig.account("hanako", 100_000);
+    vec![rig.atm("atm-1"), rig.atm("atm-2")]
+}
+
+/// Login, register, present, confirm, dispense, receipt: every message over the broker.
+async fn withdrawal(cfg: impl Fn(&str) -> BrokerConfig) {
+    let (net, devices) = Net::start(cfg("hub"), "hub", setup).await;
+    let mut atm = Peer::connect(&cfg("atm-1"), devices[0].clone(), true).await;
+    let mut phone = Peer::connect(&cfg("phone-1"), TestDevice::new("phone-1"), false).await;
+
+    let login = login_message(&phone.dev, "hanako", Some(near_atm()));
+    let sent = phone.phone(&net, login).await;
+    let answer = phone.push(&net).await;
+    assert_eq!(answer.re.as_deref(), Some(sent.jti.as_str()));
+    assert!(
+        matches!(answer.msg, PhonePush::LoginResult(_)),
+        "{answer:?}"
+    );
+
+    phone
+        .phone(
+            &net,
+            PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+                account: "hanako".into(),
+                amount: Amount::new(30_000, Currency::JPY),
+            }),
+        )
+        .await;
+    let code = match phone.push(&net).await.msg {
+        PhonePush::CodeIssued(c) => c,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        !code.qr_png.is_empty(),
+        "the push carries the PNG under the size limit"
+    );
+
+    let presented = atm
+        .atm(
+            &net,
+            AtmUp::CodePresented(CodePresented {
+                token: code.token.clone(),
+            }),
+        )
+        .await;
+    assert!(matches!(
+        atm.down(&net).await.msg,
+        AtmDown::AwaitConfirmation(_)
+    ));
+    match atm.down(&net).await.msg {
+        AtmDown::Ack(a) => assert_eq!(a.ids, vec![presented.jti]),
+        other => panic!("{other:?}"),
+    }
+    let req = match phone.push(&net).await.msg {
+        PhonePush::ConfirmRequest(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert!(!req.warnings.is_empty());
+
+    phone
+        .phone(&net, confirm_message(&req, Some(PIN), Some(near_atm())))
+        .await;
+    let order = match atm.down(&net).await.msg {
+        AtmDown::DispenseOrder(o) => o,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(order.amount.minor, 30_000);
+    assert!(order.notes_match_amount());
+
+    let report = atm
+        .atm(
+            &net,
+            report_message(&order, DispenseOutcome::Dispensed, 30_000),
+        )
+        .await;
+    match atm.down(&net).await.msg {
+        AtmDown::Ack(a) => assert_eq!(a.ids, vec![report.jti.clone()]),
+        other => panic!("{other:?}"),
+    }
+    match phone.push(&net).await.msg {
+        PhonePush::Receipt(r) => {
+            assert_eq!(r.status, ReceiptStatus::Completed);
+            assert_eq!(r.balance.minor, 70_000);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The outbox resends the report (no Ack seen, say): acknowledged again, applied once.
+    let again = atm.dev.seal(&report);
+    atm.send_raw(again).await;
+    match atm.down(&net).await.msg {
+        AtmDown::Ack(a) => assert_eq!(a.ids, vec![report.jti]),
+        other => panic!("{other:?}"),
+    }
+
+    let hub = net.stop().await;
+    let view = admin::show_account(hub.store(), "hanako").unwrap();
+    assert_eq!((view.available, view.held), (70_000, 0));
+    assert!(admin::ledger_check(hub.store()).unwrap().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_over_the_embedded_broker() {
+    let broker = qrcash_hub::embedded_broker::start(0).expect("embedded broker");
+    let url = broker.url();
+    withdrawal(|_| BrokerConfig::plain(url.clone())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_over_mosquitto() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    withdrawal(|_| BrokerConfig::plain(url.clone())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_over_mosquitto_with_tls_client_certificates_and_the_acl() {
+    let pki = TestPki::default();
+    let broker = Mosquitto::start_with(MosquittoConfig {
+        tls: Some(pki.broker_tls()),
+        acl: Some(PRODUCTION_ACL.to_owned()),
+        extra: Vec::new(),
+    });
+    let url = broker.url();
+    withdrawal(|cn| pki.client_config(&url, cn)).await;
+}
+
+/// Two ATMs publish the same code at the same moment, many times: exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_atms_racing_for_one_code_over_the_broker_exactly_one_wins() {
+    let broker = qrcash_hub::embedded_broker::start(0).expect("embedded broker");
+    let cfg = BrokerConfig::plain(broker.url());
+    let (net, devices) = Net::start(cfg.clone(), "hub", |rig| {
+        rig.account("hanako", 10_000_000);
+        vec![rig.atm("atm-1"), rig.atm("atm-2")]
+    })
+    .await;
+    let mut atm1 = Peer::connect(&cfg, devices[0].clone(), true).await;
+    let mut atm2 = Peer::connect(&cfg, devices[1].clone(), true).await;
+    let mut phone = Peer::connect(&cfg, TestDevice::new("phone-1"), false).await;
+    let login = login_message(&phone.dev, "hanako", Some(near_atm()));
+    phone.phone(&net, login).await;
+    phone.push(&net).await;
+    for round in 0..15 {
+        phone
+            .phone(
+                &net,
+                PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+                    account: "hanako".into(),
+                    amount: Amount::new(1_000, Currency::JPY),
+                }),
+            )
+            .await;
+        let code = match phone.push(&net).await.msg {
+            PhonePush::CodeIssued(c) => c,
+            other => panic!("{other:?}"),
+        };
+        let msg = AtmUp::CodePresented(CodePresented { token: code.token });
+        let b1 = atm1.dev.message(&net.hub_id, net.now(), msg.clone());
+        let b2 = atm2.dev.message(&net.hub_id, net.now(), msg);
+        let (t1, t2) = (atm1.dev.atm_up(), atm2.dev.atm_up());
+        let (c1, c2) = (atm1.client.client().clone(), atm2.client.client().clone());
+        let qos = rumqttc::QoS::AtLeastOnce;
+        let (r1, r2) = tokio::join!(
+            c1.publish(t1, qos, false, b1),
+            c2.publish(t2, qos, false, b2)
+        );
+        r1.unwrap();
+        r2.unwrap();
+        let first1 = atm1.down(&net).await.msg;
+        let first2 = atm2.down(&net).await.msg;
+        let won = |m: &AtmDown| matches!(m, AtmDown::AwaitConfirmation(_));
+        let lost = |m: &AtmDown| matches!(m, AtmDown::Rejected(r) if r.reason == RejectReason::CodeAlreadyUsed);
+        assert!(
+            (won(&first1) && lost(&first2)) || (lost(&first1) && won(&first2)),
+            "round {round}: {first1:?} / {first2:?}"
+        );
+        // The winner also gets its Ack; the phone gets exactly one confirmation request.
+        let winner = if won(&first1) { &mut atm1 } else { &mut atm2 };
+        assert!(matches!(winner.down(&net).await.msg, AtmDown::Ack(_)));
+        assert!(matches!(
+            phone.push(&net).await.msg,
+            PhonePush::ConfirmRequest(_)
+        ));
+    }
+    assert!(phone.silent(Duration::from_millis(200)).await);
+    net.stop().await;
+}
+
+/// Many messages at once go through group commit; every one is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_heartbeats_is_committed_in_groups_and_every_one_is_acked() {
+    let broker = Mosquitto::start();
+    let cfg = BrokerConfig::plain(broker.url());
+    let (net, devices) = Net::start(cfg.clone(), "hub", setup).await;
+    let mut atm = Peer::connect(&cfg, devices[0].clone(), true).await;
+    let beat = AtmUp::Heartbeat(Heartbeat {
+        state: qrcash_protocol::messages::AtmState::Idle,
+        cassettes: vec![],
+        outbox: 0,
+        software: "test".into(),
+    });
+    let client = atm.client.client().clone();
+    let n = 200;
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..n {
+        let c = atm.dev.claims(&net.hub_id, net.now(), beat.clone());
+        ids.insert(c.jti.clone());
+        client
+            .publish(
+                atm.dev.atm_up(),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                atm.dev.seal(&c),
+            )
+            .await
+            .unwrap();
+    }
+    for _ in 0..n {
+        match atm.down(&net).await.msg {
+            AtmDown::Ack(a) => assert!(ids.remove(&a.ids[0]), "unexpected ack {a:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(ids.is_empty());
+    let stats = net.handle.stats();
+    assert_eq!(stats.handled, n as u64);
+    assert!(stats.batches <= stats.handled);
+    let hub = net.stop().await;
+    assert_eq!(
+        qrcash_hub::store::audit::count(hub.store().conn(), "accepted").unwrap(),
+        n as u64
+    );
+    let _ = WAIT;
+}
