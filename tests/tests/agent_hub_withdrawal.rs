@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qrcash_agent::config::{CassetteConfig, OutboxSettings, Timing};
-use qrcash_agent::{Agent, AgentConfig, AgentEvent};
+use qrcash_agent::{Agent, AgentConfig, AgentEvent, Screen};
 use qrcash_hardware::camera::{SyntheticCamera, SyntheticScene};
 use qrcash_hardware::dispenser::lcdm::{LcdmConfig, LcdmDispenser, LcdmModel};
 use qrcash_hardware::dispenser::sim::{SimConfig, Simulator};
@@ -24,8 +24,21 @@ use qrcash_tests::broker::Mosquitto;
 const T: Duration = Duration::from_secs(20);
 const ATM: &str = "atm-shibuya-1";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn phone_hub_and_agent_complete_a_withdrawal_and_the_notes_leave_once() {
+/// Everything running: hub, agent, phone (logged in as `hanako` near the ATM).
+struct World {
+    _broker: Mosquitto,
+    _dir: tempfile::TempDir,
+    hub: qrcash_hub::service::HubHandle,
+    agent: qrcash_agent::AgentHandle,
+    events: tokio::sync::broadcast::Receiver<AgentEvent>,
+    phone: PhoneClient,
+    camera: SyntheticCamera,
+    sim: qrcash_hardware::dispenser::sim::SimHandle,
+    clock: qrcash_protocol::ManualClock,
+    here: Position,
+}
+
+async fn world() -> World {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
 
@@ -154,6 +167,50 @@ async fn phone_hub_and_agent_complete_a_withdrawal_and_the_notes_leave_once() {
         .await
         .unwrap();
     assert!(login.restriction.is_none(), "{login:?}");
+    World {
+        _broker: broker,
+        _dir: dir,
+        hub,
+        agent,
+        events,
+        phone,
+        camera,
+        sim,
+        clock,
+        here,
+    }
+}
+
+async fn wait_event(
+    events: &mut tokio::sync::broadcast::Receiver<AgentEvent>,
+    what: &str,
+    mut pred: impl FnMut(&AgentEvent) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(e)) if pred(&e) => return,
+            Ok(_) => {}
+            Err(_) => panic!("no {what} within {T:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phone_hub_and_agent_complete_a_withdrawal_and_the_notes_leave_once() {
+    let World {
+        hub,
+        agent,
+        mut events,
+        mut phone,
+        camera,
+        sim,
+        clock,
+        here,
+        _broker,
+        _dir,
+        ..
+    } = world().await;
     let code = phone
         .register_withdrawal("hanako", Amount::new(12_000, Currency::JPY), T)
         .await
@@ -192,14 +249,59 @@ async fn phone_hub_and_agent_complete_a_withdrawal_and_the_notes_leave_once() {
     assert_eq!(phone.rejected_pushes(), 0);
 
     // The agent's report is acknowledged: its outbox drains.
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Ok(AgentEvent::Delivered { kind, .. })) if kind == "DispenseReport" => break,
-            Ok(_) => {}
-            Err(_) => panic!("the hub never acknowledged the dispense report"),
+    wait_event(
+        &mut events,
+        "ack of the dispense report",
+        |e| matches!(e, AgentEvent::Delivered { kind, .. } if kind == "DispenseReport"),
+    )
+    .await;
+    phone.shutdown().await;
+    agent.shutdown().await;
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_withdrawal_ends_the_atm_session_without_cash() {
+    let World {
+        hub,
+        agent,
+        mut events,
+        mut phone,
+        camera,
+        sim,
+        _broker,
+        _dir,
+        ..
+    } = world().await;
+    let code = phone
+        .register_withdrawal("hanako", Amount::new(12_000, Currency::JPY), T)
+        .await
+        .unwrap();
+    camera.show(&code.token).unwrap();
+    let request = phone
+        .await_confirm_request(Some(code.tx_id), T)
+        .await
+        .unwrap();
+    camera.clear();
+    wait_event(&mut events, "confirm screen", |e| {
+        matches!(e, AgentEvent::Screen(Screen::ConfirmOnPhone { .. }))
+    })
+    .await;
+    phone.decline(request.tx_id, false).await.unwrap();
+    wait_event(&mut events, "cancelled screen", |e| {
+        matches!(e, AgentEvent::Screen(Screen::Cancelled { .. }))
+    })
+    .await;
+    assert_eq!(
+        agent.screen(),
+        Screen::Cancelled {
+            reason: "declined on the phone".into()
         }
-    }
+    );
+    assert_eq!(sim.counters().delivered, 0);
+    let balance = phone.balance("hanako", 0, T).await.unwrap();
+    assert_eq!(balance.available, Amount::new(100_000, Currency::JPY));
+    assert_eq!(balance.held, Amount::new(0, Currency::JPY));
     phone.shutdown().await;
     agent.shutdown().await;
     hub.shutdown().await;
