@@ -255,3 +255,73 @@ async fn a_burst_of_heartbeats_is_committed_in_groups_and_every_one_is_acked() {
     );
     let _ = WAIT;
 }
+
+/// The broker restarts: the hub reconnects (with backoff), subscribes again, and a device
+/// that resends its message until acknowledged (as the agent's outbox does) gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_reconnects_and_resubscribes_after_a_broker_restart() {
+    let mut broker = Mosquitto::start();
+    let cfg = BrokerConfig::plain(broker.url());
+    let (net, devices) = Net::start(cfg.clone(), "hub", setup).await;
+    let mut atm = Peer::connect(&cfg, devices[0].clone(), true).await;
+    let beat = AtmUp::Heartbeat(Heartbeat {
+        state: qrcash_protocol::messages::AtmState::Idle,
+        cassettes: vec![],
+        outbox: 0,
+        software: "test".into(),
+    });
+    atm.atm(&net, beat.clone()).await;
+    assert!(matches!(atm.down(&net).await.msg, AtmDown::Ack(_)));
+
+    broker.stop();
+    drop(atm);
+    broker.start_again();
+    let claims = {
+        let mut dev = devices[0].clone();
+        dev.seq = 100;
+        let c = dev.claims(&net.hub_id, net.now(), beat);
+        (dev, c)
+    };
+    let (dev, sent) = claims;
+    let bytes = dev.seal(&sent);
+    let mut acked = false;
+    for _ in 0..50 {
+        let Ok(mut client) = qrcash_tests::mqtt::TestClient::connect(&cfg, "atm-1").await else {
+            continue;
+        };
+        client
+            .subscribe(&qrcash_protocol::topics::atm_down("atm-1"))
+            .await;
+        client.publish(&dev.atm_up(), bytes.clone()).await;
+        if let Some((_, payload)) = client.next_publish(Duration::from_millis(500)).await {
+            let out = qrcash_hub::handler::Outgoing {
+                topic: qrcash_protocol::topics::atm_down("atm-1"),
+                payload,
+            };
+            let answer: qrcash_protocol::Claims<AtmDown> =
+                qrcash_hub::testkit::open(&out, &net.hub_key);
+            match answer.msg {
+                AtmDown::Ack(a) => {
+                    assert_eq!(a.ids, vec![sent.jti.clone()]);
+                    acked = true;
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(acked, "the hub never came back:\n{}", broker.log());
+    assert!(net.handle.is_ready());
+    let hub = net.stop().await;
+    // Applied once however often it was resent.
+    let n: i64 = hub
+        .store()
+        .conn()
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE jti = ?1 AND outcome = 'accepted'",
+            [&sent.jti],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+}

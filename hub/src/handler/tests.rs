@@ -1092,3 +1092,205 @@ fn the_hub_seq_keeps_increasing_across_restarts() {
     assert_eq!(refused(&h), RejectReason::Replayed);
     assert!(matches!(h.result, Err(HandleError::Replay(_))));
 }
+
+#[test]
+fn warnings_follow_the_situation() {
+    let (mut rig, mut phone, mut atm) = setup(24);
+    // 22:00 in Japan (13:00 UTC), a large amount, a device enrolled today besides the first.
+    let day = T0 - T0 % 86_400;
+    rig.clock.set(day + 13 * 3600);
+    let mut second = TestDevice::new("phone-2");
+    rig.login(&mut second, "hanako");
+    let code = rig.register(&mut phone, "hanako", 100_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let codes: std::collections::BTreeSet<&str> =
+        req.warnings.iter().map(|w| w.code.as_str()).collect();
+    assert_eq!(
+        codes,
+        [
+            "account_recently_changed",
+            "first_use_of_atm",
+            "general",
+            "large_amount",
+            "late_hours"
+        ]
+        .into()
+    );
+    let order = rig.confirm_order(&mut phone, &req);
+    rig.report(&mut atm, &order, DispenseOutcome::Dispensed, 100_000);
+    // Weeks later, at noon, a small amount at the same ATM: only the general warning.
+    rig.clock.set(day + 30 * 86_400 + 3 * 3600);
+    rig.login(&mut phone, "hanako");
+    rig.phone(
+        &mut phone,
+        PhoneUp::TopUp(qrcash_protocol::messages::TopUp {
+            idempotency_key: "t".into(),
+            amount: jpy(10_000),
+        }),
+    );
+    let code = rig.register(&mut phone, "hanako", 1_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let codes: Vec<&str> = req.warnings.iter().map(|w| w.code.as_str()).collect();
+    assert_eq!(codes, ["general", "general"], "ja and en");
+}
+
+#[test]
+fn the_note_breakdown_follows_the_cassettes_last_reported() {
+    let (mut rig, mut phone, mut atm) = setup(25);
+    let cassette = |denomination, notes| qrcash_protocol::messages::CassetteStatus {
+        denomination,
+        notes,
+        state: qrcash_protocol::messages::CassetteState::Ok,
+    };
+    let h = rig.atm_send(
+        &mut atm,
+        AtmUp::Heartbeat(qrcash_protocol::messages::Heartbeat {
+            state: qrcash_protocol::messages::AtmState::Idle,
+            cassettes: vec![cassette(10_000, 1), cassette(5_000, 0), cassette(1_000, 5)],
+            outbox: 0,
+            software: "test".into(),
+        }),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    let code = rig.register(&mut phone, "hanako", 30_000);
+    let h = rig.atm_send(
+        &mut atm,
+        AtmUp::CodePresented(CodePresented {
+            token: code.token.clone(),
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::InvalidAmount);
+    // Still registered: the customer can try another ATM.
+    assert_eq!(phase(&rig, &code.tx_id), Phase::Registered);
+    let code = rig.register(&mut phone, "hanako", 15_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let order = rig.confirm_order(&mut phone, &req);
+    let notes: Vec<(u64, u32)> = order
+        .notes
+        .iter()
+        .map(|n| (n.denomination, n.count))
+        .collect();
+    assert_eq!(notes, [(10_000, 1), (1_000, 5)]);
+}
+
+#[test]
+fn biometric_rules() {
+    use qrcash_protocol::messages::{BiometricAttestation, BiometricMethod, IdentityEvidence};
+    for (rule, pin, bio_age, ok) in [
+        (crate::config::IdentityRule::Biometric, None, Some(5), true),
+        (
+            crate::config::IdentityRule::Biometric,
+            Some(PIN),
+            None,
+            false,
+        ),
+        (
+            crate::config::IdentityRule::Biometric,
+            None,
+            Some(500),
+            false,
+        ),
+        (
+            crate::config::IdentityRule::PinOrBiometric,
+            None,
+            Some(5),
+            true,
+        ),
+        (
+            crate::config::IdentityRule::PinOrBiometric,
+            Some(PIN),
+            None,
+            true,
+        ),
+        (
+            crate::config::IdentityRule::PinAndBiometric,
+            Some(PIN),
+            None,
+            false,
+        ),
+        (
+            crate::config::IdentityRule::PinAndBiometric,
+            Some(PIN),
+            Some(5),
+            true,
+        ),
+    ] {
+        let mut config = test_config();
+        config.auth.identity = rule;
+        let mut rig = Rig::new(crate::store::Store::open_in_memory().unwrap(), config, 26);
+        rig.account("hanako", 100_000);
+        let mut atm = rig.atm("atm-1");
+        let mut phone = TestDevice::new("phone-1");
+        rig.login(&mut phone, "hanako");
+        let code = rig.register(&mut phone, "hanako", 10_000);
+        let req = rig.present(&mut atm, &code.token, "phone-1");
+        rig.clock.advance(Duration::from_secs(10));
+        let mut msg = confirm_message(&req, pin, Some(near_atm()));
+        if let PhoneUp::ConfirmWithdrawal(c) = &mut msg {
+            c.identity = IdentityEvidence {
+                pin: pin.map(qrcash_protocol::messages::Secret::new),
+                biometric: bio_age.map(|age| BiometricAttestation {
+                    method: BiometricMethod::Face,
+                    verified_at: rig.now() - age,
+                }),
+            };
+        }
+        let h = rig.phone(&mut phone, msg);
+        assert_eq!(
+            h.result.is_ok(),
+            ok,
+            "{rule:?} pin {pin:?} bio {bio_age:?}: {:?}",
+            h.result
+        );
+        if !ok {
+            assert_eq!(refused(&h), RejectReason::IdentityRequired);
+        }
+    }
+}
+
+#[test]
+fn the_code_push_fits_the_downlink_limit_and_presence_is_recorded() {
+    let (mut rig, mut phone, _atm) = setup(27);
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+            account: "hanako".into(),
+            amount: jpy(10_000),
+        }),
+    );
+    let size = h.outgoing[0].payload.len();
+    assert!(size < qrcash_protocol::MAX_DOWNLINK_BYTES, "{size} bytes");
+    let h = rig.hub.handle(&topics::atm_presence("atm-1"), b"offline");
+    assert_eq!(h.result, Ok(Disposition::Presence));
+    let atm = crate::store::rows::atm(rig.hub.store().conn(), "atm-1")
+        .unwrap()
+        .unwrap();
+    assert_eq!(atm.presence.as_deref(), Some("offline"));
+    let h = rig.hub.handle(&topics::atm_presence("atm-9"), b"online");
+    assert!(h.result.is_err() && h.outgoing.is_empty());
+}
+
+#[test]
+fn a_warnings_file_from_the_config_replaces_the_built_in_texts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.toml");
+    let mut text = String::new();
+    for code in crate::warnings::CODES {
+        text.push_str(&format!(
+            "[[warning]]\ncode = \"{code}\"\nen = \"custom {code}\"\n"
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
+    let mut config = test_config();
+    config.warnings.file = Some(path);
+    config.warnings.languages = vec!["en".into()];
+    let mut rig = Rig::new(crate::store::Store::open_in_memory().unwrap(), config, 28);
+    rig.account("hanako", 100_000);
+    let mut atm = rig.atm("atm-1");
+    let mut phone = TestDevice::new("phone-1");
+    rig.login(&mut phone, "hanako");
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    assert_eq!(req.warnings[0].text, "custom general");
+    assert!(req.warnings.iter().all(|w| w.lang == "en"));
+}
