@@ -107,6 +107,34 @@ pub fn create_account(
     Ok(())
 }
 
+/// Sets a new password (the customer asked support); starts the recent-change warning
+/// window.
+pub fn change_password(
+    store: &mut Store,
+    id: &str,
+    password: &str,
+    cost: HashCost,
+    now: u64,
+) -> Result<(), AdminError> {
+    if password.chars().count() < 8 {
+        return Err(AdminError::Invalid(
+            "the password needs at least 8 characters".into(),
+        ));
+    }
+    let hash = hash_secret(password, cost).map_err(AdminError::Invalid)?;
+    let tx = store.conn_mut().transaction()?;
+    let n = tx.execute(
+        "UPDATE accounts SET password_hash = ?2, password_changed_at = ?3 WHERE id = ?1",
+        params![id, hash, to_sql(now)],
+    )?;
+    if n == 0 {
+        return Err(AdminError::NotFound(format!("account {id}")));
+    }
+    audit_op(&tx, now, "account password", id.to_owned())?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// An account with its balances and devices.
 #[derive(Debug, Clone)]
 pub struct AccountView {
@@ -454,6 +482,28 @@ pub fn resolve_withdrawal(
     )?;
     tx.commit()?;
     Ok(step.next)
+}
+
+/// Clears the reconciliation flag of a withdrawal in a final phase after the operator
+/// looked into it (e.g. a late report that disagreed), with a note for the record.
+pub fn clear_flag(store: &mut Store, tx_id: &TxId, note: &str, now: u64) -> Result<(), AdminError> {
+    let tx = store.conn_mut().transaction()?;
+    let w = rows::withdrawal(&tx, tx_id)?
+        .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
+    if !w.needs_reconciliation {
+        return Err(AdminError::WrongState(format!("{tx_id} is not flagged")));
+    }
+    if !w.phase.is_final() {
+        return Err(AdminError::WrongState(format!(
+            "{tx_id} is {}: settle it with `tx resolve`",
+            w.phase
+        )));
+    }
+    let note = format!("reconciled by operator: {note}");
+    rows::record_settlement(&tx, tx_id, w.settled, false, Some(&note))?;
+    audit_op(&tx, now, "tx clear-flag", format!("{tx_id}: {note}"))?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// Checks the books (see [`books::check`]).

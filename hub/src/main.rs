@@ -89,6 +89,11 @@ enum AccountCmd {
         /// Account id.
         id: String,
     },
+    /// Set a new password (read like `create`'s: QRCASH_PASSWORD or a line of stdin).
+    Password {
+        /// Account id.
+        id: String,
+    },
     /// Clear a "not me" freeze after checking with the customer.
     Unfreeze {
         /// Account id.
@@ -201,6 +206,14 @@ enum TxCmd {
     Show {
         /// Transaction id.
         tx: String,
+    },
+    /// Clear the reconciliation flag of a settled withdrawal after looking into it.
+    ClearFlag {
+        /// Transaction id.
+        tx: String,
+        /// What was found (kept in the record and the audit log).
+        #[arg(long)]
+        note: String,
     },
     /// Settle an in-doubt (or unreported) withdrawal with the counted amount.
     Resolve {
@@ -522,6 +535,27 @@ fn account(path: &Path, c: AccountCmd) -> Result<()> {
                 print_device(d, a);
             }
         }
+        AccountCmd::Password { id } => {
+            let password = match std::env::var("QRCASH_PASSWORD") {
+                Ok(p) => p,
+                Err(_) => {
+                    eprintln!("new password:");
+                    std::io::stdin()
+                        .lock()
+                        .lines()
+                        .next()
+                        .transpose()?
+                        .map(|l| l.trim_end().to_owned())
+                        .context("no password given on standard input")?
+                }
+            };
+            let cost = HashCost {
+                memory_kib: config.auth.argon2_memory_kib,
+                iterations: config.auth.argon2_iterations,
+            };
+            admin::change_password(&mut store, &id, &password, cost, now())?;
+            println!("password of {id} changed");
+        }
         AccountCmd::Unfreeze { id } => {
             admin::unfreeze_account(&mut store, &id, now())?;
             println!("account {id} unfrozen");
@@ -645,6 +679,11 @@ fn tx(path: &Path, c: TxCmd) -> Result<()> {
                     r.received_at, r.atm_id, r.outcome, r.dispensed, r.applied
                 );
             }
+        }
+        TxCmd::ClearFlag { tx, note } => {
+            let id: TxId = tx.parse().map_err(anyhow::Error::msg)?;
+            admin::clear_flag(&mut store, &id, &note, now())?;
+            println!("{id}: flag cleared");
         }
         TxCmd::Resolve { tx, dispensed } => {
             let id: TxId = tx.parse().map_err(anyhow::Error::msg)?;

@@ -1294,3 +1294,47 @@ fn a_warnings_file_from_the_config_replaces_the_built_in_texts() {
     assert_eq!(req.warnings[0].text, "custom general");
     assert!(req.warnings.iter().all(|w| w.lang == "en"));
 }
+
+#[test]
+fn a_password_change_brings_the_recent_change_warning_and_late_reports_are_flagged() {
+    let (mut rig, mut phone, mut atm) = setup(29);
+    rig.clock.advance(Duration::from_secs(30 * 86_400));
+    let now = rig.now();
+    admin::change_password(
+        rig.hub.store_mut(),
+        "hanako",
+        "a new password",
+        crate::identity::HashCost::TEST,
+        now,
+    )
+    .unwrap();
+    // The old password no longer works; the new one does.
+    let h = rig.login(&mut phone, "hanako");
+    assert_eq!(refused(&h), RejectReason::BadCredentials);
+    let mut msg = login_message(&phone, "hanako", Some(near_atm()));
+    if let PhoneUp::Login(l) = &mut msg {
+        l.password = qrcash_protocol::messages::Secret::new("a new password");
+    }
+    assert_eq!(rig.phone(&mut phone, msg).result, Ok(Disposition::Applied));
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    assert!(
+        req.warnings
+            .iter()
+            .any(|w| w.code == "account_recently_changed")
+    );
+    // A report, then a second one that tells another story: journalled, flagged.
+    let order = rig.confirm_order(&mut phone, &req);
+    rig.report(&mut atm, &order, DispenseOutcome::Dispensed, 10_000);
+    let h = rig.report(&mut atm, &order, DispenseOutcome::Failed, 0);
+    assert_eq!(h.result, Ok(Disposition::Applied), "acknowledged");
+    let (w, reports) = admin::show_withdrawal(rig.hub.store(), &code.tx_id).unwrap();
+    assert_eq!(reports.len(), 2);
+    assert!(reports[0].applied && !reports[1].applied);
+    assert!(w.needs_reconciliation && w.phase == Phase::Dispensed);
+    assert_eq!(balances(&rig, "hanako"), (90_000, 0), "applied once");
+    let now = rig.now();
+    assert!(admin::resolve_withdrawal(rig.hub.store_mut(), &code.tx_id, 0, now).is_err());
+    admin::clear_flag(rig.hub.store_mut(), &code.tx_id, "cash counted: paid", now).unwrap();
+    assert!(admin::unsettled(rig.hub.store()).unwrap().is_empty());
+}
