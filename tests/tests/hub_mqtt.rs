@@ -247,7 +247,9 @@ async fn a_burst_of_heartbeats_is_committed_in_groups_and_every_one_is_acked() {
     assert!(ids.is_empty());
     let stats = net.handle.stats();
     assert_eq!(stats.handled, n as u64);
-    assert!(stats.batches <= stats.handled);
+    // Each commit waits for an fsync while the burst keeps arriving: messages share
+    // transactions.
+    assert!(stats.batches < stats.handled, "no group commit: {stats:?}");
     let hub = net.stop().await;
     assert_eq!(
         qrcash_hub::store::audit::count(hub.store().conn(), "accepted").unwrap(),

@@ -1338,3 +1338,63 @@ fn a_password_change_brings_the_recent_change_warning_and_late_reports_are_flagg
     admin::clear_flag(rig.hub.store_mut(), &code.tx_id, "cash counted: paid", now).unwrap();
     assert!(admin::unsettled(rig.hub.store()).unwrap().is_empty());
 }
+
+#[test]
+fn a_batch_commits_each_message_atomically() {
+    let (mut rig, mut phone, _atm) = setup(30);
+    rig.account("taro", 0);
+    let hub = rig.hub_id();
+    let now = rig.now();
+    let transfer = |key: &str, yen: u64| {
+        PhoneUp::Transfer(qrcash_protocol::messages::Transfer {
+            idempotency_key: key.into(),
+            to_account: "taro".into(),
+            amount: jpy(yen),
+            memo: None,
+        })
+    };
+    let batch = vec![
+        super::Incoming {
+            topic: phone.phone_up(),
+            payload: phone.message(&hub, now, transfer("a", 60_000)),
+        },
+        super::Incoming {
+            topic: phone.phone_up(),
+            payload: b"garbage".to_vec(),
+        },
+        // Would overdraw after the first: refused, nothing of it stays.
+        super::Incoming {
+            topic: phone.phone_up(),
+            payload: phone.message(&hub, now, transfer("b", 60_000)),
+        },
+        super::Incoming {
+            topic: phone.phone_up(),
+            payload: phone.message(&hub, now, transfer("c", 40_000)),
+        },
+    ];
+    let results = rig.hub.handle_batch(&batch);
+    let reasons: Vec<Option<RejectReason>> = results
+        .iter()
+        .map(|h| h.result.as_ref().err().map(HandleError::reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            None,
+            Some(RejectReason::Malformed),
+            Some(RejectReason::InsufficientFunds),
+            None
+        ]
+    );
+    assert!(results[1].outgoing.is_empty());
+    assert_eq!(balances(&rig, "hanako"), (0, 0));
+    assert_eq!(balances(&rig, "taro"), (100_000, 0));
+    let ops: i64 = rig
+        .hub
+        .store()
+        .conn()
+        .query_row("SELECT COUNT(*) FROM operations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ops, 2, "the refused transfer left no operation behind");
+    assert_books(&rig);
+}
