@@ -174,8 +174,20 @@ fn login(ctx: &mut Ctx<'_>, sender: &str, device: Option<&DeviceRow>, l: &Login)
         .into_iter()
         .filter(|d| d.id != sender && d.status == DeviceStatus::Active)
         .collect();
-    let new_device = device.is_none() && !others.is_empty();
     let rekeyed = device.is_some_and(|d| d.kid != key.kid().as_str());
+    // A new key for a known device id is a new device too: otherwise a stolen password
+    // could re-key the owner's device and skip the restriction. Its previous logins stand
+    // for "the device already in use".
+    let new_device = (device.is_none() && !others.is_empty()) || rekeyed;
+    let decision = if new_device {
+        let mut existing = others.clone();
+        existing.extend(device.filter(|_| rekeyed).cloned());
+        Some(decide_new_device(
+            ctx, sender, &existing, rekeyed, l.position,
+        )?)
+    } else {
+        None
+    };
     let row = DeviceRow {
         id: sender.to_owned(),
         account: account.id.clone(),
@@ -195,17 +207,13 @@ fn login(ctx: &mut Ctx<'_>, sender: &str, device: Option<&DeviceRow>, l: &Login)
     };
     rows::upsert_device_login(ctx.db, &row, ctx.now, l.position.as_ref(), new_device)?;
     let mut out = Vec::new();
-    if new_device {
-        out.extend(restrict_new_device(
-            ctx, &account, &row, &others, l.position,
-        )?);
-    } else {
-        ctx.note(format!(
-            "login of {} to {}{}",
-            row.id,
-            account.id,
-            if rekeyed { " with a new key" } else { "" }
-        ));
+    match decision {
+        Some((decision, located)) => {
+            out.extend(apply_new_device(
+                ctx, &account, &row, &others, decision, located, rekeyed,
+            )?);
+        }
+        None => ctx.note(format!("login of {} to {}", row.id, account.id)),
     }
     let stored = rows::device(ctx.db, sender)?.unwrap_or(row);
     let restriction = policy::effective_restriction(&account, &stored, ctx.now).map(|r| r.info());
@@ -224,21 +232,28 @@ fn login(ctx: &mut Ctx<'_>, sender: &str, device: Option<&DeviceRow>, l: &Login)
     Ok(out)
 }
 
-/// Applies the new-device policy ([`restriction::decide`]) and alerts the other devices.
-fn restrict_new_device(
-    ctx: &mut Ctx<'_>,
-    account: &AccountRow,
-    new: &DeviceRow,
-    others: &[DeviceRow],
+/// The new-device policy's verdict ([`restriction::decide`]) from what was known before
+/// this login: the new device's position (reported, or estimated from its own payments
+/// unless it is a re-keyed device, whose payments are its previous owner's) and the last
+/// fix of the devices already in use.
+fn decide_new_device(
+    ctx: &Ctx<'_>,
+    new_id: &str,
+    existing: &[DeviceRow],
+    rekeyed: bool,
     reported: Option<Position>,
-) -> Result<Vec<super::Outgoing>, Fail> {
+) -> Result<(restriction::Decision, Option<restriction::Located>), Fail> {
     let policy = &ctx.cfg.restriction;
-    let own_payments = payment_fixes(ctx, "device_id = ?1", &new.id)?;
+    let own_payments = if rekeyed {
+        Vec::new()
+    } else {
+        payment_fixes(ctx, "device_id = ?1", new_id)?
+    };
     let located = restriction::locate_new_device(reported, &own_payments, ctx.now, policy);
-    let existing = last_fix_of(ctx, others)?;
+    let last = last_fix_of(ctx, existing)?;
     let window_start = ctx.now.saturating_sub(policy.login_window_secs);
     let mut logins = 0u32;
-    for d in others {
+    for d in existing {
         let established = policy::device_restriction(d).is_none_or(|r| !r.is_active(ctx.now));
         if established {
             let n: i64 = ctx.db.query_row(
@@ -249,7 +264,21 @@ fn restrict_new_device(
             logins = logins.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         }
     }
-    let decision = restriction::decide(policy, located.map(|l| l.fix), existing, logins, ctx.now);
+    let decision = restriction::decide(policy, located.map(|l| l.fix), last, logins, ctx.now);
+    Ok((decision, located))
+}
+
+/// Stores the restriction (if any) on the new device and alerts the account's other
+/// devices.
+fn apply_new_device(
+    ctx: &mut Ctx<'_>,
+    account: &AccountRow,
+    new: &DeviceRow,
+    others: &[DeviceRow],
+    decision: restriction::Decision,
+    located: Option<restriction::Located>,
+    rekeyed: bool,
+) -> Result<Vec<super::Outgoing>, Fail> {
     let active = decision.restriction();
     if let Some(r) = &active {
         let reason = serde_json::to_value(r.reason)
@@ -259,9 +288,10 @@ fn restrict_new_device(
         rows::set_restriction(ctx.db, &new.id, r.until, Some(&reason))?;
     }
     ctx.note(format!(
-        "new device {} on {}: {}",
+        "new device {} on {}{}: {}",
         new.id,
         account.id,
+        if rekeyed { " (new key)" } else { "" },
         serde_json::to_string(&decision).unwrap_or_default()
     ));
     let mut out = Vec::new();

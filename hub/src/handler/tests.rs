@@ -1398,3 +1398,56 @@ fn a_batch_commits_each_message_atomically() {
     assert_eq!(ops, 2, "the refused transfer left no operation behind");
     assert_books(&rig);
 }
+
+#[test]
+fn a_new_key_for_a_known_device_is_treated_as_a_new_device() {
+    let (mut rig, phone, _) = setup(31);
+    // Someone with the password logs in as "phone-1" with a key of their own, from Osaka.
+    let mut impostor = TestDevice::new("phone-1");
+    impostor.seq = 0;
+    let osaka = qrcash_protocol::Position::new(34.7025, 135.4959, 20.0);
+    let msg = login_message(&impostor, "hanako", Some(osaka));
+    let h = rig.phone(&mut impostor, msg);
+    match rig.pushes(&h.outgoing, "phone-1").pop().map(|c| c.msg) {
+        Some(PhonePush::LoginResult(r)) => {
+            assert!(r.new_device);
+            assert!(
+                r.restriction.is_some(),
+                "re-keying must not skip the restriction"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let h = rig.phone(
+        &mut impostor,
+        PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+            account: "hanako".into(),
+            amount: jpy(1_000),
+        }),
+    );
+    assert!(matches!(refused(&h), RejectReason::Restricted { .. }));
+    // The owner's old key no longer works on this device id.
+    let mut owner = phone;
+    let h = rig.phone(
+        &mut owner,
+        PhoneUp::BalanceQuery(qrcash_protocol::messages::BalanceQuery {
+            account: "hanako".into(),
+            history: 0,
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::BadSignature);
+    // The owner reinstalls in Shibuya minutes after the Osaka login: impossible travel,
+    // restricted too, until support has checked and lifts it.
+    let mut reinstall = TestDevice::new("phone-1");
+    let h = rig.login(&mut reinstall, "hanako");
+    match rig.pushes(&h.outgoing, "phone-1").pop().map(|c| c.msg) {
+        Some(PhonePush::LoginResult(r)) => assert_eq!(
+            r.restriction.map(|r| r.reason),
+            Some(qrcash_protocol::messages::RestrictionReason::ImpossibleTravel)
+        ),
+        other => panic!("{other:?}"),
+    }
+    let now = rig.now();
+    admin::lift_restriction(rig.hub.store_mut(), "phone-1", now).unwrap();
+    rig.register(&mut reinstall, "hanako", 1_000);
+}
