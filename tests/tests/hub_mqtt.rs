@@ -327,3 +327,67 @@ async fn the_hub_reconnects_and_resubscribes_after_a_broker_restart() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+/// The service's sweeper ends an unconfirmed session: the ATM gets `Abort(timeout)`, the
+/// phone a cancelled receipt, and a confirmation after that is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_aborts_an_unconfirmed_session_over_the_broker() {
+    let broker = qrcash_hub::embedded_broker::start(0).expect("embedded broker");
+    let cfg = BrokerConfig::plain(broker.url());
+    let (net, devices) =
+        Net::start_sweeping(cfg.clone(), "hub", Duration::from_millis(50), setup).await;
+    let mut atm = Peer::connect(&cfg, devices[0].clone(), true).await;
+    let mut phone = Peer::connect(&cfg, TestDevice::new("phone-1"), false).await;
+    let login = login_message(&phone.dev, "hanako", Some(near_atm()));
+    phone.phone(&net, login).await;
+    phone.push(&net).await;
+    phone
+        .phone(
+            &net,
+            PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+                account: "hanako".into(),
+                amount: Amount::new(10_000, Currency::JPY),
+            }),
+        )
+        .await;
+    let code = match phone.push(&net).await.msg {
+        PhonePush::CodeIssued(c) => c,
+        other => panic!("{other:?}"),
+    };
+    atm.atm(
+        &net,
+        AtmUp::CodePresented(CodePresented { token: code.token }),
+    )
+    .await;
+    assert!(matches!(
+        atm.down(&net).await.msg,
+        AtmDown::AwaitConfirmation(_)
+    ));
+    assert!(matches!(atm.down(&net).await.msg, AtmDown::Ack(_)));
+    let req = match phone.push(&net).await.msg {
+        PhonePush::ConfirmRequest(r) => r,
+        other => panic!("{other:?}"),
+    };
+    net.clock.advance(Duration::from_secs(121));
+    match atm.down(&net).await.msg {
+        AtmDown::Abort(a) => {
+            assert_eq!(a.tx_id, req.tx_id);
+            assert_eq!(a.reason, qrcash_protocol::messages::AbortReason::Timeout);
+        }
+        other => panic!("{other:?}"),
+    }
+    match phone.push(&net).await.msg {
+        PhonePush::Receipt(r) => assert_eq!(r.status, ReceiptStatus::Cancelled),
+        other => panic!("{other:?}"),
+    }
+    phone
+        .phone(&net, confirm_message(&req, Some(PIN), Some(near_atm())))
+        .await;
+    match phone.push(&net).await.msg {
+        PhonePush::Rejected(r) => {
+            assert!(matches!(r.reason, RejectReason::WrongState { .. }), "{r:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    net.stop().await;
+}

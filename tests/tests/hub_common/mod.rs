@@ -34,6 +34,16 @@ impl Net {
         client_id: &str,
         setup: impl FnOnce(&mut Rig) -> Vec<TestDevice>,
     ) -> (Net, Vec<TestDevice>) {
+        Self::start_sweeping(broker, client_id, Duration::from_secs(3600), setup).await
+    }
+
+    /// Like [`Net::start`] with the sweeper running every `sweep_interval`.
+    pub async fn start_sweeping(
+        broker: BrokerConfig,
+        client_id: &str,
+        sweep_interval: Duration,
+        setup: impl FnOnce(&mut Rig) -> Vec<TestDevice>,
+    ) -> (Net, Vec<TestDevice>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("hub.sqlite")).expect("database");
         let mut rig = Rig::new(store, test_config(), 7);
@@ -46,7 +56,7 @@ impl Net {
             client_id: client_id.to_owned(),
             shared_subscription: false,
             group_commit_max: 64,
-            sweep_interval: Duration::from_secs(3600),
+            sweep_interval,
         };
         let handle = HubService::start(hub, options).await.expect("hub starts");
         assert!(
