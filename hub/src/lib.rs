@@ -7,8 +7,16 @@
 //! - [`ledger`]: the double-entry model; [`store::ledger`] applies and checks it.
 //! - [`notes`], [`warnings`], [`identity`]: pure rules (note breakdown, fraud warnings,
 //!   secrets and PIN lockout).
+//! - [`policy`]: `check_may_move_money`, the one gate of money out, and the limits;
+//!   [`restriction`]: the pure new-device policy it applies.
 //! - [`store`]: SQLite (WAL, `synchronous=FULL`, migrations) and typed rows.
-//! - [`config`]: the TOML configuration.
+//! - [`handler`]: the pure entry point `Hub::handle(topic, bytes)`, no MQTT inside.
+//! - [`service`]: the MQTT shell (single writer with group commit, sweeper, shutdown);
+//!   [`embedded_broker`]: rumqttd in-process.
+//! - [`admin`]: operator operations as functions; [`config`]: the TOML configuration.
+//! - [`testkit`]: signed test devices and a hub with a manual clock, for tests and demos.
+//!
+//! `docs/hub.md` describes the service, `docs/invariants.md` the money rules it keeps.
 
 #![warn(missing_docs)]
 
