@@ -9,7 +9,7 @@
 //! 3. addressing (`aud` is this hub, `iss` is the topic's id), times (`iat`/`exp`);
 //! 4. duplicate (same sender and `jti` already processed) → the same answers again, applied
 //!    once; otherwise the per-sender sequence window;
-//! 5. the message's own handler ([`phone`], [`money`], [`atm`]) inside a savepoint;
+//! 5. the message's own handler (`phone.rs`, `money.rs`, `atm.rs`) inside a savepoint;
 //! 6. the replay window, the processed-id record with the answers, and the audit entry, in
 //!    the same transaction as the effects.
 //!
