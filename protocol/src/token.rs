@@ -11,9 +11,10 @@
 //! signature over: "qrcash/v1/code" | version | tx_id | expires_at | issuer
 //! ```
 //!
-//! 97 bytes encode to 130 characters: a version 8 QR code at error correction M (limit:
-//! version 10). The token is a bearer credential for nothing: it only names a transaction
-//! that still needs the phone's signed confirmation, and the hub accepts it once.
+//! 97 bytes encode to 130 characters, 134 with the prefix: a version 8 QR code at error
+//! correction M (the limit is version 10). The token is a bearer credential for nothing: it
+//! only names a transaction that still needs the phone's signed confirmation, and the hub
+//! accepts it once.
 
 use ed25519_dalek::{Signature, Signer as _};
 
