@@ -850,6 +850,13 @@ pub enum RejectReason {
     },
     /// The phone's position is required.
     LocationRequired,
+    /// The phone's position is too coarse to tell whether it is at the ATM.
+    LocationInaccurate {
+        /// The reported accuracy radius, metres.
+        accuracy_m: u64,
+        /// The coarsest accuracy accepted, metres.
+        max_m: u64,
+    },
     /// The phone is too far from the ATM.
     TooFarFromAtm {
         /// Smallest possible distance given both accuracies, metres.

@@ -236,13 +236,14 @@ fn the_rejection_table_names_only_real_reasons() {
         .filter_map(|l| l.split('`').next())
         .collect();
     // One row per RejectReason variant.
-    assert_eq!(table.len(), 34, "{table:?}");
+    assert_eq!(table.len(), 35, "{table:?}");
     for code in &table {
         let fields = match *code {
             "limit_exceeded" => r#","limit":"daily","max":{"minor":1,"currency":"JPY"}"#,
             "wrong_state" => r#","state":"x""#,
             "transaction_mismatch" => r#","field":"x""#,
             "too_far_from_atm" => r#","distance_m":1,"allowed_m":1"#,
+            "location_inaccurate" => r#","accuracy_m":1,"max_m":1"#,
             "pin_wrong" => r#","attempts_left":1"#,
             "pin_locked" | "restricted" => r#","until":1"#,
             _ => "",

@@ -656,7 +656,10 @@ fn check_location(ctx: &Ctx<'_>, position: Option<&Position>, atm: &Position) ->
         .map_err(|e| refuse(RejectReason::Malformed, format!("position: {e}")))?;
     if p.accuracy_m > auth.max_accuracy_m {
         return Err(refuse(
-            RejectReason::LocationRequired,
+            RejectReason::LocationInaccurate {
+                accuracy_m: p.accuracy_m.round() as u64,
+                max_m: auth.max_accuracy_m.round() as u64,
+            },
             format!(
                 "the position is accurate to {:.0} m; at most {:.0} m is accepted",
                 p.accuracy_m, auth.max_accuracy_m
