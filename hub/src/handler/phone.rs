@@ -235,7 +235,7 @@ fn login(ctx: &mut Ctx<'_>, sender: &str, device: Option<&DeviceRow>, l: &Login)
 /// The new-device policy's verdict ([`restriction::decide`]) from what was known before
 /// this login: the new device's position (reported, or estimated from its own payments
 /// unless it is a re-keyed device, whose payments are its previous owner's) and the last
-/// fix of the devices already in use.
+/// fix and login count of the established (unrestricted) devices already in use.
 fn decide_new_device(
     ctx: &Ctx<'_>,
     new_id: &str,
@@ -250,19 +250,24 @@ fn decide_new_device(
         payment_fixes(ctx, "device_id = ?1", new_id)?
     };
     let located = restriction::locate_new_device(reported, &own_payments, ctx.now, policy);
-    let last = last_fix_of(ctx, existing)?;
+    // Only the account's established devices say where the owner is and how often they log
+    // in: a device still under restriction may be the fraudster's own, and its position
+    // would otherwise free the fraudster's next device logging in beside it.
+    let established: Vec<DeviceRow> = existing
+        .iter()
+        .filter(|d| policy::device_restriction(d).is_none_or(|r| !r.is_active(ctx.now)))
+        .cloned()
+        .collect();
+    let last = last_fix_of(ctx, &established)?;
     let window_start = ctx.now.saturating_sub(policy.login_window_secs);
     let mut logins = 0u32;
-    for d in existing {
-        let established = policy::device_restriction(d).is_none_or(|r| !r.is_active(ctx.now));
-        if established {
-            let n: i64 = ctx.db.query_row(
-                "SELECT COUNT(*) FROM logins WHERE device_id = ?1 AND at >= ?2",
-                params![d.id, to_sql(window_start)],
-                |r| r.get(0),
-            )?;
-            logins = logins.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
-        }
+    for d in &established {
+        let n: i64 = ctx.db.query_row(
+            "SELECT COUNT(*) FROM logins WHERE device_id = ?1 AND at >= ?2",
+            params![d.id, to_sql(window_start)],
+            |r| r.get(0),
+        )?;
+        logins = logins.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
     }
     let decision = restriction::decide(policy, located.map(|l| l.fix), last, logins, ctx.now);
     Ok((decision, located))

@@ -1440,14 +1440,19 @@ fn a_new_key_for_a_known_device_is_treated_as_a_new_device() {
         }),
     );
     assert_eq!(refused(&h), RejectReason::BadSignature);
-    // The owner reinstalls in Shibuya minutes after the Osaka login: impossible travel,
-    // restricted too, until support has checked and lifts it.
+    // The owner reinstalls in Shibuya minutes after the Osaka login: restricted too, until
+    // support has checked and lifts it. The restricted impostor's Osaka login says nothing
+    // about where the owner is, so there is no established position to compare with: a
+    // new-device restriction for the longest period.
     let mut reinstall = TestDevice::new("phone-1");
     let h = rig.login(&mut reinstall, "hanako");
     match rig.pushes(&h.outgoing, "phone-1").pop().map(|c| c.msg) {
         Some(PhonePush::LoginResult(r)) => assert_eq!(
-            r.restriction.map(|r| r.reason),
-            Some(qrcash_protocol::messages::RestrictionReason::ImpossibleTravel)
+            r.restriction,
+            Some(qrcash_protocol::messages::RestrictionInfo {
+                reason: qrcash_protocol::messages::RestrictionReason::NewDevice,
+                until: Some(rig.now() + rig.hub.config().restriction.max_period_secs),
+            })
         ),
         other => panic!("{other:?}"),
     }
