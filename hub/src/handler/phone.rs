@@ -339,7 +339,7 @@ fn payment_fixes(ctx: &Ctx<'_>, condition: &str, arg: &str) -> Result<Vec<Paymen
 }
 
 /// The last known position of the account's other devices: their latest login with a
-/// position, else an estimate from their payments.
+/// position, else an estimate from their payments, timed at the newest of them.
 fn last_fix_of(ctx: &Ctx<'_>, others: &[DeviceRow]) -> Result<Option<DeviceFix>, Fail> {
     let mut best: Option<DeviceFix> = None;
     let mut payments = Vec::new();
@@ -368,11 +368,15 @@ fn last_fix_of(ctx: &Ctx<'_>, others: &[DeviceRow]) -> Result<Option<DeviceFix>,
     if best.is_some() {
         return Ok(best);
     }
+    // The estimate says where the device paid, so it is timed at its newest payment: timed
+    // `now`, any far-away login would look like impossible travel. (If that payment is an
+    // outlier of the estimate, the fix is younger than its cluster: the safe side.)
+    let newest = payments.iter().map(|p| p.at.min(ctx.now)).max();
     Ok(
         restriction::estimate_position(&payments, ctx.now, &ctx.cfg.restriction).map(|p| {
             DeviceFix {
                 position: p,
-                at: ctx.now,
+                at: newest.unwrap_or(ctx.now),
             }
         }),
     )
