@@ -45,8 +45,9 @@ use crate::store::{JournalKind, Outgoing, Priority, Store};
 pub const OUTBOX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Environment variable naming a step at which the agent aborts itself, for crash tests:
-/// `after_write_ahead` (order journalled as dispensing, nothing sent to the dispenser) or
-/// `after_device_outcome` (dispenser answered, outcome not yet recorded).
+/// `after_write_ahead` (order journalled as dispensing, nothing sent to the dispenser),
+/// `after_device_outcome` (dispenser answered, outcome not yet recorded) or
+/// `before_applying_ack` (a hub `Ack` verified, not yet applied).
 pub const CRASH_ENV: &str = "QRCASH_AGENT_CRASH_AT";
 
 fn crash_point(step: &str) {
@@ -1059,20 +1060,28 @@ impl Core {
                 return;
             }
         };
-        self.save_window(next);
         let jti = claims.jti.clone();
         match claims.msg {
-            AtmDown::Ack(ack) => match self.store.ack(&ack.ids, now) {
-                Ok(removed) => {
-                    for (jti, kind) in removed {
-                        let _ = self.events.send(AgentEvent::Delivered { jti, kind });
+            // Acks and refusals are applied *before* their `seq` is saved as seen: applying
+            // them is idempotent, and a crash in between must leave the message acceptable
+            // again, because the hub answers the resent duplicate with the very same sealed
+            // answer. (Saved first, the answer was refused as a replay forever.)
+            AtmDown::Ack(ack) => {
+                crash_point("before_applying_ack");
+                match self.store.ack(&ack.ids, now) {
+                    Ok(removed) => {
+                        self.save_window(next);
+                        for (jti, kind) in removed {
+                            let _ = self.events.send(AgentEvent::Delivered { jti, kind });
+                        }
+                        let _ = self.outbox.send(OutboxCmd::Wake);
                     }
-                    let _ = self.outbox.send(OutboxCmd::Wake);
+                    Err(e) => tracing::error!(error = %e, "cannot apply an ack"),
                 }
-                Err(e) => tracing::error!(error = %e, "cannot apply an ack"),
-            },
+            }
             AtmDown::Rejected(r) => {
                 let Some(re) = claims.re else {
+                    self.save_window(next);
                     tracing::warn!(reason = ?r.reason, message = %r.message, "hub refusal without re");
                     return;
                 };
@@ -1091,6 +1100,7 @@ impl Core {
                         }
                     }
                 }
+                self.save_window(next);
                 self.apply(
                     Input::SendRefused {
                         re,
@@ -1100,6 +1110,7 @@ impl Core {
                 );
             }
             AtmDown::DispenseOrder(order) => {
+                self.save_window(next);
                 // At most one dispense per order id, ever: a repeat gets the stored answer.
                 match self.store.order(order.order_id) {
                     Ok(None) => self.apply(
@@ -1115,7 +1126,10 @@ impl Core {
                     }
                 }
             }
-            msg => self.apply(Input::Down { jti, msg }, done_tx),
+            msg => {
+                self.save_window(next);
+                self.apply(Input::Down { jti, msg }, done_tx)
+            }
         }
     }
 

@@ -221,3 +221,91 @@ async fn crash_after_the_device_paid_out_reports_the_known_counts_in_doubt_once(
         "paid out once, never again"
     );
 }
+
+/// Found by the fault-injection campaign: the agent persisted the hub's replay window (own
+/// transaction) before applying the `Ack`. Killed in between, it restarted with the Ack's
+/// `seq` marked as seen and the message still in its outbox; the hub answers the resent
+/// duplicate with its stored Ack verbatim (same `seq`), which the agent then refused as a
+/// replay — forever: the message was never acknowledged and was resent every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_accepting_an_ack_and_applying_it_does_not_block_the_outbox() {
+    use qrcash_protocol::Claims;
+    use qrcash_protocol::messages::Ack;
+
+    let rig = Rig::new();
+    let config = config_file(&rig);
+    let mut hub = ScriptedHub::connect(&rig, 0).await;
+    write_png(&rig.path("code.png"), None);
+    let mut agent = spawn_agent(&config, Some("before_applying_ack"));
+    let tx = TxId::random();
+    write_png(
+        &rig.path("code.png"),
+        Some(&rig.code(tx, SystemClock.now())),
+    );
+    let presented = next_presented(&mut hub, &rig).await;
+    write_png(&rig.path("code.png"), None);
+    // The hub's Ack, sealed once and kept: a real hub resends exactly these bytes for a
+    // duplicate.
+    let ack = rig
+        .hub()
+        .seal(&Claims::new(
+            "hub",
+            support::ATM,
+            1,
+            SystemClock.now(),
+            Duration::from_secs(300),
+            AtmDown::Ack(Ack {
+                ids: vec![presented.jti.clone()],
+            }),
+        ))
+        .into_bytes();
+    hub.send_raw(ack.clone()).await;
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut agent, T))
+        .await
+        .unwrap();
+    assert!(!status.success(), "the crash hook aborts the process");
+
+    // Restarted, the agent resends CodePresented; the hub answers with the stored Ack.
+    let mut agent = spawn_agent(&config, None);
+    let again = next_presented(&mut hub, &rig).await;
+    assert_eq!(
+        again.jti, presented.jti,
+        "the outbox resends the same message"
+    );
+    hub.send_raw(ack).await;
+    let deadline = std::time::Instant::now() + T;
+    let drained = loop {
+        let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
+        if !store.has_pending_kind("CodePresented").unwrap() {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        // The agent is a child process: its database is the only thing to watch.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(
+        drained,
+        "the Ack resent after the crash must still acknowledge the message"
+    );
+}
+
+/// The next `CodePresented`, leaving heartbeats unacknowledged (an Ack would fire the hook).
+async fn next_presented(hub: &mut ScriptedHub, rig: &Rig) -> qrcash_protocol::Claims<AtmUp> {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let (_, bytes) = hub.next_raw(left).await.expect("CodePresented");
+        let claims: qrcash_protocol::Claims<AtmUp> =
+            qrcash_protocol::Sealed::parse(&bytes, qrcash_protocol::MAX_UPLINK_BYTES)
+                .unwrap()
+                .open(rig.atm_key.public())
+                .unwrap();
+        if matches!(claims.msg, AtmUp::CodePresented(_)) {
+            return claims;
+        }
+    }
+}
