@@ -855,3 +855,44 @@ fn a_second_new_device_cannot_borrow_the_position_of_a_restricted_one() {
         RejectReason::Restricted { until }
     );
 }
+
+/// Re-keying a restricted device (its id with a fresh key) asks the policy again; the new
+/// verdict must not cut short the restriction still in force.
+#[test]
+fn re_keying_a_restricted_device_cannot_shorten_its_restriction() {
+    let mut w = world(111);
+    // A daily user: a new device's habit period is the 1 h minimum.
+    for _ in 0..30 {
+        w.rig.clock.advance(Duration::from_secs(DAY));
+        applied(&w.rig.login(&mut w.owner, "hanako"));
+    }
+    // Ten minutes after the owner's login in Shibuya: Osaka is impossible, 72 h.
+    w.rig.clock.advance(Duration::from_secs(600));
+    let mut thief = TestDevice::new("phone-osaka");
+    let until = restricted_until(&mut w.rig, &mut thief, "hanako", at(OSAKA));
+    assert_eq!(until, w.rig.now() + 72 * HOUR);
+
+    // Half a day later the same device id logs in with a fresh key: on its own the verdict
+    // would be a plain new device for 1 h; the 72 h stand.
+    w.rig.clock.advance(Duration::from_secs(DAY / 2));
+    let mut rekeyed = TestDevice::new("phone-osaka");
+    let h = log_in(&mut w.rig, &mut rekeyed, "hanako", Some(at(OSAKA)));
+    let r = login_result(&w.rig, &h, "phone-osaka");
+    assert!(r.new_device);
+    assert_eq!(r.restriction.and_then(|i| i.until), Some(until));
+    assert_eq!(
+        alert_to(&w.rig, &h, "phone-1").restricted_until,
+        Some(until)
+    );
+    let h = w.rig.phone(&mut rekeyed, transfer("t-1", "taro", 1_000));
+    assert_eq!(
+        refusal(&w.rig, &h, "phone-osaka"),
+        RejectReason::Restricted { until }
+    );
+    w.rig.clock.set(until - 1);
+    let h = w.rig.phone(&mut rekeyed, transfer("t-2", "taro", 1_000));
+    assert_eq!(
+        refusal(&w.rig, &h, "phone-osaka"),
+        RejectReason::Restricted { until }
+    );
+}

@@ -284,7 +284,16 @@ fn apply_new_device(
     located: Option<restriction::Located>,
     rekeyed: bool,
 ) -> Result<Vec<super::Outgoing>, Fail> {
-    let active = decision.restriction();
+    // A new verdict never cuts short a restriction still in force: re-keying a restricted
+    // device asks the policy again, and must not turn 72 h into the habit's 1 h.
+    let earlier = rows::device(ctx.db, &new.id)?
+        .and_then(|d| policy::device_restriction(&d))
+        .filter(|r| r.is_active(ctx.now));
+    let active = match (earlier, decision.restriction()) {
+        (Some(e), Some(d)) if outlasts(&d, &e) => Some(d),
+        (Some(e), _) => Some(e),
+        (None, d) => d,
+    };
     if let Some(r) = &active {
         let reason = serde_json::to_value(r.reason)
             .ok()
@@ -320,6 +329,15 @@ fn apply_new_device(
         )?);
     }
     Ok(out)
+}
+
+/// Whether restriction `a` ends no earlier than `b` (no end is the latest).
+fn outlasts(a: &restriction::ActiveRestriction, b: &restriction::ActiveRestriction) -> bool {
+    match (a.until, b.until) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(x), Some(y)) => x >= y,
+    }
 }
 
 /// Payments matching `condition` (on `device_id` or `account`) as position fixes.
