@@ -56,6 +56,15 @@ pub enum InboundError {
     WrongTopic(String),
 }
 
+impl From<qrcash_protocol::receive::ReceiveError> for InboundError {
+    fn from(e: qrcash_protocol::receive::ReceiveError) -> Self {
+        match e {
+            qrcash_protocol::receive::ReceiveError::Envelope(e) => InboundError::Envelope(e),
+            qrcash_protocol::receive::ReceiveError::Replay(e) => InboundError::Replay(e),
+        }
+    }
+}
+
 /// Anything that stops the agent from starting or running.
 #[derive(Debug, Error)]
 pub enum AgentError {

@@ -6,32 +6,27 @@
 //! `iss` the hub; times within the replay rules; `seq` not seen before. The caller persists
 //! the returned window.
 
-use qrcash_protocol::envelope::{Claims, Sealed};
+use qrcash_protocol::envelope::Claims;
 use qrcash_protocol::messages::AtmDown;
-use qrcash_protocol::replay::{self, ReplayConfig, SenderWindow};
-use qrcash_protocol::{EnvelopeError, MAX_DOWNLINK_BYTES, PublicKey, topics};
+use qrcash_protocol::receive::Receiver;
+use qrcash_protocol::replay::{ReplayConfig, SenderWindow};
+use qrcash_protocol::{MAX_DOWNLINK_BYTES, PublicKey, topics};
 
 use crate::error::InboundError;
 
 /// Checks hub messages for one ATM.
 #[derive(Debug, Clone)]
 pub struct InboundVerifier {
-    atm_id: String,
-    hub_id: String,
     down_topic: String,
-    hub_keys: Vec<PublicKey>,
-    replay: ReplayConfig,
+    receiver: Receiver,
 }
 
 impl InboundVerifier {
     /// A verifier for messages from `hub_id` (signed by one of `hub_keys`) to `atm_id`.
     pub fn new(atm_id: &str, hub_id: &str, hub_keys: Vec<PublicKey>, replay: ReplayConfig) -> Self {
         InboundVerifier {
-            atm_id: atm_id.to_owned(),
-            hub_id: hub_id.to_owned(),
             down_topic: topics::atm_down(atm_id),
-            hub_keys,
-            replay,
+            receiver: Receiver::new(atm_id, hub_id, hub_keys, MAX_DOWNLINK_BYTES, replay),
         }
     }
 
@@ -47,24 +42,14 @@ impl InboundVerifier {
         if topic != self.down_topic {
             return Err(InboundError::WrongTopic(topic.to_owned()));
         }
-        let sealed = Sealed::parse(bytes, MAX_DOWNLINK_BYTES)?;
-        let key = self
-            .hub_keys
-            .iter()
-            .find(|k| k.kid() == sealed.kid())
-            .ok_or_else(|| EnvelopeError::UnknownKey(sealed.kid().to_string()))?;
-        let claims: Claims<AtmDown> = sealed.open(key)?;
-        claims.check_addressing(&self.atm_id, Some(&self.hub_id))?;
-        replay::check_times(&self.replay, claims.iat, claims.exp, now)?;
-        window.check(claims.seq, self.replay.seq_window)?;
-        let next = window.record(claims.seq);
-        Ok((claims, next))
+        Ok(self.receiver.accept(bytes, window, now)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qrcash_protocol::EnvelopeError;
     use qrcash_protocol::messages::{Ack, AtmUp, Heartbeat};
     use qrcash_protocol::{PrivateKey, ReplayError, Signer};
     use std::time::Duration;

@@ -18,6 +18,15 @@ pub enum PushError {
     Replay(#[from] ReplayError),
 }
 
+impl From<qrcash_protocol::receive::ReceiveError> for PushError {
+    fn from(e: qrcash_protocol::receive::ReceiveError) -> Self {
+        match e {
+            qrcash_protocol::receive::ReceiveError::Envelope(e) => PushError::Envelope(e),
+            qrcash_protocol::receive::ReceiveError::Replay(e) => PushError::Replay(e),
+        }
+    }
+}
+
 /// Anything the phone client can fail at.
 #[derive(Debug, Error)]
 pub enum PhoneError {

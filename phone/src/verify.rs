@@ -6,36 +6,31 @@
 //! times are within the replay rules and its `seq` was not seen before. The caller persists
 //! the returned window (see [`crate::store`]) so a replay is refused across restarts too.
 
-use qrcash_protocol::envelope::{Claims, Sealed};
+use qrcash_protocol::envelope::Claims;
 use qrcash_protocol::messages::PhonePush;
-use qrcash_protocol::replay::{self, ReplayConfig, SenderWindow};
-use qrcash_protocol::{EnvelopeError, MAX_DOWNLINK_BYTES, PublicKey};
+use qrcash_protocol::receive::Receiver;
+use qrcash_protocol::replay::{ReplayConfig, SenderWindow};
+use qrcash_protocol::{MAX_DOWNLINK_BYTES, PublicKey};
 
 use crate::error::PushError;
 
 /// Checks pushes for one device against one hub key.
 #[derive(Debug, Clone)]
 pub struct PushVerifier {
-    hub_id: String,
-    device_id: String,
-    hub_key: PublicKey,
-    replay: ReplayConfig,
+    receiver: Receiver,
 }
 
 impl PushVerifier {
     /// A verifier for pushes from `hub_id` (signed with `hub_key`) to `device_id`.
     pub fn new(hub_id: &str, device_id: &str, hub_key: PublicKey, replay: ReplayConfig) -> Self {
         PushVerifier {
-            hub_id: hub_id.to_owned(),
-            device_id: device_id.to_owned(),
-            hub_key,
-            replay,
+            receiver: Receiver::new(device_id, hub_id, vec![hub_key], MAX_DOWNLINK_BYTES, replay),
         }
     }
 
     /// The trusted hub key.
     pub fn hub_key(&self) -> &PublicKey {
-        &self.hub_key
+        &self.receiver.keys()[0]
     }
 
     /// Verifies `bytes` at time `now` against the hub's replay `window`; returns the claims
@@ -46,22 +41,14 @@ impl PushVerifier {
         window: SenderWindow,
         now: u64,
     ) -> Result<(Claims<PhonePush>, SenderWindow), PushError> {
-        let sealed = Sealed::parse(bytes, MAX_DOWNLINK_BYTES)?;
-        if sealed.kid() != self.hub_key.kid() {
-            return Err(EnvelopeError::UnknownKey(sealed.kid().to_string()).into());
-        }
-        let claims: Claims<PhonePush> = sealed.open(&self.hub_key)?;
-        claims.check_addressing(&self.device_id, Some(&self.hub_id))?;
-        replay::check_times(&self.replay, claims.iat, claims.exp, now)?;
-        window.check(claims.seq, self.replay.seq_window)?;
-        let next = window.record(claims.seq);
-        Ok((claims, next))
+        Ok(self.receiver.accept(bytes, window, now)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qrcash_protocol::EnvelopeError;
     use qrcash_protocol::messages::{Ack, AtmDown, RejectReason, Rejected};
     use qrcash_protocol::{PrivateKey, ReplayError, Signer};
     use std::time::Duration;

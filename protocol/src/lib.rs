@@ -15,6 +15,7 @@
 //!   expiry) whose state the caller persists.
 //! - [`messages`]: the typed catalogue, one enum per direction and topic.
 //! - [`token`]: the compact hub-signed QR code token an ATM verifies offline.
+//! - [`receive`]: every acceptance check for messages from one trusted sender.
 //! - [`topics`]: the MQTT topic tree, in one place.
 
 #![warn(missing_docs)]
@@ -30,6 +31,7 @@ pub mod keys;
 pub mod link;
 pub mod messages;
 pub mod money;
+pub mod receive;
 pub mod replay;
 pub mod token;
 pub mod topics;

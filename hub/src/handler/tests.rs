@@ -377,7 +377,13 @@ fn location_is_required_and_must_be_near_and_accurate() {
     let vague = qrcash_protocol::Position::new(SHIBUYA.0, SHIBUYA.1, 500.0);
     let h = rig.phone(&mut phone, confirm_message(&req, Some(PIN), Some(vague)));
     assert!(
-        matches!(refused(&h), RejectReason::LocationInaccurate { accuracy_m: 500, .. }),
+        matches!(
+            refused(&h),
+            RejectReason::LocationInaccurate {
+                accuracy_m: 500,
+                ..
+            }
+        ),
         "{:?}",
         refused(&h)
     );
