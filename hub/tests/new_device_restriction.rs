@@ -896,3 +896,51 @@ fn re_keying_a_restricted_device_cannot_shorten_its_restriction() {
         RejectReason::Restricted { until }
     );
 }
+
+#[test]
+fn a_restricted_device_neither_hears_of_nor_vetoes_the_owners_next_device() {
+    let mut rig = Rig::in_memory(61);
+    rig.account("hanako", 50_000);
+    let mut owner = TestDevice::new("owner-old");
+    applied(&log_in(&mut rig, &mut owner, "hanako", Some(at(SHIBUYA))));
+    // A fraudster logs in from Osaka: restricted, the owner is alerted.
+    let mut thief = TestDevice::new("thief");
+    let h = log_in(&mut rig, &mut thief, "hanako", Some(at(OSAKA)));
+    assert!(login_result(&rig, &h, "thief").restriction.is_some());
+    let thief_alert = alert_to(&rig, &h, "owner-old");
+    // The owner's new phone logs in at home: the owner's old phone is alerted, the thief's
+    // restricted phone is not.
+    let mut owner_new = TestDevice::new("owner-new");
+    let h = log_in(&mut rig, &mut owner_new, "hanako", Some(at(SHIBUYA)));
+    applied(&h);
+    alert_to(&rig, &h, "owner-old");
+    assert!(
+        rig.pushes(&h.outgoing, "thief").is_empty(),
+        "a restricted device was told about the owner's new phone"
+    );
+    // Even with an alert id in hand (the one about itself), the thief cannot say "not me".
+    let h = rig.phone(
+        &mut thief,
+        PhoneUp::AnswerNewDeviceAlert(AnswerNewDeviceAlert {
+            alert_id: thief_alert.alert_id.clone(),
+            not_me: true,
+        }),
+    );
+    assert!(matches!(
+        refusal(&rig, &h, "thief"),
+        RejectReason::Restricted { .. }
+    ));
+    let devices = admin::list_devices(rig.hub.store(), Some("hanako")).unwrap();
+    assert!(
+        devices
+            .iter()
+            .all(|d| d.status == qrcash_hub::store::rows::DeviceStatus::Active),
+        "{devices:?}"
+    );
+    assert!(
+        !admin::show_account(rig.hub.store(), "hanako")
+            .unwrap()
+            .account
+            .frozen
+    );
+}

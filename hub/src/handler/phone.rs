@@ -309,7 +309,16 @@ fn apply_new_device(
         serde_json::to_string(&decision).unwrap_or_default()
     ));
     let mut out = Vec::new();
-    for other in others {
+    // Only devices that may move money themselves hear about (and can veto) a new one: a
+    // restricted device is no more trusted than the newcomer, and a fraudster's phone must
+    // not be able to lock the owner out with "not me".
+    let now = ctx.now;
+    let trusted = others.iter().filter(|o| {
+        policy::device_restriction(o)
+            .filter(|r| r.is_active(now))
+            .is_none()
+    });
+    for other in trusted {
         let alert_id = format!("alert-{}", ctx.random_token());
         ctx.db.execute(
             "INSERT INTO alerts(id, account, new_device, notified, at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -406,6 +415,15 @@ fn answer_alert(
     account: &AccountRow,
     a: &AnswerNewDeviceAlert,
 ) -> Outcome {
+    // A device restricted since the alert was sent may not veto anyone either.
+    if let Some(r) = policy::device_restriction(device).filter(|r| r.is_active(ctx.now)) {
+        return Err(refuse(
+            r.until.map_or(RejectReason::AccountFrozen, |until| {
+                RejectReason::Restricted { until }
+            }),
+            "a restricted device cannot answer new-device alerts",
+        ));
+    }
     let row: Option<(String, Option<i64>)> = ctx
         .db
         .query_row(
