@@ -5,5 +5,7 @@
 //! own generated configuration on a free loopback port.
 
 pub mod broker;
+pub mod invariants;
 pub mod mqtt;
 pub mod pki;
+pub mod scenario;

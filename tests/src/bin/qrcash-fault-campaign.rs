@@ -1,0 +1,139 @@
+//! `qrcash-fault-campaign`: the long fault-injection campaign (and the agent it drives).
+//!
+//! `qrcash-fault-campaign --scenarios 2000 --seed 7 [--quiet]` builds the world of
+//! `qrcash_tests::scenario` (private Mosquitto, hub service, agent child process, LCDM
+//! simulator, phone), runs one fault per withdrawal, checks the money invariants after each,
+//! sweeps past every deadline at the end and checks once more. Exit status 1 on any
+//! violation, with the seed to replay (`QRCASH_FAULT_SEED` is read when `--seed` is absent).
+//!
+//! `qrcash-fault-campaign agent --config FILE` runs the ATM agent exactly as `qrcash-agent
+//! run` does (files camera, LCDM dispenser, crash hooks from `QRCASH_AGENT_CRASH_AT`): the
+//! campaign spawns it so it can SIGKILL it, and the default test suite can reach this binary
+//! (`CARGO_BIN_EXE_*` only names binaries of the crate under test).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use qrcash_tests::scenario::{Settings, campaign};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("agent") {
+        let config = match args.get(1..) {
+            Some([flag, path]) if flag == "--config" => PathBuf::from(path),
+            _ => bail!("usage: qrcash-fault-campaign agent --config FILE"),
+        };
+        return run_agent(config);
+    }
+    let mut scenarios = 200usize;
+    let mut seed: Option<u64> = std::env::var("QRCASH_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    let mut verbose = true;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--scenarios" => {
+                scenarios = it
+                    .next()
+                    .context("--scenarios needs a number")?
+                    .parse()
+                    .context("--scenarios needs a number")?;
+            }
+            "--seed" => {
+                seed = Some(
+                    it.next()
+                        .context("--seed needs a number")?
+                        .parse()
+                        .context("--seed needs a number")?,
+                );
+            }
+            "--quiet" => verbose = false,
+            other => bail!(
+                "unknown argument {other}; usage: qrcash-fault-campaign [--scenarios N] [--seed N] [--quiet]"
+            ),
+        }
+    }
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
+    });
+    let agent_exe = std::env::current_exe().context("locating this executable")?;
+    eprintln!("fault campaign: {scenarios} scenarios, seed {seed} (replay: --seed {seed})");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let summary = rt
+        .block_on(campaign(
+            Settings {
+                seed,
+                agent_exe,
+                verbose,
+            },
+            scenarios,
+            true,
+        ))
+        .map_err(|e| anyhow::anyhow!("{e} (replay with --seed {seed})"))?;
+    println!("{}", summary.table());
+    let final_v = summary.final_verdict.clone().unwrap_or_default();
+    println!(
+        "seed {seed}: {} scenarios in {:.1} s ({:.2} s each); {} withdrawals, {} orders, {} in doubt, {} yen paid out, {} yen captured; {} violations",
+        summary.scenarios,
+        summary.took.as_secs_f64(),
+        summary.took.as_secs_f64() / summary.scenarios.max(1) as f64,
+        final_v.withdrawals,
+        final_v.orders,
+        final_v.in_doubt,
+        final_v.delivered_value,
+        final_v.captured,
+        summary.violations.len()
+    );
+    if !summary.violations.is_empty() {
+        for v in &summary.violations {
+            eprintln!("VIOLATION {v}");
+        }
+        bail!(
+            "{} invariant violations (replay with --seed {seed})",
+            summary.violations.len()
+        );
+    }
+    Ok(())
+}
+
+/// Runs the agent until killed (or SIGINT), like `qrcash-agent run`.
+fn run_agent(config: PathBuf) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = qrcash_agent::AgentConfig::load(&config)
+        .with_context(|| format!("loading {}", config.display()))?;
+    let camera_cfg = cfg.camera.clone().context("no [camera] section")?;
+    let dispenser_cfg = cfg.dispenser.clone().context("no [dispenser] section")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let camera = qrcash_hardware::camera::open(&camera_cfg).context("opening the camera")?;
+        let dispenser = qrcash_hardware::dispenser::lcdm::LcdmDispenser::open(dispenser_cfg)
+            .context("opening the dispenser")?;
+        let agent = qrcash_agent::Agent::start(cfg, camera.source, Box::new(dispenser))
+            .await
+            .context("starting the agent")?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for a signal")?;
+        agent.shutdown().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        Ok(())
+    })
+}

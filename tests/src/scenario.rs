@@ -1,0 +1,1073 @@
+//! Fault-injection scenarios: complete withdrawals through the real pieces with one fault
+//! injected into each, checked against the money invariants after every scenario.
+//!
+//! The world is built once per campaign and reused across scenarios: a private Mosquitto,
+//! the hub service in-process over a real SQLite file (restartable from disk), the agent as
+//! a child process (so it can be SIGKILLed and restarted; the binary is
+//! `qrcash-fault-campaign agent --config FILE`), the LCDM simulator on a pty with its fault
+//! knobs, the reference phone client, and a spy client that captures every sealed message
+//! for later replay. Scenario choice comes from a seeded generator, so a failing seed
+//! replays the same fault sequence (timing on a busy machine may still differ). This module
+//! drives; [`crate::invariants`] judges.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use qrcash_hardware::dispenser::sim::{Faults, SimConfig, SimHandle, Simulator};
+use qrcash_hub::admin::{self, NewAccount, NewAtm};
+use qrcash_hub::config::HubConfig;
+use qrcash_hub::handler::Hub;
+use qrcash_hub::identity::HashCost;
+use qrcash_hub::rng::SeededEntropy;
+use qrcash_hub::service::{HubHandle, HubService, ServiceOptions};
+use qrcash_hub::store::Store as HubStore;
+use qrcash_hub::testkit::{PIN, SHIBUYA, password, test_config};
+use qrcash_hub::warnings::WarningCatalog;
+use qrcash_phone::{DeviceStore, PhoneClient, PhoneSettings, requests};
+use qrcash_protocol::link::BrokerConfig;
+use qrcash_protocol::{Amount, Clock, Currency, Position, PrivateKey, Signer, SystemClock, topics};
+
+use crate::broker::Mosquitto;
+use crate::invariants::{self, Deadlines, MachineView, Verdict};
+use crate::mqtt::TestClient;
+
+/// The ATM under test.
+pub const ATM: &str = "atm-fault-1";
+/// The account that withdraws.
+pub const ACCOUNT: &str = "hanako";
+/// Cassette denominations, upper first (matches the agent configuration).
+pub const DENOMINATIONS: [u64; 2] = [10_000, 1_000];
+/// How long one step may take before the scenario counts as stuck.
+const STEP: Duration = Duration::from_secs(30);
+/// The hub's confirmation window (short, so a late confirmation costs seconds).
+const CONFIRM_TIMEOUT_S: u64 = 6;
+
+/// A small deterministic generator (SplitMix64): cheap, seedable, no dependency.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// From a seed.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+}
+
+/// The hub's clock: the system clock plus an offset the campaign moves forward at the end
+/// (to run the final sweep past every deadline).
+#[derive(Debug, Clone, Default)]
+pub struct ShiftClock(Arc<AtomicU64>);
+
+impl ShiftClock {
+    /// Moves the clock forward.
+    pub fn shift(&self, by: Duration) {
+        self.0.fetch_add(by.as_secs(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ShiftClock {
+    fn now(&self) -> u64 {
+        SystemClock.now() + self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A dispenser fault from the simulator's knobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceFault {
+    /// A note jams after this many notes.
+    Jam(u32),
+    /// The cassette fails to pick after this many notes.
+    PickupError(u32),
+    /// The cassette reports bill end after this many notes.
+    BillEnd(u32),
+    /// The device stops answering altogether.
+    NoAnswer,
+    /// The device loses power with a note in the path after this many notes.
+    PowerLoss(u32),
+}
+
+/// Where an agent crash hook aborts the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashStep {
+    /// After the write-ahead record, before the dispenser is touched.
+    AfterWriteAhead,
+    /// After the dispenser answered, before the outcome is recorded.
+    AfterDeviceOutcome,
+}
+
+impl CrashStep {
+    fn env_value(self) -> &'static str {
+        match self {
+            CrashStep::AfterWriteAhead => "after_write_ahead",
+            CrashStep::AfterDeviceOutcome => "after_device_outcome",
+        }
+    }
+}
+
+/// The fault injected into one withdrawal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// None: the baseline flow must complete in full.
+    None,
+    /// A dispenser fault during the payout.
+    Device(DeviceFault),
+    /// The agent aborts itself at a step of the dispense sequence and is restarted.
+    Crash(CrashStep),
+    /// The agent is SIGKILLed this many milliseconds after the phone confirmed, then restarted.
+    Kill {
+        /// Delay after the confirmation.
+        after_ms: u64,
+    },
+    /// The broker is killed and restarted (same port) this long after the confirmation.
+    BrokerOutage {
+        /// Delay after the confirmation before the broker dies.
+        after_ms: u64,
+        /// How long it stays down.
+        down_ms: u64,
+    },
+    /// The hub service is restarted from its database (after presentation or confirmation).
+    HubRestart {
+        /// Restart after the confirmation (`true`) or before it (`false`).
+        after_confirm: bool,
+    },
+    /// After the flow, captured sealed messages (this scenario's and `older` earlier ones)
+    /// are published again: replays and long-delayed duplicates.
+    Replay {
+        /// How many earlier captured messages to add.
+        older: u8,
+    },
+    /// The phone confirms twice.
+    ConfirmTwice,
+    /// The phone confirms after the hub's deadline.
+    LateConfirm,
+}
+
+impl Fault {
+    /// A short name for tallies.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::None => "none",
+            Fault::Device(DeviceFault::Jam(_)) => "device-jam",
+            Fault::Device(DeviceFault::PickupError(_)) => "device-pickup-error",
+            Fault::Device(DeviceFault::BillEnd(_)) => "device-bill-end",
+            Fault::Device(DeviceFault::NoAnswer) => "device-no-answer",
+            Fault::Device(DeviceFault::PowerLoss(_)) => "device-power-loss",
+            Fault::Crash(CrashStep::AfterWriteAhead) => "crash-after-write-ahead",
+            Fault::Crash(CrashStep::AfterDeviceOutcome) => "crash-after-device-outcome",
+            Fault::Kill { .. } => "sigkill-agent",
+            Fault::BrokerOutage { .. } => "broker-restart",
+            Fault::HubRestart { .. } => "hub-restart",
+            Fault::Replay { .. } => "replay-duplicates",
+            Fault::ConfirmTwice => "confirm-twice",
+            Fault::LateConfirm => "late-confirm",
+        }
+    }
+
+    /// One of every kind, in a fixed order (the default suite runs these first).
+    pub fn every_kind(rng: &mut Rng) -> Vec<Fault> {
+        let mut all = vec![
+            Fault::None,
+            Fault::Device(DeviceFault::Jam(rng.below(3) as u32)),
+            Fault::Device(DeviceFault::PickupError(rng.below(3) as u32)),
+            Fault::Device(DeviceFault::BillEnd(rng.below(3) as u32)),
+            Fault::Device(DeviceFault::NoAnswer),
+            Fault::Device(DeviceFault::PowerLoss(rng.below(3) as u32)),
+            Fault::Crash(CrashStep::AfterWriteAhead),
+            Fault::Crash(CrashStep::AfterDeviceOutcome),
+            Fault::Kill {
+                after_ms: rng.below(300),
+            },
+            Fault::BrokerOutage {
+                after_ms: rng.below(200),
+                down_ms: 200 + rng.below(800),
+            },
+            Fault::HubRestart {
+                after_confirm: false,
+            },
+            Fault::HubRestart {
+                after_confirm: true,
+            },
+            Fault::Replay { older: 5 },
+            Fault::ConfirmTwice,
+            Fault::LateConfirm,
+        ];
+        // Shuffle so that each kind follows a different predecessor from seed to seed.
+        for i in (1..all.len()).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            all.swap(i, j);
+        }
+        all
+    }
+
+    /// A random fault (the baseline and replays weighted up: they are cheap).
+    pub fn random(rng: &mut Rng) -> Fault {
+        let n = rng.below(3) as u32;
+        match rng.below(20) {
+            0..=2 => Fault::None,
+            3 => Fault::Device(DeviceFault::Jam(n)),
+            4 => Fault::Device(DeviceFault::PickupError(n)),
+            5 => Fault::Device(DeviceFault::BillEnd(n)),
+            6 => Fault::Device(DeviceFault::NoAnswer),
+            7 => Fault::Device(DeviceFault::PowerLoss(n)),
+            8 => Fault::Crash(CrashStep::AfterWriteAhead),
+            9 => Fault::Crash(CrashStep::AfterDeviceOutcome),
+            10 | 11 => Fault::Kill {
+                after_ms: rng.below(400),
+            },
+            12 | 13 => Fault::BrokerOutage {
+                after_ms: rng.below(300),
+                down_ms: 100 + rng.below(1_500),
+            },
+            14 => Fault::HubRestart {
+                after_confirm: rng.below(2) == 0,
+            },
+            15 | 16 => Fault::Replay {
+                older: rng.below(8) as u8,
+            },
+            17 | 18 => Fault::ConfirmTwice,
+            _ => Fault::LateConfirm,
+        }
+    }
+}
+
+/// How one scenario ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The fault injected.
+    pub fault: Fault,
+    /// The amount asked for.
+    pub amount: u64,
+    /// The hub's phase for the transaction at the end (`lost-order` when the order never
+    /// reached the agent's journal and waits for the hub's report grace).
+    pub phase: String,
+    /// Wall time of the scenario.
+    pub took: Duration,
+    /// What the invariant checker said afterwards.
+    pub verdict: Verdict,
+}
+
+/// Campaign settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The seed of every random choice.
+    pub seed: u64,
+    /// The executable that runs the agent (`qrcash-fault-campaign`).
+    pub agent_exe: PathBuf,
+    /// Print one line per scenario to stderr.
+    pub verbose: bool,
+}
+
+/// Everything running.
+pub struct World {
+    settings: Settings,
+    rng: Rng,
+    broker: Mosquitto,
+    dir: tempfile::TempDir,
+    clock: ShiftClock,
+    hub_key: PrivateKey,
+    hub_config: HubConfig,
+    hub: Option<HubHandle>,
+    sim: SimHandle,
+    agent: Option<Child>,
+    phone: PhoneClient,
+    spy: Option<TestClient>,
+    /// Every sealed message seen on the broker (topic, payload), presence excluded.
+    captured: Vec<(String, Vec<u8>)>,
+    /// The agent's presence as last seen.
+    presence: Option<String>,
+}
+
+/// A failure to run a scenario at all (distinct from an invariant violation).
+pub type Failure = String;
+
+fn fail(what: &str, e: impl std::fmt::Display) -> Failure {
+    format!("{what}: {e}")
+}
+
+fn write_png(path: &Path, text: Option<&str>) -> Result<(), Failure> {
+    let img = match text {
+        Some(t) => qrcode::QrCode::new(t)
+            .map_err(|e| fail("encoding the code", e))?
+            .render::<image::Luma<u8>>()
+            .module_dimensions(4, 4)
+            .build(),
+        None => image::ImageBuffer::from_pixel(120, 120, image::Luma([200u8])),
+    };
+    let tmp = path.with_extension("tmp.png");
+    img.save(&tmp)
+        .map_err(|e| fail("writing the camera image", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| fail("replacing the camera image", e))
+}
+
+impl World {
+    /// Builds the world: broker, hub with one account and this ATM, simulator, agent, phone.
+    pub async fn start(settings: Settings) -> Result<World, Failure> {
+        let mut rng = Rng::new(settings.seed);
+        let broker = Mosquitto::start();
+        let dir = tempfile::tempdir().map_err(|e| fail("temporary folder", e))?;
+        let clock = ShiftClock::default();
+        let hub_key = PrivateKey::generate();
+        let mut hub_config = test_config();
+        hub_config.withdrawal.qr_images = false;
+        hub_config.withdrawal.daily = u64::MAX / 4;
+        hub_config.withdrawal.confirm_timeout_s = CONFIRM_TIMEOUT_S;
+
+        // The hub's database: an account with plenty of money and this ATM.
+        let atm_key = PrivateKey::generate();
+        {
+            let mut store =
+                HubStore::open(&dir.path().join("hub.sqlite")).map_err(|e| fail("hub store", e))?;
+            let now = clock.now();
+            admin::create_account(
+                &mut store,
+                &NewAccount {
+                    id: ACCOUNT.into(),
+                    currency: Currency::JPY,
+                    password: password(ACCOUNT),
+                    pin: PIN.into(),
+                    opening_balance: 1_000_000_000_000,
+                },
+                HashCost::TEST,
+                now,
+            )
+            .map_err(|e| fail("account", e))?;
+            admin::enroll_atm(
+                &mut store,
+                &NewAtm {
+                    id: ATM.into(),
+                    public_key: atm_key.public().to_jwk(),
+                    name: "Fault ATM".into(),
+                    address: "2-24-1 Shibuya, Tokyo".into(),
+                    position: Position::new(SHIBUYA.0, SHIBUYA.1, 0.0),
+                    denominations: DENOMINATIONS.to_vec(),
+                },
+                now,
+            )
+            .map_err(|e| fail("ATM", e))?;
+        }
+        atm_key
+            .save(&dir.path().join("atm.jwk"))
+            .map_err(|e| fail("ATM key", e))?;
+        let hub_pub =
+            serde_json::to_string(&hub_key.public().to_jwk()).map_err(|e| fail("hub key", e))?;
+        std::fs::write(dir.path().join("hub.pub.jwk"), hub_pub).map_err(|e| fail("hub key", e))?;
+
+        let sim = Simulator::spawn(SimConfig {
+            note_interval: Duration::from_millis(2),
+            ..SimConfig::lcdm2000(1_000_000, 1_000_000)
+        })
+        .map_err(|e| fail("simulator", e))?;
+        let png = dir.path().join("code.png");
+        write_png(&png, None)?;
+        write_agent_config(dir.path(), &broker.url(), sim.port_path())?;
+
+        let phone_settings = PhoneSettings::new("hanako-phone", BrokerConfig::plain(broker.url()));
+        let phone = PhoneClient::connect(
+            phone_settings,
+            PrivateKey::generate(),
+            hub_key.public().clone(),
+            DeviceStore::in_memory(),
+            Arc::new(clock.clone()),
+        )
+        .await
+        .map_err(|e| fail("phone", e))?;
+        let mut world = World {
+            settings,
+            rng: Rng::new(rng.next_u64()),
+            broker,
+            dir,
+            clock,
+            hub_key,
+            hub_config,
+            hub: None,
+            sim,
+            agent: None,
+            phone,
+            spy: None,
+            captured: Vec::new(),
+            presence: None,
+        };
+        world.connect_spy().await?;
+        world.start_hub().await?;
+        world.spawn_agent(None).await?;
+        let here = Position::new(SHIBUYA.0, SHIBUYA.1, 10.0);
+        let login = world
+            .phone
+            .login(ACCOUNT, &password(ACCOUNT), Some(here), STEP)
+            .await
+            .map_err(|e| fail("phone login", e))?;
+        if let Some(r) = login.restriction {
+            return Err(format!("the test phone is restricted: {r:?}"));
+        }
+        Ok(world)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The rng (scenario choice).
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    async fn connect_spy(&mut self) -> Result<(), Failure> {
+        let cfg = BrokerConfig::plain(self.broker.url());
+        let mut spy = TestClient::connect(&cfg, "fault-spy")
+            .await
+            .map_err(|e| fail("spy client", e))?;
+        spy.subscribe(&format!("{}/#", topics::ROOT)).await;
+        self.spy = Some(spy);
+        self.presence = None;
+        Ok(())
+    }
+
+    /// Moves what the spy saw into `captured`; returns once `until` holds for the agent's
+    /// presence or `timeout` passes (then `false`).
+    async fn pump_spy(&mut self, timeout: Duration, until: impl Fn(Option<&str>) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let presence_topic = topics::atm_presence(ATM);
+        loop {
+            if until(self.presence.as_deref()) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(spy) = self.spy.as_mut() else {
+                return false;
+            };
+            match spy.next_publish(left).await {
+                Some((topic, payload)) if topic == presence_topic => {
+                    self.presence = Some(String::from_utf8_lossy(&payload).into_owned());
+                }
+                Some(m) => self.captured.push(m),
+                None => return until(self.presence.as_deref()),
+            }
+        }
+    }
+
+    fn hub_options(&self) -> ServiceOptions {
+        ServiceOptions {
+            broker: BrokerConfig::plain(self.broker.url()),
+            client_id: "hub".into(),
+            shared_subscription: false,
+            group_commit_max: 64,
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+
+    fn hub_instance(&mut self) -> Result<Hub, Failure> {
+        let store = HubStore::open(&self.path("hub.sqlite")).map_err(|e| fail("hub store", e))?;
+        let c = &self.hub_config;
+        let warnings = WarningCatalog::load(c.warnings.file.as_deref(), &c.warnings.languages)
+            .map_err(|e| fail("warnings", e))?;
+        Ok(Hub::new(
+            store,
+            Signer::new(c.hub_id.clone(), self.hub_key.clone()),
+            c.clone(),
+            warnings,
+            Arc::new(self.clock.clone()),
+            Box::new(SeededEntropy::new(self.rng.next_u64())),
+        ))
+    }
+
+    async fn start_hub(&mut self) -> Result<(), Failure> {
+        let hub = self.hub_instance()?;
+        let handle = HubService::start(hub, self.hub_options())
+            .await
+            .map_err(|e| fail("hub service", e))?;
+        if !handle.wait_ready(STEP).await {
+            return Err("the hub did not subscribe".into());
+        }
+        self.hub = Some(handle);
+        Ok(())
+    }
+
+    /// Stops the hub service and starts a new one from the database.
+    async fn restart_hub(&mut self) -> Result<(), Failure> {
+        if let Some(h) = self.hub.take() {
+            drop(h.shutdown().await);
+        }
+        self.start_hub().await
+    }
+
+    async fn spawn_agent(&mut self, crash: Option<CrashStep>) -> Result<(), Failure> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("agent.log"))
+            .map_err(|e| fail("agent log", e))?;
+        let mut cmd = Command::new(&self.settings.agent_exe);
+        cmd.arg("agent")
+            .arg("--config")
+            .arg(self.path("agent.toml"))
+            .env("RUST_LOG", "warn")
+            .env_remove(qrcash_agent::runtime::CRASH_ENV)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(step) = crash {
+            cmd.env(qrcash_agent::runtime::CRASH_ENV, step.env_value());
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| fail(&format!("running {}", self.settings.agent_exe.display()), e))?;
+        self.agent = Some(child);
+        if !self.pump_spy(STEP, |p| p == Some("online")).await {
+            return Err("the agent did not come online".into());
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs the agent (if running) and waits until the broker announced it offline.
+    async fn kill_agent(&mut self) -> Result<(), Failure> {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !self.pump_spy(STEP, |p| p != Some("online")).await {
+            return Err("the agent's last will never came".into());
+        }
+        Ok(())
+    }
+
+    /// Waits until the agent process ended on its own (a crash hook).
+    async fn wait_agent_exit(&mut self) -> Result<(), Failure> {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let done = match self.agent.as_mut() {
+                Some(c) => c
+                    .try_wait()
+                    .map_err(|e| fail("agent process", e))?
+                    .is_some(),
+                None => true,
+            };
+            if done {
+                self.agent = None;
+                return self.kill_agent().await;
+            }
+            if Instant::now() > deadline {
+                return Err("the crash hook never fired".into());
+            }
+            // Child exit has no async notification here; the spy's queue is pumped meanwhile.
+            self.pump_spy(Duration::from_millis(20), |_| false).await;
+        }
+    }
+
+    async fn broker_outage(&mut self, down: Duration) -> Result<(), Failure> {
+        self.spy = None;
+        self.broker.stop();
+        tokio::time::sleep(down).await;
+        self.broker.start_again();
+        self.connect_spy().await?;
+        if !self.pump_spy(STEP, |p| p == Some("online")).await {
+            return Err("the agent did not reconnect after the broker restart".into());
+        }
+        Ok(())
+    }
+
+    fn machine(&self) -> MachineView {
+        MachineView::from_counts(&self.sim.counters().delivered_per_cassette, &DENOMINATIONS)
+    }
+
+    fn hub_phase(&self, tx: &str) -> Result<Option<String>, Failure> {
+        let db = rusqlite::Connection::open_with_flags(
+            self.path("hub.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .map_err(|e| fail("hub database", e))?;
+        db.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| fail("hub database", e))?;
+        use rusqlite::OptionalExtension as _;
+        db.query_row(
+            "SELECT phase FROM withdrawals WHERE tx_id = ?1",
+            [tx],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()
+        .map_err(|e| fail("hub database", e))
+    }
+
+    fn agent_has_order_for(&self, tx: &str) -> Result<bool, Failure> {
+        let view = invariants::read_agent(&self.path("agent.db")).map_err(|e| e.to_string())?;
+        Ok(view.orders.iter().any(|o| o.order.tx_id.to_string() == tx))
+    }
+
+    /// Waits until the hub settled `tx` (final or in doubt), woken by the phone's pushes.
+    async fn wait_settled(
+        &mut self,
+        tx: &str,
+        within: Duration,
+    ) -> Result<Option<String>, Failure> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(p) = self.hub_phase(tx)?
+                && !matches!(p.as_str(), "registered" | "presented" | "ordered")
+            {
+                return Ok(Some(p));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            // A receipt (or any push) is the usual wake-up; the short timeout covers pushes
+            // lost while the broker was down.
+            let _ = self
+                .phone
+                .await_receipt(tx, None, Duration::from_millis(200))
+                .await;
+            self.pump_spy(Duration::ZERO, |_| false).await;
+        }
+    }
+
+    /// Waits until the agent's outbox holds nothing but heartbeats.
+    async fn wait_drained(&mut self) -> Result<bool, Failure> {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let view = invariants::read_agent(&self.path("agent.db")).map_err(|e| e.to_string())?;
+            if view.outbox_pending == 0 {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            // Acks travel on the ATM's down topic: the spy sees them pass.
+            self.pump_spy(Duration::from_millis(100), |_| false).await;
+        }
+    }
+
+    /// Checks every invariant now.
+    pub fn check(&self, drained: bool, deadlines: Deadlines) -> Result<Verdict, Failure> {
+        let hub = invariants::read_hub(&self.path("hub.sqlite")).map_err(|e| e.to_string())?;
+        let agent = invariants::read_agent(&self.path("agent.db")).map_err(|e| e.to_string())?;
+        Ok(invariants::check(
+            &hub,
+            &agent,
+            self.machine(),
+            drained,
+            deadlines,
+        ))
+    }
+
+    fn deadlines_now(&self) -> Deadlines {
+        Deadlines::OpenUntil {
+            now: self.clock.now(),
+            report_grace: self.hub_config.withdrawal.report_grace(),
+        }
+    }
+
+    /// Runs one withdrawal with `fault` and checks the invariants afterwards.
+    pub async fn run(&mut self, fault: Fault) -> Result<Outcome, Failure> {
+        let started = Instant::now();
+        let k = 1 + self.rng.below(40);
+        let amount = k * 1_000;
+        let notes = u32::try_from(k / 10 + k % 10).unwrap_or(1);
+        let before = self.machine();
+        let clear_device = matches!(fault, Fault::Device(_));
+        match fault {
+            Fault::Crash(step) => {
+                self.kill_agent().await?;
+                self.spawn_agent(Some(step)).await?;
+            }
+            Fault::Device(d) => {
+                let n = |x: u32| Some(x.min(notes.saturating_sub(1)));
+                self.sim.set_faults(match d {
+                    DeviceFault::Jam(x) => Faults {
+                        jam_after: n(x),
+                        ..Faults::default()
+                    },
+                    DeviceFault::PickupError(x) => Faults {
+                        pickup_error_after: n(x),
+                        ..Faults::default()
+                    },
+                    DeviceFault::BillEnd(x) => Faults {
+                        bill_end_after: n(x),
+                        ..Faults::default()
+                    },
+                    DeviceFault::NoAnswer => Faults {
+                        no_answer: true,
+                        ..Faults::default()
+                    },
+                    DeviceFault::PowerLoss(x) => Faults {
+                        power_loss_after: n(x),
+                        ..Faults::default()
+                    },
+                });
+            }
+            _ => {}
+        }
+        let captured_from = self.captured.len();
+
+        let code = self
+            .phone
+            .register_withdrawal(ACCOUNT, Amount::new(amount, Currency::JPY), STEP)
+            .await
+            .map_err(|e| fail("registering", e))?;
+        let tx = code.tx_id.to_string();
+        write_png(&self.path("code.png"), Some(&code.token))?;
+        let request = self
+            .phone
+            .await_confirm_request(Some(code.tx_id), STEP)
+            .await
+            .map_err(|e| fail("waiting for the confirmation request", e));
+        write_png(&self.path("code.png"), None)?;
+        let request = request?;
+
+        if fault
+            == (Fault::HubRestart {
+                after_confirm: false,
+            })
+        {
+            self.restart_hub().await?;
+        }
+        if fault == Fault::LateConfirm {
+            // The hub refuses from confirm_by + 1 on; its sweeper may expire it first.
+            while self.clock.now() <= request.confirm_by {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let here = Position::new(SHIBUYA.0, SHIBUYA.1, 10.0);
+        let evidence = || requests::evidence(Some(PIN), None, SystemClock.now());
+        self.phone
+            .confirm(&request, evidence(), Some(here))
+            .await
+            .map_err(|e| fail("confirming", e))?;
+        if fault == Fault::ConfirmTwice {
+            self.phone
+                .confirm(&request, evidence(), Some(here))
+                .await
+                .map_err(|e| fail("confirming again", e))?;
+        }
+
+        let mut settle_within = STEP;
+        match fault {
+            Fault::Kill { after_ms } => {
+                tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                self.kill_agent().await?;
+                self.spawn_agent(None).await?;
+                settle_within = Duration::from_secs(8);
+            }
+            Fault::Crash(_) => {
+                self.wait_agent_exit().await?;
+                self.spawn_agent(None).await?;
+            }
+            Fault::BrokerOutage { after_ms, down_ms } => {
+                tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                self.broker_outage(Duration::from_millis(down_ms)).await?;
+            }
+            Fault::HubRestart {
+                after_confirm: true,
+            } => self.restart_hub().await?,
+            _ => {}
+        }
+
+        let mut phase = self.wait_settled(&tx, settle_within).await?;
+        if phase.is_none() && self.agent_has_order_for(&tx)? {
+            phase = self.wait_settled(&tx, STEP).await?;
+        }
+        let phase = match phase {
+            Some(p) => p,
+            None => match self.hub_phase(&tx)?.as_deref() {
+                // The agent died between receiving the order and journalling it: the order
+                // is gone with the process, the hold stays and the hub flags it after the
+                // report grace (checked by the final sweep).
+                Some("ordered") if !self.agent_has_order_for(&tx)? => "lost-order".to_owned(),
+                other => return Err(format!("tx {tx} did not settle: still {other:?}")),
+            },
+        };
+
+        if clear_device {
+            self.sim.set_faults(Faults::default());
+            self.sim.power_on();
+            if matches!(
+                fault,
+                Fault::Device(DeviceFault::NoAnswer | DeviceFault::PowerLoss(_))
+            ) {
+                // A dead device leaves the ATM out of service: a technician restarts it.
+                self.kill_agent().await?;
+                self.spawn_agent(None).await?;
+            }
+        }
+        let drained = self.wait_drained().await?;
+        let mut verdict = self.check(drained, self.deadlines_now())?;
+
+        if let Fault::Replay { older } = fault {
+            let hub_before =
+                invariants::read_hub(&self.path("hub.sqlite")).map_err(|e| e.to_string())?;
+            let machine_before = self.machine();
+            self.pump_spy(Duration::from_millis(50), |_| false).await;
+            let mut batch: Vec<(String, Vec<u8>)> = self.captured[captured_from..].to_vec();
+            for _ in 0..older {
+                if captured_from > 0 {
+                    let i = self.rng.below(captured_from as u64) as usize;
+                    batch.push(self.captured[i].clone());
+                }
+            }
+            if let Some(spy) = self.spy.as_mut() {
+                for (topic, payload) in &batch {
+                    spy.publish(topic, payload.clone()).await;
+                }
+            }
+            // A round trip through the hub after the replays: it handled them by then.
+            self.phone
+                .balance(ACCOUNT, 0, STEP)
+                .await
+                .map_err(|e| fail("balance after the replays", e))?;
+            let drained = self.wait_drained().await?;
+            let hub_after =
+                invariants::read_hub(&self.path("hub.sqlite")).map_err(|e| e.to_string())?;
+            let phases = |h: &invariants::HubView| {
+                h.withdrawals
+                    .iter()
+                    .map(|w| (w.tx_id.clone(), w.phase, w.settled))
+                    .collect::<Vec<_>>()
+            };
+            if phases(&hub_before) != phases(&hub_after)
+                || hub_before.postings != hub_after.postings
+            {
+                verdict.violations.push(format!(
+                    "[replay] {} replayed messages changed the hub's withdrawals or ledger",
+                    batch.len()
+                ));
+            }
+            if self.machine() != machine_before {
+                verdict
+                    .violations
+                    .push("[replay] replayed messages moved cash".into());
+            }
+            let again = self.check(drained, self.deadlines_now())?;
+            verdict.violations.extend(again.violations);
+        }
+
+        // What each fault must end in, beyond the invariants.
+        let paid = self.machine().delivered_value - before.delivered_value;
+        let expect = |ok: bool, what: &str, v: &mut Verdict| {
+            if !ok {
+                v.violations.push(format!(
+                    "[scenario] {}: {what} (tx {tx} ended {phase}, {paid} paid out)",
+                    fault.kind()
+                ));
+            }
+        };
+        match fault {
+            Fault::None | Fault::ConfirmTwice | Fault::Replay { .. } => expect(
+                phase == "dispensed" && paid == amount,
+                "the withdrawal completes exactly once",
+                &mut verdict,
+            ),
+            Fault::LateConfirm => expect(
+                matches!(phase.as_str(), "expired" | "cancelled") && paid == 0,
+                "a late confirmation pays nothing",
+                &mut verdict,
+            ),
+            Fault::Crash(CrashStep::AfterWriteAhead) => expect(
+                phase == "in_doubt" && paid == 0,
+                "recovered in doubt without a dispense",
+                &mut verdict,
+            ),
+            Fault::Crash(CrashStep::AfterDeviceOutcome) => expect(
+                phase == "in_doubt" && paid == amount,
+                "recovered in doubt after paying out once",
+                &mut verdict,
+            ),
+            _ => expect(paid <= amount, "never more than the amount", &mut verdict),
+        }
+        let outcome = Outcome {
+            fault,
+            amount,
+            phase,
+            took: started.elapsed(),
+            verdict,
+        };
+        if self.settings.verbose {
+            eprintln!(
+                "{:<28} {:>6} yen → {:<12} {:>6} ms  {}",
+                fault.kind(),
+                amount,
+                outcome.phase,
+                outcome.took.as_millis(),
+                if outcome.verdict.is_ok() {
+                    "ok".to_owned()
+                } else {
+                    outcome.verdict.violations.join("; ")
+                }
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// Ends the campaign: stops the hub, moves its clock past every deadline, runs one
+    /// sweep, and checks the invariants with nothing allowed to stay open.
+    pub async fn finish(mut self) -> Result<Verdict, Failure> {
+        let drained = self.wait_drained().await?;
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let hub = match self.hub.take() {
+            Some(h) => h.shutdown().await,
+            None => None,
+        };
+        drop(hub);
+        let w = &self.hub_config.withdrawal;
+        self.clock.shift(
+            Duration::from_secs(w.code_ttl_s + w.confirm_timeout_s + w.order_ttl_s)
+                + w.report_grace()
+                + Duration::from_secs(60),
+        );
+        let mut hub = self.hub_instance()?;
+        hub.sweep().map_err(|e| fail("final sweep", e))?;
+        drop(hub);
+        self.check(drained, Deadlines::AllPassed)
+    }
+}
+
+fn write_agent_config(dir: &Path, broker_url: &str, port: &str) -> Result<(), Failure> {
+    let p = |name: &str| dir.join(name).display().to_string();
+    let text = format!(
+        r#"
+atm_id = "{ATM}"
+key_file = "{key}"
+hub_keys = ["{hub}"]
+database = "{db}"
+
+[[cassettes]]
+denomination = 10000
+notes = 1000000
+
+[[cassettes]]
+denomination = 1000
+notes = 1000000
+
+[broker]
+url = "{broker_url}"
+
+[camera]
+kind = "files"
+path = "{png}"
+looping = true
+
+[dispenser]
+port = "{port}"
+model = "lcdm-2000"
+journal = "{journal}"
+dispense_timeout_ms = 3000
+
+[outbox]
+resend_initial_ms = 200
+resend_max_ms = 1000
+
+[timing]
+min_frame_interval_ms = 40
+confirm_grace_s = 1
+"#,
+        key = p("atm.jwk"),
+        hub = p("hub.pub.jwk"),
+        db = p("agent.db"),
+        png = p("code.png"),
+        journal = p("dispenser-journal.json"),
+    );
+    std::fs::write(dir.join("agent.toml"), text).map_err(|e| fail("agent configuration", e))
+}
+
+/// Campaign totals.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Scenarios run.
+    pub scenarios: usize,
+    /// Per fault kind: (scenarios, final phases seen with counts).
+    pub by_kind: std::collections::BTreeMap<
+        &'static str,
+        (usize, std::collections::BTreeMap<String, usize>),
+    >,
+    /// Violations, prefixed with the scenario number and fault.
+    pub violations: Vec<String>,
+    /// Wall time.
+    pub took: Duration,
+    /// The final check after the sweep.
+    pub final_verdict: Option<Verdict>,
+}
+
+impl Summary {
+    /// Adds one scenario.
+    pub fn add(&mut self, i: usize, o: &Outcome) {
+        self.scenarios += 1;
+        let e = self.by_kind.entry(o.fault.kind()).or_default();
+        e.0 += 1;
+        *e.1.entry(o.phase.clone()).or_default() += 1;
+        for v in &o.verdict.violations {
+            self.violations
+                .push(format!("scenario {i} ({:?}): {v}", o.fault));
+        }
+    }
+
+    /// A Markdown table of the tallies.
+    pub fn table(&self) -> String {
+        let mut s = String::from("| fault | scenarios | ended as |\n|---|---|---|\n");
+        for (kind, (n, phases)) in &self.by_kind {
+            let ended: Vec<String> = phases.iter().map(|(p, c)| format!("{p} {c}")).collect();
+            s.push_str(&format!("| {kind} | {n} | {} |\n", ended.join(", ")));
+        }
+        s
+    }
+}
+
+/// Runs a campaign: every fault kind once (if `every_kind`), then random faults up to
+/// `scenarios`, then the final sweep and check. Stops at the first scenario that cannot run.
+pub async fn campaign(
+    settings: Settings,
+    scenarios: usize,
+    every_kind: bool,
+) -> Result<Summary, Failure> {
+    let started = Instant::now();
+    let seed = settings.seed;
+    let mut world = World::start(settings).await?;
+    let mut plan = if every_kind {
+        Fault::every_kind(world.rng())
+    } else {
+        Vec::new()
+    };
+    plan.truncate(scenarios);
+    let mut summary = Summary::default();
+    for i in 0..scenarios {
+        let fault = match plan.get(i) {
+            Some(f) => *f,
+            None => Fault::random(world.rng()),
+        };
+        let outcome = world
+            .run(fault)
+            .await
+            .map_err(|e| format!("seed {seed}, scenario {i} ({fault:?}): {e}"))?;
+        summary.add(i, &outcome);
+    }
+    let v = world.finish().await?;
+    for line in &v.violations {
+        summary.violations.push(format!("final check: {line}"));
+    }
+    summary.final_verdict = Some(v);
+    summary.took = started.elapsed();
+    Ok(summary)
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // The agent is a separate process: it must not outlive a failed campaign.
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
