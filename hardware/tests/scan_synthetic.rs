@@ -84,6 +84,43 @@ fn small_code_needs_full_resolution() {
 }
 
 #[test]
+fn tiny_code_needs_double_resolution() {
+    // 1.6 px per module: the finder's one-module rings do not survive binarization at the
+    // original scale, only on the doubled image.
+    let payload = token(15);
+    let scene = SyntheticScene {
+        module_px: Some(1.6),
+        center: (0.4, 0.55),
+        angle_deg: 8.0,
+        ..SyntheticScene::default()
+    };
+    let mut camera = SyntheticCamera::with_scene(640, 480, scene);
+    camera.show(&payload).expect("renders");
+    let frame = film(&mut camera);
+    let mut scanner = Scanner::new(ScanConfig::default());
+    let d = scanner.scan(&frame).expect("decodes");
+    assert_eq!(d.payload, payload);
+    assert_eq!(d.stage, Stage::DoubleResolution);
+    // Corners come back in frame pixels, around the symbol's centre (256, 264).
+    let cx = d.corners.iter().map(|c| c.0).sum::<u32>() / 4;
+    let cy = d.corners.iter().map(|c| c.1).sum::<u32>() / 4;
+    assert!(
+        cx.abs_diff(256) <= 6 && cy.abs_diff(264) <= 6,
+        "{:?}",
+        d.corners
+    );
+    // The next frame looks around it, at double resolution again.
+    assert_eq!(scanner.scan(&frame).map(|d| d.stage), Some(Stage::Tracked));
+    // Without the fallback (or on frames the fallbacks skip) it is not found.
+    let mut plain = Scanner::new(ScanConfig {
+        upsample_fallback: false,
+        slow_search_every: 0,
+        ..ScanConfig::default()
+    });
+    assert_eq!(plain.scan(&frame), None);
+}
+
+#[test]
 fn rotated_code_decodes() {
     let payload = token(12);
     let mut camera = SyntheticCamera::with_scene(

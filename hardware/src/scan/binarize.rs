@@ -28,7 +28,7 @@ impl Binarizer {
     /// Binarize `src` into `out` (resized to `width * height`): 1 for black, 0 for white.
     pub fn binarize(&mut self, src: LumaView<'_>, out: &mut Vec<u8>) {
         let (w, h) = (src.width() as usize, src.height() as usize);
-        out.clear();
+        // Every pixel is written below; only growth needs filling.
         out.resize(w * h, 0);
         if w < BLOCK || h < BLOCK {
             global_threshold(src, out);

@@ -1,11 +1,13 @@
-//! The two grid searches on a binary image, both ending in rqrr's decoder: the fast locator
-//! ([`super::locate`]) and rqrr's own, slower and more forgiving, search. Grids and decode
+//! The two grid searches on a binary image, both ending in our symbol decoder
+//! ([`super::symbol`]): the fast locator ([`super::locate`]) and rqrr's own, slower and more
+//! forgiving, search. Grids and decode
 //! results come out in the binary image's coordinates; nothing about frames, scales or
 //! regions here.
 
 use rqrr::{BitGrid, PreparedImage};
 
 use super::locate::{self, Bitmap};
+use super::symbol::{self, ModuleGrid};
 
 /// A grid that was located, and whether it decoded.
 #[derive(Debug)]
@@ -18,8 +20,8 @@ pub(crate) struct Found {
     pub payload: Result<String, rqrr::DeQRError>,
 }
 
-/// Decode attempts the fast locator makes per image: each failed attempt costs a
-/// Reed–Solomon pass in rqrr (~1.5 ms for a version-10 code).
+/// Decode attempts the fast locator makes per image (a failed attempt costs a sampling and a
+/// few microseconds of decoding; the bound is for images full of finder-like clutter).
 const FAST_ATTEMPTS: usize = 4;
 
 /// Locate codes with the fast locator and decode them with rqrr (`bits[y * width + x]` is 1
@@ -47,8 +49,7 @@ pub(crate) fn detect_fast(bits: &[u8], width: u32, height: u32, first_only: bool
                 return out;
             }
             attempts += 1;
-            let grid = rqrr::Grid::new(located.sample(&bm));
-            let payload = grid.decode().map(|(_meta, content)| content);
+            let payload = symbol::decode(&located.sample(&bm));
             let ok = payload.is_ok();
             out.push(Found {
                 bounds: located.corners(),
@@ -67,7 +68,7 @@ pub(crate) fn detect_fast(bits: &[u8], width: u32, height: u32, first_only: bool
     out
 }
 
-/// Locate and decode every grid with rqrr's own search.
+/// Locate every grid with rqrr's own search and decode the modules it samples.
 pub(crate) fn detect_rqrr(bits: Vec<u8>, width: u32, height: u32) -> Vec<Found> {
     let Some(img) = image::GrayImage::from_raw(width, height, bits) else {
         return Vec::new();
@@ -76,10 +77,14 @@ pub(crate) fn detect_rqrr(bits: Vec<u8>, width: u32, height: u32) -> Vec<Found> 
     prepared
         .detect_grids()
         .into_iter()
-        .map(|grid| Found {
-            bounds: grid.bounds.map(|p| (i64::from(p.x), i64::from(p.y))),
-            modules: grid.grid.size(),
-            payload: grid.decode().map(|(_meta, content)| content),
+        .map(|grid| {
+            let n = grid.grid.size();
+            let modules = ModuleGrid::from_fn(n, |x, y| grid.grid.bit(y, x));
+            Found {
+                bounds: grid.bounds.map(|p| (i64::from(p.x), i64::from(p.y))),
+                modules: n,
+                payload: symbol::decode(&modules),
+            }
         })
         .collect()
 }

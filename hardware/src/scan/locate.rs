@@ -2,15 +2,14 @@
 //! cross-checks (as ZXing does), the three that form a code, its version (from the version
 //! information blocks, or the timing pattern for small codes), the bottom-right alignment
 //! pattern, and a homography from module to pixel coordinates. Its output is a sampled module
-//! grid that rqrr's decoder reads.
+//! grid for [`super::symbol`].
 //!
 //! This replaces rqrr's own grid search on the fast path: rqrr refines every candidate's
 //! perspective by hill-climbing ("jiggle", ~280 000 point mappings, done twice per code),
 //! which costs ~12 ms for a version-10 code however small the image. Anything this locator
 //! misses still goes to rqrr's full search ([`super::detect`]).
 
-use rqrr::BitGrid;
-
+use super::symbol::ModuleGrid;
 use crate::camera::render::Homography;
 
 /// A binary image: `bits[y * width + x]` is 1 for black.
@@ -33,7 +32,9 @@ impl Bitmap<'_> {
 
     #[inline]
     fn black_at(&self, p: (f64, f64)) -> bool {
-        self.black(p.0.floor() as i64, p.1.floor() as i64)
+        // Truncation is floor for the non-negative coordinates that can be inside the image
+        // (and `f64::floor` is a libm call without SSE4.1).
+        p.0 >= 0.0 && p.1 >= 0.0 && self.black(p.0 as i64, p.1 as i64)
     }
 }
 
@@ -49,12 +50,20 @@ pub(crate) struct Finder {
 
 /// Whether five runs look like the 1:1:3:1:1 finder cross-section (50 % tolerance).
 fn ratio_ok(c: &[usize; 5]) -> bool {
+    ratio_within(c, 0.5)
+}
+
+/// Whether five runs look like the 1:1:3:1:1 finder cross-section within `tolerance` of a
+/// module per run. The row scan uses 50 %; the cross-checks through a candidate's centre
+/// allow 75 % (as ZXing's diagonal check does), because below ~3 px per module blur and
+/// thresholding thin one light ring to half a module.
+fn ratio_within(c: &[usize; 5], tolerance: f64) -> bool {
     let total: usize = c.iter().sum();
     if total < 7 || c.contains(&0) {
         return false;
     }
     let module = total as f64 / 7.0;
-    let var = module / 2.0;
+    let var = module * tolerance;
     (module - c[0] as f64).abs() < var
         && (module - c[1] as f64).abs() < var
         && (3.0 * module - c[2] as f64).abs() < 3.0 * var
@@ -112,7 +121,15 @@ fn cross_check(
         c[4] += 1;
         i += 1;
     }
-    if c[1] > max || c[3] > max || c[0] > max || c[4] > max || !ratio_ok(&c) {
+    // An outer ring that runs on into dark data modules (the one-module light separator
+    // blurred away, common below ~3 px per module) is taken as one ring width: the light ring
+    // inside it still has to be there, and the triple and the decoder weed out look-alikes.
+    for outer in [0, 4] {
+        if c[outer] > max {
+            c[outer] = (c[1] + c[3]).div_ceil(2);
+        }
+    }
+    if c[1] > max || c[3] > max || !ratio_within(&c, 0.75) {
         return None;
     }
     // The centre run covers pixels -(kb - 1) ..= mf around the start pixel; its middle in
@@ -272,23 +289,6 @@ fn score_triple(f: [Finder; 3]) -> Option<(f64, Corners)> {
     ))
 }
 
-/// A module grid sampled from the image, in the form rqrr's decoder reads.
-#[derive(Debug, Clone)]
-pub(crate) struct SampledGrid {
-    size: usize,
-    dark: Vec<bool>,
-}
-
-impl BitGrid for SampledGrid {
-    fn size(&self) -> usize {
-        self.size
-    }
-
-    fn bit(&self, y: usize, x: usize) -> bool {
-        self.dark[y * self.size + x]
-    }
-}
-
 /// A located code: its module→pixel map and size, ready to sample.
 #[derive(Debug, Clone)]
 pub(crate) struct Located {
@@ -298,17 +298,12 @@ pub(crate) struct Located {
 
 impl Located {
     /// Sample module centres.
-    pub fn sample(&self, bm: &Bitmap<'_>) -> SampledGrid {
-        let n = self.size;
-        let mut dark = vec![false; n * n];
-        for y in 0..n {
-            for x in 0..n {
-                if let Some(p) = self.to_image.apply(x as f64 + 0.5, y as f64 + 0.5) {
-                    dark[y * n + x] = bm.black_at(p);
-                }
-            }
-        }
-        SampledGrid { size: n, dark }
+    pub fn sample(&self, bm: &Bitmap<'_>) -> ModuleGrid {
+        ModuleGrid::from_fn(self.size, |x, y| {
+            self.to_image
+                .apply(x as f64 + 0.5, y as f64 + 0.5)
+                .is_some_and(|p| bm.black_at(p))
+        })
     }
 
     /// Symbol corners in image pixels: top-left, top-right, bottom-right, bottom-left.
@@ -474,17 +469,17 @@ fn find_alignment(bm: &Bitmap<'_>, l: &Located, module: f64) -> Option<(f64, f64
     let pv = l.to_image.apply(c, c + 1.0)?;
     let du = (pu.0 - centre.0, pu.1 - centre.1);
     let dv = (pv.0 - centre.0, pv.1 - centre.1);
-    let mut offsets: Vec<(f64, f64, bool)> = Vec::with_capacity(25);
-    for j in -2i32..=2 {
-        for i in -2i32..=2 {
-            let ring = i.abs().max(j.abs());
-            let dark = ring != 1;
-            offsets.push((
-                du.0 * f64::from(i) + dv.0 * f64::from(j),
-                du.1 * f64::from(i) + dv.1 * f64::from(j),
-                dark,
-            ));
-        }
+    // The 5×5 module pattern as whole-pixel offsets from a candidate pixel's centre
+    // (x + 0.5 + o floors to x + floor(0.5 + o)), so the inner loop is integer lookups.
+    let mut offsets = [(0i64, 0i64, false); 25];
+    for (k, o) in offsets.iter_mut().enumerate() {
+        let (i, j) = (k as i32 % 5 - 2, k as i32 / 5 - 2);
+        let ring = i.abs().max(j.abs());
+        *o = (
+            (0.5 + du.0 * f64::from(i) + dv.0 * f64::from(j)).floor() as i64,
+            (0.5 + du.1 * f64::from(i) + dv.1 * f64::from(j)).floor() as i64,
+            ring != 1,
+        );
     }
     for reach in [4.0, 8.0] {
         let r = (reach * module).ceil() as i64;
@@ -496,12 +491,22 @@ fn find_alignment(bm: &Bitmap<'_>, l: &Located, module: f64) -> Option<(f64, f64
                 if !bm.black(x, y) {
                     continue;
                 }
-                let score = offsets
-                    .iter()
-                    .filter(|(ox, oy, dark)| {
-                        bm.black_at((x as f64 + 0.5 + ox, y as f64 + 0.5 + oy)) == *dark
-                    })
-                    .count();
+                // Count matches, giving up once this pixel cannot reach the best score.
+                let mut score = 0;
+                let mut misses = 0;
+                for &(ox, oy, dark) in &offsets {
+                    if bm.black(x + ox, y + oy) == dark {
+                        score += 1;
+                    } else {
+                        misses += 1;
+                        if misses > offsets.len() - best {
+                            break;
+                        }
+                    }
+                }
+                if score < best {
+                    continue;
+                }
                 // Prefer the best score; among equals, average (the pattern's pixels).
                 let d2 = ((x - cx).pow(2) + (y - cy).pow(2)) as f64;
                 let weight = 1.0 / (1.0 + d2 / (module * module * 4.0));

@@ -1,25 +1,30 @@
-//! Fast QR scanning on top of rqrr, for live video on a small board.
+//! Fast QR scanning for live video on a small board.
 //!
 //! Plain rqrr spends ~20 ms on a 1280×720 frame, mostly per code rather than per pixel: its
 //! grid search refines each candidate's perspective by hill-climbing, twice (~12 ms for a
-//! version-10 code), and its binarizer divides per pixel. [`Scanner`] keeps rqrr's decoder
-//! and does the rest itself, cheapest pass first, stopping at the first accepted payload:
+//! version-10 code), its Reed–Solomon decoder raises α to a power per syndrome term (~1.2 ms),
+//! and its binarizer divides per pixel. [`Scanner`] has its own binarizer, grid locator and
+//! symbol decoder, keeps rqrr's grid search as a last resort, and runs the cheapest pass
+//! first, stopping at the first accepted payload:
 //!
 //! 1. **Tracked region**: right after a detection, the next frames look only around where the
-//!    code was (at half resolution when its modules are big enough).
+//!    code was (at half or double resolution depending on its module size).
 //! 2. **Half resolution**: the whole frame, 2×2 box-filtered (a quarter of the pixels, half the
 //!    sensor noise), for frames whose short side is at least
 //!    [`ScanConfig::downscale_min_side`].
 //! 3. **Full-resolution region**: a grid found at half resolution that did not decode is
 //!    retried on the full-resolution pixels around it.
 //! 4. **Full resolution**: the whole frame (small or distant codes).
-//! 5. **rqrr's own grid search** over the same images when ours decoded nothing (see
-//!    [`ScanConfig::slow_search_every`]).
+//! 5. **Double resolution**: the whole frame interpolated ×2, for codes of 1.5–2.5 px per
+//!    module (see [`ScanConfig::upsample_fallback`]).
+//! 6. **rqrr's own grid search** over the half- and full-resolution images.
 //!
-//! Every pass binarizes with our local-mean [`Binarizer`] and runs the fast locator
-//! (`locate`: finder patterns, version blocks, alignment pattern, homography) whose sampled
-//! grid goes to rqrr's decoder. Payloads a caller-supplied [`PayloadFilter`] rejects (anything
-//! that is not a withdrawal token) are dropped on the spot and never tracked.
+//! Passes 5 and 6 run only when the others decoded nothing, and only on the frames
+//! [`ScanConfig::slow_search_every`] allows. Every pass binarizes with our local-mean
+//! [`Binarizer`] and runs the fast locator (`locate`: finder patterns, version blocks,
+//! alignment pattern, homography), whose sampled grid goes to `symbol` (format, Reed–Solomon,
+//! segments). Payloads a caller-supplied [`PayloadFilter`] rejects (anything that is not a
+//! withdrawal token) are dropped on the spot and never tracked.
 //!
 //! Not here: where frames come from ([`crate::camera`]), what a token means (the agent).
 
@@ -29,9 +34,10 @@ mod detect;
 mod downscale;
 mod files;
 mod locate;
+mod symbol;
 
 pub use binarize::Binarizer;
-pub use downscale::halve;
+pub use downscale::{double, halve};
 pub use files::{FileResult, decode_files};
 
 use std::sync::Arc;
@@ -84,11 +90,16 @@ pub struct ScanConfig {
     /// Scan the whole frame at full resolution when the half-resolution pass found nothing
     /// (small or distant codes).
     pub full_res_fallback: bool,
-    /// When the fast locator decodes nothing, also run rqrr's own grid search (slow: ~10 ms
-    /// per pass at 1280×720, most of an empty frame's cost) on one frame in this many; 1 =
-    /// every frame, 0 = never. A board that cannot afford it at its frame rate sets 3–5: a code
-    /// held in front of the camera stays for many frames.
+    /// When the fast passes decode nothing, run the fallbacks (the double-resolution pass and
+    /// rqrr's own grid search; together ~25 ms at 1280×720, most of an empty frame's cost) on
+    /// one frame in this many; 1 = every frame, 0 = never. A board that cannot afford them at
+    /// its frame rate sets 3–5: a code held in front of the camera stays for many frames.
     pub slow_search_every: u32,
+    /// When the fast passes decoded nothing, scan the whole frame again at double resolution
+    /// (linear interpolation) before rqrr's search, on the same frames as that search: codes
+    /// of 1.5–2.5 px per module lose their one-module finder rings at the original scale.
+    /// Costs about as much as rqrr's search on an empty frame.
+    pub upsample_fallback: bool,
     /// Which payloads to return.
     pub filter: PayloadFilter,
 }
@@ -100,6 +111,7 @@ impl Default for ScanConfig {
             track_frames: 10,
             full_res_fallback: true,
             slow_search_every: 1,
+            upsample_fallback: true,
             filter: PayloadFilter::accept_all(),
         }
     }
@@ -116,6 +128,8 @@ pub enum Stage {
     FullResolutionRegion,
     /// Whole frame at full resolution.
     FullResolution,
+    /// Whole frame at double resolution (small codes), see [`ScanConfig::upsample_fallback`].
+    DoubleResolution,
 }
 
 /// A decoded QR code.
@@ -141,10 +155,18 @@ enum Search {
     Rqrr,
 }
 
+/// The resolution a pass works at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scale {
+    Half,
+    Full,
+    Double,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Tracked {
     rect: Rect,
-    halve: bool,
+    scale: Scale,
     frames_left: u32,
 }
 
@@ -154,7 +176,8 @@ struct Tracked {
 pub struct Scanner {
     config: ScanConfig,
     binarizer: Binarizer,
-    half: LumaFrame,
+    /// The halved or doubled image of the current pass.
+    resampled: LumaFrame,
     bits: Vec<u8>,
     tracked: Option<Tracked>,
     rejected: u64,
@@ -167,7 +190,7 @@ impl Scanner {
         Self {
             config,
             binarizer: Binarizer::default(),
-            half: LumaFrame::default(),
+            resampled: LumaFrame::default(),
             bits: Vec::new(),
             tracked: None,
             rejected: 0,
@@ -190,7 +213,7 @@ impl Scanner {
         let view = frame.into();
         let start = Instant::now();
         if let Some(tracked) = self.tracked.take() {
-            let found = self.pass(view, tracked.rect, tracked.halve, Search::Fast, true);
+            let found = self.pass(view, tracked.rect, tracked.scale, Search::Fast, true);
             if let Some(d) = self.first_accepted(&found, Stage::Tracked, start) {
                 return Some(d);
             }
@@ -218,9 +241,9 @@ impl Scanner {
         out
     }
 
-    /// Passes 2–4 over the whole frame; with `first_only`, stop at the first accepted code.
-    /// All passes run with the fast locator first; with `slow`, rqrr's own search then goes
-    /// over the same images.
+    /// Passes 2–5 over the whole frame; with `first_only`, stop at the first accepted code.
+    /// The fast locator runs first at half, then full resolution; with `slow`, the
+    /// double-resolution pass and rqrr's own search follow when it decoded nothing.
     fn scan_frame(
         &mut self,
         view: LumaView<'_>,
@@ -237,57 +260,80 @@ impl Scanner {
         };
         let halve = view.width().min(view.height()) >= self.config.downscale_min_side;
         let full = !halve || self.config.full_res_fallback;
-        let searches: &[Search] = if slow {
-            &[Search::Fast, Search::Rqrr]
-        } else {
-            &[Search::Fast]
-        };
-        for &search in searches {
-            if halve {
-                let found = self.pass(view, whole, true, search, first_only);
-                self.collect(&found, Stage::HalfResolution, start, out);
-                if first_only && !out.is_empty() {
-                    return;
-                }
-                for failed in found.iter().filter(|f| f.payload.is_err()) {
-                    let Some(rect) = region_around(failed, view) else {
-                        continue;
-                    };
-                    let found = self.pass(view, rect, false, Search::Fast, first_only);
-                    self.collect(&found, Stage::FullResolutionRegion, start, out);
-                    if first_only && !out.is_empty() {
-                        return;
-                    }
-                }
+        let done = |out: &Vec<Detection>| first_only && !out.is_empty();
+        if halve {
+            let found = self.pass(view, whole, Scale::Half, Search::Fast, first_only);
+            self.collect(&found, Stage::HalfResolution, start, out);
+            if done(out) {
+                return;
             }
-            if full && (!first_only || out.is_empty()) {
-                let found = self.pass(view, whole, false, search, first_only);
-                self.collect(&found, Stage::FullResolution, start, out);
-                if first_only && !out.is_empty() {
+            for failed in found.iter().filter(|f| f.payload.is_err()) {
+                let Some(rect) = region_around(failed, view) else {
+                    continue;
+                };
+                let found = self.pass(view, rect, Scale::Full, Search::Fast, first_only);
+                self.collect(&found, Stage::FullResolutionRegion, start, out);
+                if done(out) {
                     return;
                 }
             }
         }
+        if full {
+            let found = self.pass(view, whole, Scale::Full, Search::Fast, first_only);
+            self.collect(&found, Stage::FullResolution, start, out);
+            if done(out) {
+                return;
+            }
+        }
+        if !slow {
+            return;
+        }
+        if self.config.upsample_fallback && (!first_only || out.is_empty()) {
+            let found = self.pass(view, whole, Scale::Double, Search::Fast, first_only);
+            self.collect(&found, Stage::DoubleResolution, start, out);
+            if done(out) {
+                return;
+            }
+        }
+        if halve {
+            let found = self.pass(view, whole, Scale::Half, Search::Rqrr, first_only);
+            self.collect(&found, Stage::HalfResolution, start, out);
+            if done(out) {
+                return;
+            }
+        }
+        if full {
+            let found = self.pass(view, whole, Scale::Full, Search::Rqrr, first_only);
+            self.collect(&found, Stage::FullResolution, start, out);
+        }
     }
 
-    /// Binarize `rect` of `view` (halved or not), locate and decode codes with `search`, and
-    /// map what was found to frame coordinates.
+    /// Binarize `rect` of `view` at `scale`, locate and decode codes with `search`, and map
+    /// what was found to frame coordinates.
     fn pass(
         &mut self,
         view: LumaView<'_>,
         rect: Rect,
-        halve: bool,
+        scale: Scale,
         search: Search,
         first_only: bool,
     ) -> Vec<Found> {
         let crop = view.crop(rect);
-        let (w, h, scale) = if halve {
-            downscale::halve(crop, &mut self.half);
-            self.binarizer.binarize(self.half.view(), &mut self.bits);
-            (self.half.width(), self.half.height(), 2)
-        } else {
-            self.binarizer.binarize(crop, &mut self.bits);
-            (crop.width(), crop.height(), 1)
+        let (w, h) = match scale {
+            Scale::Half | Scale::Double => {
+                if scale == Scale::Half {
+                    downscale::halve(crop, &mut self.resampled);
+                } else {
+                    downscale::double(crop, &mut self.resampled);
+                }
+                self.binarizer
+                    .binarize(self.resampled.view(), &mut self.bits);
+                (self.resampled.width(), self.resampled.height())
+            }
+            Scale::Full => {
+                self.binarizer.binarize(crop, &mut self.bits);
+                (crop.width(), crop.height())
+            }
         };
         let mut found = match search {
             Search::Fast => detect::detect_fast(&self.bits, w, h, first_only),
@@ -295,8 +341,13 @@ impl Scanner {
             Search::Rqrr => detect::detect_rqrr(std::mem::take(&mut self.bits), w, h),
         };
         let (ox, oy) = (i64::from(rect.x), i64::from(rect.y));
+        let to_frame = |v: i64| match scale {
+            Scale::Half => v * 2,
+            Scale::Full => v,
+            Scale::Double => v / 2,
+        };
         for f in &mut found {
-            f.bounds = f.bounds.map(|(x, y)| (x * scale + ox, y * scale + oy));
+            f.bounds = f.bounds.map(|(x, y)| (to_frame(x) + ox, to_frame(y) + oy));
         }
         found
     }
@@ -356,11 +407,19 @@ impl Scanner {
         let Some(rect) = Rect::around(&found.bounds, margin, u32::MAX, u32::MAX) else {
             return;
         };
-        // At ≥ 5 px per module a halved symbol still has 2.5 px modules, enough for rqrr.
+        // At ≥ 5 px per module a halved symbol still has 2.5 px modules, enough to locate;
+        // below 2.5 px the finder rings need the doubled image.
         let module_px = side / found.modules.max(21) as f64;
+        let scale = if module_px >= 5.0 {
+            Scale::Half
+        } else if module_px < 2.5 && self.config.upsample_fallback {
+            Scale::Double
+        } else {
+            Scale::Full
+        };
         self.tracked = Some(Tracked {
             rect,
-            halve: module_px >= 5.0,
+            scale,
             frames_left: self.config.track_frames,
         });
     }
