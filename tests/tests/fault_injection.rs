@@ -42,6 +42,11 @@ async fn a_short_fault_campaign_keeps_every_money_invariant() {
     .unwrap_or_else(|e| panic!("seed {seed}: {e}\nreplay: QRCASH_FAULT_SEED={seed}"));
     eprintln!("{}", summary.table());
     assert!(
+        summary.errors.is_empty(),
+        "seed {seed}: scenarios that could not finish:\n{}\nreplay: QRCASH_FAULT_SEED={seed}",
+        summary.errors.join("\n")
+    );
+    assert!(
         summary.violations.is_empty(),
         "seed {seed}: {} violations:\n{}\nreplay: QRCASH_FAULT_SEED={seed}",
         summary.violations.len(),

@@ -81,8 +81,9 @@ fn main() -> Result<()> {
     println!("{}", summary.table());
     let final_v = summary.final_verdict.clone().unwrap_or_default();
     println!(
-        "seed {seed}: {} scenarios in {:.1} s ({:.2} s each); {} withdrawals, {} orders, {} in doubt, {} yen paid out, {} yen captured; {} violations",
+        "seed {seed}: {} scenarios ({} could not finish) in {:.1} s ({:.2} s each); {} withdrawals, {} orders, {} in doubt, {} yen paid out, {} yen captured; {} violations",
         summary.scenarios,
+        summary.errors.len(),
         summary.took.as_secs_f64(),
         summary.took.as_secs_f64() / summary.scenarios.max(1) as f64,
         final_v.withdrawals,
@@ -92,6 +93,15 @@ fn main() -> Result<()> {
         final_v.captured,
         summary.violations.len()
     );
+    for e in &summary.errors {
+        eprintln!("SCENARIO ERROR {e}");
+    }
+    if !summary.errors.is_empty() {
+        bail!(
+            "{} scenarios could not run to the end (replay with --seed {seed})",
+            summary.errors.len()
+        );
+    }
     if !summary.violations.is_empty() {
         for v in &summary.violations {
             eprintln!("VIOLATION {v}");
