@@ -133,6 +133,12 @@ pub enum Fault {
         /// Delay after the confirmation.
         after_ms: u64,
     },
+    /// The agent is SIGKILLed this many milliseconds after its dispense order passed on the
+    /// broker (mid-dispense, usually), then restarted.
+    KillAtOrder {
+        /// Delay after the order was seen.
+        after_ms: u64,
+    },
     /// The broker is killed and restarted (same port) this long after the confirmation.
     BrokerOutage {
         /// Delay after the confirmation before the broker dies.
@@ -170,6 +176,7 @@ impl Fault {
             Fault::Crash(CrashStep::AfterWriteAhead) => "crash-after-write-ahead",
             Fault::Crash(CrashStep::AfterDeviceOutcome) => "crash-after-device-outcome",
             Fault::Kill { .. } => "sigkill-agent",
+            Fault::KillAtOrder { .. } => "sigkill-agent-mid-dispense",
             Fault::BrokerOutage { .. } => "broker-restart",
             Fault::HubRestart { .. } => "hub-restart",
             Fault::Replay { .. } => "replay-duplicates",
@@ -191,6 +198,9 @@ impl Fault {
             Fault::Crash(CrashStep::AfterDeviceOutcome),
             Fault::Kill {
                 after_ms: rng.below(300),
+            },
+            Fault::KillAtOrder {
+                after_ms: rng.below(30),
             },
             Fault::BrokerOutage {
                 after_ms: rng.below(200),
@@ -226,8 +236,11 @@ impl Fault {
             7 => Fault::Device(DeviceFault::PowerLoss(n)),
             8 => Fault::Crash(CrashStep::AfterWriteAhead),
             9 => Fault::Crash(CrashStep::AfterDeviceOutcome),
-            10 | 11 => Fault::Kill {
+            10 => Fault::Kill {
                 after_ms: rng.below(400),
+            },
+            11 => Fault::KillAtOrder {
+                after_ms: rng.below(40),
             },
             12 | 13 => Fault::BrokerOutage {
                 after_ms: rng.below(300),
@@ -640,6 +653,52 @@ impl World {
         }
     }
 
+    /// Waits until the spy saw the hub's dispense order for `tx` on the ATM's down topic.
+    async fn wait_order_on_wire(&mut self, tx: &str) -> bool {
+        let down = topics::atm_down(ATM);
+        let key = self.hub_key.public().clone();
+        let mut seen = self.captured.len();
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            for (topic, payload) in &self.captured[seen..] {
+                if *topic != down {
+                    continue;
+                }
+                let claims =
+                    qrcash_protocol::Sealed::parse(payload, qrcash_protocol::MAX_DOWNLINK_BYTES)
+                        .and_then(|s| s.open::<qrcash_protocol::AtmDown>(&key));
+                if let Ok(c) = claims
+                    && let qrcash_protocol::AtmDown::DispenseOrder(o) = &c.msg
+                    && o.tx_id.to_string() == tx
+                {
+                    return true;
+                }
+            }
+            seen = self.captured.len();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            // One more message, or the deadline.
+            self.pump_spy_one(left).await;
+        }
+    }
+
+    /// Moves at most one message from the spy into `captured` (or the presence).
+    async fn pump_spy_one(&mut self, timeout: Duration) {
+        let presence_topic = topics::atm_presence(ATM);
+        let Some(spy) = self.spy.as_mut() else {
+            return;
+        };
+        match spy.next_publish(timeout).await {
+            Some((topic, payload)) if topic == presence_topic => {
+                self.presence = Some(String::from_utf8_lossy(&payload).into_owned());
+            }
+            Some(m) => self.captured.push(m),
+            None => {}
+        }
+    }
+
     /// Waits until the agent's outbox holds nothing but heartbeats.
     async fn wait_drained(&mut self) -> Result<bool, Failure> {
         let deadline = tokio::time::Instant::now() + STEP;
@@ -761,6 +820,17 @@ impl World {
 
         let mut settle_within = STEP;
         match fault {
+            Fault::KillAtOrder { after_ms } => {
+                if !self.wait_order_on_wire(&tx).await {
+                    return Err(format!(
+                        "no dispense order for tx {tx} passed on the broker"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                self.kill_agent().await?;
+                self.spawn_agent(None).await?;
+                settle_within = Duration::from_secs(8);
+            }
             Fault::Kill { after_ms } => {
                 tokio::time::sleep(Duration::from_millis(after_ms)).await;
                 self.kill_agent().await?;

@@ -1,6 +1,7 @@
 //! The short fault-injection campaign of the default test run: every fault kind once (dispenser
 //! jam, pickup error, bill end, no answer, power loss; agent crash hooks after the write-ahead
-//! and after the device outcome; SIGKILL of the agent at a random moment; broker restart; hub
+//! and after the device outcome; SIGKILL of the agent at a random moment after the
+//! confirmation and a few milliseconds after its dispense order passed; broker restart; hub
 //! restart before and after the confirmation; replayed and long-delayed duplicates; a double
 //! and a late confirmation) plus a few random ones, through the real hub service, the agent
 //! binary, the LCDM simulator and the phone client over a private Mosquitto. The money
@@ -15,7 +16,7 @@ use qrcash_tests::scenario::{Fault, Rng, Settings, campaign};
 
 /// The seed when `QRCASH_FAULT_SEED` is not set: fixed, so the default run is repeatable.
 const DEFAULT_SEED: u64 = 20_261_121;
-/// Every kind once (15) and a few random ones.
+/// Every kind once (16 faults, 15 kinds) and a few random ones.
 const DEFAULT_SCENARIOS: usize = 20;
 
 fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
