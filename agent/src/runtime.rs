@@ -277,7 +277,10 @@ impl Agent {
             QoS::AtLeastOnce,
             true,
         ));
-        let (client, eventloop) = AsyncClient::new(options, 256);
+        let (client, mut eventloop) = AsyncClient::new(options, 256);
+        // Small packets one by one (acks, outbox rounds): without TCP_NODELAY each can wait
+        // for the broker's delayed ACK (Nagle), ~40 ms per exchange on Linux.
+        eventloop.network_options.set_tcp_nodelay(true);
 
         let (stop, stop_rx) = watch::channel(false);
         let (link_tx, link_rx) = mpsc::channel::<LinkEvent>(256);
@@ -1068,9 +1071,8 @@ impl Core {
             // answer. (Saved first, the answer was refused as a replay forever.)
             AtmDown::Ack(ack) => {
                 crash_point("before_applying_ack");
-                match self.store.ack(&ack.ids, now) {
+                match self.store.ack_with_window(&ack.ids, now, next) {
                     Ok(removed) => {
-                        self.save_window(next);
                         for (jti, kind) in removed {
                             let _ = self.events.send(AgentEvent::Delivered { jti, kind });
                         }
