@@ -175,7 +175,10 @@ impl HubService {
     pub async fn start(hub: Hub, options: ServiceOptions) -> Result<HubHandle, ServiceError> {
         let mut mqtt = mqtt_options(&options.broker, &options.client_id)?;
         mqtt.set_inflight(100);
-        let (client, eventloop) = AsyncClient::new(mqtt, 1024);
+        let (client, mut eventloop) = AsyncClient::new(mqtt, 1024);
+        // Answers are small packets written one by one: without TCP_NODELAY each waits for
+        // the broker's delayed ACK (Nagle), ~40 ms per hop on Linux.
+        eventloop.network_options.set_tcp_nodelay(true);
         let (stop_tx, stop_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = watch::channel(false);
         let (stats_tx, stats_rx) = watch::channel(ServiceStats::default());
