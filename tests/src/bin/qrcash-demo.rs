@@ -62,7 +62,7 @@ fn yen(a: Amount) -> String {
     let digits = a.minor.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -242,11 +242,12 @@ async fn run(dir: &Path) -> Result<()> {
     // ---------------------------------------------------------------------------------
     step.next("Phone: Hanako logs in with her device key, near the ATM");
     let at_atm = Position::new(ATM_AT.0 + 0.0001, ATM_AT.1, 12.0);
+    let phone_store = DeviceStore::open(dir.join("phone"))?;
     let mut phone = PhoneClient::connect(
         PhoneSettings::new("hanako-phone", BrokerConfig::plain(url.clone())),
-        DeviceStore::open(&dir.join("phone"))?.device_key()?,
+        phone_store.device_key()?,
         hub_key.public().clone(),
-        DeviceStore::open(&dir.join("phone"))?,
+        phone_store,
         Arc::new(clock),
     )
     .await?;
