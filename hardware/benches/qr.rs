@@ -573,7 +573,7 @@ fn write_section(path: &std::path::Path, section: &str) -> std::io::Result<()> {
             let end = rest
                 .find("\n## ")
                 .map_or(old.len(), |i| start + heading.len() + i + 1);
-            format!("{}{}\n{}", &old[..start], section.trim_end(), &old[end..])
+            format!("{}{}\n\n{}", &old[..start], section.trim_end(), &old[end..])
         }
         None => format!("{}\n{}\n", old.trim_end(), section.trim_end()),
     };

@@ -20,6 +20,9 @@ pub struct Binarizer {
     sum: Vec<u32>,
     min: Vec<u8>,
     max: Vec<u8>,
+    column_sum: Vec<u16>,
+    column_min: Vec<u8>,
+    column_max: Vec<u8>,
     thresholds: Vec<u8>,
     stats: Vec<(u32, u8, u8)>,
 }
@@ -109,41 +112,52 @@ impl Binarizer {
         }
     }
 
-    /// Sum, minimum and maximum of each 8×8 block in the block row starting at `y0`.
+    /// Sum, minimum and maximum of each 8×8 block in the block row starting at `y0`: first
+    /// down the 8 rows per column (straight loops over whole rows, which the compiler turns
+    /// into SIMD), then across each block's 8 columns.
     fn block_stats(&mut self, src: LumaView<'_>, y0: usize, bw: usize, full: usize) {
-        self.sum.clear();
-        self.sum.resize(bw, 0);
-        self.min.clear();
-        self.min.resize(bw, u8::MAX);
-        self.max.clear();
-        self.max.resize(bw, 0);
         let w = src.width() as usize;
-        for y in y0..y0 + BLOCK {
+        let first = src.row(y0 as u32);
+        self.column_sum.clear();
+        self.column_sum.extend(first.iter().map(|&p| u16::from(p)));
+        self.column_min.clear();
+        self.column_min.extend_from_slice(first);
+        self.column_max.clear();
+        self.column_max.extend_from_slice(first);
+        for y in y0 + 1..y0 + BLOCK {
             let row = src.row(y as u32);
-            let blocks = row.chunks_exact(BLOCK).zip(
-                self.sum
-                    .iter_mut()
-                    .zip(self.min.iter_mut().zip(self.max.iter_mut())),
+            for (s, &p) in self.column_sum.iter_mut().zip(row) {
+                *s += u16::from(p);
+            }
+            for (m, &p) in self.column_min.iter_mut().zip(row) {
+                *m = (*m).min(p);
+            }
+            for (m, &p) in self.column_max.iter_mut().zip(row) {
+                *m = (*m).max(p);
+            }
+        }
+        self.sum.clear();
+        self.min.clear();
+        self.max.clear();
+        // Full blocks, then (if the width is not a multiple of 8) the shifted last block: the
+        // row's last 8 columns.
+        let starts = (0..full)
+            .map(|bx| bx * BLOCK)
+            .chain((full < bw).then_some(w - BLOCK));
+        for x in starts {
+            let columns = x..x + BLOCK;
+            let sum: u32 = self.column_sum[columns.clone()]
+                .iter()
+                .map(|&s| u32::from(s))
+                .sum();
+            self.sum.push(sum);
+            self.min.push(
+                self.column_min[columns.clone()]
+                    .iter()
+                    .fold(u8::MAX, |a, &p| a.min(p)),
             );
-            for (px, (sum, (min, max))) in blocks {
-                let mut s = 0u32;
-                let (mut lo, mut hi) = (*min, *max);
-                for &p in px {
-                    s += u32::from(p);
-                    lo = lo.min(p);
-                    hi = hi.max(p);
-                }
-                *sum += s;
-                *min = lo;
-                *max = hi;
-            }
-            if full < bw {
-                // The shifted last block: the row's last 8 pixels.
-                let px = &row[w - BLOCK..];
-                self.sum[bw - 1] += px.iter().map(|&p| u32::from(p)).sum::<u32>();
-                self.min[bw - 1] = px.iter().fold(self.min[bw - 1], |a, &p| a.min(p));
-                self.max[bw - 1] = px.iter().fold(self.max[bw - 1], |a, &p| a.max(p));
-            }
+            self.max
+                .push(self.column_max[columns].iter().fold(0, |a, &p| a.max(p)));
         }
     }
 }
@@ -221,6 +235,24 @@ mod tests {
         for (x, y) in [(1, 1), (121, 1), (5, 1), (125, 1)] {
             let dark = (x / 4 + y / 4) % 2 == 1;
             assert_eq!(out[y * w + x] == 1, dark, "pixel ({x}, {y})");
+        }
+    }
+
+    #[test]
+    fn block_statistics_match_a_direct_computation() {
+        // 21 px wide: two full blocks and a shifted last one over columns 13..21.
+        let (w, h) = (21usize, 16usize);
+        let data: Vec<u8> = (0..w * h).map(|i| (i * 37 % 251) as u8).collect();
+        let frame = LumaFrame::from_pixels(w as u32, h as u32, data.clone()).expect("size");
+        let mut b = Binarizer::default();
+        b.block_stats(frame.view(), 8, 3, 2);
+        for (bx, x0) in [0usize, 8, 13].into_iter().enumerate() {
+            let px: Vec<u8> = (8..16)
+                .flat_map(|y| data[y * w + x0..y * w + x0 + 8].to_vec())
+                .collect();
+            assert_eq!(b.sum[bx], px.iter().map(|&p| u32::from(p)).sum::<u32>());
+            assert_eq!(b.min[bx], *px.iter().min().expect("pixels"));
+            assert_eq!(b.max[bx], *px.iter().max().expect("pixels"));
         }
     }
 

@@ -22,7 +22,7 @@ pub(crate) struct Found {
 
 /// Decode attempts the fast locator makes per image (a failed attempt costs a sampling and a
 /// few microseconds of decoding; the bound is for images full of finder-like clutter).
-const FAST_ATTEMPTS: usize = 4;
+const FAST_ATTEMPTS: usize = 6;
 
 /// Locate codes with the fast locator and decode them with rqrr (`bits[y * width + x]` is 1
 /// for black). With `first_only`, stop at the first payload.
