@@ -55,7 +55,7 @@ struct Settings {
 
 fn parse_args(args: &[String]) -> Result<Settings> {
     let mut s = Settings {
-        lanes: 128,
+        lanes: 512,
         conns: 4,
         seconds: 10.0,
         markdown: None,
@@ -1316,10 +1316,11 @@ impl Report {
 /// What the profiling of this benchmark found (strace, /proc CPU accounting, fsync timing);
 /// kept with the numbers because they explain them.
 const ANALYSIS: &str = "### Where the time goes\n\n\
-- **The hub is not CPU-bound.** At its maximum the hub process uses well under one of the two cores (see the CPU column; the rest of the machine is shared with Mosquitto, the simulated devices and other work). One flow costs the hub roughly 4 signature verifications (plus the token), 7 signatures, the JSON and about a dozen SQLite statements: ~0.3 ms of CPU per message. Throughput is set by latency × concurrency: each batch of messages waits for its `synchronous=FULL` WAL commit (fsync on this VM: p50 ~1.3 ms, p99 up to ~80 ms while other builds write to the same disk) before any answer leaves, and the single writer cannot process the next batch meanwhile. More concurrent flows make bigger batches (group commit) and more flows/s, until the tail of fsync dominates.\n\
+- **The single writer thread sets the maximum.** The hub process uses at most about one of the two cores (CPU column), and all of a message's work (verification, state machine, SQLite, signing the answers) runs on one writer thread, and each batch waits for its `synchronous=FULL` WAL commit (fsync on this VM: p50 ~1.3 ms, p99 up to ~80 ms while other builds write to the same disk) before any answer leaves; the writer cannot work on the next batch meanwhile. ~0.25 ms of writer CPU per message (4 messages per flow). More concurrent flows make bigger group commits: in development runs 32 lanes gave 230 flows/s, 256 lanes 506, 512 lanes 599–771 (same build, different machine load). The gap to the echo ceiling is this serial writer, not the broker: Mosquitto carries the echo run's several thousand flows/s on about one core (CPU column).\n\
 - **Nagle/delayed ACK.** The first runs showed every hop at ≥ 40 ms with idle CPUs. `strace -ttt` of Mosquitto and the clients showed the broker writing a packet and the receiver reading it ~40 ms later. Fix in the hub (`hub/src/service.rs`: `TCP_NODELAY` on its MQTT socket) and the agent (`agent/src/runtime.rs`), plus `set_tcp_nodelay true` in the broker; before/after at 32 lanes: 173 → 230 flows/s, present → ConfirmRequest p50 44 → 24 ms (the simulated devices and the broker had `TCP_NODELAY` in both runs). A residual ~40 ms stall remains on some exchanges even with `TCP_NODELAY` everywhere (visible in the echo run at low concurrency): the data sits in the receiving socket before the reader wakes; not resolved here.\n\
+- **Where the writer's CPU goes** (`perf record -F 999 -p <hub pid>` for 6 s at maximum load, 256 lanes, flat profile): Ed25519 and SHA-512 (verifying each message, the token, signing 7 answers per flow) ~30 %; SQLite statement preparation ~12 % (the hub passes SQL text to `execute`/`query_row` at ~58 call sites, so every statement is parsed again for every message: `prepare_cached` with a cache of ~64 would remove most of it); SQLite execution ~17 %; malloc/memcpy ~7 %; JSON ~2 %; the rest kernel (socket and WAL writes) and runtime. The writer thread alone is the bottleneck: it is busy with CPU work about 60 % of the time and waits for the WAL fsync for the rest, while the other core is shared by Mosquitto, the simulated devices and the hub's MQTT tasks.\n\
 - **PIN confirmations** cost one argon2id verification (19 MiB, t=2) each on the writer thread: tens of ms, so a PIN-confirmed flow rate is bounded by ~1/argon2 time. Moving PIN verification off the writer (verify before the batch, apply in it) is the fix if PIN-heavy peaks matter; not done here.\n\
-- **QR images** (PNG + SVG rendering in `CodeIssued`, ~30 KB per push) roughly halve the throughput: rendering runs on the writer thread.\n\
+- **QR images** (PNG + SVG rendering in `CodeIssued`, ~30 KB per push) cut the throughput to a third or less (table): rendering runs on the writer thread.\n\
 - **Not done** (candidates, in order of expected gain): pipelining so the writer processes batch N+1 while batch N is being fsynced (verification of signatures and JSON outside the writer thread), PIN and QR rendering off the writer, prepared-statement caching across the batch.";
 
 fn command_line(cmd: &str, args: &[&str]) -> String {
