@@ -600,19 +600,30 @@ async fn run_outbox(
         };
         let mut resend_all = false;
         tokio::select! {
-            cmd = cmds.recv() => match cmd {
-                None => return,
-                Some(OutboxCmd::LinkUp) => {
-                    up = true;
-                    sent.clear();
-                    backoff.reset();
+            cmd = cmds.recv() => {
+                let Some(mut cmd) = cmd else { return };
+                // Apply every command already waiting (in order) before one pass over the
+                // queue: after an offline period each `Ack` sends a `Wake`, and one pass per
+                // burst is enough because a pass reads the queue as it is now.
+                loop {
+                    match cmd {
+                        OutboxCmd::LinkUp => {
+                            up = true;
+                            sent.clear();
+                            backoff.reset();
+                        }
+                        OutboxCmd::LinkDown => {
+                            up = false;
+                            resend_at = None;
+                        }
+                        OutboxCmd::Wake => {}
+                    }
+                    match cmds.try_recv() {
+                        Ok(next) => cmd = next,
+                        Err(_) => break,
+                    }
                 }
-                Some(OutboxCmd::LinkDown) => {
-                    up = false;
-                    resend_at = None;
-                }
-                Some(OutboxCmd::Wake) => {}
-            },
+            }
             () = timer => {
                 resend_all = true;
             }
