@@ -2,6 +2,7 @@
 //! `DispenseReport` (journalled always, applied once), `OrderRefused`, `SessionCancelled`
 //! and `Heartbeat`. Every accepted message is acknowledged by `jti`.
 
+use crate::store::Cached;
 use std::collections::BTreeMap;
 
 use qrcash_protocol::messages::{
@@ -153,7 +154,7 @@ fn presented(ctx: &mut Ctx<'_>, atm: &AtmRow, c: &CodePresented) -> Result<Vec<O
 /// Which fraud warnings apply to this presentation.
 fn situation(ctx: &Ctx<'_>, atm: &AtmRow, w: &WithdrawalRow) -> Result<Situation, Fail> {
     let cfg = &ctx.cfg.warnings;
-    let used_before: i64 = ctx.db.query_row(
+    let used_before: i64 = ctx.db.row_cached(
         "SELECT COUNT(*) FROM withdrawals WHERE account = ?1 AND atm_id = ?2
          AND phase IN ('dispensed', 'partial') AND tx_id != ?3",
         params![w.account, atm.id, w.tx_id.to_string()],
@@ -162,7 +163,7 @@ fn situation(ctx: &Ctx<'_>, atm: &AtmRow, w: &WithdrawalRow) -> Result<Situation
     let since = to_sql(ctx.now.saturating_sub(cfg.recent_change_days * 86_400));
     // A device enrolled recently that is not the account's very first, a re-keyed device,
     // or a password change.
-    let changed: i64 = ctx.db.query_row(
+    let changed: i64 = ctx.db.row_cached(
         "SELECT
            (SELECT COUNT(*) FROM devices d WHERE d.account = ?1 AND
               ((d.enrolled_at >= ?2 AND d.enrolled_at > (SELECT MIN(enrolled_at) FROM devices
@@ -234,7 +235,7 @@ fn report(ctx: &mut Ctx<'_>, atm: &AtmRow, r: &DispenseReport) -> Result<Vec<Out
             dispensed: r.dispensed.minor,
         },
     );
-    ctx.db.execute(
+    ctx.db.exec_cached(
         "INSERT INTO dispense_reports(tx_id, order_id, atm_id, jti, received_at, outcome,
                                       dispensed, report, applied)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",

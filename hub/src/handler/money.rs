@@ -2,6 +2,7 @@
 //! (each with an idempotency key) and `BalanceQuery`. Every one is a double-entry posting;
 //! the asset-decreasing ones pass the same gate and limits as withdrawals.
 
+use crate::store::Cached;
 use qrcash_protocol::messages::{
     Balance, BalanceQuery, BankWithdrawal, EntryDirection, HistoryEntry, Payment, PhonePush,
     Receipt, ReceiptKind, ReceiptStatus, TopUp, Transfer,
@@ -41,7 +42,7 @@ fn replayed_operation<R: Serialize>(
     }
     let row: Option<(String, String, String)> = ctx
         .db
-        .query_row(
+        .row_cached(
             "SELECT kind, request, receipt FROM operations WHERE account = ?1 AND idempotency_key = ?2",
             params![account.id, key],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -103,7 +104,7 @@ fn book<R: Serialize>(
         balance: Amount::new(available, account.currency),
         at: ctx.now,
     };
-    ctx.db.execute(
+    ctx.db.exec_cached(
         "INSERT INTO operations(account, idempotency_key, kind, reference, request, amount,
                                 counts_to_limit, receipt, at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -304,7 +305,7 @@ pub(super) fn payment(
         format!("payment at {}", merchant.name),
     )?;
     // Where the device paid feeds the new-device policy's position estimate.
-    ctx.db.execute(
+    ctx.db.exec_cached(
         "INSERT INTO payments(reference, account, device_id, merchant_id, amount, at, lat, lon)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
@@ -361,7 +362,7 @@ pub(super) fn bank_withdrawal(
         &reference,
         format!("payout to bank account {}", b.bank_account),
     )?;
-    ctx.db.execute(
+    ctx.db.exec_cached(
         "INSERT INTO payouts(reference, account, bank_account, amount, currency, at, status)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending')",
         params![

@@ -2,6 +2,7 @@
 //! `RegisterWithdrawal`, `ConfirmWithdrawal`, `DeclineWithdrawal` and
 //! `AnswerNewDeviceAlert`. Money operations are in [`super::money`].
 
+use crate::store::Cached;
 use qrcash_protocol::messages::{
     AnswerNewDeviceAlert, AtmDown, CodeIssued, ConfirmWithdrawal, DeclineWithdrawal, DispenseOrder,
     IdentityEvidence, Login, LoginResult, NewDeviceAlert, PhonePush, PhoneUp, RegisterWithdrawal,
@@ -262,7 +263,7 @@ fn decide_new_device(
     let window_start = ctx.now.saturating_sub(policy.login_window_secs);
     let mut logins = 0u32;
     for d in &established {
-        let n: i64 = ctx.db.query_row(
+        let n: i64 = ctx.db.row_cached(
             "SELECT COUNT(*) FROM logins WHERE device_id = ?1 AND at >= ?2",
             params![d.id, to_sql(window_start)],
             |r| r.get(0),
@@ -320,7 +321,7 @@ fn apply_new_device(
     });
     for other in trusted {
         let alert_id = format!("alert-{}", ctx.random_token());
-        ctx.db.execute(
+        ctx.db.exec_cached(
             "INSERT INTO alerts(id, account, new_device, notified, at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![alert_id, account.id, new.id, other.id, to_sql(ctx.now)],
         )?;
@@ -373,7 +374,7 @@ fn last_fix_of(ctx: &Ctx<'_>, others: &[DeviceRow]) -> Result<Option<DeviceFix>,
     for d in others {
         let fix = ctx
             .db
-            .query_row(
+            .row_cached(
                 "SELECT at, lat, lon, accuracy_m FROM logins
                  WHERE device_id = ?1 AND lat IS NOT NULL ORDER BY at DESC LIMIT 1",
                 [&d.id],
@@ -426,7 +427,7 @@ fn answer_alert(
     }
     let row: Option<(String, Option<i64>)> = ctx
         .db
-        .query_row(
+        .row_cached(
             "SELECT new_device, answered_at FROM alerts WHERE id = ?1 AND notified = ?2",
             params![a.alert_id, device.id],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -439,7 +440,7 @@ fn answer_alert(
         ));
     };
     if answered.is_none() {
-        ctx.db.execute(
+        ctx.db.exec_cached(
             "UPDATE alerts SET answered_at = ?2, not_me = ?3 WHERE id = ?1",
             params![a.alert_id, to_sql(ctx.now), a.not_me],
         )?;

@@ -2,6 +2,7 @@
 //! rejected, with the reason) and per operator or sweeper action. Never a secret or a
 //! payload: ids, types and reasons only. Triggers in the schema refuse updates and deletes.
 
+use crate::store::Cached;
 use rusqlite::{Connection, params};
 
 use super::{from_sql, to_sql};
@@ -41,7 +42,7 @@ pub struct AuditRow {
 
 /// Appends an entry.
 pub fn append(db: &Connection, e: &AuditEntry) -> Result<(), StoreError> {
-    db.execute(
+    db.exec_cached(
         "INSERT INTO audit(at, source, sender, topic, msg_type, jti, outcome, reason, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
@@ -89,7 +90,7 @@ pub fn tail(db: &Connection, n: usize) -> Result<Vec<AuditRow>, StoreError> {
 
 /// Number of entries with `outcome` (tests and operators).
 pub fn count(db: &Connection, outcome: &str) -> Result<u64, StoreError> {
-    let n: i64 = db.query_row(
+    let n: i64 = db.row_cached(
         "SELECT COUNT(*) FROM audit WHERE outcome = ?1",
         [outcome],
         |r| r.get(0),
@@ -122,7 +123,10 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!((t[0].entry.at, t[1].entry.at), (1, 2));
         assert_eq!(count(db, "accepted").unwrap(), 3);
-        assert!(db.execute("DELETE FROM audit", []).is_err());
-        assert!(db.execute("UPDATE audit SET outcome = 'x'", []).is_err());
+        assert!(db.exec_cached("DELETE FROM audit", []).is_err());
+        assert!(
+            db.exec_cached("UPDATE audit SET outcome = 'x'", [])
+                .is_err()
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! unbalanced or would overdraw an account that must not go negative, so a bug upstream
 //! cannot corrupt the books. [`check`] recomputes everything from the entries.
 
+use crate::store::Cached;
 use std::collections::BTreeMap;
 
 use qrcash_protocol::Currency;
@@ -23,7 +24,7 @@ pub fn apply(db: &Connection, p: &Posting, at: u64) -> Result<i64, StoreError> {
             p.reference
         )));
     }
-    db.execute(
+    db.exec_cached(
         "INSERT INTO postings(at, kind, currency, reference, description)
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
@@ -37,12 +38,12 @@ pub fn apply(db: &Connection, p: &Posting, at: u64) -> Result<i64, StoreError> {
     let id = db.last_insert_rowid();
     for leg in &p.legs {
         let key = leg.account.key();
-        db.execute(
+        db.exec_cached(
             "INSERT INTO ledger_accounts(id, kind, currency, balance) VALUES (?1, ?2, ?3, 0)
              ON CONFLICT(id) DO NOTHING",
             params![key, leg.account.kind(), p.currency.as_str()],
         )?;
-        let (balance, currency): (i64, String) = db.query_row(
+        let (balance, currency): (i64, String) = db.row_cached(
             "UPDATE ledger_accounts SET balance = balance + ?2 WHERE id = ?1
              RETURNING balance, currency",
             params![key, leg.amount],
@@ -57,7 +58,7 @@ pub fn apply(db: &Connection, p: &Posting, at: u64) -> Result<i64, StoreError> {
         if balance < 0 && !LedgerAccount::may_be_negative(leg.account.kind()) {
             return Err(StoreError::Overdraft(key));
         }
-        db.execute(
+        db.exec_cached(
             "INSERT INTO entries(posting_id, ledger_account, amount) VALUES (?1, ?2, ?3)",
             params![id, key, leg.amount],
         )?;
@@ -68,7 +69,7 @@ pub fn apply(db: &Connection, p: &Posting, at: u64) -> Result<i64, StoreError> {
 /// The balance of one ledger account (0 if it never moved).
 pub fn balance(db: &Connection, account: &LedgerAccount) -> Result<i64, StoreError> {
     Ok(db
-        .query_row(
+        .row_cached(
             "SELECT balance FROM ledger_accounts WHERE id = ?1",
             [account.key()],
             |r| r.get(0),
@@ -108,7 +109,7 @@ pub fn history(
 /// and each customer's held balance equals the amounts of their withdrawals that hold funds.
 pub fn check(db: &Connection) -> Result<LedgerReport, StoreError> {
     let mut report = LedgerReport {
-        postings: from_sql(db.query_row("SELECT COUNT(*) FROM postings", [], |r| r.get(0))?),
+        postings: from_sql(db.row_cached("SELECT COUNT(*) FROM postings", [], |r| r.get(0))?),
         ..LedgerReport::default()
     };
 
@@ -206,7 +207,7 @@ pub fn check(db: &Connection) -> Result<LedgerReport, StoreError> {
 
 /// Total of all balances of `currency` (zero when the books balance).
 pub fn total(db: &Connection, currency: Currency) -> Result<i64, StoreError> {
-    Ok(db.query_row(
+    Ok(db.row_cached(
         "SELECT COALESCE(SUM(balance), 0) FROM ledger_accounts WHERE currency = ?1",
         [currency.as_str()],
         |r| r.get(0),
@@ -303,7 +304,7 @@ mod tests {
             1,
         )
         .unwrap();
-        db.execute(
+        db.exec_cached(
             "UPDATE ledger_accounts SET balance = 600 WHERE id = 'cust:c:available'",
             [],
         )

@@ -18,6 +18,33 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::StoreError;
 
+/// `execute` and `query_row` through the connection's prepared-statement cache. The hub
+/// runs the same few dozen statements for every message; parsing them again each time was
+/// ~12 % of the writer thread's CPU in the throughput benchmark (docs/BENCHMARKS.md).
+pub(crate) trait Cached {
+    /// Like [`Connection::execute`], with a cached statement.
+    fn exec_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    /// Like [`Connection::query_row`], with a cached statement.
+    fn row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
 /// An open hub database.
 #[derive(Debug)]
 pub struct Store {
@@ -47,6 +74,9 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Every statement of the hot path goes through `prepare_cached` (see [`Cached`]):
+        // room for all of them, so none is parsed again per message.
+        conn.set_prepared_statement_cache_capacity(256);
         conn.busy_timeout(Duration::from_secs(10))?;
         schema::migrations()
             .to_latest(&mut conn)

@@ -1,6 +1,7 @@
 //! Typed rows: accounts, devices, ATMs, merchants, bank accounts and withdrawals, with the
 //! reads and writes the handler and the operator commands need.
 
+use crate::store::Cached;
 use qrcash_protocol::messages::{CassetteStatus, NoteCount};
 use qrcash_protocol::{Amount, Currency, OrderId, Position, TxId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -44,7 +45,7 @@ pub struct AccountRow {
 /// Loads an account.
 pub fn account(db: &Connection, id: &str) -> Result<Option<AccountRow>, StoreError> {
     let row = db
-        .query_row(
+        .row_cached(
             "SELECT id, currency, password_hash, pin_hash, created_at, password_changed_at,
                     frozen, frozen_reason, pin_failures, pin_locked_until
              FROM accounts WHERE id = ?1",
@@ -86,7 +87,7 @@ pub fn account(db: &Connection, id: &str) -> Result<Option<AccountRow>, StoreErr
 
 /// Stores the PIN attempt state.
 pub fn save_pin_state(db: &Connection, account: &str, s: &PinState) -> Result<(), StoreError> {
-    db.execute(
+    db.exec_cached(
         "UPDATE accounts SET pin_failures = ?2, pin_locked_until = ?3 WHERE id = ?1",
         params![account, s.failures, to_sql(s.locked_until)],
     )?;
@@ -101,7 +102,7 @@ pub fn set_frozen(
     reason: Option<&str>,
     at: u64,
 ) -> Result<bool, StoreError> {
-    let n = db.execute(
+    let n = db.exec_cached(
         "UPDATE accounts SET frozen = ?2, frozen_reason = ?3, frozen_at = ?4 WHERE id = ?1",
         params![account, frozen, reason, frozen.then_some(to_sql(at))],
     )?;
@@ -174,7 +175,7 @@ fn device_from(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
 /// Loads a device.
 pub fn device(db: &Connection, id: &str) -> Result<Option<DeviceRow>, StoreError> {
     Ok(db
-        .query_row(
+        .row_cached(
             &format!("SELECT {DEVICE_COLS} FROM devices WHERE id = ?1"),
             [id],
             device_from,
@@ -201,7 +202,7 @@ pub fn upsert_device_login(
     position: Option<&Position>,
     new_device: bool,
 ) -> Result<(), StoreError> {
-    db.execute(
+    db.exec_cached(
         "INSERT INTO devices(id, account, name, public_jwk, kid, status, enrolled_at,
                              key_changed_at, last_login_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6, ?7, ?8)
@@ -218,7 +219,7 @@ pub fn upsert_device_login(
             to_sql(at)
         ],
     )?;
-    db.execute(
+    db.exec_cached(
         "INSERT INTO logins(account, device_id, kid, at, lat, lon, accuracy_m, new_device)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
@@ -237,7 +238,7 @@ pub fn upsert_device_login(
 
 /// Revokes a device.
 pub fn revoke_device(db: &Connection, id: &str, reason: &str, at: u64) -> Result<bool, StoreError> {
-    let n = db.execute(
+    let n = db.exec_cached(
         "UPDATE devices SET status = 'revoked', revoked_at = ?2, revoked_reason = ?3
          WHERE id = ?1 AND status = 'active'",
         params![id, to_sql(at), reason],
@@ -252,7 +253,7 @@ pub fn set_restriction(
     until: Option<u64>,
     reason: Option<&str>,
 ) -> Result<bool, StoreError> {
-    let n = db.execute(
+    let n = db.exec_cached(
         "UPDATE devices SET restricted_until = ?2, restriction_reason = ?3 WHERE id = ?1",
         params![id, until.map(to_sql), reason],
     )?;
@@ -291,7 +292,7 @@ pub struct AtmRow {
 /// Loads an ATM.
 pub fn atm(db: &Connection, id: &str) -> Result<Option<AtmRow>, StoreError> {
     let row = db
-        .query_row(
+        .row_cached(
             "SELECT id, name, address, lat, lon, public_jwk, kid, denominations, cassettes,
                     state, presence, last_seen, active
              FROM atms WHERE id = ?1",
@@ -360,7 +361,7 @@ pub fn atm_heartbeat(
     at: u64,
 ) -> Result<(), StoreError> {
     let cass = serde_json::to_string(cassettes).map_err(|e| corrupt(e.to_string()))?;
-    db.execute(
+    db.exec_cached(
         "UPDATE atms SET state = ?2, cassettes = ?3, last_seen = ?4 WHERE id = ?1",
         params![id, state, cass, to_sql(at)],
     )?;
@@ -374,7 +375,7 @@ pub fn atm_presence(
     presence: &str,
     at: u64,
 ) -> Result<bool, StoreError> {
-    let n = db.execute(
+    let n = db.exec_cached(
         "UPDATE atms SET presence = ?2, last_seen = ?3 WHERE id = ?1",
         params![id, presence, to_sql(at)],
     )?;
@@ -397,7 +398,7 @@ pub struct MerchantRow {
 /// Loads a merchant.
 pub fn merchant(db: &Connection, id: &str) -> Result<Option<MerchantRow>, StoreError> {
     let row = db
-        .query_row(
+        .row_cached(
             "SELECT id, name, currency, lat, lon FROM merchants WHERE id = ?1",
             [id],
             |r| {
@@ -425,7 +426,7 @@ pub fn merchant(db: &Connection, id: &str) -> Result<Option<MerchantRow>, StoreE
 /// The owner account of a registered bank account.
 pub fn bank_account_owner(db: &Connection, id: &str) -> Result<Option<String>, StoreError> {
     Ok(db
-        .query_row(
+        .row_cached(
             "SELECT account FROM bank_accounts WHERE id = ?1",
             [id],
             |r| r.get(0),
@@ -590,7 +591,7 @@ fn withdrawal_from(raw: RawW) -> Result<WithdrawalRow, StoreError> {
 
 /// Loads a withdrawal.
 pub fn withdrawal(db: &Connection, tx: &TxId) -> Result<Option<WithdrawalRow>, StoreError> {
-    db.query_row(
+    db.row_cached(
         &format!("SELECT {W_COLS} FROM withdrawals WHERE tx_id = ?1"),
         [tx.to_string()],
         raw_w,
@@ -617,7 +618,7 @@ pub fn withdrawals_where(
 
 /// Inserts a newly registered withdrawal.
 pub fn insert_withdrawal(db: &Connection, w: &WithdrawalRow) -> Result<(), StoreError> {
-    db.execute(
+    db.exec_cached(
         "INSERT INTO withdrawals(tx_id, account, device_id, amount, currency, phase,
                                  registered_at, code_expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -648,7 +649,7 @@ pub fn claim_presentation(
     notes: &[NoteCount],
 ) -> Result<bool, StoreError> {
     let notes = serde_json::to_string(notes).map_err(|e| corrupt(e.to_string()))?;
-    let n = db.execute(
+    let n = db.exec_cached(
         "UPDATE withdrawals SET phase = 'presented', atm_id = ?2, presented_at = ?3,
                 confirm_by = ?4, challenge = ?5, notes = ?6
          WHERE tx_id = ?1 AND phase = 'registered' AND code_expires_at > ?3",
@@ -672,7 +673,7 @@ pub fn set_phase(
     to: Phase,
     at: u64,
 ) -> Result<bool, StoreError> {
-    let n = db.execute(
+    let n = db.exec_cached(
         "UPDATE withdrawals SET phase = ?3,
                 finished_at = CASE WHEN ?5 THEN ?4 ELSE finished_at END
          WHERE tx_id = ?1 AND phase = ?2",
@@ -697,7 +698,7 @@ pub fn record_order(
     confirmed_at: u64,
     device: &str,
 ) -> Result<(), StoreError> {
-    db.execute(
+    db.exec_cached(
         "UPDATE withdrawals SET order_id = ?2, order_expires_at = ?3, order_payload = ?4,
                 confirmed_at = ?5, confirmed_by = ?6 WHERE tx_id = ?1",
         params![
@@ -720,7 +721,7 @@ pub fn record_settlement(
     flag: bool,
     note: Option<&str>,
 ) -> Result<(), StoreError> {
-    db.execute(
+    db.exec_cached(
         "UPDATE withdrawals SET settled = ?2, needs_reconciliation = ?3,
                 note = COALESCE(?4, note) WHERE tx_id = ?1",
         params![tx.to_string(), to_sql(settled), flag, note],
@@ -730,7 +731,7 @@ pub fn record_settlement(
 
 /// Flags a withdrawal for reconciliation with a note.
 pub fn flag(db: &Connection, tx: &TxId, note: &str) -> Result<(), StoreError> {
-    db.execute(
+    db.exec_cached(
         "UPDATE withdrawals SET needs_reconciliation = 1, note = ?2 WHERE tx_id = ?1",
         params![tx.to_string(), note],
     )?;
