@@ -458,6 +458,10 @@ fn camera_loop(
         // code held up to the camera stays for many frames, and a small board keeps its
         // frame rate while nobody is there.
         slow_search_every: 4,
+        // A phone held up to an ATM's camera shows its code at several pixels per module;
+        // the double-resolution pass for tiny codes would only cost memory (frame buffers
+        // four times the frame) on a board where every megabyte counts.
+        upsample_fallback: false,
         ..ScanConfig::default()
     });
     let mut frame = LumaFrame::default();
