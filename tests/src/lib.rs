@@ -4,6 +4,7 @@
 //! binaries). What they share is here: a real Mosquitto broker started per test with its
 //! own generated configuration on a free loopback port.
 
+pub mod atm;
 pub mod broker;
 pub mod invariants;
 pub mod mqtt;

@@ -6,11 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use qrcash_agent::config::{CassetteConfig, OutboxSettings, Timing};
-use qrcash_agent::{Agent, AgentConfig, AgentEvent, Screen};
-use qrcash_hardware::camera::{SyntheticCamera, SyntheticScene};
-use qrcash_hardware::dispenser::lcdm::{LcdmConfig, LcdmDispenser, LcdmModel};
-use qrcash_hardware::dispenser::sim::{SimConfig, Simulator};
+use qrcash_agent::{AgentEvent, Screen};
+use qrcash_hardware::camera::SyntheticCamera;
 use qrcash_hub::admin::{self, NewAtm};
 use qrcash_hub::service::{HubService, ServiceOptions};
 use qrcash_hub::store::Store as HubStore;
@@ -79,77 +76,21 @@ async fn world() -> World {
     assert!(hub.wait_ready(T).await, "hub subscribed");
 
     // Agent.
-    atm_key.save(&dir.path().join("atm.jwk")).unwrap();
-    std::fs::write(
-        dir.path().join("hub.pub.jwk"),
-        serde_json::to_string(&hub_key.to_jwk()).unwrap(),
-    )
-    .unwrap();
-    let sim = Simulator::spawn(SimConfig {
-        note_interval: Duration::from_millis(5),
-        ..SimConfig::lcdm2000(100, 100)
-    })
-    .unwrap();
-    let dispenser = LcdmDispenser::open(LcdmConfig {
-        journal: Some(dir.path().join("dispenser.json")),
-        ..LcdmConfig::new(sim.port_path(), LcdmModel::Lcdm2000)
-    })
-    .unwrap();
-    let config = AgentConfig {
-        atm_id: ATM.into(),
-        hub_id: "hub".into(),
-        key_file: dir.path().join("atm.jwk"),
-        hub_keys: vec![dir.path().join("hub.pub.jwk")],
-        database: dir.path().join("agent.db"),
-        currency: "JPY".into(),
-        cassettes: vec![
-            CassetteConfig {
-                denomination: 10_000,
-                notes: 100,
-            },
-            CassetteConfig {
-                denomination: 1_000,
-                notes: 100,
-            },
-        ],
-        broker: BrokerConfig::plain(broker.url()),
-        camera: None,
-        dispenser: None,
-        outbox: OutboxSettings {
-            resend_initial_ms: 300,
-            resend_max_ms: 2_000,
-            ..OutboxSettings::default()
-        },
-        timing: Timing {
-            min_frame_interval_ms: 30,
-            ..Timing::default()
-        },
-    };
-    let camera = SyntheticCamera::with_scene(
-        640,
-        480,
-        SyntheticScene {
-            noise_sigma: 0.0,
-            ..SyntheticScene::default()
-        },
-    );
-    let agent = Agent::start_with_clock(
-        config,
-        Box::new(camera.clone()),
-        Box::new(dispenser),
+    let qrcash_tests::atm::TestAtm {
+        agent,
+        events,
+        camera,
+        sim,
+    } = qrcash_tests::atm::start(
+        dir.path(),
+        ATM,
+        &atm_key,
+        &hub_key,
+        &broker.url(),
+        100,
         Arc::new(clock.clone()),
     )
-    .await
-    .unwrap();
-    let mut events = agent.subscribe();
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Ok(AgentEvent::Link { up: true })) => break,
-            Ok(_) => {}
-            Err(_) => panic!("agent did not connect"),
-        }
-    }
+    .await;
 
     // Phone.
     let mut phone = PhoneClient::connect(

@@ -7,11 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use qrcash_agent::config::{CassetteConfig, OutboxSettings, Timing};
-use qrcash_agent::{Agent, AgentConfig, AgentEvent, Screen};
-use qrcash_hardware::camera::{SyntheticCamera, SyntheticScene};
-use qrcash_hardware::dispenser::lcdm::{LcdmConfig, LcdmDispenser, LcdmModel};
-use qrcash_hardware::dispenser::sim::{SimConfig, Simulator};
+use qrcash_agent::{AgentEvent, Screen};
 use qrcash_hub::admin::{self, NewAtm};
 use qrcash_hub::service::{HubService, ServiceOptions};
 use qrcash_hub::store::Store as HubStore;
@@ -110,72 +106,20 @@ async fn a_fraudster_far_away_is_restricted_the_owner_says_not_me_and_no_note_le
     assert!(hub.wait_ready(T).await, "hub subscribed");
 
     // Agent with the LCDM simulator.
-    atm_key.save(&dir.path().join("atm.jwk")).expect("ATM key");
-    std::fs::write(
-        dir.path().join("hub.pub.jwk"),
-        serde_json::to_string(&hub_key.to_jwk()).expect("hub JWK"),
-    )
-    .expect("hub key file");
-    let sim = Simulator::spawn(SimConfig {
-        note_interval: Duration::from_millis(5),
-        ..SimConfig::lcdm2000(100, 100)
-    })
-    .expect("simulator");
-    let dispenser = LcdmDispenser::open(LcdmConfig {
-        journal: Some(dir.path().join("dispenser.json")),
-        ..LcdmConfig::new(sim.port_path(), LcdmModel::Lcdm2000)
-    })
-    .expect("dispenser");
-    let config = AgentConfig {
-        atm_id: ATM.into(),
-        hub_id: "hub".into(),
-        key_file: dir.path().join("atm.jwk"),
-        hub_keys: vec![dir.path().join("hub.pub.jwk")],
-        database: dir.path().join("agent.db"),
-        currency: "JPY".into(),
-        cassettes: vec![
-            CassetteConfig {
-                denomination: 10_000,
-                notes: 100,
-            },
-            CassetteConfig {
-                denomination: 1_000,
-                notes: 100,
-            },
-        ],
-        broker: BrokerConfig::plain(broker.url()),
-        camera: None,
-        dispenser: None,
-        outbox: OutboxSettings {
-            resend_initial_ms: 300,
-            resend_max_ms: 2_000,
-            ..OutboxSettings::default()
-        },
-        timing: Timing {
-            min_frame_interval_ms: 30,
-            ..Timing::default()
-        },
-    };
-    let camera = SyntheticCamera::with_scene(
-        640,
-        480,
-        SyntheticScene {
-            noise_sigma: 0.0,
-            ..SyntheticScene::default()
-        },
-    );
-    let agent = Agent::start_with_clock(
-        config,
-        Box::new(camera.clone()),
-        Box::new(dispenser),
+    let qrcash_tests::atm::TestAtm {
+        agent,
+        mut events,
+        camera,
+        sim,
+    } = qrcash_tests::atm::start(
+        dir.path(),
+        ATM,
+        &atm_key,
+        &hub_key,
+        &broker.url(),
+        100,
         Arc::new(clock.clone()),
     )
-    .await
-    .expect("agent");
-    let mut events = agent.subscribe();
-    wait_event(&mut events, "agent link", |e| {
-        matches!(e, AgentEvent::Link { up: true })
-    })
     .await;
 
     // The owner logs in next to the ATM: the account's first device, free.
