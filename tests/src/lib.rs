@@ -9,4 +9,5 @@ pub mod broker;
 pub mod invariants;
 pub mod mqtt;
 pub mod pki;
+pub mod report;
 pub mod scenario;

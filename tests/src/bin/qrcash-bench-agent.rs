@@ -26,6 +26,7 @@ use qrcash_protocol::{
     SystemClock, TxId, topics,
 };
 use qrcash_tests::broker::{Mosquitto, MosquittoConfig};
+use qrcash_tests::report::{command_line, loadavg, update_section};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::mpsc;
 
@@ -607,21 +608,6 @@ fn pct(v: &mut [f64], p: usize) -> f64 {
     v[(v.len() * p / 100).min(v.len() - 1)]
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn command_line(cmd: &str, args: &[&str]) -> String {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
 async fn run(settings: Settings) -> Result<()> {
     let load_start = loadavg();
     let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
@@ -793,33 +779,3 @@ const ANALYSIS: &str = "What limits it:\n\n\
 - **Memory.** The idle agent scans every frame with nobody in front of it. Most of its resident memory is the scanner's frame-sized working buffers: with the scanner's double-resolution pass for tiny codes (four frame-sized buffers at 1280×720) the idle agent held 18.0 MiB; the agent turns that pass off (a phone held up to an ATM camera shows its code at several pixels per module) and runs the other expensive passes on every 4th frame, which gave the figure above. Glibc arenas and tokio worker threads are not a factor: `MALLOC_ARENA_MAX=1` and `TOKIO_WORKER_THREADS=1` changed VmRSS by < 0.2 MiB.\n\
 - **Outbox drain.** Before the fixes the drain ran at ~380 messages/s: every `Ack` cost two fsynced transactions (delete, then the hub replay window) and each exchange waited for Nagle/delayed ACK. Fixes: `TCP_NODELAY` on the agent's MQTT socket (→ ~2,000/s), and the `Ack` applied together with the window in one transaction committed without its own fsync (`Store::ack_with_window`; WAL keeps it ordered before the next fully synced write, a power cut can only cause resends that the hub acknowledges again) (→ ~2,000–2,800/s in 5,000-message runs during development, 3,900–4,600/s in 20,000-message runs), and the outbox task applying every waiting command before one pass over the queue instead of one pass (a 64-row read) per `Ack` (→ 4,400–5,600/s in five runs, 5,145/s above; this shared machine is noisy). What remains: the ordered outbox keeps at most 64 messages outstanding and publishes the next 64 only when all are acknowledged, and one signed `Ack` per message is verified (Ed25519) and applied one by one; the agent uses about half a core meanwhile, so it is mostly round-trip bound. Batching several hub `Ack`s into one transaction and a sliding window instead of a refill-when-empty window are the next steps.\n\
 - **Journal.** Each append is one committed transaction with an fsync of the WAL (`synchronous=FULL`); the p99 is the disk's fsync tail (shared virtual disk).";
-
-/// Replaces the section that starts with `heading` (up to the next `## `) or appends it.
-fn update_section(path: &Path, heading: &str, body: &str) -> Result<()> {
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let mut out = String::new();
-    let mut lines = old.lines().peekable();
-    let mut done = false;
-    while let Some(l) = lines.next() {
-        if l.trim_end() == heading {
-            out.push_str(body.trim_end());
-            out.push_str("\n\n");
-            while lines.peek().is_some_and(|n| !n.starts_with("## ")) {
-                lines.next();
-            }
-            done = true;
-        } else {
-            out.push_str(l);
-            out.push('\n');
-        }
-    }
-    if !done {
-        if !out.ends_with("\n\n") {
-            out.push('\n');
-        }
-        out.push_str(body.trim_end());
-        out.push('\n');
-    }
-    std::fs::write(path, out.trim_end().to_owned() + "\n")
-        .with_context(|| format!("writing {}", path.display()))
-}

@@ -34,6 +34,7 @@ use qrcash_protocol::{
     envelope, topics,
 };
 use qrcash_tests::broker::{Mosquitto, MosquittoConfig};
+use qrcash_tests::report::{command_line, loadavg, machine, update_section};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
@@ -921,12 +922,6 @@ fn mosquitto_pid(dir: &Path) -> Option<u32> {
 // The run
 // ---------------------------------------------------------------------------------------
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 fn percentile(v: &mut [Duration], p: usize) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -1159,36 +1154,6 @@ async fn run(settings: Settings) -> Result<()> {
     Ok(())
 }
 
-/// Replaces the section that starts with `heading` (up to the next `## `) or appends it.
-fn update_section(path: &Path, heading: &str, body: &str) -> Result<()> {
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let mut out = String::new();
-    let mut lines = old.lines().peekable();
-    let mut done = false;
-    while let Some(l) = lines.next() {
-        if l.trim_end() == heading {
-            out.push_str(body.trim_end());
-            out.push_str("\n\n");
-            while lines.peek().is_some_and(|n| !n.starts_with("## ")) {
-                lines.next();
-            }
-            done = true;
-        } else {
-            out.push_str(l);
-            out.push('\n');
-        }
-    }
-    if !done {
-        if !out.ends_with("\n\n") {
-            out.push('\n');
-        }
-        out.push_str(body.trim_end());
-        out.push('\n');
-    }
-    std::fs::write(path, out.trim_end().to_owned() + "\n")
-        .with_context(|| format!("writing {}", path.display()))
-}
-
 impl Report {
     fn markdown(mut self) -> String {
         let mut s = String::new();
@@ -1322,30 +1287,3 @@ const ANALYSIS: &str = "### Where the time goes\n\n\
 - **PIN confirmations** cost one argon2id verification (19 MiB, t=2) each on the writer thread: tens of ms, so a PIN-confirmed flow rate is bounded by ~1/argon2 time. Moving PIN verification off the writer (verify before the batch, apply in it) is the fix if PIN-heavy peaks matter; not done here.\n\
 - **QR images** (PNG + SVG rendering in `CodeIssued`, ~30 KB per push) cut the throughput to a third or less (table): rendering runs on the writer thread.\n\
 - **Not done** (candidates, in order of expected gain): pipelining so the writer processes batch N+1 while batch N is being fsynced (verification of signatures and JSON outside the writer thread), PIN and QR rendering off the writer; the admin and sweeper statements still prepare per call (off the message path).";
-
-fn command_line(cmd: &str, args: &[&str]) -> String {
-    std::process::Command::new(cmd)
-        .args(args)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!(
-        "{cpu}, nproc {cores}, {}, {}",
-        command_line("uname", &["-sr"]),
-        command_line("rustc", &["--version"])
-    )
-}
