@@ -6,6 +6,7 @@
 
 pub mod atm;
 pub mod broker;
+pub mod hub;
 pub mod invariants;
 pub mod mqtt;
 pub mod pki;

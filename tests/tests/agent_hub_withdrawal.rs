@@ -8,10 +8,7 @@ use std::time::Duration;
 
 use qrcash_agent::{AgentEvent, Screen};
 use qrcash_hardware::camera::SyntheticCamera;
-use qrcash_hub::admin::{self, NewAtm};
-use qrcash_hub::service::{HubService, ServiceOptions};
-use qrcash_hub::store::Store as HubStore;
-use qrcash_hub::testkit::{PIN, Rig as HubRig, SHIBUYA, password, test_config};
+use qrcash_hub::testkit::{PIN, SHIBUYA, password};
 use qrcash_phone::{DeviceStore, PhoneClient, PhoneSettings, requests};
 use qrcash_protocol::link::BrokerConfig;
 use qrcash_protocol::messages::{ReceiptKind, ReceiptStatus};
@@ -40,40 +37,12 @@ async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
 
     // Hub: an account and this ATM (two cassettes: 10,000 and 1,000 yen).
-    let store = HubStore::open(&dir.path().join("hub.sqlite")).unwrap();
-    let mut hub = HubRig::new(store, test_config(), 7);
-    hub.account("hanako", 100_000);
-    let atm_key = PrivateKey::generate();
-    let now = hub.now();
-    admin::enroll_atm(
-        hub.hub.store_mut(),
-        &NewAtm {
-            id: ATM.into(),
-            public_key: atm_key.public().to_jwk(),
-            name: "Shibuya 1".into(),
-            address: "2-24-1 Shibuya, Tokyo".into(),
-            position: Position::new(SHIBUYA.0, SHIBUYA.1, 0.0),
-            denominations: vec![10_000, 1_000],
-        },
-        now,
-    )
-    .unwrap();
-    let hub_key = hub.hub_key();
-    let clock = hub.clock.clone();
-    let HubRig { hub, .. } = hub;
-    let hub = HubService::start(
-        hub,
-        ServiceOptions {
-            broker: BrokerConfig::plain(broker.url()),
-            client_id: "hub".into(),
-            shared_subscription: false,
-            group_commit_max: 64,
-            sweep_interval: Duration::from_secs(3600),
-        },
-    )
-    .await
-    .unwrap();
-    assert!(hub.wait_ready(T).await, "hub subscribed");
+    let qrcash_tests::hub::TestHub {
+        service: hub,
+        hub_key,
+        clock,
+        atm_key,
+    } = qrcash_tests::hub::start(dir.path(), &broker.url(), 7, ATM).await;
 
     // Agent.
     let qrcash_tests::atm::TestAtm {

@@ -8,10 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qrcash_agent::{AgentEvent, Screen};
-use qrcash_hub::admin::{self, NewAtm};
-use qrcash_hub::service::{HubService, ServiceOptions};
-use qrcash_hub::store::Store as HubStore;
-use qrcash_hub::testkit::{PIN, Rig as HubRig, SHIBUYA, password, test_config};
+use qrcash_hub::testkit::{PIN, SHIBUYA, password};
 use qrcash_phone::{DeviceStore, PhoneClient, PhoneError, PhoneSettings, requests};
 use qrcash_protocol::link::BrokerConfig;
 use qrcash_protocol::messages::{PhonePush, RejectReason, RestrictionReason};
@@ -70,40 +67,12 @@ async fn a_fraudster_far_away_is_restricted_the_owner_says_not_me_and_no_note_le
     let dir = tempfile::tempdir().expect("temp dir");
 
     // Hub: hanako's account and the ATM in Shibuya.
-    let store = HubStore::open(&dir.path().join("hub.sqlite")).expect("hub database");
-    let mut hub = HubRig::new(store, test_config(), 11);
-    hub.account("hanako", 100_000);
-    let atm_key = PrivateKey::generate();
-    let now = hub.now();
-    admin::enroll_atm(
-        hub.hub.store_mut(),
-        &NewAtm {
-            id: ATM.into(),
-            public_key: atm_key.public().to_jwk(),
-            name: "Shibuya 1".into(),
-            address: "2-24-1 Shibuya, Tokyo".into(),
-            position: Position::new(SHIBUYA.0, SHIBUYA.1, 0.0),
-            denominations: vec![10_000, 1_000],
-        },
-        now,
-    )
-    .expect("enrol ATM");
-    let hub_key = hub.hub_key();
-    let clock = hub.clock.clone();
-    let HubRig { hub, .. } = hub;
-    let hub = HubService::start(
-        hub,
-        ServiceOptions {
-            broker: BrokerConfig::plain(broker.url()),
-            client_id: "hub".into(),
-            shared_subscription: false,
-            group_commit_max: 64,
-            sweep_interval: Duration::from_secs(3600),
-        },
-    )
-    .await
-    .expect("hub service");
-    assert!(hub.wait_ready(T).await, "hub subscribed");
+    let qrcash_tests::hub::TestHub {
+        service: hub,
+        hub_key,
+        clock,
+        atm_key,
+    } = qrcash_tests::hub::start(dir.path(), &broker.url(), 11, ATM).await;
 
     // Agent with the LCDM simulator.
     let qrcash_tests::atm::TestAtm {
