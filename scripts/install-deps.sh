@@ -5,13 +5,17 @@
 # Idempotent and quiet when everything is there. Needs root or sudo for apt-get.
 set -euo pipefail
 
+# Each package is checked by its own installed state, never by a file that another package may
+# also ship (a fresh machine has libclang-cpp.so.14 from LLVM but no libclang-dev, and bindgen
+# then stops with "Unable to find libclang").
+installed() {
+  [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
+}
+
 missing=()
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-  missing+=(mosquitto)
-fi
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
-  missing+=(libclang-dev)
-fi
+for package in mosquitto libclang-dev; do
+  installed "$package" || missing+=("$package")
+done
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
