@@ -15,6 +15,7 @@ use qrcash_hardware::dispenser::{
     DispenseOutcome as DeviceOutcome, DispenseRequest, DispenseResult, Recovery,
 };
 use qrcash_protocol::Amount;
+use qrcash_protocol::messages::CountSource;
 use qrcash_protocol::messages::{
     DispenseOrder, DispenseOutcome, DispenseReport, NoteCount, NoteOutcome,
 };
@@ -234,6 +235,32 @@ fn value_of(notes: &[NoteOutcome], order: &DispenseOrder) -> Amount {
     Amount::new(minor, order.amount.currency)
 }
 
+/// The most that may have left the machine: the known value plus, when in doubt, every note
+/// of the batch in flight; never above the order's amount.
+fn max_value(
+    order: &DispenseOrder,
+    cassettes: &[u64],
+    known: Amount,
+    device: &DeviceOutcome,
+) -> Amount {
+    let in_flight = match &device.result {
+        DispenseResult::InDoubt { in_flight, .. } => in_flight
+            .notes
+            .iter()
+            .zip(cassettes)
+            .map(|(n, d)| d.saturating_mul(u64::from(*n)))
+            .fold(0u64, u64::saturating_add),
+        _ => 0,
+    };
+    Amount::new(
+        known
+            .minor
+            .saturating_add(in_flight)
+            .min(order.amount.minor),
+        order.amount.currency,
+    )
+}
+
 /// The report for an order from the device's answer. `Err` is the driver's promise that no
 /// note moved (the text is its error).
 pub fn report_for(
@@ -243,6 +270,10 @@ pub fn report_for(
 ) -> DispenseReport {
     let notes = note_outcomes(order, cassettes, device.ok());
     let dispensed = value_of(&notes, order);
+    let max_dispensed = device
+        .ok()
+        .filter(|d| d.is_in_doubt())
+        .map(|d| max_value(order, cassettes, dispensed, d));
     let (outcome, device_error) = match device {
         Err(e) => (DispenseOutcome::Failed, Some(e.to_owned())),
         Ok(d) => match &d.result {
@@ -279,48 +310,74 @@ pub fn report_for(
         dispensed,
         outcome,
         device_error,
+        // For a live dispense the counts are the device's answers (the default).
+        max_dispensed: match outcome {
+            DispenseOutcome::InDoubt => max_dispensed.or(Some(order.amount)),
+            _ => None,
+        },
+        source: None,
     }
 }
 
 /// The report for an order found "dispensing" without an outcome after a restart: always
-/// `InDoubt`, with the counts the dispenser still knows when its last dispense is this
-/// order's request, and what recovery did.
+/// `InDoubt`. Counts are attributed by identity only: the driver's record must name this
+/// order (its id is the reference the agent dispensed under). When it names another order,
+/// or cannot be read, nothing is known to have left the machine and the upper bound is the
+/// whole amount; the report says where its figures come from either way.
 pub fn recovered_report(
     order: &DispenseOrder,
     cassettes: &[u64],
     recovery: Result<&Recovery, &str>,
 ) -> DispenseReport {
-    let request = request_for(order, cassettes).ok();
-    let (device, detail) = match recovery {
+    let reference = order.order_id.to_string();
+    let (device, source, detail) = match recovery {
         Ok(r) => {
-            let last = r
-                .last
-                .as_ref()
-                .filter(|l| Some(&l.requested) == request.as_ref());
+            let last = r.last_for(&reference);
+            let source = match last {
+                Some(_) if r.late_answer => CountSource::LateAnswer,
+                Some(_) => CountSource::DriverRecord,
+                None => CountSource::NoRecord,
+            };
             let detail = format!(
-                "agent restarted while dispensing; device last dispense {}; purged {}; machine clear {}",
-                match last {
-                    Some(l) => format!("{:?}", l.result),
-                    None => "not this order (no note counts known)".into(),
+                "agent restarted while dispensing; {}; purged {}; machine clear {}",
+                match (last, &r.last_reference) {
+                    (Some(l), _) if r.late_answer => format!(
+                        "device answered the batch in flight after the restart: {:?}",
+                        l.result
+                    ),
+                    (Some(l), _) => format!("driver record of this order: {:?}", l.result),
+                    (None, Some(other)) => format!(
+                        "the driver's last record is of {other}, not this order: no note of it known to have left"
+                    ),
+                    (None, None) =>
+                        "no driver record names this order: no note of it known to have left".into(),
                 },
                 r.purged,
                 r.machine_clear()
             );
-            (last, detail)
+            (last, source, detail)
         }
         Err(e) => (
             None,
+            CountSource::NoRecord,
             format!("agent restarted while dispensing; recovery failed: {e}"),
         ),
     };
     let notes = note_outcomes(order, cassettes, device);
+    let dispensed = value_of(&notes, order);
+    let max_dispensed = match device {
+        Some(d) => max_value(order, cassettes, dispensed, d),
+        None => order.amount,
+    };
     DispenseReport {
         order_id: order.order_id,
         tx_id: order.tx_id,
-        dispensed: value_of(&notes, order),
+        dispensed,
         notes,
         outcome: DispenseOutcome::InDoubt,
         device_error: Some(detail),
+        max_dispensed: Some(max_dispensed),
+        source: Some(source),
     }
 }
 
@@ -444,7 +501,7 @@ mod tests {
     }
 
     #[test]
-    fn recovery_is_always_in_doubt_and_uses_counts_only_for_this_request() {
+    fn recovery_is_always_in_doubt_and_attributes_counts_by_order_identity_only() {
         let o = order(&[(10_000, 2), (1_000, 3)]);
         let status = DispenserStatus {
             cassettes: vec![],
@@ -453,34 +510,62 @@ mod tests {
             reject_tray_present: true,
             sensors: Default::default(),
         };
-        let rec = |last| Recovery {
+        let rec = |last: Option<DeviceOutcome>, reference: &str, late_answer| Recovery {
             last,
+            last_reference: Some(reference.to_owned()),
+            handed_at_ms: None,
+            late_answer,
             status_before: status.clone(),
             purged: true,
             purge_error: None,
             status_after: status.clone(),
         };
-        // The device finished this very request before the agent died: counts are known,
-        // the outcome is still reported as in doubt (never as success by inference).
+        let this = o.order_id.to_string();
+        // The driver's record of this very order: counts are known, the outcome is still
+        // reported as in doubt (never as success by inference).
         let done = device(
             DispenseResult::Completed,
             vec![tally(1, 2, 2), tally(2, 3, 3)],
         );
-        let r = recovered_report(&o, &CASSETTES, Ok(&rec(Some(done))));
+        let r = recovered_report(&o, &CASSETTES, Ok(&rec(Some(done.clone()), &this, false)));
         assert_eq!(r.outcome, DispenseOutcome::InDoubt);
         assert_eq!(r.dispensed.minor, 23_000);
-        // The device's last dispense was another request: no counts are attributed.
-        let other = DeviceOutcome {
-            requested: DispenseRequest::upper(7),
-            ..device(DispenseResult::Completed, vec![tally(1, 7, 7)])
-        };
-        let r = recovered_report(&o, &CASSETTES, Ok(&rec(Some(other))));
+        assert_eq!(r.max_dispensed.map(|m| m.minor), Some(23_000));
+        assert_eq!(r.source, Some(CountSource::DriverRecord));
+        let r = recovered_report(&o, &CASSETTES, Ok(&rec(Some(done.clone()), &this, true)));
+        assert_eq!(r.source, Some(CountSource::LateAnswer));
+
+        // The regression: the driver's last record is of the previous order, which asked for
+        // exactly the same notes. Nothing of it is attributed to this one.
+        let r = recovered_report(&o, &CASSETTES, Ok(&rec(Some(done), "another-order", false)));
         assert_eq!(
-            (r.outcome, r.dispensed.minor),
-            (DispenseOutcome::InDoubt, 0)
+            (r.outcome, r.dispensed.minor, r.source),
+            (DispenseOutcome::InDoubt, 0, Some(CountSource::NoRecord))
+        );
+        assert_eq!(
+            r.max_dispensed,
+            Some(o.amount),
+            "the whole amount as the upper bound"
+        );
+        assert!(r.notes.iter().all(|n| n.exited == 0 && n.picked == 0));
+        assert!(r.device_error.as_deref().unwrap().contains("another-order"));
+
+        // The record of this order with a batch in flight: known counts and the batch on top.
+        let in_flight = device(
+            DispenseResult::InDoubt {
+                in_flight: DispenseRequest::upper_lower(0, 3),
+                reason: InDoubtReason::Interrupted,
+            },
+            vec![tally(1, 2, 2), tally(2, 3, 0)],
+        );
+        let r = recovered_report(&o, &CASSETTES, Ok(&rec(Some(in_flight), &this, false)));
+        assert_eq!(
+            (r.dispensed.minor, r.max_dispensed.map(|m| m.minor)),
+            (20_000, Some(23_000))
         );
         let r = recovered_report(&o, &CASSETTES, Err("no answer"));
         assert_eq!(r.outcome, DispenseOutcome::InDoubt);
+        assert_eq!(r.max_dispensed, Some(o.amount));
         assert!(r.device_error.unwrap().contains("no answer"));
     }
 }

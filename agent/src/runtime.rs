@@ -44,18 +44,15 @@ use crate::store::{JournalKind, Outgoing, Priority, Store};
 /// How long outbox messages stay valid: they may be delivered after a long offline period.
 pub const OUTBOX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Environment variable naming a step at which the agent aborts itself, for crash tests:
-/// `after_write_ahead` (order journalled as dispensing, nothing sent to the dispenser),
-/// `after_device_outcome` (dispenser answered, outcome not yet recorded) or
-/// `before_applying_ack` (a hub `Ack` verified, not yet applied).
-pub const CRASH_ENV: &str = "QRCASH_AGENT_CRASH_AT";
-
-fn crash_point(step: &str) {
-    if std::env::var(CRASH_ENV).is_ok_and(|v| v == step) {
-        tracing::error!(step, "crash hook: aborting the process");
-        std::process::abort();
-    }
-}
+/// Environment variable naming a step at which the agent aborts itself, for crash tests,
+/// in the order of a dispense: `before_write_ahead` (order verified, nothing journalled),
+/// `after_write_ahead` (journalled as dispensing, nothing sent to the dispenser), the
+/// driver's `after_command` and `between_batches`, `after_device_outcome` (dispenser
+/// answered, outcome not yet recorded), `after_report_queued` (outcome and report
+/// committed, report not yet sent); and `before_applying_ack` (a hub `Ack` verified, not
+/// yet applied).
+pub use qrcash_hardware::dispenser::CRASH_ENV;
+use qrcash_hardware::dispenser::crash_point;
 
 /// What the agent reports to observers (status output, tests, the demo).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -938,6 +935,7 @@ impl Core {
                     sealer.seal(None, s, now, msg, None)
                 }) {
                 Ok(out) => {
+                    crash_point("after_report_queued");
                     let _ = seq.on(Happened::Recorded);
                     let _ = self.events.send(AgentEvent::Journal {
                         kind: JournalKind::Reported,
@@ -973,6 +971,7 @@ impl Core {
         }
         match seq.next() {
             Next::WriteAhead => {
+                crash_point("before_write_ahead");
                 let order = seq.order().clone();
                 let now = self.clock.now();
                 let detail = json!({ "amount": order.amount, "notes": order.notes });
@@ -1012,7 +1011,9 @@ impl Core {
                 let done = done_tx.clone();
                 tokio::task::spawn_blocking(move || {
                     let mut dev = lock(&d);
-                    let result = dev.dispense(&request).map_err(|e| e.to_string());
+                    let result = dev
+                        .dispense(&order_id.to_string(), &request)
+                        .map_err(|e| e.to_string());
                     let recovery = match &result {
                         Ok(o) if o.needs_recovery() => {
                             Some(dev.recover_last().map_err(|e| e.to_string()))

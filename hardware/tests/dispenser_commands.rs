@@ -35,7 +35,9 @@ fn rom_version() {
 fn small_dispense_delivers_exactly_the_request() {
     let sim = lcdm1000(500);
     let mut d = open(&sim, LcdmModel::Lcdm1000);
-    let o = d.dispense(&DispenseRequest::upper(7)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(7))
+        .unwrap();
     assert!(o.is_completed(), "{o:?}");
     let t = o.tally(UPPER).unwrap();
     assert_eq!((t.requested, t.picked, t.exited, t.rejected), (7, 7, 7, 0));
@@ -50,7 +52,9 @@ fn small_dispense_delivers_exactly_the_request() {
 fn large_dispense_is_batched_by_twenty_and_counts_accumulate() {
     let sim = lcdm1000(500);
     let mut d = open(&sim, LcdmModel::Lcdm1000);
-    let o = d.dispense(&DispenseRequest::upper(47)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(47))
+        .unwrap();
     assert!(o.is_completed(), "{o:?}");
     assert_eq!(o.delivered(UPPER), 47);
     let c = sim.counters();
@@ -66,7 +70,9 @@ fn batch_size_is_configurable() {
         ..dispenser_support::config(&sim, LcdmModel::Lcdm1000)
     })
     .unwrap();
-    let o = d.dispense(&DispenseRequest::upper(60)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(60))
+        .unwrap();
     assert!(o.is_completed());
     assert_eq!(sim.counters().link.dispense_commands, 1);
 }
@@ -79,7 +85,9 @@ fn rejected_doubles_are_reported_and_replaced() {
         ..Faults::default()
     });
     let mut d = open(&sim, LcdmModel::Lcdm1000);
-    let o = d.dispense(&DispenseRequest::upper(10)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(10))
+        .unwrap();
     assert!(o.is_completed(), "{o:?}");
     let t = o.tally(UPPER).unwrap();
     assert_eq!((t.picked, t.exited, t.rejected), (13, 10, 3));
@@ -121,7 +129,9 @@ fn test_dispense_sends_one_note_to_the_reject_tray() {
 fn lcdm2000_lower_cassette_alone() {
     let sim = lcdm2000(100, 100);
     let mut d = open(&sim, LcdmModel::Lcdm2000);
-    let o = d.dispense(&DispenseRequest::upper_lower(0, 5)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper_lower(0, 5))
+        .unwrap();
     assert!(o.is_completed(), "{o:?}");
     assert_eq!((o.delivered(UPPER), o.delivered(LOWER)), (0, 5));
     assert_eq!(sim.counters().delivered_per_cassette, vec![0, 5]);
@@ -131,7 +141,9 @@ fn lcdm2000_lower_cassette_alone() {
 fn lcdm2000_combined_batches_both_cassettes() {
     let sim = lcdm2000(100, 100);
     let mut d = open(&sim, LcdmModel::Lcdm2000);
-    let o = d.dispense(&DispenseRequest::upper_lower(25, 42)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper_lower(25, 42))
+        .unwrap();
     assert!(o.is_completed(), "{o:?}");
     assert_eq!((o.delivered(UPPER), o.delivered(LOWER)), (25, 42));
     let c = sim.counters();
@@ -155,7 +167,9 @@ fn combined_field_order_per_sensor_when_both_sides_agree() {
         reject_next: 1,
         ..Faults::default()
     });
-    let o = d.dispense(&DispenseRequest::upper_lower(3, 9)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper_lower(3, 9))
+        .unwrap();
     assert!(o.is_completed(), "{o:?}");
     let (u, l) = (o.tally(UPPER).unwrap(), o.tally(LOWER).unwrap());
     assert_eq!((u.picked, u.exited, u.rejected), (4, 3, 1));
@@ -171,7 +185,9 @@ fn mismatched_field_order_is_caught_not_paid_twice() {
         ..SimConfig::lcdm2000(100, 100)
     });
     let mut d = open(&sim, LcdmModel::Lcdm2000);
-    let o = d.dispense(&DispenseRequest::upper_lower(3, 9)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper_lower(3, 9))
+        .unwrap();
     assert!(matches!(o.result, DispenseResult::Stopped { .. }), "{o:?}");
     assert_eq!(sim.counters().delivered, 12);
     assert_eq!(sim.counters().link.dispense_commands, 1);
@@ -182,7 +198,9 @@ fn near_end_is_reported_in_status_and_outcome() {
     let sim = lcdm2000(55, 55);
     let mut d = open(&sim, LcdmModel::Lcdm2000);
     assert_eq!(d.status().unwrap().cassette(UPPER), CassetteState::Normal);
-    let o = d.dispense(&DispenseRequest::upper_lower(10, 10)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper_lower(10, 10))
+        .unwrap();
     assert!(o.is_completed(), "{o:?}");
     assert_eq!(o.tally(UPPER).unwrap().state, CassetteState::NearEnd);
     assert_eq!(o.tally(LOWER).unwrap().state, CassetteState::NearEnd);
@@ -201,7 +219,7 @@ fn invalid_requests_send_nothing() {
         DispenseRequest::upper(0),
         DispenseRequest::upper_lower(1, 1),
     ] {
-        let err = d.dispense(&request).unwrap_err();
+        let err = d.dispense("order-test", &request).unwrap_err();
         assert!(matches!(err, DispenserError::InvalidRequest(_)), "{err}");
     }
     assert!(matches!(
@@ -216,7 +234,9 @@ fn lcdm2000_commands_on_an_lcdm1000_are_undefined() {
     // Misconfiguration: the driver thinks it has two cassettes, the device has one.
     let sim = lcdm1000(100);
     let mut d = open(&sim, LcdmModel::Lcdm2000);
-    let o = d.dispense(&DispenseRequest::upper_lower(0, 2)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper_lower(0, 2))
+        .unwrap();
     assert_eq!(
         o.result,
         DispenseResult::Stopped {
@@ -233,11 +253,12 @@ fn driver_can_be_reopened_on_the_same_port() {
     let sim = lcdm1000(500);
     {
         let mut d = open(&sim, LcdmModel::Lcdm1000);
-        d.dispense(&DispenseRequest::upper(2)).unwrap();
+        d.dispense("order-test", &DispenseRequest::upper(2))
+            .unwrap();
     }
     let mut d = open(&sim, LcdmModel::Lcdm1000);
     assert!(
-        d.dispense(&DispenseRequest::upper(3))
+        d.dispense("order-test", &DispenseRequest::upper(3))
             .unwrap()
             .is_completed()
     );
@@ -248,7 +269,9 @@ fn driver_can_be_reopened_on_the_same_port() {
 fn outcomes_serialise_for_the_agent_journal() {
     let sim = lcdm1000(500);
     let mut d = open(&sim, LcdmModel::Lcdm1000);
-    let o = d.dispense(&DispenseRequest::upper(21)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(21))
+        .unwrap();
     let json = serde_json::to_string(&o).unwrap();
     assert!(json.contains(r#""result":"completed""#), "{json}");
     assert_eq!(

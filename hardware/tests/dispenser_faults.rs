@@ -31,7 +31,9 @@ fn jam_stops_with_partial_counts_and_blocks_until_recovered() {
         ..Faults::default()
     });
     let mut d = open(&sim, LcdmModel::Lcdm1000);
-    let o = d.dispense(&DispenseRequest::upper(40)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(40))
+        .unwrap();
     assert_eq!(o.result, stopped_by(DeviceError::JamAtChk));
     let t = o.tally(UPPER).unwrap();
     assert_eq!((t.picked, t.exited, t.rejected), (26, 25, 0));
@@ -43,7 +45,7 @@ fn jam_stops_with_partial_counts_and_blocks_until_recovered() {
     // No further dispense until the machine is cleared.
     let commands = sim.counters().link.dispense_commands;
     assert!(matches!(
-        d.dispense(&DispenseRequest::upper(5)),
+        d.dispense("order-test", &DispenseRequest::upper(5)),
         Err(DispenserError::RecoveryRequired)
     ));
     assert_eq!(sim.counters().link.dispense_commands, commands);
@@ -60,7 +62,9 @@ fn jam_stops_with_partial_counts_and_blocks_until_recovered() {
     let c = sim.counters();
     assert_eq!((c.in_path, c.reject_tray), (0, 1));
 
-    let o = d.dispense(&DispenseRequest::upper(5)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(5))
+        .unwrap();
     assert!(o.is_completed());
     assert_eq!(sim.counters().delivered, 30);
 }
@@ -73,12 +77,16 @@ fn pickup_error_reports_exact_counts_and_does_not_block() {
         ..Faults::default()
     });
     let mut d = open(&sim, LcdmModel::Lcdm1000);
-    let o = d.dispense(&DispenseRequest::upper(10)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(10))
+        .unwrap();
     assert_eq!(o.result, stopped_by(DeviceError::PickupError));
     assert_eq!(o.delivered(UPPER), 3);
     assert!(!o.needs_recovery());
     assert_accounted(&o, 0, &sim);
-    let o = d.dispense(&DispenseRequest::upper(2)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(2))
+        .unwrap();
     assert!(o.is_completed());
 }
 
@@ -87,7 +95,9 @@ fn empty_cassette_is_bill_end() {
     let sim = lcdm1000(500);
     sim.set_notes(UPPER, 4);
     let mut d = open(&sim, LcdmModel::Lcdm1000);
-    let o = d.dispense(&DispenseRequest::upper(10)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(10))
+        .unwrap();
     assert_eq!(
         o.result,
         stopped_by(DeviceError::BillEnd { cassette: UPPER })
@@ -108,7 +118,9 @@ fn forced_bill_end_on_the_lower_cassette() {
         ..Faults::default()
     });
     let mut d = open(&sim, LcdmModel::Lcdm2000);
-    let o = d.dispense(&DispenseRequest::upper_lower(0, 5)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper_lower(0, 5))
+        .unwrap();
     assert_eq!(
         o.result,
         stopped_by(DeviceError::BillEnd { cassette: LOWER })
@@ -127,7 +139,9 @@ fn forced_near_end() {
     });
     let mut d = open(&sim, LcdmModel::Lcdm1000);
     assert_eq!(d.status().unwrap().cassette(UPPER), CassetteState::NearEnd);
-    let o = d.dispense(&DispenseRequest::upper(1)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(1))
+        .unwrap();
     assert!(o.is_completed());
     assert_eq!(o.tally(UPPER).unwrap().state, CassetteState::NearEnd);
 }
@@ -141,7 +155,9 @@ fn missing_cassette() {
     assert_eq!(s.cassette(LOWER), CassetteState::Missing);
     assert_eq!(s.cassette(UPPER), CassetteState::Normal);
     assert!(!s.is_ready());
-    let o = d.dispense(&DispenseRequest::upper_lower(0, 3)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper_lower(0, 3))
+        .unwrap();
     assert_eq!(
         o.result,
         stopped_by(DeviceError::CassetteNotRecognised { cassette: LOWER })
@@ -210,7 +226,9 @@ fn every_device_error_reaches_the_outcome_typed() {
             ..Faults::default()
         });
         let before = sim.counters().delivered;
-        let o = d.dispense(&DispenseRequest::upper_lower(3, 3)).unwrap();
+        let o = d
+            .dispense("order-test", &DispenseRequest::upper_lower(3, 3))
+            .unwrap();
         assert_eq!(o.result, stopped_by(error.clone()), "{error:?}");
         assert_eq!(o.delivered_total(), 2, "{error:?}");
         assert_accounted(&o, before, &sim);
@@ -237,7 +255,9 @@ fn dead_device_status_fails_and_dispense_is_in_doubt_with_nothing_paid() {
     assert!(started.elapsed() < Duration::from_secs(2));
 
     let started = Instant::now();
-    let o = d.dispense(&DispenseRequest::upper(5)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(5))
+        .unwrap();
     assert!(
         started.elapsed() >= DISPENSE_TIMEOUT,
         "waited for a late answer"
@@ -258,14 +278,14 @@ fn dead_device_status_fails_and_dispense_is_in_doubt_with_nothing_paid() {
     // The device comes back: dispensing needs recovery first, which keeps the doubt.
     sim.set_faults(Faults::default());
     assert!(matches!(
-        d.dispense(&DispenseRequest::upper(5)),
+        d.dispense("order-test", &DispenseRequest::upper(5)),
         Err(DispenserError::RecoveryRequired)
     ));
     let r = d.recover_last().unwrap();
     assert!(r.machine_clear());
     assert!(r.last.as_ref().is_some_and(|l| l.is_in_doubt()));
     assert!(
-        d.dispense(&DispenseRequest::upper(5))
+        d.dispense("order-test", &DispenseRequest::upper(5))
             .unwrap()
             .is_completed()
     );
@@ -279,7 +299,9 @@ fn corrupt_responses_are_naked_and_the_resent_copy_used() {
         ..Faults::default()
     });
     let mut d = open(&sim, LcdmModel::Lcdm1000);
-    let o = d.dispense(&DispenseRequest::upper(6)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(6))
+        .unwrap();
     assert!(o.is_completed(), "{o:?}");
     assert_accounted(&o, 0, &sim);
     assert_eq!(sim.counters().link.responses_sent, 3);
@@ -300,7 +322,9 @@ fn response_damaged_every_time_is_in_doubt_not_failure() {
         ..Faults::default()
     });
     let mut d = open(&sim, LcdmModel::Lcdm1000);
-    let o = d.dispense(&DispenseRequest::upper(10)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(10))
+        .unwrap();
     assert_eq!(
         o.result,
         DispenseResult::InDoubt {
@@ -322,7 +346,9 @@ fn nak_storm_within_the_retry_budget_is_absorbed() {
         ..Faults::default()
     });
     let mut d = open(&sim, LcdmModel::Lcdm1000);
-    let o = d.dispense(&DispenseRequest::upper(4)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(4))
+        .unwrap();
     assert!(o.is_completed(), "{o:?}");
     let c = sim.counters();
     assert_eq!(
@@ -339,7 +365,9 @@ fn nak_storm_beyond_the_budget_refuses_and_pays_nothing() {
         ..Faults::default()
     });
     let mut d = open(&sim, LcdmModel::Lcdm1000);
-    let err = d.dispense(&DispenseRequest::upper(4)).unwrap_err();
+    let err = d
+        .dispense("order-test", &DispenseRequest::upper(4))
+        .unwrap_err();
     assert!(
         matches!(err, DispenserError::CommandRejected { sends: 4 }),
         "{err}"
@@ -350,7 +378,7 @@ fn nak_storm_beyond_the_budget_refuses_and_pays_nothing() {
     // A refused command needs no recovery.
     sim.set_faults(Faults::default());
     assert!(
-        d.dispense(&DispenseRequest::upper(4))
+        d.dispense("order-test", &DispenseRequest::upper(4))
             .unwrap()
             .is_completed()
     );
@@ -365,7 +393,9 @@ fn stray_idle_bytes_are_skipped() {
     });
     let mut d = open(&sim, LcdmModel::Lcdm2000);
     assert!(d.status().unwrap().is_ready());
-    let o = d.dispense(&DispenseRequest::upper_lower(21, 2)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper_lower(21, 2))
+        .unwrap();
     assert!(o.is_completed(), "{o:?}");
     assert_accounted(&o, 0, &sim);
     assert_eq!(d.rom_version().unwrap(), "LCDM-SIM 1.0");

@@ -33,7 +33,8 @@ fn power_loss_mid_batch_is_in_doubt_and_a_new_driver_recovers() {
     let outcome = {
         let mut d =
             LcdmDispenser::open(config_with_journal(&sim, LcdmModel::Lcdm1000, &journal)).unwrap();
-        d.dispense(&DispenseRequest::upper(45)).unwrap()
+        d.dispense("order-test", &DispenseRequest::upper(45))
+            .unwrap()
     };
     // Batch 1 (20) answered; batch 2 (20) cut by the power loss after 7 more notes.
     assert_eq!(
@@ -60,7 +61,7 @@ fn power_loss_mid_batch_is_in_doubt_and_a_new_driver_recovers() {
     );
     let commands = sim.counters().link.dispense_commands;
     assert!(matches!(
-        d.dispense(&DispenseRequest::upper(5)),
+        d.dispense("order-test", &DispenseRequest::upper(5)),
         Err(DispenserError::RecoveryRequired)
     ));
     assert_eq!(
@@ -82,7 +83,9 @@ fn power_loss_mid_batch_is_in_doubt_and_a_new_driver_recovers() {
     assert_eq!((c.in_path, c.reject_tray, c.delivered), (0, 1, 27));
     assert!(read_journal(&journal).recovered);
 
-    let o = d.dispense(&DispenseRequest::upper(5)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(5))
+        .unwrap();
     assert!(o.is_completed());
     assert_eq!(sim.counters().delivered, 32);
 }
@@ -105,7 +108,9 @@ fn power_loss_survives_a_simulator_restart_through_its_state_file() {
     });
     let mut d =
         LcdmDispenser::open(config_with_journal(&sim, LcdmModel::Lcdm1000, &journal)).unwrap();
-    let outcome = d.dispense(&DispenseRequest::upper(10)).unwrap();
+    let outcome = d
+        .dispense("order-test", &DispenseRequest::upper(10))
+        .unwrap();
     assert!(outcome.is_in_doubt(), "{outcome:?}");
     assert_eq!(outcome.delivered_total(), 0);
     assert_eq!(outcome.max_possibly_delivered_total(), 10);
@@ -148,7 +153,10 @@ fn journal_says_in_doubt_while_a_batch_is_in_flight() {
     let sim = qrcash_hardware::dispenser::sim::Simulator::spawn(sim_config).unwrap();
     let mut d =
         LcdmDispenser::open(config_with_journal(&sim, LcdmModel::Lcdm1000, &journal)).unwrap();
-    let worker = std::thread::spawn(move || d.dispense(&DispenseRequest::upper(30)).unwrap());
+    let worker = std::thread::spawn(move || {
+        d.dispense("order-test", &DispenseRequest::upper(30))
+            .unwrap()
+    });
 
     // Mid first batch: if the host died now, the journal must already say "in doubt".
     assert!(sim.wait_for(Duration::from_secs(3), |c| c.delivered >= 3));
@@ -175,6 +183,9 @@ fn interrupted_record_from_a_crashed_driver_blocks_until_recovered() {
     let journal = dir.path().join("dispenser.json");
     let sim = lcdm1000(100);
     let record = LastDispense {
+        reference: Some("order-crashed".into()),
+        handed_at_ms: None,
+        written_at_ms: 0,
         outcome: qrcash_hardware::dispenser::DispenseOutcome {
             requested: DispenseRequest::upper(30),
             cassettes: vec![qrcash_hardware::dispenser::CassetteTally {
@@ -194,7 +205,7 @@ fn interrupted_record_from_a_crashed_driver_blocks_until_recovered() {
     let mut d =
         LcdmDispenser::open(config_with_journal(&sim, LcdmModel::Lcdm1000, &journal)).unwrap();
     assert!(matches!(
-        d.dispense(&DispenseRequest::upper(1)),
+        d.dispense("order-test", &DispenseRequest::upper(1)),
         Err(DispenserError::RecoveryRequired)
     ));
     let r = d.recover_last().unwrap();
@@ -203,7 +214,7 @@ fn interrupted_record_from_a_crashed_driver_blocks_until_recovered() {
     assert!(r.purged && r.machine_clear());
     assert_eq!(r.last, Some(record.outcome));
     assert!(
-        d.dispense(&DispenseRequest::upper(1))
+        d.dispense("order-test", &DispenseRequest::upper(1))
             .unwrap()
             .is_completed()
     );
@@ -218,7 +229,7 @@ fn without_a_journal_the_device_itself_refuses_until_purged() {
     });
     let mut d = LcdmDispenser::open(config(&sim, LcdmModel::Lcdm1000)).unwrap();
     assert!(
-        d.dispense(&DispenseRequest::upper(5))
+        d.dispense("order-test", &DispenseRequest::upper(5))
             .unwrap()
             .is_in_doubt()
     );
@@ -229,7 +240,9 @@ fn without_a_journal_the_device_itself_refuses_until_purged() {
     let mut d = LcdmDispenser::open(config(&sim, LcdmModel::Lcdm1000)).unwrap();
     assert!(d.last_dispense().is_none());
     // ...but the device will not pay with notes in the path.
-    let o = d.dispense(&DispenseRequest::upper(5)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(5))
+        .unwrap();
     assert_eq!(
         o.result,
         DispenseResult::Stopped {
@@ -246,7 +259,7 @@ fn without_a_journal_the_device_itself_refuses_until_purged() {
         "{r:?}"
     );
     assert!(
-        d.dispense(&DispenseRequest::upper(5))
+        d.dispense("order-test", &DispenseRequest::upper(5))
             .unwrap()
             .is_completed()
     );
@@ -259,10 +272,139 @@ fn device_vanishing_mid_dispense_is_in_doubt() {
     sim_config.note_interval = Duration::from_millis(20);
     let sim = qrcash_hardware::dispenser::sim::Simulator::spawn(sim_config).unwrap();
     let mut d = LcdmDispenser::open(config(&sim, LcdmModel::Lcdm1000)).unwrap();
-    let worker = std::thread::spawn(move || d.dispense(&DispenseRequest::upper(15)).unwrap());
+    let worker = std::thread::spawn(move || {
+        d.dispense("order-test", &DispenseRequest::upper(15))
+            .unwrap()
+    });
     assert!(sim.wait_for(Duration::from_secs(3), |c| c.delivered >= 2));
     let delivered = sim.shutdown().delivered();
     let o = worker.join().unwrap();
     assert!(o.is_in_doubt(), "{o:?}");
     assert!(o.delivered_total() <= delivered && delivered <= o.max_possibly_delivered_total());
+}
+
+/// What a driver killed right after sending a batch leaves behind: its journal record (the
+/// batch in flight, named by the order's reference) and the command frame on the line,
+/// which the device executes and answers with nobody reading.
+fn kill_after_sending(
+    sim: &qrcash_hardware::dispenser::sim::SimHandle,
+    journal: &std::path::Path,
+    reference: &str,
+    notes: u8,
+) {
+    use qrcash_hardware::dispenser::lcdm::message::{BatchCount, Command, Slot};
+    use qrcash_hardware::dispenser::{CassetteTally, DispenseOutcome};
+    use std::io::Write as _;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let record = LastDispense {
+        reference: Some(reference.into()),
+        handed_at_ms: Some(now_ms),
+        written_at_ms: now_ms,
+        outcome: DispenseOutcome {
+            requested: DispenseRequest::upper(u32::from(notes)),
+            cassettes: vec![CassetteTally::new(UPPER, u32::from(notes))],
+            result: DispenseResult::InDoubt {
+                in_flight: DispenseRequest::upper(u32::from(notes)),
+                reason: InDoubtReason::Interrupted,
+            },
+        },
+        recovered: false,
+    };
+    std::fs::write(journal, serde_json::to_vec(&record).unwrap()).unwrap();
+    let mut port = serialport::new(sim.port_path(), 9600)
+        .timeout(Duration::from_millis(100))
+        .open()
+        .unwrap();
+    let command = Command::Dispense {
+        slot: Slot::Upper,
+        count: BatchCount::new(u32::from(notes)).unwrap(),
+    };
+    port.write_all(&command.encode()).unwrap();
+    port.flush().unwrap();
+    // The port closes with the "process": the device's ACK and answer stay unread.
+}
+
+#[test]
+fn the_devices_late_answer_to_the_batch_in_flight_is_read_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("dispenser.json");
+    let sim = lcdm1000(100);
+    kill_after_sending(&sim, &journal, "order-19", 9);
+    // The device finishes and its answer waits on the line (it repeats it unanswered).
+    assert!(sim.wait_for(Duration::from_secs(5), |c| c.delivered == 9));
+
+    let mut d =
+        LcdmDispenser::open(config_with_journal(&sim, LcdmModel::Lcdm1000, &journal)).unwrap();
+    let r = d.recover_last().unwrap();
+    assert!(r.late_answer, "{r:?}");
+    assert_eq!(r.last_reference.as_deref(), Some("order-19"));
+    assert!(r.handed_at_ms.is_some());
+    let last = r.last_for("order-19").expect("attributed by its reference");
+    assert_eq!(last.result, DispenseResult::Completed);
+    assert_eq!(last.delivered_total(), 9);
+    assert_eq!(
+        r.last_for("order-20"),
+        None,
+        "never by another order's identity"
+    );
+    // The record now says what the device said, and the machine is usable again.
+    let record = read_journal(&journal);
+    assert_eq!(
+        (record.outcome.delivered_total(), record.recovered),
+        (9, true)
+    );
+    assert!(r.machine_clear());
+    assert!(
+        d.dispense("order-20", &DispenseRequest::upper(1))
+            .unwrap()
+            .is_completed()
+    );
+    assert_eq!(sim.counters().delivered, 10);
+}
+
+#[test]
+fn a_late_answer_still_on_its_way_is_waited_for_within_the_dispense_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("dispenser.json");
+    let mut config = SimConfig::lcdm1000(100);
+    // Slow enough that the restarted driver is listening before the device answers.
+    config.note_interval = Duration::from_millis(40);
+    config.ack_timeout = Duration::from_millis(150);
+    let sim = qrcash_hardware::dispenser::sim::Simulator::spawn(config).unwrap();
+    kill_after_sending(&sim, &journal, "order-7", 7);
+    let mut d =
+        LcdmDispenser::open(config_with_journal(&sim, LcdmModel::Lcdm1000, &journal)).unwrap();
+    let r = d.recover_last().unwrap();
+    assert!(r.late_answer, "{r:?}");
+    assert_eq!(r.last_for("order-7").map(|o| o.delivered_total()), Some(7));
+    assert_eq!(sim.counters().delivered, 7);
+}
+
+#[test]
+fn without_an_answer_the_batch_in_flight_stays_in_doubt() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("dispenser.json");
+    let sim = lcdm1000(100);
+    sim.power_off();
+    kill_after_sending(&sim, &journal, "order-3", 3);
+    // The dead device swallows the command before power comes back.
+    std::thread::sleep(Duration::from_millis(300));
+    sim.power_on();
+    let mut d =
+        LcdmDispenser::open(config_with_journal(&sim, LcdmModel::Lcdm1000, &journal)).unwrap();
+    let started = std::time::Instant::now();
+    let r = d.recover_last().unwrap();
+    assert!(!r.late_answer);
+    let last = r.last_for("order-3").unwrap();
+    assert!(last.is_in_doubt());
+    assert_eq!(
+        (last.delivered_total(), last.max_possibly_delivered_total()),
+        (0, 3)
+    );
+    // It listened no longer than one dispense timeout after the command was sent.
+    assert!(started.elapsed() < dispenser_support::DISPENSE_TIMEOUT * 3);
+    assert_eq!(sim.counters().delivered, 0);
 }

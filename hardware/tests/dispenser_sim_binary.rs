@@ -81,7 +81,9 @@ fn kill_during_power_loss_then_restart_from_state_and_recover() {
     let sim = start(&link, &[&common[..], &["--power-loss-after", "3"]].concat());
     let mut d = driver(&link, &journal);
     assert!(d.status().unwrap().is_ready());
-    let o = d.dispense(&DispenseRequest::upper_lower(5, 5)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper_lower(5, 5))
+        .unwrap();
     assert!(o.is_in_doubt(), "{o:?}");
     drop(d);
     drop(sim);
@@ -101,7 +103,9 @@ fn kill_during_power_loss_then_restart_from_state_and_recover() {
         r.status_before.notes_in_path && r.purged && r.machine_clear(),
         "{r:?}"
     );
-    let o = d.dispense(&DispenseRequest::upper_lower(2, 3)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper_lower(2, 3))
+        .unwrap();
     assert!(o.is_completed(), "{o:?}");
     let saved = state_file::load(&state).unwrap().unwrap();
     assert_eq!(
@@ -121,7 +125,9 @@ fn faults_file_is_applied() {
         &["--cassettes", "2", "--faults", faults.to_str().unwrap()],
     );
     let mut d = driver(&link, &journal);
-    let o = d.dispense(&DispenseRequest::upper_lower(4, 0)).unwrap();
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper_lower(4, 0))
+        .unwrap();
     assert_eq!(
         o.result,
         DispenseResult::Stopped {

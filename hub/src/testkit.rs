@@ -393,5 +393,7 @@ pub fn report_message(order: &DispenseOrder, outcome: DispenseOutcome, exited_ye
         dispensed: Amount::new(exited_yen - left, order.amount.currency),
         outcome,
         device_error: None,
+        max_dispensed: None,
+        source: None,
     })
 }

@@ -575,6 +575,25 @@ pub struct NoteOutcome {
     pub rejected: u32,
 }
 
+/// Where the counts of a [`DispenseReport`] come from. Counts are attributed to an order by
+/// its identity only (the driver's record names the order id), never because another
+/// dispense asked for the same notes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CountSource {
+    /// The device's answers, read while the agent waited for them.
+    Device,
+    /// The device's answer to the batch in flight, read from the serial line after the
+    /// agent restarted.
+    LateAnswer,
+    /// The dispenser driver's own record of this order: the batches answered before the
+    /// agent stopped. The batch then in flight, if any, is unknown.
+    DriverRecord,
+    /// No device record names this order (the agent stopped before or while handing the
+    /// command to the device): no note is known to have left, none is known not to.
+    NoRecord,
+}
+
 /// What the dispenser did for an order. `dispensed` is the value of the exited notes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -592,6 +611,35 @@ pub struct DispenseReport {
     /// The device's error, if any, as text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_error: Option<String>,
+    /// For `in_doubt`: the most that may have left the machine (the known counts plus every
+    /// note whose fate is unknown). Absent: the order's amount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_dispensed: Option<Amount>,
+    /// Where the counts come from. Absent: `device`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<CountSource>,
+}
+
+impl DispenseReport {
+    /// The bounds of what left the machine, in minor units: exactly `dispensed` for a
+    /// definitive outcome; for `in_doubt` from `dispensed` up to `max_dispensed`, or up to
+    /// `ordered` when the report states no upper bound. `None` when the report contradicts
+    /// itself (an upper bound below the known counts, or another currency).
+    pub fn bounds(&self, ordered: Amount) -> Option<(u64, u64)> {
+        let low = self.dispensed.minor;
+        if self.dispensed.currency != ordered.currency {
+            return None;
+        }
+        let high = match (self.outcome, self.max_dispensed) {
+            (DispenseOutcome::InDoubt, Some(max)) if max.currency == ordered.currency => {
+                max.minor.min(ordered.minor)
+            }
+            (DispenseOutcome::InDoubt, Some(_)) => return None,
+            (DispenseOutcome::InDoubt, None) => ordered.minor,
+            _ => low,
+        };
+        (low <= high).then_some((low, high))
+    }
 }
 
 /// The ATM refuses an order without touching the dispenser.

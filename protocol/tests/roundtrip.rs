@@ -300,6 +300,8 @@ fn atm_up() -> impl Strategy<Value = AtmUp> {
                     dispensed,
                     outcome: DispenseOutcome::Partial,
                     device_error,
+                    max_dispensed: Some(dispensed),
+                    source: Some(qrcash_protocol::messages::CountSource::LateAnswer),
                 })
             }),
         (order(), tx(), text()).prop_map(|(order_id, tx_id, reason)| AtmUp::OrderRefused(

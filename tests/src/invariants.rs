@@ -640,6 +640,8 @@ mod tests {
             dispensed: Amount::new(paid, Currency::JPY),
             outcome,
             device_error: None,
+            max_dispensed: None,
+            source: None,
         }
     }
 

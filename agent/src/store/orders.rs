@@ -223,6 +223,8 @@ mod tests {
             dispensed: o.amount,
             outcome: DispenseOutcome::Dispensed,
             device_error: None,
+            max_dispensed: None,
+            source: None,
         }
     }
 

@@ -20,6 +20,20 @@ pub mod status;
 
 pub use error::{DeviceError, DispenserError};
 pub use journal::LastDispense;
+
+/// Environment variable naming a step at which the process aborts itself, for crash tests of
+/// the whole dispense path (the agent reads it too). The driver's steps:
+/// `after_command` (a batch's command frame is on the serial line, its answer not yet read)
+/// and `between_batches` (a batch was answered and recorded, the next not yet sent).
+pub const CRASH_ENV: &str = "QRCASH_AGENT_CRASH_AT";
+
+/// Aborts the process when [`CRASH_ENV`] names `step` (crash tests only; unset in service).
+pub fn crash_point(step: &str) {
+    if std::env::var_os(CRASH_ENV).is_some_and(|v| v == step) {
+        tracing::error!(step, "crash hook: aborting the process");
+        std::process::abort();
+    }
+}
 pub use outcome::{
     CassetteTally, DispenseOutcome, DispenseResult, InDoubtReason, Recovery, StopReason,
     TestDispenseOutcome,
@@ -38,14 +52,20 @@ pub trait Dispenser: Send {
     /// Reads the device status.
     fn status(&mut self) -> Result<DispenserStatus, DispenserError>;
 
-    /// Dispenses notes to the customer.
+    /// Dispenses notes to the customer. `reference` names the dispense (the agent passes its
+    /// order id): the driver's record of the dispense carries it, and `recover_last`
+    /// returns it, so that counts are attributed to an order by identity after a restart.
     ///
     /// `Err` promises that no note moved (invalid request, recovery pending, port unusable,
     /// command refused). Every other case is `Ok`, with the counts the device reported and a
     /// result that is `Completed`, `Stopped` (exact counts) or `InDoubt` (unknown fate of the
     /// batch in flight). After an outcome that `needs_recovery`, further dispenses fail with
     /// `RecoveryRequired` until `recover_last` has cleared the machine.
-    fn dispense(&mut self, request: &DispenseRequest) -> Result<DispenseOutcome, DispenserError>;
+    fn dispense(
+        &mut self,
+        reference: &str,
+        request: &DispenseRequest,
+    ) -> Result<DispenseOutcome, DispenserError>;
 
     /// Clears the note path into the reject tray.
     fn purge(&mut self) -> Result<(), DispenserError>;
@@ -59,7 +79,9 @@ pub trait Dispenser: Send {
     /// Answers "what happened to the last dispense?" and brings the machine back to a clean
     /// state: reads the status, purges when notes may be inside, reads the status again.
     ///
-    /// The last outcome is reported as known (from memory or the driver's journal); an
-    /// in-doubt outcome stays in doubt, since the LCDM cannot recount delivered notes.
+    /// The last outcome is reported as known (from memory or the driver's journal) with the
+    /// reference it was dispensed under. An in-doubt outcome stays in doubt, since the LCDM
+    /// cannot recount delivered notes, unless the device's own answer to the batch in flight
+    /// is still waiting on the line after a restart: that answer settles the batch.
     fn recover_last(&mut self) -> Result<Recovery, DispenserError>;
 }

@@ -201,7 +201,20 @@ pub struct TestDispenseOutcome {
 pub struct Recovery {
     /// The last dispense as the driver knows it (from memory or its journal). An in-doubt
     /// outcome stays in doubt: recovery clears the machine, it cannot recount the notes.
+    /// Only the device's own late answer to the batch in flight settles that batch.
     pub last: Option<DispenseOutcome>,
+    /// Whose dispense `last` is: the reference given to `Dispenser::dispense`. A caller
+    /// attributes `last` to one of its orders only when this is that order's reference.
+    #[serde(default)]
+    pub last_reference: Option<String>,
+    /// When the command of `last`'s batch in flight was handed to the serial line (Unix
+    /// milliseconds), if the driver died with one in flight.
+    #[serde(default)]
+    pub handed_at_ms: Option<u64>,
+    /// Whether the device's late answer to that batch (read from the serial line after the
+    /// restart) settled it; `last` then carries the counts of that answer.
+    #[serde(default)]
+    pub late_answer: bool,
     /// Device status before recovery.
     pub status_before: DispenserStatus,
     /// Whether a purge was run.
@@ -213,6 +226,13 @@ pub struct Recovery {
 }
 
 impl Recovery {
+    /// The last dispense, if it is the one named `reference`.
+    pub fn last_for(&self, reference: &str) -> Option<&DispenseOutcome> {
+        self.last
+            .as_ref()
+            .filter(|_| self.last_reference.as_deref() == Some(reference))
+    }
+
     /// True when the machine is clear again (no notes in the path, no jam-type fault).
     pub fn machine_clear(&self) -> bool {
         !self.status_after.notes_in_path

@@ -582,6 +582,8 @@ fn journal_phase(n: usize) -> Result<JournalCost> {
             dispensed: order.amount,
             outcome: DispenseOutcome::Dispensed,
             device_error: None,
+            max_dispensed: None,
+            source: None,
         };
         let t = Instant::now();
         store.finish_dispense(&report, serde_json::json!({ "exit": "ok" }), now, |seq| {

@@ -109,6 +109,78 @@ impl DispenseRun {
         })
     }
 
+    /// Takes up a run that stopped with a batch in flight (the driver's record after a crash),
+    /// so that the device's late answer to that batch can be applied with
+    /// [`DispenseRun::settle_late`]. `None` unless `outcome` is in doubt because the driver
+    /// was interrupted, or when its counts do not fit together.
+    pub fn resume(outcome: &DispenseOutcome, max_per_batch: u8) -> Option<DispenseRun> {
+        let DispenseResult::InDoubt {
+            in_flight,
+            reason: InDoubtReason::Interrupted,
+        } = &outcome.result
+        else {
+            return None;
+        };
+        let mut run = DispenseRun::new(
+            &outcome.requested,
+            outcome.cassettes.len(),
+            max_per_batch.max(1),
+        )
+        .ok()?;
+        if outcome
+            .cassettes
+            .iter()
+            .map(|t| t.cassette)
+            .ne(run.tallies.iter().map(|t| t.cassette))
+        {
+            return None;
+        }
+        run.tallies = outcome.cassettes.clone();
+        // Every batch before the one in flight delivered exactly what it asked for (any
+        // other answer ends the run), so what is left is the request less what exited.
+        let left = |c: CassetteId| {
+            outcome
+                .requested
+                .notes_for(c)
+                .checked_sub(outcome.tally(c).map_or(0, |t| t.exited))
+        };
+        run.remaining = Batch {
+            upper: left(CassetteId::UPPER)?,
+            lower: left(CassetteId::LOWER)?,
+        };
+        let batch = Batch {
+            upper: in_flight.notes_for(CassetteId::UPPER),
+            lower: in_flight.notes_for(CassetteId::LOWER),
+        };
+        if batch.command().is_none()
+            || batch.upper > run.remaining.upper
+            || batch.lower > run.remaining.lower
+        {
+            return None;
+        }
+        run.batches_done = usize::from(outcome.delivered_total() > 0);
+        run.in_flight = Some(batch);
+        Some(run)
+    }
+
+    /// Applies the device's late answer to the batch in flight of a resumed run and returns
+    /// the outcome it proves: the batch's counts are now known, and batches after it were
+    /// never sent (`Stopped { Interrupted }` unless the request is complete). `None` when
+    /// the answer does not answer that batch's command: then the batch stays in doubt.
+    pub fn settle_late(mut self, response: &Response) -> Option<DispenseOutcome> {
+        self.on_response(response);
+        match &self.result {
+            Some(DispenseResult::InDoubt { .. }) => None,
+            Some(_) => Some(self.snapshot()),
+            None => {
+                self.result = Some(DispenseResult::Stopped {
+                    reason: StopReason::Interrupted,
+                });
+                Some(self.snapshot())
+            }
+        }
+    }
+
     /// The next command to send, or `None` when the run is over. The returned batch counts
     /// as in flight until `on_response` or `on_failure`.
     pub fn next_command(&mut self) -> Option<Command> {
@@ -628,5 +700,53 @@ mod tests {
             prop_assert!(o.is_completed());
             prop_assert_eq!(o.delivered_total(), u64::from(upper + lower));
         }
+    }
+
+    #[test]
+    fn a_late_answer_settles_the_batch_in_flight_and_nothing_after_it() {
+        // 45 notes in batches of 20: the first batch answered, the second in flight when
+        // the driver died.
+        let mut run = DispenseRun::new(&DispenseRequest::upper(45), 1, 20).unwrap();
+        run.next_command().unwrap();
+        run.on_response(&good(Slot::Upper, 20));
+        run.next_command().unwrap();
+        let interrupted = run.snapshot();
+        assert!(interrupted.is_in_doubt());
+
+        let settled = DispenseRun::resume(&interrupted, 20)
+            .unwrap()
+            .settle_late(&good(Slot::Upper, 20))
+            .unwrap();
+        assert_eq!(settled.delivered_total(), 40);
+        assert_eq!(
+            settled.result,
+            DispenseResult::Stopped {
+                reason: StopReason::Interrupted
+            },
+            "the third batch was never sent"
+        );
+        assert_eq!(settled.max_possibly_delivered_total(), 40);
+
+        // An answer to another command (the lower cassette) does not settle it.
+        assert!(
+            DispenseRun::resume(&interrupted, 20)
+                .unwrap()
+                .settle_late(&good(Slot::Lower, 20))
+                .is_none()
+        );
+        // Only interrupted runs can be resumed.
+        assert!(DispenseRun::resume(&settled, 20).is_none());
+    }
+
+    #[test]
+    fn a_late_answer_to_the_last_batch_completes_the_run() {
+        let mut run = DispenseRun::new(&DispenseRequest::upper(5), 1, 20).unwrap();
+        run.next_command().unwrap();
+        let settled = DispenseRun::resume(&run.snapshot(), 20)
+            .unwrap()
+            .settle_late(&good(Slot::Upper, 5))
+            .unwrap();
+        assert_eq!(settled.result, DispenseResult::Completed);
+        assert_eq!(settled.delivered_total(), 5);
     }
 }

@@ -3,9 +3,15 @@
 //!
 //! Everything here is plumbing (reads with deadlines, writes, sleeps between batches,
 //! journal writes); decisions are made in `link` and `batch`.
+//!
+//! The journal record names each dispense by its caller's reference and says when the
+//! command of the batch in flight reached the serial line. After a restart with a batch in
+//! flight, `recover_last` first listens for the device's answer to that command (waiting on
+//! the line, or arriving before the batch's deadline): that answer, applied by
+//! `DispenseRun::settle_late`, is the best evidence of what left the machine.
 
 use std::io::{self, Read, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serialport::SerialPort;
 
@@ -14,14 +20,14 @@ use super::config::LcdmConfig;
 use super::frame::{ACK, Direction, FrameDecoder, Token};
 use super::link::{LinkFailure, Transaction};
 use super::message::{Command, ErrorCode, Response, Slot};
-use crate::dispenser::Dispenser;
 use crate::dispenser::error::{DeviceError, DispenserError};
-use crate::dispenser::journal::{Journal, LastDispense};
+use crate::dispenser::journal::{Journal, LastDispense, unix_ms};
 use crate::dispenser::outcome::{
     CassetteTally, DispenseOutcome, DispenseResult, Recovery, StopReason, TestDispenseOutcome,
 };
 use crate::dispenser::request::{CassetteId, DispenseRequest};
 use crate::dispenser::status::{CassetteState, CassetteStatus, DispenserStatus, Sensors};
+use crate::dispenser::{Dispenser, crash_point};
 
 /// A Puloon LCDM-1000/2000 on a serial port.
 pub struct LcdmDispenser {
@@ -29,6 +35,8 @@ pub struct LcdmDispenser {
     port: Box<dyn SerialPort>,
     journal: Option<Journal>,
     last: Option<LastDispense>,
+    /// The reference of the dispense in progress (journalled with every record of it).
+    reference: Option<String>,
     /// Last state seen per cassette in dispense responses; the status command cannot report
     /// near end for the lower cassette.
     seen_states: Vec<CassetteState>,
@@ -83,6 +91,7 @@ impl LcdmDispenser {
             port,
             journal,
             last,
+            reference: None,
             seen_states: vec![CassetteState::Unknown; cassettes],
         })
     }
@@ -109,15 +118,20 @@ impl LcdmDispenser {
 
     /// Runs one command to completion and maps link failures to errors.
     fn command(&mut self, command: Command) -> Result<Response, DispenserError> {
-        match self.transact(command) {
+        match self.transact(command, false) {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(failure)) => Err(link_error(failure)),
             Err(failure) => Err(self.io_error(failure.source)),
         }
     }
 
-    /// Runs one transaction over the port.
-    fn transact(&mut self, command: Command) -> Result<Result<Response, LinkFailure>, PortFailure> {
+    /// Runs one transaction over the port. With `batch`, the journal record of the batch in
+    /// flight is stamped with the moment its command frame was handed to the serial line.
+    fn transact(
+        &mut self,
+        command: Command,
+        batch: bool,
+    ) -> Result<Result<Response, LinkFailure>, PortFailure> {
         self.drain_stale_input().map_err(|source| PortFailure {
             source,
             command_written: false,
@@ -143,6 +157,10 @@ impl LcdmDispenser {
                         source,
                         command_written,
                     });
+                }
+                if bytes.len() > 1 && !command_written && batch {
+                    self.note_handed();
+                    crash_point("after_command");
                 }
                 command_written |= bytes.len() > 1;
             }
@@ -218,6 +236,114 @@ impl LcdmDispenser {
         }
     }
 
+    /// Stamps the record of the batch in flight with the moment its command reached the
+    /// line. A failed write leaves the earlier record, which already says "in doubt".
+    fn note_handed(&mut self) {
+        let Some(mut record) = self.last.clone() else {
+            return;
+        };
+        record.handed_at_ms = Some(unix_ms());
+        if let Err(e) = self.store_last(record) {
+            tracing::warn!(error = %e, "cannot journal when the batch was sent");
+        }
+    }
+
+    /// A record of `outcome` for the dispense in progress.
+    fn record(&self, outcome: DispenseOutcome) -> LastDispense {
+        LastDispense::new(self.reference.clone(), outcome)
+    }
+
+    /// After a restart with a batch in flight: reads the device's answer to that batch if it
+    /// waits on the line or arrives before the batch's deadline (the dispense timeout after
+    /// its command was sent), ACKs it, and settles the record with it. Returns whether it did.
+    fn settle_from_late_answer(&mut self) -> Result<bool, DispenserError> {
+        let Some(last) = self.last.clone().filter(|l| !l.recovered) else {
+            return Ok(false);
+        };
+        let Some(run) = DispenseRun::resume(&last.outcome, self.config.max_notes_per_batch) else {
+            return Ok(false);
+        };
+        let now = unix_ms();
+        let timeout = u64::try_from(self.config.dispense_timeout().as_millis()).unwrap_or(u64::MAX);
+        let since = last.handed_at_ms.unwrap_or(last.written_at_ms);
+        // A clock that jumped back must not stretch the wait past one dispense timeout.
+        let deadline = since
+            .saturating_add(timeout)
+            .min(now.saturating_add(timeout));
+        tracing::info!(
+            reference = ?last.reference,
+            wait_ms = deadline.saturating_sub(now),
+            "recovery: listening for the device's answer to the batch in flight"
+        );
+        let mut decoder =
+            FrameDecoder::with_timeout(Direction::FromDevice, self.config.link().frame_timeout);
+        let mut buf = [0u8; 256];
+        loop {
+            let now = unix_ms();
+            let waiting = self
+                .port
+                .bytes_to_read()
+                .map_err(|e| self.io_error(io::Error::other(e)))?
+                > 0;
+            if now >= deadline && !waiting && !decoder.in_frame() {
+                tracing::warn!("recovery: no answer to the batch in flight");
+                return Ok(false);
+            }
+            let wait = Duration::from_millis(deadline.saturating_sub(now).clamp(10, 200));
+            let _ = self.port.set_timeout(wait);
+            let n = match self.port.read(&mut buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::TimedOut
+                            | io::ErrorKind::WouldBlock
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if let Some(fault) = decoder.expire(Instant::now()) {
+                        tracing::debug!(?fault, "recovery: damaged bytes on the line");
+                    }
+                    continue;
+                }
+                Err(e) => return Err(self.io_error(e)),
+            };
+            for token in decoder.push_bytes(&buf[..n], Instant::now()) {
+                let Token::Frame(frame) = token else {
+                    continue;
+                };
+                // An intact frame is ACKed whatever it says, so the device stops repeating it.
+                self.port
+                    .write_all(&[ACK])
+                    .and_then(|_| self.port.flush())
+                    .map_err(|e| self.io_error(e))?;
+                let settled = Response::decode(&frame, self.config.combined_field_order)
+                    .ok()
+                    .and_then(|response| run.clone().settle_late(&response));
+                match settled {
+                    Some(outcome) => {
+                        tracing::warn!(
+                            reference = ?last.reference,
+                            cassettes = ?outcome.cassettes,
+                            result = ?outcome.result,
+                            "recovery: the device's late answer settles the batch in flight"
+                        );
+                        self.store_last(LastDispense {
+                            handed_at_ms: last.handed_at_ms,
+                            ..LastDispense::new(last.reference.clone(), outcome)
+                        })?;
+                        return Ok(true);
+                    }
+                    None => tracing::warn!(
+                        cmd = frame.cmd,
+                        data = ?frame.data,
+                        "recovery: a late frame that does not answer the batch in flight"
+                    ),
+                }
+            }
+        }
+    }
+
     fn store_last(&mut self, record: LastDispense) -> Result<(), DispenserError> {
         let result = match &self.journal {
             Some(j) => j.store(&record),
@@ -236,23 +362,17 @@ impl LcdmDispenser {
             first = false;
             // Journal first: if we die after sending, the record already says "in doubt".
             let snapshot = run.snapshot();
-            if let Err(e) = self.store_last(LastDispense {
-                outcome: snapshot,
-                recovered: false,
-            }) {
+            if let Err(e) = self.store_last(self.record(snapshot)) {
                 tracing::error!(error = %e, "cannot journal the next batch; not sending it");
                 run.abandon_in_flight();
-                self.last = Some(LastDispense {
-                    outcome: run.snapshot(),
-                    recovered: false,
-                });
+                self.last = Some(self.record(run.snapshot()));
                 if run.batches_done() == 0 {
                     return Err(e);
                 }
                 break;
             }
             tracing::debug!(?command, "sending batch");
-            match self.transact(command) {
+            match self.transact(command, true) {
                 Ok(Ok(response)) => run.on_response(&response),
                 Ok(Err(failure)) => {
                     tracing::warn!(?failure, "batch got no usable answer");
@@ -270,10 +390,8 @@ impl LcdmDispenser {
             }
             if !run.is_finished() {
                 // Between batches the counts are exact; keep the record honest.
-                let _ = self.store_last(LastDispense {
-                    outcome: run.snapshot(),
-                    recovered: false,
-                });
+                let _ = self.store_last(self.record(run.snapshot()));
+                crash_point("between_batches");
             }
         }
         Ok(())
@@ -291,10 +409,7 @@ impl LcdmDispenser {
                 *slot = tally.state;
             }
         }
-        if let Err(e) = self.store_last(LastDispense {
-            outcome: outcome.clone(),
-            recovered: false,
-        }) {
+        if let Err(e) = self.store_last(self.record(outcome.clone())) {
             tracing::error!(error = %e, "cannot journal the dispense outcome");
         }
         outcome
@@ -326,7 +441,11 @@ impl Dispenser for LcdmDispenser {
         }
     }
 
-    fn dispense(&mut self, request: &DispenseRequest) -> Result<DispenseOutcome, DispenserError> {
+    fn dispense(
+        &mut self,
+        reference: &str,
+        request: &DispenseRequest,
+    ) -> Result<DispenseOutcome, DispenserError> {
         if self
             .last
             .as_ref()
@@ -339,7 +458,8 @@ impl Dispenser for LcdmDispenser {
             self.cassette_count(),
             self.config.max_notes_per_batch,
         )?;
-        tracing::info!(notes = ?request.notes, "dispense");
+        tracing::info!(reference, notes = ?request.notes, "dispense");
+        self.reference = Some(reference.to_owned());
         self.run_dispense(&mut run)?;
         let outcome = self.record_final(&run);
         match &outcome.result {
@@ -410,6 +530,12 @@ impl Dispenser for LcdmDispenser {
     }
 
     fn recover_last(&mut self) -> Result<Recovery, DispenserError> {
+        let handed_at_ms = self
+            .last
+            .as_ref()
+            .filter(|l| l.outcome.is_in_doubt())
+            .and_then(|l| l.handed_at_ms);
+        let late_answer = self.settle_from_late_answer()?;
         let status_before = self.status()?;
         let last = self.last.clone();
         let must_purge = status_before.notes_in_path
@@ -438,6 +564,9 @@ impl Dispenser for LcdmDispenser {
         };
         let recovery = Recovery {
             last: last.as_ref().map(|l| l.outcome.clone()),
+            last_reference: last.as_ref().and_then(|l| l.reference.clone()),
+            handed_at_ms,
+            late_answer,
             status_before,
             purged,
             purge_error,

@@ -12,7 +12,7 @@
 //! let mut driver =
 //!     LcdmDispenser::open(LcdmConfig::new(sim.port_path(), LcdmModel::Lcdm1000)).unwrap();
 //! sim.set_faults(Faults { jam_after: Some(3), ..Faults::default() });
-//! let outcome = driver.dispense(&DispenseRequest::upper(10)).unwrap();
+//! let outcome = driver.dispense("order-test", &DispenseRequest::upper(10)).unwrap();
 //! assert_eq!(sim.counters().delivered, outcome.delivered_total());
 //! ```
 //!
