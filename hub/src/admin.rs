@@ -2,15 +2,18 @@
 //! demo to set up without shelling out. Each runs in its own transaction and leaves an
 //! `operator` entry in the audit log (never a secret).
 
-use qrcash_protocol::{Currency, Position, PublicJwk, PublicKey, TxId, topics};
+use qrcash_protocol::messages::{PhonePush, Receipt, ReceiptKind, ReceiptStatus};
+use qrcash_protocol::{Amount, Currency, Position, PublicJwk, PublicKey, TxId, topics};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{AdminError, StoreError};
+use crate::evidence::Evidence;
 use crate::identity::{HashCost, hash_secret, valid_pin};
 use crate::ledger::{LedgerAccount, LedgerReport, Posting, PostingKind};
 use crate::store::audit::{self, AuditEntry, AuditRow};
 use crate::store::ledger as books;
 use crate::store::rows::{self, AccountRow, DeviceRow, WithdrawalRow};
+use crate::store::settlement::{self, CorrectionRow, CorrectionState, ResolutionRow};
 use crate::store::{Store, from_sql, to_sql};
 use crate::withdrawal::{Event, Phase, transition};
 
@@ -448,22 +451,113 @@ pub fn show_withdrawal(
     Ok((w, reports))
 }
 
-/// Settles an unresolved withdrawal (in doubt, or ordered without a report) with the amount
-/// the operator counted as paid out; returns the final phase. No receipt is pushed: the
-/// operator informs the customer.
+/// An operator's settlement of a withdrawal whose cash is in doubt.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    /// Minor units the customer received, as counted (the machine's cash count, the
+    /// journal, the customer's statement).
+    pub dispensed: u64,
+    /// Who settles it.
+    pub operator: String,
+    /// Why this amount (kept with the evidence and in the audit log).
+    pub reason: String,
+}
+
+/// What is known about the cash of `w`: its order's notes and every report for its order.
+pub fn evidence_of(db: &rusqlite::Connection, w: &WithdrawalRow) -> Result<Evidence, AdminError> {
+    let reports = match &w.order_id {
+        Some(order) => settlement::reports_of(db, &w.tx_id, order)?,
+        None => Vec::new(),
+    };
+    Ok(Evidence::new(
+        w.amount,
+        w.notes.as_deref().unwrap_or_default(),
+        &reports,
+    ))
+}
+
+/// The evidence of one withdrawal (see [`crate::evidence`]).
+pub fn withdrawal_evidence(store: &Store, tx_id: &TxId) -> Result<Evidence, AdminError> {
+    let w = rows::withdrawal(store.conn(), tx_id)?
+        .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
+    evidence_of(store.conn(), &w)
+}
+
+/// The receipt push for a settled withdrawal, to the device that confirmed it.
+fn queue_receipt(
+    db: &rusqlite::Connection,
+    w: &WithdrawalRow,
+    settled: u64,
+    status: ReceiptStatus,
+    now: u64,
+) -> Result<(), AdminError> {
+    let (available, _) = books::customer_balances(db, &w.account)?;
+    let device = w.confirmed_by.as_deref().unwrap_or(&w.device_id);
+    let receipt = PhonePush::Receipt(Receipt {
+        reference: w.tx_id.to_string(),
+        kind: ReceiptKind::Withdrawal,
+        requested: w.amount,
+        settled: Amount::new(settled, w.amount.currency),
+        status,
+        balance: Amount::new(available, w.amount.currency),
+        at: now,
+    });
+    Ok(settlement::queue_push(db, device, &receipt, now)?)
+}
+
+/// Settles a withdrawal whose cash is in doubt with the amount the operator counted; returns
+/// the final phase. Refused (nothing changes) while the order may still be executed (before
+/// its expiry plus `report_grace_s`, unless the ATM reported), when the amount lies outside
+/// the evidence's bounds or cannot be paid in the order's notes, and without an operator
+/// and a reason. The resolution is recorded with the evidence, and a receipt is queued for
+/// the customer's phone (the running service publishes it).
 pub fn resolve_withdrawal(
     store: &mut Store,
     tx_id: &TxId,
-    dispensed: u64,
+    r: &Resolution,
+    report_grace_s: u64,
     now: u64,
 ) -> Result<Phase, AdminError> {
+    if r.operator.trim().is_empty() || r.reason.trim().is_empty() {
+        return Err(AdminError::Invalid(
+            "a resolution names the operator and the reason".into(),
+        ));
+    }
     let tx = store
         .conn_mut()
         .transaction_with_behavior(TransactionBehavior::Immediate)?;
     let w = rows::withdrawal(&tx, tx_id)?
         .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
-    let step = transition(&w.lifecycle(), Event::Resolve { dispensed })
-        .map_err(|e| AdminError::WrongState(e.to_string()))?;
+    if w.phase == Phase::Ordered {
+        let live_until = w
+            .order_expires_at
+            .unwrap_or(0)
+            .saturating_add(report_grace_s);
+        if now < live_until {
+            return Err(AdminError::WrongState(format!(
+                "{tx_id} is ordered and its ATM has not reported: the order may still be \
+                 executed; resolve after {live_until} (order expiry plus report grace) or once \
+                 the ATM reports"
+            )));
+        }
+    }
+    if !matches!(w.phase, Phase::Ordered | Phase::InDoubt) {
+        return Err(AdminError::WrongState(format!(
+            "{tx_id} is {}: only a withdrawal whose cash is in doubt is resolved",
+            w.phase
+        )));
+    }
+    let evidence = evidence_of(&tx, &w)?;
+    evidence
+        .check(r.dispensed)
+        .map_err(|e| AdminError::Invalid(format!("{tx_id}: {e}")))?;
+    let step = transition(
+        &w.lifecycle(),
+        Event::Resolve {
+            dispensed: r.dispensed,
+        },
+    )
+    .map_err(|e| AdminError::WrongState(e.to_string()))?;
     if !rows::set_phase(&tx, tx_id, w.phase, step.next, now)? {
         return Err(AdminError::WrongState(format!(
             "transaction {tx_id} changed concurrently"
@@ -472,16 +566,221 @@ pub fn resolve_withdrawal(
     for effect in &step.ledger {
         books::apply(&tx, &crate::handler::posting_for(&w, *effect)?, now)?;
     }
-    let note = format!("resolved by operator: {dispensed} paid out");
+    let note = format!(
+        "resolved by {}: {} paid out ({})",
+        r.operator, r.dispensed, r.reason
+    );
     rows::record_settlement(&tx, tx_id, step.settled, false, Some(&note))?;
-    audit_op(
+    let evidence_json = evidence_json(&evidence);
+    settlement::record_resolution(
         &tx,
-        now,
-        "tx resolve",
-        format!("{tx_id} {} → {} ({dispensed})", w.phase, step.next),
+        tx_id,
+        &settlement::ResolutionRow {
+            operator: r.operator.clone(),
+            reason: r.reason.clone(),
+            dispensed: r.dispensed,
+            low: evidence.low,
+            high: evidence.high,
+            evidence: evidence_json.clone(),
+            resolved_at: now,
+        },
+    )?;
+    if let Some(status) = step.receipt {
+        queue_receipt(&tx, &w, step.settled, status, now)?;
+    }
+    audit::append(
+        &tx,
+        &AuditEntry {
+            at: now,
+            source: "operator".into(),
+            sender: Some(r.operator.clone()),
+            msg_type: Some("tx resolve".into()),
+            outcome: "done".into(),
+            detail: Some(format!(
+                "{tx_id} {} → {} ({} paid out; bounds {}..={}; reason: {}; evidence: {evidence_json})",
+                w.phase, step.next, r.dispensed, evidence.low, evidence.high, r.reason
+            )),
+            ..AuditEntry::default()
+        },
     )?;
     tx.commit()?;
     Ok(step.next)
+}
+
+/// The evidence as a JSON document for the record.
+fn evidence_json(e: &Evidence) -> String {
+    serde_json::json!({
+        "amount": e.amount,
+        "planned": e.planned,
+        "counted": e.counted,
+        "low": e.low,
+        "high": e.high,
+        "conflicting": e.conflicting,
+        "reports": e.reports.iter().map(|r| serde_json::json!({
+            "outcome": r.outcome,
+            "source": r.source,
+            "counted": r.counted,
+            "bounds": r.bounds,
+        })).collect::<Vec<_>>(),
+    })
+    .to_string()
+}
+
+/// The resolution of a withdrawal, if an operator settled it.
+pub fn resolution_of(store: &Store, tx_id: &TxId) -> Result<Option<ResolutionRow>, AdminError> {
+    Ok(settlement::resolution(store.conn(), tx_id)?)
+}
+
+/// Corrections of one withdrawal, or of all (`None`); only waiting ones with `open`.
+pub fn corrections(
+    store: &Store,
+    tx_id: Option<&TxId>,
+    open: bool,
+) -> Result<Vec<CorrectionRow>, AdminError> {
+    Ok(settlement::corrections(store.conn(), tx_id, open)?)
+}
+
+/// Decides a proposed correction. Approval books the difference between the customer and
+/// the ATM cash account, moves the withdrawal to the phase of its new amount, clears its
+/// flag and queues a corrected receipt; it is refused when the settlement changed since the
+/// proposal or the customer's balance does not cover an additional charge. Rejection keeps
+/// the books and the flag. Either way the decision, its operator and note are recorded.
+pub fn decide_correction(
+    store: &mut Store,
+    id: i64,
+    approve: bool,
+    operator: &str,
+    note: &str,
+    now: u64,
+) -> Result<Phase, AdminError> {
+    if operator.trim().is_empty() || note.trim().is_empty() {
+        return Err(AdminError::Invalid(
+            "a decision names the operator and the reason".into(),
+        ));
+    }
+    let tx = store
+        .conn_mut()
+        .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let c = settlement::correction(&tx, id)?
+        .ok_or_else(|| AdminError::NotFound(format!("correction {id}")))?;
+    if c.state != CorrectionState::Proposed {
+        return Err(AdminError::WrongState(format!(
+            "correction {id} was already decided"
+        )));
+    }
+    let tx_id: TxId = c
+        .tx_id
+        .parse()
+        .map_err(|e| AdminError::Store(StoreError::Corrupt(format!("{e}"))))?;
+    let w = rows::withdrawal(&tx, &tx_id)?
+        .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
+    let state = if approve {
+        CorrectionState::Approved
+    } else {
+        CorrectionState::Rejected
+    };
+    if !settlement::decide_correction(&tx, id, state, operator, note, now)? {
+        return Err(AdminError::WrongState(format!(
+            "correction {id} changed concurrently"
+        )));
+    }
+    if !approve {
+        audit::append(
+            &tx,
+            &AuditEntry {
+                at: now,
+                source: "operator".into(),
+                sender: Some(operator.into()),
+                msg_type: Some("tx correction reject".into()),
+                outcome: "done".into(),
+                detail: Some(format!("correction {id} of {tx_id}: {note}")),
+                ..AuditEntry::default()
+            },
+        )?;
+        tx.commit()?;
+        return Ok(w.phase);
+    }
+    if w.settled != c.from_settled || !w.phase.is_final() {
+        return Err(AdminError::WrongState(format!(
+            "{tx_id} is now {} settled {}, not {} as when correction {id} was proposed",
+            w.phase, w.settled, c.from_settled
+        )));
+    }
+    if c.to_settled > w.amount.minor {
+        return Err(AdminError::Invalid(format!(
+            "correction {id} exceeds the amount of {tx_id}"
+        )));
+    }
+    let cur = w.amount.currency;
+    let (from, to, v, text) = if c.to_settled > c.from_settled {
+        (
+            LedgerAccount::Available(w.account.clone()),
+            LedgerAccount::AtmCash(cur),
+            c.to_settled - c.from_settled,
+            format!("correction {id}: more cash left the ATM than was settled"),
+        )
+    } else {
+        (
+            LedgerAccount::AtmCash(cur),
+            LedgerAccount::Available(w.account.clone()),
+            c.from_settled - c.to_settled,
+            format!("correction {id}: less cash left the ATM than was settled"),
+        )
+    };
+    if v > 0 {
+        let posting = Posting::movement(
+            PostingKind::Correction,
+            from,
+            to,
+            v,
+            cur,
+            tx_id.to_string(),
+            text,
+        )
+        .map_err(|e| AdminError::Store(StoreError::Unbalanced(e.to_string())))?;
+        match books::apply(&tx, &posting, now) {
+            Ok(_) => {}
+            Err(StoreError::Overdraft(account)) => {
+                return Err(AdminError::WrongState(format!(
+                    "{account} does not cover the additional {v}: settle with the customer \
+                     first (top-up), then approve"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (phase, status) = if c.to_settled == w.amount.minor {
+        (Phase::Dispensed, ReceiptStatus::Completed)
+    } else if c.to_settled == 0 {
+        (Phase::Failed, ReceiptStatus::Failed)
+    } else {
+        (Phase::Partial, ReceiptStatus::Partial)
+    };
+    if phase != w.phase && !rows::set_phase(&tx, &tx_id, w.phase, phase, now)? {
+        return Err(AdminError::WrongState(format!(
+            "transaction {tx_id} changed concurrently"
+        )));
+    }
+    let record = format!(
+        "corrected by {operator} (correction {id}): {} → {} paid out ({note})",
+        c.from_settled, c.to_settled
+    );
+    rows::record_settlement(&tx, &tx_id, c.to_settled, false, Some(&record))?;
+    queue_receipt(&tx, &w, c.to_settled, status, now)?;
+    audit::append(
+        &tx,
+        &AuditEntry {
+            at: now,
+            source: "operator".into(),
+            sender: Some(operator.into()),
+            msg_type: Some("tx correction approve".into()),
+            outcome: "done".into(),
+            detail: Some(format!("{tx_id}: {record}")),
+            ..AuditEntry::default()
+        },
+    )?;
+    tx.commit()?;
+    Ok(phase)
 }
 
 /// Clears the reconciliation flag of a withdrawal in a final phase after the operator

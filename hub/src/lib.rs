@@ -13,6 +13,7 @@
 //! - [`handler`]: the pure entry point `Hub::handle(topic, bytes)`, no MQTT inside.
 //! - [`service`]: the MQTT shell (single writer with group commit, sweeper, shutdown);
 //!   [`embedded_broker`]: rumqttd in-process.
+//! - [`evidence`]: what is known about an order's cash, and the rules a settlement keeps.
 //! - [`admin`]: operator operations as functions; [`config`]: the TOML configuration.
 //! - [`testkit`]: signed test devices and a hub with a manual clock, for tests and demos.
 //!
@@ -24,6 +25,7 @@ pub mod admin;
 pub mod config;
 pub mod embedded_broker;
 pub mod error;
+pub mod evidence;
 pub mod handler;
 pub mod identity;
 pub mod ledger;

@@ -202,7 +202,9 @@ enum TxCmd {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// Show one withdrawal and its dispense reports.
+    /// Show one withdrawal: its phase and amounts, the notes planned and counted, the bounds
+    /// of what left the machine and where each figure came from, its resolution and
+    /// corrections.
     Show {
         /// Transaction id.
         tx: String,
@@ -215,13 +217,56 @@ enum TxCmd {
         #[arg(long)]
         note: String,
     },
-    /// Settle an in-doubt (or unreported) withdrawal with the counted amount.
+    /// Settle an in-doubt (or long unreported) withdrawal with the counted amount. Refused
+    /// while the order may still be executed, outside the evidence's bounds, or when the
+    /// amount cannot be paid in the order's notes; pushes a receipt to the customer.
     Resolve {
         /// Transaction id.
         tx: String,
         /// Minor units the customer received.
         #[arg(long)]
         dispensed: u64,
+        /// Who settles it (kept with the resolution and in the audit log).
+        #[arg(long)]
+        operator: String,
+        /// Why this amount: what was counted, who was asked.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Corrections proposed when a later report contradicts a settlement.
+    #[command(subcommand)]
+    Correction(CorrectionCmd),
+}
+
+#[derive(Subcommand)]
+enum CorrectionCmd {
+    /// List corrections (waiting ones unless --all).
+    List {
+        /// Include decided ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Approve a correction: books the difference and pushes a corrected receipt.
+    Approve {
+        /// Correction number.
+        id: i64,
+        /// Who approves.
+        #[arg(long)]
+        operator: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Reject a correction: the books stay, the withdrawal stays flagged.
+    Reject {
+        /// Correction number.
+        id: i64,
+        /// Who rejects.
+        #[arg(long)]
+        operator: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -672,24 +717,173 @@ fn tx(path: &Path, c: TxCmd) -> Result<()> {
         TxCmd::Show { tx } => {
             let id: TxId = tx.parse().map_err(anyhow::Error::msg)?;
             let (w, reports) = admin::show_withdrawal(&store, &id)?;
-            println!("{w:#?}");
-            for r in reports {
-                println!(
-                    "report at {} from {}: {} {} (applied: {})",
-                    r.received_at, r.atm_id, r.outcome, r.dispensed, r.applied
-                );
-            }
+            let evidence = admin::withdrawal_evidence(&store, &id)?;
+            let resolution = admin::resolution_of(&store, &id)?;
+            let corrections = admin::corrections(&store, Some(&id), false)?;
+            print!(
+                "{}",
+                show_text(&w, &reports, &evidence, resolution.as_ref(), &corrections)
+            );
         }
         TxCmd::ClearFlag { tx, note } => {
             let id: TxId = tx.parse().map_err(anyhow::Error::msg)?;
             admin::clear_flag(&mut store, &id, &note, now())?;
             println!("{id}: flag cleared");
         }
-        TxCmd::Resolve { tx, dispensed } => {
+        TxCmd::Resolve {
+            tx,
+            dispensed,
+            operator,
+            reason,
+        } => {
             let id: TxId = tx.parse().map_err(anyhow::Error::msg)?;
-            let phase = admin::resolve_withdrawal(&mut store, &id, dispensed, now())?;
-            println!("{id} resolved: {phase}");
+            let phase = admin::resolve_withdrawal(
+                &mut store,
+                &id,
+                &admin::Resolution {
+                    dispensed,
+                    operator,
+                    reason,
+                },
+                config.withdrawal.report_grace_s,
+                now(),
+            )?;
+            println!("{id} resolved: {phase}; a receipt is queued for the customer");
+        }
+        TxCmd::Correction(CorrectionCmd::List { all }) => {
+            let list = admin::corrections(&store, None, !all)?;
+            if list.is_empty() {
+                println!("no corrections{}", if all { "" } else { " waiting" });
+            }
+            for c in list {
+                println!(
+                    "{} tx {} {:?}: settled {} -> {} ({}){}",
+                    c.id,
+                    c.tx_id,
+                    c.state,
+                    c.from_settled,
+                    c.to_settled,
+                    c.cause,
+                    c.decided_by
+                        .map(|by| format!(
+                            "; decided by {by}: {}",
+                            c.decision_note.unwrap_or_default()
+                        ))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        TxCmd::Correction(CorrectionCmd::Approve {
+            id,
+            operator,
+            reason,
+        }) => {
+            let phase = admin::decide_correction(&mut store, id, true, &operator, &reason, now())?;
+            println!("correction {id} approved: the withdrawal is {phase}");
+        }
+        TxCmd::Correction(CorrectionCmd::Reject {
+            id,
+            operator,
+            reason,
+        }) => {
+            admin::decide_correction(&mut store, id, false, &operator, &reason, now())?;
+            println!("correction {id} rejected");
         }
     }
     Ok(())
+}
+
+/// `tx show` for a person: what was planned, counted and settled, and on what evidence.
+fn show_text(
+    w: &qrcash_hub::store::rows::WithdrawalRow,
+    reports: &[admin::ReportRow],
+    e: &qrcash_hub::evidence::Evidence,
+    resolution: Option<&qrcash_hub::store::settlement::ResolutionRow>,
+    corrections: &[qrcash_hub::store::settlement::CorrectionRow],
+) -> String {
+    use qrcash_hub::evidence::{Notes, source_name};
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "transaction  {}", w.tx_id);
+    let _ = writeln!(s, "account      {} (device {})", w.account, w.device_id);
+    let _ = writeln!(s, "amount       {}", w.amount);
+    let _ = writeln!(
+        s,
+        "phase        {}{}",
+        w.phase,
+        if w.needs_reconciliation {
+            "  FLAGGED"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(s, "settled      {}", w.settled);
+    let _ = writeln!(s, "atm          {}", w.atm_id.as_deref().unwrap_or("-"));
+    if let Some(order) = &w.order_id {
+        let _ = writeln!(
+            s,
+            "order        {order} (expires {})",
+            w.order_expires_at.unwrap_or(0)
+        );
+    }
+    if let Some(note) = &w.note {
+        let _ = writeln!(s, "note         {note}");
+    }
+    let _ = writeln!(s, "planned      {} (the order's notes)", Notes(&e.planned));
+    let _ = writeln!(
+        s,
+        "counted      {} (known to have left, from the reports below)",
+        Notes(&e.counted)
+    );
+    let _ = writeln!(
+        s,
+        "bounds       {} ..= {} left the machine{}",
+        e.low,
+        e.high,
+        if e.conflicting {
+            "  (the reports disagree: widest bounds shown)"
+        } else if e.reports.is_empty() {
+            "  (no report: nothing is known)"
+        } else {
+            ""
+        }
+    );
+    for (row, r) in reports
+        .iter()
+        .zip(e.reports.iter().map(Some).chain(std::iter::repeat(None)))
+    {
+        let _ = writeln!(
+            s,
+            "report       at {} from {}: {} {} (applied: {})",
+            row.received_at, row.atm_id, row.outcome, row.dispensed, row.applied
+        );
+        if let Some(r) = r {
+            let _ = writeln!(
+                s,
+                "             counted {} by {}; {}",
+                Notes(&r.counted),
+                source_name(r.source),
+                match r.bounds {
+                    Some((l, h)) if l == h => format!("exactly {l}"),
+                    Some((l, h)) => format!("between {l} and {h}"),
+                    None => "contradicts itself: bounds nothing".into(),
+                }
+            );
+        }
+    }
+    if let Some(r) = resolution {
+        let _ = writeln!(
+            s,
+            "resolution   {} by {} at {}: {} (bounds then {}..={})",
+            r.dispensed, r.operator, r.resolved_at, r.reason, r.low, r.high
+        );
+    }
+    for c in corrections {
+        let _ = writeln!(
+            s,
+            "correction   {} {:?}: {} -> {} ({})",
+            c.id, c.state, c.from_settled, c.to_settled, c.cause
+        );
+    }
+    s
 }

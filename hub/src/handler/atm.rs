@@ -16,6 +16,7 @@ use rusqlite::params;
 use super::{Ctx, Fail, Outcome, Outgoing, refuse, steps};
 use crate::config::IdentityRule;
 use crate::store::rows::{self, AtmRow, WithdrawalRow};
+use crate::store::settlement;
 use crate::store::to_sql;
 use crate::warnings::{Situation, in_hour_window, local_hour};
 use crate::withdrawal::{Event, Phase, TransitionError, transition};
@@ -269,30 +270,40 @@ fn report(ctx: &mut Ctx<'_>, atm: &AtmRow, r: &DispenseReport) -> Result<Vec<Out
         }
         Err(_) => {
             // A second report for a settled order: journalled above, applied never. If it
-            // tells a different story, an operator must look.
-            let agrees = r.dispensed.minor == w.settled
-                && matches!(
-                    (w.phase, r.outcome),
-                    (Phase::Dispensed, DispenseOutcome::Dispensed)
-                        | (Phase::Partial, DispenseOutcome::Partial)
-                        | (Phase::Failed, DispenseOutcome::Failed)
-                );
+            // tells a different story, an operator must look; if it proves another amount
+            // left the machine, the correcting postings are proposed for approval, so the
+            // books are never silently left wrong next to a flag.
+            let settled_phase =
+                matches!(w.phase, Phase::Dispensed | Phase::Partial | Phase::Failed);
+            let bounds = r.bounds(w.amount).filter(|_| consistent);
+            let agrees = bounds.is_some_and(|(low, high)| (low..=high).contains(&w.settled))
+                && (r.outcome == DispenseOutcome::InDoubt || settled_phase);
+            let mut proposed = None;
             if !agrees {
-                rows::flag(
-                    ctx.db,
-                    &w.tx_id,
-                    &format!(
-                        "late report ({:?}, {}) for a {} transaction",
-                        r.outcome, r.dispensed, w.phase
-                    ),
-                )?;
-                tracing::warn!(tx = %w.tx_id, "late dispense report disagrees: flagged");
+                let text = format!(
+                    "late report ({:?}, {}) for a {} transaction settled at {}",
+                    r.outcome, r.dispensed, w.phase, w.settled
+                );
+                if settled_phase
+                    && r.outcome != DispenseOutcome::InDoubt
+                    && let Some((exact, _)) = bounds
+                {
+                    proposed = Some(settlement::propose_correction(
+                        ctx.db, &w.tx_id, w.settled, exact, &text, ctx.now,
+                    )?);
+                }
+                rows::flag(ctx.db, &w.tx_id, &text)?;
+                tracing::warn!(tx = %w.tx_id, ?proposed, "late dispense report disagrees: flagged");
             }
             ctx.note(format!(
                 "tx {} report not applied (transaction is {}){}",
                 w.tx_id,
                 w.phase,
-                if agrees { "" } else { "; flagged" }
+                match (agrees, proposed) {
+                    (true, _) => String::new(),
+                    (false, None) => "; flagged".into(),
+                    (false, Some(id)) => format!("; flagged, correction {id} proposed"),
+                }
             ));
             Ok(Vec::new())
         }

@@ -1,6 +1,7 @@
 //! The background sweep: expires unused codes and unconfirmed sessions (telling the ATM),
 //! marks orders without a report long after their expiry as in doubt, lifts restrictions
-//! whose time is up and forgets processed message ids past their retention.
+//! whose time is up, sends the pushes operator commands queued (resolution receipts) and
+//! forgets processed message ids past their retention.
 
 use super::{Ctx, Fail, Outgoing, steps};
 use crate::error::StoreError;
@@ -22,6 +23,8 @@ pub struct SweepReport {
     pub restrictions_lifted: usize,
     /// Processed message ids forgotten.
     pub processed_pruned: usize,
+    /// Pushes queued by operator commands, sealed and sent.
+    pub pushes_sent: usize,
 }
 
 impl SweepReport {
@@ -134,6 +137,12 @@ pub(super) fn sweep(ctx: &mut Ctx<'_>) -> Result<(Vec<Outgoing>, SweepReport), S
         )?;
     }
     report.restrictions_lifted = lifted.len();
+
+    // Receipts and other pushes decided by operator commands (outside this process).
+    for (device, push) in store::settlement::take_pushes(ctx.db)? {
+        out.push(ctx.push_phone(&device, push)?);
+        report.pushes_sent += 1;
+    }
 
     report.processed_pruned = store::prune_processed(
         ctx.db,

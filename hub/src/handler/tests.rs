@@ -15,6 +15,17 @@ use crate::store::ledger as books;
 use crate::testkit::*;
 use crate::withdrawal::Phase;
 
+/// The report grace of the test configuration.
+const GRACE: u64 = 3600;
+
+fn resolution(dispensed: u64) -> admin::Resolution {
+    admin::Resolution {
+        dispensed,
+        operator: "ops-1".into(),
+        reason: "cash counted at the ATM".into(),
+    }
+}
+
 fn jpy(v: u64) -> Amount {
     Amount::new(v, Currency::JPY)
 }
@@ -206,8 +217,14 @@ fn partial_failed_and_in_doubt_reports_settle_the_hold_correctly() {
             assert_eq!(flagged.len(), 1);
             // The operator counts 10,000 yen and settles.
             let now = rig.now();
-            let p =
-                admin::resolve_withdrawal(rig.hub.store_mut(), &code.tx_id, 10_000, now).unwrap();
+            let p = admin::resolve_withdrawal(
+                rig.hub.store_mut(),
+                &code.tx_id,
+                &resolution(10_000),
+                GRACE,
+                now,
+            )
+            .unwrap();
             assert_eq!(p, Phase::Partial);
             assert_eq!(balances(&rig, "hanako"), (90_000, 0));
             assert!(admin::unsettled(rig.hub.store()).unwrap().is_empty());
@@ -1344,7 +1361,10 @@ fn a_password_change_brings_the_recent_change_warning_and_late_reports_are_flagg
     assert!(w.needs_reconciliation && w.phase == Phase::Dispensed);
     assert_eq!(balances(&rig, "hanako"), (90_000, 0), "applied once");
     let now = rig.now();
-    assert!(admin::resolve_withdrawal(rig.hub.store_mut(), &code.tx_id, 0, now).is_err());
+    assert!(
+        admin::resolve_withdrawal(rig.hub.store_mut(), &code.tx_id, &resolution(0), GRACE, now)
+            .is_err()
+    );
     admin::clear_flag(rig.hub.store_mut(), &code.tx_id, "cash counted: paid", now).unwrap();
     assert!(admin::unsettled(rig.hub.store()).unwrap().is_empty());
 }
@@ -1465,4 +1485,251 @@ fn a_new_key_for_a_known_device_is_treated_as_a_new_device() {
     let now = rig.now();
     admin::lift_restriction(rig.hub.store_mut(), "phone-1", now).unwrap();
     rig.register(&mut reinstall, "hanako", 1_000);
+}
+
+/// The in-doubt report an agent sends after a restart: counts by the source named, the
+/// upper bound stated.
+fn recovered_report(
+    order: &qrcash_protocol::messages::DispenseOrder,
+    known_yen: u64,
+    max_yen: u64,
+    source: qrcash_protocol::messages::CountSource,
+) -> AtmUp {
+    let mut msg = report_message(order, DispenseOutcome::InDoubt, known_yen);
+    if let AtmUp::DispenseReport(r) = &mut msg {
+        r.max_dispensed = Some(jpy(max_yen));
+        r.source = Some(source);
+    }
+    msg
+}
+
+fn unchanged(rig: &Rig, tx: &qrcash_protocol::TxId, want: Phase, bal: (u64, u64)) {
+    assert_eq!(phase(rig, tx), want);
+    assert_eq!(balances(rig, "hanako"), bal);
+    assert!(admin::resolution_of(rig.hub.store(), tx).unwrap().is_none());
+}
+
+#[test]
+fn resolve_is_refused_while_the_order_may_still_be_executed() {
+    let (mut rig, mut phone, mut atm) = setup(71);
+    let code = rig.register(&mut phone, "hanako", 19_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let order = rig.confirm_order(&mut phone, &req);
+    // 20 s after the order, the ATM silent: the order may be executing right now.
+    rig.clock.advance(Duration::from_secs(20));
+    let now = rig.now();
+    let err =
+        admin::resolve_withdrawal(rig.hub.store_mut(), &code.tx_id, &resolution(0), GRACE, now)
+            .unwrap_err();
+    assert!(
+        matches!(err, crate::error::AdminError::WrongState(_)),
+        "{err}"
+    );
+    unchanged(&rig, &code.tx_id, Phase::Ordered, (81_000, 19_000));
+    // Past the order's expiry but within the report grace: still refused.
+    rig.clock.advance(Duration::from_secs(
+        rig.hub.config().withdrawal.order_ttl_s + 60,
+    ));
+    let now = rig.now();
+    assert!(
+        admin::resolve_withdrawal(rig.hub.store_mut(), &code.tx_id, &resolution(0), GRACE, now)
+            .is_err()
+    );
+    unchanged(&rig, &code.tx_id, Phase::Ordered, (81_000, 19_000));
+    // The ATM reports in doubt: now it may be settled, within the report's bounds.
+    let h = rig.atm_send(
+        &mut atm,
+        recovered_report(
+            &order,
+            0,
+            19_000,
+            qrcash_protocol::messages::CountSource::NoRecord,
+        ),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    let now = rig.now();
+    let p = admin::resolve_withdrawal(rig.hub.store_mut(), &code.tx_id, &resolution(0), GRACE, now)
+        .unwrap();
+    assert_eq!(p, Phase::Failed);
+    assert_eq!(balances(&rig, "hanako"), (100_000, 0));
+    assert_books(&rig);
+}
+
+#[test]
+fn resolve_without_any_report_waits_for_expiry_plus_grace() {
+    let (mut rig, mut phone, mut atm) = setup(72);
+    let code = rig.register(&mut phone, "hanako", 19_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    rig.confirm_order(&mut phone, &req);
+    let w = &rig.hub.config().withdrawal;
+    rig.clock
+        .advance(Duration::from_secs(w.order_ttl_s + w.report_grace_s + 1));
+    let now = rig.now();
+    // No report at all: anything from nothing to everything, in the order's notes.
+    let p = admin::resolve_withdrawal(
+        rig.hub.store_mut(),
+        &code.tx_id,
+        &resolution(19_000),
+        GRACE,
+        now,
+    )
+    .unwrap();
+    assert_eq!(p, Phase::Dispensed);
+    assert_eq!(balances(&rig, "hanako"), (81_000, 0));
+}
+
+#[test]
+fn resolve_must_fit_the_evidence_and_the_orders_notes_and_name_who_and_why() {
+    let (mut rig, mut phone, mut atm) = setup(73);
+    let code = rig.register(&mut phone, "hanako", 19_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let order = rig.confirm_order(&mut phone, &req);
+    // The driver's record: 12,000 yen known out, the rest was in flight.
+    rig.atm_send(
+        &mut atm,
+        recovered_report(
+            &order,
+            12_000,
+            19_000,
+            qrcash_protocol::messages::CountSource::DriverRecord,
+        ),
+    );
+    let now = rig.now();
+    let try_resolve = |rig: &mut Rig, r: admin::Resolution| {
+        admin::resolve_withdrawal(rig.hub.store_mut(), &code.tx_id, &r, GRACE, now)
+    };
+    // 500 yen cannot be paid in this order's notes; 11,000 is below what is known to have
+    // left; 20,000 above what can have left; who and why are required.
+    for v in [500, 11_000, 20_000, 12_500] {
+        let err = try_resolve(&mut rig, resolution(v)).unwrap_err();
+        assert!(
+            matches!(err, crate::error::AdminError::Invalid(_)),
+            "{v}: {err}"
+        );
+        unchanged(&rig, &code.tx_id, Phase::InDoubt, (81_000, 19_000));
+    }
+    let anonymous = admin::Resolution {
+        operator: " ".into(),
+        ..resolution(12_000)
+    };
+    assert!(try_resolve(&mut rig, anonymous).is_err());
+    unchanged(&rig, &code.tx_id, Phase::InDoubt, (81_000, 19_000));
+
+    // Within the bounds and payable: settled, recorded with its evidence, receipt queued.
+    assert_eq!(
+        try_resolve(&mut rig, resolution(12_000)).unwrap(),
+        Phase::Partial
+    );
+    assert_eq!(balances(&rig, "hanako"), (88_000, 0));
+    let r = admin::resolution_of(rig.hub.store(), &code.tx_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.operator.as_str(), r.dispensed, r.low, r.high),
+        ("ops-1", 12_000, 12_000, 19_000)
+    );
+    assert!(r.evidence.contains("driver_record"), "{}", r.evidence);
+    let (out, report) = rig.hub.sweep().unwrap();
+    assert_eq!(report.pushes_sent, 1);
+    let receipt = rig.pushes(&out, "phone-1").pop().map(|c| c.msg);
+    match receipt {
+        Some(PhonePush::Receipt(r)) => {
+            assert_eq!(r.settled, jpy(12_000));
+            assert_eq!(r.status, qrcash_protocol::messages::ReceiptStatus::Partial);
+        }
+        other => panic!("expected a receipt, got {other:?}"),
+    }
+    // Sent once.
+    assert_eq!(rig.hub.sweep().unwrap().1.pushes_sent, 0);
+    // A settled withdrawal is not resolved twice.
+    assert!(try_resolve(&mut rig, resolution(12_000)).is_err());
+    let audit = audit::tail(rig.hub.store().conn(), 50).unwrap();
+    assert!(audit.iter().any(|a| {
+        a.entry.msg_type.as_deref() == Some("tx resolve")
+            && a.entry.sender.as_deref() == Some("ops-1")
+            && a.entry
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.contains("cash counted"))
+    }));
+    assert_books(&rig);
+}
+
+#[test]
+fn a_report_contradicting_a_resolution_proposes_corrections_never_a_silent_flag() {
+    let (mut rig, mut phone, mut atm) = setup(74);
+    let code = rig.register(&mut phone, "hanako", 19_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let order = rig.confirm_order(&mut phone, &req);
+    rig.atm_send(
+        &mut atm,
+        recovered_report(
+            &order,
+            0,
+            19_000,
+            qrcash_protocol::messages::CountSource::NoRecord,
+        ),
+    );
+    let now = rig.now();
+    admin::resolve_withdrawal(rig.hub.store_mut(), &code.tx_id, &resolution(0), GRACE, now)
+        .unwrap();
+    assert_eq!(balances(&rig, "hanako"), (100_000, 0));
+    // The ATM's definitive report arrives afterwards: all 19,000 yen left the machine.
+    let h = rig.report(&mut atm, &order, DispenseOutcome::Dispensed, 19_000);
+    assert_eq!(h.result, Ok(Disposition::Applied), "acknowledged");
+    let (w, _) = admin::show_withdrawal(rig.hub.store(), &code.tx_id).unwrap();
+    assert!(w.needs_reconciliation);
+    assert_eq!(
+        (w.phase, w.settled),
+        (Phase::Failed, 0),
+        "books unchanged until approved"
+    );
+    let waiting = admin::corrections(rig.hub.store(), None, true).unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(
+        (waiting[0].from_settled, waiting[0].to_settled),
+        (0, 19_000)
+    );
+    // The ledger check no longer says OK while the books are known to be wrong.
+    let check = admin::ledger_check(rig.hub.store()).unwrap();
+    assert!(check.problems.is_empty() && !check.is_ok(), "{check}");
+    // The same report again proposes nothing new.
+    rig.report(&mut atm, &order, DispenseOutcome::Dispensed, 19_000);
+    assert_eq!(
+        admin::corrections(rig.hub.store(), None, true)
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let now = rig.now();
+    let id = waiting[0].id;
+    assert!(admin::decide_correction(rig.hub.store_mut(), id, true, "", "x", now).is_err());
+    let p = admin::decide_correction(
+        rig.hub.store_mut(),
+        id,
+        true,
+        "ops-2",
+        "journal checked",
+        now,
+    )
+    .unwrap();
+    assert_eq!(p, Phase::Dispensed);
+    assert_eq!(balances(&rig, "hanako"), (81_000, 0));
+    let (w, _) = admin::show_withdrawal(rig.hub.store(), &code.tx_id).unwrap();
+    assert_eq!((w.settled, w.needs_reconciliation), (19_000, false));
+    assert!(admin::ledger_check(rig.hub.store()).unwrap().is_ok());
+    assert!(
+        admin::decide_correction(rig.hub.store_mut(), id, true, "ops-2", "again", now).is_err()
+    );
+    // The customer gets the corrected receipt.
+    let (out, report) = rig.hub.sweep().unwrap();
+    assert_eq!(
+        report.pushes_sent, 2,
+        "resolution receipt and corrected receipt"
+    );
+    assert!(matches!(
+        rig.pushes(&out, "phone-1").pop().map(|c| c.msg),
+        Some(PhonePush::Receipt(r)) if r.settled == jpy(19_000)
+    ));
 }

@@ -202,6 +202,15 @@ pub fn check(db: &Connection) -> Result<LedgerReport, StoreError> {
             ));
         }
     }
+    report.corrections_waiting = super::settlement::corrections(db, None, true)?
+        .into_iter()
+        .map(|c| {
+            format!(
+                "correction {} of tx {}: settled {}, the ATM's report says {} ({})",
+                c.id, c.tx_id, c.from_settled, c.to_settled, c.cause
+            )
+        })
+        .collect();
     Ok(report)
 }
 

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod ledger;
 pub mod rows;
 pub mod schema;
+pub mod settlement;
 
 use std::path::Path;
 use std::time::Duration;

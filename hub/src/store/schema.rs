@@ -241,9 +241,46 @@ CREATE TABLE alerts (
 ) STRICT;
 "#;
 
+/// Operators' settlements with their evidence, corrections proposed when a later report
+/// contradicts a settlement, and phone pushes decided outside the service (operator
+/// commands) that the running service seals and publishes.
+const V2: &str = r#"
+CREATE TABLE resolutions (
+    tx_id       TEXT PRIMARY KEY REFERENCES withdrawals(tx_id),
+    operator    TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    dispensed   INTEGER NOT NULL,
+    low         INTEGER NOT NULL,
+    high        INTEGER NOT NULL,
+    evidence    TEXT NOT NULL,
+    resolved_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE corrections (
+    id            INTEGER PRIMARY KEY,
+    tx_id         TEXT NOT NULL REFERENCES withdrawals(tx_id),
+    from_settled  INTEGER NOT NULL,
+    to_settled    INTEGER NOT NULL,
+    cause         TEXT NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('proposed', 'approved', 'rejected')),
+    proposed_at   INTEGER NOT NULL,
+    decided_by    TEXT,
+    decided_at    INTEGER,
+    decision_note TEXT
+) STRICT;
+CREATE INDEX corrections_by_tx ON corrections(tx_id);
+
+CREATE TABLE pending_pushes (
+    id         INTEGER PRIMARY KEY,
+    device_id  TEXT NOT NULL,
+    push       TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+"#;
+
 /// The migrations, oldest first.
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1)])
+    Migrations::new(vec![M::up(V1), M::up(V2)])
 }
 
 #[cfg(test)]
