@@ -671,7 +671,7 @@ pub fn decide_correction(
     let tx_id: TxId = c
         .tx_id
         .parse()
-        .map_err(|e| AdminError::Store(StoreError::Corrupt(format!("{e}"))))?;
+        .map_err(|e: String| AdminError::Store(StoreError::Corrupt(e)))?;
     let w = rows::withdrawal(&tx, &tx_id)?
         .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
     let state = if approve {

@@ -128,3 +128,115 @@ fn errors_are_one_readable_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("network.denominations"), "{err}");
 }
+
+/// An in-doubt withdrawal made through the real handler on the CLI's own database, then
+/// inspected, refused, resolved and corrected with the real commands.
+#[test]
+fn tx_show_resolve_and_correction_by_the_evidence() {
+    use qrcash_hub::testkit::{Rig, TestDevice, report_message, test_config};
+    use qrcash_protocol::messages::{AtmUp, CountSource, DispenseOutcome};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["init"]);
+    let store = qrcash_hub::store::Store::open(&d.join("hub.sqlite")).unwrap();
+    let mut rig = Rig::new(store, test_config(), 9);
+    rig.account("hanako", 100_000);
+    let mut atm = rig.atm("atm-1");
+    let mut phone = TestDevice::new("phone-1");
+    rig.login(&mut phone, "hanako");
+    let code = rig.register(&mut phone, "hanako", 19_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let order = rig.confirm_order(&mut phone, &req);
+    // The agent restarted before the command reached the dispenser.
+    let mut msg = report_message(&order, DispenseOutcome::InDoubt, 0);
+    if let AtmUp::DispenseReport(r) = &mut msg {
+        r.max_dispensed = Some(order.amount);
+        r.source = Some(CountSource::NoRecord);
+    }
+    rig.atm_send(&mut atm, msg);
+    let tx = code.tx_id.to_string();
+
+    let show = ok(d, &["tx", "show", &tx]);
+    for want in [
+        "phase        in_doubt  FLAGGED",
+        "planned      1 × 10000 + 1 × 5000 + 4 × 1000",
+        "counted      none",
+        "bounds       0 ..= 19000 left the machine",
+        "no device record of this order",
+    ] {
+        assert!(show.contains(want), "{want:?} missing from\n{show}");
+    }
+
+    // 500 yen cannot be paid in these notes; an operator and a reason are required.
+    let out = hub(
+        d,
+        &[
+            "tx",
+            "resolve",
+            &tx,
+            "--dispensed",
+            "500",
+            "--operator",
+            "ops-1",
+            "--reason",
+            "counted",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot be paid in the order's notes"), "{err}");
+    assert!(
+        !hub(d, &["tx", "resolve", &tx, "--dispensed", "0"])
+            .status
+            .success()
+    );
+    let out = ok(
+        d,
+        &[
+            "tx",
+            "resolve",
+            &tx,
+            "--dispensed",
+            "0",
+            "--operator",
+            "ops-1",
+            "--reason",
+            "cassettes counted: nothing missing",
+        ],
+    );
+    assert!(out.contains("resolved: failed"), "{out}");
+    assert!(ok(d, &["ledger", "check"]).contains("ledger OK"));
+
+    // The ATM's journal upload later proves all 19,000 yen left: a correction is proposed,
+    // and the books are known to be wrong until an operator decides.
+    rig.report(&mut atm, &order, DispenseOutcome::Dispensed, 19_000);
+    let check = hub(d, &["ledger", "check"]);
+    assert_eq!(check.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("CORRECTION WAITING"));
+    let list = ok(d, &["tx", "correction", "list"]);
+    assert!(list.contains("settled 0 -> 19000"), "{list}");
+    let id = list.split_whitespace().next().unwrap().to_owned();
+    let out = ok(
+        d,
+        &[
+            "tx",
+            "correction",
+            "approve",
+            &id,
+            "--operator",
+            "ops-2",
+            "--reason",
+            "journal checked",
+        ],
+    );
+    assert!(out.contains("dispensed"), "{out}");
+    assert!(ok(d, &["ledger", "check"]).contains("ledger OK"));
+    let show = ok(d, &["tx", "show", &tx]);
+    assert!(show.contains("resolution   0 by ops-1"), "{show}");
+    assert!(show.contains("Approved: 0 -> 19000"), "{show}");
+    assert_eq!(
+        ok(d, &["tx", "correction", "list"]),
+        "no corrections waiting\n"
+    );
+}

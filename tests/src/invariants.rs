@@ -21,6 +21,12 @@
 //! 5. **Every transaction ends final or flagged**: outside the hub's unsettled list only
 //!    final phases; inside it only in-doubt or flagged ones, or (before the final sweep)
 //!    ones whose deadlines have not run out yet.
+//! 6. **Settlements keep to the evidence**: every settled withdrawal with dispense reports
+//!    settled an amount within the bounds those reports allow (`qrcash_hub::evidence`).
+//!
+//! The totals of 1 and 2 compare the machine's whole payout with the books; a discrepancy
+//! found once would be found again after every later scenario. [`check_carried`] takes the
+//! discrepancy already reported ([`Drift`]) and reports only what is new.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -57,6 +63,10 @@ pub struct HubWithdrawal {
     pub flagged: bool,
     /// In the hub's unsettled list (`admin::unsettled`).
     pub unsettled: bool,
+    /// The amount an operator settled it with, if resolved.
+    pub resolved: Option<u64>,
+    /// The bounds of what left the machine by its reports (`None` without reports).
+    pub evidence: Option<(u64, u64)>,
 }
 
 /// A dispense report as the hub stored it.
@@ -168,6 +178,30 @@ pub struct Verdict {
     pub delivered_value: u64,
     /// Value the hub captured.
     pub captured: u64,
+    /// How far the machine's payout lies outside the books' bounds, counting the carried
+    /// drift (what the next check should carry).
+    pub drift: Drift,
+}
+
+/// Discrepancies of the totals (invariants 1 and 2) already reported: the machine's payout
+/// less these is compared with the bounds, so one discrepancy is reported once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drift {
+    /// Against the hub's books (invariant 1).
+    pub hub: i128,
+    /// Against the agent's orders (invariant 2).
+    pub agent: i128,
+}
+
+/// How far `value` lies outside `low..=high` (negative below, positive above).
+fn outside(value: i128, low: u64, high: u64) -> i128 {
+    if value < i128::from(low) {
+        value - i128::from(low)
+    } else if value > i128::from(high) {
+        value - i128::from(high)
+    } else {
+        0
+    }
 }
 
 impl Verdict {
@@ -222,9 +256,22 @@ pub fn read_hub(path: &Path) -> Result<HubView, ReadError> {
                 confirm_by: w.confirm_by,
                 order_expires_at: w.order_expires_at,
                 flagged: w.needs_reconciliation,
+                resolved: None,
+                evidence: None,
             }
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let mut withdrawals = withdrawals;
+    for w in &mut withdrawals {
+        let Ok(tx) = w.tx_id.parse() else { continue };
+        w.resolved = admin::resolution_of(&store, &tx)
+            .map_err(|e| err(&e))?
+            .map(|r| r.dispensed);
+        if w.order_id.is_some() {
+            let e = admin::withdrawal_evidence(&store, &tx).map_err(|e| err(&e))?;
+            w.evidence = (!e.reports.is_empty()).then_some((e.low, e.high));
+        }
+    }
     let reports = {
         let mut stmt = store
             .conn()
@@ -332,7 +379,7 @@ fn outcome_name(o: DispenseOutcome) -> &'static str {
     }
 }
 
-/// Checks the five invariants. `drained`: the agent's outbox is expected to be empty (the
+/// Checks the invariants. `drained`: the agent's outbox is expected to be empty (the
 /// caller waited for it); with `false` invariant 3 only checks what has arrived.
 pub fn check(
     hub: &HubView,
@@ -340,6 +387,18 @@ pub fn check(
     machine: MachineView,
     drained: bool,
     deadlines: Deadlines,
+) -> Verdict {
+    check_carried(hub, agent, machine, drained, deadlines, Drift::default())
+}
+
+/// [`check`], with the totals' discrepancies already reported carried over.
+pub fn check_carried(
+    hub: &HubView,
+    agent: &AgentView,
+    machine: MachineView,
+    drained: bool,
+    deadlines: Deadlines,
+    carried: Drift,
 ) -> Verdict {
     let mut v = Verdict {
         withdrawals: hub.withdrawals.len(),
@@ -381,10 +440,17 @@ pub fn check(
             high += w.amount;
         }
     }
-    if !(low..=high).contains(&machine.delivered_value) {
+    let paid = i128::from(machine.delivered_value);
+    let hub_drift = outside(paid - carried.hub, low, high);
+    if hub_drift != 0 {
         bad(format!(
-            "[1] the machine paid out {} but the hub accounts for {low}..={high} (captured {captured}, {in_doubt} in doubt)",
-            machine.delivered_value
+            "[1] the machine paid out {} but the hub accounts for {low}..={high} (captured {captured}, {in_doubt} in doubt){}",
+            machine.delivered_value,
+            if carried.hub != 0 {
+                format!(" beyond the {} reported before", carried.hub)
+            } else {
+                String::new()
+            }
         ));
     }
     for o in &agent.orders {
@@ -455,10 +521,16 @@ pub fn check(
             None => agent_high += o.order.amount.minor,
         }
     }
-    if !(agent_low..=agent_high).contains(&machine.delivered_value) {
+    let agent_drift = outside(paid - carried.agent, agent_low, agent_high);
+    if agent_drift != 0 {
         bad(format!(
-            "[2] the machine paid out {} but the agent's orders account for {agent_low}..={agent_high}",
-            machine.delivered_value
+            "[2] the machine paid out {} but the agent's orders account for {agent_low}..={agent_high}{}",
+            machine.delivered_value,
+            if carried.agent != 0 {
+                format!(" beyond the {} reported before", carried.agent)
+            } else {
+                String::new()
+            }
         ));
     }
 
@@ -528,7 +600,11 @@ pub fn check(
                         }
                         DispenseOutcome::Partial => Some((Phase::Partial, report.dispensed.minor)),
                         DispenseOutcome::Failed => Some((Phase::Failed, 0)),
-                        DispenseOutcome::InDoubt => Some((Phase::InDoubt, 0)),
+                        // In doubt until an operator settles it within the evidence.
+                        DispenseOutcome::InDoubt => match w.resolved {
+                            Some(v) => Some((w.phase, v)),
+                            None => Some((Phase::InDoubt, 0)),
+                        },
                     };
                     if let Some((phase, settled)) = expected
                         && (w.phase != phase || w.settled != settled)
@@ -599,7 +675,31 @@ pub fn check(
             ));
         }
     }
+    // 6. Settlements within the evidence.
+    for w in &hub.withdrawals {
+        if let (true, Some((low, high))) = (
+            matches!(w.phase, Phase::Dispensed | Phase::Partial | Phase::Failed),
+            w.evidence,
+        ) && !(low..=high).contains(&w.settled)
+            && !w.flagged
+        {
+            bad(format!(
+                "[6] tx {} settled {} outside its reports' bounds {low}..={high}{}",
+                w.tx_id,
+                w.settled,
+                match w.resolved {
+                    Some(_) => " (resolved by an operator)",
+                    None => "",
+                }
+            ));
+        }
+    }
+
     let _ = by_tx;
+    v.drift = Drift {
+        hub: carried.hub + hub_drift,
+        agent: carried.agent + agent_drift,
+    };
     v.in_doubt = in_doubt;
     v.open = open;
     v.captured = captured;
@@ -663,6 +763,8 @@ mod tests {
                 order_expires_at: Some(0),
                 flagged: false,
                 unsettled: false,
+                resolved: None,
+                evidence: Some((amount, amount)),
             }],
             reports: vec![HubReport {
                 tx_id: o.tx_id.to_string(),
@@ -709,6 +811,41 @@ mod tests {
         let v = verdict(&hub, &agent, m);
         assert!(v.violations.iter().any(|s| s.starts_with("[1]")), "{v:?}");
         assert!(v.violations.iter().any(|s| s.starts_with("[2]")), "{v:?}");
+    }
+
+    #[test]
+    fn a_discrepancy_of_the_totals_is_reported_once_then_carried() {
+        let (hub, agent, _) = world(12_000);
+        let m = MachineView::from_counts(&[0, 13], &[10_000, 1_000]);
+        let first = verdict(&hub, &agent, m);
+        assert_eq!(
+            first.drift,
+            Drift {
+                hub: 1_000,
+                agent: 1_000
+            }
+        );
+        // The next scenario changes nothing: the same discrepancy is not reported again.
+        let again = check_carried(&hub, &agent, m, true, Deadlines::AllPassed, first.drift);
+        assert!(again.is_ok(), "{:?}", again.violations);
+        assert_eq!(again.drift, first.drift);
+        // A new one is: 1,000 yen more left the machine with nothing in the books.
+        let m = MachineView::from_counts(&[0, 14], &[10_000, 1_000]);
+        let more = check_carried(&hub, &agent, m, true, Deadlines::AllPassed, first.drift);
+        assert!(
+            more.violations.iter().any(|s| s.starts_with("[1]")),
+            "{more:?}"
+        );
+        assert_eq!(more.drift.hub, 2_000);
+    }
+
+    #[test]
+    fn a_settlement_outside_its_evidence_is_caught() {
+        let (mut hub, agent, m) = world(12_000);
+        hub.withdrawals[0].evidence = Some((0, 5_000));
+        hub.withdrawals[0].resolved = Some(12_000);
+        let v = verdict(&hub, &agent, m);
+        assert!(v.violations.iter().any(|s| s.starts_with("[6]")), "{v:?}");
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `qrcash-fault-campaign`: the long fault-injection campaign (and the agent it drives).
 //!
-//! `qrcash-fault-campaign --scenarios 2000 --seed 7 [--quiet]` builds the world of
+//! `qrcash-fault-campaign --scenarios 2000 --seed 7 [--seeds N] [--quiet]` builds the world of
 //! `qrcash_tests::scenario` (private Mosquitto, hub service, agent child process, LCDM
 //! simulator, phone), runs one fault per withdrawal, checks the money invariants after each,
-//! sweeps past every deadline at the end and checks once more. Exit status 1 on any
-//! violation, with the seed to replay (`QRCASH_FAULT_SEED` is read when `--seed` is absent).
+//! sweeps past every deadline at the end and checks once more. With `--seeds N` it runs N
+//! campaigns of `--scenarios` each, with the seeds `seed`, `seed + 1`, …, each in a fresh
+//! world, and prints every seed with its result for replay. Exit status 1 on any violation,
+//! with the seed to replay (`QRCASH_FAULT_SEED` is read when `--seed` is absent).
 //!
 //! `qrcash-fault-campaign agent --config FILE` runs the ATM agent exactly as `qrcash-agent
 //! run` does (files camera, LCDM dispenser, crash hooks from `QRCASH_AGENT_CRASH_AT`): the
@@ -27,6 +29,7 @@ fn main() -> Result<()> {
         return run_agent(config);
     }
     let mut scenarios = 200usize;
+    let mut seeds = 1u64;
     let mut seed: Option<u64> = std::env::var("QRCASH_FAULT_SEED")
         .ok()
         .and_then(|s| s.parse().ok());
@@ -49,9 +52,16 @@ fn main() -> Result<()> {
                         .context("--seed needs a number")?,
                 );
             }
+            "--seeds" => {
+                seeds = it
+                    .next()
+                    .context("--seeds needs a number")?
+                    .parse()
+                    .context("--seeds needs a number")?;
+            }
             "--quiet" => verbose = false,
             other => bail!(
-                "unknown argument {other}; usage: qrcash-fault-campaign [--scenarios N] [--seed N] [--quiet]"
+                "unknown argument {other}; usage: qrcash-fault-campaign [--scenarios N] [--seed N] [--seeds N] [--quiet]"
             ),
         }
     }
@@ -61,12 +71,55 @@ fn main() -> Result<()> {
             .map_or(1, |d| d.as_secs())
     });
     let agent_exe = std::env::current_exe().context("locating this executable")?;
-    eprintln!("fault campaign: {scenarios} scenarios, seed {seed} (replay: --seed {seed})");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let mut failed = Vec::new();
+    let mut total = 0usize;
+    for seed in (0..seeds.max(1)).map(|i| seed.wrapping_add(i)) {
+        match run_seed(&rt, seed, scenarios, &agent_exe, verbose) {
+            Ok(n) => total += n,
+            Err(e) => {
+                eprintln!("seed {seed} FAILED: {e:#}");
+                failed.push(seed);
+            }
+        }
+    }
+    if seeds > 1 {
+        println!(
+            "{} seeds ({}..={}), {total} scenarios completed; failed seeds: {}",
+            seeds,
+            seed,
+            seed.wrapping_add(seeds - 1),
+            if failed.is_empty() {
+                "none".to_owned()
+            } else {
+                failed
+                    .iter()
+                    .map(|s| format!("--seed {s}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+    }
+    if !failed.is_empty() {
+        bail!("{} of {seeds} seeds failed", failed.len());
+    }
+    Ok(())
+}
+
+/// One campaign; returns the scenarios run.
+fn run_seed(
+    rt: &tokio::runtime::Runtime,
+    seed: u64,
+    scenarios: usize,
+    agent_exe: &std::path::Path,
+    verbose: bool,
+) -> Result<usize> {
+    let agent_exe = agent_exe.to_path_buf();
+    eprintln!("fault campaign: {scenarios} scenarios, seed {seed} (replay: --seed {seed})");
     let summary = rt
         .block_on(campaign(
             Settings {
@@ -111,7 +164,7 @@ fn main() -> Result<()> {
             summary.violations.len()
         );
     }
-    Ok(())
+    Ok(summary.scenarios)
 }
 
 /// Runs the agent until killed (or SIGINT), like `qrcash-agent run`.
