@@ -1178,16 +1178,16 @@ impl Core {
         if in_progress {
             return;
         }
+        // An order journalled as dispensing is never refused, whatever path leads here: notes
+        // may have left for it. Without its report its outcome is unknown until recovery
+        // (the next start) reports it in doubt; until then the hub keeps the hold.
+        let Some(report) = rec.report else {
+            tracing::error!(order = %order.order_id, "repeated order is dispensing without an outcome: in doubt, reported by recovery");
+            return;
+        };
         let now = self.clock.now();
         let sealer = self.sealer.clone();
-        let msg = match rec.report {
-            Some(report) => AtmUp::DispenseReport(report),
-            None => AtmUp::OrderRefused(qrcash_protocol::messages::OrderRefused {
-                order_id: order.order_id,
-                tx_id: order.tx_id,
-                reason: "order already started on this ATM".into(),
-            }),
-        };
+        let msg = AtmUp::DispenseReport(report);
         match self.store.enqueue(Priority::Critical, now, |seq| {
             sealer.seal(None, seq, now, msg, Some(jti))
         }) {

@@ -91,11 +91,15 @@ pub struct Store {
 impl Store {
     /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path, bounds: OutboxBounds) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Corrupt {
-                what: "database directory",
-                detail: format!("{}: {e}", dir.display()),
+        // The journal and outbox hold the ATM's money records: owner only (0600, 0700 for a
+        // directory created here), tightened if an earlier version left them wider.
+        let tightened =
+            qrcash_protocol::files::private_database(path).map_err(|e| StoreError::Corrupt {
+                what: "database file",
+                detail: format!("{}: {e}", path.display()),
             })?;
+        for file in tightened {
+            tracing::warn!(file = %file.display(), "database file was readable by others: now 0600");
         }
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;

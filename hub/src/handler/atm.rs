@@ -63,7 +63,8 @@ fn cassettes(atm: &AtmRow) -> BTreeMap<u64, Option<u32>> {
                         .iter()
                         .filter(|c| matches!(c.state, CassetteState::Ok | CassetteState::Low))
                         .map(|c| c.notes)
-                        .sum::<u32>()
+                        // Counts come from the wire: never overflow on them.
+                        .fold(0u32, u32::saturating_add)
                 })
             });
             (*d, count)

@@ -608,7 +608,7 @@ fn process(
         jti: verified.jti.clone(),
         detail: None,
     };
-    let outcome = match (&verified.body, &verified.sender) {
+    let outcome = guarded(|| match (&verified.body, &verified.sender) {
         (Body::Atm(c), Sender::Atm(atm)) => atm::dispatch(&mut ctx, atm, &c.msg),
         (Body::Phone(c), Sender::Phone(id, device)) => {
             phone::dispatch(&mut ctx, id, device.as_ref(), &c.msg)
@@ -617,7 +617,7 @@ fn process(
             RejectReason::Malformed,
             "message does not fit its topic",
         )),
-    };
+    });
     let detail = ctx.detail.take();
     drop(ctx);
     let (mut outgoing, result, keep) = match outcome {
@@ -674,6 +674,24 @@ fn process(
         }
         Err(e) => finish(tx, entry, e, outgoing),
     }
+}
+
+/// Runs one message's handler so that a panic (a bug, or a number from the wire nobody
+/// foresaw) becomes a typed refusal of that message, its effects rolled back with the
+/// savepoint, instead of a dead writer thread that stops the hub for everyone.
+fn guarded(handler: impl FnOnce() -> Outcome) -> Outcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(handler)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(panic = %what, "message handler panicked: message refused");
+        Err(refuse(
+            RejectReason::Malformed,
+            "the hub could not process this message",
+        ))
+    })
 }
 
 fn finish(

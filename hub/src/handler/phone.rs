@@ -738,8 +738,9 @@ fn check_identity(
     let skew = ctx.cfg.replay.max_skew_s;
     let presented = w.presented_at.unwrap_or(ctx.now);
     let biometric_ok = id.biometric.as_ref().is_some_and(|b| {
-        b.verified_at + skew >= presented
-            && b.verified_at <= ctx.now + skew
+        // `verified_at` comes from the wire: saturating, never a panic.
+        b.verified_at.saturating_add(skew) >= presented
+            && b.verified_at <= ctx.now.saturating_add(skew)
             && ctx.now.saturating_sub(b.verified_at) <= auth.biometric_max_age_s
     });
     let (need_pin, need_bio) = match auth.identity {
@@ -806,10 +807,20 @@ fn decline(
     d: &DeclineWithdrawal,
 ) -> Outcome {
     let w = load_own(ctx, account, &d.tx_id)?;
-    let step = transition(&w.lifecycle(), Event::Decline { not_me: d.not_me })
-        .map_err(|_| wrong_state(&w))?;
+    // "Not me" freezes the account: a device under the new-device restriction (possibly the
+    // fraudster's own) may decline, but never lock the owner out.
+    let restricted = policy::device_restriction(device).is_some_and(|r| r.is_active(ctx.now));
+    let not_me = d.not_me && !restricted;
+    if d.not_me && restricted {
+        ctx.note(format!(
+            "not me from restricted device {}: declined without freezing",
+            device.id
+        ));
+    }
+    let step =
+        transition(&w.lifecycle(), Event::Decline { not_me }).map_err(|_| wrong_state(&w))?;
     let mut out = steps::apply(ctx, &w, &step, None)?;
-    if d.not_me {
+    if not_me {
         rows::set_frozen(
             ctx.db,
             &account.id,
@@ -819,15 +830,17 @@ fn decline(
         )?;
         tracing::warn!(account = %account.id, tx = %w.tx_id, "not me: account frozen");
     }
-    ctx.note(format!(
-        "tx {} declined{}",
-        w.tx_id,
-        if d.not_me {
-            " (not me: account frozen)"
-        } else {
-            ""
-        }
-    ));
+    if !(d.not_me && restricted) {
+        ctx.note(format!(
+            "tx {} declined{}",
+            w.tx_id,
+            if not_me {
+                " (not me: account frozen)"
+            } else {
+                ""
+            }
+        ));
+    }
     let (available, _) = books::customer_balances(ctx.db, &account.id)?;
     out.push(ctx.push_phone(
         &device.id,

@@ -1733,3 +1733,22 @@ fn a_report_contradicting_a_resolution_proposes_corrections_never_a_silent_flag(
         Some(PhonePush::Receipt(r)) if r.settled == jpy(19_000)
     ));
 }
+
+#[test]
+fn a_panic_in_a_handler_becomes_a_typed_refusal() {
+    let ok = super::guarded(|| Ok(Vec::new()));
+    assert!(ok.is_ok());
+    let panicked = super::guarded(|| {
+        let counts: Vec<u32> = vec![u32::MAX, 1];
+        // What `sum::<u32>()` over a heartbeat's counts did before it saturated.
+        let total = counts
+            .iter()
+            .fold(0u32, |a, n| a.checked_add(*n).expect("overflow"));
+        panic!("unreachable: {total}")
+    });
+    match panicked {
+        Err(super::Fail::Refused(r)) => assert_eq!(r.reason, RejectReason::Malformed),
+        Err(super::Fail::Store(e)) => panic!("expected a typed refusal, got {e}"),
+        Ok(_) => panic!("expected a typed refusal, got success"),
+    }
+}

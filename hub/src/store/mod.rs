@@ -53,12 +53,16 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path` and migrates it.
+    /// Opens (creating if needed) the database at `path` and migrates it. The database and
+    /// its `-wal`/`-shm` files are readable by the owner only (0600, tightened if an earlier
+    /// version left them wider) and a directory created for it is 0700: it holds PIN and
+    /// password hashes and the ledger.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Migration(format!("cannot create {}: {e}", dir.display()))
-            })?;
+        let tightened = qrcash_protocol::files::private_database(path).map_err(|e| {
+            StoreError::Migration(format!("cannot prepare {}: {e}", path.display()))
+        })?;
+        for file in tightened {
+            tracing::warn!(file = %file.display(), "database file was readable by others: now 0600");
         }
         let conn = Connection::open(path)?;
         Self::setup(conn)

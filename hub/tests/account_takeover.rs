@@ -1,0 +1,145 @@
+//! Account-takeover holes, one regression test each, through the hub's real message path
+//! (signed envelopes into `Hub::handle` via `testkit::Rig`), real SQLite files where the
+//! hole is about files. Each failed on the main of 2026-11-30 (see the closing note of the
+//! issue "Account takeover").
+
+use std::os::unix::fs::PermissionsExt;
+
+use qrcash_hub::admin;
+use qrcash_hub::handler::Disposition;
+use qrcash_hub::testkit::{Rig, TestDevice, confirm_message, login_message, near_atm};
+use qrcash_protocol::messages::{
+    AtmState, AtmUp, BiometricAttestation, BiometricMethod, CassetteState, CassetteStatus,
+    DeclineWithdrawal, Heartbeat, PhonePush, PhoneUp,
+};
+use qrcash_protocol::{Position, RejectReason};
+
+/// Osaka, about 400 km from the test ATM in Shibuya.
+const OSAKA: (f64, f64) = (34.7025, 135.4959);
+
+/// A rig with `hanako` (100,000 yen) logged in on `phone-1` next to ATM `atm-1`.
+fn setup(seed: u64) -> (Rig, TestDevice, TestDevice) {
+    let mut rig = Rig::in_memory(seed);
+    rig.account("hanako", 100_000);
+    let atm = rig.atm("atm-1");
+    let mut phone = TestDevice::new("phone-1");
+    let h = rig.login(&mut phone, "hanako");
+    assert_eq!(h.result, Ok(Disposition::Applied), "{:?}", h.result);
+    (rig, phone, atm)
+}
+
+fn frozen(rig: &Rig) -> bool {
+    admin::show_account(rig.hub.store(), "hanako")
+        .unwrap()
+        .account
+        .frozen
+}
+
+/// Hole 5: `DeclineWithdrawal { not_me: true }` from a device under the new-device
+/// restriction froze the owner's account. It may decline; it never freezes.
+#[test]
+fn not_me_from_a_restricted_device_declines_but_never_freezes_the_owner() {
+    let (mut rig, mut phone, mut atm) = setup(501);
+    let mut thief = TestDevice::new("phone-osaka");
+    let msg = login_message(
+        &thief,
+        "hanako",
+        Some(Position::new(OSAKA.0, OSAKA.1, 20.0)),
+    );
+    let h = rig.phone(&mut thief, msg);
+    match rig.pushes(&h.outgoing, "phone-osaka").pop().map(|c| c.msg) {
+        Some(PhonePush::LoginResult(r)) => assert!(r.restriction.is_some(), "restricted"),
+        other => panic!("{other:?}"),
+    }
+    // The owner stands at the ATM; the fraudster's device answers "not me".
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    rig.present(&mut atm, &code.token, "phone-1");
+    let h = rig.phone(
+        &mut thief,
+        PhoneUp::DeclineWithdrawal(DeclineWithdrawal {
+            tx_id: code.tx_id,
+            not_me: true,
+        }),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied), "{:?}", h.result);
+    assert!(
+        !frozen(&rig),
+        "a restricted device froze the owner's account"
+    );
+    // The owner's own "not me" still freezes.
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    rig.present(&mut atm, &code.token, "phone-1");
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::DeclineWithdrawal(DeclineWithdrawal {
+            tx_id: code.tx_id,
+            not_me: true,
+        }),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    assert!(frozen(&rig));
+}
+
+/// Hole 8: numbers from the wire overflowed in the writer (`sum::<u32>()` over a heartbeat's
+/// note counts, `verified_at + skew` with `u64::MAX`), a panic that killed the hub's single
+/// writer thread. Now they saturate, and the messages are handled normally.
+#[test]
+fn numbers_from_the_wire_never_panic_the_writer() {
+    let (mut rig, mut phone, mut atm) = setup(502);
+    let full = |denomination| CassetteStatus {
+        denomination,
+        notes: u32::MAX,
+        state: CassetteState::Ok,
+    };
+    let h = rig.atm_send(
+        &mut atm,
+        AtmUp::Heartbeat(Heartbeat {
+            state: AtmState::Idle,
+            cassettes: vec![full(10_000), full(10_000), full(1_000), full(1_000)],
+            outbox: u32::MAX,
+            software: "x".into(),
+        }),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied), "{:?}", h.result);
+    // The note breakdown at presentation sums those counts.
+    let code = rig.register(&mut phone, "hanako", 12_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    // A biometric attestation dated at the end of time.
+    let mut msg = confirm_message(&req, Some(qrcash_hub::testkit::PIN), Some(near_atm()));
+    if let PhoneUp::ConfirmWithdrawal(c) = &mut msg {
+        c.identity.biometric = Some(BiometricAttestation {
+            method: BiometricMethod::Face,
+            verified_at: u64::MAX,
+        });
+    }
+    let h = rig.phone(&mut phone, msg);
+    // Handled: ordered on the PIN (the attestation counts for nothing), never a panic.
+    assert!(
+        h.result == Ok(Disposition::Applied)
+            || matches!(&h.result, Err(e) if e.reason() != RejectReason::Malformed),
+        "{:?}",
+        h.result
+    );
+}
+
+/// Hole 9: the hub database (argon2 hashes of 4-digit PINs, the ledger) was created 0644
+/// with its WAL and SHM. Now 0600, in a 0700 directory it creates.
+#[test]
+fn the_hub_database_is_readable_by_its_owner_only() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("state");
+    let path = dir.join("hub.sqlite");
+    let store = qrcash_hub::store::Store::open(&path).unwrap();
+    let mut rig = Rig::new(store, qrcash_hub::testkit::test_config(), 503);
+    rig.account("hanako", 1_000); // something written: WAL and SHM exist
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    for name in ["hub.sqlite", "hub.sqlite-wal", "hub.sqlite-shm"] {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+    }
+    drop(rig);
+    // A database an earlier version left world-readable is tightened when opened.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    drop(qrcash_hub::store::Store::open(&path).unwrap());
+    assert_eq!(mode(&path), 0o600);
+}
