@@ -143,3 +143,29 @@ fn the_hub_database_is_readable_by_its_owner_only() {
     drop(qrcash_hub::store::Store::open(&path).unwrap());
     assert_eq!(mode(&path), 0o600);
 }
+
+/// Hole 7: a login signed by a device's enrolled key but carrying another public key
+/// re-keyed the device without any proof that its sender holds the new private key. Now it
+/// is dropped like any message whose signature does not hold (audited, never answered),
+/// and the enrolled key stays.
+#[test]
+fn re_keying_requires_a_signature_by_the_new_key() {
+    let (mut rig, mut phone, _) = setup(507);
+    let enrolled = admin::list_devices(rig.hub.store(), Some("hanako")).unwrap()[0]
+        .kid
+        .clone();
+    let stranger = TestDevice::new("phone-1"); // same id, a key nobody proved
+    let msg = login_message(&stranger, "hanako", Some(near_atm()));
+    let h = rig.phone(&mut phone, msg); // sealed with the enrolled key
+    assert!(h.result.is_err(), "{:?}", h.result);
+    assert!(h.outgoing.is_empty(), "never answered");
+    let devices = admin::list_devices(rig.hub.store(), Some("hanako")).unwrap();
+    assert_eq!(devices[0].kid, enrolled, "the enrolled key stays");
+    // Signed by the new key itself, the same login re-keys the device (as a new device).
+    let mut rekeyed = TestDevice::new("phone-1");
+    let msg = login_message(&rekeyed, "hanako", Some(near_atm()));
+    let h = rig.phone(&mut rekeyed, msg);
+    assert_eq!(h.result, Ok(Disposition::Applied), "{:?}", h.result);
+    let devices = admin::list_devices(rig.hub.store(), Some("hanako")).unwrap();
+    assert_ne!(devices[0].kid, enrolled);
+}

@@ -766,6 +766,18 @@ fn verify(
                     HandleError::Internal(format!("enrolled key of device {id}: {e}"))
                 })?;
                 let claims: Claims<PhoneUp> = sealed.open(&key)?;
+                // A login that enrols another key must be signed by that key (proof of
+                // possession), not by the key it replaces.
+                if let PhoneUp::Login(login) = &claims.msg
+                    && login.device.device_id == id
+                    && PublicKey::from_jwk(&login.device.public_key)
+                        .map_or(true, |k| k.kid().as_str() != kid)
+                {
+                    return Err(EnvelopeError::UnknownKey(format!(
+                        "{kid}: a login carrying another key must be signed by that key"
+                    ))
+                    .into());
+                }
                 return Ok(Verified {
                     jti: claims.jti.clone(),
                     seq: claims.seq,
