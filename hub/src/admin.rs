@@ -36,6 +36,28 @@ fn audit_op(
     )
 }
 
+/// An `operator` audit entry naming who acted (resolutions and corrections).
+fn audit_by(
+    db: &rusqlite::Connection,
+    at: u64,
+    who: &str,
+    cmd: &str,
+    detail: String,
+) -> Result<(), StoreError> {
+    audit::append(
+        db,
+        &AuditEntry {
+            at,
+            source: "operator".into(),
+            sender: Some(who.to_owned()),
+            msg_type: Some(cmd.into()),
+            outcome: "done".into(),
+            detail: Some(detail),
+            ..AuditEntry::default()
+        },
+    )
+}
+
 fn check_id(what: &str, id: &str) -> Result<(), AdminError> {
     topics::validate_id(id).map_err(|e| AdminError::Invalid(format!("{what}: {e}")))
 }
@@ -588,20 +610,15 @@ pub fn resolve_withdrawal(
     if let Some(status) = step.receipt {
         queue_receipt(&tx, &w, step.settled, status, now)?;
     }
-    audit::append(
+    audit_by(
         &tx,
-        &AuditEntry {
-            at: now,
-            source: "operator".into(),
-            sender: Some(r.operator.clone()),
-            msg_type: Some("tx resolve".into()),
-            outcome: "done".into(),
-            detail: Some(format!(
-                "{tx_id} {} → {} ({} paid out; bounds {}..={}; reason: {}; evidence: {evidence_json})",
-                w.phase, step.next, r.dispensed, evidence.low, evidence.high, r.reason
-            )),
-            ..AuditEntry::default()
-        },
+        now,
+        &r.operator,
+        "tx resolve",
+        format!(
+            "{tx_id} {} → {} ({} paid out; bounds {}..={}; reason: {}; evidence: {evidence_json})",
+            w.phase, step.next, r.dispensed, evidence.low, evidence.high, r.reason
+        ),
     )?;
     tx.commit()?;
     Ok(step.next)
@@ -685,17 +702,12 @@ pub fn decide_correction(
         )));
     }
     if !approve {
-        audit::append(
+        audit_by(
             &tx,
-            &AuditEntry {
-                at: now,
-                source: "operator".into(),
-                sender: Some(operator.into()),
-                msg_type: Some("tx correction reject".into()),
-                outcome: "done".into(),
-                detail: Some(format!("correction {id} of {tx_id}: {note}")),
-                ..AuditEntry::default()
-            },
+            now,
+            operator,
+            "tx correction reject",
+            format!("correction {id} of {tx_id}: {note}"),
         )?;
         tx.commit()?;
         return Ok(w.phase);
@@ -767,17 +779,12 @@ pub fn decide_correction(
     );
     rows::record_settlement(&tx, &tx_id, c.to_settled, false, Some(&record))?;
     queue_receipt(&tx, &w, c.to_settled, status, now)?;
-    audit::append(
+    audit_by(
         &tx,
-        &AuditEntry {
-            at: now,
-            source: "operator".into(),
-            sender: Some(operator.into()),
-            msg_type: Some("tx correction approve".into()),
-            outcome: "done".into(),
-            detail: Some(format!("{tx_id}: {record}")),
-            ..AuditEntry::default()
-        },
+        now,
+        operator,
+        "tx correction approve",
+        format!("{tx_id}: {record}"),
     )?;
     tx.commit()?;
     Ok(phase)
