@@ -169,3 +169,50 @@ fn re_keying_requires_a_signature_by_the_new_key() {
     let devices = admin::list_devices(rig.hub.store(), Some("hanako")).unwrap();
     assert_ne!(devices[0].kid, enrolled);
 }
+
+/// Hole 11: when the account's only device was revoked (a lost or stolen phone), the next
+/// device to log in met no restriction, since no other device was active. It is new like
+/// any other, and with no established device to vouch for it, restricted for the habit
+/// period.
+#[test]
+fn after_a_revoke_the_next_device_is_new_and_restricted() {
+    let (mut rig, _phone, _) = setup(511);
+    rig.account("taro", 0);
+    let now = rig.now();
+    admin::revoke_device(rig.hub.store_mut(), "phone-1", "lost", now).unwrap();
+    let mut next = TestDevice::new("phone-2");
+    let h = rig.login(&mut next, "hanako");
+    assert_eq!(h.result, Ok(Disposition::Applied), "{:?}", h.result);
+    let result = match rig.pushes(&h.outgoing, "phone-2").pop().map(|c| c.msg) {
+        Some(PhonePush::LoginResult(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    assert!(result.new_device);
+    let until = result
+        .restriction
+        .and_then(|r| r.until)
+        .expect("restricted for a time");
+    let h = rig.phone(
+        &mut next,
+        PhoneUp::Transfer(qrcash_protocol::messages::Transfer {
+            idempotency_key: "t-1".into(),
+            to_account: "taro".into(),
+            amount: qrcash_protocol::Amount::new(1_000, qrcash_protocol::Currency::JPY),
+            memo: None,
+        }),
+    );
+    assert!(
+        matches!(&h.result, Err(e) if e.reason() == RejectReason::Restricted { until }),
+        "{:?}",
+        h.result
+    );
+    // The account's very first device is not new.
+    let mut fresh = Rig::in_memory(512);
+    fresh.account("jiro", 1_000);
+    let mut first = TestDevice::new("phone-j");
+    let h = fresh.login(&mut first, "jiro");
+    match fresh.pushes(&h.outgoing, "phone-j").pop().map(|c| c.msg) {
+        Some(PhonePush::LoginResult(r)) => assert!(!r.new_device && r.restriction.is_none()),
+        other => panic!("{other:?}"),
+    }
+}

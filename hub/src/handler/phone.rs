@@ -171,15 +171,23 @@ fn login(ctx: &mut Ctx<'_>, sender: &str, device: Option<&DeviceRow>, l: &Login)
         .map_err(|e| refuse(RejectReason::BadSignature, e.to_string()))?;
     let jwk = serde_json::to_string(&l.device.public_key)
         .map_err(|e| refuse(RejectReason::Malformed, e.to_string()))?;
-    let others: Vec<DeviceRow> = rows::devices(ctx.db, Some(&account.id))?
+    let all_others: Vec<DeviceRow> = rows::devices(ctx.db, Some(&account.id))?
         .into_iter()
-        .filter(|d| d.id != sender && d.status == DeviceStatus::Active)
+        .filter(|d| d.id != sender)
+        .collect();
+    // Any device the account ever had makes this one new, revoked ones included: right
+    // after a revoke (a lost phone) or a "not me" is exactly when a fraudster's device
+    // arrives, and with no established device to vouch for it, it gets the habit period.
+    let had_devices = !all_others.is_empty();
+    let others: Vec<DeviceRow> = all_others
+        .into_iter()
+        .filter(|d| d.status == DeviceStatus::Active)
         .collect();
     let rekeyed = device.is_some_and(|d| d.kid != key.kid().as_str());
     // A new key for a known device id is a new device too: otherwise a stolen password
     // could re-key the owner's device and skip the restriction. Its previous logins stand
     // for "the device already in use".
-    let new_device = (device.is_none() && !others.is_empty()) || rekeyed;
+    let new_device = (device.is_none() && had_devices) || rekeyed;
     let decision = if new_device {
         let mut existing = others.clone();
         existing.extend(device.filter(|_| rekeyed).cloned());
