@@ -202,6 +202,8 @@ pub struct PaymentsSection {
     pub daily: u64,
     /// Largest single top-up.
     pub topup_per_transaction: u64,
+    /// Largest total of top-ups per local day.
+    pub topup_daily: u64,
 }
 
 impl Default for PaymentsSection {
@@ -210,6 +212,7 @@ impl Default for PaymentsSection {
             per_transaction: 1_000_000,
             daily: 2_000_000,
             topup_per_transaction: 1_000_000,
+            topup_daily: 1_000_000,
         }
     }
 }

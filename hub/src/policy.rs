@@ -125,10 +125,32 @@ pub fn paid_out_today(
     now: u64,
     utc_offset_minutes: i32,
 ) -> Result<u64, StoreError> {
+    today(db, account, now, utc_offset_minutes, "counts_to_limit = 1")
+}
+
+/// Top-ups of `account` since the start of the local day.
+pub fn topped_up_today(
+    db: &Connection,
+    account: &str,
+    now: u64,
+    utc_offset_minutes: i32,
+) -> Result<u64, StoreError> {
+    today(db, account, now, utc_offset_minutes, "kind = 'top_up'")
+}
+
+fn today(
+    db: &Connection,
+    account: &str,
+    now: u64,
+    utc_offset_minutes: i32,
+    which: &str,
+) -> Result<u64, StoreError> {
     let since = local_day_start(now, utc_offset_minutes);
     let v: i64 = db.query_row(
-        "SELECT COALESCE(SUM(amount), 0) FROM operations
-         WHERE account = ?1 AND at >= ?2 AND counts_to_limit = 1",
+        &format!(
+            "SELECT COALESCE(SUM(amount), 0) FROM operations
+             WHERE account = ?1 AND at >= ?2 AND {which}"
+        ),
         rusqlite::params![account, to_sql(since)],
         |r| r.get(0),
     )?;

@@ -620,7 +620,7 @@ pub enum Function {
     Payment,
     /// Pay out to the registered bank account.
     BankWithdrawal,
-    /// Add money to the account.
+    /// Add money to the account from its linked funding account.
     TopUp,
     /// Receive a transfer from another account.
     ReceiveTransfer,
@@ -653,11 +653,12 @@ impl Function {
             | Function::WithdrawalConfirm
             | Function::Transfer
             | Function::Payment
-            | Function::BankWithdrawal => true,
+            | Function::BankWithdrawal
+            // A top-up draws on the customer's linked bank account.
+            | Function::TopUp => true,
             Function::Login
             | Function::BalanceQuery
             | Function::WithdrawalDecline
-            | Function::TopUp
             | Function::ReceiveTransfer
             | Function::AnswerNewDeviceAlert => false,
         }
@@ -1478,6 +1479,7 @@ mod tests {
                 Function::Transfer,
                 Function::Payment,
                 Function::BankWithdrawal,
+                Function::TopUp,
             ]
         );
     }
@@ -1564,6 +1566,7 @@ mod tests {
                 PhoneUp::TopUp(TopUp {
                     idempotency_key: "k".into(),
                     amount,
+                    from: "f".into(),
                 }),
                 Function::TopUp,
             ),

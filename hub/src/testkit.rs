@@ -183,6 +183,18 @@ impl Rig {
             now,
         )
         .unwrap_or_else(|e| panic!("account {id}: {e}"));
+        admin::add_bank_account(
+            self.hub.store_mut(),
+            &admin::NewBankAccount {
+                id: funding(id),
+                account: id.into(),
+                bank: "Test Bank".into(),
+                number: "0000001".into(),
+                holder: id.to_uppercase(),
+            },
+            now,
+        )
+        .unwrap_or_else(|e| panic!("funding account of {id}: {e}"));
     }
 
     /// Enrols an ATM at `position` carrying 10,000, 5,000 and 1,000 yen notes.
@@ -323,6 +335,11 @@ impl Rig {
         let msg = report_message(order, outcome, exited_yen);
         self.atm_send(atm, msg)
     }
+}
+
+/// The funding account [`Rig::account`] links to every test account (top-ups draw on it).
+pub fn funding(account: &str) -> String {
+    format!("fund-{account}")
 }
 
 /// A position a few metres from the test ATM, accurate to 10 m.

@@ -216,3 +216,63 @@ fn after_a_revoke_the_next_device_is_new_and_restricted() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Hole 12: top-ups created money from nothing (no funding source, no cap, allowed on a
+/// frozen account or from a restricted device). A top-up now draws on a funding account
+/// linked to the account at the hub, within daily limits, and is refused while frozen.
+#[test]
+fn top_ups_come_from_a_linked_funding_account_within_limits() {
+    use qrcash_protocol::messages::TopUp;
+    let (mut rig, mut phone, _) = setup(512);
+    rig.account("taro", 0);
+    let balance = |rig: &Rig| {
+        admin::show_account(rig.hub.store(), "hanako")
+            .unwrap()
+            .available
+    };
+    let top_up = |key: &str, yen: u64, from: &str| {
+        PhoneUp::TopUp(TopUp {
+            idempotency_key: key.into(),
+            amount: qrcash_protocol::Amount::new(yen, qrcash_protocol::Currency::JPY),
+            from: from.into(),
+        })
+    };
+    let refused = |h: &qrcash_hub::handler::Handled| match &h.result {
+        Err(e) => e.reason(),
+        Ok(d) => panic!("expected a refusal, got {d:?}"),
+    };
+    // No funding account of this account: nothing comes from nowhere, or from taro's bank.
+    let h = rig.phone(&mut phone, top_up("t-1", 1_000, "bank-nowhere"));
+    assert_eq!(refused(&h), RejectReason::UnknownBankAccount);
+    let h = rig.phone(
+        &mut phone,
+        top_up("t-2", 1_000, &qrcash_hub::testkit::funding("taro")),
+    );
+    assert_eq!(refused(&h), RejectReason::UnknownBankAccount);
+    assert_eq!(balance(&rig), 100_000);
+    // From its own funding account, within the limits.
+    let own = qrcash_hub::testkit::funding("hanako");
+    let h = rig.phone(&mut phone, top_up("t-3", 600_000, &own));
+    assert_eq!(h.result, Ok(Disposition::Applied), "{:?}", h.result);
+    assert_eq!(balance(&rig), 700_000);
+    // The daily total (1,000,000 by default) is a cap across top-ups.
+    let h = rig.phone(&mut phone, top_up("t-4", 600_000, &own));
+    assert!(
+        matches!(refused(&h), RejectReason::LimitExceeded { .. }),
+        "{:?}",
+        h.result
+    );
+    assert_eq!(balance(&rig), 700_000);
+    // Frozen ("not me"): no top-up either.
+    rig.hub
+        .store_mut()
+        .conn()
+        .execute(
+            "UPDATE accounts SET frozen = 1, frozen_reason = 'test' WHERE id = 'hanako'",
+            [],
+        )
+        .unwrap();
+    let h = rig.phone(&mut phone, top_up("t-5", 1_000, &own));
+    assert_eq!(refused(&h), RejectReason::AccountFrozen);
+    assert_eq!(balance(&rig), 700_000);
+}

@@ -207,6 +207,7 @@ fn top_up(key: &str, yen: u64) -> PhoneUp {
     PhoneUp::TopUp(TopUp {
         idempotency_key: key.into(),
         amount: jpy(yen),
+        from: qrcash_hub::testkit::funding("hanako"),
     })
 }
 
@@ -314,7 +315,7 @@ fn a_new_device_is_refused_every_asset_decreasing_function_and_nothing_changes()
 }
 
 #[test]
-fn a_restricted_device_keeps_balance_top_up_and_incoming_transfers() {
+fn a_restricted_device_keeps_balance_and_incoming_transfers_but_no_top_up() {
     let mut w = world(102);
     w.rig.clock.advance(Duration::from_secs(DAY));
     let mut thief = TestDevice::new("phone-osaka");
@@ -332,20 +333,12 @@ fn a_restricted_device_keeps_balance_top_up_and_incoming_transfers() {
         other => panic!("expected Balance, got {other:?}"),
     }
 
+    // A top-up draws on the owner's linked bank account: refused like money out.
     let h = w.rig.phone(&mut thief, top_up("t-1", 5_000));
-    applied(&h);
-    match w
-        .rig
-        .pushes(&h.outgoing, "phone-osaka")
-        .pop()
-        .map(|c| c.msg)
-    {
-        Some(PhonePush::Receipt(r)) => {
-            assert_eq!(r.kind, ReceiptKind::TopUp);
-            assert_eq!(r.balance, jpy(105_000));
-        }
-        other => panic!("expected Receipt, got {other:?}"),
-    }
+    assert_eq!(
+        refusal(&w.rig, &h, "phone-osaka"),
+        RejectReason::Restricted { until }
+    );
 
     // Receiving a transfer is free: taro pays hanako, the restricted device hears of it.
     let h = w
@@ -360,14 +353,14 @@ fn a_restricted_device_keeps_balance_top_up_and_incoming_transfers() {
     {
         Some(PhonePush::Receipt(r)) => {
             assert_eq!(r.kind, ReceiptKind::TransferReceived);
-            assert_eq!(r.balance, jpy(108_000));
+            assert_eq!(r.balance, jpy(103_000));
         }
         other => panic!("expected TransferReceived, got {other:?}"),
     }
     let db = w.rig.hub.store().conn();
     assert_eq!(
         books::customer_balances(db, "hanako").ok(),
-        Some((108_000, 0))
+        Some((103_000, 0))
     );
     assert_eq!(books::customer_balances(db, "taro").ok(), Some((47_000, 0)));
 
@@ -734,7 +727,9 @@ fn not_me_revokes_the_new_device_and_freezes_the_account_until_an_operator_unfre
     check_frozen(&mut w, "frozen-1", true);
     // Free functions stay free.
     applied(&w.rig.phone(&mut w.owner, balance_query("hanako")));
-    applied(&w.rig.phone(&mut w.owner, top_up("owner-t", 1_000)));
+    // A top-up draws on the owner's bank: frozen with the rest of money movement.
+    let h = w.rig.phone(&mut w.owner, top_up("owner-t", 1_000));
+    assert_eq!(refusal(&w.rig, &h, "phone-1"), RejectReason::AccountFrozen);
     applied(
         &w.rig
             .phone(&mut w.taro, transfer("taro-1", "hanako", 1_000)),

@@ -468,16 +468,18 @@ impl PhoneClient {
         self.money(msg, &key, timeout).await
     }
 
-    /// Adds `amount` to the account.
+    /// Adds `amount` to the account from its linked funding account `from`.
     pub async fn top_up(
         &mut self,
         amount: Amount,
+        from: &str,
         timeout: Duration,
     ) -> Result<Receipt, PhoneError> {
         let key = requests::idempotency_key();
         let msg = PhoneUp::TopUp(TopUp {
             idempotency_key: key.clone(),
             amount,
+            from: from.to_owned(),
         });
         self.money(msg, &key, timeout).await
     }

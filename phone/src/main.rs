@@ -175,10 +175,13 @@ enum Command {
         /// Amount in minor units.
         amount: u64,
     },
-    /// Add money to the account.
+    /// Add money to the account from its linked funding account.
     TopUp {
         /// Amount in minor units.
         amount: u64,
+        /// The funding account (a bank account registered at the hub).
+        #[arg(long)]
+        from: String,
     },
     /// Show balance and recent history.
     Balance {
@@ -415,8 +418,11 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?;
             println!("{}", display::receipt_line(&r));
         }
-        Command::TopUp { amount: minor } => {
-            let r = phone.top_up(amount(minor), timeout).await?;
+        Command::TopUp {
+            amount: minor,
+            from,
+        } => {
+            let r = phone.top_up(amount(minor), &from, timeout).await?;
             println!("{}", display::receipt_line(&r));
         }
         Command::Balance { history } => {

@@ -250,6 +250,9 @@ pub struct TopUp {
     pub idempotency_key: String,
     /// How much.
     pub amount: Amount,
+    /// The account's linked funding account (a bank account registered at the hub) the
+    /// money is drawn from.
+    pub from: String,
 }
 
 /// Ask for balance and the latest `history` ledger entries.

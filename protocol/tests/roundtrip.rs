@@ -145,6 +145,7 @@ fn phone_up() -> impl Strategy<Value = PhoneUp> {
             })
         }),
         (text(), amount()).prop_map(|(idempotency_key, amount)| PhoneUp::TopUp(TopUp {
+            from: "bank-1".into(),
             idempotency_key,
             amount
         })),

@@ -394,21 +394,36 @@ pub(super) fn bank_withdrawal(
 
 pub(super) fn top_up(
     ctx: &mut Ctx<'_>,
-    _device: &DeviceRow,
+    device: &DeviceRow,
     account: &AccountRow,
     t: &TopUp,
 ) -> Outcome {
     if let Some(out) = replayed_operation(ctx, account, &t.idempotency_key, "top_up", t)? {
         return Ok(out);
     }
+    // Money comes from the account's own linked funding account, never from nowhere; it
+    // draws on the customer's bank, so a frozen account or a restricted device cannot.
+    if rows::bank_account_owner(ctx.db, &t.from)?.as_deref() != Some(account.id.as_str()) {
+        return Err(refuse(
+            RejectReason::UnknownBankAccount,
+            format!("no funding account {} linked to this account", t.from),
+        ));
+    }
+    gate(ctx, account, device, Function::TopUp)?;
     check_amount(account, &t.amount)?;
+    let today = policy::topped_up_today(
+        ctx.db,
+        &account.id,
+        ctx.now,
+        ctx.cfg.network.utc_offset_minutes,
+    )?;
     policy::check_limits(
         t.amount,
-        0,
+        today,
         ctx.cfg.payments.topup_per_transaction,
-        u64::MAX,
+        ctx.cfg.payments.topup_daily,
     )
-    .map_err(|reason| refuse(reason, "the amount exceeds the top-up limit"))?;
+    .map_err(|reason| refuse(reason, "the amount exceeds a top-up limit"))?;
     let reference = new_reference(ctx, "tu");
     let posting = movement(
         PostingKind::TopUp,
@@ -416,7 +431,7 @@ pub(super) fn top_up(
         LedgerAccount::Available(account.id.clone()),
         t.amount,
         &reference,
-        "top-up".into(),
+        format!("top-up from funding account {}", t.from),
     )?;
     let op = Op {
         kind: "top_up",

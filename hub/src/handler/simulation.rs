@@ -106,6 +106,7 @@ fn run(seed: u64, flows: usize) {
                     PhoneUp::TopUp(TopUp {
                         idempotency_key: format!("k{key}"),
                         amount: Amount::new(1 + rng.below(50_000), Currency::JPY),
+                        from: crate::testkit::funding(accounts[from]),
                     })
                 };
                 rig.phone(&mut phones[from], msg);

@@ -885,9 +885,11 @@ fn a_new_device_far_away_is_restricted_and_the_owner_can_say_not_me() {
         PhoneUp::TopUp(qrcash_protocol::messages::TopUp {
             idempotency_key: "t1".into(),
             amount: jpy(1_000),
+            from: funding("hanako"),
         }),
     );
-    assert_eq!(h.result, Ok(Disposition::Applied));
+    // A top-up draws on the owner's bank: restricted too.
+    assert_eq!(refused(&h), RejectReason::Restricted { until });
     assert_eq!(
         admin::list_restrictions(rig.hub.store(), rig.now())
             .unwrap()
@@ -1059,6 +1061,7 @@ fn transfers_payments_payouts_and_top_ups_are_balanced_and_idempotent() {
         PhoneUp::TopUp(qrcash_protocol::messages::TopUp {
             idempotency_key: "t".into(),
             amount: jpy(2_000_000),
+            from: funding("taro"),
         }),
     );
     assert!(matches!(refused(&h), RejectReason::LimitExceeded { .. }));
@@ -1153,6 +1156,7 @@ fn warnings_follow_the_situation() {
         PhoneUp::TopUp(qrcash_protocol::messages::TopUp {
             idempotency_key: "t".into(),
             amount: jpy(10_000),
+            from: funding("hanako"),
         }),
     );
     let code = rig.register(&mut phone, "hanako", 1_000);
