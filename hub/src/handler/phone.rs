@@ -442,9 +442,17 @@ fn answer_alert(
         )
         .optional()?;
     let Some((new_device, answered)) = row else {
+        // Never echo an unbounded client string back (an id of kilobytes would come back
+        // in the `Rejected` and in the audit log).
+        let shown: String = a.alert_id.chars().take(64).collect();
+        let more = if shown.len() < a.alert_id.len() {
+            "…"
+        } else {
+            ""
+        };
         return Err(refuse(
             RejectReason::UnknownAlert,
-            format!("no alert {} for this device", a.alert_id),
+            format!("no alert {shown}{more} for this device"),
         ));
     };
     if answered.is_none() {

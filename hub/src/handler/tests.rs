@@ -929,6 +929,20 @@ fn a_new_device_far_away_is_restricted_and_the_owner_can_say_not_me() {
         }),
     );
     assert_eq!(refused(&h), RejectReason::UnknownAlert);
+    // A long alert id (kilobytes, within the size limit) is not echoed back in the answer.
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::AnswerNewDeviceAlert(qrcash_protocol::messages::AnswerNewDeviceAlert {
+            alert_id: "x".repeat(4_000),
+            not_me: false,
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::UnknownAlert);
+    let message = match rig.pushes(&h.outgoing, "phone-1").pop().map(|c| c.msg) {
+        Some(PhonePush::Rejected(r)) => r.message,
+        other => panic!("{other:?}"),
+    };
+    assert!(message.len() < 200, "{} bytes echoed", message.len());
 }
 
 #[test]
