@@ -2,8 +2,8 @@
 //! demo to set up without shelling out. Each runs in its own transaction and leaves an
 //! `operator` entry in the audit log (never a secret).
 
-use qrcash_protocol::messages::{PhonePush, Receipt, ReceiptKind, ReceiptStatus};
-use qrcash_protocol::{Amount, Currency, Position, PublicJwk, PublicKey, TxId, topics};
+use qrcash_protocol::messages::ReceiptStatus;
+use qrcash_protocol::{Currency, Position, PublicJwk, PublicKey, TxId, topics};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{AdminError, StoreError};
@@ -513,18 +513,8 @@ fn queue_receipt(
     status: ReceiptStatus,
     now: u64,
 ) -> Result<(), AdminError> {
-    let (available, _) = books::customer_balances(db, &w.account)?;
-    let device = w.confirmed_by.as_deref().unwrap_or(&w.device_id);
-    let receipt = PhonePush::Receipt(Receipt {
-        reference: w.tx_id.to_string(),
-        kind: ReceiptKind::Withdrawal,
-        requested: w.amount,
-        settled: Amount::new(settled, w.amount.currency),
-        status,
-        balance: Amount::new(available, w.amount.currency),
-        at: now,
-    });
-    Ok(settlement::queue_push(db, device, &receipt, now)?)
+    let (device, receipt) = crate::handler::receipt_for(db, w, settled, status, now)?;
+    Ok(settlement::queue_push(db, &device, &receipt, now)?)
 }
 
 /// Settles a withdrawal whose cash is in doubt with the amount the operator counted; returns

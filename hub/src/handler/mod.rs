@@ -59,6 +59,17 @@ pub fn posting_for(
     steps::posting(w, effect)
 }
 
+/// The `Receipt` of a settled withdrawal and its device (operator settlements queue it).
+pub fn receipt_for(
+    db: &Connection,
+    w: &rows::WithdrawalRow,
+    settled: u64,
+    status: qrcash_protocol::messages::ReceiptStatus,
+    now: u64,
+) -> Result<(String, qrcash_protocol::PhonePush), StoreError> {
+    steps::receipt(db, w, settled, status, now)
+}
+
 /// A message received from the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incoming {

@@ -2,7 +2,7 @@
 //! receipt and order resend. The one place where the pure transition's decisions touch the
 //! database and the wire.
 
-use qrcash_protocol::messages::{Abort, AtmDown, PhonePush, Receipt, ReceiptKind};
+use qrcash_protocol::messages::{Abort, AtmDown, PhonePush, Receipt, ReceiptKind, ReceiptStatus};
 use qrcash_protocol::{Amount, RejectReason};
 
 use super::{Ctx, Fail, Outgoing, refuse};
@@ -97,23 +97,36 @@ pub(crate) fn apply(
         });
     }
     if let Some(status) = step.receipt {
-        let (available, _) = books::customer_balances(ctx.db, &w.account)?;
-        let device = w
-            .confirmed_by
-            .clone()
-            .unwrap_or_else(|| w.device_id.clone());
-        out.push(ctx.push_phone(
-            &device,
-            PhonePush::Receipt(Receipt {
-                reference: w.tx_id.to_string(),
-                kind: ReceiptKind::Withdrawal,
-                requested: w.amount,
-                settled: Amount::new(step.settled, w.amount.currency),
-                status,
-                balance: Amount::new(available, w.amount.currency),
-                at: ctx.now,
-            }),
-        )?);
+        let (device, receipt) = receipt(ctx.db, w, step.settled, status, ctx.now)?;
+        out.push(ctx.push_phone(&device, receipt)?);
     }
     Ok(out)
+}
+
+/// The `Receipt` of a settled withdrawal and the device it goes to (the one that confirmed
+/// it, else the one that registered it), with the balance after the settlement.
+pub(crate) fn receipt(
+    db: &rusqlite::Connection,
+    w: &WithdrawalRow,
+    settled: u64,
+    status: ReceiptStatus,
+    now: u64,
+) -> Result<(String, PhonePush), StoreError> {
+    let (available, _) = books::customer_balances(db, &w.account)?;
+    let device = w
+        .confirmed_by
+        .clone()
+        .unwrap_or_else(|| w.device_id.clone());
+    Ok((
+        device,
+        PhonePush::Receipt(Receipt {
+            reference: w.tx_id.to_string(),
+            kind: ReceiptKind::Withdrawal,
+            requested: w.amount,
+            settled: Amount::new(settled, w.amount.currency),
+            status,
+            balance: Amount::new(available, w.amount.currency),
+            at: now,
+        }),
+    ))
 }
