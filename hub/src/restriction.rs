@@ -3,13 +3,18 @@
 //!
 //! When an account already in use on one phone logs in from another device, the new device is
 //! kept away from asset-decreasing functions (withdrawal, transfer, payment, bank payout) for
-//! a period that is shorter for accounts that log in often, unless the two devices are close
-//! enough to be the same person's. Balance, history, receiving money and top-ups stay free.
+//! a period that is shorter for accounts that log in often. Only evidence the hub observed
+//! itself (where the new device paid, where it presented a code) can show that the two
+//! devices are the same person's; what a device says about itself (its reported position) is
+//! a claim that can make the decision stricter but never lift it, because a fraudster with a
+//! phished password reports whatever frees them. The established device can lift it early by
+//! approving the newcomer (the hub's alert handler). Balance, history and receiving money stay
+//! free.
 //!
 //! This module is pure: positions, counts and times (Unix seconds) come in as arguments and a
 //! [`Decision`] or a [`RejectReason`] comes out. It does not read the clock, store
 //! restrictions, count logins or send alerts; the hub's login and phone handlers do that and
-//! call [`locate_new_device`], [`decide`] and [`check`]. `docs/restriction.md` is the prose
+//! call [`observe_new_device`], [`decide`] and [`check`]. `docs/restriction.md` is the prose
 //! form of the rules and of the defaults' reasons.
 
 use std::time::Duration;
@@ -266,36 +271,48 @@ pub struct DeviceFix {
     pub at: u64,
 }
 
-/// Where a device paid: the merchant's registered position at the payment's time.
+/// A place and time the hub itself saw a device: the registered position of a merchant it
+/// paid, or of an ATM where it presented a code. Never anything the device reported.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct PaymentFix {
-    /// When the payment was made, Unix seconds.
+pub struct Sighting {
+    /// When, Unix seconds.
     pub at: u64,
-    /// The merchant's position.
+    /// The merchant's or the ATM's position.
     pub position: Position,
 }
 
-/// Where a new device's position came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FixSource {
-    /// The device reported it with its login.
-    Reported,
-    /// Estimated from the positions of merchants where the device paid recently.
-    EstimatedFromPayments,
+/// What the hub has on where a new device is, sorted by how far it can be believed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct NewDeviceEvidence {
+    /// Where the hub saw the device itself ([`observe_new_device`]). The only thing that can
+    /// show the new device is beside the established one.
+    pub observed: Option<DeviceFix>,
+    /// Where the device says it is (its login's position). A claim: it can make the decision
+    /// stricter (impossible travel, out of range), never, on its own, lift a restriction.
+    pub claimed: Option<DeviceFix>,
 }
 
-/// A new device's position and where it came from.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Located {
-    /// The position, timed `now` (an estimate's accuracy already covers its age).
-    pub fix: DeviceFix,
-    /// Reported or estimated.
-    pub source: FixSource,
+impl NewDeviceEvidence {
+    /// Observed evidence only.
+    pub const fn observed(fix: Option<DeviceFix>) -> Self {
+        NewDeviceEvidence {
+            observed: fix,
+            claimed: None,
+        }
+    }
+
+    /// A claim only: what a brand-new device brings to its first login.
+    pub const fn claimed(fix: Option<DeviceFix>) -> Self {
+        NewDeviceEvidence {
+            observed: None,
+            claimed: fix,
+        }
+    }
 }
 
-/// Estimates where a device is now from the merchants it paid at recently, or `None` when
-/// its recent payments do not point to one place.
+/// Estimates where a device is now from where the hub saw it recently (the merchants it paid,
+/// the ATMs it presented codes at), or `None` when those sightings do not point to one place.
+/// The steps call each sighting a payment:
 ///
 /// 1. Take the payments at most `estimate_window_secs` old with a valid position, the newest
 ///    `estimate_max_payments` of them (a payment dated after `now` counts as made `now`).
@@ -312,7 +329,7 @@ pub struct Located {
 /// [`decide`] treats an estimate whose radius exceeds `max_trusted_accuracy_km` as unknown,
 /// so an estimate ages out of trust even inside the window.
 pub fn estimate_position(
-    payments: &[PaymentFix],
+    payments: &[Sighting],
     now: u64,
     policy: &RestrictionPolicy,
 ) -> Option<Position> {
@@ -399,26 +416,16 @@ pub fn estimate_position(
     estimate.validate().ok().map(|()| estimate)
 }
 
-/// The new device's position for [`decide`]: the one reported with the login when it is valid
-/// and no coarser than `max_trusted_accuracy_km`, otherwise the estimate from its payments
-/// ([`estimate_position`]), otherwise `None` (unknown).
-pub fn locate_new_device(
-    reported: Option<Position>,
-    payments: &[PaymentFix],
+/// Where the hub itself saw a new device, for [`NewDeviceEvidence::observed`]: the estimate
+/// from its sightings ([`estimate_position`]) timed `now` (the estimate's accuracy already
+/// covers its age), or `None`. A brand-new device has no sightings, so in practice this
+/// speaks only for a device id the hub has seen pay or present a code before.
+pub fn observe_new_device(
+    sightings: &[Sighting],
     now: u64,
     policy: &RestrictionPolicy,
-) -> Option<Located> {
-    let at_now = |position| DeviceFix { position, at: now };
-    match reported {
-        Some(p) if trusted(&p, policy) => Some(Located {
-            fix: at_now(p),
-            source: FixSource::Reported,
-        }),
-        _ => estimate_position(payments, now, policy).map(|p| Located {
-            fix: at_now(p),
-            source: FixSource::EstimatedFromPayments,
-        }),
-    }
+) -> Option<DeviceFix> {
+    estimate_position(sightings, now, policy).map(|position| DeviceFix { position, at: now })
 }
 
 /// Whether a position is well-formed and precise enough to decide on.
@@ -485,67 +492,95 @@ impl Decision {
 
 /// Decides whether a login from a new device restricts it, and until when.
 ///
-/// `new_device` is its position now (reported or estimated, see [`locate_new_device`]);
-/// `existing_device_last` is the last known position of the device already logged in to the
-/// account. A position that is invalid or coarser than `max_trusted_accuracy_km` counts as
-/// unknown. The smallest plausible distance is the centre distance minus the larger of
-/// `location_tolerance_km` and the two accuracy radii together (never below 0). The rules, in
-/// order:
+/// `new_device` is what the hub has on the new device's position; `existing_device_last` is
+/// the last known position of the established device already in use on the account. A
+/// position that is invalid or coarser than `max_trusted_accuracy_km` counts as unknown. The
+/// smallest plausible distance between two fixes is the centre distance minus the larger of
+/// `location_tolerance_km` and the two accuracy radii together (never below 0); a fix is
+/// *impossible* when that distance is at least `speed_rule_min_distance_km` and the distance
+/// over the time between the two fixes (at least one second) exceeds `impossible_speed_kmh`.
+/// The rules, in order:
 ///
-/// 1. either position unknown → restrict, [`RestrictionReason::NewDevice`], habit period
-///    ([`restriction_period`]): an unknown position counts as beyond range;
-/// 2. smallest plausible distance ≤ `same_person_range_km` → [`Decision::Free`];
-/// 3. smallest plausible distance ≥ `speed_rule_min_distance_km` and that distance over the
-///    time between the two fixes (at least one second) > `impossible_speed_kmh` → restrict,
+/// 1. the established device's position unknown → restrict, [`RestrictionReason::NewDevice`],
+///    habit period ([`restriction_period`]);
+/// 2. the observed or the claimed fix impossible → restrict,
 ///    [`RestrictionReason::ImpossibleTravel`], `max_period_secs`;
-/// 4. otherwise → restrict, [`RestrictionReason::NewDevice`], habit period.
+/// 3. the observed fix within `same_person_range_km`, and the claimed fix (if any) within
+///    range too → [`Decision::Free`];
+/// 4. otherwise (nothing observed, observed too far, or a claim too far) → restrict,
+///    [`RestrictionReason::NewDevice`], habit period.
 ///
+/// So a claim alone never frees a device: with nothing observed the answer is rule 1, 2 or 4.
 /// Fix times after `now` count as `now`.
 pub fn decide(
     policy: &RestrictionPolicy,
-    new_device: Option<DeviceFix>,
+    new_device: NewDeviceEvidence,
     existing_device_last: Option<DeviceFix>,
     logins_last_30_days: u32,
     now: u64,
 ) -> Decision {
-    let habit_until =
-        || now.saturating_add(restriction_period(policy, logins_last_30_days).as_secs());
-    let known = |fix: Option<DeviceFix>| fix.filter(|f| trusted(&f.position, policy));
-    let (Some(new), Some(existing)) = (known(new_device), known(existing_device_last)) else {
-        return Decision::Restrict {
-            until: habit_until(),
-            reason: RestrictionReason::NewDevice,
-            distance_km: None,
-            speed_kmh: None,
-        };
+    let habit = |measured: Option<Measured>| Decision::Restrict {
+        until: now.saturating_add(restriction_period(policy, logins_last_30_days).as_secs()),
+        reason: RestrictionReason::NewDevice,
+        distance_km: measured.map(|m| m.distance_km),
+        speed_kmh: measured.map(|m| m.speed_kmh),
     };
+    let known = |fix: Option<DeviceFix>| fix.filter(|f| trusted(&f.position, policy));
+    let Some(existing) = known(existing_device_last) else {
+        return habit(None);
+    };
+    let measure = |fix: Option<DeviceFix>| known(fix).map(|f| measure(policy, f, existing, now));
+    let observed = measure(new_device.observed);
+    let claimed = measure(new_device.claimed);
 
+    if let Some(m) = [observed, claimed]
+        .into_iter()
+        .flatten()
+        .find(|m| m.impossible)
+    {
+        let (_, hi) = policy.period_bounds();
+        return Decision::Restrict {
+            until: now.saturating_add(hi),
+            reason: RestrictionReason::ImpossibleTravel,
+            distance_km: Some(m.distance_km),
+            speed_kmh: Some(m.speed_kmh),
+        };
+    }
+    match (observed, claimed) {
+        (Some(o), c) if o.within && c.is_none_or(|c| c.within) => Decision::Free {
+            reason: FreeReason::WithinRange {
+                distance_km: o.distance_km,
+            },
+        },
+        // Report the figure that restricts: a claim out of range, else what was observed.
+        (_, Some(c)) if !c.within => habit(Some(c)),
+        (o, c) => habit(o.or(c)),
+    }
+}
+
+/// One fix of the new device against the established device's last fix.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    distance_km: f64,
+    speed_kmh: f64,
+    within: bool,
+    impossible: bool,
+}
+
+fn measure(policy: &RestrictionPolicy, new: DeviceFix, existing: DeviceFix, now: u64) -> Measured {
     let centre_km = new.position.distance_m(&existing.position) / 1_000.0;
     let error_km = policy
         .location_tolerance_km
         .max((new.position.accuracy_m + existing.position.accuracy_m) / 1_000.0);
     let distance_km = (centre_km - error_km).max(0.0);
-    if distance_km <= policy.same_person_range_km {
-        return Decision::Free {
-            reason: FreeReason::WithinRange { distance_km },
-        };
-    }
-
     let elapsed_secs = new.at.min(now).abs_diff(existing.at.min(now)).max(1);
     let speed_kmh = distance_km / (elapsed_secs as f64 / SECS_PER_HOUR as f64);
-    let impossible =
-        distance_km >= policy.speed_rule_min_distance_km && speed_kmh > policy.impossible_speed_kmh;
-    let (reason, until) = if impossible {
-        let (_, hi) = policy.period_bounds();
-        (RestrictionReason::ImpossibleTravel, now.saturating_add(hi))
-    } else {
-        (RestrictionReason::NewDevice, habit_until())
-    };
-    Decision::Restrict {
-        until,
-        reason,
-        distance_km: Some(distance_km),
-        speed_kmh: Some(speed_kmh),
+    Measured {
+        distance_km,
+        speed_kmh,
+        within: distance_km <= policy.same_person_range_km,
+        impossible: distance_km >= policy.speed_rule_min_distance_km
+            && speed_kmh > policy.impossible_speed_kmh,
     }
 }
 
@@ -752,8 +787,13 @@ mod tests {
         Some(DeviceFix { position, at })
     }
 
-    fn paid(position: Position, age: u64) -> PaymentFix {
-        PaymentFix {
+    /// What the hub observed itself, with no claim.
+    fn seen(fix: Option<DeviceFix>) -> NewDeviceEvidence {
+        NewDeviceEvidence::observed(fix)
+    }
+
+    fn paid(position: Position, age: u64) -> Sighting {
+        Sighting {
             at: NOW - age,
             position,
         }
@@ -1034,7 +1074,7 @@ mod tests {
         let e = estimate_position(&pays, NOW, &p).expect("recent cluster wins");
         assert!(km(&e, &TOKYO) < 10.0, "{e:?}");
         // The same payments all equally old: Osaka has the majority.
-        let flat: Vec<PaymentFix> = pays.iter().map(|f| paid(f.position, HOUR)).collect();
+        let flat: Vec<Sighting> = pays.iter().map(|f| paid(f.position, HOUR)).collect();
         let e = estimate_position(&flat, NOW, &p).expect("majority cluster");
         assert!(km(&e, &OSAKA) < 1.0, "{e:?}");
     }
@@ -1072,7 +1112,7 @@ mod tests {
     fn only_the_newest_payments_count() {
         let mut p = policy();
         p.estimate_max_payments = 3;
-        let mut pays: Vec<PaymentFix> = (0..3).map(|i| paid(TOKYO, HOUR + i)).collect();
+        let mut pays: Vec<Sighting> = (0..3).map(|i| paid(TOKYO, HOUR + i)).collect();
         // More, older payments in Osaka that would be the majority.
         pays.extend((0..5).map(|i| paid(OSAKA, 2 * HOUR + i)));
         let e = estimate_position(&pays, NOW, &p).expect("estimate");
@@ -1098,7 +1138,7 @@ mod tests {
             assert!(e.accuracy_m > last || age == 0, "{age}: {e:?}");
             last = e.accuracy_m;
         }
-        let future = PaymentFix {
+        let future = Sighting {
             at: NOW + HOUR,
             position: TOKYO,
         };
@@ -1109,31 +1149,12 @@ mod tests {
     // --- locate ---------------------------------------------------------------------------
 
     #[test]
-    fn reported_position_wins_when_trusted_else_estimate() {
+    fn the_observed_position_is_the_estimate_from_sightings_timed_now() {
         let p = policy();
-        let pays = [paid(OSAKA, HOUR)];
-        let l = locate_new_device(Some(TOKYO), &pays, NOW, &p).expect("reported");
-        assert_eq!(l.source, FixSource::Reported);
-        assert_eq!(
-            l.fix,
-            DeviceFix {
-                position: TOKYO,
-                at: NOW
-            }
-        );
-
-        let coarse = Position::new(35.68, 139.77, 30_000.0);
-        let l = locate_new_device(Some(coarse), &pays, NOW, &p).expect("estimated");
-        assert_eq!(l.source, FixSource::EstimatedFromPayments);
-        assert!(km(&l.fix.position, &OSAKA) < 0.001);
-        assert_eq!(l.fix.at, NOW);
-
-        let broken = Position::new(0.0, 200.0, 5.0);
-        let l = locate_new_device(Some(broken), &pays, NOW, &p).expect("estimated");
-        assert_eq!(l.source, FixSource::EstimatedFromPayments);
-
-        assert_eq!(locate_new_device(None, &[], NOW, &p), None);
-        assert_eq!(locate_new_device(Some(coarse), &[], NOW, &p), None);
+        let l = observe_new_device(&[paid(OSAKA, HOUR)], NOW, &p).expect("estimated");
+        assert!(km(&l.position, &OSAKA) < 0.001);
+        assert_eq!(l.at, NOW);
+        assert_eq!(observe_new_device(&[], NOW, &p), None);
     }
 
     // --- decide ---------------------------------------------------------------------------
@@ -1155,7 +1176,7 @@ mod tests {
                 fix(Position::new(f64::NAN, 0.0, 1.0), NOW - HOUR),
             ),
         ] {
-            let d = decide(&p, new, existing, 10, NOW);
+            let d = decide(&p, seen(new), existing, 10, NOW);
             assert_eq!(
                 d,
                 Decision::Restrict {
@@ -1173,7 +1194,13 @@ mod tests {
     fn same_city_is_free() {
         let p = policy();
         // Tokyo station – Yokohama is ~28 km: within 20 km once the 50 km tolerance is off.
-        let d = decide(&p, fix(YOKOHAMA, NOW), fix(TOKYO, NOW - 5 * 60), 0, NOW);
+        let d = decide(
+            &p,
+            seen(fix(YOKOHAMA, NOW)),
+            fix(TOKYO, NOW - 5 * 60),
+            0,
+            NOW,
+        );
         assert_eq!(
             d,
             Decision::Free {
@@ -1183,7 +1210,7 @@ mod tests {
         assert_eq!(d.restriction(), None);
         assert!(!d.is_restricted());
         // Even the same second: a precise same-place fix is never "impossible travel".
-        let d = decide(&p, fix(TOKYO, NOW), fix(SHINJUKU, NOW), 0, NOW);
+        let d = decide(&p, seen(fix(TOKYO, NOW)), fix(SHINJUKU, NOW), 0, NOW);
         assert!(!d.is_restricted());
     }
 
@@ -1196,9 +1223,21 @@ mod tests {
             Position::new(TOKYO.lat + dlat, TOKYO.lon, 0.0)
         };
         let origin = Position::new(TOKYO.lat, TOKYO.lon, 0.0);
-        let inside = decide(&p, fix(north(69.9), NOW), fix(origin, NOW - DAY), 30, NOW);
+        let inside = decide(
+            &p,
+            seen(fix(north(69.9), NOW)),
+            fix(origin, NOW - DAY),
+            30,
+            NOW,
+        );
         assert!(!inside.is_restricted(), "{inside:?}");
-        let outside = decide(&p, fix(north(70.1), NOW), fix(origin, NOW - DAY), 30, NOW);
+        let outside = decide(
+            &p,
+            seen(fix(north(70.1), NOW)),
+            fix(origin, NOW - DAY),
+            30,
+            NOW,
+        );
         assert!(
             matches!(
                 outside,
@@ -1216,13 +1255,13 @@ mod tests {
         let mut p = policy();
         p.location_tolerance_km = 0.0;
         // ~28 km apart: beyond 20 km with precise fixes...
-        let precise = decide(&p, fix(YOKOHAMA, NOW), fix(TOKYO, NOW - DAY), 0, NOW);
+        let precise = decide(&p, seen(fix(YOKOHAMA, NOW)), fix(TOKYO, NOW - DAY), 0, NOW);
         assert!(precise.is_restricted());
         // ...within it when each fix is only good to 5 km.
         let vague = |pos: Position| Position::new(pos.lat, pos.lon, 5_000.0);
         let d = decide(
             &p,
-            fix(vague(YOKOHAMA), NOW),
+            seen(fix(vague(YOKOHAMA), NOW)),
             fix(vague(TOKYO), NOW - DAY),
             0,
             NOW,
@@ -1234,7 +1273,7 @@ mod tests {
     fn far_but_reachable_restricts_as_new_device_with_habit_period() {
         let p = policy();
         // Tokyo → Osaka in a day is an ordinary trip.
-        let d = decide(&p, fix(OSAKA, NOW), fix(TOKYO, NOW - DAY), 20, NOW);
+        let d = decide(&p, seen(fix(OSAKA, NOW)), fix(TOKYO, NOW - DAY), 20, NOW);
         let Decision::Restrict {
             until,
             reason,
@@ -1263,7 +1302,7 @@ mod tests {
     fn impossible_travel_restricts_for_the_maximum() {
         let p = policy();
         // Tokyo → Osaka (~350 km after tolerance) in 10 minutes: ~2,100 km/h.
-        let d = decide(&p, fix(OSAKA, NOW), fix(TOKYO, NOW - 600), 60, NOW);
+        let d = decide(&p, seen(fix(OSAKA, NOW)), fix(TOKYO, NOW - 600), 60, NOW);
         let Decision::Restrict {
             until,
             reason,
@@ -1281,7 +1320,13 @@ mod tests {
         );
         assert!(speed_kmh.expect("speed") > 2_000.0);
         // Fix times in the future count as now; zero elapsed time counts as one second.
-        let d = decide(&p, fix(OSAKA, NOW + 50), fix(TOKYO, NOW + 100), 60, NOW);
+        let d = decide(
+            &p,
+            seen(fix(OSAKA, NOW + 50)),
+            fix(TOKYO, NOW + 100),
+            60,
+            NOW,
+        );
         match d {
             Decision::Restrict {
                 reason: RestrictionReason::ImpossibleTravel,
@@ -1301,7 +1346,13 @@ mod tests {
             Position::new(TOKYO.lat + dlat, TOKYO.lon, 0.0)
         };
         // 80 km left after tolerance, in one minute: fast, but below the 100 km minimum.
-        let d = decide(&p, fix(north(130.0), NOW), fix(origin, NOW - 60), 0, NOW);
+        let d = decide(
+            &p,
+            seen(fix(north(130.0), NOW)),
+            fix(origin, NOW - 60),
+            0,
+            NOW,
+        );
         assert!(
             matches!(
                 d,
@@ -1316,7 +1367,7 @@ mod tests {
         let (far, hour_ago) = (fix(north(950.0), NOW), fix(origin, NOW - HOUR));
         let Decision::Restrict {
             speed_kmh: Some(s), ..
-        } = decide(&p, far, hour_ago, 0, NOW)
+        } = decide(&p, seen(far), hour_ago, 0, NOW)
         else {
             panic!("beyond range must restrict");
         };
@@ -1324,7 +1375,7 @@ mod tests {
         let reason_with = |f: fn(&mut RestrictionPolicy, f64), value: f64, new, old| {
             let mut q = policy();
             f(&mut q, value);
-            match decide(&q, new, old, 0, NOW) {
+            match decide(&q, seen(new), old, 0, NOW) {
                 Decision::Restrict { reason, .. } => reason,
                 other => panic!("{other:?}"),
             }
@@ -1343,7 +1394,7 @@ mod tests {
         let Decision::Restrict {
             distance_km: Some(dist),
             ..
-        } = decide(&p, far, minute_ago, 0, NOW)
+        } = decide(&p, seen(far), minute_ago, 0, NOW)
         else {
             panic!("beyond range must restrict");
         };
@@ -1367,9 +1418,8 @@ mod tests {
             paid(SHINJUKU, 3 * HOUR),
             paid(TOKYO, 5 * HOUR),
         ];
-        let located = locate_new_device(None, &pays, NOW, &p).expect("estimate");
-        assert_eq!(located.source, FixSource::EstimatedFromPayments);
-        let d = decide(&p, Some(located.fix), fix(TOKYO, NOW - HOUR), 0, NOW);
+        let located = observe_new_device(&pays, NOW, &p);
+        let d = decide(&p, seen(located), fix(TOKYO, NOW - HOUR), 0, NOW);
         assert!(!d.is_restricted(), "{d:?}");
     }
 
@@ -1377,9 +1427,9 @@ mod tests {
     fn position_estimated_from_payments_far_from_the_other_device_restricts() {
         let p = policy();
         let pays = [paid(OSAKA, 2 * HOUR), paid(OSAKA, 3 * HOUR)];
-        let located = locate_new_device(None, &pays, NOW, &p).expect("estimate");
+        let located = observe_new_device(&pays, NOW, &p);
         // The owner's phone was in Tokyo yesterday: reachable, so a new-device restriction.
-        let d = decide(&p, Some(located.fix), fix(TOKYO, NOW - DAY), 5, NOW);
+        let d = decide(&p, seen(located), fix(TOKYO, NOW - DAY), 5, NOW);
         assert_eq!(
             d.restriction(),
             Some(ActiveRestriction {
@@ -1388,7 +1438,7 @@ mod tests {
             })
         );
         // ...and ten minutes ago: impossible.
-        let d = decide(&p, Some(located.fix), fix(TOKYO, NOW - 600), 5, NOW);
+        let d = decide(&p, seen(located), fix(TOKYO, NOW - 600), 5, NOW);
         assert!(
             matches!(
                 d,
@@ -1405,9 +1455,9 @@ mod tests {
     fn stale_estimate_is_not_trusted() {
         let p = policy();
         // Paid next to the other device, but three days ago: drift makes it 30 km vague.
-        let located = locate_new_device(None, &[paid(TOKYO, 3 * DAY)], NOW, &p).expect("estimate");
-        assert!(located.fix.position.accuracy_m > 25_000.0);
-        let d = decide(&p, Some(located.fix), fix(TOKYO, NOW - HOUR), 0, NOW);
+        let located = observe_new_device(&[paid(TOKYO, 3 * DAY)], NOW, &p).expect("estimate");
+        assert!(located.position.accuracy_m > 25_000.0);
+        let d = decide(&p, seen(Some(located)), fix(TOKYO, NOW - HOUR), 0, NOW);
         assert!(
             matches!(
                 d,
@@ -1418,6 +1468,63 @@ mod tests {
             ),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn a_claimed_position_never_frees_a_device_on_its_own() {
+        let p = policy();
+        // A fraudster with a phished password claims to stand next to the owner's phone.
+        let claim = NewDeviceEvidence::claimed(fix(SHINJUKU, NOW));
+        let d = decide(&p, claim, fix(TOKYO, NOW - 60), 30, NOW);
+        assert_eq!(
+            d,
+            Decision::Restrict {
+                until: NOW + restriction_period(&p, 30).as_secs(),
+                reason: RestrictionReason::NewDevice,
+                distance_km: Some(0.0),
+                speed_kmh: Some(0.0),
+            }
+        );
+    }
+
+    #[test]
+    fn a_claim_can_only_make_the_decision_stricter() {
+        let p = policy();
+        let near = fix(SHINJUKU, NOW);
+        // Observed near, claimed near: free (the claim agrees).
+        let both = NewDeviceEvidence {
+            observed: near,
+            claimed: near,
+        };
+        assert!(!decide(&p, both, fix(TOKYO, NOW - HOUR), 0, NOW).is_restricted());
+        // Observed near but claiming Osaka a day later: out of range, so the habit period.
+        let far = NewDeviceEvidence {
+            observed: near,
+            claimed: fix(OSAKA, NOW),
+        };
+        let d = decide(&p, far, fix(TOKYO, NOW - DAY), 5, NOW);
+        assert_eq!(
+            d.restriction(),
+            Some(ActiveRestriction {
+                reason: RestrictionReason::NewDevice,
+                until: Some(NOW + restriction_period(&p, 5).as_secs()),
+            })
+        );
+        // Claiming Osaka ten minutes after the owner was in Tokyo: impossible travel.
+        let d = decide(&p, far, fix(TOKYO, NOW - 600), 5, NOW);
+        assert_eq!(
+            d.restriction(),
+            Some(ActiveRestriction {
+                reason: RestrictionReason::ImpossibleTravel,
+                until: Some(NOW + p.max_period_secs),
+            })
+        );
+        // An unusable claim is no claim.
+        let vague = NewDeviceEvidence {
+            observed: near,
+            claimed: fix(Position::new(35.0, 139.0, 90_000.0), NOW),
+        };
+        assert!(!decide(&p, vague, fix(TOKYO, NOW - HOUR), 0, NOW).is_restricted());
     }
 
     fn any_position() -> impl Strategy<Value = Position> {
@@ -1446,18 +1553,21 @@ mod tests {
                 new_accuracy,
             );
             let at_existing = NOW - age;
-            let d = decide(&p, fix(new, NOW), fix(existing, at_existing), logins, NOW);
+            let d = decide(&p, seen(fix(new, NOW)), fix(existing, at_existing), logins, NOW);
             let known = new.accuracy_m <= 25_000.0 && existing.accuracy_m <= 25_000.0;
             let min_km = (km(&new, &existing)
                 - 50.0_f64.max((new.accuracy_m + existing.accuracy_m) / 1_000.0))
             .max(0.0);
             prop_assert_eq!(d.is_restricted(), !known || min_km > 20.0, "{:?}", d);
+            // The same position, only claimed, never frees.
+            let claim = NewDeviceEvidence::claimed(fix(new, NOW));
+            prop_assert!(decide(&p, claim, fix(existing, at_existing), logins, NOW).is_restricted());
             if let Decision::Restrict { until, .. } = d {
                 prop_assert!(until > NOW && until <= NOW + p.max_period_secs, "{:?}", d);
             }
             if new.lat >= existing.lat && new.lat < 88.0 {
                 let farther = Position::new(new.lat + 0.5, new.lon, new.accuracy_m);
-                let d2 = decide(&p, fix(farther, NOW), fix(existing, at_existing), logins, NOW);
+                let d2 = decide(&p, seen(fix(farther, NOW)), fix(existing, at_existing), logins, NOW);
                 prop_assert!(!d.is_restricted() || d2.is_restricted(), "{:?} → {:?}", d, d2);
             }
         }

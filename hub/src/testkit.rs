@@ -238,6 +238,23 @@ impl Rig {
         .unwrap_or_else(|e| panic!("merchant {id}: {e}"));
     }
 
+    /// Registers bank account `id` (Mizuho 1234567) for payouts of `account`.
+    pub fn bank_account(&mut self, id: &str, account: &str) {
+        let now = self.now();
+        admin::add_bank_account(
+            self.hub.store_mut(),
+            &admin::NewBankAccount {
+                id: id.into(),
+                account: account.into(),
+                bank: "Mizuho".into(),
+                number: "1234567".into(),
+                holder: account.to_uppercase(),
+            },
+            now,
+        )
+        .unwrap_or_else(|e| panic!("bank account {id}: {e}"));
+    }
+
     /// Sends a phone message.
     pub fn phone(&mut self, dev: &mut TestDevice, msg: PhoneUp) -> Handled {
         let bytes = dev.message(&self.hub_id(), self.now(), msg);

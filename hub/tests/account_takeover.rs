@@ -7,10 +7,14 @@ use std::os::unix::fs::PermissionsExt;
 
 use qrcash_hub::admin;
 use qrcash_hub::handler::Disposition;
-use qrcash_hub::testkit::{Rig, TestDevice, confirm_message, login_message, near_atm};
+use qrcash_hub::testkit::{
+    PIN, Rig, TestDevice, confirm_message, funding, login_message, near_atm,
+};
 use qrcash_protocol::messages::{
-    AtmState, AtmUp, BiometricAttestation, BiometricMethod, CassetteState, CassetteStatus,
-    DeclineWithdrawal, Heartbeat, PhonePush, PhoneUp,
+    AlertAnswered, AlertOutcome, AnswerNewDeviceAlert, AtmState, AtmUp, BankWithdrawal,
+    BiometricAttestation, BiometricMethod, CassetteState, CassetteStatus, ConfirmRequest,
+    DeclineWithdrawal, Heartbeat, NewDeviceAlert, Payment, PhonePush, PhoneUp, RegisterWithdrawal,
+    TopUp, Transfer,
 };
 use qrcash_protocol::{Position, RejectReason};
 
@@ -275,4 +279,203 @@ fn top_ups_come_from_a_linked_funding_account_within_limits() {
     let h = rig.phone(&mut phone, top_up("t-5", 1_000, &own));
     assert_eq!(refused(&h), RejectReason::AccountFrozen);
     assert_eq!(balance(&rig), 700_000);
+}
+
+fn jpy(yen: u64) -> qrcash_protocol::Amount {
+    qrcash_protocol::Amount::new(yen, qrcash_protocol::Currency::JPY)
+}
+
+fn alert_to(rig: &Rig, h: &qrcash_hub::handler::Handled, device: &str) -> NewDeviceAlert {
+    match rig.pushes(&h.outgoing, device).pop().map(|c| c.msg) {
+        Some(PhonePush::NewDeviceAlert(a)) => a,
+        other => panic!("expected an alert to {device}: {other:?}"),
+    }
+}
+
+fn answer(rig: &mut Rig, dev: &mut TestDevice, alert_id: &str, not_me: bool) -> AlertAnswered {
+    let h = rig.phone(
+        dev,
+        PhoneUp::AnswerNewDeviceAlert(AnswerNewDeviceAlert {
+            alert_id: alert_id.into(),
+            not_me,
+        }),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied), "{:?}", h.result);
+    match rig.pushes(&h.outgoing, &dev.id).pop().map(|c| c.msg) {
+        Some(PhonePush::AlertAnswered(a)) => a,
+        other => panic!("expected AlertAnswered: {other:?}"),
+    }
+}
+
+fn restricted_until(rig: &Rig, h: &qrcash_hub::handler::Handled, device: &str) -> u64 {
+    match rig
+        .pushes(&h.outgoing, device)
+        .first()
+        .map(|c| c.msg.clone())
+    {
+        Some(PhonePush::LoginResult(r)) => {
+            assert!(r.new_device);
+            r.restriction
+                .and_then(|r| r.until)
+                .expect("restricted for a time")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Every money-out request a phone can send, with fresh idempotency keys.
+fn money_out(tag: &str, owners_request: &ConfirmRequest) -> Vec<PhoneUp> {
+    let key = |k: &str| format!("{tag}-{k}");
+    vec![
+        PhoneUp::Transfer(Transfer {
+            idempotency_key: key("tr"),
+            to_account: "taro".into(),
+            amount: jpy(30_000),
+            memo: None,
+        }),
+        PhoneUp::Payment(Payment {
+            idempotency_key: key("pay"),
+            merchant_id: "cafe".into(),
+            amount: jpy(1_000),
+        }),
+        PhoneUp::BankWithdrawal(BankWithdrawal {
+            idempotency_key: key("bw"),
+            bank_account: "bank-hanako".into(),
+            amount: jpy(20_000),
+        }),
+        PhoneUp::TopUp(TopUp {
+            idempotency_key: key("tu"),
+            amount: jpy(1_000),
+            from: funding("hanako"),
+        }),
+        PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+            account: "hanako".into(),
+            amount: jpy(10_000),
+        }),
+        confirm_message(owners_request, Some(PIN), Some(near_atm())),
+    ]
+}
+
+/// A rig for hole 1: `setup` plus `taro`, a merchant and a payout account for hanako, and
+/// a withdrawal of the owner's waiting at the ATM.
+fn hole_one(seed: u64) -> (Rig, TestDevice, ConfirmRequest) {
+    let (mut rig, mut phone, mut atm) = setup(seed);
+    rig.account("taro", 0);
+    rig.merchant("cafe");
+    rig.bank_account("bank-hanako", "hanako");
+    let code = rig.register(&mut phone, "hanako", 20_000);
+    let request = rig.present(&mut atm, &code.token, "phone-1");
+    (rig, phone, request)
+}
+
+/// Hole 1: a new device that claimed the owner's last position at login was judged "same
+/// person" and free at once. A claim is not evidence: it is restricted, and every money-out
+/// function (and confirming the owner's waiting withdrawal) is refused with `Restricted`
+/// while nothing moves; once the owner approves it from the established phone, they pass.
+#[test]
+fn a_claimed_position_next_to_the_owner_frees_nothing_until_the_owner_approves() {
+    let (mut rig, mut phone, request) = hole_one(5_011);
+    let mut thief = TestDevice::new("phone-thief");
+    let msg = login_message(&thief, "hanako", Some(near_atm())); // the owner's own spot
+    let h = rig.phone(&mut thief, msg);
+    let until = restricted_until(&rig, &h, "phone-thief");
+    let alert = alert_to(&rig, &h, "phone-1");
+    assert_eq!(alert.position, None, "a claim is not shown as a position");
+    let ledger = |rig: &Rig| {
+        let report = admin::ledger_check(rig.hub.store()).unwrap();
+        assert!(report.is_ok(), "{report}");
+        ["hanako", "taro"]
+            .map(|a| qrcash_hub::store::ledger::customer_balances(rig.hub.store().conn(), a))
+            .map(Result::unwrap)
+    };
+    let before = ledger(&rig);
+    for (i, msg) in money_out("t", &request).into_iter().enumerate() {
+        let h = rig.phone(&mut thief, msg);
+        assert!(
+            matches!(&h.result, Err(e) if e.reason() == RejectReason::Restricted { until }),
+            "request {i}: {:?}",
+            h.result
+        );
+    }
+    assert_eq!(ledger(&rig), before, "nothing moved");
+    assert_eq!(
+        answer(&mut rig, &mut phone, &alert.alert_id, false).outcome,
+        AlertOutcome::Approved
+    );
+    for (i, msg) in money_out("a", &request).into_iter().enumerate() {
+        let h = rig.phone(&mut thief, msg);
+        assert_eq!(
+            h.result,
+            Ok(Disposition::Applied),
+            "request {i}: {:?}",
+            h.result
+        );
+    }
+    assert_ne!(ledger(&rig), before);
+}
+
+/// Hole 1, the approval: only an established device's answer counts, only for the key the
+/// alert was about, and only the first answer.
+#[test]
+fn only_an_established_device_approves_and_only_the_key_it_was_told_about() {
+    let (mut rig, mut phone, _) = hole_one(5_012);
+    // Two new devices: the second one's alert goes to phone-1 only, never to the first
+    // newcomer (which is restricted), so a newcomer cannot approve another.
+    let mut first = TestDevice::new("phone-a");
+    let msg = login_message(&first, "hanako", Some(near_atm()));
+    let h = rig.phone(&mut first, msg);
+    let alert_a = alert_to(&rig, &h, "phone-1");
+    let mut second = TestDevice::new("phone-b");
+    let msg = login_message(&second, "hanako", Some(near_atm()));
+    let h = rig.phone(&mut second, msg);
+    assert!(
+        rig.pushes(&h.outgoing, "phone-a").is_empty(),
+        "a restricted device is not asked"
+    );
+    let alert_b = alert_to(&rig, &h, "phone-1");
+    // phone-a answering phone-1's alert about phone-b: not its alert, and it is restricted.
+    let h = rig.phone(
+        &mut first,
+        PhoneUp::AnswerNewDeviceAlert(AnswerNewDeviceAlert {
+            alert_id: alert_b.alert_id.clone(),
+            not_me: false,
+        }),
+    );
+    assert!(
+        matches!(&h.result, Err(e) if matches!(e.reason(), RejectReason::Restricted { .. })),
+        "{:?}",
+        h.result
+    );
+    assert!(restricted(&rig, "phone-b"));
+    // phone-a is re-keyed (by whoever holds the password) after its alert went out: the
+    // owner's approval of the old alert lifts nothing; the new key has its own alert.
+    let mut rekeyed = TestDevice::new("phone-a");
+    let msg = login_message(&rekeyed, "hanako", Some(near_atm()));
+    let h = rig.phone(&mut rekeyed, msg);
+    let alert_a2 = alert_to(&rig, &h, "phone-1");
+    assert_eq!(
+        answer(&mut rig, &mut phone, &alert_a.alert_id, false).outcome,
+        AlertOutcome::Outdated
+    );
+    assert!(restricted(&rig, "phone-a"));
+    // "Not me" to the new alert; a later "this was me" to it changes nothing.
+    assert_eq!(
+        answer(&mut rig, &mut phone, &alert_a2.alert_id, true).outcome,
+        AlertOutcome::RevokedAndFrozen
+    );
+    assert_eq!(
+        answer(&mut rig, &mut phone, &alert_a2.alert_id, false).outcome,
+        AlertOutcome::RevokedAndFrozen
+    );
+    assert!(frozen(&rig));
+    let devices = admin::list_devices(rig.hub.store(), Some("hanako")).unwrap();
+    let a = devices.iter().find(|d| d.id == "phone-a").unwrap();
+    assert_eq!(a.status, qrcash_hub::store::rows::DeviceStatus::Revoked);
+}
+
+fn restricted(rig: &Rig, device: &str) -> bool {
+    admin::list_restrictions(rig.hub.store(), rig.now())
+        .unwrap()
+        .iter()
+        .any(|d| d.id == device)
 }

@@ -494,29 +494,55 @@ fn a_restriction_lifts_at_until_on_the_next_request_and_by_the_sweeper() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 4. Same place: free
+// 4. Same place claimed: still restricted until the owner approves
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn a_new_device_logging_in_where_the_other_one_is_is_free() {
+fn a_new_device_claiming_the_other_ones_place_is_restricted_until_the_owner_approves_it() {
     let mut w = world(105);
     w.rig.clock.advance(Duration::from_secs(HOUR));
-    // Shinjuku, 3.5 km from where phone-1 last logged in.
+    // Shinjuku, 3.5 km from where phone-1 last logged in: but only the device says so.
     let mut second = TestDevice::new("phone-2");
     let h = log_in(&mut w.rig, &mut second, "hanako", Some(at(SHINJUKU)));
     let r = login_result(&w.rig, &h, "phone-2");
-    assert!(r.new_device, "it is a new device...");
-    assert_eq!(r.restriction, None, "...but next to the other one");
-    // The owner still hears of it, with no restriction to report.
+    assert!(r.new_device);
+    let info = r.restriction.expect("a claimed position never frees");
+    assert_eq!(info.reason, RestrictionReason::NewDevice);
+    let until = info.until.expect("timed");
+    // The owner hears of it, with the restriction and no claimed position to trust.
     let alert = alert_to(&w.rig, &h, "phone-1");
     assert_eq!(alert.device_id, "phone-2");
-    assert_eq!(alert.restricted_until, None);
+    assert_eq!(alert.restricted_until, Some(until));
+    assert_eq!(alert.position, None);
+    let before = books(&w.rig, &["hanako", "taro"]);
+    for msg in [
+        transfer("s-1", "taro", 1_000),
+        payment("s-2", "cafe", 500),
+        bank_withdrawal("s-3", 1_000),
+        register("hanako", 5_000),
+    ] {
+        let h = w.rig.phone(&mut second, msg);
+        assert_eq!(
+            refusal(&w.rig, &h, "phone-2"),
+            RejectReason::Restricted { until }
+        );
+    }
+    assert_eq!(books(&w.rig, &["hanako", "taro"]), before);
+
+    // The owner approves it from the established phone: free at once, money moves.
+    let h = w.rig.phone(
+        &mut w.owner,
+        PhoneUp::AnswerNewDeviceAlert(AnswerNewDeviceAlert {
+            alert_id: alert.alert_id,
+            not_me: false,
+        }),
+    );
+    applied(&h);
     assert!(
         admin::list_restrictions(w.rig.hub.store(), w.rig.now())
             .unwrap_or_else(|e| panic!("{e}"))
             .is_empty()
     );
-    // It may move money at once, and confirm a withdrawal at the ATM.
     applied(&w.rig.phone(&mut second, transfer("s-1", "taro", 1_000)));
     applied(&w.rig.phone(&mut second, payment("s-2", "cafe", 500)));
     applied(&w.rig.phone(&mut second, bank_withdrawal("s-3", 1_000)));
@@ -527,16 +553,18 @@ fn a_new_device_logging_in_where_the_other_one_is_is_free() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 5. A position estimated from payments decides both ways
+// 5. A position estimated from payments says where the owner is
 // ---------------------------------------------------------------------------------------
 
 /// The hub estimates a position from payments when a device's logins carry none. A device
 /// that is new to an account has no payments of its own there (a device belongs to one
 /// account, and a re-keyed device's payments are deliberately its previous holder's), so the
 /// estimate that decides in the hub is the one of the device already in use: here the
-/// owner's phone never sent a position and only paid at shops.
+/// owner's phone never sent a position and only paid at shops. Against it, a newcomer's
+/// claimed position can only make things stricter: far is the habit period, impossible is
+/// the maximum, near is still the habit period.
 #[test]
-fn a_position_estimated_from_payments_frees_a_device_nearby_and_restricts_one_far_away() {
+fn a_position_estimated_from_payments_locates_the_owner_and_claims_only_make_it_stricter() {
     let mut rig = Rig::in_memory(106);
     rig.account("hanako", 100_000);
     merchant_at(&mut rig, "konbini-shibuya", SHIBUYA);
@@ -573,17 +601,17 @@ fn a_position_estimated_from_payments_frees_a_device_nearby_and_restricts_one_fa
         RejectReason::Restricted { until }
     );
 
-    // A new device in Shibuya: the estimate puts the owner there too, so it is free (the
-    // restricted device's Osaka login does not count as where the owner is).
+    // A new device claiming Shibuya, where the estimate puts the owner: restricted all the
+    // same, for the same habit period.
     let mut near = TestDevice::new("phone-near");
     let h = log_in(&mut rig, &mut near, "hanako", Some(near_atm()));
-    let r = login_result(&rig, &h, "phone-near");
-    assert!(r.new_device);
-    assert_eq!(r.restriction, None);
-    applied(&rig.phone(&mut near, payment("n-1", "konbini-shibuya", 300)));
+    let info = login_result(&rig, &h, "phone-near")
+        .restriction
+        .expect("a claim never frees");
+    assert_eq!(info.reason, RestrictionReason::NewDevice);
+    assert_eq!(info.until, Some(until));
 
-    // Mirror image: an account whose phone pays only in Osaka. A new device in Shibuya is
-    // far from that estimate (restricted), one in Osaka is next to it (free).
+    // Mirror image: an account whose phone pays only in Osaka.
     rig.account("kenji", 100_000);
     let mut kenji = TestDevice::new("kenji-phone");
     applied(&log_in(&mut rig, &mut kenji, "kenji", None));
@@ -594,7 +622,7 @@ fn a_position_estimated_from_payments_frees_a_device_nearby_and_restricts_one_fa
             payment(&format!("k-{i}"), "takoyaki-osaka", 400),
         ));
     }
-    // In Tokyo the same second kenji's phone paid in Osaka: impossible travel.
+    // In Tokyo the same second kenji's phone paid in Osaka: impossible travel, the maximum.
     let mut in_tokyo = TestDevice::new("kenji-tokyo");
     let h = log_in(&mut rig, &mut in_tokyo, "kenji", Some(near_atm()));
     let info = login_result(&rig, &h, "kenji-tokyo").restriction;
@@ -602,9 +630,11 @@ fn a_position_estimated_from_payments_frees_a_device_nearby_and_restricts_one_fa
         info.map(|i| i.reason),
         Some(RestrictionReason::ImpossibleTravel)
     );
+    // Claiming Osaka next to kenji's phone: a plain new device.
     let mut in_osaka = TestDevice::new("kenji-osaka");
     let h = log_in(&mut rig, &mut in_osaka, "kenji", Some(at(OSAKA)));
-    assert_eq!(login_result(&rig, &h, "kenji-osaka").restriction, None);
+    let info = login_result(&rig, &h, "kenji-osaka").restriction;
+    assert_eq!(info.map(|i| i.reason), Some(RestrictionReason::NewDevice));
 
     // An estimate ages out of trust: three days after the last payment next to the ATM,
     // a new device there is restricted like one next to an unknown position.

@@ -15,9 +15,9 @@ use std::time::Duration;
 use qrcash_protocol::envelope::Claims;
 use qrcash_protocol::link::{self, Backoff, BrokerConfig};
 use qrcash_protocol::messages::{
-    AnswerNewDeviceAlert, Balance, BalanceQuery, BankWithdrawal, CodeIssued, ConfirmRequest,
-    DeclineWithdrawal, IdentityEvidence, LoginResult, Payment, PhonePush, PhoneUp, Receipt,
-    RegisterWithdrawal, TopUp, Transfer,
+    AlertAnswered, AnswerNewDeviceAlert, Balance, BalanceQuery, BankWithdrawal, CodeIssued,
+    ConfirmRequest, DeclineWithdrawal, IdentityEvidence, LoginResult, NewDeviceAlert, Payment,
+    PhonePush, PhoneUp, Receipt, RegisterWithdrawal, TopUp, Transfer,
 };
 use qrcash_protocol::replay::ReplayConfig;
 use qrcash_protocol::{
@@ -501,18 +501,35 @@ impl PhoneClient {
         }
     }
 
-    /// Answers a new-device alert; returns the message `jti` (the hub may answer with a
-    /// `Rejected`, which [`PhoneClient::reply_to`] reports).
+    /// Waits for the next `NewDeviceAlert`: another device logged in to the account.
+    pub async fn await_alert(&mut self, timeout: Duration) -> Result<NewDeviceAlert, PhoneError> {
+        let claims = self
+            .next_push("new-device alert", timeout, |c| {
+                matches!(c.msg, PhonePush::NewDeviceAlert(_))
+            })
+            .await?;
+        match claims.msg {
+            PhonePush::NewDeviceAlert(a) => Ok(a),
+            other => Err(unexpected("NewDeviceAlert", &other)),
+        }
+    }
+
+    /// Answers a new-device alert ("this was me" approves the new device, `not_me` revokes
+    /// it and freezes the account) and returns what the hub did.
     pub async fn answer_alert(
         &mut self,
         alert_id: &str,
         not_me: bool,
-    ) -> Result<String, PhoneError> {
-        self.send(PhoneUp::AnswerNewDeviceAlert(AnswerNewDeviceAlert {
+        timeout: Duration,
+    ) -> Result<AlertAnswered, PhoneError> {
+        let msg = PhoneUp::AnswerNewDeviceAlert(AnswerNewDeviceAlert {
             alert_id: alert_id.to_owned(),
             not_me,
-        }))
-        .await
+        });
+        match self.request(msg, timeout).await? {
+            PhonePush::AlertAnswered(a) => Ok(a),
+            other => Err(unexpected("AlertAnswered", &other)),
+        }
     }
 
     /// Disconnects from the broker and stops the client's tasks.
@@ -560,6 +577,7 @@ pub fn push_kind(msg: &PhonePush) -> &'static str {
         PhonePush::ConfirmRequest(_) => "ConfirmRequest",
         PhonePush::Receipt(_) => "Receipt",
         PhonePush::NewDeviceAlert(_) => "NewDeviceAlert",
+        PhonePush::AlertAnswered(_) => "AlertAnswered",
         PhonePush::Balance(_) => "Balance",
         PhonePush::Rejected(_) => "Rejected",
     }

@@ -5,7 +5,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use qrcash_protocol::messages::{Balance, ConfirmRequest, EntryDirection, Receipt};
+use qrcash_protocol::messages::{
+    AlertAnswered, AlertOutcome, Balance, ConfirmRequest, EntryDirection, Receipt,
+};
 use qrcode::render::unicode::Dense1x2;
 use qrcode::{EcLevel, QrCode};
 
@@ -78,6 +80,21 @@ pub fn receipt_line(r: &Receipt) -> String {
     )
 }
 
+/// What the hub did with an answer to a new-device alert, as one line.
+pub fn alert_answered_line(a: &AlertAnswered) -> String {
+    let what = match a.outcome {
+        AlertOutcome::Approved => "approved: it may move money now",
+        AlertOutcome::NothingToLift => "approved: it was not restricted",
+        AlertOutcome::Outdated => {
+            "not approved: it has been re-keyed or revoked since; answer its newer alert"
+        }
+        AlertOutcome::RevokedAndFrozen => {
+            "revoked, and the account's payments are frozen until support clears them"
+        }
+    };
+    format!("device {}: {what} (alert {})", a.device_id, a.alert_id)
+}
+
 /// Balance and history as text.
 pub fn balance_text(b: &Balance) -> String {
     let mut s = format!(
@@ -99,6 +116,19 @@ mod tests {
     use super::*;
     use qrcash_protocol::messages::{AtmInfo, AuthRequired, FraudWarning};
     use qrcash_protocol::{Amount, Currency, Position, TxId};
+
+    #[test]
+    fn an_alert_answer_names_the_device_and_what_happened() {
+        let line = alert_answered_line(&AlertAnswered {
+            alert_id: "alert-1".into(),
+            device_id: "phone-x".into(),
+            outcome: AlertOutcome::RevokedAndFrozen,
+        });
+        assert!(
+            line.contains("phone-x") && line.contains("frozen"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn confirm_screen_shows_amount_atm_and_every_warning() {

@@ -430,12 +430,8 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{}", display::balance_text(&b));
         }
         Command::AnswerAlert { alert_id, not_me } => {
-            let jti = phone.answer_alert(&alert_id, not_me).await?;
-            match phone.reply_to(&jti, Duration::from_secs(5)).await {
-                Ok(p) => println!("{}", serde_json::to_string(&p)?),
-                Err(qrcash_phone::PhoneError::Timeout { .. }) => println!("answer sent"),
-                Err(e) => return Err(e.into()),
-            }
+            let a = phone.answer_alert(&alert_id, not_me, timeout).await?;
+            println!("{}", display::alert_answered_line(&a));
         }
         Command::Listen => loop {
             match phone.next_push("push", timeout, |_| true).await {

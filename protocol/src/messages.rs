@@ -293,6 +293,8 @@ pub enum PhonePush {
     Receipt(Receipt),
     /// Another device logged in to this account.
     NewDeviceAlert(NewDeviceAlert),
+    /// Answer to `AnswerNewDeviceAlert`: what the hub did with the answer.
+    AlertAnswered(AlertAnswered),
     /// Answer to `BalanceQuery`.
     Balance(Balance),
     /// A request was refused; nothing changed.
@@ -461,7 +463,8 @@ pub struct NewDeviceAlert {
     pub device_id: String,
     /// Its name.
     pub device_name: String,
-    /// Where it was (reported or estimated), if known.
+    /// Where the hub itself saw it (estimated from where it paid or presented codes), if
+    /// known. Never the position the new device reported about itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<Position>,
     /// When it logged in, Unix seconds.
@@ -469,6 +472,34 @@ pub struct NewDeviceAlert {
     /// Until when it may not move money out, if restricted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restricted_until: Option<u64>,
+}
+
+/// The answer to `AnswerNewDeviceAlert`. The first answer to an alert is final: answering
+/// again gets this same push describing the first answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertAnswered {
+    /// The alert answered.
+    pub alert_id: String,
+    /// The device the alert was about.
+    pub device_id: String,
+    /// What the hub did.
+    pub outcome: AlertOutcome,
+}
+
+/// What the hub did with an answer to a new-device alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertOutcome {
+    /// "This was me": the new device's restriction was lifted.
+    Approved,
+    /// "This was me", but the device was not restricted (any more): nothing to lift.
+    NothingToLift,
+    /// "This was me", but the device has since been re-keyed or revoked: nothing lifted;
+    /// a newer alert (if any) is about its current key.
+    Outdated,
+    /// "Not me": the new device is revoked and the account frozen for money out.
+    RevokedAndFrozen,
 }
 
 /// Direction of a ledger entry as the account holder sees it.

@@ -75,6 +75,7 @@ fn name_of_phone_push(m: &PhonePush) -> &'static str {
         PhonePush::ConfirmRequest(_) => "ConfirmRequest",
         PhonePush::Receipt(_) => "Receipt",
         PhonePush::NewDeviceAlert(_) => "NewDeviceAlert",
+        PhonePush::AlertAnswered(_) => "AlertAnswered",
         PhonePush::Balance(_) => "Balance",
         PhonePush::Rejected(_) => "Rejected",
     }
@@ -157,6 +158,7 @@ fn every_message_type_has_an_example() {
             "ConfirmRequest",
             "Receipt",
             "NewDeviceAlert",
+            "AlertAnswered",
             "Balance",
             "Rejected",
         ],

@@ -1,6 +1,7 @@
 //! An in-process hub for the end-to-end suites: the real `HubService` over a SQLite file
-//! with a hand-moved clock, the account `hanako` (¥100,000) and one ATM in Shibuya with
-//! ¥10,000 and ¥1,000 cassettes.
+//! with a hand-moved clock, the accounts `hanako` (¥100,000, with the payout account
+//! `bank-hanako` and the funding account `fund-hanako`) and `taro` (¥0), the merchant `cafe`
+//! and one ATM in Shibuya with ¥10,000 and ¥1,000 cassettes.
 
 use std::path::Path;
 use std::time::Duration;
@@ -33,6 +34,9 @@ pub async fn start(dir: &Path, broker_url: &str, seed: u64, atm_id: &str) -> Tes
     let store = Store::open(&dir.join("hub.sqlite")).expect("hub database");
     let mut rig = Rig::new(store, test_config(), seed);
     rig.account("hanako", 100_000);
+    rig.account("taro", 0);
+    rig.merchant("cafe");
+    rig.bank_account("bank-hanako", "hanako");
     let atm_key = PrivateKey::generate();
     let now = rig.now();
     admin::enroll_atm(

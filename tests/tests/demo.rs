@@ -25,6 +25,9 @@ fn the_demo_runs_every_step_and_exits_zero() {
         "code refused",
         "hub refused",
         "no cash, nothing held",
+        "hub refused a transfer",
+        "revoked, and the account's payments are frozen",
+        "balance untouched",
         "every step happened",
     ] {
         assert!(

@@ -4,8 +4,9 @@
 
 use crate::store::Cached;
 use qrcash_protocol::messages::{
-    AnswerNewDeviceAlert, AtmDown, CodeIssued, ConfirmWithdrawal, DeclineWithdrawal, DispenseOrder,
-    IdentityEvidence, Login, LoginResult, NewDeviceAlert, PhonePush, PhoneUp, RegisterWithdrawal,
+    AlertAnswered, AlertOutcome, AnswerNewDeviceAlert, AtmDown, CodeIssued, ConfirmWithdrawal,
+    DeclineWithdrawal, DispenseOrder, IdentityEvidence, Login, LoginResult, NewDeviceAlert,
+    PhonePush, PhoneUp, RegisterWithdrawal,
 };
 use qrcash_protocol::{Amount, CodeToken, OrderId, Position, PublicKey, RejectReason, TxId};
 use rusqlite::{OptionalExtension, params};
@@ -14,7 +15,7 @@ use super::{Ctx, Fail, Outcome, Refusal, money, refuse, steps};
 use crate::config::IdentityRule;
 use crate::identity::verify_secret;
 use crate::policy::{self, check_may_move_money};
-use crate::restriction::{self, DeviceFix, Function, PaymentFix};
+use crate::restriction::{self, DeviceFix, Function, NewDeviceEvidence, Sighting};
 use crate::store::ledger as books;
 use crate::store::rows::{self, AccountRow, DeviceRow, DeviceStatus, WithdrawalRow};
 use crate::store::{from_sql, to_sql};
@@ -217,9 +218,9 @@ fn login(ctx: &mut Ctx<'_>, sender: &str, device: Option<&DeviceRow>, l: &Login)
     rows::upsert_device_login(ctx.db, &row, ctx.now, l.position.as_ref(), new_device)?;
     let mut out = Vec::new();
     match decision {
-        Some((decision, located)) => {
+        Some((decision, observed)) => {
             out.extend(apply_new_device(
-                ctx, &account, &row, &others, decision, located, rekeyed,
+                ctx, &account, &row, &others, decision, observed, rekeyed,
             )?);
         }
         None => ctx.note(format!("login of {} to {}", row.id, account.id)),
@@ -242,23 +243,31 @@ fn login(ctx: &mut Ctx<'_>, sender: &str, device: Option<&DeviceRow>, l: &Login)
 }
 
 /// The new-device policy's verdict ([`restriction::decide`]) from what was known before
-/// this login: the new device's position (reported, or estimated from its own payments
-/// unless it is a re-keyed device, whose payments are its previous owner's) and the last
-/// fix and login count of the established (unrestricted) devices already in use.
+/// this login: where the hub itself saw the new device (its own payments and code
+/// presentations, unless it is a re-keyed device, whose history is its previous owner's),
+/// where it claims to be, and the last fix and login count of the established (unrestricted)
+/// devices already in use. Returns the observed fix too, the only position the owner's alert
+/// shows: a claim would put the owner's own neighbourhood on a fraudster's alert.
 fn decide_new_device(
     ctx: &Ctx<'_>,
     new_id: &str,
     existing: &[DeviceRow],
     rekeyed: bool,
-    reported: Option<Position>,
-) -> Result<(restriction::Decision, Option<restriction::Located>), Fail> {
+    claimed: Option<Position>,
+) -> Result<(restriction::Decision, Option<DeviceFix>), Fail> {
     let policy = &ctx.cfg.restriction;
-    let own_payments = if rekeyed {
+    let own = if rekeyed {
         Vec::new()
     } else {
-        payment_fixes(ctx, "device_id = ?1", new_id)?
+        sightings(ctx, new_id)?
     };
-    let located = restriction::locate_new_device(reported, &own_payments, ctx.now, policy);
+    let evidence = NewDeviceEvidence {
+        observed: restriction::observe_new_device(&own, ctx.now, policy),
+        claimed: claimed.map(|position| DeviceFix {
+            position,
+            at: ctx.now,
+        }),
+    };
     // Only the account's established devices say where the owner is and how often they log
     // in: a device still under restriction may be the fraudster's own, and its position
     // would otherwise free the fraudster's next device logging in beside it.
@@ -278,8 +287,8 @@ fn decide_new_device(
         )?;
         logins = logins.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
     }
-    let decision = restriction::decide(policy, located.map(|l| l.fix), last, logins, ctx.now);
-    Ok((decision, located))
+    let decision = restriction::decide(policy, evidence, last, logins, ctx.now);
+    Ok((decision, evidence.observed))
 }
 
 /// Stores the restriction (if any) on the new device and alerts the account's other
@@ -290,7 +299,7 @@ fn apply_new_device(
     new: &DeviceRow,
     others: &[DeviceRow],
     decision: restriction::Decision,
-    located: Option<restriction::Located>,
+    observed: Option<DeviceFix>,
     rekeyed: bool,
 ) -> Result<Vec<super::Outgoing>, Fail> {
     // A new verdict never cuts short a restriction still in force: re-keying a restricted
@@ -330,8 +339,16 @@ fn apply_new_device(
     for other in trusted {
         let alert_id = format!("alert-{}", ctx.random_token());
         ctx.db.exec_cached(
-            "INSERT INTO alerts(id, account, new_device, notified, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![alert_id, account.id, new.id, other.id, to_sql(ctx.now)],
+            "INSERT INTO alerts(id, account, new_device, new_kid, notified, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                alert_id,
+                account.id,
+                new.id,
+                new.kid,
+                other.id,
+                to_sql(ctx.now)
+            ],
         )?;
         out.push(ctx.push_phone(
             &other.id,
@@ -340,7 +357,7 @@ fn apply_new_device(
                 account: account.id.clone(),
                 device_id: new.id.clone(),
                 device_name: new.name.clone(),
-                position: located.map(|l| l.fix.position),
+                position: observed.map(|f| f.position),
                 at: ctx.now,
                 restricted_until: active.and_then(|r| r.until),
             }),
@@ -358,20 +375,28 @@ fn outlasts(a: &restriction::ActiveRestriction, b: &restriction::ActiveRestricti
     }
 }
 
-/// Payments matching `condition` (on `device_id` or `account`) as position fixes.
-fn payment_fixes(ctx: &Ctx<'_>, condition: &str, arg: &str) -> Result<Vec<PaymentFix>, Fail> {
-    let mut stmt = ctx.db.prepare(&format!(
-        "SELECT at, lat, lon FROM payments WHERE {condition} ORDER BY at DESC LIMIT 100"
-    ))?;
-    let fixes = stmt
-        .query_map([arg], |r| {
-            Ok(PaymentFix {
+/// Where the hub saw a device: the merchants it paid and the ATMs where it presented a
+/// code, newest first (at most 100 of each).
+fn sightings(ctx: &Ctx<'_>, device_id: &str) -> Result<Vec<Sighting>, Fail> {
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT at, lat, lon FROM payments WHERE device_id = ?1 ORDER BY at DESC LIMIT 100",
+        "SELECT w.presented_at, a.lat, a.lon FROM withdrawals w JOIN atms a ON a.id = w.atm_id
+         WHERE w.device_id = ?1 AND w.presented_at IS NOT NULL
+         ORDER BY w.presented_at DESC LIMIT 100",
+    ] {
+        let mut stmt = ctx.db.prepare_cached(sql)?;
+        let rows = stmt.query_map([device_id], |r| {
+            Ok(Sighting {
                 at: from_sql(r.get(0)?),
                 position: Position::new(r.get(1)?, r.get(2)?, 0.0),
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(fixes)
+        })?;
+        for row in rows {
+            out.push(row?);
+        }
+    }
+    Ok(out)
 }
 
 /// The last known position of the account's other devices: their latest login with a
@@ -399,7 +424,7 @@ fn last_fix_of(ctx: &Ctx<'_>, others: &[DeviceRow]) -> Result<Option<DeviceFix>,
         {
             best = Some(f);
         }
-        payments.extend(payment_fixes(ctx, "device_id = ?1", &d.id)?);
+        payments.extend(sightings(ctx, &d.id)?);
     }
     if best.is_some() {
         return Ok(best);
@@ -433,15 +458,15 @@ fn answer_alert(
             "a restricted device cannot answer new-device alerts",
         ));
     }
-    let row: Option<(String, Option<i64>)> = ctx
+    let row: Option<(String, Option<String>, Option<i64>)> = ctx
         .db
         .row_cached(
-            "SELECT new_device, answered_at FROM alerts WHERE id = ?1 AND notified = ?2",
+            "SELECT new_device, new_kid, answered_at FROM alerts WHERE id = ?1 AND notified = ?2",
             params![a.alert_id, device.id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    let Some((new_device, answered)) = row else {
+    let Some((new_device, new_kid, answered)) = row else {
         // Never echo an unbounded client string back (an id of kilobytes would come back
         // in the `Rejected` and in the audit log).
         let shown: String = a.alert_id.chars().take(64).collect();
@@ -455,34 +480,103 @@ fn answer_alert(
             format!("no alert {shown}{more} for this device"),
         ));
     };
+    // The first answer to an alert is the answer: a "not me" cannot be turned into an
+    // approval by answering again, and vice versa. A repeat gets the first outcome again.
+    let outcome = match answered {
+        Some(_) => {
+            let first: Option<String> = ctx.db.row_cached(
+                "SELECT outcome FROM alerts WHERE id = ?1",
+                [&a.alert_id],
+                |r| r.get(0),
+            )?;
+            ctx.note(format!(
+                "alert {} answered again; kept the first answer",
+                a.alert_id
+            ));
+            first
+                .and_then(|o| serde_json::from_value(serde_json::Value::String(o)).ok())
+                .unwrap_or(AlertOutcome::NothingToLift)
+        }
+        None if a.not_me => {
+            rows::revoke_device(
+                ctx.db,
+                &new_device,
+                &format!("owner answered alert {} with not me", a.alert_id),
+                ctx.now,
+            )?;
+            rows::set_frozen(
+                ctx.db,
+                &account.id,
+                true,
+                Some(&format!("not me: alert {}", a.alert_id)),
+                ctx.now,
+            )?;
+            ctx.note(format!(
+                "not me: device {new_device} revoked, account {} frozen",
+                account.id
+            ));
+            AlertOutcome::RevokedAndFrozen
+        }
+        None => approve(ctx, device, account, &new_device, new_kid.as_deref())?,
+    };
     if answered.is_none() {
         ctx.db.exec_cached(
-            "UPDATE alerts SET answered_at = ?2, not_me = ?3 WHERE id = ?1",
-            params![a.alert_id, to_sql(ctx.now), a.not_me],
+            "UPDATE alerts SET answered_at = ?2, not_me = ?3, outcome = ?4 WHERE id = ?1",
+            params![a.alert_id, to_sql(ctx.now), a.not_me, outcome_name(outcome)],
         )?;
     }
-    if a.not_me {
-        rows::revoke_device(
-            ctx.db,
-            &new_device,
-            &format!("owner answered alert {} with not me", a.alert_id),
-            ctx.now,
-        )?;
-        rows::set_frozen(
-            ctx.db,
-            &account.id,
-            true,
-            Some(&format!("not me: alert {}", a.alert_id)),
-            ctx.now,
-        )?;
+    Ok(vec![ctx.push_phone(
+        &device.id,
+        PhonePush::AlertAnswered(AlertAnswered {
+            alert_id: a.alert_id.clone(),
+            device_id: new_device,
+            outcome,
+        }),
+    )?])
+}
+
+/// "This was me": the established device vouches for the newcomer, which lifts its
+/// new-device restriction at once, if it is still the device and key the alert was about.
+fn approve(
+    ctx: &mut Ctx<'_>,
+    by: &DeviceRow,
+    account: &AccountRow,
+    new_device: &str,
+    new_kid: Option<&str>,
+) -> Result<AlertOutcome, Fail> {
+    let current = rows::device(ctx.db, new_device)?.filter(|d| {
+        d.account == account.id
+            && d.status == DeviceStatus::Active
+            && new_kid.is_none_or(|k| k == d.kid)
+    });
+    let Some(d) = current else {
         ctx.note(format!(
-            "not me: device {new_device} revoked, account {} frozen",
-            account.id
+            "owner approved device {new_device}, which has since been re-keyed or revoked: \
+             nothing lifted"
         ));
-    } else {
-        ctx.note(format!("owner confirmed device {new_device}"));
+        return Ok(AlertOutcome::Outdated);
+    };
+    if policy::device_restriction(&d).is_none_or(|r| !r.is_active(ctx.now)) {
+        ctx.note(format!(
+            "owner approved device {new_device}; it was not restricted"
+        ));
+        return Ok(AlertOutcome::NothingToLift);
     }
-    Ok(Vec::new())
+    rows::set_restriction(ctx.db, &d.id, None, None)?;
+    ctx.note(format!(
+        "owner approved device {new_device} from {}: restriction lifted",
+        by.id
+    ));
+    Ok(AlertOutcome::Approved)
+}
+
+fn outcome_name(o: AlertOutcome) -> &'static str {
+    match o {
+        AlertOutcome::Approved => "approved",
+        AlertOutcome::NothingToLift => "nothing_to_lift",
+        AlertOutcome::Outdated => "outdated",
+        AlertOutcome::RevokedAndFrozen => "revoked_and_frozen",
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -946,17 +946,42 @@ fn a_new_device_far_away_is_restricted_and_the_owner_can_say_not_me() {
 }
 
 #[test]
-fn a_new_device_next_to_the_old_one_is_free_and_restrictions_lift_themselves() {
-    let (mut rig, _phone, _) = setup(20);
+fn a_new_device_claiming_the_old_ones_place_is_restricted_until_approved_or_due() {
+    let (mut rig, mut phone, _) = setup(20);
     let mut second = TestDevice::new("phone-2");
-    let h = rig.login(&mut second, "hanako"); // same place as phone-1's login
-    match rig.pushes(&h.outgoing, "phone-2").pop().map(|c| c.msg) {
+    let h = rig.login(&mut second, "hanako"); // claims phone-1's position
+    let until = match rig.pushes(&h.outgoing, "phone-2").pop().map(|c| c.msg) {
         Some(PhonePush::LoginResult(r)) => {
             assert!(r.new_device);
-            assert_eq!(r.restriction, None);
+            r.restriction
+                .and_then(|r| r.until)
+                .expect("a claim alone never frees")
         }
         other => panic!("{other:?}"),
-    }
+    };
+    let alert = match rig.pushes(&h.outgoing, "phone-1").pop().map(|c| c.msg) {
+        Some(PhonePush::NewDeviceAlert(a)) => a,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(alert.position, None, "the alert shows no claimed position");
+    let h = rig.phone(
+        &mut second,
+        PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+            account: "hanako".into(),
+            amount: jpy(1_000),
+        }),
+    );
+    assert_eq!(refused(&h), RejectReason::Restricted { until });
+    // The owner approves from the established phone: lifted at once.
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::AnswerNewDeviceAlert(qrcash_protocol::messages::AnswerNewDeviceAlert {
+            alert_id: alert.alert_id,
+            not_me: false,
+        }),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    rig.register(&mut second, "hanako", 1_000);
     // A third device without a position is restricted; the sweeper lifts it when due.
     let mut third = TestDevice::new("phone-3");
     let msg = login_message(&third, "hanako", None);

@@ -278,9 +278,17 @@ CREATE TABLE pending_pushes (
 ) STRICT;
 "#;
 
+/// New-device alerts name the key they are about, so that an approval lifts the restriction
+/// of that key only (a device re-keyed after the alert was sent is a newer newcomer), and
+/// keep the outcome of their first answer, which a repeated answer gets again.
+const V3: &str = r#"
+ALTER TABLE alerts ADD COLUMN new_kid TEXT;
+ALTER TABLE alerts ADD COLUMN outcome TEXT;
+"#;
+
 /// The migrations, oldest first.
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 //! An embedded MQTT broker, the hub (SQLite file, its own key), an ATM agent with a
 //! synthetic camera and the LCDM-2000 simulator on a pseudo-terminal, and a phone client,
 //! all talking signed messages. Round one is a complete withdrawal; round two shows what a
-//! fraudster meets: a forged code refused by the ATM offline, and a confirmation from a
-//! phone that is not at the ATM refused by the hub. Exits 0 only if every step happened.
+//! fraudster meets: a forged code refused by the ATM offline, a confirmation from a phone
+//! that is not at the ATM refused by the hub, and a second phone with the phished password
+//! that claims to stand at the ATM, restricted and refused a transfer until the owner
+//! answers its alert. Exits 0 only if every step happened.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -147,6 +149,18 @@ async fn run(dir: &Path) -> Result<()> {
                 password: PASSWORD.into(),
                 pin: PIN.into(),
                 opening_balance: 100_000,
+            },
+            cost,
+            now,
+        )?;
+        admin::create_account(
+            &mut store,
+            &NewAccount {
+                id: "taro".into(),
+                currency: Currency::JPY,
+                password: "taro's own password".into(),
+                pin: "9876".into(),
+                opening_balance: 0,
             },
             cost,
             now,
@@ -464,6 +478,57 @@ async fn run(dir: &Path) -> Result<()> {
         balance.held.minor == 0 && balance.available.minor == 70_000,
         "the refused withdrawal moved money"
     );
+
+    step.next("A second phone with Hanako's phished password logs in, claiming to be at the ATM");
+    let mut fraudster = PhoneClient::connect(
+        PhoneSettings::new("unknown-phone", BrokerConfig::plain(url.clone())),
+        PrivateKey::generate(),
+        hub_key.public().clone(),
+        DeviceStore::in_memory(),
+        Arc::new(clock),
+    )
+    .await?;
+    let login = fraudster
+        .login(ACCOUNT, PASSWORD, Some(at_atm), WAIT)
+        .await?;
+    let Some(restriction) = login.restriction else {
+        bail!("a phone claiming the owner's position was not restricted");
+    };
+    let hours = restriction
+        .until
+        .map_or(0, |until| until.saturating_sub(clock.now()).div_ceil(3_600));
+    println!(
+        "  the hub sees a new device: restricted ({:?}) for {hours} h — a reported position \
+         is a claim, not evidence",
+        restriction.reason
+    );
+    match fraudster
+        .transfer("taro", Amount::new(50_000, Currency::JPY), None, WAIT)
+        .await
+    {
+        Err(PhoneError::Rejected {
+            reason: RejectReason::Restricted { .. },
+            message,
+        }) => println!("  its transfer of ¥50,000 to taro: hub refused a transfer ({message})"),
+        other => bail!("the new device's transfer was not refused as restricted: {other:?}"),
+    }
+    let alert = phone.await_alert(WAIT).await?;
+    println!(
+        "  Hanako's phone: \"{}\" logged in to your account — was this you?",
+        alert.device_name
+    );
+    let answered = phone.answer_alert(&alert.alert_id, true, WAIT).await?;
+    println!(
+        "  she answers \"not me\": {}",
+        display::alert_answered_line(&answered)
+    );
+    let balance = phone.balance(ACCOUNT, 0, WAIT).await?;
+    ensure!(
+        balance.available.minor == 70_000,
+        "the fraudster's attempt moved money"
+    );
+    println!("  balance untouched: available {}", yen(balance.available));
+    fraudster.shutdown().await;
 
     phone.shutdown().await;
     agent.shutdown().await;
