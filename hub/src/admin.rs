@@ -85,10 +85,11 @@ pub fn create_account(
     now: u64,
 ) -> Result<(), AdminError> {
     check_id("account id", &a.id)?;
-    if a.password.chars().count() < 8 {
-        return Err(AdminError::Invalid(
-            "the password needs at least 8 characters".into(),
-        ));
+    let min = crate::handler::MIN_PASSWORD_CHARS;
+    if a.password.chars().count() < min {
+        return Err(AdminError::Invalid(format!(
+            "the password needs at least {min} characters"
+        )));
     }
     if !valid_pin(&a.pin) {
         return Err(AdminError::Invalid("the PIN must be 4 to 12 digits".into()));
@@ -133,31 +134,53 @@ pub fn create_account(
 }
 
 /// Sets a new password (the customer asked support); starts the recent-change warning
-/// window.
+/// window and ends the session of every device of the account, which must log in again with
+/// the new password. Returns the devices signed out.
 pub fn change_password(
     store: &mut Store,
     id: &str,
     password: &str,
     cost: HashCost,
     now: u64,
-) -> Result<(), AdminError> {
-    if password.chars().count() < 8 {
-        return Err(AdminError::Invalid(
-            "the password needs at least 8 characters".into(),
-        ));
+) -> Result<Vec<String>, AdminError> {
+    let min = crate::handler::MIN_PASSWORD_CHARS;
+    if password.chars().count() < min {
+        return Err(AdminError::Invalid(format!(
+            "the password needs at least {min} characters"
+        )));
     }
     let hash = hash_secret(password, cost).map_err(AdminError::Invalid)?;
     let tx = store.conn_mut().transaction()?;
-    let n = tx.execute(
-        "UPDATE accounts SET password_hash = ?2, password_changed_at = ?3 WHERE id = ?1",
-        params![id, hash, to_sql(now)],
-    )?;
-    if n == 0 {
+    if !rows::set_password(&tx, id, &hash, now)? {
         return Err(AdminError::NotFound(format!("account {id}")));
     }
-    audit_op(&tx, now, "account password", id.to_owned())?;
+    let signed_out = rows::end_sessions(&tx, id, None)?;
+    audit_op(
+        &tx,
+        now,
+        "account password",
+        format!("{id}; signed out: {}", signed_out.join(", ")),
+    )?;
     tx.commit()?;
-    Ok(())
+    Ok(signed_out)
+}
+
+/// Ends the session of every device of an account ("sign out all devices", e.g. when the
+/// customer reports a lost phone before it is revoked). Returns the devices signed out.
+pub fn sign_out_devices(store: &mut Store, id: &str, now: u64) -> Result<Vec<String>, AdminError> {
+    let tx = store.conn_mut().transaction()?;
+    if rows::account(&tx, id)?.is_none() {
+        return Err(AdminError::NotFound(format!("account {id}")));
+    }
+    let signed_out = rows::end_sessions(&tx, id, None)?;
+    audit_op(
+        &tx,
+        now,
+        "account sign-out",
+        format!("{id}; signed out: {}", signed_out.join(", ")),
+    )?;
+    tx.commit()?;
+    Ok(signed_out)
 }
 
 /// An account with its balances and devices.

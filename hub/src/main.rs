@@ -89,8 +89,14 @@ enum AccountCmd {
         /// Account id.
         id: String,
     },
-    /// Set a new password (read like `create`'s: QRCASH_PASSWORD or a line of stdin).
+    /// Set a new password (read like `create`'s: QRCASH_PASSWORD or a line of stdin); every
+    /// device of the account is signed out and must log in with the new one.
     Password {
+        /// Account id.
+        id: String,
+    },
+    /// Sign every device of the account out (they must log in again).
+    SignOut {
         /// Account id.
         id: String,
     },
@@ -511,6 +517,14 @@ fn serve(path: &Path, embedded: bool) -> Result<()> {
     })
 }
 
+fn signed_out_list(devices: &[String]) -> String {
+    if devices.is_empty() {
+        "no device had a session".to_owned()
+    } else {
+        devices.join(", ")
+    }
+}
+
 /// Reads the password and PIN from the environment, else two lines of standard input.
 fn secrets() -> Result<(String, String)> {
     let from_env = (
@@ -598,8 +612,15 @@ fn account(path: &Path, c: AccountCmd) -> Result<()> {
                 memory_kib: config.auth.argon2_memory_kib,
                 iterations: config.auth.argon2_iterations,
             };
-            admin::change_password(&mut store, &id, &password, cost, now())?;
-            println!("password of {id} changed");
+            let out = admin::change_password(&mut store, &id, &password, cost, now())?;
+            println!(
+                "password of {id} changed; signed out: {}",
+                signed_out_list(&out)
+            );
+        }
+        AccountCmd::SignOut { id } => {
+            let out = admin::sign_out_devices(&mut store, &id, now())?;
+            println!("{id}: signed out: {}", signed_out_list(&out));
         }
         AccountCmd::Unfreeze { id } => {
             admin::unfreeze_account(&mut store, &id, now())?;

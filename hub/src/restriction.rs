@@ -661,11 +661,15 @@ pub enum Function {
     ReceiveTransfer,
     /// Answer a new-device alert ("this was me" / "not me").
     AnswerNewDeviceAlert,
+    /// Change the account's password.
+    ChangePassword,
+    /// End the sessions of the account's other devices.
+    SignOutOtherDevices,
 }
 
 impl Function {
     /// Every function, for exhaustive checks.
-    pub const ALL: [Function; 11] = [
+    pub const ALL: [Function; 13] = [
         Function::Login,
         Function::BalanceQuery,
         Function::WithdrawalRegister,
@@ -677,6 +681,8 @@ impl Function {
         Function::TopUp,
         Function::ReceiveTransfer,
         Function::AnswerNewDeviceAlert,
+        Function::ChangePassword,
+        Function::SignOutOtherDevices,
     ];
 
     /// Whether using it can move money out of the account: the functions a restriction
@@ -695,8 +701,23 @@ impl Function {
             | Function::BalanceQuery
             | Function::WithdrawalDecline
             | Function::ReceiveTransfer
-            | Function::AnswerNewDeviceAlert => false,
+            | Function::AnswerNewDeviceAlert
+            | Function::ChangePassword
+            | Function::SignOutOtherDevices => false,
         }
+    }
+
+    /// Whether only an established device (one not under a restriction) may use it: the
+    /// functions that move money, and those that would let a newcomer lock the owner out
+    /// (changing the password, signing the other devices out). An account freeze does not
+    /// block the latter two: after a "not me" the owner must still be able to change the
+    /// password.
+    pub const fn needs_established_device(self) -> bool {
+        self.decreases_assets()
+            || matches!(
+                self,
+                Function::ChangePassword | Function::SignOutOtherDevices
+            )
     }
 
     /// The function a phone message asks for (a new message type must be classified here
@@ -713,6 +734,8 @@ impl Function {
             PhoneUp::TopUp(_) => Function::TopUp,
             PhoneUp::BalanceQuery(_) => Function::BalanceQuery,
             PhoneUp::AnswerNewDeviceAlert(_) => Function::AnswerNewDeviceAlert,
+            PhoneUp::ChangePassword(_) => Function::ChangePassword,
+            PhoneUp::SignOutOtherDevices(_) => Function::SignOutOtherDevices,
         }
     }
 
@@ -730,6 +753,8 @@ impl Function {
             Function::TopUp => "top_up",
             Function::ReceiveTransfer => "receive_transfer",
             Function::AnswerNewDeviceAlert => "answer_new_device_alert",
+            Function::ChangePassword => "change_password",
+            Function::SignOutOtherDevices => "sign_out_other_devices",
         }
     }
 }
@@ -765,8 +790,9 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use qrcash_protocol::messages::{
-        AnswerNewDeviceAlert, BalanceQuery, BankWithdrawal, ConfirmWithdrawal, DeclineWithdrawal,
-        DeviceInfo, IdentityEvidence, Login, Payment, RegisterWithdrawal, Secret, TopUp, Transfer,
+        AnswerNewDeviceAlert, BalanceQuery, BankWithdrawal, ChangePassword, ConfirmWithdrawal,
+        DeclineWithdrawal, DeviceInfo, IdentityEvidence, Login, Payment, RegisterWithdrawal,
+        Secret, SignOutOtherDevices, TopUp, Transfer,
     };
     use qrcash_protocol::{Amount, Currency, PrivateKey, TxId};
 
@@ -1693,6 +1719,17 @@ mod tests {
                     not_me: true,
                 }),
                 Function::AnswerNewDeviceAlert,
+            ),
+            (
+                PhoneUp::ChangePassword(ChangePassword {
+                    current_password: Secret::new("old"),
+                    new_password: Secret::new("new"),
+                }),
+                Function::ChangePassword,
+            ),
+            (
+                PhoneUp::SignOutOtherDevices(SignOutOtherDevices {}),
+                Function::SignOutOtherDevices,
             ),
         ];
         for (msg, f) in &cases {

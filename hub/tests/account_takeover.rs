@@ -11,10 +11,11 @@ use qrcash_hub::testkit::{
     PIN, Rig, TestDevice, confirm_message, funding, login_message, near_atm,
 };
 use qrcash_protocol::messages::{
-    AlertAnswered, AlertOutcome, AnswerNewDeviceAlert, AtmState, AtmUp, BankWithdrawal,
-    BiometricAttestation, BiometricMethod, CassetteState, CassetteStatus, ConfirmRequest,
-    DeclineWithdrawal, Heartbeat, NewDeviceAlert, Payment, PhonePush, PhoneUp, RegisterWithdrawal,
-    TopUp, Transfer,
+    AlertAnswered, AlertOutcome, AnswerNewDeviceAlert, AtmState, AtmUp, BalanceQuery,
+    BankWithdrawal, BiometricAttestation, BiometricMethod, CassetteState, CassetteStatus,
+    ChangePassword, ConfirmRequest, DeclineWithdrawal, Heartbeat, NewDeviceAlert, Payment,
+    PhonePush, PhoneUp, RegisterWithdrawal, Secret, SessionsEnded, SignOutOtherDevices, TopUp,
+    Transfer,
 };
 use qrcash_protocol::{Position, RejectReason};
 
@@ -478,4 +479,132 @@ fn restricted(rig: &Rig, device: &str) -> bool {
         .unwrap()
         .iter()
         .any(|d| d.id == device)
+}
+
+fn refused_with(h: &qrcash_hub::handler::Handled) -> RejectReason {
+    match &h.result {
+        Err(e) => e.reason(),
+        Ok(d) => panic!("expected a refusal, got {d:?}"),
+    }
+}
+
+fn balance_query() -> PhoneUp {
+    PhoneUp::BalanceQuery(BalanceQuery {
+        account: "hanako".into(),
+        history: 0,
+    })
+}
+
+fn change_password(current: &str, new: &str) -> PhoneUp {
+    PhoneUp::ChangePassword(ChangePassword {
+        current_password: Secret::new(current),
+        new_password: Secret::new(new),
+    })
+}
+
+fn sessions_ended(rig: &Rig, h: &qrcash_hub::handler::Handled, device: &str) -> SessionsEnded {
+    assert_eq!(h.result, Ok(Disposition::Applied), "{:?}", h.result);
+    match rig.pushes(&h.outgoing, device).pop().map(|c| c.msg) {
+        Some(PhonePush::SessionsEnded(s)) => s,
+        other => panic!("expected SessionsEnded: {other:?}"),
+    }
+}
+
+/// Hole 2: changing the password left the fraudster's device logged in. A change from the
+/// owner's phone ends every other device's session, and the old password no longer logs in;
+/// a restricted device can neither change the password nor sign the owner out.
+#[test]
+fn a_password_change_from_the_owners_phone_signs_every_other_device_out() {
+    let (mut rig, mut phone, _) = setup(521);
+    let mut thief = TestDevice::new("phone-thief");
+    let msg = login_message(&thief, "hanako", Some(near_atm()));
+    rig.phone(&mut thief, msg);
+    assert_eq!(
+        rig.phone(&mut thief, balance_query()).result,
+        Ok(Disposition::Applied)
+    );
+    // The newcomer may not lock the owner out.
+    let old = qrcash_hub::testkit::password("hanako");
+    let h = rig.phone(&mut thief, change_password(&old, "the thief's choice"));
+    assert!(matches!(refused_with(&h), RejectReason::Restricted { .. }));
+    let h = rig.phone(
+        &mut thief,
+        PhoneUp::SignOutOtherDevices(SignOutOtherDevices {}),
+    );
+    assert!(matches!(refused_with(&h), RejectReason::Restricted { .. }));
+    // A wrong current password changes nothing.
+    let h = rig.phone(
+        &mut phone,
+        change_password("not it at all", "brand new secret"),
+    );
+    assert_eq!(refused_with(&h), RejectReason::BadCredentials);
+    let h = rig.phone(&mut phone, change_password(&old, "short"));
+    assert_eq!(refused_with(&h), RejectReason::Malformed);
+    assert_eq!(
+        rig.phone(&mut thief, balance_query()).result,
+        Ok(Disposition::Applied)
+    );
+
+    let h = rig.phone(&mut phone, change_password(&old, "brand new secret"));
+    let ended = sessions_ended(&rig, &h, "phone-1");
+    assert!(ended.password_changed);
+    assert_eq!(ended.signed_out, vec!["phone-thief".to_owned()]);
+    let h = rig.phone(&mut thief, balance_query());
+    assert_eq!(refused_with(&h), RejectReason::NotLoggedIn);
+    let msg = login_message(&thief, "hanako", Some(near_atm())); // the old password
+    let h = rig.phone(&mut thief, msg);
+    assert_eq!(refused_with(&h), RejectReason::BadCredentials);
+    // The owner's own session goes on.
+    assert_eq!(
+        rig.phone(&mut phone, balance_query()).result,
+        Ok(Disposition::Applied)
+    );
+}
+
+/// Hole 2, the rest: "sign out all other devices" from the owner's phone, and the operator's
+/// password reset and sign-out, which end every session of the account.
+#[test]
+fn sign_out_others_and_the_operators_reset_end_sessions() {
+    let (mut rig, mut phone, _) = setup(522);
+    let mut thief = TestDevice::new("phone-thief");
+    let msg = login_message(&thief, "hanako", Some(near_atm()));
+    rig.phone(&mut thief, msg);
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::SignOutOtherDevices(SignOutOtherDevices {}),
+    );
+    let ended = sessions_ended(&rig, &h, "phone-1");
+    assert!(!ended.password_changed);
+    assert_eq!(ended.signed_out, vec!["phone-thief".to_owned()]);
+    assert_eq!(
+        refused_with(&rig.phone(&mut thief, balance_query())),
+        RejectReason::NotLoggedIn
+    );
+    // Signed out but holding the password, it can log in again (only a password change
+    // keeps it out); the operator's reset then signs out everyone, the owner included.
+    let msg = login_message(&thief, "hanako", Some(near_atm()));
+    rig.phone(&mut thief, msg);
+    assert_eq!(
+        rig.phone(&mut thief, balance_query()).result,
+        Ok(Disposition::Applied)
+    );
+    let now = rig.now();
+    let out = admin::change_password(
+        rig.hub.store_mut(),
+        "hanako",
+        "support's reset 1",
+        qrcash_hub::identity::HashCost::TEST,
+        now,
+    )
+    .unwrap();
+    assert_eq!(out, vec!["phone-1".to_owned(), "phone-thief".to_owned()]);
+    for dev in [&mut phone, &mut thief] {
+        assert_eq!(
+            refused_with(&rig.phone(dev, balance_query())),
+            RejectReason::NotLoggedIn
+        );
+    }
+    let out = admin::sign_out_devices(rig.hub.store_mut(), "hanako", now).unwrap();
+    assert!(out.is_empty(), "{out:?}");
+    assert!(admin::sign_out_devices(rig.hub.store_mut(), "nobody", now).is_err());
 }

@@ -15,9 +15,10 @@ use std::time::Duration;
 use qrcash_protocol::envelope::Claims;
 use qrcash_protocol::link::{self, Backoff, BrokerConfig};
 use qrcash_protocol::messages::{
-    AlertAnswered, AnswerNewDeviceAlert, Balance, BalanceQuery, BankWithdrawal, CodeIssued,
-    ConfirmRequest, DeclineWithdrawal, IdentityEvidence, LoginResult, NewDeviceAlert, Payment,
-    PhonePush, PhoneUp, Receipt, RegisterWithdrawal, TopUp, Transfer,
+    AlertAnswered, AnswerNewDeviceAlert, Balance, BalanceQuery, BankWithdrawal, ChangePassword,
+    CodeIssued, ConfirmRequest, DeclineWithdrawal, IdentityEvidence, LoginResult, NewDeviceAlert,
+    Payment, PhonePush, PhoneUp, Receipt, RegisterWithdrawal, Secret, SessionsEnded,
+    SignOutOtherDevices, TopUp, Transfer,
 };
 use qrcash_protocol::replay::ReplayConfig;
 use qrcash_protocol::{
@@ -501,6 +502,35 @@ impl PhoneClient {
         }
     }
 
+    /// Changes the account's password; every other device is signed out.
+    pub async fn change_password(
+        &mut self,
+        current: &str,
+        new: &str,
+        timeout: Duration,
+    ) -> Result<SessionsEnded, PhoneError> {
+        let msg = PhoneUp::ChangePassword(ChangePassword {
+            current_password: Secret::new(current),
+            new_password: Secret::new(new),
+        });
+        match self.request(msg, timeout).await? {
+            PhonePush::SessionsEnded(s) => Ok(s),
+            other => Err(unexpected("SessionsEnded", &other)),
+        }
+    }
+
+    /// Ends the sessions of every other device of the account.
+    pub async fn sign_out_other_devices(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<SessionsEnded, PhoneError> {
+        let msg = PhoneUp::SignOutOtherDevices(SignOutOtherDevices {});
+        match self.request(msg, timeout).await? {
+            PhonePush::SessionsEnded(s) => Ok(s),
+            other => Err(unexpected("SessionsEnded", &other)),
+        }
+    }
+
     /// Waits for the next `NewDeviceAlert`: another device logged in to the account.
     pub async fn await_alert(&mut self, timeout: Duration) -> Result<NewDeviceAlert, PhoneError> {
         let claims = self
@@ -566,6 +596,8 @@ pub fn kind(msg: &PhoneUp) -> &'static str {
         PhoneUp::TopUp(_) => "TopUp",
         PhoneUp::BalanceQuery(_) => "BalanceQuery",
         PhoneUp::AnswerNewDeviceAlert(_) => "AnswerNewDeviceAlert",
+        PhoneUp::ChangePassword(_) => "ChangePassword",
+        PhoneUp::SignOutOtherDevices(_) => "SignOutOtherDevices",
     }
 }
 
@@ -578,6 +610,7 @@ pub fn push_kind(msg: &PhonePush) -> &'static str {
         PhonePush::Receipt(_) => "Receipt",
         PhonePush::NewDeviceAlert(_) => "NewDeviceAlert",
         PhonePush::AlertAnswered(_) => "AlertAnswered",
+        PhonePush::SessionsEnded(_) => "SessionsEnded",
         PhonePush::Balance(_) => "Balance",
         PhonePush::Rejected(_) => "Rejected",
     }

@@ -197,6 +197,17 @@ enum Command {
         #[arg(long)]
         not_me: bool,
     },
+    /// Change the account's password (every other device is signed out).
+    ChangePassword {
+        /// The password now.
+        #[arg(long, env = "QRCASH_PASSWORD", hide_env_values = true)]
+        current: String,
+        /// The new password (at least 8 characters).
+        #[arg(long, env = "QRCASH_NEW_PASSWORD", hide_env_values = true)]
+        new: String,
+    },
+    /// Sign out every other device of the account.
+    SignOutOthers,
     /// Print every push that arrives (JSON lines) until the timeout.
     Listen,
 }
@@ -432,6 +443,14 @@ async fn run(cli: Cli) -> Result<()> {
         Command::AnswerAlert { alert_id, not_me } => {
             let a = phone.answer_alert(&alert_id, not_me, timeout).await?;
             println!("{}", display::alert_answered_line(&a));
+        }
+        Command::ChangePassword { current, new } => {
+            let s = phone.change_password(&current, &new, timeout).await?;
+            println!("password changed; signed out: {}", s.signed_out.join(", "));
+        }
+        Command::SignOutOthers => {
+            let s = phone.sign_out_other_devices(timeout).await?;
+            println!("signed out: {}", s.signed_out.join(", "));
         }
         Command::Listen => loop {
             match phone.next_push("push", timeout, |_| true).await {

@@ -113,6 +113,10 @@ pub enum PhoneUp {
     BalanceQuery(BalanceQuery),
     /// The owner's answer to a `NewDeviceAlert`.
     AnswerNewDeviceAlert(AnswerNewDeviceAlert),
+    /// Change the account's password; ends every other device's session.
+    ChangePassword(ChangePassword),
+    /// End every other device's session ("sign out all other devices").
+    SignOutOtherDevices(SignOutOtherDevices),
 }
 
 /// Log in to an account from this device.
@@ -275,6 +279,23 @@ pub struct AnswerNewDeviceAlert {
     pub not_me: bool,
 }
 
+/// Changes the account's password, from an established device (a restricted one is
+/// refused): the current password proves the holder knows it, and every other device of the
+/// account is signed out and must log in again with the new one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    /// The password now.
+    pub current_password: Secret,
+    /// The new password, at least 8 characters.
+    pub new_password: Secret,
+}
+
+/// Ends the sessions of every other device of the account, from an established device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignOutOtherDevices {}
+
 // ---------------------------------------------------------------------------------------
 // Hub → phone (`qrcash/v1/phone/{device}/push`)
 // ---------------------------------------------------------------------------------------
@@ -295,6 +316,8 @@ pub enum PhonePush {
     NewDeviceAlert(NewDeviceAlert),
     /// Answer to `AnswerNewDeviceAlert`: what the hub did with the answer.
     AlertAnswered(AlertAnswered),
+    /// Answer to `ChangePassword` and `SignOutOtherDevices`: the sessions that ended.
+    SessionsEnded(SessionsEnded),
     /// Answer to `BalanceQuery`.
     Balance(Balance),
     /// A request was refused; nothing changed.
@@ -485,6 +508,16 @@ pub struct AlertAnswered {
     pub device_id: String,
     /// What the hub did.
     pub outcome: AlertOutcome,
+}
+
+/// The answer to `ChangePassword` and `SignOutOtherDevices`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsEnded {
+    /// Whether the password was changed (`ChangePassword`).
+    pub password_changed: bool,
+    /// The other devices whose session ended (those that had one), sorted.
+    pub signed_out: Vec<String>,
 }
 
 /// What the hub did with an answer to a new-device alert.

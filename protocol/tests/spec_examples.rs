@@ -65,6 +65,8 @@ fn name_of_phone_up(m: &PhoneUp) -> &'static str {
         PhoneUp::TopUp(_) => "TopUp",
         PhoneUp::BalanceQuery(_) => "BalanceQuery",
         PhoneUp::AnswerNewDeviceAlert(_) => "AnswerNewDeviceAlert",
+        PhoneUp::ChangePassword(_) => "ChangePassword",
+        PhoneUp::SignOutOtherDevices(_) => "SignOutOtherDevices",
     }
 }
 
@@ -76,6 +78,7 @@ fn name_of_phone_push(m: &PhonePush) -> &'static str {
         PhonePush::Receipt(_) => "Receipt",
         PhonePush::NewDeviceAlert(_) => "NewDeviceAlert",
         PhonePush::AlertAnswered(_) => "AlertAnswered",
+        PhonePush::SessionsEnded(_) => "SessionsEnded",
         PhonePush::Balance(_) => "Balance",
         PhonePush::Rejected(_) => "Rejected",
     }
@@ -147,6 +150,8 @@ fn every_message_type_has_an_example() {
             "TopUp",
             "BalanceQuery",
             "AnswerNewDeviceAlert",
+            "ChangePassword",
+            "SignOutOtherDevices",
         ],
     );
     assert_all_documented::<PhonePush>(
@@ -159,6 +164,7 @@ fn every_message_type_has_an_example() {
             "Receipt",
             "NewDeviceAlert",
             "AlertAnswered",
+            "SessionsEnded",
             "Balance",
             "Rejected",
         ],

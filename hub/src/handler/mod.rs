@@ -21,6 +21,8 @@
 mod atm;
 mod money;
 mod phone;
+mod sessions;
+pub use sessions::MIN_PASSWORD_CHARS;
 #[cfg(test)]
 mod simulation;
 mod steps;

@@ -11,7 +11,7 @@ use qrcash_protocol::messages::{
 use qrcash_protocol::{Amount, CodeToken, OrderId, Position, PublicKey, RejectReason, TxId};
 use rusqlite::{OptionalExtension, params};
 
-use super::{Ctx, Fail, Outcome, Refusal, money, refuse, steps};
+use super::{Ctx, Fail, Outcome, Refusal, money, refuse, sessions, steps};
 use crate::config::IdentityRule;
 use crate::identity::verify_secret;
 use crate::policy::{self, check_may_move_money};
@@ -43,6 +43,8 @@ pub(super) fn dispatch(
         PhoneUp::BankWithdrawal(b) => money::bank_withdrawal(ctx, &device, &account, b),
         PhoneUp::TopUp(t) => money::top_up(ctx, &device, &account, t),
         PhoneUp::BalanceQuery(q) => money::balance(ctx, &device, &account, q),
+        PhoneUp::ChangePassword(c) => sessions::change_password(ctx, &device, &account, c),
+        PhoneUp::SignOutOtherDevices(_) => sessions::sign_out_others(ctx, &device, &account),
     }
 }
 

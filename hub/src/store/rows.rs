@@ -137,7 +137,8 @@ pub struct DeviceRow {
     pub enrolled_at: u64,
     /// Key last (re-)enrolled.
     pub key_changed_at: u64,
-    /// Last successful login.
+    /// Start of the current session (its last successful login); `None` when signed out
+    /// (password changed elsewhere, "sign out other devices"). Past logins are in `logins`.
     pub last_login_at: Option<u64>,
     /// May not move money out before this time (new-device policy).
     pub restricted_until: Option<u64>,
@@ -244,6 +245,39 @@ pub fn revoke_device(db: &Connection, id: &str, reason: &str, at: u64) -> Result
         params![id, to_sql(at), reason],
     )?;
     Ok(n == 1)
+}
+
+/// Sets a new password hash for an account.
+pub fn set_password(
+    db: &Connection,
+    account: &str,
+    hash: &str,
+    at: u64,
+) -> Result<bool, StoreError> {
+    let n = db.exec_cached(
+        "UPDATE accounts SET password_hash = ?2, password_changed_at = ?3 WHERE id = ?1",
+        params![account, hash, to_sql(at)],
+    )?;
+    Ok(n == 1)
+}
+
+/// Ends the sessions of an account's devices, except `keep`; returns the devices that had
+/// one, sorted. They must log in again.
+pub fn end_sessions(
+    db: &Connection,
+    account: &str,
+    keep: Option<&str>,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = db.prepare_cached(
+        "UPDATE devices SET last_login_at = NULL
+         WHERE account = ?1 AND (?2 IS NULL OR id <> ?2) AND last_login_at IS NOT NULL
+         RETURNING id",
+    )?;
+    let mut ids = stmt
+        .query_map(params![account, keep], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    ids.sort();
+    Ok(ids)
 }
 
 /// Sets or clears a device's restriction.

@@ -1,0 +1,106 @@
+//! Account security from the phone: changing the password and signing the account's other
+//! devices out. Both need an established device (a restricted newcomer could otherwise lock
+//! the owner out); neither is blocked by an account freeze, so that an owner who answered
+//! "not me" can still change the password. Money is in [`super::money`], logins and alerts
+//! in [`super::phone`].
+
+use qrcash_protocol::RejectReason;
+use qrcash_protocol::messages::{ChangePassword, PhonePush, SessionsEnded};
+
+use super::{Ctx, Outcome, refuse};
+use crate::identity::{HashCost, hash_secret, verify_secret};
+use crate::policy;
+use crate::restriction::Function;
+use crate::store::rows::{self, AccountRow, DeviceRow};
+
+/// The shortest password the hub accepts, from the phone and from an operator alike.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+/// Refuses `f` from a device under a restriction of its own (the account freeze is not
+/// checked: see the module comment).
+fn established(ctx: &Ctx<'_>, device: &DeviceRow, f: Function) -> Result<(), super::Fail> {
+    debug_assert!(f.needs_established_device());
+    match policy::device_restriction(device).filter(|r| r.is_active(ctx.now)) {
+        None => Ok(()),
+        Some(r) => Err(refuse(
+            r.until.map_or(RejectReason::AccountFrozen, |until| {
+                RejectReason::Restricted { until }
+            }),
+            format!(
+                "a device under the new-device restriction may not {}",
+                match f {
+                    Function::ChangePassword => "change the password",
+                    _ => "sign other devices out",
+                }
+            ),
+        )),
+    }
+}
+
+pub(super) fn change_password(
+    ctx: &mut Ctx<'_>,
+    device: &DeviceRow,
+    account: &AccountRow,
+    c: &ChangePassword,
+) -> Outcome {
+    established(ctx, device, Function::ChangePassword)?;
+    if !verify_secret(c.current_password.expose(), &account.password_hash) {
+        ctx.note(format!(
+            "password change with a wrong password on {}",
+            account.id
+        ));
+        return Err(refuse(RejectReason::BadCredentials, "wrong password"));
+    }
+    let new = c.new_password.expose();
+    if new.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(refuse(
+            RejectReason::Malformed,
+            format!("the new password needs at least {MIN_PASSWORD_CHARS} characters"),
+        ));
+    }
+    let cost = HashCost {
+        memory_kib: ctx.cfg.auth.argon2_memory_kib,
+        iterations: ctx.cfg.auth.argon2_iterations,
+    };
+    let hash = hash_secret(new, cost).map_err(|e| refuse(RejectReason::Internal, e))?;
+    rows::set_password(ctx.db, &account.id, &hash, ctx.now)?;
+    let signed_out = rows::end_sessions(ctx.db, &account.id, Some(&device.id))?;
+    ctx.note(format!(
+        "password of {} changed from {}; signed out: {}",
+        account.id,
+        device.id,
+        signed_out.join(", ")
+    ));
+    answer(ctx, device, true, signed_out)
+}
+
+pub(super) fn sign_out_others(
+    ctx: &mut Ctx<'_>,
+    device: &DeviceRow,
+    account: &AccountRow,
+) -> Outcome {
+    established(ctx, device, Function::SignOutOtherDevices)?;
+    let signed_out = rows::end_sessions(ctx.db, &account.id, Some(&device.id))?;
+    ctx.note(format!(
+        "{} signed out the other devices of {}: {}",
+        device.id,
+        account.id,
+        signed_out.join(", ")
+    ));
+    answer(ctx, device, false, signed_out)
+}
+
+fn answer(
+    ctx: &mut Ctx<'_>,
+    device: &DeviceRow,
+    password_changed: bool,
+    signed_out: Vec<String>,
+) -> Outcome {
+    Ok(vec![ctx.push_phone(
+        &device.id,
+        PhonePush::SessionsEnded(SessionsEnded {
+            password_changed,
+            signed_out,
+        }),
+    )?])
+}
