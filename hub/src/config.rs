@@ -255,6 +255,23 @@ pub struct AuthSection {
     pub argon2_memory_kib: u32,
     /// Argon2id iterations for new hashes.
     pub argon2_iterations: u32,
+    /// Wrong passwords in a row a device id or an account name gets for free
+    /// (`crate::throttle`).
+    pub login_free_failures: u32,
+    /// The first login lock after the free failures, seconds; it doubles with each further
+    /// failure.
+    pub login_lock_base_s: u64,
+    /// The longest login lock, seconds.
+    pub login_lock_max_s: u64,
+    /// Logins (right or wrong) one device id may attempt per minute; more are refused
+    /// `login_throttled` before any argon2 runs.
+    pub logins_per_device_per_minute: u32,
+    /// How long refusals of self-signed logins (phones with no enrolled device) are kept in
+    /// `login_refusals`, seconds.
+    pub login_refusal_retention_s: u64,
+    /// Threads that check passwords and PINs (argon2) before a message reaches the single
+    /// writer, so that guessing costs the writer nothing; 0 checks them on the writer.
+    pub secret_workers: usize,
 }
 
 impl Default for AuthSection {
@@ -270,11 +287,34 @@ impl Default for AuthSection {
             session_ttl_s: 30 * 24 * 3600,
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
+            login_free_failures: 5,
+            login_lock_base_s: 30,
+            login_lock_max_s: 3_600,
+            logins_per_device_per_minute: 10,
+            login_refusal_retention_s: 7 * 86_400,
+            secret_workers: 1,
         }
     }
 }
 
 impl AuthSection {
+    /// The login throttling figures.
+    pub fn throttle(&self) -> crate::throttle::ThrottlePolicy {
+        crate::throttle::ThrottlePolicy {
+            free_failures: self.login_free_failures,
+            base_lock_s: self.login_lock_base_s,
+            max_lock_s: self.login_lock_max_s,
+        }
+    }
+
+    /// The cost of new password and PIN hashes.
+    pub fn hash_cost(&self) -> crate::identity::HashCost {
+        crate::identity::HashCost {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+        }
+    }
+
     /// [`AuthSection::pin_lockout_s`] as a duration.
     pub fn pin_lockout(&self) -> Duration {
         Duration::from_secs(self.pin_lockout_s)

@@ -5,11 +5,14 @@
 //! from the stored PHC string, so raising the cost for new hashes keeps old ones working.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use argon2::{Algorithm, Argon2, Params, Version};
 use qrcash_protocol::RejectReason;
 
 /// Cost of new hashes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HashCost {
     /// Memory in KiB.
     pub memory_kib: u32,
@@ -40,6 +43,7 @@ pub fn hash_secret(secret: &str, cost: HashCost) -> Result<String, String> {
 
 /// Whether `secret` matches the stored hash. A malformed hash never matches.
 pub fn verify_secret(secret: &str, phc: &str) -> bool {
+    EVALUATIONS.with(|n| n.set(n.get() + 1));
     PasswordHash::new(phc)
         .map(|h| {
             Argon2::default()
@@ -47,6 +51,67 @@ pub fn verify_secret(secret: &str, phc: &str) -> bool {
                 .is_ok()
         })
         .unwrap_or(false)
+}
+
+thread_local! {
+    static EVALUATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many times [`verify_secret`] ran on this thread: lets a test prove that a throttled
+/// login costs no argon2, or that a check done ahead was used.
+pub fn evaluations_on_this_thread() -> u64 {
+    EVALUATIONS.with(std::cell::Cell::get)
+}
+
+/// A hash of a secret nobody knows, at `cost`: a login for an account that does not exist is
+/// checked against it, so that it costs what a real one costs and its answer time does not
+/// tell which accounts exist.
+pub fn decoy_hash(cost: HashCost) -> &'static str {
+    static DECOYS: OnceLock<Mutex<HashMap<HashCost, &'static str>>> = OnceLock::new();
+    let mut decoys = DECOYS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    decoys.entry(cost).or_insert_with(|| {
+        let mut secret = [0u8; 16];
+        qrcash_protocol::ids::random_bytes(&mut secret);
+        use base64::Engine as _;
+        let secret = base64::engine::general_purpose::STANDARD_NO_PAD.encode(secret);
+        let phc = hash_secret(&secret, cost)
+            .or_else(|_| hash_secret(&secret, HashCost::TEST))
+            .unwrap_or_default();
+        Box::leak(phc.into_boxed_str())
+    })
+}
+
+/// A password or PIN checked ahead of the writer (`crate::service`'s secret workers): the
+/// key binds the stored hash and the secret, so the writer uses the answer only for exactly
+/// the check it would have made itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckedSecret {
+    /// [`check_key`] of the secret and the hash.
+    pub key: [u8; 32],
+    /// Whether the secret matched.
+    pub ok: bool,
+}
+
+/// The key of a check of `secret` against `phc`.
+pub fn check_key(secret: &str, phc: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"qrcash/v1/secret-check\0");
+    h.update((phc.len() as u64).to_be_bytes());
+    h.update(phc.as_bytes());
+    h.update(secret.as_bytes());
+    h.finalize().into()
+}
+
+/// Checks `secret` against `phc` now (on a secret worker).
+pub fn check_ahead(secret: &str, phc: &str) -> CheckedSecret {
+    CheckedSecret {
+        key: check_key(secret, phc),
+        ok: verify_secret(secret, phc),
+    }
 }
 
 /// Whether a PIN is acceptable as a PIN (4 to 12 digits).

@@ -13,6 +13,9 @@
 //! - The event loop task only polls: it never calls the `AsyncClient` (that can deadlock),
 //!   backs off with [`Backoff`] after an error (`poll()` itself retries at once) and tells
 //!   the client task to subscribe again after every ConnAck (clean sessions lose them).
+//! - Phone messages go through the secret checks first ([`crate::secrets`]): passwords and
+//!   PINs are checked (argon2) on their own worker threads, so guessing never occupies the
+//!   writer.
 //! - The writer thread takes every message waiting (up to `group_commit_max`) into one
 //!   SQLite transaction (group commit), each message atomic in its own savepoint, and hands
 //!   the answers out only after the commit.
@@ -31,6 +34,7 @@ use tokio::task::JoinHandle;
 use crate::config::HubConfig;
 use crate::handler::{Hub, Incoming, Outgoing};
 use crate::rng::OsEntropy;
+use crate::secrets::{Route, SecretStage};
 use crate::store::Store;
 use crate::warnings::WarningCatalog;
 
@@ -55,7 +59,7 @@ pub enum ServiceError {
 }
 
 /// Commands for the writer thread.
-enum WriterCmd {
+pub(crate) enum WriterCmd {
     Message(Incoming),
     Sweep,
 }
@@ -97,6 +101,8 @@ pub struct ServiceStats {
     pub batches: u64,
     /// Answers handed to the client.
     pub published: u64,
+    /// Messages dropped because the secret checks' backlog was full (a login flood).
+    pub secret_checks_dropped: u64,
 }
 
 /// A running hub service.
@@ -107,6 +113,7 @@ pub struct HubHandle {
     stats: watch::Receiver<ServiceStats>,
     tasks: Vec<JoinHandle<()>>,
     writer: Option<std::thread::JoinHandle<Hub>>,
+    secrets: Option<SecretStage>,
 }
 
 impl HubHandle {
@@ -125,7 +132,9 @@ impl HubHandle {
 
     /// The counters so far.
     pub fn stats(&self) -> ServiceStats {
-        *self.stats.borrow()
+        let mut s = *self.stats.borrow();
+        s.secret_checks_dropped = self.secrets.as_ref().map_or(0, |st| st.dropped() as u64);
+        s
     }
 
     /// Stops: no new messages, the writer finishes its queue, answers are published, the
@@ -186,6 +195,16 @@ impl HubService {
         let (out_tx, out_rx) = mpsc::channel::<Outgoing>(4096);
         let (conn_tx, conn_rx) = mpsc::unbounded_channel::<()>();
 
+        // Passwords and PINs are checked beside the writer when the database is a file.
+        let secrets = match (hub.store().path(), hub.config().auth.secret_workers) {
+            (Some(path), n) if n > 0 => Some(SecretStage::new(
+                path.to_owned(),
+                Arc::new(hub.config().clone()),
+                n,
+            )),
+            _ => None,
+        };
+        let clock = hub.clock().clone();
         let group = options.group_commit_max.max(1);
         let stats = stats_tx.clone();
         let writer = std::thread::Builder::new()
@@ -198,7 +217,11 @@ impl HubService {
             tokio::spawn(event_loop(
                 eventloop,
                 subs.len(),
-                writer_tx.clone(),
+                Intake {
+                    writer: writer_tx.clone(),
+                    secrets: secrets.clone(),
+                    clock,
+                },
                 conn_tx,
                 ready_tx.clone(),
                 stop_rx.clone(),
@@ -214,20 +237,34 @@ impl HubService {
             stats: stats_rx,
             tasks,
             writer: Some(writer),
+            secrets,
         })
     }
+}
+
+/// Where the event loop hands incoming messages: the writer, through the secret checks
+/// when there are any.
+struct Intake {
+    writer: mpsc::Sender<WriterCmd>,
+    secrets: Option<SecretStage>,
+    clock: Arc<dyn Clock>,
 }
 
 /// Polls the connection; forwards publishes to the writer. Never touches the client.
 async fn event_loop(
     mut eventloop: rumqttc::EventLoop,
     subscriptions: usize,
-    writer: mpsc::Sender<WriterCmd>,
+    intake: Intake,
     connected: mpsc::UnboundedSender<()>,
     ready: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::default();
+    let Intake {
+        writer,
+        secrets,
+        clock,
+    } = intake;
     let mut writer = Some(writer);
     let mut pending_subacks = 0usize;
     loop {
@@ -257,9 +294,13 @@ async fn event_loop(
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let Some(w) = &writer else { continue };
-                let msg = Incoming {
-                    topic: p.topic.clone(),
-                    payload: p.payload.to_vec(),
+                let msg = Incoming::new(p.topic.clone(), p.payload.to_vec());
+                let msg = match &secrets {
+                    Some(stage) => match stage.route(msg, w, clock.now()) {
+                        Route::Writer(m) => m,
+                        Route::Taken | Route::Dropped => continue,
+                    },
+                    None => msg,
                 };
                 if w.send(WriterCmd::Message(msg)).await.is_err() {
                     return;

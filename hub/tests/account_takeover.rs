@@ -403,7 +403,9 @@ fn a_claimed_position_next_to_the_owner_frees_nothing_until_the_owner_approves()
         answer(&mut rig, &mut phone, &alert.alert_id, false).outcome,
         AlertOutcome::Approved
     );
-    for (i, msg) in money_out("a", &request).into_iter().enumerate() {
+    let mut requests = money_out("a", &request);
+    let owners = requests.pop();
+    for (i, msg) in requests.into_iter().enumerate() {
         let h = rig.phone(&mut thief, msg);
         assert_eq!(
             h.result,
@@ -413,6 +415,13 @@ fn a_claimed_position_next_to_the_owner_frees_nothing_until_the_owner_approves()
         );
     }
     assert_ne!(ledger(&rig), before);
+    // The owner's own withdrawal stays the owner's phone's to confirm.
+    let h = rig.phone(&mut thief, owners.unwrap());
+    assert!(
+        matches!(&h.result, Err(e) if matches!(e.reason(), RejectReason::TransactionMismatch { .. })),
+        "{:?}",
+        h.result
+    );
 }
 
 /// Hole 1, the approval: only an established device's answer counts, only for the key the
@@ -607,4 +616,219 @@ fn sign_out_others_and_the_operators_reset_end_sessions() {
     let out = admin::sign_out_devices(rig.hub.store_mut(), "hanako", now).unwrap();
     assert!(out.is_empty(), "{out:?}");
     assert!(admin::sign_out_devices(rig.hub.store_mut(), "nobody", now).is_err());
+}
+
+fn login_with(rig: &mut Rig, dev: &mut TestDevice, account: &str, password: &str) -> RejectReason {
+    let mut msg = login_message(dev, account, Some(near_atm()));
+    if let PhoneUp::Login(l) = &mut msg {
+        l.password = Secret::new(password);
+    }
+    let h = rig.phone(dev, msg);
+    match h.result {
+        Ok(_) => RejectReason::Internal, // stands for "accepted" in these tests
+        Err(e) => e.reason(),
+    }
+}
+
+/// Hole 3: password guessing was unlimited, each guess costing argon2 on the writer, and an
+/// unknown account answered at once. Now the device id and the account name each get five
+/// free failures, then a lock that doubles; a locked attempt is refused before any argon2
+/// runs (even with the right password); the owner's own phone is not locked out by guesses
+/// from elsewhere; and an unknown account costs exactly one argon2 check like a known one.
+#[test]
+fn password_guessing_is_throttled_per_device_and_account_before_any_argon2() {
+    let (mut rig, mut phone, _) = setup(531);
+    let right = qrcash_hub::testkit::password("hanako");
+    let accepted = RejectReason::Internal;
+    let mut thief = TestDevice::new("phone-thief");
+    for _ in 0..6 {
+        assert_eq!(
+            login_with(&mut rig, &mut thief, "hanako", "guess"),
+            RejectReason::BadCredentials
+        );
+    }
+    let until = rig.now() + 30;
+    let evaluated = qrcash_hub::identity::evaluations_on_this_thread();
+    assert_eq!(
+        login_with(&mut rig, &mut thief, "hanako", &right),
+        RejectReason::LoginThrottled { until },
+        "locked: even the right password is not evaluated"
+    );
+    // A fresh device id does not help: the account name is locked too.
+    let mut another = TestDevice::new("phone-thief-2");
+    assert_eq!(
+        login_with(&mut rig, &mut another, "hanako", &right),
+        RejectReason::LoginThrottled { until }
+    );
+    assert_eq!(
+        qrcash_hub::identity::evaluations_on_this_thread(),
+        evaluated,
+        "a throttled login costs no argon2"
+    );
+    // The owner's established phone with its enrolled key logs in all the same.
+    assert_eq!(login_with(&mut rig, &mut phone, "hanako", &right), accepted);
+    // The lock lifts by itself; the next failure locks for twice as long.
+    rig.clock.set(until);
+    assert_eq!(
+        login_with(&mut rig, &mut another, "hanako", "guess"),
+        RejectReason::BadCredentials
+    );
+    assert_eq!(
+        login_with(&mut rig, &mut another, "hanako", &right),
+        RejectReason::LoginThrottled { until: until + 60 }
+    );
+
+    // An unknown account costs one argon2 check, as a known one does, and answers the same.
+    let mut probe = TestDevice::new("phone-probe");
+    for account in ["hanako", "nobody-at-all"] {
+        let before = qrcash_hub::identity::evaluations_on_this_thread();
+        rig.clock.advance(std::time::Duration::from_secs(3_600));
+        let reason = login_with(&mut rig, &mut probe, account, "guess");
+        assert_eq!(reason, RejectReason::BadCredentials, "{account}");
+        assert_eq!(
+            qrcash_hub::identity::evaluations_on_this_thread() - before,
+            1,
+            "{account}"
+        );
+    }
+}
+
+fn count(rig: &Rig, table: &str) -> i64 {
+    rig.hub
+        .store()
+        .conn()
+        .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Hole 4: every refused self-signed login (a throw-away key) left a replay window, a
+/// processed record and an audit row forever. Now it leaves nothing durable: no window, no
+/// processed record, no audit row, only pruned traces (`login_refusals`, failure counts)
+/// that the sweeper forgets; and one device id gets a bounded number of logins a minute.
+#[test]
+fn refused_self_signed_logins_leave_nothing_durable() {
+    let (mut rig, mut phone, _) = setup(541);
+    let tables = ["replay_windows", "processed", "audit"];
+    let before: Vec<i64> = tables.iter().map(|t| count(&rig, t)).collect();
+    for i in 0..40 {
+        let mut junk = TestDevice::new(&format!("junk-{i}"));
+        let reason = login_with(&mut rig, &mut junk, &format!("acct-{i}"), "guess");
+        assert_eq!(reason, RejectReason::BadCredentials);
+    }
+    let after: Vec<i64> = tables.iter().map(|t| count(&rig, t)).collect();
+    assert_eq!(after, before, "{tables:?}");
+    assert_eq!(count(&rig, "login_refusals"), 40);
+    assert_eq!(
+        count(&rig, "login_failures"),
+        80,
+        "one per device id, one per name"
+    );
+    let cfg = rig.hub.config().auth.clone();
+    rig.clock.advance(std::time::Duration::from_secs(
+        cfg.login_lock_max_s.max(cfg.login_refusal_retention_s) + 1,
+    ));
+    let (_, report) = rig.hub.sweep().unwrap();
+    assert_eq!(report.login_traces_pruned, 80 + 40);
+    assert_eq!(
+        count(&rig, "login_refusals") + count(&rig, "login_failures"),
+        0
+    );
+
+    // The owner's phone: at most `logins_per_device_per_minute` logins a minute.
+    let right = qrcash_hub::testkit::password("hanako");
+    let mut results = Vec::new();
+    for _ in 0..cfg.logins_per_device_per_minute + 1 {
+        results.push(login_with(&mut rig, &mut phone, "hanako", &right));
+    }
+    let until = rig.now() + 60;
+    assert_eq!(results.pop(), Some(RejectReason::LoginThrottled { until }));
+    assert!(
+        results.iter().all(|r| *r == RejectReason::Internal),
+        "{results:?}"
+    );
+}
+
+/// Hole 3, the writer: passwords and PINs are checked ahead, beside the writer
+/// (`qrcash_hub::secrets`), and the writer uses exactly those answers, evaluating no argon2
+/// itself; a check that does not fit (another hash, another secret) is ignored, and a login
+/// its throttle refuses needs no check at all.
+#[test]
+fn passwords_and_pins_are_checked_ahead_and_the_writer_runs_no_argon2() {
+    use qrcash_hub::handler::Incoming;
+    use qrcash_hub::identity::{check_ahead, evaluations_on_this_thread};
+    use qrcash_hub::secrets::wanted;
+    use qrcash_hub::store::Store;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.sqlite");
+    let mut rig = Rig::new(
+        Store::open(&path).unwrap(),
+        qrcash_hub::testkit::test_config(),
+        551,
+    );
+    rig.account("hanako", 100_000);
+    let mut atm = rig.atm("atm-1");
+    let mut phone = TestDevice::new("phone-1");
+    let reader = Store::open_reader(&path).unwrap();
+    let cfg = rig.hub.config().clone();
+    let ahead = |rig: &mut Rig, dev: &mut TestDevice, msg: PhoneUp| {
+        let hub = rig.hub_id();
+        let payload = dev.message(&hub, rig.now(), msg);
+        let list = wanted(&reader, &cfg, &dev.phone_up(), &payload, rig.now()).unwrap();
+        let mut m = Incoming::new(dev.phone_up(), payload);
+        m.checked = list
+            .iter()
+            .map(|w| check_ahead(&w.secret, &w.phc))
+            .collect();
+        (m, list.len())
+    };
+
+    // Login: one check ahead, none on the writer.
+    let msg = login_message(&phone, "hanako", Some(near_atm()));
+    let (m, n) = ahead(&mut rig, &mut phone, msg);
+    assert_eq!(n, 1);
+    let before = evaluations_on_this_thread();
+    let h = rig.hub.handle_batch(&[m]).pop().unwrap();
+    assert_eq!(h.result, Ok(Disposition::Applied), "{:?}", h.result);
+    assert_eq!(
+        evaluations_on_this_thread(),
+        before,
+        "the writer ran argon2"
+    );
+
+    // A PIN in a confirmation likewise.
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let (m, n) = ahead(
+        &mut rig,
+        &mut phone,
+        confirm_message(&req, Some(PIN), Some(near_atm())),
+    );
+    assert_eq!(n, 1);
+    let before = evaluations_on_this_thread();
+    let h = rig.hub.handle_batch(&[m]).pop().unwrap();
+    assert_eq!(h.result, Ok(Disposition::Applied), "{:?}", h.result);
+    assert_eq!(evaluations_on_this_thread(), before);
+
+    // A check that is not for this secret and hash is not used: the writer checks itself.
+    let mut other = TestDevice::new("phone-2");
+    let msg = login_message(&other, "hanako", None);
+    let (mut m, _) = ahead(&mut rig, &mut other, msg);
+    m.checked = vec![check_ahead(
+        "something else",
+        "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA",
+    )];
+    m.checked[0].ok = true;
+    let before = evaluations_on_this_thread();
+    rig.hub.handle_batch(&[m]);
+    assert_eq!(evaluations_on_this_thread(), before + 1);
+
+    // Throttled: nothing wanted.
+    let mut thief = TestDevice::new("phone-thief");
+    for _ in 0..6 {
+        login_with(&mut rig, &mut thief, "hanako", "guess");
+    }
+    let msg = login_message(&thief, "hanako", None);
+    let (_, n) = ahead(&mut rig, &mut thief, msg);
+    assert_eq!(n, 0, "a throttled login needs no check");
 }

@@ -16,7 +16,7 @@ use qrcash_protocol::{Position, PrivateKey, Signer};
 
 /// How long a phone request stays valid. Phones are online when they ask; a request that
 /// arrives later than this is refused by the hub rather than acted on late.
-pub const REQUEST_TTL: Duration = Duration::from_secs(120);
+pub const REQUEST_TTL: Duration = Duration::from_secs(60);
 
 /// A `Login` for `account`, introducing this device and its public key (the hub enrols the
 /// key on success; the message must be signed with it, which proves possession).

@@ -181,6 +181,20 @@ impl<'a> Sealed<'a> {
         decode_claims(&self.compact.payload_unverified())
     }
 
+    /// The `jti` of a message whose signature verifies with `key` although its claims do not
+    /// decode (a typo, `10000.0` for an integer, an unknown member): lets a receiver answer
+    /// the authentic sender `malformed` about exactly that message. `None` when the
+    /// signature fails or the payload has no string `jti` of at most 64 characters.
+    pub fn authentic_jti(&self, key: &PublicKey) -> Option<String> {
+        if key.kid() != &self.kid {
+            return None;
+        }
+        let payload = self.compact.verify(key.verifying_key()).ok()?;
+        let value: serde_json::Value = serde_json::from_slice(&payload).ok()?;
+        let jti = value.get("jti")?.as_str()?;
+        (!jti.is_empty() && jti.chars().count() <= 64).then(|| jti.to_owned())
+    }
+
     /// Verifies with `key` (which must be the key named by `kid`) and decodes the claims.
     pub fn open<B: DeserializeOwned>(&self, key: &PublicKey) -> Result<Claims<B>, EnvelopeError> {
         if key.kid() != &self.kid {

@@ -110,6 +110,9 @@ pub enum EnvelopeError {
 /// A message failed the anti-replay rules.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ReplayError {
+    /// `seq` is 0: sequence numbers start at 1.
+    #[error("sequence number 0 is not allowed: sequence numbers start at 1")]
+    ZeroSeq,
     /// This `seq` was already accepted from this sender.
     #[error("sequence number {seq} was already accepted from this sender (replay)")]
     Replayed {

@@ -989,6 +989,12 @@ pub enum RejectReason {
         /// Locked until, Unix seconds.
         until: u64,
     },
+    /// Too many wrong passwords from this device or for this account: no login is evaluated
+    /// before `until`.
+    LoginThrottled {
+        /// Unix seconds.
+        until: u64,
+    },
     /// PIN or biometric evidence required.
     IdentityRequired,
     /// The confirmation deadline passed.

@@ -244,7 +244,7 @@ fn the_rejection_table_names_only_real_reasons() {
         .filter_map(|l| l.split('`').next())
         .collect();
     // One row per RejectReason variant.
-    assert_eq!(table.len(), 35, "{table:?}");
+    assert_eq!(table.len(), 36, "{table:?}");
     for code in &table {
         let fields = match *code {
             "limit_exceeded" => r#","limit":"daily","max":{"minor":1,"currency":"JPY"}"#,
@@ -253,7 +253,7 @@ fn the_rejection_table_names_only_real_reasons() {
             "too_far_from_atm" => r#","distance_m":1,"allowed_m":1"#,
             "location_inaccurate" => r#","accuracy_m":1,"max_m":1"#,
             "pin_wrong" => r#","attempts_left":1"#,
-            "pin_locked" | "restricted" => r#","until":1"#,
+            "pin_locked" | "restricted" | "login_throttled" => r#","until":1"#,
             _ => "",
         };
         let json = format!(r#"{{"code":"{code}"{fields}}}"#);

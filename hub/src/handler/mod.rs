@@ -33,7 +33,7 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qrcash_protocol::envelope::Sealed;
+use qrcash_protocol::envelope::{self, Sealed};
 use qrcash_protocol::messages::{AtmDown, AtmUp, PhonePush, PhoneUp, Rejected};
 use qrcash_protocol::replay::check_times;
 use qrcash_protocol::topics::{self, Topic};
@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::HubConfig;
 use crate::error::StoreError;
+use crate::identity::{self, CheckedSecret};
 use crate::rng::Entropy;
 use crate::store::audit::{self, AuditEntry};
 use crate::store::rows::{self, AtmRow, DeviceRow};
@@ -79,6 +80,20 @@ pub struct Incoming {
     pub topic: String,
     /// The raw payload.
     pub payload: Vec<u8>,
+    /// Passwords and PINs in it already checked by a secret worker (`crate::service`); the
+    /// handler checks any other itself.
+    pub checked: Vec<CheckedSecret>,
+}
+
+impl Incoming {
+    /// A message with nothing checked ahead.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Incoming {
+            topic: topic.into(),
+            payload: payload.into(),
+            checked: Vec::new(),
+        }
+    }
 }
 
 /// A message for the broker, already signed.
@@ -138,6 +153,19 @@ pub enum HandleError {
         /// Human-readable explanation.
         message: String,
     },
+    /// Authentic (the enrolled key's signature holds) but the claims do not decode: answered
+    /// `malformed` about message `jti`.
+    #[error("malformed message: {message}")]
+    SignedMalformed {
+        /// `atm` or `phone`.
+        class: &'static str,
+        /// The sender's id.
+        sender: String,
+        /// The message's `jti`.
+        jti: String,
+        /// What did not decode.
+        message: String,
+    },
     /// The hub failed (database); nothing was applied.
     #[error("internal error: {0}")]
     Internal(String),
@@ -149,6 +177,7 @@ impl HandleError {
         match self {
             HandleError::Topic(_) => RejectReason::WrongAddress,
             HandleError::UnknownSender(_) => RejectReason::UnknownSender,
+            HandleError::SignedMalformed { .. } => RejectReason::Malformed,
             HandleError::Envelope(e) => match e {
                 EnvelopeError::TooLarge { .. } => RejectReason::TooLarge,
                 EnvelopeError::NotText | EnvelopeError::Claims(_) => RejectReason::Malformed,
@@ -241,9 +270,21 @@ pub(crate) struct Ctx<'a> {
     pub jti: String,
     /// Detail for the audit entry (ids, amounts; never secrets).
     pub detail: Option<String>,
+    /// Secrets of this message checked ahead (see [`Incoming::checked`]).
+    pub checked: &'a [CheckedSecret],
 }
 
 impl Ctx<'_> {
+    /// Whether `secret` matches the stored hash `phc`: the answer of a check done ahead when
+    /// there is one for exactly this pair, else argon2 here.
+    pub(crate) fn secret_matches(&self, secret: &str, phc: &str) -> bool {
+        let key = identity::check_key(secret, phc);
+        match self.checked.iter().find(|c| c.key == key) {
+            Some(c) => c.ok,
+            None => identity::verify_secret(secret, phc),
+        }
+    }
+
     fn seal<M: Serialize>(
         &mut self,
         to: &str,
@@ -262,6 +303,31 @@ impl Ctx<'_> {
         }
         Ok(Outgoing {
             topic,
+            payload: self.signer.seal(&claims).into_bytes(),
+        })
+    }
+
+    /// A message sent before, signed again: a fresh `seq`, `jti`, `iat` and `exp` (its
+    /// lifetime kept), the same addressee, `re` and body. A receiver's replay rules drop the
+    /// stored bytes (their `seq` was seen) and find them stale after their `exp`, so a repeat
+    /// must be a new envelope (`docs/protocol.md` §4).
+    pub(crate) fn reseal(&mut self, previous: &Outgoing) -> Result<Outgoing, StoreError> {
+        let old: Claims<serde_json::Value> = Sealed::parse(&previous.payload, usize::MAX)
+            .and_then(|s| s.peek())
+            .map_err(|e| StoreError::Corrupt(format!("stored message: {e}")))?;
+        let lifetime = old.exp.saturating_sub(old.iat).max(1);
+        let claims = Claims {
+            iss: old.iss,
+            aud: old.aud,
+            iat: self.now,
+            exp: self.now.saturating_add(lifetime),
+            jti: envelope::new_jti(),
+            seq: store::next_seq(self.db)?,
+            re: old.re,
+            msg: old.msg,
+        };
+        Ok(Outgoing {
+            topic: previous.topic.clone(),
             payload: self.signer.seal(&claims).into_bytes(),
         })
     }
@@ -384,6 +450,12 @@ impl Hub {
         &self.signer
     }
 
+    /// The same hub on another clock (a benchmark built on a test rig runs on real time).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Hub {
+        self.clock = clock;
+        self
+    }
+
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
@@ -391,10 +463,7 @@ impl Hub {
 
     /// Handles one message in its own transaction.
     pub fn handle(&mut self, topic: &str, payload: &[u8]) -> Handled {
-        let batch = [Incoming {
-            topic: topic.to_owned(),
-            payload: payload.to_vec(),
-        }];
+        let batch = [Incoming::new(topic, payload)];
         self.handle_batch(&batch).pop().unwrap_or_else(|| Handled {
             outgoing: Vec::new(),
             result: Err(HandleError::Internal("no result".into())),
@@ -473,6 +542,7 @@ impl Hub {
             sender: String::new(),
             jti: String::new(),
             detail: None,
+            checked: &[],
         };
         let out = sweep::sweep(&mut ctx)?;
         tx.commit()?;
@@ -532,6 +602,31 @@ fn process(
     // Steps 1–2: nothing is answered before the signature holds.
     let verified = match verify(tx, &m.topic, topic, &m.payload) {
         Ok(v) => v,
+        Err(e @ HandleError::SignedMalformed { .. }) => {
+            // Authentic, so answered (with `re`), though it cannot be read, and changes
+            // nothing else: no replay window (it has no usable `seq`), no processed record.
+            let HandleError::SignedMalformed {
+                class, sender, jti, ..
+            } = &e
+            else {
+                unreachable!("matched above")
+            };
+            let mut ctx = Ctx {
+                db: tx,
+                cfg,
+                signer,
+                warnings,
+                rng: &mut *rng,
+                now,
+                sender: sender.clone(),
+                jti: jti.clone(),
+                detail: None,
+                checked: &m.checked,
+            };
+            let out = rejected(&mut ctx, class, &e)?;
+            entry.jti = Some(jti.clone());
+            return finish(tx, entry, e, out, false);
+        }
         Err(e) => {
             entry.outcome = "rejected".into();
             entry.reason = Some(reason_code(&e.reason()));
@@ -550,6 +645,10 @@ fn process(
         Sender::Atm(a) => a.id.clone(),
         Sender::Phone(id, _) => id.clone(),
     };
+    // A phone with no enrolled device signs its first login with the key it carries: anyone
+    // can make up such keys by the million, so what they are refused leaves nothing durable
+    // but a pruned trail (`login_refusals`), and no replay window or processed record.
+    let stranger = matches!(verified.sender, Sender::Phone(_, None));
 
     let mut ctx = Ctx {
         db: tx,
@@ -561,6 +660,7 @@ fn process(
         sender: sender_id.clone(),
         jti: verified.jti.clone(),
         detail: None,
+        checked: &m.checked,
     };
 
     // Step 3: addressing and times.
@@ -586,13 +686,17 @@ fn process(
         .and_then(|()| check_times(&replay_cfg, iat, exp, now).map_err(HandleError::from));
     if let Err(e) = early {
         let out = rejected(&mut ctx, verified.class, &e)?;
-        return finish(ctx.db, entry, e, out);
+        return finish(ctx.db, entry, e, out, stranger);
     }
 
     // Step 4: duplicates are answered again; anything else must pass the window.
     if let Some(previous) = store::processed(ctx.db, &sender_id, &verified.jti)? {
-        let outgoing: Vec<Outgoing> = serde_json::from_str(&previous)
+        let stored: Vec<Outgoing> = serde_json::from_str(&previous)
             .map_err(|e| StoreError::Corrupt(format!("processed answers: {e}")))?;
+        let outgoing = stored
+            .iter()
+            .map(|o| ctx.reseal(o))
+            .collect::<Result<Vec<_>, _>>()?;
         entry.outcome = "duplicate".into();
         audit::append(ctx.db, &entry)?;
         return Ok(Handled {
@@ -604,7 +708,7 @@ fn process(
     if let Err(e) = window.check(verified.seq, replay_cfg.seq_window) {
         let e = HandleError::Replay(e);
         let out = rejected(&mut ctx, verified.class, &e)?;
-        return finish(ctx.db, entry, e, out);
+        return finish(ctx.db, entry, e, out, stranger);
     }
 
     // Step 5: the handler, inside a savepoint.
@@ -620,6 +724,7 @@ fn process(
         sender: sender_id.clone(),
         jti: verified.jti.clone(),
         detail: None,
+        checked: &m.checked,
     };
     let outcome = guarded(|| match (&verified.body, &verified.sender) {
         (Body::Atm(c), Sender::Atm(atm)) => atm::dispatch(&mut ctx, atm, &c.msg),
@@ -665,11 +770,17 @@ fn process(
         sender: sender_id.clone(),
         jti: verified.jti.clone(),
         detail,
+        checked: &m.checked,
     };
     if let Err(e) = &result {
         outgoing.extend(rejected(&mut ctx, verified.class, e)?);
     }
-    if !matches!(result, Err(HandleError::Internal(_))) {
+    let remember = match &result {
+        Err(HandleError::Internal(_)) => false,
+        Err(_) => !stranger,
+        Ok(_) => true,
+    };
+    if remember {
         store::save_window(tx, &sender_id, &verified.kid, &window.record(verified.seq))?;
         let answers = serde_json::to_string(&outgoing)
             .map_err(|e| StoreError::Corrupt(format!("answers: {e}")))?;
@@ -685,7 +796,7 @@ fn process(
                 result: Ok(d),
             })
         }
-        Err(e) => finish(tx, entry, e, outgoing),
+        Err(e) => finish(tx, entry, e, outgoing, stranger),
     }
 }
 
@@ -712,6 +823,7 @@ fn finish(
     mut entry: AuditEntry,
     e: HandleError,
     outgoing: Vec<Outgoing>,
+    stranger: bool,
 ) -> Result<Handled, StoreError> {
     entry.outcome = "rejected".into();
     entry.reason = Some(reason_code(&e.reason()));
@@ -720,7 +832,11 @@ fn finish(
         Some(d) => format!("{msg}; {d}"),
         None => msg,
     });
-    audit::append(db, &entry)?;
+    if stranger {
+        audit::append_login_refusal(db, &entry)?;
+    } else {
+        audit::append(db, &entry)?;
+    }
     Ok(Handled {
         outgoing,
         result: Err(e),
@@ -739,6 +855,26 @@ fn rejected(ctx: &mut Ctx<'_>, class: &str, e: &HandleError) -> Result<Vec<Outgo
     } else {
         ctx.push_phone(&to, PhonePush::Rejected(body))?
     }])
+}
+
+/// A claims error of a message whose signature holds with the sender's enrolled key becomes
+/// [`HandleError::SignedMalformed`] (answered); any other error stays as it is (silence).
+fn signed_malformed(
+    sealed: &Sealed<'_>,
+    key: &PublicKey,
+    class: &'static str,
+    sender: &str,
+    e: EnvelopeError,
+) -> HandleError {
+    match (&e, sealed.authentic_jti(key)) {
+        (EnvelopeError::Claims(message), Some(jti)) => HandleError::SignedMalformed {
+            class,
+            sender: sender.to_owned(),
+            jti,
+            message: message.chars().take(200).collect(),
+        },
+        _ => e.into(),
+    }
 }
 
 /// Steps 1–2: topic, size, JWS, key, signature, claims.
@@ -762,7 +898,9 @@ fn verify(
             }
             let key = PublicKey::from_jwk_json(&atm.public_jwk)
                 .map_err(|e| HandleError::Internal(format!("enrolled key of ATM {id}: {e}")))?;
-            let claims: Claims<AtmUp> = sealed.open(&key)?;
+            let claims: Claims<AtmUp> = sealed
+                .open(&key)
+                .map_err(|e| signed_malformed(&sealed, &key, "atm", &id, e))?;
             Ok(Verified {
                 jti: claims.jti.clone(),
                 seq: claims.seq,
@@ -778,7 +916,9 @@ fn verify(
                 let key = PublicKey::from_jwk_json(&d.public_jwk).map_err(|e| {
                     HandleError::Internal(format!("enrolled key of device {id}: {e}"))
                 })?;
-                let claims: Claims<PhoneUp> = sealed.open(&key)?;
+                let claims: Claims<PhoneUp> = sealed
+                    .open(&key)
+                    .map_err(|e| signed_malformed(&sealed, &key, "phone", &id, e))?;
                 // A login that enrols another key must be signed by that key (proof of
                 // possession), not by the key it replaces.
                 if let PhoneUp::Login(login) = &claims.msg

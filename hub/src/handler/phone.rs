@@ -13,12 +13,13 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{Ctx, Fail, Outcome, Refusal, money, refuse, sessions, steps};
 use crate::config::IdentityRule;
-use crate::identity::verify_secret;
+use crate::identity;
 use crate::policy::{self, check_may_move_money};
 use crate::restriction::{self, DeviceFix, Function, NewDeviceEvidence, Sighting};
 use crate::store::ledger as books;
 use crate::store::rows::{self, AccountRow, DeviceRow, DeviceStatus, WithdrawalRow};
 use crate::store::{from_sql, to_sql};
+use crate::throttle::{self, Failures};
 use crate::withdrawal::{Event, Phase, TransitionError, transition};
 
 /// Routes a phone message.
@@ -152,12 +153,10 @@ fn login(ctx: &mut Ctx<'_>, sender: &str, device: Option<&DeviceRow>, l: &Login)
         p.validate()
             .map_err(|e| refuse(RejectReason::Malformed, format!("position: {e}")))?;
     }
+    let key = PublicKey::from_jwk(&l.device.public_key)
+        .map_err(|e| refuse(RejectReason::BadSignature, e.to_string()))?;
+    let account = check_password(ctx, sender, device, &key, l)?;
     let bad = || refuse(RejectReason::BadCredentials, "wrong account or password");
-    let account = rows::account(ctx.db, &l.account)?.ok_or_else(bad)?;
-    if !verify_secret(l.password.expose(), &account.password_hash) {
-        ctx.note(format!("wrong password for account {}", account.id));
-        return Err(bad());
-    }
     if let Some(d) = device {
         if d.account != account.id {
             ctx.note(format!("device {} is enrolled for another account", d.id));
@@ -170,8 +169,6 @@ fn login(ctx: &mut Ctx<'_>, sender: &str, device: Option<&DeviceRow>, l: &Login)
             ));
         }
     }
-    let key = PublicKey::from_jwk(&l.device.public_key)
-        .map_err(|e| refuse(RejectReason::BadSignature, e.to_string()))?;
     let jwk = serde_json::to_string(&l.device.public_key)
         .map_err(|e| refuse(RejectReason::Malformed, e.to_string()))?;
     let all_others: Vec<DeviceRow> = rows::devices(ctx.db, Some(&account.id))?
@@ -242,6 +239,73 @@ fn login(ctx: &mut Ctx<'_>, sender: &str, device: Option<&DeviceRow>, l: &Login)
         )?,
     );
     Ok(out)
+}
+
+/// Checks a login's password, throttled (`crate::throttle`): the device id's failures, and
+/// the account name's unless the device is the account's own established one with its
+/// enrolled key (so guessing from elsewhere cannot lock the owner's phone out). A locked
+/// subject is refused before any argon2 runs; an unknown account is checked against a decoy
+/// hash of the same cost, so it answers as slowly as a known one. A wrong password is
+/// counted (kept although the login is refused); a right one clears both counts.
+fn check_password(
+    ctx: &mut Ctx<'_>,
+    sender: &str,
+    device: Option<&DeviceRow>,
+    key: &PublicKey,
+    l: &Login,
+) -> Result<AccountRow, Fail> {
+    let own = device.is_some_and(|d| {
+        d.account == l.account && d.status == DeviceStatus::Active && d.kid == key.kid().as_str()
+    });
+    let subjects = throttle::subjects(sender, &l.account, own);
+    for subject in &subjects {
+        if let Err(until) = rows::login_failures(ctx.db, subject)?.check(ctx.now) {
+            return Err(refuse(
+                RejectReason::LoginThrottled { until },
+                format!("too many wrong passwords; try again from {until}"),
+            ));
+        }
+    }
+    // Right or wrong, a device id gets a bounded number of attempts a minute: each costs
+    // argon2, and a successful one a `logins` row.
+    let minute_ago = ctx.now.saturating_sub(59);
+    let (recent, oldest): (i64, Option<i64>) = ctx.db.row_cached(
+        "SELECT COUNT(*), MIN(at) FROM logins WHERE device_id = ?1 AND at >= ?2",
+        params![sender, to_sql(minute_ago)],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    if recent >= i64::from(ctx.cfg.auth.logins_per_device_per_minute) {
+        let until = oldest.map_or(ctx.now, from_sql).saturating_add(60);
+        return Err(refuse(
+            RejectReason::LoginThrottled { until },
+            format!("too many logins from this device; try again from {until}"),
+        ));
+    }
+    let account = rows::account(ctx.db, &l.account)?;
+    let decoy = identity::decoy_hash(ctx.cfg.auth.hash_cost());
+    let phc = account.as_ref().map_or(decoy, |a| a.password_hash.as_str());
+    let matches = ctx.secret_matches(l.password.expose(), phc);
+    match account {
+        Some(account) if matches => {
+            for subject in &subjects {
+                rows::save_login_failures(ctx.db, subject, &Failures::default())?;
+            }
+            Ok(account)
+        }
+        _ => {
+            let policy = ctx.cfg.auth.throttle();
+            for subject in &subjects {
+                let f = rows::login_failures(ctx.db, subject)?.fail(ctx.now, &policy);
+                rows::save_login_failures(ctx.db, subject, &f)?;
+            }
+            ctx.note(format!("wrong password or account from {sender}"));
+            Err(refuse_keeping(
+                RejectReason::BadCredentials,
+                "wrong account or password".into(),
+                Vec::new(),
+            ))
+        }
+    }
 }
 
 /// The new-device policy's verdict ([`restriction::decide`]) from what was known before
@@ -750,6 +814,16 @@ fn confirm(
         ));
     }
     gate(ctx, account, device, Function::WithdrawalConfirm)?;
+    // Only the device that staged the withdrawal was sent the `ConfirmRequest`: another
+    // device of the account, even an established one, may not confirm it for it.
+    if w.device_id != device.id {
+        return Err(refuse(
+            RejectReason::TransactionMismatch {
+                field: "device_id".into(),
+            },
+            "only the device that registered this withdrawal may confirm it",
+        ));
+    }
     let atm_id = w.atm_id.clone().unwrap_or_default();
     let atm = rows::atm(ctx.db, &atm_id)?
         .ok_or_else(|| refuse(RejectReason::UnknownAtm, format!("ATM {atm_id} is gone")))?;
@@ -882,7 +956,7 @@ fn check_identity(
             "the PIN is required",
         ));
     };
-    let correct = verify_secret(pin.expose(), &account.pin_hash);
+    let correct = ctx.secret_matches(pin.expose(), &account.pin_hash);
     let (state, verdict) =
         account
             .pin

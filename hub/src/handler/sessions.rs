@@ -8,7 +8,7 @@ use qrcash_protocol::RejectReason;
 use qrcash_protocol::messages::{ChangePassword, PhonePush, SessionsEnded};
 
 use super::{Ctx, Outcome, refuse};
-use crate::identity::{HashCost, hash_secret, verify_secret};
+use crate::identity::hash_secret;
 use crate::policy;
 use crate::restriction::Function;
 use crate::store::rows::{self, AccountRow, DeviceRow};
@@ -44,7 +44,7 @@ pub(super) fn change_password(
     c: &ChangePassword,
 ) -> Outcome {
     established(ctx, device, Function::ChangePassword)?;
-    if !verify_secret(c.current_password.expose(), &account.password_hash) {
+    if !ctx.secret_matches(c.current_password.expose(), &account.password_hash) {
         ctx.note(format!(
             "password change with a wrong password on {}",
             account.id
@@ -58,11 +58,8 @@ pub(super) fn change_password(
             format!("the new password needs at least {MIN_PASSWORD_CHARS} characters"),
         ));
     }
-    let cost = HashCost {
-        memory_kib: ctx.cfg.auth.argon2_memory_kib,
-        iterations: ctx.cfg.auth.argon2_iterations,
-    };
-    let hash = hash_secret(new, cost).map_err(|e| refuse(RejectReason::Internal, e))?;
+    let hash = hash_secret(new, ctx.cfg.auth.hash_cost())
+        .map_err(|e| refuse(RejectReason::Internal, e))?;
     rows::set_password(ctx.db, &account.id, &hash, ctx.now)?;
     let signed_out = rows::end_sessions(ctx.db, &account.id, Some(&device.id))?;
     ctx.note(format!(

@@ -91,10 +91,11 @@ pub(crate) fn apply(
         && let Some(order) = &w.order_payload
         && let Some(atm) = w.atm_id.as_deref()
     {
-        out.push(Outgoing {
+        // The same order (id, notes, expiry), in a fresh envelope.
+        out.push(ctx.reseal(&Outgoing {
             topic: qrcash_protocol::topics::atm_down(atm),
             payload: order.clone().into_bytes(),
-        });
+        })?);
     }
     if let Some(status) = step.receipt {
         let (device, receipt) = receipt(ctx.db, w, step.settled, status, ctx.now)?;

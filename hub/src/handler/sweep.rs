@@ -1,7 +1,8 @@
 //! The background sweep: expires unused codes and unconfirmed sessions (telling the ATM),
 //! marks orders without a report long after their expiry as in doubt, lifts restrictions
 //! whose time is up, sends the pushes operator commands queued (resolution receipts) and
-//! forgets processed message ids past their retention.
+//! forgets processed message ids past their retention and the traces of login attempts
+//! (failure counts, refusals of self-signed logins, windows of keys that never enrolled).
 
 use super::{Ctx, Fail, Outgoing, steps};
 use crate::error::StoreError;
@@ -25,6 +26,9 @@ pub struct SweepReport {
     pub processed_pruned: usize,
     /// Pushes queued by operator commands, sealed and sent.
     pub pushes_sent: usize,
+    /// Login-failure counts of subjects unlocked and quiet, refusals of self-signed logins
+    /// past their retention, and replay windows of keys that never enrolled, forgotten.
+    pub login_traces_pruned: usize,
 }
 
 impl SweepReport {
@@ -149,5 +153,14 @@ pub(super) fn sweep(ctx: &mut Ctx<'_>) -> Result<(Vec<Outgoing>, SweepReport), S
         ctx.now
             .saturating_sub(ctx.cfg.storage.processed_retention_s),
     )?;
+    let auth = &ctx.cfg.auth;
+    report.login_traces_pruned = rows::prune_login_failures(
+        ctx.db,
+        ctx.now,
+        ctx.now.saturating_sub(auth.login_lock_max_s),
+    )? + audit::prune_login_refusals(
+        ctx.db,
+        ctx.now.saturating_sub(auth.login_refusal_retention_s),
+    )? + store::prune_stranger_windows(ctx.db)?;
     Ok((out, report))
 }

@@ -6,7 +6,7 @@ use qrcash_protocol::messages::{
     AbortReason, AtmDown, AtmUp, CodePresented, DeclineWithdrawal, DispenseOutcome, LimitKind,
     OrderRefused, PhonePush, PhoneUp, ReceiptStatus, RegisterWithdrawal, SessionCancelled,
 };
-use qrcash_protocol::{Amount, Currency, RejectReason, topics};
+use qrcash_protocol::{Amount, Claims, Currency, RejectReason, topics};
 
 use super::{Disposition, HandleError};
 use crate::admin;
@@ -155,27 +155,60 @@ fn the_confirm_request_answers_the_atm_and_replies_carry_re() {
     assert_eq!(push[0].aud, "phone-1");
 }
 
+/// `again` repeats `before` message by message: same topic, addressee, `re` and body, in a
+/// fresh envelope (a new `jti`, a higher `seq`, `iat` now, the same lifetime), so that a
+/// receiver's replay window and freshness rules accept it.
+fn assert_repeated(rig: &Rig, before: &[super::Outgoing], again: &[super::Outgoing]) {
+    assert_eq!(before.len(), again.len());
+    for (a, b) in before.iter().zip(again) {
+        assert_eq!(a.topic, b.topic);
+        let x: Claims<serde_json::Value> = open(a, &rig.hub_key());
+        let y: Claims<serde_json::Value> = open(b, &rig.hub_key());
+        assert_eq!(
+            (&x.aud, &x.re, &x.msg),
+            (&y.aud, &y.re, &y.msg),
+            "the same message"
+        );
+        assert!(y.seq > x.seq, "a fresh seq: {} then {}", x.seq, y.seq);
+        assert_ne!(x.jti, y.jti);
+        assert_eq!(y.iat, rig.now());
+        assert_eq!(y.exp - y.iat, x.exp - x.iat, "the same lifetime");
+    }
+}
+
 #[test]
 fn a_duplicate_report_is_acked_again_and_applied_once() {
     let (mut rig, mut phone, mut atm) = setup(3);
     let code = rig.register(&mut phone, "hanako", 20_000);
     let req = rig.present(&mut atm, &code.token, "phone-1");
     let order = rig.confirm_order(&mut phone, &req);
-    let bytes = atm.message(
+    // From the outbox: valid for 7 days, as the agent sends it.
+    let mut claims = atm.claims(
         &rig.hub_id(),
         rig.now(),
         report_message(&order, DispenseOutcome::Dispensed, 20_000),
     );
+    claims.exp = rig.now() + 7 * 86_400;
+    let bytes = atm.seal(&claims);
     let first = rig.hub.handle(&atm.atm_up(), &bytes);
     assert_eq!(first.result, Ok(Disposition::Applied));
     let second = rig.hub.handle(&atm.atm_up(), &bytes);
     assert_eq!(second.result, Ok(Disposition::Duplicate));
-    assert_eq!(first.outgoing, second.outgoing, "the same answers again");
+    assert_repeated(&rig, &first.outgoing, &second.outgoing);
+    // Resent after the first answers' `exp` (5.5 minutes): still answers the ATM can accept.
+    rig.clock.advance(Duration::from_secs(330));
+    let late = rig.hub.handle(&atm.atm_up(), &bytes);
+    assert_eq!(late.result, Ok(Disposition::Duplicate));
+    assert_repeated(&rig, &second.outgoing, &late.outgoing);
+    for o in &late.outgoing {
+        let c: Claims<serde_json::Value> = open(o, &rig.hub_key());
+        assert!(c.iat == rig.now() && c.exp > rig.now(), "{c:?}");
+    }
     assert_eq!(balances(&rig, "hanako"), (80_000, 0));
     assert_books(&rig);
     assert_eq!(
         audit::count(rig.hub.store().conn(), "duplicate").unwrap(),
-        1
+        2
     );
 }
 
@@ -561,7 +594,7 @@ fn refusals_and_cancellations_release_or_resend() {
             reason: qrcash_protocol::messages::CancelReason::Timeout,
         }),
     );
-    assert_eq!(h.outgoing[0], sent, "the same signed order again");
+    assert_repeated(&rig, &[sent], &h.outgoing[..1]);
     assert_eq!(phase(&rig, &code.tx_id), Phase::Ordered);
     assert_eq!(balances(&rig, "hanako"), (90_000, 10_000));
     assert_books(&rig);
@@ -1427,23 +1460,20 @@ fn a_batch_commits_each_message_atomically() {
         })
     };
     let batch = vec![
-        super::Incoming {
-            topic: phone.phone_up(),
-            payload: phone.message(&hub, now, transfer("a", 60_000)),
-        },
-        super::Incoming {
-            topic: phone.phone_up(),
-            payload: b"garbage".to_vec(),
-        },
+        super::Incoming::new(
+            phone.phone_up(),
+            phone.message(&hub, now, transfer("a", 60_000)),
+        ),
+        super::Incoming::new(phone.phone_up(), b"garbage".to_vec()),
         // Would overdraw after the first: refused, nothing of it stays.
-        super::Incoming {
-            topic: phone.phone_up(),
-            payload: phone.message(&hub, now, transfer("b", 60_000)),
-        },
-        super::Incoming {
-            topic: phone.phone_up(),
-            payload: phone.message(&hub, now, transfer("c", 40_000)),
-        },
+        super::Incoming::new(
+            phone.phone_up(),
+            phone.message(&hub, now, transfer("b", 60_000)),
+        ),
+        super::Incoming::new(
+            phone.phone_up(),
+            phone.message(&hub, now, transfer("c", 40_000)),
+        ),
     ];
     let results = rig.hub.handle_batch(&batch);
     let reasons: Vec<Option<RejectReason>> = results
@@ -1794,4 +1824,70 @@ fn a_panic_in_a_handler_becomes_a_typed_refusal() {
         Err(super::Fail::Store(e)) => panic!("expected a typed refusal, got {e}"),
         Ok(_) => panic!("expected a typed refusal, got success"),
     }
+}
+
+/// Spec problem 3: a correctly signed message that does not decode (a typo, `10000.0` for
+/// an integer) is answered `malformed` with `re`, and changes nothing; one whose signature
+/// does not hold still gets silence.
+#[test]
+fn a_signed_but_malformed_message_is_answered_malformed() {
+    let (mut rig, mut phone, _) = setup(77);
+    let hub = rig.hub_id();
+    let body = serde_json::json!({
+        "type": "RegisterWithdrawal",
+        "account": "hanako",
+        "amount": {"minor": 10000.0, "currency": "JPY"}
+    });
+    let claims = phone.claims(&hub, rig.now(), body.clone());
+    let bytes = phone.seal(&claims);
+    let h = rig.hub.handle(&phone.phone_up(), &bytes);
+    assert!(
+        matches!(&h.result, Err(e) if e.reason() == RejectReason::Malformed),
+        "{:?}",
+        h.result
+    );
+    let answers = rig.pushes(&h.outgoing, "phone-1");
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].re.as_deref(), Some(claims.jti.as_str()));
+    assert!(
+        matches!(&answers[0].msg, PhonePush::Rejected(r) if r.reason == RejectReason::Malformed)
+    );
+    assert_eq!(balances(&rig, "hanako"), (100_000, 0));
+    // Signed by a stranger's key on phone-1's topic: silence.
+    let mut stranger = TestDevice::new("phone-1");
+    let claims = stranger.claims(&hub, rig.now(), body);
+    let h = rig.hub.handle(&phone.phone_up(), &stranger.seal(&claims));
+    assert!(h.result.is_err() && h.outgoing.is_empty(), "{:?}", h.result);
+}
+
+/// Spec problem 2: a second, unrestricted device of the account, which never received the
+/// `ConfirmRequest`, cannot confirm the first device's withdrawal.
+#[test]
+fn only_the_device_that_staged_a_withdrawal_may_confirm_it() {
+    let (mut rig, mut phone, mut atm) = setup(78);
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    // A second device, approved by the owner, so not restricted.
+    let mut second = TestDevice::new("phone-2");
+    let h = rig.login(&mut second, "hanako");
+    let alert = match rig.pushes(&h.outgoing, "phone-1").pop().map(|c| c.msg) {
+        Some(PhonePush::NewDeviceAlert(a)) => a,
+        other => panic!("{other:?}"),
+    };
+    rig.phone(
+        &mut phone,
+        PhoneUp::AnswerNewDeviceAlert(qrcash_protocol::messages::AnswerNewDeviceAlert {
+            alert_id: alert.alert_id,
+            not_me: false,
+        }),
+    );
+    let h = rig.confirm(&mut second, &req);
+    assert_eq!(
+        refused(&h),
+        RejectReason::TransactionMismatch {
+            field: "device_id".into()
+        }
+    );
+    assert!(rig.order(&h.outgoing, "atm-1").is_none());
+    rig.confirm_order(&mut phone, &req);
 }

@@ -31,6 +31,30 @@ pub struct AuditEntry {
     pub detail: Option<String>,
 }
 
+/// Records a refused message of a phone that has no enrolled device (a login signed by the
+/// key it carries) in the pruned `login_refusals` table instead of the append-only audit
+/// log: such keys cost nothing to make, so their refusals must not grow the hub forever.
+pub fn append_login_refusal(db: &Connection, e: &AuditEntry) -> Result<(), StoreError> {
+    let clip =
+        |s: &Option<String>, n: usize| s.as_ref().map(|s| s.chars().take(n).collect::<String>());
+    db.exec_cached(
+        "INSERT INTO login_refusals(at, sender, msg_type, reason, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            to_sql(e.at),
+            clip(&e.sender, 128),
+            clip(&e.msg_type, 64),
+            clip(&e.reason, 64),
+            clip(&e.detail, 256)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Forgets login refusals from before `before`; returns how many.
+pub fn prune_login_refusals(db: &Connection, before: u64) -> Result<usize, StoreError> {
+    Ok(db.exec_cached("DELETE FROM login_refusals WHERE at < ?1", [to_sql(before)])?)
+}
+
 /// A stored audit entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRow {

@@ -50,6 +50,7 @@ impl Cached for Connection {
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
+    path: Option<std::path::PathBuf>,
 }
 
 impl Store {
@@ -65,7 +66,9 @@ impl Store {
             tracing::warn!(file = %file.display(), "database file was readable by others: now 0600");
         }
         let conn = Connection::open(path)?;
-        Self::setup(conn)
+        let mut store = Self::setup(conn)?;
+        store.path = Some(path.to_owned());
+        Ok(store)
     }
 
     /// A private in-memory database (tests).
@@ -86,7 +89,23 @@ impl Store {
         schema::migrations()
             .to_latest(&mut conn)
             .map_err(|e| StoreError::Migration(e.to_string()))?;
-        Ok(Store { conn })
+        Ok(Store { conn, path: None })
+    }
+
+    /// The database file; `None` in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Another connection to the same file that can only read (`None` in memory): for work
+    /// beside the writer, which WAL lets run without blocking it.
+    pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        Ok(conn)
     }
 
     /// The connection.
@@ -189,6 +208,17 @@ pub fn record_processed(
         params![sender, jti, to_sql(at), responses],
     )?;
     Ok(())
+}
+
+/// Forgets the replay windows of keys that are no enrolled ATM's or device's (keys that
+/// never enrolled, or that a device replaced); returns how many.
+pub fn prune_stranger_windows(db: &Connection) -> Result<usize, StoreError> {
+    Ok(db.exec_cached(
+        "DELETE FROM replay_windows AS w
+         WHERE NOT EXISTS (SELECT 1 FROM atms a WHERE a.id = w.sender AND a.kid = w.kid)
+           AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = w.sender AND d.kid = w.kid)",
+        [],
+    )?)
 }
 
 /// Forgets processed ids older than `before` (their messages are refused as stale anyway).

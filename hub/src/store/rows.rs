@@ -2,6 +2,7 @@
 //! reads and writes the handler and the operator commands need.
 
 use crate::store::Cached;
+use crate::throttle::Failures;
 use qrcash_protocol::messages::{CassetteStatus, NoteCount};
 use qrcash_protocol::{Amount, Currency, OrderId, Position, TxId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -245,6 +246,53 @@ pub fn revoke_device(db: &Connection, id: &str, reason: &str, at: u64) -> Result
         params![id, to_sql(at), reason],
     )?;
     Ok(n == 1)
+}
+
+/// The login failures of a subject (`device:<id>` or `account:<name>`); none yet is the
+/// default.
+pub fn login_failures(db: &Connection, subject: &str) -> Result<Failures, StoreError> {
+    Ok(db
+        .row_cached(
+            "SELECT failures, locked_until, last_at FROM login_failures WHERE subject = ?1",
+            [subject],
+            |r| {
+                Ok(Failures {
+                    count: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(u32::MAX),
+                    locked_until: from_sql(r.get(1)?),
+                    last_at: from_sql(r.get(2)?),
+                })
+            },
+        )
+        .optional()?
+        .unwrap_or_default())
+}
+
+/// Stores a subject's login failures; the default state deletes the row.
+pub fn save_login_failures(db: &Connection, subject: &str, f: &Failures) -> Result<(), StoreError> {
+    if *f == Failures::default() {
+        db.exec_cached("DELETE FROM login_failures WHERE subject = ?1", [subject])?;
+    } else {
+        db.exec_cached(
+            "INSERT INTO login_failures(subject, failures, locked_until, last_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(subject) DO UPDATE SET failures = ?2, locked_until = ?3, last_at = ?4",
+            params![
+                subject,
+                i64::from(f.count),
+                to_sql(f.locked_until),
+                to_sql(f.last_at)
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Forgets the failures of subjects unlocked and quiet since `before`; returns how many.
+pub fn prune_login_failures(db: &Connection, now: u64, before: u64) -> Result<usize, StoreError> {
+    Ok(db.exec_cached(
+        "DELETE FROM login_failures WHERE locked_until <= ?1 AND last_at < ?2",
+        params![to_sql(now), to_sql(before)],
+    )?)
 }
 
 /// Sets a new password hash for an account.

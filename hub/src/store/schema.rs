@@ -280,10 +280,33 @@ CREATE TABLE pending_pushes (
 
 /// New-device alerts name the key they are about, so that an approval lifts the restriction
 /// of that key only (a device re-keyed after the alert was sent is a newer newcomer), and
-/// keep the outcome of their first answer, which a repeated answer gets again.
+/// keep the outcome of their first answer, which a repeated answer gets again. Login
+/// failures are counted per device and per account name for throttling.
 const V3: &str = r#"
 ALTER TABLE alerts ADD COLUMN new_kid TEXT;
 ALTER TABLE alerts ADD COLUMN outcome TEXT;
+
+-- Wrong passwords in a row per subject ('device:<id>' or 'account:<name>'); rows of
+-- subjects that are unlocked and quiet are pruned by the sweeper.
+CREATE TABLE login_failures (
+    subject      TEXT PRIMARY KEY,
+    failures     INTEGER NOT NULL,
+    locked_until INTEGER NOT NULL,
+    last_at      INTEGER NOT NULL
+) STRICT;
+
+-- Refused messages of phones with no enrolled device (self-signed logins): a pruned trail,
+-- not the append-only audit log, since such keys cost nothing to make.
+CREATE TABLE login_refusals (
+    id       INTEGER PRIMARY KEY,
+    at       INTEGER NOT NULL,
+    sender   TEXT,
+    msg_type TEXT,
+    reason   TEXT,
+    detail   TEXT
+) STRICT;
+CREATE INDEX login_refusals_by_time ON login_refusals(at);
+CREATE INDEX logins_by_device ON logins(device_id, at);
 "#;
 
 /// The migrations, oldest first.
