@@ -2,6 +2,8 @@
 # Installs the system packages the test suites need, where they are missing:
 #   mosquitto    - the real MQTT broker every broker test starts privately (never the system one)
 #   libclang-dev - bindgen for the `v4l` feature of qrcash-hardware (camera capture on ATMs)
+# and a Python environment in target/pyvenv with tests/python/requirements.txt (pyhpke, the
+# independent implementation the sealed-secret interop tests run against).
 # Idempotent and quiet when everything is there. Needs root or sudo for apt-get.
 set -euo pipefail
 
@@ -16,11 +18,22 @@ missing=()
 for package in mosquitto libclang-dev; do
   installed "$package" || missing+=("$package")
 done
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+if [ ${#missing[@]} -ne 0 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-echo "installing: ${missing[*]}" >&2
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# The Python side of the interop tests, pinned; recreated when the requirements change.
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$root/target/pyvenv"
+requirements="$root/tests/python/requirements.txt"
+if ! cmp -s "$requirements" "$venv/requirements.txt" 2>/dev/null; then
+  echo "installing: python packages of tests/python/requirements.txt into target/pyvenv" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$venv/requirements.txt"
+fi

@@ -792,7 +792,7 @@ mod tests {
     use qrcash_protocol::messages::{
         AnswerNewDeviceAlert, BalanceQuery, BankWithdrawal, ChangePassword, ConfirmWithdrawal,
         DeclineWithdrawal, DeviceInfo, IdentityEvidence, Login, Payment, RegisterWithdrawal,
-        Secret, SignOutOtherDevices, TopUp, Transfer,
+        SignOutOtherDevices, TopUp, Transfer,
     };
     use qrcash_protocol::{Amount, Currency, PrivateKey, TxId};
 
@@ -1638,7 +1638,11 @@ mod tests {
             (
                 PhoneUp::Login(Login {
                     account: "a".into(),
-                    password: Secret::new("pw"),
+                    password: qrcash_protocol::SealedSecret {
+                        kid: "k".into(),
+                        enc: "e".into(),
+                        ct: "c".into(),
+                    },
                     device: DeviceInfo {
                         device_id: "d".into(),
                         name: "n".into(),
@@ -1722,8 +1726,16 @@ mod tests {
             ),
             (
                 PhoneUp::ChangePassword(ChangePassword {
-                    current_password: Secret::new("old"),
-                    new_password: Secret::new("new"),
+                    current_password: qrcash_protocol::SealedSecret {
+                        kid: "k".into(),
+                        enc: "e".into(),
+                        ct: "c".into(),
+                    },
+                    new_password: qrcash_protocol::SealedSecret {
+                        kid: "k".into(),
+                        enc: "e".into(),
+                        ct: "c".into(),
+                    },
                 }),
                 Function::ChangePassword,
             ),

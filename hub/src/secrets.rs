@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use qrcash_protocol::messages::{IdentityEvidence, PhoneUp};
 use qrcash_protocol::topics::Topic;
-use qrcash_protocol::{MAX_UPLINK_BYTES, PublicKey, Sealed};
+use qrcash_protocol::{MAX_UPLINK_BYTES, PrivateKey, PublicKey, Sealed, SealedSecret, SecretField};
 use rusqlite::Connection;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -32,7 +32,8 @@ use crate::store::Store;
 use crate::store::rows::{self, DeviceStatus};
 use crate::throttle;
 
-/// A secret to check and the stored hash to check it against.
+/// A secret to check (opened: see `qrcash_protocol::sealed`) and the stored hash to check
+/// it against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
     /// The password or PIN, as sent.
@@ -47,6 +48,7 @@ pub struct Wanted {
 pub fn wanted(
     db: &Connection,
     cfg: &HubConfig,
+    hub: &PrivateKey,
     topic: &str,
     payload: &[u8],
     now: u64,
@@ -67,11 +69,20 @@ pub fn wanted(
             None => Ok(None),
         }
     };
-    let one = |secret: &str, phc: &str| {
-        vec![Wanted {
-            secret: secret.to_owned(),
-            phc: phc.to_owned(),
-        }]
+    // Opened as the handler will open it: for this sender, the key named in the envelope
+    // (the handler uses the verified one; if they differ, nothing opens and nothing is
+    // checked ahead) and the field. A secret that does not open needs no check.
+    let kid = sealed.kid().as_str().to_owned();
+    let one = |sealed: &SealedSecret, field: SecretField, phc: &str| {
+        sealed
+            .open(hub, field, &sender, &kid)
+            .map(|secret| {
+                vec![Wanted {
+                    secret: secret.expose().to_owned(),
+                    phc: phc.to_owned(),
+                }]
+            })
+            .unwrap_or_default()
     };
     Ok(match &claims.msg {
         PhoneUp::Login(l) => {
@@ -90,14 +101,20 @@ pub fn wanted(
                 Some(a) => a.password_hash,
                 None => identity::decoy_hash(cfg.auth.hash_cost()).to_owned(),
             };
-            one(l.password.expose(), &phc)
+            one(&l.password, SecretField::Password, &phc)
         }
         PhoneUp::ChangePassword(c) => match account_of_device()? {
-            Some(a) => one(c.current_password.expose(), &a.password_hash),
+            Some(a) => one(
+                &c.current_password,
+                SecretField::CurrentPassword,
+                &a.password_hash,
+            ),
             None => Vec::new(),
         },
         PhoneUp::ConfirmWithdrawal(c) => match (&c.identity, account_of_device()?) {
-            (IdentityEvidence { pin: Some(pin), .. }, Some(a)) => one(pin.expose(), &a.pin_hash),
+            (IdentityEvidence { pin: Some(pin), .. }, Some(a)) => {
+                one(pin, SecretField::Pin, &a.pin_hash)
+            }
             _ => Vec::new(),
         },
         _ => Vec::new(),
@@ -124,6 +141,7 @@ fn carries_secret(msg: &Incoming) -> bool {
 pub struct SecretStage {
     db: PathBuf,
     config: Arc<HubConfig>,
+    key: Arc<PrivateKey>,
     workers: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     backlog: usize,
@@ -144,10 +162,11 @@ pub enum Route {
 impl SecretStage {
     /// A stage with `workers` threads reading the database at `db` (a file: an in-memory
     /// hub checks on its writer), keeping at most `16 × workers` messages waiting.
-    pub fn new(db: PathBuf, config: Arc<HubConfig>, workers: usize) -> Self {
+    pub fn new(db: PathBuf, config: Arc<HubConfig>, key: Arc<PrivateKey>, workers: usize) -> Self {
         SecretStage {
             db,
             config,
+            key,
             workers: Arc::new(Semaphore::new(workers.max(1))),
             waiting: Arc::new(AtomicUsize::new(0)),
             backlog: workers.max(1) * 16,
@@ -202,7 +221,7 @@ impl SecretStage {
         let wanted = Store::open_reader(&self.db)
             .map_err(|e| e.to_string())
             .and_then(|db| {
-                wanted(&db, &self.config, topic, payload, now).map_err(|e| e.to_string())
+                wanted(&db, &self.config, &self.key, topic, payload, now).map_err(|e| e.to_string())
             });
         match wanted {
             Ok(list) => list

@@ -200,6 +200,7 @@ impl HubService {
             (Some(path), n) if n > 0 => Some(SecretStage::new(
                 path.to_owned(),
                 Arc::new(hub.config().clone()),
+                Arc::new(hub.signer().key().clone()),
                 n,
             )),
             _ => None,

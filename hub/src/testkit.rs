@@ -9,10 +9,11 @@ use std::time::Duration;
 use qrcash_protocol::messages::{
     AtmDown, AtmUp, CodeIssued, ConfirmRequest, ConfirmWithdrawal, DeviceInfo, DispenseOrder,
     DispenseOutcome, DispenseReport, IdentityEvidence, Login, NoteOutcome, PhonePush, PhoneUp,
-    RegisterWithdrawal, Secret,
+    RegisterWithdrawal,
 };
 use qrcash_protocol::{
-    Amount, Claims, Currency, ManualClock, PrivateKey, PublicKey, Signer, envelope, topics,
+    Amount, Claims, Currency, ManualClock, PrivateKey, PublicKey, SealedSecret, SecretField,
+    SecretSealer, Signer, envelope, topics,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -122,7 +123,7 @@ pub struct Rig {
 impl Rig {
     /// A rig over `store` with `config`, the clock at [`T0`], randomness from `seed`.
     pub fn new(store: Store, config: HubConfig, seed: u64) -> Rig {
-        Self::with_key(store, config, seed, PrivateKey::generate())
+        Self::with_key(store, config, seed, test_hub_key())
     }
 
     /// Like [`Rig::new`] with a given hub key (several hub instances sharing a database).
@@ -322,7 +323,7 @@ impl Rig {
 
     /// Confirms with the right PIN at the ATM; returns the hub's answer.
     pub fn confirm(&mut self, phone: &mut TestDevice, req: &ConfirmRequest) -> Handled {
-        let msg = confirm_message(req, Some(PIN), Some(near_atm()));
+        let msg = confirm_message(phone, req, Some(PIN), Some(near_atm()));
         self.phone(phone, msg)
     }
 
@@ -364,6 +365,23 @@ pub fn near_atm() -> qrcash_protocol::Position {
     qrcash_protocol::Position::new(SHIBUYA.0 + 0.0001, SHIBUYA.1, 10.0)
 }
 
+/// The hub key of every rig made by [`Rig::new`] (fixed, so that the message builders below
+/// can seal secrets to it without a rig at hand).
+pub fn test_hub_key() -> PrivateKey {
+    PrivateKey::from_bytes([0x5a; 32])
+}
+
+/// `secret` sealed as `field` of a message from `dev` to the test hub key.
+pub fn seal_for(dev: &TestDevice, field: SecretField, secret: &str) -> SealedSecret {
+    SecretSealer::new(
+        test_hub_key().public().clone(),
+        dev.id.clone(),
+        dev.key.kid().clone(),
+    )
+    .seal(field, secret)
+    .unwrap_or_else(|e| panic!("seal: {e}"))
+}
+
 /// A `Login` for `dev` carrying its own key.
 pub fn login_message(
     dev: &TestDevice,
@@ -372,7 +390,7 @@ pub fn login_message(
 ) -> PhoneUp {
     PhoneUp::Login(Login {
         account: account.into(),
-        password: Secret::new(password(account)),
+        password: seal_for(dev, SecretField::Password, &password(account)),
         device: DeviceInfo {
             device_id: dev.id.clone(),
             name: format!("phone {}", dev.id),
@@ -382,8 +400,9 @@ pub fn login_message(
     })
 }
 
-/// A `ConfirmWithdrawal` echoing the request exactly.
+/// A `ConfirmWithdrawal` from `dev` echoing the request exactly.
 pub fn confirm_message(
+    dev: &TestDevice,
     req: &ConfirmRequest,
     pin: Option<&str>,
     position: Option<qrcash_protocol::Position>,
@@ -395,7 +414,7 @@ pub fn confirm_message(
         challenge: req.challenge.clone(),
         position,
         identity: IdentityEvidence {
-            pin: pin.map(Secret::new),
+            pin: pin.map(|p| seal_for(dev, SecretField::Pin, p)),
             biometric: None,
         },
     })

@@ -8,16 +8,15 @@ use std::os::unix::fs::PermissionsExt;
 use qrcash_hub::admin;
 use qrcash_hub::handler::Disposition;
 use qrcash_hub::testkit::{
-    PIN, Rig, TestDevice, confirm_message, funding, login_message, near_atm,
+    PIN, Rig, TestDevice, confirm_message, funding, login_message, near_atm, seal_for,
 };
 use qrcash_protocol::messages::{
     AlertAnswered, AlertOutcome, AnswerNewDeviceAlert, AtmState, AtmUp, BalanceQuery,
     BankWithdrawal, BiometricAttestation, BiometricMethod, CassetteState, CassetteStatus,
     ChangePassword, ConfirmRequest, DeclineWithdrawal, Heartbeat, NewDeviceAlert, Payment,
-    PhonePush, PhoneUp, RegisterWithdrawal, Secret, SessionsEnded, SignOutOtherDevices, TopUp,
-    Transfer,
+    PhonePush, PhoneUp, RegisterWithdrawal, SessionsEnded, SignOutOtherDevices, TopUp, Transfer,
 };
-use qrcash_protocol::{Position, RejectReason};
+use qrcash_protocol::{Position, RejectReason, SecretField};
 
 /// Osaka, about 400 km from the test ATM in Shibuya.
 const OSAKA: (f64, f64) = (34.7025, 135.4959);
@@ -110,7 +109,12 @@ fn numbers_from_the_wire_never_panic_the_writer() {
     let code = rig.register(&mut phone, "hanako", 12_000);
     let req = rig.present(&mut atm, &code.token, "phone-1");
     // A biometric attestation dated at the end of time.
-    let mut msg = confirm_message(&req, Some(qrcash_hub::testkit::PIN), Some(near_atm()));
+    let mut msg = confirm_message(
+        &phone,
+        &req,
+        Some(qrcash_hub::testkit::PIN),
+        Some(near_atm()),
+    );
     if let PhoneUp::ConfirmWithdrawal(c) = &mut msg {
         c.identity.biometric = Some(BiometricAttestation {
             method: BiometricMethod::Face,
@@ -325,7 +329,7 @@ fn restricted_until(rig: &Rig, h: &qrcash_hub::handler::Handled, device: &str) -
 }
 
 /// Every money-out request a phone can send, with fresh idempotency keys.
-fn money_out(tag: &str, owners_request: &ConfirmRequest) -> Vec<PhoneUp> {
+fn money_out(tag: &str, from: &TestDevice, owners_request: &ConfirmRequest) -> Vec<PhoneUp> {
     let key = |k: &str| format!("{tag}-{k}");
     vec![
         PhoneUp::Transfer(Transfer {
@@ -353,7 +357,7 @@ fn money_out(tag: &str, owners_request: &ConfirmRequest) -> Vec<PhoneUp> {
             account: "hanako".into(),
             amount: jpy(10_000),
         }),
-        confirm_message(owners_request, Some(PIN), Some(near_atm())),
+        confirm_message(from, owners_request, Some(PIN), Some(near_atm())),
     ]
 }
 
@@ -390,7 +394,7 @@ fn a_claimed_position_next_to_the_owner_frees_nothing_until_the_owner_approves()
             .map(Result::unwrap)
     };
     let before = ledger(&rig);
-    for (i, msg) in money_out("t", &request).into_iter().enumerate() {
+    for (i, msg) in money_out("t", &thief, &request).into_iter().enumerate() {
         let h = rig.phone(&mut thief, msg);
         assert!(
             matches!(&h.result, Err(e) if e.reason() == RejectReason::Restricted { until }),
@@ -403,7 +407,7 @@ fn a_claimed_position_next_to_the_owner_frees_nothing_until_the_owner_approves()
         answer(&mut rig, &mut phone, &alert.alert_id, false).outcome,
         AlertOutcome::Approved
     );
-    let mut requests = money_out("a", &request);
+    let mut requests = money_out("a", &thief, &request);
     let owners = requests.pop();
     for (i, msg) in requests.into_iter().enumerate() {
         let h = rig.phone(&mut thief, msg);
@@ -504,11 +508,17 @@ fn balance_query() -> PhoneUp {
     })
 }
 
-fn change_password(current: &str, new: &str) -> PhoneUp {
-    PhoneUp::ChangePassword(ChangePassword {
-        current_password: Secret::new(current),
-        new_password: Secret::new(new),
-    })
+fn change_password(
+    rig: &mut Rig,
+    dev: &mut TestDevice,
+    current: &str,
+    new: &str,
+) -> qrcash_hub::handler::Handled {
+    let msg = PhoneUp::ChangePassword(ChangePassword {
+        current_password: seal_for(dev, SecretField::CurrentPassword, current),
+        new_password: seal_for(dev, SecretField::NewPassword, new),
+    });
+    rig.phone(dev, msg)
 }
 
 fn sessions_ended(rig: &Rig, h: &qrcash_hub::handler::Handled, device: &str) -> SessionsEnded {
@@ -534,7 +544,7 @@ fn a_password_change_from_the_owners_phone_signs_every_other_device_out() {
     );
     // The newcomer may not lock the owner out.
     let old = qrcash_hub::testkit::password("hanako");
-    let h = rig.phone(&mut thief, change_password(&old, "the thief's choice"));
+    let h = change_password(&mut rig, &mut thief, &old, "the thief's choice");
     assert!(matches!(refused_with(&h), RejectReason::Restricted { .. }));
     let h = rig.phone(
         &mut thief,
@@ -542,19 +552,16 @@ fn a_password_change_from_the_owners_phone_signs_every_other_device_out() {
     );
     assert!(matches!(refused_with(&h), RejectReason::Restricted { .. }));
     // A wrong current password changes nothing.
-    let h = rig.phone(
-        &mut phone,
-        change_password("not it at all", "brand new secret"),
-    );
+    let h = change_password(&mut rig, &mut phone, "not it at all", "brand new secret");
     assert_eq!(refused_with(&h), RejectReason::BadCredentials);
-    let h = rig.phone(&mut phone, change_password(&old, "short"));
+    let h = change_password(&mut rig, &mut phone, &old, "short");
     assert_eq!(refused_with(&h), RejectReason::Malformed);
     assert_eq!(
         rig.phone(&mut thief, balance_query()).result,
         Ok(Disposition::Applied)
     );
 
-    let h = rig.phone(&mut phone, change_password(&old, "brand new secret"));
+    let h = change_password(&mut rig, &mut phone, &old, "brand new secret");
     let ended = sessions_ended(&rig, &h, "phone-1");
     assert!(ended.password_changed);
     assert_eq!(ended.signed_out, vec!["phone-thief".to_owned()]);
@@ -621,7 +628,7 @@ fn sign_out_others_and_the_operators_reset_end_sessions() {
 fn login_with(rig: &mut Rig, dev: &mut TestDevice, account: &str, password: &str) -> RejectReason {
     let mut msg = login_message(dev, account, Some(near_atm()));
     if let PhoneUp::Login(l) = &mut msg {
-        l.password = Secret::new(password);
+        l.password = seal_for(dev, SecretField::Password, password);
     }
     let h = rig.phone(dev, msg);
     match h.result {
@@ -774,7 +781,8 @@ fn passwords_and_pins_are_checked_ahead_and_the_writer_runs_no_argon2() {
     let ahead = |rig: &mut Rig, dev: &mut TestDevice, msg: PhoneUp| {
         let hub = rig.hub_id();
         let payload = dev.message(&hub, rig.now(), msg);
-        let list = wanted(&reader, &cfg, &dev.phone_up(), &payload, rig.now()).unwrap();
+        let key = qrcash_hub::testkit::test_hub_key();
+        let list = wanted(&reader, &cfg, &key, &dev.phone_up(), &payload, rig.now()).unwrap();
         let mut m = Incoming::new(dev.phone_up(), payload);
         m.checked = list
             .iter()
@@ -799,11 +807,8 @@ fn passwords_and_pins_are_checked_ahead_and_the_writer_runs_no_argon2() {
     // A PIN in a confirmation likewise.
     let code = rig.register(&mut phone, "hanako", 10_000);
     let req = rig.present(&mut atm, &code.token, "phone-1");
-    let (m, n) = ahead(
-        &mut rig,
-        &mut phone,
-        confirm_message(&req, Some(PIN), Some(near_atm())),
-    );
+    let msg = confirm_message(&phone, &req, Some(PIN), Some(near_atm()));
+    let (m, n) = ahead(&mut rig, &mut phone, msg);
     assert_eq!(n, 1);
     let before = evaluations_on_this_thread();
     let h = rig.hub.handle_batch(&[m]).pop().unwrap();
@@ -831,4 +836,67 @@ fn passwords_and_pins_are_checked_ahead_and_the_writer_runs_no_argon2() {
     let msg = login_message(&thief, "hanako", None);
     let (_, n) = ahead(&mut rig, &mut thief, msg);
     assert_eq!(n, 0, "a throttled login needs no check");
+}
+
+/// Hole 6: passwords and PINs travelled in the clear inside the signed (not encrypted) JWS,
+/// so anyone who could read the broker read them. They travel sealed to the hub now: the
+/// bytes on the broker never contain them, and a sealed password lifted from the owner's
+/// login opens neither in the thief's own login nor in a re-keying login for the owner's
+/// device id; a plain-text password is not a valid message any more.
+#[test]
+fn passwords_and_pins_are_unreadable_on_the_broker_and_useless_elsewhere() {
+    let mut rig = Rig::in_memory(561);
+    rig.account("hanako", 100_000);
+    let mut atm = rig.atm("atm-1");
+    let hub = rig.hub_id();
+    let claims_text = |bytes: &[u8]| {
+        let text = std::str::from_utf8(bytes).unwrap();
+        let claims = text.split('.').nth(1).unwrap();
+        String::from_utf8(qrcash_protocol::jws::unb64(claims).unwrap()).unwrap()
+    };
+
+    let mut phone = TestDevice::new("phone-1");
+    let msg = login_message(&phone, "hanako", Some(near_atm()));
+    let PhoneUp::Login(login) = &msg else {
+        unreachable!()
+    };
+    let captured = login.password.clone();
+    let bytes = phone.message(&hub, rig.now(), msg);
+    let on_the_broker = claims_text(&bytes);
+    assert!(!on_the_broker.contains(&qrcash_hub::testkit::password("hanako")));
+    assert!(
+        on_the_broker.contains(r#""password":{"kid""#),
+        "{on_the_broker}"
+    );
+    let h = rig.hub.handle(&phone.phone_up(), &bytes);
+    assert_eq!(h.result, Ok(Disposition::Applied), "{:?}", h.result);
+
+    // The PIN likewise.
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let msg = confirm_message(&phone, &req, Some("8642"), Some(near_atm()));
+    let bytes = phone.message(&hub, rig.now(), msg);
+    assert!(!claims_text(&bytes).contains("8642"));
+
+    // Lifted into the thief's own login, or a re-keying login for phone-1: does not open.
+    let malformed = |h: &qrcash_hub::handler::Handled| matches!(&h.result, Err(e) if e.reason() == RejectReason::Malformed);
+    let mut thief = TestDevice::new("phone-thief");
+    let mut rekey = TestDevice::new("phone-1");
+    for dev in [&mut thief, &mut rekey] {
+        let mut msg = login_message(dev, "hanako", Some(near_atm()));
+        if let PhoneUp::Login(l) = &mut msg {
+            l.password = captured.clone();
+        }
+        let h = rig.phone(dev, msg);
+        assert!(malformed(&h), "{}: {:?}", dev.id, h.result);
+    }
+    let devices = admin::list_devices(rig.hub.store(), Some("hanako")).unwrap();
+    assert_eq!(devices.len(), 1, "nobody else got in");
+
+    // The old wire format, a password as a plain string: not a valid message.
+    let mut json = serde_json::to_value(login_message(&phone, "hanako", None)).unwrap();
+    json["password"] = serde_json::Value::String(qrcash_hub::testkit::password("hanako"));
+    let claims = phone.claims(&hub, rig.now(), json);
+    let h = rig.hub.handle(&phone.phone_up(), &phone.seal(&claims));
+    assert!(malformed(&h), "{:?}", h.result);
 }

@@ -213,12 +213,16 @@ fn top_up(key: &str, yen: u64) -> PhoneUp {
 
 /// The five asset-decreasing requests (a confirmation needs a presented withdrawal, so it
 /// is passed in).
-fn money_out(tag: &str, confirm: &ConfirmRequest) -> Vec<(&'static str, PhoneUp)> {
+fn money_out(
+    tag: &str,
+    from: &TestDevice,
+    confirm: &ConfirmRequest,
+) -> Vec<(&'static str, PhoneUp)> {
     vec![
         ("RegisterWithdrawal", register("hanako", 10_000)),
         (
             "ConfirmWithdrawal",
-            confirm_message(confirm, Some(PIN), Some(near_atm())),
+            confirm_message(from, confirm, Some(PIN), Some(near_atm())),
         ),
         ("Transfer", transfer(&format!("{tag}-tr"), "taro", 1_000)),
         ("Payment", payment(&format!("{tag}-pay"), "cafe", 780)),
@@ -292,7 +296,7 @@ fn a_new_device_is_refused_every_asset_decreasing_function_and_nothing_changes()
     let request = presented(&mut w, 20_000);
     let before = books(&w.rig, &["hanako", "taro"]);
     let audit_before = rejected_audit_entries(&w.rig);
-    let ops = money_out("thief", &request);
+    let ops = money_out("thief", &thief, &request);
     let n = ops.len() as i64;
     for (name, msg) in ops {
         let h = w.rig.phone(&mut thief, msg);
@@ -740,7 +744,7 @@ fn not_me_revokes_the_new_device_and_freezes_the_account_until_an_operator_unfre
     // outlives the new device's restriction.
     let check_frozen = |w: &mut World, tag: &str, with_confirm: bool| {
         let before = books(&w.rig, &["hanako", "taro"]);
-        let ops = money_out(tag, &request)
+        let ops = money_out(tag, &w.owner, &request)
             .into_iter()
             .filter(|(name, _)| with_confirm || *name != "ConfirmWithdrawal");
         for (name, msg) in ops {
@@ -824,10 +828,8 @@ fn a_restricted_device_can_neither_register_nor_confirm_a_withdrawal_and_no_orde
     let request = presented(&mut w, 30_000);
     let before = books(&w.rig, &["hanako"]);
     assert_eq!(before.phases, ["presented"]);
-    let h = w.rig.phone(
-        &mut thief,
-        confirm_message(&request, Some(PIN), Some(near_atm())),
-    );
+    let msg = confirm_message(&thief, &request, Some(PIN), Some(near_atm()));
+    let h = w.rig.phone(&mut thief, msg);
     assert_eq!(
         refusal(&w.rig, &h, "phone-osaka"),
         RejectReason::Restricted { until }

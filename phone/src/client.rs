@@ -16,13 +16,13 @@ use qrcash_protocol::envelope::Claims;
 use qrcash_protocol::link::{self, Backoff, BrokerConfig};
 use qrcash_protocol::messages::{
     AlertAnswered, AnswerNewDeviceAlert, Balance, BalanceQuery, BankWithdrawal, ChangePassword,
-    CodeIssued, ConfirmRequest, DeclineWithdrawal, IdentityEvidence, LoginResult, NewDeviceAlert,
-    Payment, PhonePush, PhoneUp, Receipt, RegisterWithdrawal, Secret, SessionsEnded,
-    SignOutOtherDevices, TopUp, Transfer,
+    CodeIssued, ConfirmRequest, DeclineWithdrawal, LoginResult, NewDeviceAlert, Payment, PhonePush,
+    PhoneUp, Receipt, RegisterWithdrawal, SessionsEnded, SignOutOtherDevices, TopUp, Transfer,
 };
 use qrcash_protocol::replay::ReplayConfig;
 use qrcash_protocol::{
-    Amount, Clock, CodeToken, Position, PrivateKey, PublicKey, Signer, TxId, topics,
+    Amount, Clock, CodeToken, Position, PrivateKey, PublicKey, SecretField, SecretSealer, Signer,
+    TxId, topics,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::sync::{mpsc, watch};
@@ -110,7 +110,10 @@ impl PhoneClient {
         topics::validate_id(&settings.device_id).map_err(PhoneError::Config)?;
         let mut options = link::mqtt_options(&settings.broker, &settings.device_id)?;
         options.set_clean_session(!settings.persistent_session);
-        let (client, eventloop) = AsyncClient::new(options, 64);
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        // Requests are small packets: without TCP_NODELAY each waits for the broker's delayed
+        // ACK (Nagle), about 40 ms a hop on Linux.
+        eventloop.network_options.set_tcp_nodelay(true);
         let push_topic = topics::phone_push(&settings.device_id);
         let (push_tx, incoming) = mpsc::channel(256);
         let (ready_tx, ready) = watch::channel(false);
@@ -301,11 +304,11 @@ impl PhoneClient {
         let msg = requests::login(
             account,
             password,
-            &self.settings.device_id,
             &self.settings.device_name,
             self.signer.key(),
             position,
-        );
+            &self.sealer(),
+        )?;
         match self.request(msg, timeout).await? {
             PhonePush::LoginResult(r) => Ok(r),
             other => Err(unexpected("LoginResult", &other)),
@@ -364,11 +367,20 @@ impl PhoneClient {
     pub async fn confirm(
         &mut self,
         request: &ConfirmRequest,
-        identity: IdentityEvidence,
+        evidence: requests::Evidence,
         position: Option<Position>,
     ) -> Result<String, PhoneError> {
-        self.send(requests::confirmation(request, identity, position))
-            .await
+        let msg = requests::confirmation(request, evidence, position, &self.sealer())?;
+        self.send(msg).await
+    }
+
+    /// Seals this device's secrets to the hub key it trusts.
+    fn sealer(&self) -> SecretSealer {
+        requests::sealer(
+            self.verifier.hub_key(),
+            &self.settings.device_id,
+            self.signer.key(),
+        )
     }
 
     /// Declines the withdrawal `tx_id` (`not_me` also freezes the account); returns the `jti`.
@@ -509,9 +521,10 @@ impl PhoneClient {
         new: &str,
         timeout: Duration,
     ) -> Result<SessionsEnded, PhoneError> {
+        let sealer = self.sealer();
         let msg = PhoneUp::ChangePassword(ChangePassword {
-            current_password: Secret::new(current),
-            new_password: Secret::new(new),
+            current_password: sealer.seal(SecretField::CurrentPassword, current)?,
+            new_password: sealer.seal(SecretField::NewPassword, new)?,
         });
         match self.request(msg, timeout).await? {
             PhonePush::SessionsEnded(s) => Ok(s),

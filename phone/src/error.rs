@@ -33,6 +33,9 @@ pub enum PhoneError {
     /// The device key or the hub key could not be used.
     #[error(transparent)]
     Key(#[from] KeyError),
+    /// A password or PIN could not be sealed to the hub (empty, or longer than 256 bytes).
+    #[error("cannot seal the secret: {0}")]
+    Seal(#[from] qrcash_protocol::SealError),
     /// A file of the device's state directory could not be read or written.
     #[error("phone state file {path}: {source}")]
     Store {

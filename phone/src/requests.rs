@@ -12,41 +12,55 @@ use qrcash_protocol::messages::{
     BiometricAttestation, BiometricMethod, ConfirmRequest, ConfirmWithdrawal, DeviceInfo,
     IdentityEvidence, Login, PhoneUp, Secret,
 };
-use qrcash_protocol::{Position, PrivateKey, Signer};
+use qrcash_protocol::{
+    Position, PrivateKey, PublicKey, SealError, SecretField, SecretSealer, Signer,
+};
 
 /// How long a phone request stays valid. Phones are online when they ask; a request that
 /// arrives later than this is refused by the hub rather than acted on late.
 pub const REQUEST_TTL: Duration = Duration::from_secs(60);
 
+/// Seals this device's secrets (password, PIN) to the hub key `hub`, for messages from
+/// `device_id` signed with `key` (`qrcash_protocol::sealed`).
+pub fn sealer(hub: &PublicKey, device_id: &str, key: &PrivateKey) -> SecretSealer {
+    SecretSealer::new(hub.clone(), device_id, key.kid().clone())
+}
+
 /// A `Login` for `account`, introducing this device and its public key (the hub enrols the
-/// key on success; the message must be signed with it, which proves possession).
+/// key on success; the message must be signed with it, which proves possession). The
+/// password travels sealed to the hub.
 pub fn login(
     account: &str,
     password: &str,
-    device_id: &str,
     device_name: &str,
     key: &PrivateKey,
     position: Option<Position>,
-) -> PhoneUp {
-    PhoneUp::Login(Login {
+    sealer: &SecretSealer,
+) -> Result<PhoneUp, SealError> {
+    Ok(PhoneUp::Login(Login {
         account: account.to_owned(),
-        password: Secret::new(password),
+        password: sealer.seal(SecretField::Password, password)?,
         device: DeviceInfo {
-            device_id: device_id.to_owned(),
+            device_id: sealer.iss().to_owned(),
             name: device_name.to_owned(),
             public_key: key.public().to_jwk(),
         },
         position,
-    })
+    }))
+}
+
+/// What the customer gave to show they are the account holder, before the PIN is sealed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// The account PIN.
+    pub pin: Option<Secret>,
+    /// The platform's biometric check.
+    pub biometric: Option<BiometricAttestation>,
 }
 
 /// Identity evidence from an optional PIN and an optional biometric check passed at `now`.
-pub fn evidence(
-    pin: Option<&str>,
-    biometric: Option<BiometricMethod>,
-    now: u64,
-) -> IdentityEvidence {
-    IdentityEvidence {
+pub fn evidence(pin: Option<&str>, biometric: Option<BiometricMethod>, now: u64) -> Evidence {
+    Evidence {
         pin: pin.map(Secret::new),
         biometric: biometric.map(|method| BiometricAttestation {
             method,
@@ -59,7 +73,7 @@ pub fn evidence(
 /// when the answer satisfies the request. The hub decides; this only spares a round trip.
 pub fn missing_auth(
     request: &ConfirmRequest,
-    identity: &IdentityEvidence,
+    identity: &Evidence,
     position: Option<&Position>,
 ) -> Vec<&'static str> {
     let mut missing = Vec::new();
@@ -77,20 +91,28 @@ pub fn missing_auth(
 }
 
 /// The confirmation of `request`, signed later by the device key: every identifying field
-/// is copied from the request, never typed in.
+/// is copied from the request, never typed in; the PIN travels sealed to the hub.
 pub fn confirmation(
     request: &ConfirmRequest,
-    identity: IdentityEvidence,
+    evidence: Evidence,
     position: Option<Position>,
-) -> PhoneUp {
-    PhoneUp::ConfirmWithdrawal(ConfirmWithdrawal {
+    sealer: &SecretSealer,
+) -> Result<PhoneUp, SealError> {
+    let pin = match &evidence.pin {
+        Some(pin) => Some(sealer.seal(SecretField::Pin, pin.expose())?),
+        None => None,
+    };
+    Ok(PhoneUp::ConfirmWithdrawal(ConfirmWithdrawal {
         tx_id: request.tx_id,
         atm_id: request.atm.atm_id.clone(),
         amount: request.amount,
         challenge: request.challenge.clone(),
         position,
-        identity,
-    })
+        identity: IdentityEvidence {
+            pin,
+            biometric: evidence.biometric,
+        },
+    }))
 }
 
 /// A fresh idempotency key for transfers, payments, payouts and top-ups.
@@ -134,12 +156,21 @@ mod tests {
         }
     }
 
+    /// The hub key and a device key, with the sealer for that device.
+    fn keys() -> (PrivateKey, PrivateKey, SecretSealer) {
+        let hub = PrivateKey::generate();
+        let device = PrivateKey::generate();
+        let s = sealer(hub.public(), "dev-1", &device);
+        (hub, device, s)
+    }
+
     #[test]
-    fn confirmation_copies_the_exact_transaction_details() {
+    fn confirmation_copies_the_exact_transaction_details_and_seals_the_pin() {
+        let (hub, device, s) = keys();
         let req = request();
         let pos = Position::new(35.66, 139.70, 15.0);
         let PhoneUp::ConfirmWithdrawal(c) =
-            confirmation(&req, evidence(Some("1234"), None, NOW), Some(pos))
+            confirmation(&req, evidence(Some("1234"), None, NOW), Some(pos), &s).unwrap()
         else {
             panic!("not a confirmation");
         };
@@ -148,13 +179,19 @@ mod tests {
         assert_eq!(c.amount, req.amount);
         assert_eq!(c.challenge, "c-123");
         assert_eq!(c.position, Some(pos));
-        assert_eq!(c.identity.pin.as_ref().map(Secret::expose), Some("1234"));
+        let pin = c.identity.pin.expect("a sealed PIN");
+        assert!(!serde_json::to_string(&pin).unwrap().contains("1234"));
+        let opened = pin
+            .open(&hub, SecretField::Pin, "dev-1", device.kid().as_str())
+            .unwrap();
+        assert_eq!(opened.expose(), "1234");
     }
 
     #[test]
     fn signed_confirmation_verifies_with_the_device_key_and_tampering_breaks_it() {
-        let device = Signer::new("dev-1", PrivateKey::generate());
-        let msg = confirmation(&request(), evidence(Some("1234"), None, NOW), None);
+        let (_, key, s) = keys();
+        let device = Signer::new("dev-1", key);
+        let msg = confirmation(&request(), evidence(Some("1234"), None, NOW), None, &s).unwrap();
         let text = device.seal(&claims(&device, "hub", 3, NOW, msg.clone()));
         let key = device.key().public().clone();
         let opened = envelope::open::<PhoneUp>(text.as_bytes(), MAX_UPLINK_BYTES, |k| {
@@ -182,14 +219,21 @@ mod tests {
     }
 
     #[test]
-    fn login_carries_the_signing_key_and_hides_the_password() {
-        let key = PrivateKey::generate();
-        let msg = login("hanako", "s3cret-pw", "dev-1", "Hanako's phone", &key, None);
+    fn login_carries_the_signing_key_and_seals_the_password() {
+        let (hub, key, s) = keys();
+        let msg = login("hanako", "s3cret-pw", "Hanako's phone", &key, None, &s).unwrap();
         let PhoneUp::Login(l) = &msg else {
             panic!("not a login")
         };
+        assert_eq!(l.device.device_id, "dev-1");
         assert_eq!(l.device.public_key.kid.as_deref(), Some(key.kid().as_str()));
         assert!(!format!("{msg:?}").contains("s3cret-pw"));
+        assert!(!serde_json::to_string(&msg).unwrap().contains("s3cret-pw"));
+        let opened = l
+            .password
+            .open(&hub, SecretField::Password, "dev-1", key.kid().as_str())
+            .unwrap();
+        assert_eq!(opened.expose(), "s3cret-pw");
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub mod messages;
 pub mod money;
 pub mod receive;
 pub mod replay;
+pub mod sealed;
 pub mod token;
 pub mod topics;
 
@@ -47,6 +48,7 @@ pub use keys::{KeyId, PrivateKey, PublicJwk, PublicKey};
 pub use messages::{AtmDown, AtmUp, PhonePush, PhoneUp, RejectReason};
 pub use money::{Amount, Currency};
 pub use replay::{ReplayConfig, ReplayGuard, SenderWindow};
+pub use sealed::{SealError, SealedSecret, SecretField, SecretSealer};
 pub use token::CodeToken;
 
 /// Largest message accepted from a device (phone or ATM up-link), in bytes. Checked before

@@ -13,13 +13,15 @@ use crate::geo::Position;
 use crate::ids::{OrderId, TxId};
 use crate::keys::PublicJwk;
 use crate::money::Amount;
+use crate::sealed::SealedSecret;
 
 // ---------------------------------------------------------------------------------------
 // Shared pieces
 // ---------------------------------------------------------------------------------------
 
-/// A secret string (password, PIN). `Debug` and `Display` print `***`, so it cannot reach
-/// a log by accident; on the wire it is a plain JSON string protected by TLS.
+/// A secret string (password, PIN) once opened, or before it is sealed. `Debug` prints
+/// `***`, so it cannot reach a log by accident. It never travels as it is: on the wire it
+/// is a [`SealedSecret`].
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
@@ -125,8 +127,8 @@ pub enum PhoneUp {
 pub struct Login {
     /// The account.
     pub account: String,
-    /// The account password.
-    pub password: Secret,
+    /// The account password, sealed to the hub (`crate::sealed`).
+    pub password: SealedSecret,
     /// This device.
     pub device: DeviceInfo,
     /// Where the device is, if it can tell.
@@ -148,9 +150,9 @@ pub struct RegisterWithdrawal {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityEvidence {
-    /// The account PIN, checked by the hub against an argon2 hash.
+    /// The account PIN sealed to the hub (`crate::sealed`), checked against an argon2 hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pin: Option<Secret>,
+    pub pin: Option<SealedSecret>,
     /// The device's statement that its biometric check passed (signed with the envelope).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub biometric: Option<BiometricAttestation>,
@@ -286,9 +288,9 @@ pub struct AnswerNewDeviceAlert {
 #[serde(deny_unknown_fields)]
 pub struct ChangePassword {
     /// The password now.
-    pub current_password: Secret,
+    pub current_password: SealedSecret,
     /// The new password, at least 8 characters.
-    pub new_password: Secret,
+    pub new_password: SealedSecret,
 }
 
 /// Ends the sessions of every other device of the account, from an established device.
@@ -1051,9 +1053,18 @@ mod tests {
 
     #[test]
     fn secrets_never_show_in_debug() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "***");
+        let hub = crate::keys::PrivateKey::generate();
+        let sealer = crate::sealed::SecretSealer::new(
+            hub.public().clone(),
+            "d",
+            crate::keys::KeyId::from_wire("k"),
+        );
         let login = Login {
             account: "a".into(),
-            password: Secret::new("hunter2"),
+            password: sealer
+                .seal(crate::sealed::SecretField::Password, "hunter2")
+                .unwrap(),
             device: DeviceInfo {
                 device_id: "d".into(),
                 name: "n".into(),

@@ -12,6 +12,16 @@ use qrcash_protocol::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+/// A sealed-secret-shaped value carrying arbitrary text (the round trip is about JSON, not
+/// about HPKE).
+fn sealed(text: String) -> qrcash_protocol::SealedSecret {
+    qrcash_protocol::SealedSecret {
+        kid: text.clone(),
+        enc: text.chars().rev().collect(),
+        ct: text,
+    }
+}
+
 fn amount() -> impl Strategy<Value = Amount> {
     (
         any::<u64>(),
@@ -79,7 +89,7 @@ fn phone_up() -> impl Strategy<Value = PhoneUp> {
             .prop_map(|(account, pw, device_id, name, public_key, position)| {
                 PhoneUp::Login(Login {
                     account,
-                    password: Secret::new(pw),
+                    password: sealed(pw),
                     device: DeviceInfo {
                         device_id,
                         name,
@@ -110,7 +120,7 @@ fn phone_up() -> impl Strategy<Value = PhoneUp> {
                         challenge,
                         position,
                         identity: IdentityEvidence {
-                            pin: pin.map(Secret::new),
+                            pin: pin.map(sealed),
                             biometric: bio.then_some(BiometricAttestation {
                                 method: BiometricMethod::Fingerprint,
                                 verified_at: at,

@@ -261,3 +261,53 @@ fn the_rejection_table_names_only_real_reasons() {
             .unwrap_or_else(|e| panic!("table code {code} is not a RejectReason: {e}"));
     }
 }
+
+/// Every sealed secret in the examples is a real one (§6.5): sealed to the RFC 8037 key as
+/// hub key, for `dev-hanako-1` signing with that same key, and its field.
+#[test]
+fn the_sealed_secrets_in_the_examples_open() {
+    use qrcash_protocol::SecretField;
+    let hub = rfc_key();
+    let kid = hub.kid().as_str().to_owned();
+    let open = |s: &qrcash_protocol::SealedSecret, field| {
+        s.open(&hub, field, "dev-hanako-1", &kid)
+            .unwrap_or_else(|e| panic!("{field:?}: {e}"))
+            .expose()
+            .to_owned()
+    };
+    let mut seen = 0;
+    for (info, body) in blocks() {
+        if info != "json PhoneUp" {
+            continue;
+        }
+        match serde_json::from_str::<PhoneUp>(&body).unwrap() {
+            PhoneUp::Login(l) => {
+                assert_eq!(
+                    open(&l.password, SecretField::Password),
+                    "correct horse battery"
+                );
+                seen += 1;
+            }
+            PhoneUp::ConfirmWithdrawal(c) => {
+                let pin = c.identity.pin.expect("the example has a PIN");
+                assert_eq!(open(&pin, SecretField::Pin), "4321");
+                seen += 1;
+            }
+            PhoneUp::ChangePassword(c) => {
+                let current = open(&c.current_password, SecretField::CurrentPassword);
+                assert_eq!(current, "correct horse battery");
+                let new = open(&c.new_password, SecretField::NewPassword);
+                assert_eq!(new, "staple battery horse");
+                seen += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seen, 3);
+    let vector: qrcash_protocol::SealedSecret =
+        serde_json::from_str(&block("json sealed-secret")).unwrap();
+    assert_eq!(
+        open(&vector, SecretField::Password),
+        "correct horse battery"
+    );
+}

@@ -80,9 +80,8 @@ async fn withdrawal(cfg: impl Fn(&str) -> BrokerConfig) {
     };
     assert!(!req.warnings.is_empty());
 
-    phone
-        .phone(&net, confirm_message(&req, Some(PIN), Some(near_atm())))
-        .await;
+    let msg = confirm_message(&phone.dev, &req, Some(PIN), Some(near_atm()));
+    phone.phone(&net, msg).await;
     let order = match atm.down(&net).await.msg {
         AtmDown::DispenseOrder(o) => o,
         other => panic!("{other:?}"),
@@ -380,9 +379,8 @@ async fn the_sweeper_aborts_an_unconfirmed_session_over_the_broker() {
         PhonePush::Receipt(r) => assert_eq!(r.status, ReceiptStatus::Cancelled),
         other => panic!("{other:?}"),
     }
-    phone
-        .phone(&net, confirm_message(&req, Some(PIN), Some(near_atm())))
-        .await;
+    let msg = confirm_message(&phone.dev, &req, Some(PIN), Some(near_atm()));
+    phone.phone(&net, msg).await;
     match phone.push(&net).await.msg {
         PhonePush::Rejected(r) => {
             assert!(matches!(r.reason, RejectReason::WrongState { .. }), "{r:?}")

@@ -77,12 +77,9 @@ async fn login_round_trip_refuses_forged_and_replayed_pushes() {
     .await
     .unwrap();
 
-    let jti = phone
-        .send(qrcash_phone::requests::login(
-            "hanako", "pw", "dev-1", "test", &key, None,
-        ))
-        .await
-        .unwrap();
+    let sealer = qrcash_phone::requests::sealer(hub.key().public(), "dev-1", &key);
+    let login = qrcash_phone::requests::login("hanako", "pw", "test", &key, None, &sealer).unwrap();
+    let jti = phone.send(login).await.unwrap();
     let (topic, bytes) = tokio::time::timeout(Duration::from_secs(5), uplinks.recv())
         .await
         .unwrap()

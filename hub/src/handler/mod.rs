@@ -34,12 +34,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qrcash_protocol::envelope::{self, Sealed};
+use qrcash_protocol::messages::Secret;
 use qrcash_protocol::messages::{AtmDown, AtmUp, PhonePush, PhoneUp, Rejected};
 use qrcash_protocol::replay::check_times;
 use qrcash_protocol::topics::{self, Topic};
 use qrcash_protocol::{
     Claims, Clock, EnvelopeError, MAX_UPLINK_BYTES, PublicKey, RejectReason, ReplayError, Signer,
 };
+use qrcash_protocol::{SealedSecret, SecretField};
 use rusqlite::{Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
@@ -272,9 +274,24 @@ pub(crate) struct Ctx<'a> {
     pub detail: Option<String>,
     /// Secrets of this message checked ahead (see [`Incoming::checked`]).
     pub checked: &'a [CheckedSecret],
+    /// The key id that signed the message (empty outside a message).
+    pub sender_kid: String,
 }
 
 impl Ctx<'_> {
+    /// Opens a password or PIN of this message: sealed to the hub key for this sender, the
+    /// key that signed the message and `field` (`qrcash_protocol::sealed`); `malformed`
+    /// when it does not open.
+    pub(crate) fn open_secret(
+        &self,
+        sealed: &SealedSecret,
+        field: SecretField,
+    ) -> Result<Secret, Fail> {
+        sealed
+            .open(self.signer.key(), field, &self.sender, &self.sender_kid)
+            .map_err(|e| refuse(RejectReason::Malformed, format!("{}: {e}", field.as_str())))
+    }
+
     /// Whether `secret` matches the stored hash `phc`: the answer of a check done ahead when
     /// there is one for exactly this pair, else argon2 here.
     pub(crate) fn secret_matches(&self, secret: &str, phc: &str) -> bool {
@@ -543,6 +560,7 @@ impl Hub {
             jti: String::new(),
             detail: None,
             checked: &[],
+            sender_kid: String::new(),
         };
         let out = sweep::sweep(&mut ctx)?;
         tx.commit()?;
@@ -622,6 +640,7 @@ fn process(
                 jti: jti.clone(),
                 detail: None,
                 checked: &m.checked,
+                sender_kid: String::new(),
             };
             let out = rejected(&mut ctx, class, &e)?;
             entry.jti = Some(jti.clone());
@@ -661,6 +680,7 @@ fn process(
         jti: verified.jti.clone(),
         detail: None,
         checked: &m.checked,
+        sender_kid: verified.kid.clone(),
     };
 
     // Step 3: addressing and times.
@@ -725,6 +745,7 @@ fn process(
         jti: verified.jti.clone(),
         detail: None,
         checked: &m.checked,
+        sender_kid: verified.kid.clone(),
     };
     let outcome = guarded(|| match (&verified.body, &verified.sender) {
         (Body::Atm(c), Sender::Atm(atm)) => atm::dispatch(&mut ctx, atm, &c.msg),
@@ -771,6 +792,7 @@ fn process(
         jti: verified.jti.clone(),
         detail,
         checked: &m.checked,
+        sender_kid: verified.kid.clone(),
     };
     if let Err(e) = &result {
         outgoing.extend(rejected(&mut ctx, verified.class, e)?);

@@ -8,7 +8,9 @@ use qrcash_protocol::messages::{
     DeclineWithdrawal, DispenseOrder, IdentityEvidence, Login, LoginResult, NewDeviceAlert,
     PhonePush, PhoneUp, RegisterWithdrawal,
 };
-use qrcash_protocol::{Amount, CodeToken, OrderId, Position, PublicKey, RejectReason, TxId};
+use qrcash_protocol::{
+    Amount, CodeToken, OrderId, Position, PublicKey, RejectReason, SecretField, TxId,
+};
 use rusqlite::{OptionalExtension, params};
 
 use super::{Ctx, Fail, Outcome, Refusal, money, refuse, sessions, steps};
@@ -281,10 +283,11 @@ fn check_password(
             format!("too many logins from this device; try again from {until}"),
         ));
     }
+    let password = ctx.open_secret(&l.password, SecretField::Password)?;
     let account = rows::account(ctx.db, &l.account)?;
     let decoy = identity::decoy_hash(ctx.cfg.auth.hash_cost());
     let phc = account.as_ref().map_or(decoy, |a| a.password_hash.as_str());
-    let matches = ctx.secret_matches(l.password.expose(), phc);
+    let matches = ctx.secret_matches(password.expose(), phc);
     match account {
         Some(account) if matches => {
             for subject in &subjects {
@@ -956,6 +959,7 @@ fn check_identity(
             "the PIN is required",
         ));
     };
+    let pin = ctx.open_secret(pin, SecretField::Pin)?;
     let correct = ctx.secret_matches(pin.expose(), &account.pin_hash);
     let (state, verdict) =
         account

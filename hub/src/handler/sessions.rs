@@ -4,8 +4,8 @@
 //! "not me" can still change the password. Money is in [`super::money`], logins and alerts
 //! in [`super::phone`].
 
-use qrcash_protocol::RejectReason;
 use qrcash_protocol::messages::{ChangePassword, PhonePush, SessionsEnded};
+use qrcash_protocol::{RejectReason, SecretField};
 
 use super::{Ctx, Outcome, refuse};
 use crate::identity::hash_secret;
@@ -44,14 +44,16 @@ pub(super) fn change_password(
     c: &ChangePassword,
 ) -> Outcome {
     established(ctx, device, Function::ChangePassword)?;
-    if !ctx.secret_matches(c.current_password.expose(), &account.password_hash) {
+    let current = ctx.open_secret(&c.current_password, SecretField::CurrentPassword)?;
+    let new = ctx.open_secret(&c.new_password, SecretField::NewPassword)?;
+    if !ctx.secret_matches(current.expose(), &account.password_hash) {
         ctx.note(format!(
             "password change with a wrong password on {}",
             account.id
         ));
         return Err(refuse(RejectReason::BadCredentials, "wrong password"));
     }
-    let new = c.new_password.expose();
+    let new = new.expose();
     if new.chars().count() < MIN_PASSWORD_CHARS {
         return Err(refuse(
             RejectReason::Malformed,

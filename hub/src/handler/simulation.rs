@@ -11,7 +11,7 @@ use qrcash_protocol::messages::{
     AtmUp, CodePresented, ConfirmRequest, DeclineWithdrawal, DispenseOrder, DispenseOutcome,
     OrderRefused, PhonePush, PhoneUp, SessionCancelled, TopUp, Transfer,
 };
-use qrcash_protocol::{Amount, Currency, PrivateKey, RejectReason};
+use qrcash_protocol::{Amount, Currency, RejectReason};
 
 use super::Disposition;
 use crate::admin;
@@ -180,7 +180,7 @@ fn run(seed: u64, flows: usize) {
                     rig.confirm(&mut phones[phone], &req);
                 } else if dice < 16 {
                     // A wrong PIN first, then the right one.
-                    let msg = confirm_message(&req, Some("0000"), Some(near_atm()));
+                    let msg = confirm_message(&phones[phone], &req, Some("0000"), Some(near_atm()));
                     rig.phone(&mut phones[phone], msg);
                     live.push(Flow::Presented { phone, atm, req });
                 } else {
@@ -332,7 +332,7 @@ fn ledger_is_conserved_over_thousands_of_random_flows() {
 fn two_atms_presenting_one_code_at_once_exactly_one_wins() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hub.sqlite");
-    let key = PrivateKey::generate();
+    let key = test_hub_key();
     let mut a = Rig::with_key(Store::open(&path).unwrap(), test_config(), 1, key.clone());
     let b = Rig::with_key(Store::open(&path).unwrap(), test_config(), 2, key);
     a.account("hanako", 10_000_000);

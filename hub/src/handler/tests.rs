@@ -395,7 +395,7 @@ fn dynamic_linking_rejects_any_changed_field() {
     let code = rig.register(&mut phone, "hanako", 30_000);
     let req = rig.present(&mut atm, &code.token, "phone-1");
     for (field, edit) in [("atm_id", 0), ("amount", 1), ("challenge", 2)] {
-        let mut msg = confirm_message(&req, Some(PIN), Some(near_atm()));
+        let mut msg = confirm_message(&phone, &req, Some(PIN), Some(near_atm()));
         if let PhoneUp::ConfirmWithdrawal(c) = &mut msg {
             match edit {
                 0 => c.atm_id = "atm-9".into(),
@@ -422,10 +422,12 @@ fn location_is_required_and_must_be_near_and_accurate() {
     let (mut rig, mut phone, mut atm) = setup(9);
     let code = rig.register(&mut phone, "hanako", 10_000);
     let req = rig.present(&mut atm, &code.token, "phone-1");
-    let h = rig.phone(&mut phone, confirm_message(&req, Some(PIN), None));
+    let msg = confirm_message(&phone, &req, Some(PIN), None);
+    let h = rig.phone(&mut phone, msg);
     assert_eq!(refused(&h), RejectReason::LocationRequired);
     let vague = qrcash_protocol::Position::new(SHIBUYA.0, SHIBUYA.1, 500.0);
-    let h = rig.phone(&mut phone, confirm_message(&req, Some(PIN), Some(vague)));
+    let msg = confirm_message(&phone, &req, Some(PIN), Some(vague));
+    let h = rig.phone(&mut phone, msg);
     assert!(
         matches!(
             refused(&h),
@@ -439,7 +441,8 @@ fn location_is_required_and_must_be_near_and_accurate() {
     );
     // About 1.1 km north, accurate to 10 m.
     let far = qrcash_protocol::Position::new(SHIBUYA.0 + 0.01, SHIBUYA.1, 10.0);
-    let h = rig.phone(&mut phone, confirm_message(&req, Some(PIN), Some(far)));
+    let msg = confirm_message(&phone, &req, Some(PIN), Some(far));
+    let h = rig.phone(&mut phone, msg);
     match refused(&h) {
         RejectReason::TooFarFromAtm {
             distance_m,
@@ -458,22 +461,17 @@ fn wrong_pins_lock_the_pin_and_end_the_session() {
     let (mut rig, mut phone, mut atm) = setup(10);
     let code = rig.register(&mut phone, "hanako", 10_000);
     let req = rig.present(&mut atm, &code.token, "phone-1");
-    let h = rig.phone(&mut phone, confirm_message(&req, None, Some(near_atm())));
+    let msg = confirm_message(&phone, &req, None, Some(near_atm()));
+    let h = rig.phone(&mut phone, msg);
     assert_eq!(refused(&h), RejectReason::IdentityRequired);
-    let h = rig.phone(
-        &mut phone,
-        confirm_message(&req, Some("9999"), Some(near_atm())),
-    );
+    let msg = confirm_message(&phone, &req, Some("9999"), Some(near_atm()));
+    let h = rig.phone(&mut phone, msg);
     assert_eq!(refused(&h), RejectReason::PinWrong { attempts_left: 2 });
-    let h = rig.phone(
-        &mut phone,
-        confirm_message(&req, Some("9998"), Some(near_atm())),
-    );
+    let msg = confirm_message(&phone, &req, Some("9998"), Some(near_atm()));
+    let h = rig.phone(&mut phone, msg);
     assert_eq!(refused(&h), RejectReason::PinWrong { attempts_left: 1 });
-    let h = rig.phone(
-        &mut phone,
-        confirm_message(&req, Some("9997"), Some(near_atm())),
-    );
+    let msg = confirm_message(&phone, &req, Some("9997"), Some(near_atm()));
+    let h = rig.phone(&mut phone, msg);
     let until = rig.now() + 1800;
     assert_eq!(refused(&h), RejectReason::PinLocked { until });
     // The ATM is told to stop, the phone gets the refusal.
@@ -841,7 +839,7 @@ fn login_checks_password_and_binds_devices_to_one_account() {
     let mut phone = TestDevice::new("phone-1");
     let mut wrong = login_message(&phone, "hanako", None);
     if let PhoneUp::Login(l) = &mut wrong {
-        l.password = qrcash_protocol::messages::Secret::new("nope-nope");
+        l.password = seal_for(&phone, qrcash_protocol::SecretField::Password, "nope-nope");
     }
     let h = rig.phone(&mut phone, wrong);
     assert_eq!(refused(&h), RejectReason::BadCredentials);
@@ -1328,10 +1326,10 @@ fn biometric_rules() {
         let code = rig.register(&mut phone, "hanako", 10_000);
         let req = rig.present(&mut atm, &code.token, "phone-1");
         rig.clock.advance(Duration::from_secs(10));
-        let mut msg = confirm_message(&req, pin, Some(near_atm()));
+        let mut msg = confirm_message(&phone, &req, pin, Some(near_atm()));
         if let PhoneUp::ConfirmWithdrawal(c) = &mut msg {
             c.identity = IdentityEvidence {
-                pin: pin.map(qrcash_protocol::messages::Secret::new),
+                pin: pin.map(|p| seal_for(&phone, qrcash_protocol::SecretField::Pin, p)),
                 biometric: bio_age.map(|age| BiometricAttestation {
                     method: BiometricMethod::Face,
                     verified_at: rig.now() - age,
@@ -1416,7 +1414,11 @@ fn a_password_change_brings_the_recent_change_warning_and_late_reports_are_flagg
     assert_eq!(refused(&h), RejectReason::BadCredentials);
     let mut msg = login_message(&phone, "hanako", Some(near_atm()));
     if let PhoneUp::Login(l) = &mut msg {
-        l.password = qrcash_protocol::messages::Secret::new("a new password");
+        l.password = seal_for(
+            &phone,
+            qrcash_protocol::SecretField::Password,
+            "a new password",
+        );
     }
     assert_eq!(rig.phone(&mut phone, msg).result, Ok(Disposition::Applied));
     let code = rig.register(&mut phone, "hanako", 10_000);

@@ -22,16 +22,15 @@ use qrcash_hub::config::{HubConfig, IdentityRule};
 use qrcash_hub::identity::HashCost;
 use qrcash_hub::service::HubService;
 use qrcash_hub::store::Store;
-use qrcash_hub::testkit::{TestDevice, login_message, near_atm, report_message};
+use qrcash_hub::testkit::{TestDevice, login_message, near_atm, report_message, seal_for};
 use qrcash_protocol::link::{BrokerConfig, mqtt_options};
 use qrcash_protocol::messages::{
     AtmDown, AtmUp, BiometricAttestation, BiometricMethod, CodePresented, ConfirmRequest,
     ConfirmWithdrawal, DispenseOutcome, IdentityEvidence, PhonePush, PhoneUp, RegisterWithdrawal,
-    Secret,
 };
 use qrcash_protocol::{
-    Amount, Clock as _, Currency, MAX_DOWNLINK_BYTES, Position, PrivateKey, PublicKey, SystemClock,
-    envelope, topics,
+    Amount, Clock as _, Currency, MAX_DOWNLINK_BYTES, Position, PublicKey, SecretField,
+    SystemClock, envelope, topics,
 };
 use qrcash_tests::broker::{Mosquitto, MosquittoConfig};
 use qrcash_tests::report::{command_line, loadavg, machine, update_section};
@@ -609,7 +608,7 @@ impl Lane {
             position: Some(near_atm()),
             identity: if ctx.pin {
                 IdentityEvidence {
-                    pin: Some(Secret::new(PIN.to_owned())),
+                    pin: Some(seal_for(&self.phone, SecretField::Pin, PIN)),
                     biometric: None,
                 }
             } else {
@@ -934,7 +933,8 @@ fn percentile(v: &mut [Duration], p: usize) -> f64 {
 /// Creates the accounts and ATMs of `lanes` lanes in a fresh database and saves the hub key.
 fn prepare(dir: &Path, url: &str, lanes: usize) -> Result<(PublicKey, Vec<LaneDevices>)> {
     let config = hub_config(dir, url, false);
-    let key = PrivateKey::generate();
+    // The test hub key: the testkit seals the phones' passwords and PINs to it.
+    let key = qrcash_hub::testkit::test_hub_key();
     key.save(&config.key_file).context("saving the hub key")?;
     let mut store = Store::open(&config.database).context("creating the hub database")?;
     let cost = HashCost {

@@ -23,11 +23,13 @@ use qrcash_hub::admin::{self, NewAccount};
 use qrcash_hub::config::HubConfig;
 use qrcash_hub::service::{HubService, ServiceOptions};
 use qrcash_hub::store::Store;
-use qrcash_hub::testkit::{Rig, TestDevice, login_message, test_config};
+use qrcash_hub::testkit::{Rig, TestDevice, login_message, seal_for, test_config};
 use qrcash_phone::{DeviceStore, PhoneClient, PhoneSettings};
 use qrcash_protocol::link::{BrokerConfig, mqtt_options};
-use qrcash_protocol::messages::{PhonePush, PhoneUp, RejectReason, Secret};
-use qrcash_protocol::{Clock as _, MAX_DOWNLINK_BYTES, PrivateKey, Sealed, SystemClock};
+use qrcash_protocol::messages::{PhonePush, PhoneUp, RejectReason};
+use qrcash_protocol::{
+    Clock as _, MAX_DOWNLINK_BYTES, PrivateKey, Sealed, SecretField, SystemClock,
+};
 use qrcash_tests::broker::Mosquitto;
 use qrcash_tests::report::{loadavg, machine, update_section};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
@@ -244,7 +246,7 @@ async fn spawn_attacker(
             };
             let mut msg = login_message(dev, &account, None);
             if let PhoneUp::Login(l) = &mut msg {
-                l.password = Secret::new(format!("guess {i}"));
+                l.password = seal_for(dev, SecretField::Password, &format!("guess {i}"));
             }
             let payload = dev.message(&hub_id, SystemClock.now(), msg);
             if client
