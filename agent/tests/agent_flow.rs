@@ -37,6 +37,29 @@ fn await_confirmation(tx: TxId, now: u64) -> AtmDown {
     })
 }
 
+/// A customer shows a fresh code; the hub acknowledges it and asks for the phone's
+/// confirmation; returns once the ATM shows the confirm screen.
+async fn to_confirm_screen(
+    rig: &Rig,
+    hub: &mut ScriptedHub,
+    cam: &SyntheticCamera,
+    events: &mut tokio::sync::broadcast::Receiver<AgentEvent>,
+) -> (TxId, u64) {
+    let now = SystemClock.now();
+    let tx = TxId::random();
+    cam.show(&rig.code(tx, now)).unwrap();
+    let presented = hub.next_up(T).await.expect("CodePresented");
+    hub.ack(&presented.jti).await;
+    hub.send(await_confirmation(tx, now), Some(&presented.jti))
+        .await;
+    wait_event(events, T, "confirm screen", |e| {
+        matches!(e, AgentEvent::Screen(Screen::ConfirmOnPhone { .. }))
+    })
+    .await;
+    cam.clear();
+    (tx, now)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_withdrawal_dispenses_once_and_refuses_forgeries_and_repeats() {
     let rig = Rig::new();
@@ -175,18 +198,7 @@ async fn broker_restart_mid_flow_then_the_order_is_still_served() {
         matches!(e, AgentEvent::Link { up: true })
     })
     .await;
-    let now = SystemClock.now();
-    let tx = TxId::random();
-    cam.show(&rig.code(tx, now)).unwrap();
-    let presented = hub.next_up(T).await.expect("CodePresented");
-    hub.ack(&presented.jti).await;
-    hub.send(await_confirmation(tx, now), Some(&presented.jti))
-        .await;
-    wait_event(&mut events, T, "confirm screen", |e| {
-        matches!(e, AgentEvent::Screen(Screen::ConfirmOnPhone { .. }))
-    })
-    .await;
-    cam.clear();
+    let (tx, now) = to_confirm_screen(&rig, &mut hub, &cam, &mut events).await;
 
     rig.broker.stop();
     wait_event(&mut events, T, "link down", |e| {
@@ -331,4 +343,50 @@ async fn messages_queued_during_a_long_hub_outage_are_all_delivered_in_order() {
     );
     assert!(seen.iter().all(|m| jtis.contains(&m.jti)));
     assert_eq!(rig.sim.counters().delivered, 3);
+}
+
+/// Account-takeover issue, hole 10: an order that arrives again while it is dispensing (the
+/// hub resent it, or a replay of the hub's message) is never answered `OrderRefused`: notes
+/// may be leaving for it. The only answer is its one report. (The other way to a repeat of a
+/// dispensing order without an outcome, after a crash, is closed by recovery, which reports
+/// such an order in doubt before any message is handled: `agent_crash.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_repeated_while_it_dispenses_is_never_refused() {
+    let rig = Rig::new();
+    let mut hub = ScriptedHub::connect(&rig, 0).await;
+    let cam = camera();
+    let agent = Agent::start(rig.config(), Box::new(cam.clone()), rig.dispenser())
+        .await
+        .unwrap();
+    let mut events = agent.subscribe();
+    wait_event(&mut events, T, "link up", |e| {
+        matches!(e, AgentEvent::Link { up: true })
+    })
+    .await;
+    let (tx, now) = to_confirm_screen(&rig, &mut hub, &cam, &mut events).await;
+
+    let o = order(tx, now);
+    hub.send(AtmDown::DispenseOrder(o.clone()), None).await;
+    wait_event(&mut events, T, "dispensing", |e| {
+        matches!(e, AgentEvent::Screen(Screen::Dispensing { .. }))
+    })
+    .await;
+    // The same order twice more while the notes are being counted out.
+    hub.send(AtmDown::DispenseOrder(o.clone()), None).await;
+    hub.send(AtmDown::DispenseOrder(o.clone()), None).await;
+    let mut reports = 0;
+    while let Some(m) = hub.next_up(Duration::from_secs(3)).await {
+        match &m.msg {
+            AtmUp::DispenseReport(r) => {
+                assert_eq!(r.order_id, o.order_id);
+                reports += 1;
+                hub.ack(&m.jti).await;
+            }
+            AtmUp::OrderRefused(r) => panic!("a dispensing order was refused: {r:?}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(reports >= 1, "the order's report");
+    assert_eq!(rig.sim.counters().delivered, 3, "dispensed once");
+    agent.shutdown().await;
 }

@@ -1,11 +1,14 @@
-//! Replays every input kept in `fuzz/regressions/{jws_envelope,qr_token}` (seeds, and every
-//! crash a fuzzer ever found) through the very checks the fuzz targets run.
+//! Replays every input kept in `fuzz/regressions/{jws_envelope,qr_token,sealed_secret}`
+//! (seeds, and every crash a fuzzer ever found) through the very checks the fuzz targets run.
 
 mod jws_envelope {
     include!("../../fuzz/checks/jws_envelope.rs");
 }
 mod qr_token {
     include!("../../fuzz/checks/qr_token.rs");
+}
+mod sealed_secret {
+    include!("../../fuzz/checks/sealed_secret.rs");
 }
 
 fn replay(target: &str, check: fn(&[u8])) -> usize {
@@ -31,4 +34,9 @@ fn jws_envelope_regressions() {
 #[test]
 fn qr_token_regressions() {
     assert!(replay("qr_token", qr_token::check) >= 2);
+}
+
+#[test]
+fn sealed_secret_regressions() {
+    assert!(replay("sealed_secret", sealed_secret::check) >= 3);
 }
