@@ -261,10 +261,15 @@ pub struct AuthSection {
     /// The first login lock after the free failures, seconds; it doubles with each further
     /// failure.
     pub login_lock_base_s: u64,
-    /// The longest login lock, seconds.
+    /// The longest login lock, seconds; also how long the failure count of a device id, or
+    /// of an account name nothing exists under, is kept once quiet.
     pub login_lock_max_s: u64,
-    /// Logins (right or wrong) one device id may attempt per minute; more are refused
-    /// `login_throttled` before any argon2 runs.
+    /// How long the failure count of an existing account is kept once quiet, so that waiting
+    /// an hour does not reset a guesser's doubling lock, seconds.
+    pub login_failure_memory_s: u64,
+    /// Successful logins one device id may make per minute; more are refused
+    /// `login_throttled` before any argon2 runs (wrong ones are bounded by the failure
+    /// counts).
     pub logins_per_device_per_minute: u32,
     /// How long refusals of self-signed logins (phones with no enrolled device) are kept in
     /// `login_refusals`, seconds.
@@ -290,6 +295,7 @@ impl Default for AuthSection {
             login_free_failures: 5,
             login_lock_base_s: 30,
             login_lock_max_s: 3_600,
+            login_failure_memory_s: 30 * 86_400,
             logins_per_device_per_minute: 10,
             login_refusal_retention_s: 7 * 86_400,
             secret_workers: 1,

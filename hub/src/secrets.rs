@@ -10,15 +10,16 @@
 //! would make itself; anything else (the hash changed meanwhile, no worker) it checks on
 //! the writer. A login that its throttle already refuses needs no check at all.
 //!
-//! Under a flood the stage keeps at most `backlog` messages waiting and drops the rest
-//! (counted in [`crate::service::ServiceStats::secret_checks_dropped`]): a dropped login is
-//! silence, which the phone meets with its retry, while the writer keeps serving.
+//! Under a flood the stage keeps at most `backlog` messages waiting, at most one per sender,
+//! and drops the rest (counted in [`crate::service::ServiceStats::secret_checks_dropped`]): a
+//! dropped login is silence, which the phone meets with its retry, while the writer keeps
+//! serving. Only authentic messages are checked: a forged one costs a signature check.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use qrcash_protocol::messages::{IdentityEvidence, PhoneUp};
+use qrcash_protocol::messages::PhoneUp;
 use qrcash_protocol::topics::Topic;
 use qrcash_protocol::{MAX_UPLINK_BYTES, PrivateKey, PublicKey, Sealed, SealedSecret, SecretField};
 use rusqlite::Connection;
@@ -28,6 +29,7 @@ use crate::config::HubConfig;
 use crate::error::StoreError;
 use crate::handler::Incoming;
 use crate::identity::{self, CheckedSecret};
+use crate::policy;
 use crate::store::Store;
 use crate::store::rows::{self, DeviceStatus};
 use crate::throttle;
@@ -42,9 +44,13 @@ pub struct Wanted {
     pub phc: String,
 }
 
-/// The checks the handler will make for this message, read from `db` at `now` (empty for
-/// anything that is not a phone message carrying a password or PIN, or that its throttle
-/// refuses before any check).
+/// The checks the handler will make for this message, read from `db` at `now`: empty for
+/// anything that is not an authentic phone message carrying a password or PIN, or that the
+/// handler refuses before any check. The signature is verified here as the handler will
+/// (Ed25519 costs far less than argon2), so a forged message costs no check; and the
+/// handler's refusals that come before a check are mirrored (a throttled login, a revoked or
+/// foreign device, a restricted device changing the password, a locked PIN, a confirmation
+/// of no withdrawal this device has at an ATM).
 pub fn wanted(
     db: &Connection,
     cfg: &HubConfig,
@@ -59,20 +65,26 @@ pub fn wanted(
     let Ok(sealed) = Sealed::parse(payload, MAX_UPLINK_BYTES) else {
         return Ok(Vec::new());
     };
-    let Ok(claims) = sealed.peek::<PhoneUp>() else {
+    let kid = sealed.kid().as_str().to_owned();
+    let device = rows::device(db, &sender)?;
+    // The key the handler verifies with: the enrolled one, or a login's own (a first login
+    // or a re-keying one, which must be signed by the key it carries).
+    let enrolled = device
+        .as_ref()
+        .filter(|d| d.kid == kid)
+        .and_then(|d| PublicKey::from_jwk_json(&d.public_jwk).ok());
+    let key = match enrolled {
+        Some(k) => Some(k),
+        None => match sealed.peek::<PhoneUp>().map(|c| c.msg) {
+            Ok(PhoneUp::Login(l)) => PublicKey::from_jwk(&l.device.public_key)
+                .ok()
+                .filter(|k| k.kid().as_str() == kid),
+            _ => None,
+        },
+    };
+    let Some(claims) = key.and_then(|k| sealed.open::<PhoneUp>(&k).ok()) else {
         return Ok(Vec::new());
     };
-    let device = rows::device(db, &sender)?;
-    let account_of_device = || -> Result<Option<rows::AccountRow>, StoreError> {
-        match &device {
-            Some(d) => rows::account(db, &d.account),
-            None => Ok(None),
-        }
-    };
-    // Opened as the handler will open it: for this sender, the key named in the envelope
-    // (the handler uses the verified one; if they differ, nothing opens and nothing is
-    // checked ahead) and the field. A secret that does not open needs no check.
-    let kid = sealed.kid().as_str().to_owned();
     let one = |sealed: &SealedSecret, field: SecretField, phc: &str| {
         sealed
             .open(hub, field, &sender, &kid)
@@ -84,18 +96,26 @@ pub fn wanted(
             })
             .unwrap_or_default()
     };
+    let locked = |subjects: &[String]| -> Result<bool, StoreError> {
+        for subject in subjects {
+            if rows::login_failures(db, subject)?.check(now).is_err() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    let active = device.as_ref().filter(|d| d.status == DeviceStatus::Active);
     Ok(match &claims.msg {
         PhoneUp::Login(l) => {
-            let kid = PublicKey::from_jwk(&l.device.public_key).map(|k| k.kid().clone());
-            let own = device.as_ref().is_some_and(|d| {
-                d.account == l.account
-                    && d.status == DeviceStatus::Active
-                    && kid.as_ref().is_ok_and(|k| d.kid == k.as_str())
-            });
-            for subject in throttle::subjects(&sender, &l.account, own) {
-                if rows::login_failures(db, &subject)?.check(now).is_err() {
-                    return Ok(Vec::new());
-                }
+            if device
+                .as_ref()
+                .is_some_and(|d| d.status != DeviceStatus::Active || d.account != l.account)
+            {
+                return Ok(Vec::new());
+            }
+            let own = active.is_some_and(|d| d.kid == kid);
+            if locked(&throttle::subjects(&sender, &l.account, own))? {
+                return Ok(Vec::new());
             }
             let phc = match rows::account(db, &l.account)? {
                 Some(a) => a.password_hash,
@@ -103,20 +123,41 @@ pub fn wanted(
             };
             one(&l.password, SecretField::Password, &phc)
         }
-        PhoneUp::ChangePassword(c) => match account_of_device()? {
-            Some(a) => one(
-                &c.current_password,
-                SecretField::CurrentPassword,
-                &a.password_hash,
-            ),
-            None => Vec::new(),
-        },
-        PhoneUp::ConfirmWithdrawal(c) => match (&c.identity, account_of_device()?) {
-            (IdentityEvidence { pin: Some(pin), .. }, Some(a)) => {
-                one(pin, SecretField::Pin, &a.pin_hash)
+        PhoneUp::ChangePassword(c) => {
+            let Some(d) =
+                active.filter(|d| policy::device_restriction(d).is_none_or(|r| !r.is_active(now)))
+            else {
+                return Ok(Vec::new());
+            };
+            if locked(&[
+                throttle::device_subject(&d.id),
+                throttle::account_subject(&d.account),
+            ])? {
+                return Ok(Vec::new());
             }
-            _ => Vec::new(),
-        },
+            match rows::account(db, &d.account)? {
+                Some(a) => one(
+                    &c.current_password,
+                    SecretField::CurrentPassword,
+                    &a.password_hash,
+                ),
+                None => Vec::new(),
+            }
+        }
+        PhoneUp::ConfirmWithdrawal(c) => {
+            let (Some(d), Some(pin)) = (active, &c.identity.pin) else {
+                return Ok(Vec::new());
+            };
+            let staged = rows::withdrawal(db, &c.tx_id)?.is_some_and(|w| {
+                w.device_id == d.id && w.phase == crate::withdrawal::Phase::Presented
+            });
+            match rows::account(db, &d.account)? {
+                Some(a) if staged && a.pin.locked(now).is_none() => {
+                    one(pin, SecretField::Pin, &a.pin_hash)
+                }
+                _ => Vec::new(),
+            }
+        }
         _ => Vec::new(),
     })
 }
@@ -146,6 +187,9 @@ pub struct SecretStage {
     waiting: Arc<AtomicUsize>,
     backlog: usize,
     dropped: Arc<AtomicUsize>,
+    /// Senders with a check waiting or running: one at a time each, so that one device
+    /// cannot fill the backlog that everyone's logins share.
+    busy: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Where a message goes after [`SecretStage::route`].
@@ -171,6 +215,7 @@ impl SecretStage {
             waiting: Arc::new(AtomicUsize::new(0)),
             backlog: workers.max(1) * 16,
             dropped: Arc::new(AtomicUsize::new(0)),
+            busy: Arc::default(),
         }
     }
 
@@ -191,8 +236,23 @@ impl SecretStage {
         if !carries_secret(&msg) {
             return Route::Writer(msg);
         }
+        let sender = match Topic::parse(&msg.topic) {
+            Some(Topic::PhoneUp(id)) => id,
+            _ => return Route::Writer(msg),
+        };
+        let first_of_sender = self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(sender.clone());
+        if !first_of_sender {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(topic = %msg.topic, "a secret check of this sender is waiting: message dropped");
+            return Route::Dropped;
+        }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.backlog {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.release(&sender);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(topic = %msg.topic, "secret checks backlog full: message dropped");
             return Route::Dropped;
@@ -201,6 +261,7 @@ impl SecretStage {
         let writer = writer.clone();
         tokio::spawn(async move {
             let Ok(_permit) = stage.workers.clone().acquire_owned().await else {
+                stage.release(&sender);
                 return;
             };
             let checked = {
@@ -211,10 +272,18 @@ impl SecretStage {
                     .unwrap_or_default()
             };
             stage.waiting.fetch_sub(1, Ordering::AcqRel);
+            stage.release(&sender);
             let msg = Incoming { checked, ..msg };
             let _ = writer.send(crate::service::WriterCmd::Message(msg)).await;
         });
         Route::Taken
+    }
+
+    fn release(&self, sender: &str) {
+        self.busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(sender);
     }
 
     fn check(&self, topic: &str, payload: &[u8], now: u64) -> Vec<CheckedSecret> {

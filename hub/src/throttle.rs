@@ -77,18 +77,28 @@ impl Failures {
 /// phone out. A long name is replaced by its digest: a name of kilobytes must not become a
 /// key of kilobytes.
 pub fn subjects(sender: &str, account: &str, own: bool) -> Vec<String> {
-    let mut out = vec![format!("device:{sender}")];
+    let mut out = vec![device_subject(sender)];
     if !own {
-        out.push(if account.len() <= 64 {
-            format!("account:{account}")
-        } else {
-            use sha2::{Digest, Sha256};
-            let digest = Sha256::digest(account.as_bytes());
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            format!("account#{hex}")
-        });
+        out.push(account_subject(account));
     }
     out
+}
+
+/// The subject of a device id.
+pub fn device_subject(device_id: &str) -> String {
+    format!("device:{device_id}")
+}
+
+/// The subject of an account name.
+pub fn account_subject(account: &str) -> String {
+    if account.len() <= 64 {
+        format!("account:{account}")
+    } else {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(account.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("account#{hex}")
+    }
 }
 
 #[cfg(test)]

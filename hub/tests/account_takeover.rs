@@ -828,6 +828,17 @@ fn passwords_and_pins_are_checked_ahead_and_the_writer_runs_no_argon2() {
     rig.hub.handle_batch(&[m]);
     assert_eq!(evaluations_on_this_thread(), before + 1);
 
+    // Not authentic (a login carrying one key, signed by another): nothing wanted.
+    let mut liar = TestDevice::new("phone-liar");
+    let carried = TestDevice::new("phone-liar");
+    let msg = login_message(&carried, "hanako", None);
+    let (_, n) = ahead(&mut rig, &mut liar, msg);
+    assert_eq!(n, 0, "a forged message costs no check");
+    // A PIN for no withdrawal this device has at an ATM: nothing wanted.
+    let msg = confirm_message(&phone, &req, Some(PIN), Some(near_atm()));
+    let (_, n) = ahead(&mut rig, &mut phone, msg);
+    assert_eq!(n, 0, "the withdrawal is no longer presented");
+
     // Throttled: nothing wanted.
     let mut thief = TestDevice::new("phone-thief");
     for _ in 0..6 {
@@ -899,4 +910,84 @@ fn passwords_and_pins_are_unreadable_on_the_broker_and_useless_elsewhere() {
     let claims = phone.claims(&hub, rig.now(), json);
     let h = rig.hub.handle(&phone.phone_up(), &phone.seal(&claims));
     assert!(malformed(&h), "{:?}", h.result);
+}
+
+/// An adversarial review of the fixes above (holes 2, 3, 4) found these: waiting an hour no
+/// longer resets a guesser's count for a real account; a device enrolled in the fraudster's
+/// own account cannot spray other accounts; a wrong current password in `ChangePassword` is
+/// throttled like a wrong login; a revoked device learns nothing about a password.
+#[test]
+fn the_throttle_cannot_be_washed_out_waited_out_or_sidestepped() {
+    let (mut rig, mut phone, _) = setup(571);
+    let right = qrcash_hub::testkit::password("hanako");
+
+    // Waiting out the lock and the sweeper keeps a real account's count: the next failure
+    // locks for twice as long, not from zero.
+    let mut thief = TestDevice::new("phone-thief");
+    for _ in 0..6 {
+        login_with(&mut rig, &mut thief, "hanako", "guess");
+    }
+    rig.clock.advance(std::time::Duration::from_secs(2 * 3_600));
+    rig.hub.sweep().unwrap();
+    let mut fresh = TestDevice::new("phone-thief-2");
+    assert_eq!(
+        login_with(&mut rig, &mut fresh, "hanako", "guess"),
+        RejectReason::BadCredentials
+    );
+    let until = rig.now() + 60;
+    assert_eq!(
+        login_with(&mut rig, &mut fresh, "hanako", &right),
+        RejectReason::LoginThrottled { until },
+        "the seventh failure locks for 60 s"
+    );
+
+    // A device enrolled in the fraudster's own account cannot spray other accounts from it:
+    // it is refused before any password is checked (and its own logins clear nothing).
+    rig.account("mallory", 0);
+    let mut sprayer = TestDevice::new("phone-sprayer");
+    let own = qrcash_hub::testkit::password("mallory");
+    assert_eq!(
+        login_with(&mut rig, &mut sprayer, "mallory", &own),
+        RejectReason::Internal
+    );
+    let before = qrcash_hub::identity::evaluations_on_this_thread();
+    for i in 0..20 {
+        assert_eq!(
+            login_with(&mut rig, &mut sprayer, &format!("victim-{i}"), "guess"),
+            RejectReason::BadCredentials
+        );
+    }
+    assert_eq!(
+        qrcash_hub::identity::evaluations_on_this_thread(),
+        before,
+        "no password of another account is ever checked for it"
+    );
+
+    // Wrong current passwords in ChangePassword count like wrong logins.
+    rig.clock
+        .advance(std::time::Duration::from_secs(40 * 86_400));
+    rig.hub.sweep().unwrap();
+    login_with(&mut rig, &mut phone, "hanako", &right);
+    for _ in 0..6 {
+        let h = change_password(&mut rig, &mut phone, "not it", "brand new secret");
+        assert_eq!(refused_with(&h), RejectReason::BadCredentials);
+    }
+    let h = change_password(&mut rig, &mut phone, &right, "brand new secret");
+    assert!(
+        matches!(refused_with(&h), RejectReason::LoginThrottled { .. }),
+        "{:?}",
+        h.result
+    );
+
+    // A revoked device gets the same answer, and no argon2, right password or wrong.
+    let now = rig.now();
+    admin::revoke_device(rig.hub.store_mut(), "phone-1", "stolen", now).unwrap();
+    let before = qrcash_hub::identity::evaluations_on_this_thread();
+    for password in [right.as_str(), "guess"] {
+        assert_eq!(
+            login_with(&mut rig, &mut phone, "hanako", password),
+            RejectReason::DeviceRevoked
+        );
+    }
+    assert_eq!(qrcash_hub::identity::evaluations_on_this_thread(), before);
 }

@@ -157,20 +157,25 @@ fn login(ctx: &mut Ctx<'_>, sender: &str, device: Option<&DeviceRow>, l: &Login)
     }
     let key = PublicKey::from_jwk(&l.device.public_key)
         .map_err(|e| refuse(RejectReason::BadSignature, e.to_string()))?;
-    let account = check_password(ctx, sender, device, &key, l)?;
-    let bad = || refuse(RejectReason::BadCredentials, "wrong account or password");
+    // A revoked device, or one enrolled for another account, is refused before any password
+    // is checked, with the same answer whatever the password: it must not be an oracle that
+    // tells its holder whether a password is right.
     if let Some(d) = device {
-        if d.account != account.id {
-            ctx.note(format!("device {} is enrolled for another account", d.id));
-            return Err(bad());
-        }
         if d.status == DeviceStatus::Revoked {
             return Err(refuse(
                 RejectReason::DeviceRevoked,
                 "this device was revoked; contact support",
             ));
         }
+        if d.account != l.account {
+            ctx.note(format!("device {} is enrolled for another account", d.id));
+            return Err(refuse(
+                RejectReason::BadCredentials,
+                "wrong account or password",
+            ));
+        }
     }
+    let account = check_password(ctx, sender, device, &key, l)?;
     let jwk = serde_json::to_string(&l.device.public_key)
         .map_err(|e| refuse(RejectReason::Malformed, e.to_string()))?;
     let all_others: Vec<DeviceRow> = rows::devices(ctx.db, Some(&account.id))?
@@ -268,8 +273,8 @@ fn check_password(
             ));
         }
     }
-    // Right or wrong, a device id gets a bounded number of attempts a minute: each costs
-    // argon2, and a successful one a `logins` row.
+    // A device id gets a bounded number of successful logins a minute (each costs argon2 and
+    // a `logins` row); wrong ones are bounded by the failure counts above.
     let minute_ago = ctx.now.saturating_sub(59);
     let (recent, oldest): (i64, Option<i64>) = ctx.db.row_cached(
         "SELECT COUNT(*), MIN(at) FROM logins WHERE device_id = ?1 AND at >= ?2",
@@ -290,8 +295,13 @@ fn check_password(
     let matches = ctx.secret_matches(password.expose(), phc);
     match account {
         Some(account) if matches => {
-            for subject in &subjects {
-                rows::save_login_failures(ctx.db, subject, &Failures::default())?;
+            // A right password from elsewhere clears the account's count (whoever sent it
+            // needs no more guesses). It never clears the device's: a device of the
+            // fraudster's own account must not wash its failures against other accounts away
+            // with a login to its own; the device's count is forgotten after an hour of quiet.
+            if !own {
+                let subject = throttle::account_subject(&l.account);
+                rows::save_login_failures(ctx.db, &subject, &Failures::default())?;
             }
             Ok(account)
         }
@@ -616,7 +626,7 @@ fn approve(
     let current = rows::device(ctx.db, new_device)?.filter(|d| {
         d.account == account.id
             && d.status == DeviceStatus::Active
-            && new_kid.is_none_or(|k| k == d.kid)
+            && new_kid.is_some_and(|k| k == d.kid)
     });
     let Some(d) = current else {
         ctx.note(format!(

@@ -7,18 +7,19 @@
 use qrcash_protocol::messages::{ChangePassword, PhonePush, SessionsEnded};
 use qrcash_protocol::{RejectReason, SecretField};
 
-use super::{Ctx, Outcome, refuse};
+use super::{Ctx, Fail, Outcome, Refusal, refuse};
 use crate::identity::hash_secret;
 use crate::policy;
 use crate::restriction::Function;
 use crate::store::rows::{self, AccountRow, DeviceRow};
+use crate::throttle;
 
 /// The shortest password the hub accepts, from the phone and from an operator alike.
 pub const MIN_PASSWORD_CHARS: usize = 8;
 
 /// Refuses `f` from a device under a restriction of its own (the account freeze is not
 /// checked: see the module comment).
-fn established(ctx: &Ctx<'_>, device: &DeviceRow, f: Function) -> Result<(), super::Fail> {
+fn established(ctx: &Ctx<'_>, device: &DeviceRow, f: Function) -> Result<(), Fail> {
     debug_assert!(f.needs_established_device());
     match policy::device_restriction(device).filter(|r| r.is_active(ctx.now)) {
         None => Ok(()),
@@ -44,14 +45,39 @@ pub(super) fn change_password(
     c: &ChangePassword,
 ) -> Outcome {
     established(ctx, device, Function::ChangePassword)?;
+    // A wrong current password is a guess like a wrong login: throttled the same way, on
+    // this device and on the account, before any argon2 runs.
+    let subjects = [
+        throttle::device_subject(&device.id),
+        throttle::account_subject(&account.id),
+    ];
+    for subject in &subjects {
+        if let Err(until) = rows::login_failures(ctx.db, subject)?.check(ctx.now) {
+            return Err(refuse(
+                RejectReason::LoginThrottled { until },
+                format!("too many wrong passwords; try again from {until}"),
+            ));
+        }
+    }
     let current = ctx.open_secret(&c.current_password, SecretField::CurrentPassword)?;
     let new = ctx.open_secret(&c.new_password, SecretField::NewPassword)?;
     if !ctx.secret_matches(current.expose(), &account.password_hash) {
+        let policy = ctx.cfg.auth.throttle();
+        for subject in &subjects {
+            let f = rows::login_failures(ctx.db, subject)?.fail(ctx.now, &policy);
+            rows::save_login_failures(ctx.db, subject, &f)?;
+        }
         ctx.note(format!(
             "password change with a wrong password on {}",
             account.id
         ));
-        return Err(refuse(RejectReason::BadCredentials, "wrong password"));
+        // The count stays although the change is refused.
+        return Err(Fail::Refused(Refusal {
+            reason: RejectReason::BadCredentials,
+            message: "wrong password".into(),
+            keep_effects: true,
+            extra: Vec::new(),
+        }));
     }
     let new = new.expose();
     if new.chars().count() < MIN_PASSWORD_CHARS {

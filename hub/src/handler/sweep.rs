@@ -157,6 +157,7 @@ pub(super) fn sweep(ctx: &mut Ctx<'_>) -> Result<(Vec<Outgoing>, SweepReport), S
     report.login_traces_pruned = rows::prune_login_failures(
         ctx.db,
         ctx.now,
+        ctx.now.saturating_sub(auth.login_failure_memory_s),
         ctx.now.saturating_sub(auth.login_lock_max_s),
     )? + audit::prune_login_refusals(
         ctx.db,

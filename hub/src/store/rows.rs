@@ -287,11 +287,24 @@ pub fn save_login_failures(db: &Connection, subject: &str, f: &Failures) -> Resu
     Ok(())
 }
 
-/// Forgets the failures of subjects unlocked and quiet since `before`; returns how many.
-pub fn prune_login_failures(db: &Connection, now: u64, before: u64) -> Result<usize, StoreError> {
+/// Forgets the failure counts of subjects that are unlocked and quiet: since `before_real`
+/// for an account that exists (so that waiting does not reset a guesser's doubling lock),
+/// since `before_other` for device ids (an owner's typos are forgiven after a quiet hour) and
+/// for names no account exists under (throw-away names would otherwise pile up). Returns how
+/// many.
+pub fn prune_login_failures(
+    db: &Connection,
+    now: u64,
+    before_real: u64,
+    before_other: u64,
+) -> Result<usize, StoreError> {
     Ok(db.exec_cached(
-        "DELETE FROM login_failures WHERE locked_until <= ?1 AND last_at < ?2",
-        params![to_sql(now), to_sql(before)],
+        "DELETE FROM login_failures AS f
+         WHERE f.locked_until <= ?1
+           AND f.last_at < CASE
+               WHEN EXISTS (SELECT 1 FROM accounts a WHERE 'account:' || a.id = f.subject)
+               THEN ?2 ELSE ?3 END",
+        params![to_sql(now), to_sql(before_real), to_sql(before_other)],
     )?)
 }
 
