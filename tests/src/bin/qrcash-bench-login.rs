@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
+use clap::Parser;
 use qrcash_hub::admin::{self, NewAccount};
 use qrcash_hub::config::HubConfig;
 use qrcash_hub::service::{HubService, ServiceOptions};
@@ -300,28 +301,27 @@ fn table(rows: &[Outcome]) -> String {
     s
 }
 
+/// Command-line settings.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Seconds per row.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Rewrite the "## Password guessing" section of this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// The command to name in the report.
+    #[arg(long, default_value = "scripts/bench-login.sh")]
+    command: String,
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut seconds = 10.0;
-    let mut markdown: Option<PathBuf> = None;
-    let mut command = "scripts/bench-login.sh".to_owned();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| anyhow!("{a} needs a value"))
-        };
-        match a.as_str() {
-            "--seconds" => seconds = val()?.parse().context("--seconds")?,
-            "--markdown" => markdown = Some(val()?.into()),
-            "--command" => command = val()?,
-            other => {
-                bail!("unknown argument {other}; use --seconds S --markdown FILE --command TEXT")
-            }
-        }
-    }
+    let Args {
+        seconds,
+        markdown,
+        command,
+    } = Args::parse();
     let broker = Mosquitto::start();
     let load_before = loadavg();
     let mut rows = Vec::new();
