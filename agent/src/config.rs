@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use qrcash_hardware::camera::CameraConfig;
 use qrcash_hardware::dispenser::lcdm::LcdmConfig;
-use qrcash_protocol::link::BrokerConfig;
+use qrcash_io::BrokerConfig;
 use qrcash_protocol::{Currency, PublicKey};
 use serde::Deserialize;
 

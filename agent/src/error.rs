@@ -84,7 +84,7 @@ pub enum AgentError {
     },
     /// Broker settings.
     #[error(transparent)]
-    Link(#[from] qrcash_protocol::link::LinkError),
+    Link(#[from] qrcash_io::LinkError),
     /// The configuration is unusable.
     #[error("agent configuration: {0}")]
     Config(String),

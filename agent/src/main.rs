@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use qrcash_agent::store::{JournalKind, Store};
 use qrcash_agent::{Agent, AgentConfig};
 use qrcash_hardware::dispenser::lcdm::LcdmDispenser;
+use qrcash_io::KeyFile;
 use qrcash_protocol::PrivateKey;
 
 #[derive(Parser)]

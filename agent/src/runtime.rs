@@ -1,10 +1,9 @@
 //! The agent's shell: tokio tasks around the pure cores, talking over typed channels.
 //!
 //! - **camera** (a thread): frames → [`Scanner`] → decoded payloads → core.
-//! - **link** (the `rumqttc` event loop): connection state and raw down-link messages →
-//!   core; backs off between reconnects; never calls the client itself.
-//! - **subscriber**: on every ConnAck renews the down-link subscription and publishes the
-//!   retained "online" presence (the last will says "offline").
+//! - **link** ([`qrcash_io::link`]): connection state and raw down-link messages → core;
+//!   renews the down-link subscription and the retained "online" presence on every
+//!   connection (the last will says "offline"), backs off between reconnects.
 //! - **outbox**: publishes queued messages in order, resends unacknowledged ones with backoff
 //!   and after every reconnect; deletes nothing itself (the core applies acks).
 //! - **core** (this module's [`Core`]): verifies hub messages ([`crate::inbound`]), feeds
@@ -21,14 +20,15 @@ use std::time::Duration;
 use qrcash_hardware::camera::{CameraError, FrameSource, LumaFrame};
 use qrcash_hardware::dispenser::{DispenseOutcome as DeviceOutcome, Dispenser, Recovery};
 use qrcash_hardware::scan::{PayloadFilter, ScanConfig, Scanner};
+use qrcash_io::Backoff;
+use qrcash_io::KeyFile;
+use qrcash_io::link::{self, LinkEvent, LinkHandle, LinkOptions, Publication, PublishError};
 use qrcash_protocol::envelope::Claims;
-use qrcash_protocol::link::{self, Backoff};
 use qrcash_protocol::messages::{
     AtmDown, AtmUp, CassetteState, CassetteStatus, DispenseReport, Heartbeat,
 };
 use qrcash_protocol::replay::{ReplayConfig, SenderWindow};
 use qrcash_protocol::{Clock, OrderId, PrivateKey, Signer, SystemClock, TxId, token, topics};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, QoS};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -114,7 +114,7 @@ pub struct AgentHandle {
     camera_stop: Arc<AtomicBool>,
     camera: Option<std::thread::JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
-    client: AsyncClient,
+    link: LinkHandle,
     recovered: Vec<DispenseReport>,
 }
 
@@ -152,7 +152,7 @@ impl AgentHandle {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         self.camera_stop.store(true, Ordering::SeqCst);
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.disconnect()).await;
+        self.link.disconnect().await;
         for t in self.tasks.drain(..) {
             t.abort();
             let _ = t.await;
@@ -266,22 +266,19 @@ impl Agent {
         }
 
         // --- MQTT. ---
-        let mut options = link::mqtt_options(&config.broker, &config.atm_id)?;
         let presence = topics::atm_presence(&config.atm_id);
-        options.set_last_will(LastWill::new(
-            presence.clone(),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
-        let (client, mut eventloop) = AsyncClient::new(options, 256);
-        // Small packets one by one (acks, outbox rounds): without TCP_NODELAY each can wait
-        // for the broker's delayed ACK (Nagle), ~40 ms per exchange on Linux.
-        eventloop.network_options.set_tcp_nodelay(true);
+        let status = |text: &str| Publication {
+            topic: presence.clone(),
+            payload: text.as_bytes().to_vec(),
+            retain: true,
+        };
+        let mut options = LinkOptions::new(config.broker.clone(), config.atm_id.clone())
+            .subscribe([topics::atm_down(&config.atm_id)]);
+        options.last_will = Some(status("offline"));
+        options.on_connect = vec![status("online")];
+        let (link, link_rx) = link::spawn(options)?;
 
         let (stop, stop_rx) = watch::channel(false);
-        let (link_tx, link_rx) = mpsc::channel::<LinkEvent>(256);
-        let (connack_tx, connack_rx) = mpsc::channel::<()>(4);
         let (outbox_tx, outbox_rx) = mpsc::unbounded_channel::<OutboxCmd>();
         let (scan_tx, scan_rx) = mpsc::channel::<String>(16);
         let (screen_tx, screen) = watch::channel(Screen::ServiceUnavailable);
@@ -334,15 +331,9 @@ impl Agent {
         };
         let (done_tx, done_rx) = mpsc::channel(4);
         let tasks = vec![
-            tokio::spawn(drive_link(eventloop, link_tx, connack_tx, outbox_tx)),
-            tokio::spawn(subscriber(
-                client.clone(),
-                config.atm_id.clone(),
-                connack_rx,
-            )),
             tokio::spawn(run_outbox(
                 outbox_store,
-                client.clone(),
+                link.clone(),
                 topics::atm_up(&config.atm_id),
                 outbox_rx,
                 Backoff::new(
@@ -370,7 +361,7 @@ impl Agent {
             camera_stop,
             camera: Some(camera),
             tasks,
-            client,
+            link,
             recovered,
         })
     }
@@ -492,85 +483,11 @@ fn camera_loop(
 // ---------------------------------------------------------------------------------------
 
 #[derive(Debug)]
-enum LinkEvent {
-    Up,
-    Down,
-    Message { topic: String, payload: Vec<u8> },
-}
-
-#[derive(Debug)]
 enum OutboxCmd {
     LinkUp,
     LinkDown,
     /// Something was queued or acknowledged: look at the queue again.
     Wake,
-}
-
-async fn drive_link(
-    mut eventloop: EventLoop,
-    core: mpsc::Sender<LinkEvent>,
-    connacks: mpsc::Sender<()>,
-    outbox: mpsc::UnboundedSender<OutboxCmd>,
-) {
-    let mut backoff = Backoff::default();
-    let mut up = false;
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff.reset();
-                let _ = connacks.try_send(());
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                if !up {
-                    up = true;
-                    let _ = outbox.send(OutboxCmd::LinkUp);
-                    if core.send(LinkEvent::Up).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let msg = LinkEvent::Message {
-                    topic: p.topic.clone(),
-                    payload: p.payload.to_vec(),
-                };
-                if core.send(msg).await.is_err() {
-                    return;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                if up {
-                    up = false;
-                    let _ = outbox.send(OutboxCmd::LinkDown);
-                    if core.send(LinkEvent::Down).await.is_err() {
-                        return;
-                    }
-                }
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker link down");
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-}
-
-/// Renews the subscription and the retained presence after every ConnAck.
-async fn subscriber(client: AsyncClient, atm_id: String, mut connacks: mpsc::Receiver<()>) {
-    let down = topics::atm_down(&atm_id);
-    let presence = topics::atm_presence(&atm_id);
-    while connacks.recv().await.is_some() {
-        if let Err(e) = client.subscribe(down.as_str(), QoS::AtLeastOnce).await {
-            tracing::warn!(error = %e, "cannot subscribe to the down-link");
-            return;
-        }
-        if let Err(e) = client
-            .publish(presence.as_str(), QoS::AtLeastOnce, true, "online")
-            .await
-        {
-            tracing::warn!(error = %e, "cannot publish presence");
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -582,7 +499,7 @@ const OUTBOX_BATCH: u32 = 64;
 
 async fn run_outbox(
     mut store: Store,
-    client: AsyncClient,
+    mqtt: LinkHandle,
     up_topic: String,
     mut cmds: mpsc::UnboundedReceiver<OutboxCmd>,
     mut backoff: Backoff,
@@ -661,20 +578,16 @@ async fn run_outbox(
                 break;
             }
             // try_publish: never block on the client's queue while the link is shaky.
-            match client.try_publish(
-                up_topic.as_str(),
-                QoS::AtLeastOnce,
-                false,
-                m.sealed.clone().into_bytes(),
-            ) {
+            match mqtt.try_publish(&up_topic, m.sealed.clone().into_bytes()) {
                 Ok(()) => {
                     sent.insert(m.jti.clone());
                     published.push(m.id);
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "MQTT client queue full; retrying later");
+                Err(PublishError::Full) => {
+                    tracing::debug!("MQTT client queue full; retrying later");
                     break;
                 }
+                Err(PublishError::Closed) => return,
             }
         }
         if !published.is_empty() {
@@ -747,12 +660,14 @@ impl Core {
                 ev = inputs.link.recv() => match ev {
                     None => return,
                     Some(LinkEvent::Up) => {
+                        let _ = self.outbox.send(OutboxCmd::LinkUp);
                         self.link_up = true;
                         self.set_status("link", "up");
                         let _ = self.events.send(AgentEvent::Link { up: true });
                         self.apply(Input::Link(true), &inputs.done_tx);
                     }
                     Some(LinkEvent::Down) => {
+                        let _ = self.outbox.send(OutboxCmd::LinkDown);
                         self.link_up = false;
                         self.set_status("link", "down");
                         let _ = self.events.send(AgentEvent::Link { up: false });

@@ -87,8 +87,8 @@ pub struct BrokerSection {
 
 impl BrokerSection {
     /// The connection settings for [`qrcash_protocol::link`].
-    pub fn link_config(&self) -> qrcash_protocol::link::BrokerConfig {
-        qrcash_protocol::link::BrokerConfig {
+    pub fn link_config(&self) -> qrcash_io::BrokerConfig {
+        qrcash_io::BrokerConfig {
             url: self.url.clone(),
             ca_file: self.ca_file.clone(),
             cert_file: self.cert_file.clone(),

@@ -14,6 +14,7 @@ use qrcash_hub::policy;
 use qrcash_hub::service::HubService;
 use qrcash_hub::store::Store;
 use qrcash_hub::withdrawal::Phase;
+use qrcash_io::KeyFile;
 use qrcash_protocol::{Clock as _, Currency, Position, PrivateKey, PublicKey, SystemClock, TxId};
 
 #[derive(Parser)]

@@ -4,15 +4,14 @@
 //! Tasks, connected by typed channels:
 //!
 //! ```text
-//! broker ─▶ event loop task ──Incoming──▶ writer thread (owns Hub + SQLite) ──Outgoing──▶
-//!               │  ▲ ConnAck                 ▲ Sweep (sweeper task)                         │
-//!               ▼  │                                                                       ▼
-//!            client task (owns AsyncClient): subscribes on every ConnAck, publishes answers
+//! broker ─▶ link ──LinkEvent──▶ intake task ──Incoming──▶ writer thread (owns Hub + SQLite)
+//!            ▲                                 ▲ Sweep (sweeper task)          │
+//!            └──────────── publisher task ◀───────────────Outgoing─────────────┘
 //! ```
 //!
-//! - The event loop task only polls: it never calls the `AsyncClient` (that can deadlock),
-//!   backs off with [`Backoff`] after an error (`poll()` itself retries at once) and tells
-//!   the client task to subscribe again after every ConnAck (clean sessions lose them).
+//! - The link ([`qrcash_io::link`]) connects, subscribes again after every reconnection
+//!   (clean sessions lose subscriptions) and backs off between attempts; the hub is ready
+//!   while it is up.
 //! - Phone messages go through the secret checks first ([`crate::secrets`]): passwords and
 //!   PINs are checked (argon2) on their own worker threads, so guessing never occupies the
 //!   writer.
@@ -25,9 +24,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use qrcash_protocol::link::{Backoff, BrokerConfig, LinkError, mqtt_options};
+use qrcash_io::KeyFile;
+use qrcash_io::link::{self, LinkEvent, LinkHandle, LinkOptions};
+use qrcash_io::{BrokerConfig, LinkError};
 use qrcash_protocol::{Clock, PrivateKey, Signer, SystemClock, topics};
-use rumqttc::{AsyncClient, Event, Outgoing as MqttOut, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -182,18 +182,16 @@ impl HubService {
 
     /// Starts the service around `hub`.
     pub async fn start(hub: Hub, options: ServiceOptions) -> Result<HubHandle, ServiceError> {
-        let mut mqtt = mqtt_options(&options.broker, &options.client_id)?;
-        mqtt.set_inflight(100);
-        let (client, mut eventloop) = AsyncClient::new(mqtt, 1024);
-        // Answers are small packets written one by one: without TCP_NODELAY each waits for
-        // the broker's delayed ACK (Nagle), ~40 ms per hop on Linux.
-        eventloop.network_options.set_tcp_nodelay(true);
+        let mut link_options = LinkOptions::new(options.broker.clone(), options.client_id.clone())
+            .subscribe(topics::hub_subscriptions(options.shared_subscription));
+        link_options.inflight = Some(100);
+        link_options.queue = 1024;
+        link_options.events = 1024;
+        let (link, link_events) = link::spawn(link_options)?;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (ready_tx, ready_rx) = watch::channel(false);
         let (stats_tx, stats_rx) = watch::channel(ServiceStats::default());
         let (writer_tx, writer_rx) = mpsc::channel::<WriterCmd>(4096);
         let (out_tx, out_rx) = mpsc::channel::<Outgoing>(4096);
-        let (conn_tx, conn_rx) = mpsc::unbounded_channel::<()>();
 
         // Passwords and PINs are checked beside the writer when the database is a file.
         let secrets = match (hub.store().path(), hub.config().auth.secret_workers) {
@@ -213,28 +211,22 @@ impl HubService {
             .spawn(move || writer_loop(hub, writer_rx, out_tx, group, stats))
             .map_err(ServiceError::Thread)?;
 
-        let subs = topics::hub_subscriptions(options.shared_subscription);
         let tasks = vec![
-            tokio::spawn(event_loop(
-                eventloop,
-                subs.len(),
+            tokio::spawn(intake(
+                link_events,
                 Intake {
                     writer: writer_tx.clone(),
                     secrets: secrets.clone(),
                     clock,
                 },
-                conn_tx,
-                ready_tx.clone(),
                 stop_rx.clone(),
             )),
-            tokio::spawn(client_loop(
-                client, out_rx, conn_rx, subs, ready_tx, stats_tx,
-            )),
+            tokio::spawn(publisher(link.clone(), out_rx, stats_tx)),
             tokio::spawn(sweeper(writer_tx, options.sweep_interval, stop_rx)),
         ];
         Ok(HubHandle {
             stop: stop_tx,
-            ready: ready_rx,
+            ready: link.up_watch(),
             stats: stats_rx,
             tasks,
             writer: Some(writer),
@@ -251,117 +243,57 @@ struct Intake {
     clock: Arc<dyn Clock>,
 }
 
-/// Polls the connection; forwards publishes to the writer. Never touches the client.
-async fn event_loop(
-    mut eventloop: rumqttc::EventLoop,
-    subscriptions: usize,
+/// Hands every message to the writer (through the secret checks when there are any) until
+/// the service stops; what arrives after that is left to the link, which drops it.
+async fn intake(
+    mut events: mpsc::Receiver<LinkEvent>,
     intake: Intake,
-    connected: mpsc::UnboundedSender<()>,
-    ready: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::default();
     let Intake {
         writer,
         secrets,
         clock,
     } = intake;
-    let mut writer = Some(writer);
-    let mut pending_subacks = 0usize;
     loop {
-        let stopping = *stop.borrow();
-        if stopping && writer.is_some() {
-            // No new work: the writer finishes what it has, then the client disconnects.
-            writer = None;
-        }
         let event = tokio::select! {
-            e = eventloop.poll() => e,
-            _ = stop.changed(), if !stopping => continue,
+            e = events.recv() => e,
+            _ = stop.changed() => return,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                tracing::info!(code = ?ack.code, "connected to the broker");
-                backoff.reset();
-                pending_subacks = subscriptions;
-                if connected.send(()).is_err() {
-                    return;
-                }
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                pending_subacks = pending_subacks.saturating_sub(1);
-                if pending_subacks == 0 {
-                    let _ = ready.send(true);
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let Some(w) = &writer else { continue };
-                let msg = Incoming::new(p.topic.clone(), p.payload.to_vec());
+            None => return,
+            Some(LinkEvent::Up) => tracing::info!("connected to the broker and subscribed"),
+            Some(LinkEvent::Down) => {}
+            Some(LinkEvent::Message { topic, payload }) => {
+                let msg = Incoming::new(topic, payload);
                 let msg = match &secrets {
-                    Some(stage) => match stage.route(msg, w, clock.now()) {
+                    Some(stage) => match stage.route(msg, &writer, clock.now()) {
                         Route::Writer(m) => m,
                         Route::Taken | Route::Dropped => continue,
                     },
                     None => msg,
                 };
-                if w.send(WriterCmd::Message(msg)).await.is_err() {
+                if writer.send(WriterCmd::Message(msg)).await.is_err() {
                     return;
-                }
-            }
-            Ok(Event::Outgoing(MqttOut::Disconnect)) if stopping => {
-                // Let the DISCONNECT reach the socket, then stop.
-                let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let _ = ready.send(false);
-                if stopping {
-                    return;
-                }
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.changed() => {}
                 }
             }
         }
     }
 }
 
-/// Owns the client: subscribes after each ConnAck, publishes the writer's answers.
-async fn client_loop(
-    client: AsyncClient,
+/// Publishes the writer's answers; when the writer is done (shutdown), closes the link.
+async fn publisher(
+    link: LinkHandle,
     mut answers: mpsc::Receiver<Outgoing>,
-    mut connected: mpsc::UnboundedReceiver<()>,
-    subscriptions: Vec<String>,
-    ready: watch::Sender<bool>,
     stats: watch::Sender<ServiceStats>,
 ) {
-    loop {
-        tokio::select! {
-            c = connected.recv() => {
-                if c.is_none() {
-                    break;
-                }
-                let _ = ready.send(false);
-                for s in &subscriptions {
-                    if let Err(e) = client.subscribe(s.as_str(), QoS::AtLeastOnce).await {
-                        tracing::warn!(error = %e, topic = %s, "subscribe failed");
-                    }
-                }
-            }
-            out = answers.recv() => {
-                let Some(out) = out else { break };
-                match client.publish(out.topic.as_str(), QoS::AtLeastOnce, false, out.payload).await {
-                    Ok(()) => stats.send_modify(|s| s.published += 1),
-                    Err(e) => tracing::warn!(error = %e, topic = %out.topic, "publish failed"),
-                }
-            }
+    while let Some(out) = answers.recv().await {
+        match link.publish(&out.topic, out.payload).await {
+            Ok(()) => stats.send_modify(|s| s.published += 1),
+            Err(e) => tracing::warn!(error = %e, topic = %out.topic, "publish failed"),
         }
     }
-    // The writer is done (shutdown): close the connection cleanly.
-    let _ = client.disconnect().await;
+    link.disconnect().await;
 }
 
 /// Asks the writer to sweep at every interval.

@@ -1,10 +1,8 @@
 //! [`PhoneClient`]: the phone's connection to the hub over MQTT, with typed requests and
 //! verified pushes.
 //!
-//! Two small tasks run per client: the `rumqttc` event loop (which backs off between
-//! reconnects and forwards raw pushes) and a subscriber that renews the push subscription on
-//! every ConnAck (the event-loop task never calls the client itself, which could deadlock).
-//! Everything else happens in the caller's task: requests are sealed with the device key and
+//! The connection is a [`qrcash_io::link`] subscribed to this device's push topic (it
+//! reconnects and subscribes again by itself). Everything else happens in the caller's task: requests are sealed with the device key and
 //! a persisted `seq`; every push is verified ([`crate::verify`]) before anyone sees it, and
 //! pushes nobody asked for yet wait in a small backlog for a later [`PhoneClient::next_push`].
 
@@ -12,8 +10,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use qrcash_io::BrokerConfig;
+use qrcash_io::link::{self, LinkEvent, LinkHandle, LinkOptions};
 use qrcash_protocol::envelope::Claims;
-use qrcash_protocol::link::{self, Backoff, BrokerConfig};
 use qrcash_protocol::messages::{
     AlertAnswered, AnswerNewDeviceAlert, Balance, BalanceQuery, BankWithdrawal, ChangePassword,
     CodeIssued, ConfirmRequest, DeclineWithdrawal, LoginResult, NewDeviceAlert, Payment, PhonePush,
@@ -24,9 +23,7 @@ use qrcash_protocol::{
     Amount, Clock, CodeToken, Position, PrivateKey, PublicKey, SecretField, SecretSealer, Signer,
     TxId, topics,
 };
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::PhoneError;
@@ -77,12 +74,12 @@ pub struct PhoneClient {
     store: DeviceStore,
     verifier: PushVerifier,
     clock: Arc<dyn Clock>,
-    client: AsyncClient,
-    incoming: mpsc::Receiver<Vec<u8>>,
+    link: LinkHandle,
+    events: mpsc::Receiver<LinkEvent>,
+    push_topic: String,
     ready: watch::Receiver<bool>,
     backlog: VecDeque<Claims<PhonePush>>,
     rejected: u64,
-    tasks: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for PhoneClient {
@@ -108,26 +105,13 @@ impl PhoneClient {
         clock: Arc<dyn Clock>,
     ) -> Result<PhoneClient, PhoneError> {
         topics::validate_id(&settings.device_id).map_err(PhoneError::Config)?;
-        let mut options = link::mqtt_options(&settings.broker, &settings.device_id)?;
-        options.set_clean_session(!settings.persistent_session);
-        let (client, mut eventloop) = AsyncClient::new(options, 64);
-        // Requests are small packets: without TCP_NODELAY each waits for the broker's delayed
-        // ACK (Nagle), about 40 ms a hop on Linux.
-        eventloop.network_options.set_tcp_nodelay(true);
         let push_topic = topics::phone_push(&settings.device_id);
-        let (push_tx, incoming) = mpsc::channel(256);
-        let (ready_tx, ready) = watch::channel(false);
-        let (resub_tx, resub_rx) = mpsc::channel(4);
-        let tasks = vec![
-            tokio::spawn(drive(
-                eventloop,
-                push_topic.clone(),
-                push_tx,
-                ready_tx,
-                resub_tx,
-            )),
-            tokio::spawn(resubscribe(client.clone(), push_topic, resub_rx)),
-        ];
+        let mut options = LinkOptions::new(settings.broker.clone(), settings.device_id.clone())
+            .subscribe([push_topic.clone()]);
+        options.clean_session = !settings.persistent_session;
+        options.queue = 64;
+        let (link, events) = link::spawn(options)?;
+        let ready = link.up_watch();
         let verifier = PushVerifier::new(
             &settings.hub_id,
             &settings.device_id,
@@ -140,12 +124,12 @@ impl PhoneClient {
             store,
             verifier,
             clock,
-            client,
-            incoming,
+            link,
+            events,
+            push_topic,
             ready,
             backlog: VecDeque::new(),
             rejected: 0,
-            tasks,
         };
         phone.wait_ready().await?;
         tracing::info!(device = %phone.settings.device_id, kid = %phone.signer.kid(), "phone connected");
@@ -197,11 +181,9 @@ impl PhoneClient {
             msg,
         );
         let text = self.signer.seal(&claims);
-        self.client
+        self.link
             .publish(
-                topics::phone_up(&self.settings.device_id),
-                QoS::AtLeastOnce,
-                false,
+                &topics::phone_up(&self.settings.device_id),
                 text.into_bytes(),
             )
             .await
@@ -225,7 +207,7 @@ impl PhoneClient {
         }
         let deadline = Instant::now() + timeout;
         loop {
-            let bytes = match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+            let bytes = match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Err(_) => {
                     return Err(PhoneError::Timeout {
                         waiting_for: waiting_for.to_owned(),
@@ -233,7 +215,11 @@ impl PhoneClient {
                     });
                 }
                 Ok(None) => return Err(PhoneError::Closed),
-                Ok(Some(b)) => b,
+                Ok(Some(LinkEvent::Message { topic, payload })) if topic == self.push_topic => {
+                    payload
+                }
+                // Up and down show in `ready`; other topics are not ours to read.
+                Ok(Some(_)) => continue,
             };
             let claims = match self.accept(&bytes) {
                 Ok(c) => c,
@@ -576,19 +562,8 @@ impl PhoneClient {
     }
 
     /// Disconnects from the broker and stops the client's tasks.
-    pub async fn shutdown(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.disconnect()).await;
-        for t in self.tasks.drain(..) {
-            t.abort();
-        }
-    }
-}
-
-impl Drop for PhoneClient {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+    pub async fn shutdown(self) {
+        self.link.disconnect().await;
     }
 }
 
@@ -626,52 +601,5 @@ pub fn push_kind(msg: &PhonePush) -> &'static str {
         PhonePush::SessionsEnded(_) => "SessionsEnded",
         PhonePush::Balance(_) => "Balance",
         PhonePush::Rejected(_) => "Rejected",
-    }
-}
-
-/// The event-loop task: polls, backs off after errors, forwards pushes, reports readiness.
-async fn drive(
-    mut eventloop: EventLoop,
-    push_topic: String,
-    pushes: mpsc::Sender<Vec<u8>>,
-    ready: watch::Sender<bool>,
-    resubscribe: mpsc::Sender<()>,
-) {
-    let mut backoff = Backoff::default();
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff.reset();
-                let _ = resubscribe.try_send(());
-            }
-            Ok(Event::Incoming(Packet::SubAck(_))) => {
-                ready.send_replace(true);
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == push_topic => {
-                if pushes.send(p.payload.to_vec()).await.is_err() {
-                    return;
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                ready.send_replace(false);
-                if pushes.is_closed() {
-                    return;
-                }
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost");
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-}
-
-/// Renews the push subscription after every ConnAck (outside the event-loop task).
-async fn resubscribe(client: AsyncClient, topic: String, mut connacks: mpsc::Receiver<()>) {
-    while connacks.recv().await.is_some() {
-        if let Err(e) = client.subscribe(topic.as_str(), QoS::AtLeastOnce).await {
-            tracing::warn!(error = %e, "cannot subscribe to the push topic");
-            return;
-        }
     }
 }

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use qrcash_io::BrokerConfig;
 use qrcash_protocol::PublicKey;
-use qrcash_protocol::link::BrokerConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::client::PhoneSettings;
@@ -99,6 +99,7 @@ pub fn load_public_key(path: &Path) -> Result<PublicKey, PhoneError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qrcash_io::KeyFile;
     use qrcash_protocol::PrivateKey;
 
     #[test]

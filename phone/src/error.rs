@@ -59,7 +59,7 @@ pub enum PhoneError {
     Config(String),
     /// The broker settings are unusable.
     #[error(transparent)]
-    Link(#[from] qrcash_protocol::link::LinkError),
+    Link(#[from] qrcash_io::LinkError),
     /// The MQTT client refused a request (its event loop is gone).
     #[error("MQTT client: {0}")]
     Mqtt(String),

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use qrcash_io::BrokerConfig;
 use qrcash_phone::display;
 use qrcash_phone::requests;
 use qrcash_phone::{DeviceStore, PhoneClient, PhoneConfig};
-use qrcash_protocol::link::BrokerConfig;
 use qrcash_protocol::messages::{BiometricMethod, ConfirmRequest};
 use qrcash_protocol::{Amount, Clock, Currency, Position, SystemClock};
 use serde::{Deserialize, Serialize};

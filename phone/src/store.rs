@@ -9,6 +9,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use qrcash_io::KeyFile;
 use qrcash_protocol::PrivateKey;
 use qrcash_protocol::replay::SenderWindow;
 use serde::Serialize;

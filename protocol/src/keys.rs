@@ -1,13 +1,9 @@
-//! Ed25519 keys as JWKs, key ids as RFC 7638 thumbprints, and 0600 key files.
+//! Ed25519 keys as JWKs and key ids as RFC 7638 thumbprints.
 //!
-//! A private key file is a JWK (`kty` OKP, `crv` Ed25519, `x`, `d`) written with mode 0600
-//! through a temporary file and a rename, so a crash never leaves half a key. Loading refuses
-//! a private key file that group or others can access: the operator is told how to fix it.
+//! A private key travels as a JWK (`kty` OKP, `crv` Ed25519, `x`, `d`); the 0600 files that
+//! hold one are written and read by `qrcash-io` (`KeyFile`), not here.
 
 use std::fmt;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -206,20 +202,9 @@ impl PrivateKey {
         &self.key
     }
 
-    /// Writes the key as a private JWK with mode 0600, atomically (temporary file, fsync,
-    /// rename). Creates missing parent directories with mode 0700.
-    pub fn save(&self, path: &Path) -> Result<(), KeyError> {
-        let io = |source| KeyError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io)?;
-        }
+    /// The key as a private JWK (`kty` OKP, `crv` Ed25519, `x`, `d`, `kid`), pretty-printed:
+    /// what a key file holds. Handle the text as the secret it is.
+    pub fn to_private_jwk(&self) -> String {
         let jwk = PrivateJwk {
             kty: "OKP".into(),
             crv: "Ed25519".into(),
@@ -227,60 +212,26 @@ impl PrivateKey {
             d: b64(&self.key.to_bytes()),
             kid: Some(self.kid().0.clone()),
         };
-        let text = serde_json::to_string_pretty(&jwk).unwrap_or_default();
-        let tmp = path.with_extension("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        file.write_all(text.as_bytes()).map_err(io)?;
-        file.write_all(b"\n").map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)?;
-        Ok(())
+        serde_json::to_string_pretty(&jwk).unwrap_or_default()
     }
 
-    /// Reads a private JWK; refuses files that group or others can access.
-    pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let shown = path.display().to_string();
-        let io = |source| KeyError::Io {
-            path: shown.clone(),
-            source,
-        };
-        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::InsecurePermissions { path: shown, mode });
-        }
-        let text = std::fs::read_to_string(path).map_err(io)?;
-        let jwk: PrivateJwk = serde_json::from_str(&text)
-            .map_err(|e| KeyError::InvalidJwk(format!("{shown}: {e}")))?;
+    /// Reads a private JWK; refuses one whose public part `x` does not belong to `d`.
+    pub fn from_private_jwk(text: &str) -> Result<Self, KeyError> {
+        let jwk: PrivateJwk =
+            serde_json::from_str(text).map_err(|e| KeyError::InvalidJwk(e.to_string()))?;
         if jwk.kty != "OKP" || jwk.crv != "Ed25519" {
-            return Err(KeyError::InvalidJwk(format!("{shown}: not an Ed25519 key")));
+            return Err(KeyError::InvalidJwk("not an Ed25519 key".into()));
         }
         let d: [u8; 32] = unb64(&jwk.d)
             .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| KeyError::InvalidJwk(format!("{shown}: d is not 32 bytes")))?;
+            .ok_or_else(|| KeyError::InvalidJwk("d is not 32 bytes".into()))?;
         let key = Self::from_bytes(d);
         if b64(key.public.as_bytes()) != jwk.x {
-            return Err(KeyError::InvalidJwk(format!(
-                "{shown}: the public part x does not belong to the private key d"
-            )));
+            return Err(KeyError::InvalidJwk(
+                "the public part x does not belong to the private key d".into(),
+            ));
         }
         Ok(key)
-    }
-
-    /// Loads the key at `path`, or generates and saves a new one if there is none.
-    pub fn load_or_generate(path: &Path) -> Result<Self, KeyError> {
-        if path.exists() {
-            Self::load(path)
-        } else {
-            let key = Self::generate();
-            key.save(path)?;
-            Ok(key)
-        }
     }
 }
 
@@ -295,44 +246,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn key_file_is_0600_and_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys/device.jwk");
+    fn private_jwk_round_trips_and_hides_the_secret_in_debug() {
         let key = PrivateKey::generate();
-        key.save(&path).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        let loaded = PrivateKey::load(&path).unwrap();
+        let loaded = PrivateKey::from_private_jwk(&key.to_private_jwk()).unwrap();
         assert_eq!(loaded.kid(), key.kid());
+        assert_eq!(
+            loaded.signing_key().to_bytes(),
+            key.signing_key().to_bytes()
+        );
         assert!(!format!("{loaded:?}").contains(&b64(&key.key.to_bytes())));
     }
 
     #[test]
-    fn readable_private_key_is_refused_with_advice() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k.jwk");
-        PrivateKey::generate().save(&path).unwrap();
-        for mode in [0o644, 0o640, 0o604] {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-            let err = PrivateKey::load(&path).unwrap_err();
-            assert!(matches!(err, KeyError::InsecurePermissions { .. }), "{err}");
-            assert!(err.to_string().contains("chmod 600"));
-        }
-    }
-
-    #[test]
     fn mismatched_private_and_public_parts_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("k.jwk");
-        PrivateKey::generate().save(&path).unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = PrivateKey::generate().to_private_jwk();
         let other = b64(PrivateKey::generate().public().as_bytes());
         let mut jwk: serde_json::Value = serde_json::from_str(&text).unwrap();
         jwk["x"] = other.into();
-        std::fs::write(&path, jwk.to_string()).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(
-            PrivateKey::load(&path),
+            PrivateKey::from_private_jwk(&jwk.to_string()),
             Err(KeyError::InvalidJwk(_))
         ));
     }

@@ -1,15 +1,14 @@
 //! The qrcash wire contract: signed envelopes, message catalogue, QR code tokens and topics.
 //!
 //! Everything a hub, an ATM agent, a phone app or a third-party implementation needs to
-//! talk to the others lives here, and nothing else does: no I/O beyond key and database file permissions, no clock,
+//! talk to the others lives here, and nothing else does: no I/O, no clock,
 //! no async runtime. `docs/protocol.md` is the prose form of this crate; a test parses every
 //! example in that document with these types so the two cannot drift apart.
 //!
 //! The layers, bottom up:
 //! - [`jws`]: JWS compact serialization (RFC 7515) restricted to `EdDSA` over Ed25519
 //!   (RFC 8037), with strict verification.
-//! - [`keys`]: Ed25519 keys as JWKs, `kid` as the RFC 7638 thumbprint, 0600 key files;
-//!   [`files`]: 0700 directories and 0600 databases.
+//! - [`keys`]: Ed25519 keys as JWKs, `kid` as the RFC 7638 thumbprint.
 //! - [`envelope`]: [`Claims`] (`iss`, `aud`, `iat`, `exp`, `jti`, `seq`, `re`, `msg`) sealed
 //!   into and opened from a JWS, with the size limit checked before any parsing.
 //! - [`replay`]: [`ReplayGuard`], the pure anti-replay logic (sequence window, clock skew,
@@ -24,13 +23,10 @@
 pub mod clock;
 pub mod envelope;
 pub mod error;
-pub mod files;
 pub mod geo;
 pub mod ids;
 pub mod jws;
 pub mod keys;
-#[cfg(feature = "mqtt")]
-pub mod link;
 pub mod messages;
 pub mod money;
 pub mod receive;

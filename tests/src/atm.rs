@@ -12,7 +12,8 @@ use qrcash_agent::{Agent, AgentConfig, AgentEvent, AgentHandle};
 use qrcash_hardware::camera::{SyntheticCamera, SyntheticScene};
 use qrcash_hardware::dispenser::lcdm::{LcdmConfig, LcdmDispenser, LcdmModel};
 use qrcash_hardware::dispenser::sim::{SimConfig, SimHandle, Simulator};
-use qrcash_protocol::link::BrokerConfig;
+use qrcash_io::BrokerConfig;
+use qrcash_io::KeyFile;
 use qrcash_protocol::{Clock, PrivateKey, PublicKey};
 use tokio::sync::broadcast;
 

@@ -10,7 +10,7 @@ use qrcash_hub::admin::{self, NewAtm};
 use qrcash_hub::service::{HubHandle, HubService, ServiceOptions};
 use qrcash_hub::store::Store;
 use qrcash_hub::testkit::{Rig, SHIBUYA, test_config};
-use qrcash_protocol::link::BrokerConfig;
+use qrcash_io::BrokerConfig;
 use qrcash_protocol::{ManualClock, Position, PrivateKey, PublicKey};
 
 /// A running hub and what the other parties need from it.

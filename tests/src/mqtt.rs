@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use qrcash_protocol::link::{BrokerConfig, mqtt_options};
+use qrcash_io::{BrokerConfig, mqtt_options};
 use rumqttc::{AsyncClient, Event, Packet, QoS, SubscribeReasonCode};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

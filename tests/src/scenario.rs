@@ -26,8 +26,9 @@ use qrcash_hub::service::{HubHandle, HubService, ServiceOptions};
 use qrcash_hub::store::Store as HubStore;
 use qrcash_hub::testkit::{PIN, SHIBUYA, password, test_config};
 use qrcash_hub::warnings::WarningCatalog;
+use qrcash_io::BrokerConfig;
+use qrcash_io::KeyFile;
 use qrcash_phone::{DeviceStore, PhoneClient, PhoneSettings, requests};
-use qrcash_protocol::link::BrokerConfig;
 use qrcash_protocol::{Amount, Clock, Currency, Position, PrivateKey, Signer, SystemClock, topics};
 
 use crate::broker::Mosquitto;

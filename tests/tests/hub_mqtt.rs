@@ -11,7 +11,7 @@ use qrcash_hub::admin;
 use qrcash_hub::testkit::{
     PIN, TestDevice, confirm_message, login_message, near_atm, report_message,
 };
-use qrcash_protocol::link::BrokerConfig;
+use qrcash_io::BrokerConfig;
 use qrcash_protocol::messages::{
     AtmDown, AtmUp, CodePresented, DispenseOutcome, Heartbeat, PhonePush, PhoneUp, ReceiptStatus,
     RegisterWithdrawal,

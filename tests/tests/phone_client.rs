@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use qrcash_io::BrokerConfig;
 use qrcash_phone::{DeviceStore, PhoneClient, PhoneSettings};
 use qrcash_protocol::envelope::{self, Claims};
-use qrcash_protocol::link::BrokerConfig;
 use qrcash_protocol::messages::{LoginResult, PhonePush, PhoneUp};
 use qrcash_protocol::{MAX_UPLINK_BYTES, PrivateKey, PublicKey, Signer, SystemClock, topics};
 use qrcash_tests::broker::Mosquitto;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use qrcash_agent::{AgentEvent, Screen};
 use qrcash_hub::testkit::{PIN, SHIBUYA, password};
+use qrcash_io::BrokerConfig;
 use qrcash_phone::{DeviceStore, PhoneClient, PhoneError, PhoneSettings, requests};
-use qrcash_protocol::link::BrokerConfig;
 use qrcash_protocol::messages::{AlertOutcome, RejectReason, RestrictionReason};
 use qrcash_protocol::{Amount, Clock, Currency, ManualClock, Position, PrivateKey, PublicKey};
 use qrcash_tests::broker::Mosquitto;

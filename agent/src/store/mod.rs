@@ -94,7 +94,7 @@ impl Store {
         // The journal and outbox hold the ATM's money records: owner only (0600, 0700 for a
         // directory created here), tightened if an earlier version left them wider.
         let tightened =
-            qrcash_protocol::files::private_database(path).map_err(|e| StoreError::Corrupt {
+            qrcash_io::files::private_database(path).map_err(|e| StoreError::Corrupt {
                 what: "database file",
                 detail: format!("{}: {e}", path.display()),
             })?;

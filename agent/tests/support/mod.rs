@@ -11,8 +11,9 @@ use qrcash_agent::AgentConfig;
 use qrcash_agent::config::{CassetteConfig, OutboxSettings, Timing};
 use qrcash_hardware::dispenser::lcdm::{LcdmConfig, LcdmModel};
 use qrcash_hardware::dispenser::sim::{SimConfig, SimHandle, Simulator};
+use qrcash_io::BrokerConfig;
+use qrcash_io::KeyFile;
 use qrcash_protocol::envelope::{Claims, Sealed};
-use qrcash_protocol::link::BrokerConfig;
 use qrcash_protocol::messages::{AtmDown, AtmUp, DispenseOrder, NoteCount};
 use qrcash_protocol::{
     Amount, Clock, Currency, MAX_UPLINK_BYTES, OrderId, PrivateKey, Signer, TxId, topics,

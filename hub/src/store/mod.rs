@@ -59,7 +59,7 @@ impl Store {
     /// version left them wider) and a directory created for it is 0700: it holds PIN and
     /// password hashes and the ledger.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let tightened = qrcash_protocol::files::private_database(path).map_err(|e| {
+        let tightened = qrcash_io::files::private_database(path).map_err(|e| {
             StoreError::Migration(format!("cannot prepare {}: {e}", path.display()))
         })?;
         for file in tightened {

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use qrcash_agent::store::{JournalKind, OutboxBounds, Outgoing, Store};
 use qrcash_hardware::dispenser::sim::{SimConfig, Simulator};
+use qrcash_io::KeyFile;
+use qrcash_io::{BrokerConfig, mqtt_options};
 use qrcash_protocol::envelope::Sealed;
-use qrcash_protocol::link::{BrokerConfig, mqtt_options};
 use qrcash_protocol::messages::{
     Ack, AtmDown, AtmState, AtmUp, DispenseOrder, DispenseOutcome, DispenseReport, Heartbeat,
     NoteCount, NoteOutcome,

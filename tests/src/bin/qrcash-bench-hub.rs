@@ -23,7 +23,8 @@ use qrcash_hub::identity::HashCost;
 use qrcash_hub::service::HubService;
 use qrcash_hub::store::Store;
 use qrcash_hub::testkit::{TestDevice, login_message, near_atm, report_message, seal_for};
-use qrcash_protocol::link::{BrokerConfig, mqtt_options};
+use qrcash_io::KeyFile;
+use qrcash_io::{BrokerConfig, mqtt_options};
 use qrcash_protocol::messages::{
     AtmDown, AtmUp, BiometricAttestation, BiometricMethod, CodePresented, ConfirmRequest,
     ConfirmWithdrawal, DispenseOutcome, IdentityEvidence, PhonePush, PhoneUp, RegisterWithdrawal,

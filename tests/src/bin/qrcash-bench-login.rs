@@ -25,8 +25,8 @@ use qrcash_hub::config::HubConfig;
 use qrcash_hub::service::{HubService, ServiceOptions};
 use qrcash_hub::store::Store;
 use qrcash_hub::testkit::{Rig, TestDevice, login_message, seal_for, test_config};
+use qrcash_io::{BrokerConfig, mqtt_options};
 use qrcash_phone::{DeviceStore, PhoneClient, PhoneSettings};
-use qrcash_protocol::link::{BrokerConfig, mqtt_options};
 use qrcash_protocol::messages::{PhonePush, PhoneUp, RejectReason};
 use qrcash_protocol::{
     Clock as _, MAX_DOWNLINK_BYTES, PrivateKey, Sealed, SecretField, SystemClock,

@@ -10,7 +10,7 @@ use qrcash_hub::handler::Hub;
 use qrcash_hub::service::{HubHandle, HubService, ServiceOptions};
 use qrcash_hub::store::Store;
 use qrcash_hub::testkit::{Rig, TestDevice, test_config};
-use qrcash_protocol::link::BrokerConfig;
+use qrcash_io::BrokerConfig;
 use qrcash_protocol::messages::{AtmDown, AtmUp, PhonePush, PhoneUp};
 use qrcash_protocol::{Claims, Clock as _, ManualClock, PublicKey, topics};
 use qrcash_tests::mqtt::TestClient;

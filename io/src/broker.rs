@@ -1,10 +1,5 @@
-//! MQTT connection settings shared by the hub, the agent and the phone client (feature `mqtt`).
-//!
-//! Only the parts every program needs the same way: turning a broker URL and TLS files into
-//! `rumqttc` options (rustls with the `ring` provider, optional client certificate) and a
-//! reconnect backoff, since `rumqttc`'s `poll()` retries at once. The event loops themselves
-//! differ per program and live there. Durability never relies on the MQTT client's queue:
-//! it is memory only (see the agent's outbox).
+//! Broker settings: a broker URL and TLS files turned into `rumqttc` options (rustls with the
+//! `ring` provider, optional client certificate).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,8 +7,6 @@ use std::time::Duration;
 
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use serde::{Deserialize, Serialize};
-
-use crate::ids::random_bytes;
 
 /// Where and how to reach the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,8 +144,8 @@ pub fn mqtt_options(cfg: &BrokerConfig, client_id: &str) -> Result<MqttOptions, 
     opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_s.max(5)))
         .set_clean_session(true)
         .set_max_packet_size(
-            crate::MAX_DOWNLINK_BYTES + 1024,
-            crate::MAX_DOWNLINK_BYTES + 1024,
+            qrcash_protocol::MAX_DOWNLINK_BYTES + 1024,
+            qrcash_protocol::MAX_DOWNLINK_BYTES + 1024,
         );
     if tls {
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
@@ -160,51 +153,6 @@ pub fn mqtt_options(cfg: &BrokerConfig, client_id: &str) -> Result<MqttOptions, 
         )));
     }
     Ok(opts)
-}
-
-/// Exponential reconnect backoff with full jitter, capped.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    cap: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// Starts at `base`, doubles per failure, never above `cap`.
-    pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff {
-            base,
-            cap,
-            attempt: 0,
-        }
-    }
-
-    /// The delay before the next attempt: uniformly random in `[ceiling/2, ceiling]` where the
-    /// ceiling doubles per failure, so many ATMs coming back after an outage do not reconnect
-    /// in lock step.
-    pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(1u32 << self.attempt.min(16))
-            .min(self.cap);
-        self.attempt = self.attempt.saturating_add(1);
-        let mut r = [0u8; 4];
-        random_bytes(&mut r);
-        let frac = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);
-        ceiling.mul_f64(0.5 + frac / 2.0)
-    }
-
-    /// Call after a successful connection.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new(Duration::from_millis(200), Duration::from_secs(30))
-    }
 }
 
 #[cfg(test)]
@@ -239,18 +187,5 @@ mod tests {
             Err(LinkError::TlsFile { .. })
         ));
         assert!(mqtt_options(&BrokerConfig::default(), "c").is_ok());
-    }
-
-    #[test]
-    fn backoff_grows_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
-        for _ in 0..10 {
-            assert!(b.next_delay() <= Duration::from_secs(1));
-        }
-        assert!(b.next_delay() >= Duration::from_millis(500));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

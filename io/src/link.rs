@@ -1,0 +1,355 @@
+//! One MQTT link, written once, for the hub, the agent and the phone.
+//!
+//! [`spawn`] starts two tasks around a `rumqttc` client and returns a [`LinkHandle`] to
+//! publish with and a channel of typed [`LinkEvent`]s:
+//!
+//! ```text
+//! broker ◀──▶ poll task ──LinkEvent (Up, Down, Message)──▶ the program
+//!               │ ConnAck                 ▲
+//!               ▼                         │ publish / try_publish / disconnect
+//!           subscribe task ──▶ client ◀── LinkHandle (clones)
+//! ```
+//!
+//! - The **poll task** only polls: it never calls the client, whose bounded request queue it
+//!   is the one to drain (a call from there can deadlock). After an error it waits a
+//!   [`Backoff`] delay, since `poll()` itself reconnects at once.
+//! - The **subscribe task** renews every subscription after each ConnAck (the sessions are
+//!   clean, so the broker forgets them) and then publishes the `on_connect` messages (the
+//!   agent's retained "online" presence).
+//! - The link is **up** once the broker acknowledged the subscriptions, and **down** from the
+//!   first connection error; each change is one event, in order, and [`LinkHandle::is_up`]
+//!   follows it.
+//! - Messages wait for the program: the poll task stops polling while the event channel is
+//!   full, so a slow consumer slows the broker down rather than losing anything. Once the
+//!   program drops its receiver, messages are discarded and the link still carries what is
+//!   published (a hub finishing its answers at shutdown).
+//! - [`LinkHandle::disconnect`] sends DISCONNECT, lets it reach the socket and ends both
+//!   tasks; dropping the last handle aborts them.
+//!
+//! Durability never relies on this link: `rumqttc`'s queue is memory only, and what must
+//! survive a crash is in the programs' own stores (the agent's outbox, the hub's database).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ClientError, Event, EventLoop, LastWill, Outgoing, Packet, QoS,
+    SubscribeReasonCode,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::backoff::Backoff;
+use crate::broker::{BrokerConfig, LinkError, mqtt_options};
+
+/// A message to publish at QoS 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Whether the broker keeps it as the topic's retained message.
+    pub retain: bool,
+}
+
+/// How to run a link.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    /// Broker URL and TLS files.
+    pub broker: BrokerConfig,
+    /// MQTT client id (the device or hub instance id).
+    pub client_id: String,
+    /// Topic filters subscribed at QoS 1 after every connection.
+    pub subscriptions: Vec<String>,
+    /// Published after the subscriptions, on every connection.
+    pub on_connect: Vec<Publication>,
+    /// What the broker publishes for us when the connection dies without DISCONNECT.
+    pub last_will: Option<Publication>,
+    /// A clean session (the default; our stores hold what must survive) or a persistent one.
+    pub clean_session: bool,
+    /// Outgoing QoS-1 messages in flight at once (`None`: the client's default).
+    pub inflight: Option<u16>,
+    /// Requests (publishes, subscribes) the client queues before `publish` waits.
+    pub queue: usize,
+    /// Events the link holds for the program before it stops polling.
+    pub events: usize,
+    /// Delay between reconnection attempts.
+    pub backoff: Backoff,
+}
+
+impl LinkOptions {
+    /// A clean-session link for `client_id` with no subscriptions yet.
+    pub fn new(broker: BrokerConfig, client_id: impl Into<String>) -> Self {
+        LinkOptions {
+            broker,
+            client_id: client_id.into(),
+            subscriptions: Vec::new(),
+            on_connect: Vec::new(),
+            last_will: None,
+            clean_session: true,
+            inflight: None,
+            queue: 256,
+            events: 256,
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Adds topic filters to subscribe to.
+    pub fn subscribe(mut self, filters: impl IntoIterator<Item = String>) -> Self {
+        self.subscriptions.extend(filters);
+        self
+    }
+}
+
+/// What the link tells the program, in the order it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// Connected and subscribed.
+    Up,
+    /// The connection was lost (reconnection is under way).
+    Down,
+    /// A message arrived on a subscribed topic.
+    Message {
+        /// Its topic.
+        topic: String,
+        /// Its payload, not yet looked at.
+        payload: Vec<u8>,
+    },
+}
+
+/// A publish could not be queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The client's queue is full (only [`LinkHandle::try_publish`] says so).
+    #[error("the MQTT client's queue is full")]
+    Full,
+    /// The link has stopped.
+    #[error("the MQTT link has stopped")]
+    Closed,
+}
+
+/// Aborts the link's tasks when the last handle goes.
+#[derive(Debug)]
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Publishes on a running link; clones share it.
+#[derive(Debug, Clone)]
+pub struct LinkHandle {
+    client: AsyncClient,
+    up: watch::Receiver<bool>,
+    tasks: Arc<Tasks>,
+}
+
+impl LinkHandle {
+    /// Queues `payload` for `topic` at QoS 1, waiting while the client's queue is full.
+    /// Queued is not delivered: the stores decide what to send again.
+    pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), PublishError> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|_| PublishError::Closed)
+    }
+
+    /// Queues `payload` for `topic` at QoS 1 unless the client's queue is full.
+    pub fn try_publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), PublishError> {
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            .map_err(|e| match e {
+                ClientError::TryRequest(_) if !self.tasks.0[0].is_finished() => PublishError::Full,
+                _ => PublishError::Closed,
+            })
+    }
+
+    /// Whether the link is connected and subscribed now.
+    pub fn is_up(&self) -> bool {
+        *self.up.borrow()
+    }
+
+    /// A watch that follows [`LinkHandle::is_up`].
+    pub fn up_watch(&self) -> watch::Receiver<bool> {
+        self.up.clone()
+    }
+
+    /// Waits until the link is up, at most `timeout`; whether it is.
+    pub async fn wait_up(&self, timeout: Duration) -> bool {
+        let mut up = self.up.clone();
+        tokio::time::timeout(timeout, up.wait_for(|u| *u))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Sends DISCONNECT after what is queued, lets it reach the socket (at most a second)
+    /// and ends the link's tasks.
+    pub async fn disconnect(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.disconnect()).await;
+        let mut up = self.up.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while !self.tasks.0.iter().all(JoinHandle::is_finished) {
+                if up.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        for t in &self.tasks.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Starts a link: connection, subscriptions and reconnection run until
+/// [`LinkHandle::disconnect`] or until the last handle is dropped.
+///
+/// Must be called inside a tokio runtime.
+pub fn spawn(options: LinkOptions) -> Result<(LinkHandle, mpsc::Receiver<LinkEvent>), LinkError> {
+    let mut mqtt = mqtt_options(&options.broker, &options.client_id)?;
+    mqtt.set_clean_session(options.clean_session);
+    if let Some(n) = options.inflight {
+        mqtt.set_inflight(n);
+    }
+    if let Some(will) = &options.last_will {
+        mqtt.set_last_will(LastWill::new(
+            will.topic.clone(),
+            will.payload.clone(),
+            QoS::AtLeastOnce,
+            will.retain,
+        ));
+    }
+    let (client, mut eventloop) = AsyncClient::new(mqtt, options.queue.max(1));
+    // Our packets are small and written one by one: without TCP_NODELAY each can wait for
+    // the peer's delayed ACK (Nagle), about 40 ms a hop on Linux.
+    eventloop.network_options.set_tcp_nodelay(true);
+    let (events_tx, events) = mpsc::channel(options.events.max(1));
+    let (up_tx, up) = watch::channel(false);
+    let (connack_tx, connack_rx) = mpsc::channel(4);
+    let subscribes = !options.subscriptions.is_empty();
+    let tasks = vec![
+        tokio::spawn(poll(
+            eventloop,
+            subscribes,
+            events_tx,
+            up_tx,
+            connack_tx,
+            options.backoff.clone(),
+        )),
+        tokio::spawn(renew(
+            client.clone(),
+            options.subscriptions,
+            options.on_connect,
+            connack_rx,
+        )),
+    ];
+    let handle = LinkHandle {
+        client,
+        up,
+        tasks: Arc::new(Tasks(tasks)),
+    };
+    Ok((handle, events))
+}
+
+/// The poll task: connection state and messages to the program, backoff after errors.
+async fn poll(
+    mut eventloop: EventLoop,
+    subscribes: bool,
+    events: mpsc::Sender<LinkEvent>,
+    up: watch::Sender<bool>,
+    connacks: mpsc::Sender<()>,
+    mut backoff: Backoff,
+) {
+    // Sends an event unless the program has stopped listening.
+    async fn tell(events: &mpsc::Sender<LinkEvent>, event: LinkEvent) {
+        let _ = events.send(event).await;
+    }
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                tracing::debug!(code = ?ack.code, "connected to the broker");
+                backoff.reset();
+                let _ = connacks.try_send(());
+                if !subscribes && !up.send_replace(true) {
+                    tell(&events, LinkEvent::Up).await;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
+                    tracing::warn!(codes = ?ack.return_codes, "the broker refused a subscription");
+                }
+                if !*up.borrow() {
+                    up.send_replace(true);
+                    tell(&events, LinkEvent::Up).await;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let message = LinkEvent::Message {
+                    topic: p.topic,
+                    payload: p.payload.to_vec(),
+                };
+                tell(&events, message).await;
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                // Let the DISCONNECT reach the socket, then stop.
+                let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+                if up.send_replace(false) {
+                    let _ = events.try_send(LinkEvent::Down);
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(rumqttc::ConnectionError::RequestsDone) => {
+                // Every client is gone: nobody can publish or disconnect any more.
+                up.send_replace(false);
+                return;
+            }
+            Err(e) => {
+                if up.send_replace(false) {
+                    tell(&events, LinkEvent::Down).await;
+                }
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// The subscribe task: subscriptions and `on_connect` messages after every ConnAck.
+async fn renew(
+    client: AsyncClient,
+    subscriptions: Vec<String>,
+    on_connect: Vec<Publication>,
+    mut connacks: mpsc::Receiver<()>,
+) {
+    while connacks.recv().await.is_some() {
+        if !subscriptions.is_empty() {
+            let filters = subscriptions
+                .iter()
+                .map(|s| rumqttc::SubscribeFilter::new(s.clone(), QoS::AtLeastOnce));
+            if let Err(e) = client.subscribe_many(filters).await {
+                tracing::warn!(error = %e, "cannot subscribe");
+                return;
+            }
+        }
+        for p in &on_connect {
+            let sent = client
+                .publish(
+                    p.topic.as_str(),
+                    QoS::AtLeastOnce,
+                    p.retain,
+                    p.payload.clone(),
+                )
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, topic = %p.topic, "cannot publish on connect");
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The one MQTT link the hub, the agent and the phone share (`qrcash_io::link`), against a
+//! private Mosquitto: up only once subscribed, messages in order, down when the broker dies,
+//! subscriptions and on-connect messages renewed after it comes back, the last will when the
+//! connection dies without DISCONNECT, and nothing after `disconnect`.
+
+use std::time::Duration;
+
+use qrcash_io::link::{self, LinkEvent, LinkOptions, Publication};
+use qrcash_io::{Backoff, BrokerConfig};
+use qrcash_tests::broker::Mosquitto;
+use qrcash_tests::mqtt::TestClient;
+use tokio::sync::mpsc;
+
+const T: Duration = Duration::from_secs(10);
+
+async fn next(events: &mut mpsc::Receiver<LinkEvent>) -> LinkEvent {
+    tokio::time::timeout(T, events.recv())
+        .await
+        .expect("a link event in time")
+        .expect("the link is running")
+}
+
+async fn next_message(events: &mut mpsc::Receiver<LinkEvent>) -> (String, Vec<u8>) {
+    loop {
+        if let LinkEvent::Message { topic, payload } = next(events).await {
+            return (topic, payload);
+        }
+    }
+}
+
+fn options(broker: &Mosquitto, id: &str) -> LinkOptions {
+    let mut o =
+        LinkOptions::new(BrokerConfig::plain(broker.url()), id).subscribe(["t/down".to_owned()]);
+    o.on_connect = vec![Publication {
+        topic: format!("t/presence/{id}"),
+        payload: b"online".to_vec(),
+        retain: true,
+    }];
+    o.last_will = Some(Publication {
+        topic: format!("t/presence/{id}"),
+        payload: b"offline".to_vec(),
+        retain: true,
+    });
+    // Quick reconnection so the restart below does not wait for the 30-second cap.
+    o.backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(300));
+    o
+}
+
+#[tokio::test]
+async fn up_only_when_subscribed_renewed_after_a_broker_restart_and_down_in_between() {
+    let mut broker = Mosquitto::start();
+    let cfg = BrokerConfig::plain(broker.url());
+    let (handle, mut events) = link::spawn(options(&broker, "dev-1")).unwrap();
+    assert_eq!(next(&mut events).await, LinkEvent::Up);
+    assert!(handle.is_up());
+
+    // Subscribed by the time it says Up: a message sent now arrives, in order.
+    let mut peer = TestClient::connect(&cfg, "peer").await.unwrap();
+    peer.subscribe("t/#").await;
+    for i in 0..5u8 {
+        peer.publish("t/down", vec![i]).await;
+    }
+    for i in 0..5u8 {
+        assert_eq!(next_message(&mut events).await, ("t/down".into(), vec![i]));
+    }
+    // Its publications reach the peer.
+    handle.publish("t/up", b"hello".to_vec()).await.unwrap();
+    let seen = loop {
+        let (topic, payload) = peer.next_publish(T).await.expect("the link's publish");
+        if topic == "t/up" {
+            break payload;
+        }
+    };
+    assert_eq!(seen, b"hello");
+
+    // The broker dies: one Down; it comes back: Up again, subscribed again (clean session).
+    broker.stop();
+    assert_eq!(next(&mut events).await, LinkEvent::Down);
+    assert!(!handle.is_up());
+    assert_eq!(
+        handle.try_publish("t/up", b"queued".to_vec()),
+        Ok(()),
+        "publishing while down queues in memory"
+    );
+    broker.start_again();
+    assert_eq!(next(&mut events).await, LinkEvent::Up);
+    let mut peer = TestClient::connect(&cfg, "peer-2").await.unwrap();
+    peer.subscribe("t/presence/#").await;
+    // The on-connect message was published again on the new connection (retained).
+    let (topic, payload) = peer.next_publish(T).await.expect("retained presence");
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("t/presence/dev-1", &b"online"[..])
+    );
+    peer.publish("t/down", b"after".to_vec()).await;
+    assert_eq!(
+        next_message(&mut events).await,
+        ("t/down".into(), b"after".to_vec())
+    );
+
+    // A clean disconnect: no last will, the tasks end, publishing says closed.
+    handle.disconnect().await;
+    assert!(!handle.is_up());
+    assert_eq!(
+        handle.try_publish("t/up", b"late".to_vec()),
+        Err(qrcash_io::PublishError::Closed)
+    );
+    assert!(
+        peer.next_publish(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "no last will after a clean disconnect"
+    );
+}
+
+#[tokio::test]
+async fn the_last_will_speaks_for_a_link_that_dies_without_disconnect() {
+    let broker = Mosquitto::start();
+    let cfg = BrokerConfig::plain(broker.url());
+    let mut watcher = TestClient::connect(&cfg, "watcher").await.unwrap();
+    watcher.subscribe("t/presence/#").await;
+    {
+        let mut o = options(&broker, "dev-2");
+        o.broker.keep_alive_s = 5;
+        let (handle, mut events) = link::spawn(o).unwrap();
+        assert_eq!(next(&mut events).await, LinkEvent::Up);
+        let (_, payload) = watcher.next_publish(T).await.expect("online");
+        assert_eq!(payload, b"online");
+        // Dropping every handle aborts the tasks: the socket closes without DISCONNECT.
+        drop(handle);
+    }
+    let (topic, payload) = watcher.next_publish(T).await.expect("the last will");
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("t/presence/dev-2", &b"offline"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_link_without_subscriptions_is_up_once_connected() {
+    let broker = Mosquitto::start();
+    let (handle, mut events) = link::spawn(LinkOptions::new(
+        BrokerConfig::plain(broker.url()),
+        "pub-only",
+    ))
+    .unwrap();
+    assert_eq!(next(&mut events).await, LinkEvent::Up);
+    assert!(handle.wait_up(T).await);
+}
