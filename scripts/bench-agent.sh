@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 cargo build --release -j2 -p qrcash-agent --bin qrcash-agent
-cargo build --release -j2 -p qrcash-tests --bin qrcash-bench-agent
+cargo build --release -j2 -p qrcash-bench --bin qrcash-bench-agent
 command="scripts/bench-agent.sh${*:+ $*}"
 RUST_LOG="${RUST_LOG:-error}" exec target/release/qrcash-bench-agent \
     --markdown "$PWD/docs/BENCHMARKS.md" --command "$command" "$@"

@@ -11,6 +11,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
-cargo build --release -j2 -p qrcash-tests --bin qrcash-bench-hub
+cargo build --release -j2 -p qrcash-bench --bin qrcash-bench-hub
 command="scripts/bench-hub.sh${*:+ $*}"
 exec target/release/qrcash-bench-hub --markdown "$PWD/docs/BENCHMARKS.md" --command "$command" "$@"

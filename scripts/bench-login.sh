@@ -7,7 +7,7 @@
 # Usage: scripts/bench-login.sh [--seconds S]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -j2 -p qrcash-tests --bin qrcash-bench-login
+cargo build --release -j2 -p qrcash-bench --bin qrcash-bench-login
 command="scripts/bench-login.sh${*:+ $*}"
 RUST_LOG="${RUST_LOG:-error}" exec target/release/qrcash-bench-login \
     --markdown "$PWD/docs/BENCHMARKS.md" --command "$command" "$@"

@@ -10,8 +10,8 @@ use qrcash_agent::{Agent, AgentEvent};
 use qrcash_hardware::camera::{SyntheticCamera, SyntheticScene};
 use qrcash_protocol::messages::{AtmDown, AtmUp, AwaitConfirmation, DispenseOutcome};
 use qrcash_protocol::{Amount, Clock, Currency, SystemClock, TxId, topics};
-use qrcash_tests::broker::{Mosquitto, MosquittoConfig};
-use qrcash_tests::pki::{PRODUCTION_ACL, TestPki};
+use qrcash_testsupport::broker::{Mosquitto, MosquittoConfig};
+use qrcash_testsupport::pki::{PRODUCTION_ACL, TestPki};
 use support::{ATM, Rig, ScriptedHub, order, wait_event};
 
 const T: Duration = Duration::from_secs(20);

@@ -15,7 +15,8 @@
 //!   [`embedded_broker`]: rumqttd in-process.
 //! - [`evidence`]: what is known about an order's cash, and the rules a settlement keeps.
 //! - [`admin`]: operator operations as functions; [`config`]: the TOML configuration.
-//! - [`testkit`]: signed test devices and a hub with a manual clock, for tests and demos.
+//! - `testkit` (feature `testkit`): signed test devices and a hub with a manual clock, for
+//!   tests, benchmarks and fuzzers.
 //!
 //! `docs/hub.md` describes the service, `docs/invariants.md` the money rules it keeps.
 
@@ -37,6 +38,7 @@ pub mod rng;
 pub mod secrets;
 pub mod service;
 pub mod store;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod throttle;
 pub mod warnings;

@@ -1,14 +1,11 @@
-//! Shared harness for qrcash's end-to-end, fault and benchmark suites.
-//!
-//! The suites themselves live in `tests/tests/` (one file per concern) and `src/bin/` (bench
-//! binaries). What they share is here: a real Mosquitto broker started per test with its
-//! own generated configuration on a free loopback port.
+//! Shared harness for qrcash's end-to-end and fault suites (in `tests/tests/`, one file per
+//! concern) and the benchmarks (`bench/`): a hub, an ATM and randomized scenarios over a
+//! real broker, and the money invariants checked after every run. The broker, PKI and raw
+//! MQTT client come from `qrcash-testsupport`, re-exported here.
 
 pub mod atm;
-pub mod broker;
 pub mod hub;
 pub mod invariants;
-pub mod mqtt;
-pub mod pki;
-pub mod report;
 pub mod scenario;
+
+pub use qrcash_testsupport::{broker, mqtt, pki};

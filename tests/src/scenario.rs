@@ -50,28 +50,8 @@ const CONFIRM_TIMEOUT_S: u64 = 6;
 /// that many withdrawals take several batches and a crash can fall between two.
 const BATCH: u64 = 3;
 
-/// A small deterministic generator (SplitMix64): cheap, seedable, no dependency.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// From a seed.
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
+/// The campaign's seeded generator: the hub's, so one seed replays the whole run.
+pub use qrcash_hub::rng::SeededEntropy as Rng;
 
 /// The hub's clock: the system clock plus an offset the campaign moves forward at the end
 /// (to run the final sweep past every deadline).

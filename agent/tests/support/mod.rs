@@ -18,8 +18,8 @@ use qrcash_protocol::messages::{AtmDown, AtmUp, DispenseOrder, NoteCount};
 use qrcash_protocol::{
     Amount, Clock, Currency, MAX_UPLINK_BYTES, OrderId, PrivateKey, Signer, TxId, topics,
 };
-use qrcash_tests::broker::Mosquitto;
-use qrcash_tests::mqtt::TestClient;
+use qrcash_testsupport::broker::Mosquitto;
+use qrcash_testsupport::mqtt::TestClient;
 
 pub const ATM: &str = "atm-1";
 

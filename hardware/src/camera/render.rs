@@ -4,6 +4,8 @@
 //! scanner's generated test corpus; nothing here reads a device or a file.
 
 use qrcode::{Color, EcLevel, QrCode};
+use rand_xoshiro::SplitMix64;
+use rand_xoshiro::rand_core::{RngCore, SeedableRng};
 
 use super::LumaFrame;
 
@@ -214,24 +216,20 @@ pub fn draw_qr(frame: &mut LumaFrame, code: &QrModules, placement: &Placement) {
     }
 }
 
-/// A small seeded generator (SplitMix64) so that rendered scenes and corpora are reproducible
-/// without a dependency.
+/// A seeded generator (`rand_xoshiro`'s SplitMix64) so that rendered scenes and corpora are
+/// reproducible from their seed, with the samplers the renderer needs.
 #[derive(Debug, Clone)]
-pub struct SeededRng(u64);
+pub struct SeededRng(SplitMix64);
 
 impl SeededRng {
     /// A generator from a seed.
     pub fn new(seed: u64) -> Self {
-        Self(seed)
+        Self(SplitMix64::seed_from_u64(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `[lo, hi)`.

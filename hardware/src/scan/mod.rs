@@ -29,6 +29,7 @@
 //! Not here: where frames come from ([`crate::camera`]), what a token means (the agent).
 
 mod binarize;
+#[cfg(any(test, feature = "corpus"))]
 pub mod corpus;
 mod detect;
 mod downscale;

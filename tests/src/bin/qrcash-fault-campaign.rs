@@ -17,54 +17,49 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
 use qrcash_tests::scenario::{Settings, campaign};
 
+/// Runs randomized fault scenarios against the real hub, agent and simulator and checks
+/// the money invariants after each; a failing seed is printed for replay.
+#[derive(Debug, Parser)]
+#[command(name = "qrcash-fault-campaign")]
+struct Args {
+    /// Scenarios per seed.
+    #[arg(long, default_value_t = 200)]
+    scenarios: usize,
+    /// The first seed (default: the time); replays a failure exactly.
+    #[arg(long, env = "QRCASH_FAULT_SEED")]
+    seed: Option<u64>,
+    /// How many consecutive seeds to run.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// Only the summary, not every scenario.
+    #[arg(long)]
+    quiet: bool,
+    /// The role the campaign starts this binary in.
+    #[command(subcommand)]
+    role: Option<Role>,
+}
+
+/// A process the campaign runs as a child of itself.
+#[derive(Debug, clap::Subcommand)]
+enum Role {
+    /// The ATM agent of one scenario (killed and restarted by the campaign).
+    #[command(hide = true)]
+    Agent {
+        /// The agent's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("agent") {
-        let config = match args.get(1..) {
-            Some([flag, path]) if flag == "--config" => PathBuf::from(path),
-            _ => bail!("usage: qrcash-fault-campaign agent --config FILE"),
-        };
+    let args = Args::parse();
+    if let Some(Role::Agent { config }) = args.role {
         return run_agent(config);
     }
-    let mut scenarios = 200usize;
-    let mut seeds = 1u64;
-    let mut seed: Option<u64> = std::env::var("QRCASH_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok());
-    let mut verbose = true;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--scenarios" => {
-                scenarios = it
-                    .next()
-                    .context("--scenarios needs a number")?
-                    .parse()
-                    .context("--scenarios needs a number")?;
-            }
-            "--seed" => {
-                seed = Some(
-                    it.next()
-                        .context("--seed needs a number")?
-                        .parse()
-                        .context("--seed needs a number")?,
-                );
-            }
-            "--seeds" => {
-                seeds = it
-                    .next()
-                    .context("--seeds needs a number")?
-                    .parse()
-                    .context("--seeds needs a number")?;
-            }
-            "--quiet" => verbose = false,
-            other => bail!(
-                "unknown argument {other}; usage: qrcash-fault-campaign [--scenarios N] [--seed N] [--seeds N] [--quiet]"
-            ),
-        }
-    }
+    let (scenarios, seeds, seed, verbose) = (args.scenarios, args.seeds, args.seed, !args.quiet);
     let seed = seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

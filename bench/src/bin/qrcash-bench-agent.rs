@@ -13,7 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use clap::Parser;
 use qrcash_agent::store::{JournalKind, OutboxBounds, Outgoing, Store};
+use qrcash_bench::at_least;
+use qrcash_bench::report::{command_line, loadavg, update_section};
 use qrcash_hardware::dispenser::sim::{SimConfig, Simulator};
 use qrcash_io::KeyFile;
 use qrcash_io::{BrokerConfig, mqtt_options};
@@ -26,61 +29,40 @@ use qrcash_protocol::{
     Amount, Claims, Clock as _, CodeToken, Currency, MAX_UPLINK_BYTES, OrderId, PrivateKey, Signer,
     SystemClock, TxId, topics,
 };
-use qrcash_tests::broker::{Mosquitto, MosquittoConfig};
-use qrcash_tests::report::{command_line, loadavg, update_section};
+use qrcash_testsupport::broker::{Mosquitto, MosquittoConfig};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::mpsc;
 
 const HEADING: &str = "## Agent";
 const ATM: &str = "atm-bench";
 
-#[derive(Debug, Clone)]
+/// Measures the agent: outbox drain after an outage, scan-to-publish latency and journal
+/// write cost; writes the results into `docs/BENCHMARKS.md` when `--markdown` names it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "qrcash-bench-agent")]
 struct Settings {
+    /// Messages waiting in the outbox when the broker comes back.
+    #[arg(long, default_value_t = 20_000, value_parser = at_least::<1>)]
     messages: usize,
+    /// Camera frames per second in the scan phase.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     fps: u32,
+    /// Length of the scan phase, seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
+    /// Journal entries written in the journal phase.
+    #[arg(long, default_value_t = 1_000, value_parser = at_least::<10>)]
     journal_writes: usize,
+    /// Markdown file whose "Agent" section gets the results.
+    #[arg(long)]
     markdown: Option<PathBuf>,
+    /// The command line recorded with the results.
+    #[arg(long, default_value = "scripts/bench-agent.sh")]
     command: String,
 }
 
-fn parse_args() -> Result<Settings> {
-    let mut s = Settings {
-        messages: 20_000,
-        fps: 10,
-        seconds: 10,
-        journal_writes: 1_000,
-        markdown: None,
-        command: "scripts/bench-agent.sh".into(),
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| anyhow!("{a} needs a value"))
-        };
-        match a.as_str() {
-            "--messages" => s.messages = val()?.parse().context("--messages")?,
-            "--fps" => s.fps = val()?.parse().context("--fps")?,
-            "--seconds" => s.seconds = val()?.parse().context("--seconds")?,
-            "--journal-writes" => s.journal_writes = val()?.parse().context("--journal-writes")?,
-            "--markdown" => s.markdown = Some(val()?.into()),
-            "--command" => s.command = val()?,
-            other => bail!(
-                "unknown argument {other}; use --messages N --fps N --seconds S --journal-writes N --markdown FILE --command TEXT"
-            ),
-        }
-    }
-    if s.messages == 0 || s.fps == 0 || s.seconds == 0 || s.journal_writes < 10 {
-        bail!("--messages, --fps, --seconds must be positive and --journal-writes at least 10");
-    }
-    Ok(s)
-}
-
 fn main() -> Result<()> {
-    let settings = parse_args()?;
+    let settings = Settings::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

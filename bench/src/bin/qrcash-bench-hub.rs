@@ -4,7 +4,7 @@
 //!
 //! Not a test: a release-build benchmark run by `scripts/bench-hub.sh`, which rewrites the
 //! "## Hub throughput" section of `docs/BENCHMARKS.md`. The hub runs in its own process (this
-//! binary re-executed with `--child-hub`) over a durable SQLite file (WAL, `synchronous=FULL`)
+//! binary re-executed as `child-hub`) over a durable SQLite file (WAL, `synchronous=FULL`)
 //! so the CPU each party uses (hub, broker, simulated devices) can be read from `/proc`.
 //! The simulated phones and ATMs sign every message with their own Ed25519 keys and verify
 //! every hub answer; many devices share a few MQTT connections.
@@ -17,6 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use clap::Parser;
+use qrcash_bench::at_least;
+use qrcash_bench::report::{command_line, loadavg, machine, update_section};
 use qrcash_hub::admin::{self, NewAccount, NewAtm};
 use qrcash_hub::config::{HubConfig, IdentityRule};
 use qrcash_hub::identity::HashCost;
@@ -33,8 +36,7 @@ use qrcash_protocol::{
     Amount, Clock as _, Currency, MAX_DOWNLINK_BYTES, Position, PublicKey, SecretField,
     SystemClock, envelope, topics,
 };
-use qrcash_tests::broker::{Mosquitto, MosquittoConfig};
-use qrcash_tests::report::{command_line, loadavg, machine, update_section};
+use qrcash_testsupport::broker::{Mosquitto, MosquittoConfig};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
@@ -44,70 +46,74 @@ const WAIT: Duration = Duration::from_secs(10);
 const PIN: &str = "1234";
 const AMOUNT: u64 = 1_000;
 
+/// Measures complete withdrawal flows through the real hub service against the broker's raw
+/// echo ceiling; writes the results into `docs/BENCHMARKS.md` when `--markdown` names it.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "qrcash-bench-hub")]
+struct Args {
+    #[command(flatten)]
+    settings: Settings,
+    /// The processes the benchmark starts of itself.
+    #[command(subcommand)]
+    child: Option<ChildRole>,
+}
+
 /// Command-line settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 struct Settings {
+    /// Concurrent closed-loop flows (one account, phone and ATM each).
+    #[arg(long, default_value_t = 512, value_parser = at_least::<1>)]
     lanes: usize,
+    /// MQTT connections the lanes share.
+    #[arg(long, default_value_t = 4, value_parser = at_least::<1>)]
     conns: usize,
+    /// Length of each measured phase, seconds.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
     seconds: f64,
+    /// Markdown file whose "Hub throughput" section gets the results.
+    #[arg(long)]
     markdown: Option<PathBuf>,
+    /// The command line recorded with the results.
+    #[arg(long, default_value = "scripts/bench-hub.sh")]
     command: String,
 }
 
-fn parse_args(args: &[String]) -> Result<Settings> {
-    let mut s = Settings {
-        lanes: 512,
-        conns: 4,
-        seconds: 10.0,
-        markdown: None,
-        command: "scripts/bench-hub.sh".into(),
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| anyhow!("{a} needs a value"))
-        };
-        match a.as_str() {
-            "--lanes" => s.lanes = val()?.parse().context("--lanes")?,
-            "--conns" => s.conns = val()?.parse().context("--conns")?,
-            "--seconds" => s.seconds = val()?.parse().context("--seconds")?,
-            "--markdown" => s.markdown = Some(val()?.into()),
-            "--command" => s.command = val()?,
-            other => bail!(
-                "unknown argument {other}; use --lanes N --conns N --seconds S --markdown FILE --command TEXT"
-            ),
-        }
+/// A process the benchmark runs as a child of itself.
+#[derive(Debug, Clone, clap::Subcommand)]
+enum ChildRole {
+    /// The real hub service on `dir` until standard input closes.
+    #[command(hide = true)]
+    ChildHub {
+        dir: PathBuf,
+        url: String,
+        /// Render QR images into `CodeIssued`.
+        #[arg(long)]
+        images: bool,
+    },
+    /// The echo responder that measures the broker's raw ceiling.
+    #[command(hide = true)]
+    ChildEcho { url: String, sizes: String },
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() => Ok(s),
+        _ => Err("must be a positive number of seconds".into()),
     }
-    if s.lanes == 0 || s.conns == 0 || s.seconds <= 0.0 {
-        bail!("--lanes, --conns and --seconds must be positive");
-    }
-    Ok(s)
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    match args.first().map(String::as_str) {
-        Some("--child-hub") => {
-            let dir = args.get(1).context("--child-hub DIR URL IMAGES")?;
-            let url = args.get(2).context("--child-hub DIR URL IMAGES")?;
-            let images = args.get(3).is_some_and(|v| v == "1");
-            rt.block_on(child_hub(Path::new(dir), url, images))
+    match args.child {
+        Some(ChildRole::ChildHub { dir, url, images }) => {
+            rt.block_on(child_hub(&dir, &url, images))
         }
-        Some("--child-echo") => {
-            let url = args.get(1).context("--child-echo URL SIZES")?;
-            let sizes = args.get(2).context("--child-echo URL SIZES")?;
-            rt.block_on(child_echo(url, sizes))
-        }
-        _ => {
-            let settings = parse_args(&args)?;
-            rt.block_on(run(settings))
-        }
+        Some(ChildRole::ChildEcho { url, sizes }) => rt.block_on(child_echo(&url, &sizes)),
+        None => rt.block_on(run(args.settings)),
     }
 }
 
@@ -1019,12 +1025,15 @@ async fn run(settings: Settings) -> Result<()> {
     let (hub_key, devices) = prepare(dir.path(), &url, settings.lanes)?;
 
     let child_args = |images: bool| {
-        vec![
-            "--child-hub".to_owned(),
+        let mut args = vec![
+            "child-hub".to_owned(),
             dir.path().to_string_lossy().into_owned(),
             url.clone(),
-            if images { "1" } else { "0" }.to_owned(),
-        ]
+        ];
+        if images {
+            args.push("--images".to_owned());
+        }
+        args
     };
     let hub = Child::spawn(&child_args(false)).await?;
     let me = std::process::id();
@@ -1113,7 +1122,7 @@ async fn run(settings: Settings) -> Result<()> {
         .collect::<Vec<_>>()
         .join(",");
     eprintln!("raw ceiling: echo responder, same pattern, sizes {size_arg}...");
-    let echo_child = Child::spawn(&["--child-echo".to_owned(), url.clone(), size_arg]).await?;
+    let echo_child = Child::spawn(&["child-echo".to_owned(), url.clone(), size_arg]).await?;
     let p = procs(&echo_child, "echo responder");
     let sizes = Arc::new(sizes);
     let (lanes, _) = closed_loop(

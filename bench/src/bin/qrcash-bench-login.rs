@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use qrcash_bench::report::{loadavg, machine, update_section};
 use qrcash_hub::admin::{self, NewAccount};
 use qrcash_hub::config::HubConfig;
 use qrcash_hub::service::{HubService, ServiceOptions};
@@ -31,8 +32,7 @@ use qrcash_protocol::messages::{PhonePush, PhoneUp, RejectReason};
 use qrcash_protocol::{
     Clock as _, MAX_DOWNLINK_BYTES, PrivateKey, Sealed, SecretField, SystemClock,
 };
-use qrcash_tests::broker::Mosquitto;
-use qrcash_tests::report::{loadavg, machine, update_section};
+use qrcash_testsupport::broker::Mosquitto;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 const HEADING: &str = "## Password guessing";
