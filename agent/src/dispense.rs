@@ -6,9 +6,10 @@
 //!          --device answered--> Outcome --outcome + report committed--> Reported
 //! ```
 //!
-//! The shell (`runtime`) asks [`DispenseSequence::next`] what to do and reports back with
-//! [`DispenseSequence::on`]; a step out of order is refused, so "dispense before the
-//! write-ahead record is on disk" cannot be expressed. Money rule: an outcome is reported
+//! The session (`session`) owns one sequence per order: it asks [`DispenseSequence::next`]
+//! what to do, turns the answer into an action for the shell and reports the shell's result
+//! back with [`DispenseSequence::on`]; a step out of order is refused, so "dispense before
+//! the write-ahead record is on disk" cannot be expressed. Money rule: an outcome is reported
 //! as the device counted it; a device that cannot tell yields `InDoubt`, never a guess.
 
 use qrcash_hardware::dispenser::{

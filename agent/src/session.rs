@@ -1,6 +1,10 @@
 //! The customer session as a pure state machine: one transaction at a time, from a code
-//! read by the camera to the end of the dispense. No I/O, no clock: inputs carry the time,
-//! outputs are [`Action`]s the shell (`runtime`) carries out (show, journal, send, dispense).
+//! read by the camera to the end of the dispense. No I/O (beyond `tracing` logs), no clock:
+//! inputs carry the time,
+//! outputs are [`Action`]s the shell (`runtime`) carries out (show, journal, send, look an
+//! order up, write ahead, run the device, record) and whose results come back as inputs.
+//! The session owns the order's [`DispenseSequence`], so the write-ahead rule is decided here
+//! and nowhere else.
 //!
 //! ```text
 //! Idle --valid code, link up--> Presented --AwaitConfirmation--> AwaitingConfirmation
@@ -14,22 +18,34 @@
 //! transaction presented at this ATM right now, an unexpired deadline, the ATM's currency
 //! and notes that add up to the amount and exist in the cassettes. Anything else is
 //! answered with `OrderRefused`, so the hub releases the hold. Signature, addressing and
-//! replay checks of hub messages happen before (`inbound`); "order already executed" is
-//! checked against the database before (`runtime`).
+//! replay checks of hub messages happen before (`inbound`). "Order already started" is
+//! decided here too, from the journal entry the shell looked up on the session's request:
+//! at most one dispense per order id, ever; a repeat of a finished order gets its stored
+//! report again, and an order that was started is never refused (notes may have left).
+//!
+//! One order's dispense, after it passed the checks:
+//!
+//! ```text
+//! DispenseOrder --> LookUpOrder --new--> WriteAhead --done--> RunDevice --device answered-->
+//!     Record --recorded--> TakeCash (Idle, or OutOfService + Recover)
+//! ```
+//!
+//! A result that does not fit the sequence's step is a bug in the shell: it fails a
+//! `debug_assert!` and takes the ATM out of service rather than being ignored.
 
 use std::time::Duration;
 
-use qrcash_hardware::dispenser::DispenseRequest;
+use qrcash_hardware::dispenser::{DispenseOutcome as DeviceOutcome, DispenseRequest};
 use qrcash_protocol::messages::{
     AbortReason, AtmDown, AtmState, AtmUp, CancelReason, CodePresented, DispenseOrder,
-    DispenseOutcome, OrderRefused, RejectReason, SessionCancelled,
+    DispenseOutcome, DispenseReport, OrderRefused, RejectReason, SessionCancelled,
 };
 use qrcash_protocol::token::{self, CodeToken};
 use qrcash_protocol::{Amount, Currency, OrderId, PublicKey, TxId};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::dispense::request_for;
+use crate::dispense::{self, DispenseSequence, Happened, Next, report_for, request_for};
 use crate::store::{JournalKind, Priority};
 
 /// What the session needs to know about this ATM.
@@ -160,16 +176,39 @@ pub enum Input {
         /// Its `jti`.
         jti: String,
     },
-    /// The dispense of an order ended and its report is committed.
-    DispenseFinished {
+    /// What the journal knows of an order the session asked about ([`Action::LookUpOrder`]).
+    OrderLookedUp {
+        /// The `jti` of the order message.
+        jti: String,
+        /// The order as received.
+        order: DispenseOrder,
+        /// Whether it was ever started here.
+        known: KnownOrder,
+    },
+    /// The write-ahead record of the session's order is committed (or could not be).
+    WriteAheadDone {
         /// The order.
         order_id: OrderId,
-        /// What left the machine.
-        dispensed: Amount,
-        /// How it ended.
-        outcome: DispenseOutcome,
-        /// Whether the machine is clear for the next customer.
+        /// `Err` with why the record could not be written: nothing was dispensed.
+        result: Result<(), String>,
+    },
+    /// The dispenser answered for the session's order.
+    DeviceDone {
+        /// The order.
+        order_id: OrderId,
+        /// The device's count, or the driver's promise that nothing moved (`Err`).
+        result: Result<DeviceOutcome, String>,
+        /// Whether the machine is clear for the next customer (after any recovery).
         machine_clear: bool,
+        /// What the device and any recovery said, for the journal.
+        detail: serde_json::Value,
+    },
+    /// The outcome and its report are committed (or could not be).
+    Recorded {
+        /// The order.
+        order_id: OrderId,
+        /// `Err` with why the record could not be written.
+        result: Result<(), String>,
     },
     /// Recovery left the machine clear again.
     MachineClear,
@@ -177,6 +216,20 @@ pub enum Input {
     Link(bool),
     /// Time passes.
     Tick,
+}
+
+/// What the journal knows of an order id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KnownOrder {
+    /// Never started here.
+    New,
+    /// Started before: journalled as dispensing, with its report if the outcome was recorded.
+    Started {
+        /// The order as journalled when it started.
+        stored: Box<DispenseOrder>,
+        /// The report committed with the outcome; `None` while the outcome is unknown.
+        report: Option<Box<DispenseReport>>,
+    },
 }
 
 /// What the shell must do.
@@ -206,23 +259,62 @@ pub enum Action {
         /// Outbox priority.
         priority: Priority,
     },
-    /// Run the dispense sequence for this order (`dispense::DispenseSequence`).
-    Dispense {
+    /// Look the order up in the journal and answer with [`Input::OrderLookedUp`].
+    LookUpOrder {
+        /// The `jti` of the order message.
+        jti: String,
         /// The order.
         order: DispenseOrder,
+    },
+    /// Commit the write-ahead record ("dispensing") for this order, then answer with
+    /// [`Input::WriteAheadDone`]. Nothing may reach the dispenser before it is on disk.
+    WriteAhead {
+        /// The order.
+        order: DispenseOrder,
+    },
+    /// Run the dispenser; answer with [`Input::DeviceDone`] when it returns.
+    RunDevice {
+        /// The order.
+        order_id: OrderId,
         /// Its cassette mapping.
         request: DispenseRequest,
-        /// The `jti` of the order message.
-        re: String,
     },
+    /// Commit the outcome and queue the report for the hub, then answer with
+    /// [`Input::Recorded`].
+    Record {
+        /// The report.
+        report: DispenseReport,
+        /// The journal's detail of what the device said.
+        detail: serde_json::Value,
+    },
+    /// Tell observers how an order ended (the report, committed or not).
+    Dispensed(DispenseReport),
     /// Run dispenser recovery (status, purge).
     Recover,
+}
+
+/// The order the session is dispensing.
+#[derive(Debug)]
+struct ActiveDispense {
+    seq: DispenseSequence,
+    /// Whether the machine is clear for the next customer, once the device has answered.
+    machine_clear: Option<bool>,
+}
+
+/// Why a dispense step was not taken.
+enum StepRefused {
+    /// The result names another order than the one being dispensed: ignored.
+    OtherOrder,
+    /// The result does not fit the sequence's step: a bug in the shell.
+    OutOfOrder,
 }
 
 /// The session state machine.
 pub struct Session {
     cfg: SessionConfig,
     phase: Phase,
+    /// The order being dispensed (phase `Dispensing`).
+    dispense: Option<ActiveDispense>,
     link_up: bool,
     last_code: Option<(String, u64)>,
     new_jti: Box<dyn FnMut() -> String + Send>,
@@ -258,6 +350,7 @@ impl Session {
         Session {
             cfg,
             phase: Phase::Idle,
+            dispense: None,
             link_up: false,
             last_code: None,
             new_jti,
@@ -308,15 +401,23 @@ impl Session {
     pub fn handle(&mut self, input: Input, now: u64) -> Vec<Action> {
         match input {
             Input::CodeRead(text) => self.code_read(text, now),
-            Input::Down { jti, msg } => self.down(jti, msg, now),
+            Input::Down { jti, msg } => self.down(jti, msg),
             Input::SendRefused { re, reason } => self.refused(&re, &reason),
             Input::QueueFailed { jti } => self.queue_failed(&jti),
-            Input::DispenseFinished {
+            Input::OrderLookedUp { jti, order, known } => match known {
+                KnownOrder::New => self.order(jti, order, now),
+                KnownOrder::Started { stored, report } => {
+                    self.repeated(jti, &stored, report.map(|r| *r))
+                }
+            },
+            Input::WriteAheadDone { order_id, result } => self.written_ahead(order_id, result),
+            Input::DeviceDone {
                 order_id,
-                dispensed,
-                outcome,
+                result,
                 machine_clear,
-            } => self.finished(order_id, dispensed, outcome, machine_clear),
+                detail,
+            } => self.device_done(order_id, result, machine_clear, detail),
+            Input::Recorded { order_id, result } => self.recorded(order_id, result),
             Input::MachineClear => {
                 if matches!(self.phase, Phase::OutOfService { .. }) {
                     self.phase = Phase::Idle;
@@ -418,7 +519,7 @@ impl Session {
         ]
     }
 
-    fn down(&mut self, jti: String, msg: AtmDown, now: u64) -> Vec<Action> {
+    fn down(&mut self, jti: String, msg: AtmDown) -> Vec<Action> {
         match msg {
             AtmDown::AwaitConfirmation(a) => match &self.phase {
                 Phase::Presented { tx_id, jti: pj, .. }
@@ -446,7 +547,8 @@ impl Session {
                 }
                 _ => vec![],
             },
-            AtmDown::DispenseOrder(order) => self.order(jti, order, now),
+            // At most one dispense per order id, ever: the journal is asked first.
+            AtmDown::DispenseOrder(order) => vec![Action::LookUpOrder { jti, order }],
             AtmDown::Abort(a) => match &self.phase {
                 Phase::Presented { tx_id, .. } | Phase::AwaitingConfirmation { tx_id, .. }
                     if *tx_id == a.tx_id =>
@@ -511,7 +613,7 @@ impl Session {
                     order_id: order.order_id,
                     tx_id: order.tx_id,
                 };
-                vec![
+                let mut out = vec![
                     journal(
                         JournalKind::OrderReceived,
                         Some(order.tx_id),
@@ -521,12 +623,17 @@ impl Session {
                     Action::Show(Screen::Dispensing {
                         amount: order.amount,
                     }),
-                    Action::Dispense {
-                        order,
-                        request,
-                        re: jti,
-                    },
-                ]
+                ];
+                let seq = DispenseSequence::new(order, request, self.cfg.cassettes.clone());
+                debug_assert_eq!(seq.next(), Next::WriteAhead);
+                out.push(Action::WriteAhead {
+                    order: seq.order().clone(),
+                });
+                self.dispense = Some(ActiveDispense {
+                    seq,
+                    machine_clear: None,
+                });
+                out
             }
             Err(reason) => {
                 let mut out = vec![
@@ -600,17 +707,169 @@ impl Session {
         }
     }
 
-    fn finished(
+    /// An order that was started before: never dispensed again, never refused.
+    fn repeated(
+        &mut self,
+        jti: String,
+        order: &DispenseOrder,
+        report: Option<DispenseReport>,
+    ) -> Vec<Action> {
+        let in_progress = self
+            .dispense
+            .as_ref()
+            .is_some_and(|d| d.seq.order().order_id == order.order_id);
+        tracing::warn!(order = %order.order_id, in_progress, "order already started: not dispensing again");
+        let mut out = vec![journal(
+            JournalKind::OrderRefused,
+            Some(order.tx_id),
+            Some(order.order_id),
+            json!({ "reason": "already started", "in_progress": in_progress }),
+        )];
+        if in_progress {
+            // Its report follows when the device answers.
+            return out;
+        }
+        match report {
+            // The stored report again, in answer to the repeat.
+            Some(report) => out.push(Action::Send {
+                jti: (self.new_jti)(),
+                msg: AtmUp::DispenseReport(report),
+                re: Some(jti),
+                priority: Priority::Critical,
+            }),
+            // Journalled as dispensing without an outcome: notes may have left. Recovery (the
+            // next start) reports it in doubt; until then the hub keeps the hold.
+            None => {
+                tracing::error!(order = %order.order_id, "repeated order is dispensing without an outcome: in doubt, reported by recovery");
+            }
+        }
+        out
+    }
+
+    /// Advances the session's dispense sequence on `event` for `order_id` and says what
+    /// comes next.
+    fn advance(&mut self, order_id: OrderId, event: Happened) -> Result<Next, StepRefused> {
+        let Some(d) = self
+            .dispense
+            .as_mut()
+            .filter(|d| d.seq.order().order_id == order_id)
+        else {
+            debug_assert!(
+                false,
+                "a result for order {order_id}, which is not being dispensed"
+            );
+            tracing::error!(order = %order_id, "a dispense result for an order not being dispensed: ignored");
+            return Err(StepRefused::OtherOrder);
+        };
+        match d.seq.on(event) {
+            Ok(()) => Ok(d.seq.next()),
+            Err(e) => {
+                debug_assert!(false, "{e}");
+                tracing::error!(error = %e, order = %order_id, "dispense sequence out of order");
+                Err(StepRefused::OutOfOrder)
+            }
+        }
+    }
+
+    /// Stops serving: the agent's own records are not trustworthy right now.
+    fn out_of_service(&mut self, reason: &str, shown: &str) -> Vec<Action> {
+        self.dispense = None;
+        self.phase = Phase::OutOfService {
+            reason: reason.to_owned(),
+        };
+        vec![Action::Show(Screen::OutOfService {
+            reason: shown.to_owned(),
+        })]
+    }
+
+    /// What a refused step leads to: nothing for a stray result, out of service for a bug.
+    fn refused_step(&mut self, why: StepRefused) -> Vec<Action> {
+        match why {
+            StepRefused::OtherOrder => vec![],
+            StepRefused::OutOfOrder => self.out_of_service(
+                "internal error: a dispense step out of order",
+                "internal error",
+            ),
+        }
+    }
+
+    fn written_ahead(&mut self, order_id: OrderId, result: Result<(), String>) -> Vec<Action> {
+        if let Err(e) = result {
+            let Some(d) = self
+                .dispense
+                .as_ref()
+                .filter(|d| d.seq.order().order_id == order_id)
+            else {
+                return self.refused_step(StepRefused::OtherOrder);
+            };
+            // Nothing reached the dispenser. The order stays unreported: the database that
+            // would queue its report is the one failing.
+            let report = report_for(
+                d.seq.order(),
+                &self.cfg.cassettes,
+                Err(&format!("not dispensed: {e}")),
+            );
+            let mut out = self.out_of_service("the agent database failed", "database failure");
+            out.push(Action::Dispensed(report));
+            return out;
+        }
+        let request = match self.advance(order_id, Happened::WriteAheadCommitted) {
+            Ok(Next::RunDevice(request)) => request,
+            Ok(_) => return self.refused_step(StepRefused::OutOfOrder),
+            Err(why) => return self.refused_step(why),
+        };
+        match self.advance(order_id, Happened::DeviceStarted) {
+            Ok(_) => vec![Action::RunDevice { order_id, request }],
+            Err(why) => self.refused_step(why),
+        }
+    }
+
+    fn device_done(
         &mut self,
         order_id: OrderId,
-        dispensed: Amount,
-        outcome: DispenseOutcome,
+        result: Result<DeviceOutcome, String>,
         machine_clear: bool,
+        detail: serde_json::Value,
     ) -> Vec<Action> {
-        if !matches!(&self.phase, Phase::Dispensing { order_id: o, .. } if *o == order_id) {
-            return vec![];
+        match self.advance(order_id, Happened::DeviceFinished(result)) {
+            Ok(Next::Record(report)) => {
+                if let Some(d) = &mut self.dispense {
+                    d.machine_clear = Some(machine_clear);
+                }
+                vec![Action::Record { report, detail }]
+            }
+            Ok(_) => self.refused_step(StepRefused::OutOfOrder),
+            Err(why) => self.refused_step(why),
         }
-        let mut out = vec![Action::Show(Screen::TakeCash { dispensed, outcome })];
+    }
+
+    fn recorded(&mut self, order_id: OrderId, result: Result<(), String>) -> Vec<Action> {
+        if let Err(e) = result {
+            // The order stays "dispensing" on disk: the next start recovers it as in doubt.
+            tracing::error!(error = %e, order = %order_id, "cannot record the dispense outcome");
+            return self.out_of_service("the agent database failed", "database failure");
+        }
+        let report = match self.dispense.as_ref().map(|d| d.seq.step()) {
+            Some(dispense::Step::Outcome(report)) => report.clone(),
+            _ => return self.refused_step(StepRefused::OutOfOrder),
+        };
+        match self.advance(order_id, Happened::Recorded) {
+            Ok(Next::Done) => {}
+            Ok(_) => return self.refused_step(StepRefused::OutOfOrder),
+            Err(why) => return self.refused_step(why),
+        }
+        let machine_clear = self
+            .dispense
+            .take()
+            .and_then(|d| d.machine_clear)
+            .unwrap_or(false);
+        let mut out = vec![
+            Action::Dispensed(report.clone()),
+            Action::Show(Screen::TakeCash {
+                dispensed: report.dispensed,
+                outcome: report.outcome,
+            }),
+        ];
         if machine_clear {
             self.phase = Phase::Idle;
         } else {
@@ -682,6 +941,7 @@ fn refusal_text(reason: &RejectReason) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qrcash_hardware::dispenser::{CassetteId, CassetteState, CassetteTally, DispenseResult};
     use qrcash_protocol::PrivateKey;
     use qrcash_protocol::messages::{Abort, AwaitConfirmation, NoteCount};
 
@@ -739,6 +999,94 @@ mod tests {
         }
     }
 
+    /// Delivers an order as the shell does: the session asks for the journal's entry first,
+    /// and the shell answers "never started".
+    fn deliver(f: &mut Fixture, jti: &str, order: DispenseOrder, now: u64) -> Vec<Action> {
+        let a = f.s.handle(
+            Input::Down {
+                jti: jti.into(),
+                msg: AtmDown::DispenseOrder(order.clone()),
+            },
+            now,
+        );
+        assert_eq!(
+            a,
+            vec![Action::LookUpOrder {
+                jti: jti.into(),
+                order: order.clone()
+            }]
+        );
+        f.s.handle(
+            Input::OrderLookedUp {
+                jti: jti.into(),
+                order,
+                known: KnownOrder::New,
+            },
+            now,
+        )
+    }
+
+    /// The device's count of `notes` 10,000-yen notes, all delivered.
+    fn delivered(notes: u32) -> DeviceOutcome {
+        DeviceOutcome {
+            requested: DispenseRequest::upper_lower(notes, 0),
+            cassettes: vec![CassetteTally {
+                picked: notes,
+                exited: notes,
+                rejected: 0,
+                state: CassetteState::Normal,
+                ..CassetteTally::new(CassetteId(1), notes)
+            }],
+            result: DispenseResult::Completed,
+        }
+    }
+
+    /// A session dispensing order `[9; 16]` (20,000 yen), its write-ahead not yet done.
+    fn dispensing() -> Fixture {
+        let mut f = fixture();
+        let tx = to_awaiting(&mut f);
+        deliver(&mut f, "h2", order(tx, 20_000), NOW + 5);
+        f
+    }
+
+    fn written_ahead(f: &mut Fixture, result: Result<(), String>) -> Vec<Action> {
+        let order_id = OrderId([9; 16]);
+        f.s.handle(Input::WriteAheadDone { order_id, result }, NOW + 6)
+    }
+
+    fn device_answered(
+        f: &mut Fixture,
+        result: Result<DeviceOutcome, String>,
+        machine_clear: bool,
+    ) -> Vec<Action> {
+        let input = Input::DeviceDone {
+            order_id: OrderId([9; 16]),
+            result,
+            machine_clear,
+            detail: json!({}),
+        };
+        f.s.handle(input, NOW + 7)
+    }
+
+    fn recorded(f: &mut Fixture, result: Result<(), String>) -> Vec<Action> {
+        let order_id = OrderId([9; 16]);
+        f.s.handle(Input::Recorded { order_id, result }, NOW + 8)
+    }
+
+    /// Runs the session's order through write-ahead, device and record; returns the
+    /// actions of the last step.
+    fn dispense(
+        f: &mut Fixture,
+        result: Result<DeviceOutcome, String>,
+        machine_clear: bool,
+    ) -> Vec<Action> {
+        let a = written_ahead(f, Ok(()));
+        assert!(matches!(a[..], [Action::RunDevice { .. }]), "{a:?}");
+        let a = device_answered(f, result, machine_clear);
+        assert!(matches!(a[..], [Action::Record { .. }]), "{a:?}");
+        recorded(f, Ok(()))
+    }
+
     /// Presents a fresh code and confirms; returns the tx.
     fn to_awaiting(f: &mut Fixture) -> TxId {
         let tx = TxId::random();
@@ -767,35 +1115,53 @@ mod tests {
     fn full_session_presents_then_dispenses_a_matching_order() {
         let mut f = fixture();
         let tx = to_awaiting(&mut f);
-        let a = f.s.handle(
-            Input::Down {
-                jti: "h2".into(),
-                msg: AtmDown::DispenseOrder(order(tx, 20_000)),
-            },
-            NOW + 5,
-        );
-        let dispense = a.iter().find_map(|a| match a {
-            Action::Dispense { request, re, .. } => Some((request.clone(), re.clone())),
-            _ => None,
-        });
-        assert_eq!(
-            dispense,
-            Some((DispenseRequest::upper_lower(2, 0), "h2".into()))
-        );
+        let a = deliver(&mut f, "h2", order(tx, 20_000), NOW + 5);
+        // The write-ahead record comes first; the device only after it is on disk.
+        assert!(matches!(a.last(), Some(Action::WriteAhead { order }) if order.tx_id == tx));
+        assert!(!a.iter().any(|a| matches!(a, Action::RunDevice { .. })));
         assert_eq!(f.s.atm_state(), AtmState::Dispensing);
         // A second code during the dispense is ignored.
         let other = CodeToken::issue(&f.hub, TxId::random(), NOW + 300);
         assert!(f.s.handle(Input::CodeRead(other), NOW + 6).is_empty());
         let a = f.s.handle(
-            Input::DispenseFinished {
+            Input::WriteAheadDone {
                 order_id: OrderId([9; 16]),
-                dispensed: Amount::new(20_000, Currency::JPY),
-                outcome: DispenseOutcome::Dispensed,
+                result: Ok(()),
+            },
+            NOW + 6,
+        );
+        assert_eq!(
+            a,
+            vec![Action::RunDevice {
+                order_id: OrderId([9; 16]),
+                request: DispenseRequest::upper_lower(2, 0)
+            }]
+        );
+        let a = f.s.handle(
+            Input::DeviceDone {
+                order_id: OrderId([9; 16]),
+                result: Ok(delivered(2)),
                 machine_clear: true,
+                detail: json!({}),
+            },
+            NOW + 9,
+        );
+        let Some(Action::Record { report, .. }) = a.first() else {
+            panic!("expected Record, got {a:?}");
+        };
+        assert_eq!(report.outcome, DispenseOutcome::Dispensed);
+        let a = f.s.handle(
+            Input::Recorded {
+                order_id: OrderId([9; 16]),
+                result: Ok(()),
             },
             NOW + 10,
         );
-        assert!(matches!(a[0], Action::Show(Screen::TakeCash { .. })));
+        assert!(
+            a.iter()
+                .any(|a| matches!(a, Action::Show(Screen::TakeCash { .. })))
+        );
+        assert!(matches!(a[0], Action::Dispensed(_)));
         assert_eq!(f.s.phase(), &Phase::Idle);
     }
 
@@ -903,15 +1269,10 @@ mod tests {
         for (name, make, ends_session) in cases {
             let mut f = fixture();
             let tx = to_awaiting(&mut f);
-            let a = f.s.handle(
-                Input::Down {
-                    jti: "h9".into(),
-                    msg: AtmDown::DispenseOrder(make(tx)),
-                },
-                NOW + 5,
-            );
+            let a = deliver(&mut f, "h9", make(tx), NOW + 5);
             assert!(
-                !a.iter().any(|a| matches!(a, Action::Dispense { .. })),
+                !a.iter()
+                    .any(|a| matches!(a, Action::WriteAhead { .. } | Action::RunDevice { .. })),
                 "{name}: dispensed"
             );
             let refused = a.iter().find_map(|a| match a {
@@ -932,13 +1293,7 @@ mod tests {
         }
         // An order with no session at all.
         let mut f = fixture();
-        let a = f.s.handle(
-            Input::Down {
-                jti: "h1".into(),
-                msg: AtmDown::DispenseOrder(order(TxId::random(), 10_000)),
-            },
-            NOW,
-        );
+        let a = deliver(&mut f, "h1", order(TxId::random(), 10_000), NOW);
         assert!(matches!(sends(&a)[..], [AtmUp::OrderRefused(_)]));
     }
 
@@ -980,27 +1335,108 @@ mod tests {
     fn a_machine_left_unclear_goes_out_of_service_until_recovered() {
         let mut f = fixture();
         let tx = to_awaiting(&mut f);
-        f.s.handle(
-            Input::Down {
-                jti: "h2".into(),
-                msg: AtmDown::DispenseOrder(order(tx, 20_000)),
-            },
-            NOW + 5,
-        );
-        let a = f.s.handle(
-            Input::DispenseFinished {
-                order_id: OrderId([9; 16]),
-                dispensed: Amount::new(0, Currency::JPY),
-                outcome: DispenseOutcome::InDoubt,
-                machine_clear: false,
-            },
-            NOW + 6,
-        );
+        deliver(&mut f, "h2", order(tx, 20_000), NOW + 5);
+        let a = dispense(&mut f, Ok(delivered(2)), false);
         assert!(a.contains(&Action::Recover));
         assert_eq!(f.s.atm_state(), AtmState::OutOfService);
         let code = CodeToken::issue(&f.hub, TxId::random(), NOW + 300);
         assert!(sends(&f.s.handle(Input::CodeRead(code), NOW + 7)).is_empty());
         f.s.handle(Input::MachineClear, NOW + 8);
         assert_eq!(f.s.phase(), &Phase::Idle);
+    }
+
+    #[test]
+    fn a_repeated_order_is_never_dispensed_again_and_gets_its_stored_report() {
+        let mut f = fixture();
+        let tx = to_awaiting(&mut f);
+        let o = order(tx, 20_000);
+        let stored = report_for(&o, &[10_000, 1_000], Ok(&delivered(2)));
+        let a = f.s.handle(
+            Input::OrderLookedUp {
+                jti: "h7".into(),
+                order: o.clone(),
+                known: KnownOrder::Started {
+                    stored: Box::new(o.clone()),
+                    report: Some(Box::new(stored.clone())),
+                },
+            },
+            NOW + 5,
+        );
+        assert!(!a.iter().any(|a| matches!(a, Action::WriteAhead { .. })));
+        let resent = a.iter().find_map(|a| match a {
+            Action::Send {
+                msg: AtmUp::DispenseReport(r),
+                re,
+                priority,
+                ..
+            } => Some((r.clone(), re.clone(), *priority)),
+            _ => None,
+        });
+        assert_eq!(
+            resent,
+            Some((stored, Some("h7".into()), Priority::Critical))
+        );
+        // Started without a recorded outcome: in doubt, neither refused nor reported here.
+        let a = f.s.handle(
+            Input::OrderLookedUp {
+                jti: "h8".into(),
+                order: o.clone(),
+                known: KnownOrder::Started {
+                    stored: Box::new(o.clone()),
+                    report: None,
+                },
+            },
+            NOW + 5,
+        );
+        assert!(sends(&a).is_empty(), "{a:?}");
+        // The order being dispensed right now, repeated: nothing but the journal line.
+        deliver(&mut f, "h2", o.clone(), NOW + 6);
+        let a = f.s.handle(
+            Input::OrderLookedUp {
+                jti: "h9".into(),
+                order: o.clone(),
+                known: KnownOrder::Started {
+                    stored: Box::new(o),
+                    report: None,
+                },
+            },
+            NOW + 7,
+        );
+        assert!(matches!(
+            a[..],
+            [Action::Journal {
+                kind: JournalKind::OrderRefused,
+                ..
+            }]
+        ));
+        assert_eq!(f.s.atm_state(), AtmState::Dispensing);
+    }
+
+    #[test]
+    fn a_failed_write_ahead_dispenses_nothing_and_stops_service() {
+        let mut f = dispensing();
+        let a = written_ahead(&mut f, Err("disk full".into()));
+        assert!(!a.iter().any(|a| matches!(a, Action::RunDevice { .. })));
+        assert!(
+            matches!(a.last(), Some(Action::Dispensed(r)) if r.outcome == DispenseOutcome::Failed && r.dispensed.minor == 0)
+        );
+        assert_eq!(f.s.atm_state(), AtmState::OutOfService);
+        // A record that cannot be written stops service too (the next start recovers it).
+        let mut f = dispensing();
+        written_ahead(&mut f, Ok(()));
+        device_answered(&mut f, Ok(delivered(2)), true);
+        recorded(&mut f, Err("disk full".into()));
+        assert_eq!(f.s.atm_state(), AtmState::OutOfService);
+    }
+
+    #[test]
+    #[cfg_attr(debug_assertions, should_panic(expected = "not allowed in step"))]
+    fn a_device_result_before_the_write_ahead_is_a_bug_that_stops_service() {
+        let mut f = dispensing();
+        // The shell skipped the write-ahead: debug builds fail here, release builds stop
+        // serving instead of recording an outcome the journal never announced.
+        let a = device_answered(&mut f, Ok(delivered(2)), true);
+        assert!(!a.iter().any(|a| matches!(a, Action::Record { .. })));
+        assert_eq!(f.s.atm_state(), AtmState::OutOfService);
     }
 }

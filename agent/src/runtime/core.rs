@@ -1,0 +1,482 @@
+//! The core task: verifies hub messages ([`crate::inbound`]), feeds the [`Session`] machine
+//! and carries out the actions it returns: the screen, the journal, the outbox, order
+//! look-ups, the write-ahead record, the dispenser (on `spawn_blocking`) and the outcome's
+//! record. Each action's result goes back to the session as an input; the core decides
+//! nothing about money or the device itself.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qrcash_hardware::dispenser::{DispenseOutcome as DeviceOutcome, DispenserError, Recovery};
+use qrcash_io::link::LinkEvent;
+use qrcash_protocol::messages::{
+    AtmDown, AtmUp, CassetteState, CassetteStatus, DispenseReport, Heartbeat,
+};
+use qrcash_protocol::replay::SenderWindow;
+use qrcash_protocol::{Clock, OrderId, TxId};
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::outbox::OutboxCmd;
+use super::{AgentEvent, Sealer, SharedDispenser, crash_point, lock};
+use crate::error::StoreError;
+use crate::inbound::InboundVerifier;
+use crate::session::{Action, Input, KnownOrder, Screen, Session};
+use crate::store::{JournalKind, Outgoing, Priority, Store};
+
+/// The core's inputs besides the session's own.
+pub(super) struct CoreInputs {
+    pub link: mpsc::Receiver<LinkEvent>,
+    pub scans: mpsc::Receiver<String>,
+    pub done: mpsc::Receiver<DeviceDone>,
+    pub stop: watch::Receiver<bool>,
+}
+
+/// What a dispenser job hands back, with the driver's typed errors.
+#[derive(Debug)]
+pub(super) enum DeviceDone {
+    /// A dispense ended (and, when the device asked for it, recovery ran).
+    Dispensed {
+        order_id: OrderId,
+        result: Result<DeviceOutcome, DispenserError>,
+        recovery: Option<Result<Recovery, DispenserError>>,
+    },
+    /// A recovery the session asked for ended.
+    Recovered(Result<Recovery, DispenserError>),
+}
+
+pub(super) struct Core {
+    pub session: Session,
+    pub store: Store,
+    pub sealer: Sealer,
+    pub verifier: InboundVerifier,
+    pub clock: Arc<dyn Clock>,
+    pub cassettes: Vec<u64>,
+    pub cassette_notes: Vec<u32>,
+    pub events: broadcast::Sender<AgentEvent>,
+    pub screen: watch::Sender<Screen>,
+    pub outbox: mpsc::UnboundedSender<OutboxCmd>,
+    pub dispenser: SharedDispenser,
+    pub device: mpsc::Sender<DeviceDone>,
+    pub link_up: bool,
+}
+
+impl Core {
+    pub(super) async fn run(mut self, mut inputs: CoreInputs, heartbeat: Duration) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut beat = tokio::time::interval(heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.show(self.initial_screen());
+        let _ = self.outbox.send(OutboxCmd::Wake);
+        loop {
+            tokio::select! {
+                _ = inputs.stop.changed() => return,
+                ev = inputs.link.recv() => match ev {
+                    None => return,
+                    Some(LinkEvent::Up) => {
+                        let _ = self.outbox.send(OutboxCmd::LinkUp);
+                        self.link_up = true;
+                        self.set_status("link", "up");
+                        let _ = self.events.send(AgentEvent::Link { up: true });
+                        self.apply(Input::Link(true));
+                    }
+                    Some(LinkEvent::Down) => {
+                        let _ = self.outbox.send(OutboxCmd::LinkDown);
+                        self.link_up = false;
+                        self.set_status("link", "down");
+                        let _ = self.events.send(AgentEvent::Link { up: false });
+                        self.apply(Input::Link(false));
+                    }
+                    Some(LinkEvent::Message { topic, payload }) => {
+                        self.inbound(&topic, &payload);
+                    }
+                },
+                Some(text) = inputs.scans.recv() => {
+                    self.apply(Input::CodeRead(text));
+                }
+                Some(done) = inputs.done.recv() => self.device_done(done),
+                _ = tick.tick() => self.apply(Input::Tick),
+                _ = beat.tick() => self.heartbeat(),
+            }
+        }
+    }
+
+    fn initial_screen(&self) -> Screen {
+        match self.session.phase() {
+            crate::session::Phase::OutOfService { reason } => Screen::OutOfService {
+                reason: reason.clone(),
+            },
+            _ => Screen::ServiceUnavailable,
+        }
+    }
+
+    fn set_status(&mut self, key: &str, value: &str) {
+        if let Err(e) = self.store.set_status_value(key, value) {
+            tracing::warn!(error = %e, key, "cannot record status");
+        }
+    }
+
+    fn show(&mut self, screen: Screen) {
+        tracing::info!(screen = ?screen, "screen");
+        if let Ok(text) = serde_json::to_string(&screen) {
+            self.set_status("screen", &text);
+        }
+        self.screen.send_replace(screen.clone());
+        let _ = self.events.send(AgentEvent::Screen(screen));
+    }
+
+    fn journal(
+        &mut self,
+        kind: JournalKind,
+        tx_id: Option<TxId>,
+        order_id: Option<OrderId>,
+        detail: serde_json::Value,
+    ) {
+        if let Err(e) = self
+            .store
+            .journal(self.clock.now(), kind, tx_id, order_id, detail)
+        {
+            tracing::error!(error = %e, ?kind, "cannot write the journal");
+        }
+        let _ = self.events.send(AgentEvent::Journal {
+            kind,
+            tx_id,
+            order_id,
+        });
+    }
+
+    /// Feeds `input` to the session and carries out its actions; the results they produce
+    /// are fed back once the whole batch of actions is carried out, in order, until the
+    /// session has nothing more to do.
+    fn apply(&mut self, input: Input) {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let now = self.clock.now();
+            let actions = self.session.handle(input, now);
+            self.set_status("state", &format!("{:?}", self.session.atm_state()));
+            for action in actions {
+                inputs.extend(self.act(action));
+            }
+        }
+    }
+
+    /// Carries out one action; what it produced, for the session.
+    fn act(&mut self, action: Action) -> Option<Input> {
+        match action {
+            Action::Show(s) => self.show(s),
+            Action::Journal {
+                kind,
+                tx_id,
+                order_id,
+                detail,
+            } => self.journal(kind, tx_id, order_id, detail),
+            Action::Send {
+                jti,
+                msg,
+                re,
+                priority,
+            } => {
+                let now = self.clock.now();
+                let sealer = self.sealer.clone();
+                let result = self.store.enqueue(priority, now, |seq| {
+                    sealer.seal(Some(jti.clone()), seq, now, msg, re)
+                });
+                match result {
+                    Ok(out) => self.queued(&out),
+                    Err(e) => {
+                        self.enqueue_failed(e);
+                        return Some(Input::QueueFailed { jti });
+                    }
+                }
+            }
+            Action::LookUpOrder { jti, order } => {
+                let known = match self.store.order(order.order_id) {
+                    Ok(None) => KnownOrder::New,
+                    Ok(Some(rec)) => KnownOrder::Started {
+                        stored: Box::new(rec.order),
+                        report: rec.report.map(Box::new),
+                    },
+                    Err(e) => {
+                        // Unknown is not "new": without the journal nothing is dispensed.
+                        tracing::error!(error = %e, order = %order.order_id, "cannot check the order; not executing it");
+                        return None;
+                    }
+                };
+                return Some(Input::OrderLookedUp { jti, order, known });
+            }
+            Action::WriteAhead { order } => {
+                crash_point("before_write_ahead");
+                let now = self.clock.now();
+                let detail = json!({ "amount": order.amount, "notes": order.notes });
+                let result = self.store.begin_dispense(&order, now, None, detail);
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, order = %order.order_id, "write-ahead failed: not dispensing");
+                } else {
+                    let _ = self.events.send(AgentEvent::Journal {
+                        kind: JournalKind::DispenseStarted,
+                        tx_id: Some(order.tx_id),
+                        order_id: Some(order.order_id),
+                    });
+                    crash_point("after_write_ahead");
+                }
+                return Some(Input::WriteAheadDone {
+                    order_id: order.order_id,
+                    result: result.map_err(|e| e.to_string()),
+                });
+            }
+            Action::RunDevice { order_id, request } => {
+                let d = self.dispenser.clone();
+                let done = self.device.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut dev = lock(&d);
+                    let result = dev.dispense(&order_id.to_string(), &request);
+                    let recovery = match &result {
+                        Ok(o) if o.needs_recovery() => Some(dev.recover_last()),
+                        _ => None,
+                    };
+                    drop(dev);
+                    let _ = done.blocking_send(DeviceDone::Dispensed {
+                        order_id,
+                        result,
+                        recovery,
+                    });
+                });
+            }
+            Action::Record { report, detail } => {
+                let now = self.clock.now();
+                let sealer = self.sealer.clone();
+                let msg = AtmUp::DispenseReport(report.clone());
+                let result = self.store.finish_dispense(&report, detail, now, |s| {
+                    sealer.seal(None, s, now, msg, None)
+                });
+                let result = match result {
+                    Ok(out) => {
+                        crash_point("after_report_queued");
+                        let _ = self.events.send(AgentEvent::Journal {
+                            kind: JournalKind::Reported,
+                            tx_id: Some(report.tx_id),
+                            order_id: Some(report.order_id),
+                        });
+                        self.queued(&out);
+                        self.count_out(&report);
+                        tracing::info!(order = %report.order_id, outcome = ?report.outcome, dispensed = %report.dispensed, "dispense reported");
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                return Some(Input::Recorded {
+                    order_id: report.order_id,
+                    result,
+                });
+            }
+            Action::Dispensed(report) => {
+                let _ = self.events.send(AgentEvent::Dispensed(report));
+            }
+            Action::Recover => {
+                let d = self.dispenser.clone();
+                let done = self.device.clone();
+                tokio::task::spawn_blocking(move || {
+                    let r = lock(&d).recover_last();
+                    let _ = done.blocking_send(DeviceDone::Recovered(r));
+                });
+            }
+        }
+        None
+    }
+
+    fn queued(&mut self, out: &Outgoing) {
+        tracing::debug!(jti = %out.jti, kind = out.kind, "queued");
+        let _ = self.events.send(AgentEvent::Queued {
+            jti: out.jti.clone(),
+            kind: out.kind.into(),
+        });
+        let _ = self.outbox.send(OutboxCmd::Wake);
+    }
+
+    fn enqueue_failed(&mut self, e: StoreError) {
+        tracing::error!(error = %e, "cannot queue a message for the hub");
+        if matches!(e, StoreError::OutboxFull { .. }) {
+            self.set_status("alarm", "outbox full");
+            self.journal(
+                JournalKind::OutboxFull,
+                None,
+                None,
+                json!({ "error": e.to_string() }),
+            );
+            let _ = self.events.send(AgentEvent::OutboxFull);
+        }
+    }
+
+    /// A dispenser job ended: its result goes to the session.
+    fn device_done(&mut self, done: DeviceDone) {
+        match done {
+            DeviceDone::Dispensed {
+                order_id,
+                result,
+                recovery,
+            } => {
+                crash_point("after_device_outcome");
+                let detail = json!({
+                    "device": match &result { Ok(o) => json!(o), Err(e) => json!({ "error": e.to_string() }) },
+                    "recovery": recovery.as_ref().map(|r| match r {
+                        Ok(r) => json!({ "purged": r.purged, "machine_clear": r.machine_clear() }),
+                        Err(e) => json!({ "error": e.to_string() }),
+                    }),
+                });
+                let machine_clear = match &recovery {
+                    None => true,
+                    Some(Ok(r)) => r.machine_clear(),
+                    Some(Err(_)) => false,
+                };
+                self.apply(Input::DeviceDone {
+                    order_id,
+                    result: result.map_err(|e| e.to_string()),
+                    machine_clear,
+                    detail,
+                });
+            }
+            DeviceDone::Recovered(r) => match r {
+                Ok(r) if r.machine_clear() => self.apply(Input::MachineClear),
+                Ok(_) => {
+                    tracing::error!("dispenser still not clear after recovery: operator needed")
+                }
+                Err(e) => tracing::error!(error = %e, "dispenser recovery failed: operator needed"),
+            },
+        }
+    }
+
+    fn count_out(&mut self, report: &DispenseReport) {
+        for n in &report.notes {
+            if let Some(i) = self.cassettes.iter().position(|d| *d == n.denomination) {
+                self.cassette_notes[i] = self.cassette_notes[i].saturating_sub(n.exited);
+            }
+        }
+    }
+
+    fn inbound(&mut self, topic: &str, payload: &[u8]) {
+        let now = self.clock.now();
+        let window = match self.store.hub_window() {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the hub replay window");
+                return;
+            }
+        };
+        let (claims, next) = match self.verifier.verify(topic, payload, window, now) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, topic, bytes = payload.len(), "message from the hub refused");
+                self.journal(
+                    JournalKind::InboundRejected,
+                    None,
+                    None,
+                    json!({ "error": e.to_string(), "topic": topic }),
+                );
+                let _ = self.events.send(AgentEvent::InboundRejected {
+                    error: e.to_string(),
+                });
+                return;
+            }
+        };
+        let jti = claims.jti.clone();
+        match claims.msg {
+            // Acks and refusals are applied *before* their `seq` is saved as seen: applying
+            // them is idempotent, and a crash in between must leave the message acceptable
+            // again, because the hub answers the resent duplicate with the very same sealed
+            // answer. (Saved first, the answer was refused as a replay forever.)
+            AtmDown::Ack(ack) => {
+                crash_point("before_applying_ack");
+                match self.store.ack_with_window(&ack.ids, now, next) {
+                    Ok(removed) => {
+                        for (jti, kind) in removed {
+                            let _ = self.events.send(AgentEvent::Delivered { jti, kind });
+                        }
+                        let _ = self.outbox.send(OutboxCmd::Wake);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot apply an ack"),
+                }
+            }
+            AtmDown::Rejected(r) => {
+                let Some(re) = claims.re else {
+                    self.save_window(next);
+                    tracing::warn!(reason = ?r.reason, message = %r.message, "hub refusal without re");
+                    return;
+                };
+                tracing::warn!(re = %re, reason = ?r.reason, message = %r.message, "hub refused a message");
+                if r.reason.is_permanent() {
+                    match self.store.dead_letter(&re, &r.reason, &r.message, now) {
+                        Ok(true) => {
+                            let _ = self
+                                .events
+                                .send(AgentEvent::DeadLettered { jti: re.clone() });
+                            let _ = self.outbox.send(OutboxCmd::Wake);
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot move a message to dead letters")
+                        }
+                    }
+                }
+                self.save_window(next);
+                self.apply(Input::SendRefused {
+                    re,
+                    reason: r.reason,
+                });
+            }
+            msg => {
+                self.save_window(next);
+                self.apply(Input::Down { jti, msg })
+            }
+        }
+    }
+
+    fn save_window(&mut self, w: SenderWindow) {
+        if let Err(e) = self.store.save_hub_window(w) {
+            tracing::error!(error = %e, "cannot save the hub replay window");
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        if !self.link_up {
+            return;
+        }
+        match self.store.has_pending_kind("Heartbeat") {
+            Ok(false) => {}
+            Ok(true) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the outbox");
+                return;
+            }
+        }
+        let outbox = self.store.outbox_stats().map(|s| s.messages).unwrap_or(0);
+        let hb = Heartbeat {
+            state: self.session.atm_state(),
+            cassettes: self
+                .cassettes
+                .iter()
+                .zip(&self.cassette_notes)
+                .map(|(d, n)| CassetteStatus {
+                    denomination: *d,
+                    notes: *n,
+                    state: if *n == 0 {
+                        CassetteState::Empty
+                    } else {
+                        CassetteState::Ok
+                    },
+                })
+                .collect(),
+            outbox: u32::try_from(outbox).unwrap_or(u32::MAX),
+            software: env!("CARGO_PKG_VERSION").into(),
+        };
+        let now = self.clock.now();
+        let sealer = self.sealer.clone();
+        match self.store.enqueue(Priority::Normal, now, |seq| {
+            sealer.seal(None, seq, now, AtmUp::Heartbeat(hb), None)
+        }) {
+            Ok(out) => self.queued(&out),
+            Err(e) => self.enqueue_failed(e),
+        }
+    }
+}
