@@ -278,6 +278,46 @@ pub(crate) struct Ctx<'a> {
     pub sender_kid: String,
 }
 
+/// What every context of one message shares: the configuration, keys and warnings, the
+/// time, and the secrets checked ahead.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    cfg: &'a HubConfig,
+    signer: &'a Signer,
+    warnings: &'a WarningCatalog,
+    now: u64,
+    checked: &'a [CheckedSecret],
+}
+
+impl<'a> Shared<'a> {
+    /// A context on `db` for a message `jti` from `sender`, signed with `kid`.
+    fn ctx<'b>(
+        &self,
+        db: &'b Connection,
+        rng: &'b mut dyn Entropy,
+        sender: &str,
+        jti: &str,
+        kid: &str,
+    ) -> Ctx<'b>
+    where
+        'a: 'b,
+    {
+        Ctx {
+            db,
+            cfg: self.cfg,
+            signer: self.signer,
+            warnings: self.warnings,
+            rng,
+            now: self.now,
+            sender: sender.to_owned(),
+            jti: jti.to_owned(),
+            detail: None,
+            checked: self.checked,
+            sender_kid: kid.to_owned(),
+        }
+    }
+}
+
 impl Ctx<'_> {
     /// Opens a password or PIN of this message: sealed to the hub key for this sender, the
     /// key that signed the message and `field` (`qrcash_protocol::sealed`); `malformed`
@@ -549,19 +589,14 @@ impl Hub {
         let tx = store
             .conn_mut()
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut ctx = Ctx {
-            db: &tx,
+        let shared = Shared {
             cfg: config,
             signer,
             warnings,
-            rng: rng.as_mut(),
             now,
-            sender: String::new(),
-            jti: String::new(),
-            detail: None,
             checked: &[],
-            sender_kid: String::new(),
         };
+        let mut ctx = shared.ctx(&tx, rng.as_mut(), "", "", "");
         let out = sweep::sweep(&mut ctx)?;
         tx.commit()?;
         Ok(out)
@@ -578,6 +613,13 @@ fn process(
     now: u64,
     m: &Incoming,
 ) -> Result<Handled, StoreError> {
+    let shared = Shared {
+        cfg,
+        signer,
+        warnings,
+        now,
+        checked: &m.checked,
+    };
     let topic = Topic::parse(&m.topic);
     let mut entry = AuditEntry {
         at: now,
@@ -629,19 +671,7 @@ fn process(
             else {
                 unreachable!("matched above")
             };
-            let mut ctx = Ctx {
-                db: tx,
-                cfg,
-                signer,
-                warnings,
-                rng: &mut *rng,
-                now,
-                sender: sender.clone(),
-                jti: jti.clone(),
-                detail: None,
-                checked: &m.checked,
-                sender_kid: String::new(),
-            };
+            let mut ctx = shared.ctx(tx, &mut *rng, sender, jti, "");
             let out = rejected(&mut ctx, class, &e)?;
             entry.jti = Some(jti.clone());
             return finish(tx, entry, e, out, false);
@@ -669,19 +699,7 @@ fn process(
     // but a pruned trail (`login_refusals`), and no replay window or processed record.
     let stranger = matches!(verified.sender, Sender::Phone(_, None));
 
-    let mut ctx = Ctx {
-        db: tx,
-        cfg,
-        signer,
-        warnings,
-        rng: &mut *rng,
-        now,
-        sender: sender_id.clone(),
-        jti: verified.jti.clone(),
-        detail: None,
-        checked: &m.checked,
-        sender_kid: verified.kid.clone(),
-    };
+    let mut ctx = shared.ctx(tx, &mut *rng, &sender_id, &verified.jti, &verified.kid);
 
     // Step 3: addressing and times.
     let (iat, exp, addressing) = match &verified.body {
@@ -734,19 +752,7 @@ fn process(
     // Step 5: the handler, inside a savepoint.
     drop(ctx);
     let sp = tx.savepoint()?;
-    let mut ctx = Ctx {
-        db: &sp,
-        cfg,
-        signer,
-        warnings,
-        rng: &mut *rng,
-        now,
-        sender: sender_id.clone(),
-        jti: verified.jti.clone(),
-        detail: None,
-        checked: &m.checked,
-        sender_kid: verified.kid.clone(),
-    };
+    let mut ctx = shared.ctx(&sp, &mut *rng, &sender_id, &verified.jti, &verified.kid);
     let outcome = guarded(|| match (&verified.body, &verified.sender) {
         (Body::Atm(c), Sender::Atm(atm)) => atm::dispatch(&mut ctx, atm, &c.msg),
         (Body::Phone(c), Sender::Phone(id, device)) => {
@@ -781,19 +787,8 @@ fn process(
     }
 
     // Step 6: window, processed record and audit, with the effects.
-    let mut ctx = Ctx {
-        db: tx,
-        cfg,
-        signer,
-        warnings,
-        rng: &mut *rng,
-        now,
-        sender: sender_id.clone(),
-        jti: verified.jti.clone(),
-        detail,
-        checked: &m.checked,
-        sender_kid: verified.kid.clone(),
-    };
+    let mut ctx = shared.ctx(tx, &mut *rng, &sender_id, &verified.jti, &verified.kid);
+    ctx.detail = detail;
     if let Err(e) = &result {
         outgoing.extend(rejected(&mut ctx, verified.class, e)?);
     }
