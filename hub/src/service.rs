@@ -114,6 +114,7 @@ pub struct HubHandle {
     tasks: Vec<JoinHandle<()>>,
     writer: Option<std::thread::JoinHandle<Hub>>,
     secrets: Option<SecretStage>,
+    link: LinkHandle,
 }
 
 impl HubHandle {
@@ -141,12 +142,16 @@ impl HubHandle {
     /// connection closes. Returns the hub (its database stays open until dropped).
     pub async fn shutdown(mut self) -> Option<Hub> {
         let _ = self.stop.send(true);
-        for t in self.tasks.drain(..) {
-            if tokio::time::timeout(Duration::from_secs(10), t)
+        // Answers still go out if the broker is there; if it is gone, publishing fails at
+        // once instead of waiting for a reconnection.
+        self.link.finish();
+        for mut t in self.tasks.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(10), &mut t)
                 .await
                 .is_err()
             {
                 tracing::warn!("a hub task did not stop in time");
+                t.abort();
             }
         }
         let writer = self.writer.take()?;
@@ -226,6 +231,7 @@ impl HubService {
         ];
         Ok(HubHandle {
             stop: stop_tx,
+            link: link.clone(),
             ready: link.up_watch(),
             stats: stats_rx,
             tasks,
@@ -293,7 +299,7 @@ async fn publisher(
             Err(e) => tracing::warn!(error = %e, topic = %out.topic, "publish failed"),
         }
     }
-    link.disconnect().await;
+    link.disconnect(Duration::from_secs(10)).await;
 }
 
 /// Asks the writer to sweep at every interval.

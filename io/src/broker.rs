@@ -63,6 +63,9 @@ pub enum LinkError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Tls(String),
+    /// A subscription is not a valid MQTT topic filter.
+    #[error("{0:?} is not a valid MQTT topic filter")]
+    BadFilter(String),
 }
 
 /// Splits `mqtt://host:port` into (tls, host, port).

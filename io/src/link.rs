@@ -16,20 +16,25 @@
 //! - The **subscribe task** renews every subscription after each ConnAck (the sessions are
 //!   clean, so the broker forgets them) and then publishes the `on_connect` messages (the
 //!   agent's retained "online" presence).
-//! - The link is **up** once the broker acknowledged the subscriptions, and **down** from the
+//! - The link is **up** once the broker accepted the subscriptions, and **down** from the
 //!   first connection error; each change is one event, in order, and [`LinkHandle::is_up`]
-//!   follows it.
+//!   follows it. A subscription the broker refuses (its ACL) keeps the link down: a program
+//!   that cannot hear its topic must not act as if it could.
 //! - Messages wait for the program: the poll task stops polling while the event channel is
 //!   full, so a slow consumer slows the broker down rather than losing anything. Once the
 //!   program drops its receiver, messages are discarded and the link still carries what is
 //!   published (a hub finishing its answers at shutdown).
-//! - [`LinkHandle::disconnect`] sends DISCONNECT, lets it reach the socket and ends both
-//!   tasks; dropping the last handle aborts them.
+//! - [`LinkHandle::disconnect`] publishes the `on_disconnect` messages (the agent's retained
+//!   "offline": a clean DISCONNECT discards the last will), sends DISCONNECT, lets what is
+//!   queued reach the socket and ends both tasks; [`LinkHandle::finish`] makes a connection
+//!   error end the link instead of reconnecting (shutdown with the broker gone); dropping the
+//!   last handle aborts the tasks.
 //!
 //! Durability never relies on this link: `rumqttc`'s queue is memory only, and what must
 //! survive a crash is in the programs' own stores (the agent's outbox, the hub's database).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rumqttc::{
@@ -64,6 +69,9 @@ pub struct LinkOptions {
     pub subscriptions: Vec<String>,
     /// Published after the subscriptions, on every connection.
     pub on_connect: Vec<Publication>,
+    /// Published by [`LinkHandle::disconnect`] before DISCONNECT (the broker discards the
+    /// last will on a clean disconnect).
+    pub on_disconnect: Vec<Publication>,
     /// What the broker publishes for us when the connection dies without DISCONNECT.
     pub last_will: Option<Publication>,
     /// A clean session (the default; our stores hold what must survive) or a persistent one.
@@ -86,6 +94,7 @@ impl LinkOptions {
             client_id: client_id.into(),
             subscriptions: Vec::new(),
             on_connect: Vec::new(),
+            on_disconnect: Vec::new(),
             last_will: None,
             clean_session: true,
             inflight: None,
@@ -146,6 +155,8 @@ impl Drop for Tasks {
 pub struct LinkHandle {
     client: AsyncClient,
     up: watch::Receiver<bool>,
+    finishing: Arc<AtomicBool>,
+    on_disconnect: Arc<[Publication]>,
     tasks: Arc<Tasks>,
 }
 
@@ -187,12 +198,38 @@ impl LinkHandle {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Sends DISCONNECT after what is queued, lets it reach the socket (at most a second)
-    /// and ends the link's tasks.
-    pub async fn disconnect(&self) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.client.disconnect()).await;
+    /// From now on a connection error ends the link instead of reconnecting: what is queued
+    /// is delivered if the broker is there, and publishing fails with
+    /// [`PublishError::Closed`] if it is not. For shutdowns.
+    pub fn finish(&self) {
+        self.finishing.store(true, Ordering::SeqCst);
+    }
+
+    /// Publishes the `on_disconnect` messages, sends DISCONNECT after everything queued, and
+    /// waits up to `drain` for it to reach the socket; then ends the link's tasks.
+    pub async fn disconnect(&self, drain: Duration) {
+        self.finish();
+        let deadline = tokio::time::Instant::now() + drain;
+        let queued = async {
+            for p in self.on_disconnect.iter() {
+                let sent = self
+                    .client
+                    .publish(
+                        p.topic.as_str(),
+                        QoS::AtLeastOnce,
+                        p.retain,
+                        p.payload.clone(),
+                    )
+                    .await;
+                if sent.is_err() {
+                    return;
+                }
+            }
+            let _ = self.client.disconnect().await;
+        };
+        let _ = tokio::time::timeout_at(deadline, queued).await;
         let mut up = self.up.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tokio::time::timeout_at(deadline, async {
             while !self.tasks.0.iter().all(JoinHandle::is_finished) {
                 if up.changed().await.is_err() {
                     break;
@@ -211,6 +248,13 @@ impl LinkHandle {
 ///
 /// Must be called inside a tokio runtime.
 pub fn spawn(options: LinkOptions) -> Result<(LinkHandle, mpsc::Receiver<LinkEvent>), LinkError> {
+    if let Some(bad) = options
+        .subscriptions
+        .iter()
+        .find(|f| !rumqttc::valid_filter(f))
+    {
+        return Err(LinkError::BadFilter(bad.clone()));
+    }
     let mut mqtt = mqtt_options(&options.broker, &options.client_id)?;
     mqtt.set_clean_session(options.clean_session);
     if let Some(n) = options.inflight {
@@ -232,10 +276,12 @@ pub fn spawn(options: LinkOptions) -> Result<(LinkHandle, mpsc::Receiver<LinkEve
     let (up_tx, up) = watch::channel(false);
     let (connack_tx, connack_rx) = mpsc::channel(4);
     let subscribes = !options.subscriptions.is_empty();
+    let finishing = Arc::new(AtomicBool::new(false));
     let tasks = vec![
         tokio::spawn(poll(
             eventloop,
             subscribes,
+            finishing.clone(),
             events_tx,
             up_tx,
             connack_tx,
@@ -251,6 +297,8 @@ pub fn spawn(options: LinkOptions) -> Result<(LinkHandle, mpsc::Receiver<LinkEve
     let handle = LinkHandle {
         client,
         up,
+        finishing,
+        on_disconnect: options.on_disconnect.into(),
         tasks: Arc::new(Tasks(tasks)),
     };
     Ok((handle, events))
@@ -260,6 +308,7 @@ pub fn spawn(options: LinkOptions) -> Result<(LinkHandle, mpsc::Receiver<LinkEve
 async fn poll(
     mut eventloop: EventLoop,
     subscribes: bool,
+    finishing: Arc<AtomicBool>,
     events: mpsc::Sender<LinkEvent>,
     up: watch::Sender<bool>,
     connacks: mpsc::Sender<()>,
@@ -281,7 +330,9 @@ async fn poll(
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
-                    tracing::warn!(codes = ?ack.return_codes, "the broker refused a subscription");
+                    // Its ACL: reconnecting will not change that. Stay down and say why.
+                    tracing::error!(codes = ?ack.return_codes, "the broker refused a subscription: the link stays down");
+                    continue;
                 }
                 if !*up.borrow() {
                     up.send_replace(true);
@@ -312,6 +363,10 @@ async fn poll(
             Err(e) => {
                 if up.send_replace(false) {
                     tell(&events, LinkEvent::Down).await;
+                }
+                if finishing.load(Ordering::SeqCst) {
+                    tracing::debug!(error = %e, "broker connection ended while finishing");
+                    return;
                 }
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost");

@@ -156,16 +156,56 @@ impl PhoneClient {
         self.rejected
     }
 
+    /// Waits until the link is up. Meanwhile it reads the link's events: the link stops
+    /// polling, and so stops reconnecting, while they wait unread (a phone asleep through
+    /// many reconnections). Pushes among them are verified and kept for [`Self::next_push`].
     async fn wait_ready(&mut self) -> Result<(), PhoneError> {
         let timeout = self.settings.connect_timeout;
-        match tokio::time::timeout(timeout, self.ready.wait_for(|r| *r)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(PhoneError::Closed),
-            Err(_) => Err(PhoneError::Timeout {
-                waiting_for: format!("connection to the broker at {}", self.settings.broker.url),
-                after: timeout,
-            }),
+        let deadline = Instant::now() + timeout;
+        while !*self.ready.borrow() {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => {
+                    return Err(PhoneError::Timeout {
+                        waiting_for: format!(
+                            "connection to the broker at {}",
+                            self.settings.broker.url
+                        ),
+                        after: timeout,
+                    });
+                }
+                Ok(None) => return Err(PhoneError::Closed),
+                Ok(Some(LinkEvent::Message { topic, payload })) if topic == self.push_topic => {
+                    if let Some(claims) = self.verified(&payload) {
+                        self.keep(claims);
+                    }
+                }
+                Ok(Some(_)) => {}
+            }
         }
+        Ok(())
+    }
+
+    /// A push verified, or `None` (counted and logged) when it fails verification.
+    fn verified(&mut self, bytes: &[u8]) -> Option<Claims<PhonePush>> {
+        match self.accept(bytes) {
+            Ok(c) => {
+                tracing::debug!(jti = %c.jti, re = ?c.re, kind = push_kind(&c.msg), "push received");
+                Some(c)
+            }
+            Err(e) => {
+                self.rejected += 1;
+                tracing::warn!(error = %e, bytes = bytes.len(), "push refused");
+                None
+            }
+        }
+    }
+
+    /// Keeps a push for a later [`Self::next_push`], dropping the oldest beyond the backlog.
+    fn keep(&mut self, claims: Claims<PhonePush>) {
+        if self.backlog.len() == BACKLOG {
+            self.backlog.pop_front();
+        }
+        self.backlog.push_back(claims);
     }
 
     /// Seals `msg` with the device key and the next `seq`, publishes it on this device's
@@ -221,22 +261,13 @@ impl PhoneClient {
                 // Up and down show in `ready`; other topics are not ours to read.
                 Ok(Some(_)) => continue,
             };
-            let claims = match self.accept(&bytes) {
-                Ok(c) => c,
-                Err(e) => {
-                    self.rejected += 1;
-                    tracing::warn!(error = %e, bytes = bytes.len(), "push refused");
-                    continue;
-                }
+            let Some(claims) = self.verified(&bytes) else {
+                continue;
             };
-            tracing::debug!(jti = %claims.jti, re = ?claims.re, kind = push_kind(&claims.msg), "push received");
             if matches(&claims) {
                 return Ok(claims);
             }
-            if self.backlog.len() == BACKLOG {
-                self.backlog.pop_front();
-            }
-            self.backlog.push_back(claims);
+            self.keep(claims);
         }
     }
 
@@ -563,7 +594,7 @@ impl PhoneClient {
 
     /// Disconnects from the broker and stops the client's tasks.
     pub async fn shutdown(self) {
-        self.link.disconnect().await;
+        self.link.disconnect(Duration::from_secs(1)).await;
     }
 }
 

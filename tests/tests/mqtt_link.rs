@@ -1,7 +1,8 @@
 //! The one MQTT link the hub, the agent and the phone share (`qrcash_io::link`), against a
 //! private Mosquitto: up only once subscribed, messages in order, down when the broker dies,
 //! subscriptions and on-connect messages renewed after it comes back, the last will when the
-//! connection dies without DISCONNECT, and nothing after `disconnect`.
+//! connection dies without DISCONNECT and the on-disconnect message when it ends cleanly,
+//! down for good on a refused subscription, and no reconnection once finishing.
 
 use std::time::Duration;
 
@@ -41,6 +42,11 @@ fn options(broker: &Mosquitto, id: &str) -> LinkOptions {
         payload: b"offline".to_vec(),
         retain: true,
     });
+    o.on_disconnect = vec![Publication {
+        topic: format!("t/presence/{id}"),
+        payload: b"gone".to_vec(),
+        retain: true,
+    }];
     // Quick reconnection so the restart below does not wait for the 30-second cap.
     o.backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(300));
     o
@@ -98,12 +104,21 @@ async fn up_only_when_subscribed_renewed_after_a_broker_restart_and_down_in_betw
         ("t/down".into(), b"after".to_vec())
     );
 
-    // A clean disconnect: no last will, the tasks end, publishing says closed.
-    handle.disconnect().await;
+    // A clean disconnect: the on-disconnect message (the broker drops the last will), the
+    // tasks end, publishing says closed.
+    handle.disconnect(T).await;
     assert!(!handle.is_up());
     assert_eq!(
         handle.try_publish("t/up", b"late".to_vec()),
         Err(qrcash_io::PublishError::Closed)
+    );
+    let (topic, payload) = peer
+        .next_publish(T)
+        .await
+        .expect("the on-disconnect message");
+    assert_eq!(
+        (topic.as_str(), payload.as_slice()),
+        ("t/presence/dev-1", &b"gone"[..])
     );
     assert!(
         peer.next_publish(Duration::from_millis(500))
@@ -146,4 +161,101 @@ async fn a_link_without_subscriptions_is_up_once_connected() {
     .unwrap();
     assert_eq!(next(&mut events).await, LinkEvent::Up);
     assert!(handle.wait_up(T).await);
+}
+
+/// A minimal MQTT 3.1.1 broker for what Mosquitto 2.0 will not do (it grants a subscription
+/// its ACL denies and then filters the messages): it accepts one connection, answers the
+/// SUBSCRIBE after `delay` with the return code `code`, and answers pings.
+async fn scripted_broker(delay: Duration, code: u8) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("mqtt://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        loop {
+            let mut head = [0u8; 1];
+            if sock.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let (mut len, mut shift) = (0usize, 0);
+            loop {
+                let mut b = [0u8; 1];
+                sock.read_exact(&mut b).await.unwrap();
+                len |= usize::from(b[0] & 0x7f) << shift;
+                shift += 7;
+                if b[0] & 0x80 == 0 {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; len];
+            sock.read_exact(&mut body).await.unwrap();
+            let answer: Vec<u8> = match head[0] >> 4 {
+                1 => vec![0x20, 2, 0, 0],
+                8 => {
+                    tokio::time::sleep(delay).await;
+                    vec![0x90, 3, body[0], body[1], code]
+                }
+                12 => vec![0xd0, 0],
+                _ => continue,
+            };
+            sock.write_all(&answer).await.unwrap();
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn up_comes_with_the_subscription_acknowledgement_and_never_with_a_refusal() {
+    let plain = |url: String, id: &str| {
+        LinkOptions::new(BrokerConfig::plain(url), id).subscribe(["t/down".to_owned()])
+    };
+    // Acknowledged late: nothing is up before the SUBACK.
+    let url = scripted_broker(Duration::from_millis(600), 0x01).await;
+    let (handle, mut events) = link::spawn(plain(url, "dev-3")).unwrap();
+    assert!(
+        !handle.wait_up(Duration::from_millis(300)).await,
+        "up before the broker acknowledged the subscription"
+    );
+    assert_eq!(next(&mut events).await, LinkEvent::Up);
+    // Refused (0x80, as an ACL would): the link stays down.
+    let url = scripted_broker(Duration::ZERO, 0x80).await;
+    let (handle, _events) = link::spawn(plain(url, "dev-4")).unwrap();
+    assert!(
+        !handle.wait_up(Duration::from_secs(1)).await,
+        "up although the broker refused the subscription"
+    );
+}
+
+#[tokio::test]
+async fn a_finishing_link_gives_up_when_the_broker_is_gone_instead_of_reconnecting() {
+    let mut broker = Mosquitto::start();
+    let mut o = options(&broker, "dev-5");
+    o.queue = 1;
+    let (handle, mut events) = link::spawn(o).unwrap();
+    assert_eq!(next(&mut events).await, LinkEvent::Up);
+    handle.finish();
+    broker.stop();
+    // Publishing fails as soon as the link noticed, instead of waiting for a broker that
+    // may never come back (a hub shutting down with answers queued).
+    let gave_up = tokio::time::timeout(T, async {
+        loop {
+            if handle.publish("t/up", b"x".to_vec()).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(gave_up.is_ok(), "publishing still waits for a reconnection");
+}
+
+#[tokio::test]
+async fn an_invalid_topic_filter_is_refused_at_the_start() {
+    let broker = Mosquitto::start();
+    let mut o = options(&broker, "dev-6");
+    o.subscriptions = vec!["t/#/x".into()];
+    assert!(matches!(
+        link::spawn(o),
+        Err(qrcash_io::LinkError::BadFilter(f)) if f == "t/#/x"
+    ));
 }

@@ -152,12 +152,12 @@ impl AgentHandle {
         &self.recovered
     }
 
-    /// Stops all tasks (the presence topic falls back to "offline" by the broker's last
-    /// will or on the next connect).
+    /// Stops all tasks; the link publishes the retained "offline" presence before it
+    /// disconnects (a clean disconnect discards the last will).
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         self.camera_stop.store(true, Ordering::SeqCst);
-        self.link.disconnect().await;
+        self.link.disconnect(Duration::from_secs(1)).await;
         for t in self.tasks.drain(..) {
             t.abort();
             let _ = t.await;
@@ -281,6 +281,7 @@ impl Agent {
             .subscribe([topics::atm_down(&config.atm_id)]);
         options.last_will = Some(status("offline"));
         options.on_connect = vec![status("online")];
+        options.on_disconnect = vec![status("offline")];
         let (link, link_rx) = link::spawn(options)?;
 
         let (stop, stop_rx) = watch::channel(false);
