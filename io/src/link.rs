@@ -211,21 +211,9 @@ impl LinkHandle {
         self.finish();
         let deadline = tokio::time::Instant::now() + drain;
         let queued = async {
-            for p in self.on_disconnect.iter() {
-                let sent = self
-                    .client
-                    .publish(
-                        p.topic.as_str(),
-                        QoS::AtLeastOnce,
-                        p.retain,
-                        p.payload.clone(),
-                    )
-                    .await;
-                if sent.is_err() {
-                    return;
-                }
+            if publish_all(&self.client, &self.on_disconnect).await.is_ok() {
+                let _ = self.client.disconnect().await;
             }
-            let _ = self.client.disconnect().await;
         };
         let _ = tokio::time::timeout_at(deadline, queued).await;
         let mut up = self.up.clone();
@@ -393,18 +381,26 @@ async fn renew(
                 return;
             }
         }
-        for p in &on_connect {
-            let sent = client
-                .publish(
-                    p.topic.as_str(),
-                    QoS::AtLeastOnce,
-                    p.retain,
-                    p.payload.clone(),
-                )
-                .await;
-            if let Err(e) = sent {
-                tracing::warn!(error = %e, topic = %p.topic, "cannot publish on connect");
-            }
+        if let Err(e) = publish_all(&client, &on_connect).await {
+            tracing::warn!(error = %e, "cannot publish on connect");
         }
     }
+}
+
+/// Queues `publications` in order, at QoS 1.
+async fn publish_all(
+    client: &AsyncClient,
+    publications: &[Publication],
+) -> Result<(), ClientError> {
+    for p in publications {
+        client
+            .publish(
+                p.topic.as_str(),
+                QoS::AtLeastOnce,
+                p.retain,
+                p.payload.clone(),
+            )
+            .await?;
+    }
+    Ok(())
 }
