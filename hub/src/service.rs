@@ -109,7 +109,6 @@ pub struct ServiceStats {
 #[derive(Debug)]
 pub struct HubHandle {
     stop: watch::Sender<bool>,
-    ready: watch::Receiver<bool>,
     stats: watch::Receiver<ServiceStats>,
     tasks: Vec<JoinHandle<()>>,
     writer: Option<std::thread::JoinHandle<Hub>>,
@@ -120,15 +119,12 @@ pub struct HubHandle {
 impl HubHandle {
     /// Waits until the hub is connected and subscribed (or `timeout` passes).
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
-        let mut rx = self.ready.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|r| *r))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        self.link.wait_up(timeout).await
     }
 
     /// Whether the hub is connected and subscribed now.
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        self.link.is_up()
     }
 
     /// The counters so far.
@@ -232,7 +228,6 @@ impl HubService {
         Ok(HubHandle {
             stop: stop_tx,
             link: link.clone(),
-            ready: link.up_watch(),
             stats: stats_rx,
             tasks,
             writer: Some(writer),

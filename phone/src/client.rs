@@ -23,7 +23,7 @@ use qrcash_protocol::{
     Amount, Clock, CodeToken, Position, PrivateKey, PublicKey, SecretField, SecretSealer, Signer,
     TxId, topics,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::error::PhoneError;
@@ -77,7 +77,6 @@ pub struct PhoneClient {
     link: LinkHandle,
     events: mpsc::Receiver<LinkEvent>,
     push_topic: String,
-    ready: watch::Receiver<bool>,
     backlog: VecDeque<Claims<PhonePush>>,
     rejected: u64,
 }
@@ -111,7 +110,6 @@ impl PhoneClient {
         options.clean_session = !settings.persistent_session;
         options.queue = 64;
         let (link, events) = link::spawn(options)?;
-        let ready = link.up_watch();
         let verifier = PushVerifier::new(
             &settings.hub_id,
             &settings.device_id,
@@ -127,7 +125,6 @@ impl PhoneClient {
             link,
             events,
             push_topic,
-            ready,
             backlog: VecDeque::new(),
             rejected: 0,
         };
@@ -162,7 +159,7 @@ impl PhoneClient {
     async fn wait_ready(&mut self) -> Result<(), PhoneError> {
         let timeout = self.settings.connect_timeout;
         let deadline = Instant::now() + timeout;
-        while !*self.ready.borrow() {
+        while !self.link.is_up() {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Err(_) => {
                     return Err(PhoneError::Timeout {
@@ -258,7 +255,7 @@ impl PhoneClient {
                 Ok(Some(LinkEvent::Message { topic, payload })) if topic == self.push_topic => {
                     payload
                 }
-                // Up and down show in `ready`; other topics are not ours to read.
+                // Up and down show in `link.is_up()`; other topics are not ours to read.
                 Ok(Some(_)) => continue,
             };
             let Some(claims) = self.verified(&bytes) else {
