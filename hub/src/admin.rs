@@ -4,7 +4,6 @@
 
 use qrcash_protocol::messages::ReceiptStatus;
 use qrcash_protocol::{Currency, Position, PublicJwk, PublicKey, TxId, topics};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{AdminError, StoreError};
 use crate::evidence::Evidence;
@@ -14,15 +13,10 @@ use crate::store::audit::{self, AuditEntry, AuditRow};
 use crate::store::ledger as books;
 use crate::store::rows::{self, AccountRow, DeviceRow, WithdrawalRow};
 use crate::store::settlement::{self, CorrectionRow, CorrectionState, ResolutionRow};
-use crate::store::{Store, from_sql, to_sql};
+use crate::store::{Db, Store, registry};
 use crate::withdrawal::{Event, Phase, transition};
 
-fn audit_op(
-    db: &rusqlite::Connection,
-    at: u64,
-    cmd: &str,
-    detail: String,
-) -> Result<(), StoreError> {
+fn audit_op(db: Db<'_>, at: u64, cmd: &str, detail: String) -> Result<(), StoreError> {
     audit::append(
         db,
         &AuditEntry {
@@ -37,13 +31,7 @@ fn audit_op(
 }
 
 /// An `operator` audit entry naming who acted (resolutions and corrections).
-fn audit_by(
-    db: &rusqlite::Connection,
-    at: u64,
-    who: &str,
-    cmd: &str,
-    detail: String,
-) -> Result<(), StoreError> {
+fn audit_by(db: Db<'_>, at: u64, who: &str, cmd: &str, detail: String) -> Result<(), StoreError> {
     audit::append(
         db,
         &AuditEntry {
@@ -99,17 +87,11 @@ pub fn create_account(
     }
     let password_hash = hash_secret(&a.password, cost).map_err(AdminError::Invalid)?;
     let pin_hash = hash_secret(&a.pin, cost).map_err(AdminError::Invalid)?;
-    let tx = store
-        .conn_mut()
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if rows::account(&tx, &a.id)?.is_some() {
+    let tx = store.begin()?;
+    if rows::account(tx.db(), &a.id)?.is_some() {
         return Err(AdminError::Exists(format!("account {}", a.id)));
     }
-    tx.execute(
-        "INSERT INTO accounts(id, currency, password_hash, pin_hash, created_at, password_changed_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-        params![a.id, a.currency.as_str(), password_hash, pin_hash, to_sql(now)],
-    )?;
+    registry::insert_account(tx.db(), &a.id, a.currency, &password_hash, &pin_hash, now)?;
     if a.opening_balance > 0 {
         let p = Posting::movement(
             PostingKind::TopUp,
@@ -121,10 +103,10 @@ pub fn create_account(
             "opening balance",
         )
         .map_err(|e| AdminError::Invalid(e.to_string()))?;
-        books::apply(&tx, &p, now)?;
+        books::apply(tx.db(), &p, now)?;
     }
     audit_op(
-        &tx,
+        tx.db(),
         now,
         "account create",
         format!("{} in {} opening {}", a.id, a.currency, a.opening_balance),
@@ -150,13 +132,13 @@ pub fn change_password(
         )));
     }
     let hash = hash_secret(password, cost).map_err(AdminError::Invalid)?;
-    let tx = store.conn_mut().transaction()?;
-    if !rows::set_password(&tx, id, &hash, now)? {
+    let tx = store.begin()?;
+    if !rows::set_password(tx.db(), id, &hash, now)? {
         return Err(AdminError::NotFound(format!("account {id}")));
     }
-    let signed_out = rows::end_sessions(&tx, id, None)?;
+    let signed_out = rows::end_sessions(tx.db(), id, None)?;
     audit_op(
-        &tx,
+        tx.db(),
         now,
         "account password",
         format!("{id}; signed out: {}", signed_out.join(", ")),
@@ -168,13 +150,13 @@ pub fn change_password(
 /// Ends the session of every device of an account ("sign out all devices", e.g. when the
 /// customer reports a lost phone before it is revoked). Returns the devices signed out.
 pub fn sign_out_devices(store: &mut Store, id: &str, now: u64) -> Result<Vec<String>, AdminError> {
-    let tx = store.conn_mut().transaction()?;
-    if rows::account(&tx, id)?.is_none() {
+    let tx = store.begin()?;
+    if rows::account(tx.db(), id)?.is_none() {
         return Err(AdminError::NotFound(format!("account {id}")));
     }
-    let signed_out = rows::end_sessions(&tx, id, None)?;
+    let signed_out = rows::end_sessions(tx.db(), id, None)?;
     audit_op(
-        &tx,
+        tx.db(),
         now,
         "account sign-out",
         format!("{id}; signed out: {}", signed_out.join(", ")),
@@ -198,7 +180,7 @@ pub struct AccountView {
 
 /// Shows an account.
 pub fn show_account(store: &Store, id: &str) -> Result<AccountView, AdminError> {
-    let db = store.conn();
+    let db = store.db();
     let account =
         rows::account(db, id)?.ok_or_else(|| AdminError::NotFound(format!("account {id}")))?;
     let (available, held) = books::customer_balances(db, id)?;
@@ -212,16 +194,17 @@ pub fn show_account(store: &Store, id: &str) -> Result<AccountView, AdminError> 
 
 /// Clears a freeze ("not me") after the operator has checked with the customer.
 pub fn unfreeze_account(store: &mut Store, id: &str, now: u64) -> Result<(), AdminError> {
-    let tx = store.conn_mut().transaction()?;
-    let a = rows::account(&tx, id)?.ok_or_else(|| AdminError::NotFound(format!("account {id}")))?;
+    let tx = store.begin()?;
+    let a =
+        rows::account(tx.db(), id)?.ok_or_else(|| AdminError::NotFound(format!("account {id}")))?;
     if !a.frozen {
         return Err(AdminError::WrongState(format!(
             "account {id} is not frozen"
         )));
     }
-    rows::set_frozen(&tx, id, false, None, now)?;
+    rows::set_frozen(tx.db(), id, false, None, now)?;
     audit_op(
-        &tx,
+        tx.db(),
         now,
         "account unfreeze",
         format!("{id} (was: {})", a.frozen_reason.unwrap_or_default()),
@@ -248,20 +231,26 @@ pub struct NewBankAccount {
 /// Registers a bank account for payouts.
 pub fn add_bank_account(store: &mut Store, b: &NewBankAccount, now: u64) -> Result<(), AdminError> {
     check_id("bank account id", &b.id)?;
-    let tx = store.conn_mut().transaction()?;
-    if rows::account(&tx, &b.account)?.is_none() {
+    let tx = store.begin()?;
+    if rows::account(tx.db(), &b.account)?.is_none() {
         return Err(AdminError::NotFound(format!("account {}", b.account)));
     }
-    if rows::bank_account_owner(&tx, &b.id)?.is_some() {
+    if rows::bank_account_owner(tx.db(), &b.id)?.is_some() {
         return Err(AdminError::Exists(format!("bank account {}", b.id)));
     }
-    tx.execute(
-        "INSERT INTO bank_accounts(id, account, bank, number, holder, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![b.id, b.account, b.bank, b.number, b.holder, to_sql(now)],
+    registry::insert_bank_account(
+        tx.db(),
+        &registry::BankAccountRow {
+            id: &b.id,
+            account: &b.account,
+            bank: &b.bank,
+            number: &b.number,
+            holder: &b.holder,
+        },
+        now,
     )?;
     audit_op(
-        &tx,
+        tx.db(),
         now,
         "account bank-add",
         format!("{} for {} at {}", b.id, b.account, b.bank),
@@ -303,26 +292,22 @@ pub fn enroll_atm(store: &mut Store, a: &NewAtm, now: u64) -> Result<(), AdminEr
         serde_json::to_string(&key.to_jwk()).map_err(|e| AdminError::Invalid(e.to_string()))?;
     let denoms =
         serde_json::to_string(&a.denominations).map_err(|e| AdminError::Invalid(e.to_string()))?;
-    let tx = store.conn_mut().transaction()?;
-    tx.execute(
-        "INSERT INTO atms(id, name, address, lat, lon, public_jwk, kid, denominations, active, enrolled_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9)
-         ON CONFLICT(id) DO UPDATE SET name = ?2, address = ?3, lat = ?4, lon = ?5,
-             public_jwk = ?6, kid = ?7, denominations = ?8, active = 1",
-        params![
-            a.id,
-            a.name,
-            a.address,
-            a.position.lat,
-            a.position.lon,
-            jwk,
-            key.kid().as_str(),
-            denoms,
-            to_sql(now)
-        ],
+    let tx = store.begin()?;
+    registry::enroll_atm(
+        tx.db(),
+        &registry::AtmEnrolment {
+            id: &a.id,
+            name: &a.name,
+            address: &a.address,
+            position: a.position,
+            public_jwk: &jwk,
+            kid: key.kid().as_str(),
+            denominations: &denoms,
+        },
+        now,
     )?;
     audit_op(
-        &tx,
+        tx.db(),
         now,
         "atm enroll",
         format!("{} key {} at {}", a.id, key.kid(), a.address),
@@ -350,29 +335,19 @@ pub fn add_merchant(store: &mut Store, m: &NewMerchant, now: u64) -> Result<(), 
     m.position
         .validate()
         .map_err(|e| AdminError::Invalid(format!("position: {e}")))?;
-    let tx = store.conn_mut().transaction()?;
-    if rows::merchant(&tx, &m.id)?.is_some() {
+    let tx = store.begin()?;
+    if rows::merchant(tx.db(), &m.id)?.is_some() {
         return Err(AdminError::Exists(format!("merchant {}", m.id)));
     }
-    tx.execute(
-        "INSERT INTO merchants(id, name, currency, lat, lon, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            m.id,
-            m.name,
-            m.currency.as_str(),
-            m.position.lat,
-            m.position.lon,
-            to_sql(now)
-        ],
-    )?;
-    audit_op(&tx, now, "merchant add", format!("{} {}", m.id, m.name))?;
+    registry::insert_merchant(tx.db(), &m.id, &m.name, m.currency, m.position, now)?;
+    audit_op(tx.db(), now, "merchant add", format!("{} {}", m.id, m.name))?;
     tx.commit()?;
     Ok(())
 }
 
 /// Devices, of one account or all.
 pub fn list_devices(store: &Store, account: Option<&str>) -> Result<Vec<DeviceRow>, AdminError> {
-    Ok(rows::devices(store.conn(), account)?)
+    Ok(rows::devices(store.db(), account)?)
 }
 
 /// Revokes a device.
@@ -382,18 +357,18 @@ pub fn revoke_device(
     reason: &str,
     now: u64,
 ) -> Result<(), AdminError> {
-    let tx = store.conn_mut().transaction()?;
-    if !rows::revoke_device(&tx, id, reason, now)? {
+    let tx = store.begin()?;
+    if !rows::revoke_device(tx.db(), id, reason, now)? {
         return Err(AdminError::NotFound(format!("active device {id}")));
     }
-    audit_op(&tx, now, "device revoke", format!("{id}: {reason}"))?;
+    audit_op(tx.db(), now, "device revoke", format!("{id}: {reason}"))?;
     tx.commit()?;
     Ok(())
 }
 
 /// Devices under a restriction still in force at `now`.
 pub fn list_restrictions(store: &Store, now: u64) -> Result<Vec<DeviceRow>, AdminError> {
-    Ok(rows::devices(store.conn(), None)?
+    Ok(rows::devices(store.db(), None)?
         .into_iter()
         .filter(|d| d.restricted_until.is_some_and(|u| u > now))
         .collect())
@@ -401,17 +376,17 @@ pub fn list_restrictions(store: &Store, now: u64) -> Result<Vec<DeviceRow>, Admi
 
 /// Lifts a device's restriction before its time.
 pub fn lift_restriction(store: &mut Store, device: &str, now: u64) -> Result<(), AdminError> {
-    let tx = store.conn_mut().transaction()?;
-    let d = rows::device(&tx, device)?
+    let tx = store.begin()?;
+    let d = rows::device(tx.db(), device)?
         .ok_or_else(|| AdminError::NotFound(format!("device {device}")))?;
     if d.restricted_until.is_none() {
         return Err(AdminError::WrongState(format!(
             "device {device} is not restricted"
         )));
     }
-    rows::set_restriction(&tx, device, None, None)?;
+    rows::set_restriction(tx.db(), device, None, None)?;
     audit_op(
-        &tx,
+        tx.db(),
         now,
         "restriction lift",
         format!(
@@ -439,11 +414,13 @@ pub struct TxFilter {
 
 /// Lists withdrawals.
 pub fn list_withdrawals(store: &Store, f: &TxFilter) -> Result<Vec<WithdrawalRow>, AdminError> {
-    let phase = f.phase.map(|p| p.as_str().to_owned());
-    let mut list = rows::withdrawals_where(
-        store.conn(),
-        "(?1 IS NULL OR phase = ?1) AND (?2 = 0 OR needs_reconciliation = 1) AND (?3 IS NULL OR account = ?3)",
-        &[&phase, &f.flagged, &f.account],
+    let mut list = rows::withdrawals(
+        store.db(),
+        &rows::Listing::Matching {
+            phase: f.phase,
+            flagged: f.flagged,
+            account: f.account.as_deref(),
+        },
     )?;
     if let Some(n) = f.limit {
         let skip = list.len().saturating_sub(n);
@@ -452,47 +429,17 @@ pub fn list_withdrawals(store: &Store, f: &TxFilter) -> Result<Vec<WithdrawalRow
     Ok(list)
 }
 
-/// A dispense report as received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReportRow {
-    /// When received.
-    pub received_at: u64,
-    /// From which ATM.
-    pub atm_id: String,
-    /// Its message id.
-    pub jti: String,
-    /// The device's verdict.
-    pub outcome: String,
-    /// Value reported exited.
-    pub dispensed: u64,
-    /// Whether it changed the transaction.
-    pub applied: bool,
-}
+pub use crate::store::settlement::ReportRow;
 
 /// One withdrawal with every dispense report received for it.
 pub fn show_withdrawal(
     store: &Store,
     tx: &TxId,
 ) -> Result<(WithdrawalRow, Vec<ReportRow>), AdminError> {
-    let db = store.conn();
+    let db = store.db();
     let w = rows::withdrawal(db, tx)?
         .ok_or_else(|| AdminError::NotFound(format!("transaction {tx}")))?;
-    let mut stmt = db.prepare(
-        "SELECT received_at, atm_id, jti, outcome, dispensed, applied FROM dispense_reports
-         WHERE tx_id = ?1 ORDER BY id",
-    )?;
-    let reports = stmt
-        .query_map([tx.to_string()], |r| {
-            Ok(ReportRow {
-                received_at: from_sql(r.get(0)?),
-                atm_id: r.get(1)?,
-                jti: r.get(2)?,
-                outcome: r.get(3)?,
-                dispensed: from_sql(r.get(4)?),
-                applied: r.get(5)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    let reports = settlement::received_reports(db, tx)?;
     Ok((w, reports))
 }
 
@@ -509,7 +456,7 @@ pub struct Resolution {
 }
 
 /// What is known about the cash of `w`: its order's notes and every report for its order.
-pub fn evidence_of(db: &rusqlite::Connection, w: &WithdrawalRow) -> Result<Evidence, AdminError> {
+pub fn evidence_of(db: Db<'_>, w: &WithdrawalRow) -> Result<Evidence, AdminError> {
     let reports = match &w.order_id {
         Some(order) => settlement::reports_of(db, &w.tx_id, order)?,
         None => Vec::new(),
@@ -523,14 +470,14 @@ pub fn evidence_of(db: &rusqlite::Connection, w: &WithdrawalRow) -> Result<Evide
 
 /// The evidence of one withdrawal (see [`crate::evidence`]).
 pub fn withdrawal_evidence(store: &Store, tx_id: &TxId) -> Result<Evidence, AdminError> {
-    let w = rows::withdrawal(store.conn(), tx_id)?
+    let w = rows::withdrawal(store.db(), tx_id)?
         .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
-    evidence_of(store.conn(), &w)
+    evidence_of(store.db(), &w)
 }
 
 /// The receipt push for a settled withdrawal, to the device that confirmed it.
 fn queue_receipt(
-    db: &rusqlite::Connection,
+    db: Db<'_>,
     w: &WithdrawalRow,
     settled: u64,
     status: ReceiptStatus,
@@ -558,10 +505,8 @@ pub fn resolve_withdrawal(
             "a resolution names the operator and the reason".into(),
         ));
     }
-    let tx = store
-        .conn_mut()
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let w = rows::withdrawal(&tx, tx_id)?
+    let tx = store.begin()?;
+    let w = rows::withdrawal(tx.db(), tx_id)?
         .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
     if w.phase == Phase::Ordered {
         let live_until = w
@@ -582,7 +527,7 @@ pub fn resolve_withdrawal(
             w.phase
         )));
     }
-    let evidence = evidence_of(&tx, &w)?;
+    let evidence = evidence_of(tx.db(), &w)?;
     evidence
         .check(r.dispensed)
         .map_err(|e| AdminError::Invalid(format!("{tx_id}: {e}")))?;
@@ -593,22 +538,22 @@ pub fn resolve_withdrawal(
         },
     )
     .map_err(|e| AdminError::WrongState(e.to_string()))?;
-    if !rows::set_phase(&tx, tx_id, w.phase, step.next, now)? {
+    if !rows::set_phase(tx.db(), tx_id, w.phase, step.next, now)? {
         return Err(AdminError::WrongState(format!(
             "transaction {tx_id} changed concurrently"
         )));
     }
     for effect in &step.ledger {
-        books::apply(&tx, &crate::handler::posting_for(&w, *effect)?, now)?;
+        books::apply(tx.db(), &crate::handler::posting_for(&w, *effect)?, now)?;
     }
     let note = format!(
         "resolved by {}: {} paid out ({})",
         r.operator, r.dispensed, r.reason
     );
-    rows::record_settlement(&tx, tx_id, step.settled, false, Some(&note))?;
+    rows::record_settlement(tx.db(), tx_id, step.settled, false, Some(&note))?;
     let evidence_json = evidence_json(&evidence);
     settlement::record_resolution(
-        &tx,
+        tx.db(),
         tx_id,
         &settlement::ResolutionRow {
             operator: r.operator.clone(),
@@ -621,10 +566,10 @@ pub fn resolve_withdrawal(
         },
     )?;
     if let Some(status) = step.receipt {
-        queue_receipt(&tx, &w, step.settled, status, now)?;
+        queue_receipt(tx.db(), &w, step.settled, status, now)?;
     }
     audit_by(
-        &tx,
+        tx.db(),
         now,
         &r.operator,
         "tx resolve",
@@ -658,7 +603,7 @@ fn evidence_json(e: &Evidence) -> String {
 
 /// The resolution of a withdrawal, if an operator settled it.
 pub fn resolution_of(store: &Store, tx_id: &TxId) -> Result<Option<ResolutionRow>, AdminError> {
-    Ok(settlement::resolution(store.conn(), tx_id)?)
+    Ok(settlement::resolution(store.db(), tx_id)?)
 }
 
 /// Corrections of one withdrawal, or of all (`None`); only waiting ones with `open`.
@@ -667,7 +612,7 @@ pub fn corrections(
     tx_id: Option<&TxId>,
     open: bool,
 ) -> Result<Vec<CorrectionRow>, AdminError> {
-    Ok(settlement::corrections(store.conn(), tx_id, open)?)
+    Ok(settlement::corrections(store.db(), tx_id, open)?)
 }
 
 /// Decides a proposed correction. Approval books the difference between the customer and
@@ -688,10 +633,8 @@ pub fn decide_correction(
             "a decision names the operator and the reason".into(),
         ));
     }
-    let tx = store
-        .conn_mut()
-        .transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let c = settlement::correction(&tx, id)?
+    let tx = store.begin()?;
+    let c = settlement::correction(tx.db(), id)?
         .ok_or_else(|| AdminError::NotFound(format!("correction {id}")))?;
     if c.state != CorrectionState::Proposed {
         return Err(AdminError::WrongState(format!(
@@ -702,21 +645,21 @@ pub fn decide_correction(
         .tx_id
         .parse()
         .map_err(|e: String| AdminError::Store(StoreError::Corrupt(e)))?;
-    let w = rows::withdrawal(&tx, &tx_id)?
+    let w = rows::withdrawal(tx.db(), &tx_id)?
         .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
     let state = if approve {
         CorrectionState::Approved
     } else {
         CorrectionState::Rejected
     };
-    if !settlement::decide_correction(&tx, id, state, operator, note, now)? {
+    if !settlement::decide_correction(tx.db(), id, state, operator, note, now)? {
         return Err(AdminError::WrongState(format!(
             "correction {id} changed concurrently"
         )));
     }
     if !approve {
         audit_by(
-            &tx,
+            tx.db(),
             now,
             operator,
             "tx correction reject",
@@ -763,7 +706,7 @@ pub fn decide_correction(
             text,
         )
         .map_err(|e| AdminError::Store(StoreError::Unbalanced(e.to_string())))?;
-        match books::apply(&tx, &posting, now) {
+        match books::apply(tx.db(), &posting, now) {
             Ok(_) => {}
             Err(StoreError::Overdraft(account)) => {
                 return Err(AdminError::WrongState(format!(
@@ -781,7 +724,7 @@ pub fn decide_correction(
     } else {
         (Phase::Partial, ReceiptStatus::Partial)
     };
-    if phase != w.phase && !rows::set_phase(&tx, &tx_id, w.phase, phase, now)? {
+    if phase != w.phase && !rows::set_phase(tx.db(), &tx_id, w.phase, phase, now)? {
         return Err(AdminError::WrongState(format!(
             "transaction {tx_id} changed concurrently"
         )));
@@ -790,10 +733,10 @@ pub fn decide_correction(
         "corrected by {operator} (correction {id}): {} → {} paid out ({note})",
         c.from_settled, c.to_settled
     );
-    rows::record_settlement(&tx, &tx_id, c.to_settled, false, Some(&record))?;
-    queue_receipt(&tx, &w, c.to_settled, status, now)?;
+    rows::record_settlement(tx.db(), &tx_id, c.to_settled, false, Some(&record))?;
+    queue_receipt(tx.db(), &w, c.to_settled, status, now)?;
     audit_by(
-        &tx,
+        tx.db(),
         now,
         operator,
         "tx correction approve",
@@ -806,8 +749,8 @@ pub fn decide_correction(
 /// Clears the reconciliation flag of a withdrawal in a final phase after the operator
 /// looked into it (e.g. a late report that disagreed), with a note for the record.
 pub fn clear_flag(store: &mut Store, tx_id: &TxId, note: &str, now: u64) -> Result<(), AdminError> {
-    let tx = store.conn_mut().transaction()?;
-    let w = rows::withdrawal(&tx, tx_id)?
+    let tx = store.begin()?;
+    let w = rows::withdrawal(tx.db(), tx_id)?
         .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
     if !w.needs_reconciliation {
         return Err(AdminError::WrongState(format!("{tx_id} is not flagged")));
@@ -819,36 +762,28 @@ pub fn clear_flag(store: &mut Store, tx_id: &TxId, note: &str, now: u64) -> Resu
         )));
     }
     let note = format!("reconciled by operator: {note}");
-    rows::record_settlement(&tx, tx_id, w.settled, false, Some(&note))?;
-    audit_op(&tx, now, "tx clear-flag", format!("{tx_id}: {note}"))?;
+    rows::record_settlement(tx.db(), tx_id, w.settled, false, Some(&note))?;
+    audit_op(tx.db(), now, "tx clear-flag", format!("{tx_id}: {note}"))?;
     tx.commit()?;
     Ok(())
 }
 
 /// Checks the books (see [`books::check`]).
 pub fn ledger_check(store: &Store) -> Result<LedgerReport, AdminError> {
-    Ok(books::check(store.conn())?)
+    Ok(books::check(store.db())?)
 }
 
 /// The latest audit entries.
 pub fn audit_tail(store: &Store, n: usize) -> Result<Vec<AuditRow>, AdminError> {
-    Ok(audit::tail(store.conn(), n)?)
+    Ok(audit::tail(store.db(), n)?)
 }
 
 /// Withdrawals still in a non-final phase, or flagged (for tests and monitoring).
 pub fn unsettled(store: &Store) -> Result<Vec<WithdrawalRow>, AdminError> {
-    Ok(rows::withdrawals_where(
-        store.conn(),
-        "phase IN ('registered', 'presented', 'ordered', 'in_doubt') OR needs_reconciliation = 1",
-        &[],
-    )?)
+    Ok(rows::withdrawals(store.db(), &rows::Listing::Unsettled)?)
 }
 
 /// The hub's outgoing sequence counter (tests: strictly increasing across restarts).
 pub fn hub_seq(store: &Store) -> Result<u64, AdminError> {
-    let v: Option<i64> = store
-        .conn()
-        .query_row("SELECT value FROM meta WHERE key = 'seq'", [], |r| r.get(0))
-        .optional()?;
-    Ok(v.map_or(0, from_sql))
+    Ok(crate::store::current_seq(store.db())?)
 }

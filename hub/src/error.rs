@@ -5,6 +5,8 @@
 
 use thiserror::Error;
 
+pub use crate::store::StoreError;
+
 /// The configuration file could not be used.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -22,26 +24,6 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("config value is invalid: {0}")]
     Invalid(String),
-}
-
-/// The database failed.
-#[derive(Debug, Error)]
-pub enum StoreError {
-    /// SQLite reported an error.
-    #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    /// The schema could not be brought up to date.
-    #[error("database migration failed: {0}")]
-    Migration(String),
-    /// A row holds a value this version cannot read (hand-edited or corrupted database).
-    #[error("database holds an unreadable value: {0}")]
-    Corrupt(String),
-    /// A posting would leave a customer account negative: a bug upstream, refused here.
-    #[error("posting would overdraw ledger account {0}")]
-    Overdraft(String),
-    /// A posting whose entries do not sum to zero: a bug, refused here.
-    #[error("unbalanced posting {0}")]
-    Unbalanced(String),
 }
 
 /// An operator command failed.
@@ -62,10 +44,4 @@ pub enum AdminError {
     /// Not possible in the current state.
     #[error("{0}")]
     WrongState(String),
-}
-
-impl From<rusqlite::Error> for AdminError {
-    fn from(e: rusqlite::Error) -> Self {
-        AdminError::Store(StoreError::Sqlite(e))
-    }
 }

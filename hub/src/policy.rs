@@ -7,12 +7,12 @@
 
 use qrcash_protocol::messages::{LimitKind, RestrictionReason};
 use qrcash_protocol::{Amount, RejectReason};
-use rusqlite::Connection;
 
 use crate::error::StoreError;
 use crate::restriction::{self, ActiveRestriction, Function};
+use crate::store::rows;
 use crate::store::rows::{AccountRow, DeviceRow, DeviceStatus};
-use crate::store::{from_sql, to_sql};
+use crate::store::{Db, operations};
 use crate::warnings::local_day_start;
 use crate::withdrawal::Phase;
 
@@ -43,16 +43,13 @@ pub fn effective_restriction(
 
 /// The single gate of every asset-decreasing operation (register and confirm withdrawal,
 /// transfer, payment, bank withdrawal): the account must not be frozen, the device must be
-/// active and not restricted. `tx` is the transaction the operation runs in; the checks read
-/// nothing else today, but the signature keeps room for policies that need history.
+/// active and not restricted.
 pub fn check_may_move_money(
-    tx: &Connection,
     account: &AccountRow,
     device: &DeviceRow,
     function: Function,
     now: u64,
 ) -> Result<(), RejectReason> {
-    let _ = tx;
     debug_assert!(function.decreases_assets(), "{function:?} is not money out");
     if device.status == DeviceStatus::Revoked {
         return Err(RejectReason::DeviceRevoked);
@@ -88,31 +85,18 @@ pub fn check_limits(
 /// Withdrawals of `account` registered since the local day started that still count (not
 /// failed, expired, declined or cancelled; partial ones count what was paid).
 pub fn withdrawn_today(
-    db: &Connection,
+    db: Db<'_>,
     account: &str,
     now: u64,
     utc_offset_minutes: i32,
 ) -> Result<u64, StoreError> {
     let since = local_day_start(now, utc_offset_minutes);
-    let mut stmt = db.prepare(
-        "SELECT phase, amount, settled FROM withdrawals WHERE account = ?1 AND registered_at >= ?2",
-    )?;
-    let rows = stmt
-        .query_map(rusqlite::params![account, to_sql(since)], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
     let mut total = 0u64;
-    for (phase, amount, settled) in rows {
-        let phase: Phase = phase.parse().map_err(StoreError::Corrupt)?;
+    for (phase, amount, settled) in rows::withdrawn_since(db, account, since)? {
         if phase == Phase::Partial {
-            total = total.saturating_add(from_sql(settled));
+            total = total.saturating_add(settled);
         } else if phase.counts_against_limit() {
-            total = total.saturating_add(from_sql(amount));
+            total = total.saturating_add(amount);
         }
     }
     Ok(total)
@@ -120,41 +104,24 @@ pub fn withdrawn_today(
 
 /// Transfers, payments and bank withdrawals of `account` since the local day started.
 pub fn paid_out_today(
-    db: &Connection,
+    db: Db<'_>,
     account: &str,
     now: u64,
     utc_offset_minutes: i32,
 ) -> Result<u64, StoreError> {
-    today(db, account, now, utc_offset_minutes, "counts_to_limit = 1")
+    let since = local_day_start(now, utc_offset_minutes);
+    operations::total_since(db, account, since, operations::Counted::PaidOut)
 }
 
 /// Top-ups of `account` since the start of the local day.
 pub fn topped_up_today(
-    db: &Connection,
+    db: Db<'_>,
     account: &str,
     now: u64,
     utc_offset_minutes: i32,
-) -> Result<u64, StoreError> {
-    today(db, account, now, utc_offset_minutes, "kind = 'top_up'")
-}
-
-fn today(
-    db: &Connection,
-    account: &str,
-    now: u64,
-    utc_offset_minutes: i32,
-    which: &str,
 ) -> Result<u64, StoreError> {
     let since = local_day_start(now, utc_offset_minutes);
-    let v: i64 = db.query_row(
-        &format!(
-            "SELECT COALESCE(SUM(amount), 0) FROM operations
-             WHERE account = ?1 AND at >= ?2 AND {which}"
-        ),
-        rusqlite::params![account, to_sql(since)],
-        |r| r.get(0),
-    )?;
-    Ok(from_sql(v))
+    operations::total_since(db, account, since, operations::Counted::TopUps)
 }
 
 #[cfg(test)]
@@ -196,34 +163,24 @@ mod tests {
 
     #[test]
     fn the_gate_checks_freeze_status_and_restriction() {
-        let db = Connection::open_in_memory().unwrap();
         let f = Function::Transfer;
         let ok = device(DeviceStatus::Active, None);
+        assert_eq!(check_may_move_money(&account(false), &ok, f, 10), Ok(()));
         assert_eq!(
-            check_may_move_money(&db, &account(false), &ok, f, 10),
-            Ok(())
-        );
-        assert_eq!(
-            check_may_move_money(&db, &account(true), &ok, f, 10),
+            check_may_move_money(&account(true), &ok, f, 10),
             Err(RejectReason::AccountFrozen)
         );
         assert_eq!(
-            check_may_move_money(
-                &db,
-                &account(false),
-                &device(DeviceStatus::Revoked, None),
-                f,
-                10
-            ),
+            check_may_move_money(&account(false), &device(DeviceStatus::Revoked, None), f, 10),
             Err(RejectReason::DeviceRevoked)
         );
         let restricted = device(DeviceStatus::Active, Some(100));
         assert_eq!(
-            check_may_move_money(&db, &account(false), &restricted, f, 10),
+            check_may_move_money(&account(false), &restricted, f, 10),
             Err(RejectReason::Restricted { until: 100 })
         );
         assert_eq!(
-            check_may_move_money(&db, &account(false), &restricted, f, 100),
+            check_may_move_money(&account(false), &restricted, f, 100),
             Ok(())
         );
         assert!(effective_restriction(&account(false), &restricted, 100).is_none());

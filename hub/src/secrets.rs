@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use qrcash_protocol::messages::PhoneUp;
 use qrcash_protocol::topics::Topic;
 use qrcash_protocol::{MAX_UPLINK_BYTES, PrivateKey, PublicKey, Sealed, SealedSecret, SecretField};
-use rusqlite::Connection;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::HubConfig;
@@ -30,8 +29,8 @@ use crate::error::StoreError;
 use crate::handler::Incoming;
 use crate::identity::{self, CheckedSecret};
 use crate::policy;
-use crate::store::Store;
 use crate::store::rows::{self, DeviceStatus};
+use crate::store::{Db, Store};
 use crate::throttle;
 
 /// A secret to check (opened: see `qrcash_protocol::sealed`) and the stored hash to check
@@ -52,7 +51,7 @@ pub struct Wanted {
 /// foreign device, a restricted device changing the password, a locked PIN, a confirmation
 /// of no withdrawal this device has at an ATM).
 pub fn wanted(
-    db: &Connection,
+    db: Db<'_>,
     cfg: &HubConfig,
     hub: &PrivateKey,
     topic: &str,
@@ -290,7 +289,8 @@ impl SecretStage {
         let wanted = Store::open_reader(&self.db)
             .map_err(|e| e.to_string())
             .and_then(|db| {
-                wanted(&db, &self.config, &self.key, topic, payload, now).map_err(|e| e.to_string())
+                wanted(db.db(), &self.config, &self.key, topic, payload, now)
+                    .map_err(|e| e.to_string())
             });
         match wanted {
             Ok(list) => list

@@ -390,7 +390,7 @@ fn a_claimed_position_next_to_the_owner_frees_nothing_until_the_owner_approves()
         let report = admin::ledger_check(rig.hub.store()).unwrap();
         assert!(report.is_ok(), "{report}");
         ["hanako", "taro"]
-            .map(|a| qrcash_hub::store::ledger::customer_balances(rig.hub.store().conn(), a))
+            .map(|a| qrcash_hub::store::ledger::customer_balances(rig.hub.store().db(), a))
             .map(Result::unwrap)
     };
     let before = ledger(&rig);
@@ -782,7 +782,15 @@ fn passwords_and_pins_are_checked_ahead_and_the_writer_runs_no_argon2() {
         let hub = rig.hub_id();
         let payload = dev.message(&hub, rig.now(), msg);
         let key = qrcash_hub::testkit::test_hub_key();
-        let list = wanted(&reader, &cfg, &key, &dev.phone_up(), &payload, rig.now()).unwrap();
+        let list = wanted(
+            reader.db(),
+            &cfg,
+            &key,
+            &dev.phone_up(),
+            &payload,
+            rig.now(),
+        )
+        .unwrap();
         let mut m = Incoming::new(dev.phone_up(), payload);
         m.checked = list
             .iter()

@@ -126,7 +126,9 @@ fn books(rig: &Rig, accounts: &[&str]) -> Books {
     Books {
         balances: accounts
             .iter()
-            .map(|a| books::customer_balances(db, a).unwrap_or_else(|e| panic!("{e}")))
+            .map(|a| {
+                books::customer_balances(rig.hub.store().db(), a).unwrap_or_else(|e| panic!("{e}"))
+            })
             .collect(),
         postings: count(rig, "postings"),
         withdrawals: count(rig, "withdrawals"),
@@ -361,7 +363,7 @@ fn a_restricted_device_keeps_balance_and_incoming_transfers_but_no_top_up() {
         }
         other => panic!("expected TransferReceived, got {other:?}"),
     }
-    let db = w.rig.hub.store().conn();
+    let db = w.rig.hub.store().db();
     assert_eq!(
         books::customer_balances(db, "hanako").ok(),
         Some((103_000, 0))
@@ -482,7 +484,7 @@ fn a_restriction_lifts_at_until_on_the_next_request_and_by_the_sweeper() {
     let (_, report) = w.rig.hub.sweep().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(report.restrictions_lifted, 2);
     for id in ["phone-a", "phone-b"] {
-        let d = qrcash_hub::store::rows::device(w.rig.hub.store().conn(), id)
+        let d = qrcash_hub::store::rows::device(w.rig.hub.store().db(), id)
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|| panic!("{id} enrolled"));
         assert_eq!(
@@ -844,7 +846,7 @@ fn a_restricted_device_can_neither_register_nor_confirm_a_withdrawal_and_no_orde
         "no hold, no phase change"
     );
     // A wrong PIN would have counted; the refusal came first, so nothing is counted.
-    let account = qrcash_hub::store::rows::account(w.rig.hub.store().conn(), "hanako")
+    let account = qrcash_hub::store::rows::account(w.rig.hub.store().db(), "hanako")
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|| panic!("hanako"));
     assert_eq!(account.pin, Default::default());

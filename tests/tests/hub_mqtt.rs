@@ -251,7 +251,7 @@ async fn a_burst_of_heartbeats_is_committed_in_groups_and_every_one_is_acked() {
     assert!(stats.batches < stats.handled, "no group commit: {stats:?}");
     let hub = net.stop().await;
     assert_eq!(
-        qrcash_hub::store::audit::count(hub.store().conn(), "accepted").unwrap(),
+        qrcash_hub::store::audit::count(hub.store().db(), "accepted").unwrap(),
         n as u64
     );
     let _ = WAIT;

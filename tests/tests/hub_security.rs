@@ -101,6 +101,6 @@ async fn only_enrolled_keys_get_answers_even_from_allowed_clients() {
     assert!(atm1.silent(QUIET).await);
 
     let hub = net.stop().await;
-    let rejected = qrcash_hub::store::audit::count(hub.store().conn(), "rejected").unwrap();
+    let rejected = qrcash_hub::store::audit::count(hub.store().db(), "rejected").unwrap();
     assert_eq!(rejected, 3 + 3, "every refusal is in the audit log");
 }

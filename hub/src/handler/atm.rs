@@ -2,7 +2,6 @@
 //! `DispenseReport` (journalled always, applied once), `OrderRefused`, `SessionCancelled`
 //! and `Heartbeat`. Every accepted message is acknowledged by `jti`.
 
-use crate::store::Cached;
 use std::collections::BTreeMap;
 
 use qrcash_protocol::messages::{
@@ -11,13 +10,11 @@ use qrcash_protocol::messages::{
     SessionCancelled,
 };
 use qrcash_protocol::{CodeToken, OrderId, RejectReason, TokenError, TxId};
-use rusqlite::params;
 
 use super::{Ctx, Fail, Outcome, Outgoing, refuse, steps};
 use crate::config::IdentityRule;
 use crate::store::rows::{self, AtmRow, WithdrawalRow};
 use crate::store::settlement;
-use crate::store::to_sql;
 use crate::warnings::{Situation, in_hour_window, local_hour};
 use crate::withdrawal::{Event, Phase, TransitionError, transition};
 
@@ -156,25 +153,9 @@ fn presented(ctx: &mut Ctx<'_>, atm: &AtmRow, c: &CodePresented) -> Result<Vec<O
 /// Which fraud warnings apply to this presentation.
 fn situation(ctx: &Ctx<'_>, atm: &AtmRow, w: &WithdrawalRow) -> Result<Situation, Fail> {
     let cfg = &ctx.cfg.warnings;
-    let used_before: i64 = ctx.db.row_cached(
-        "SELECT COUNT(*) FROM withdrawals WHERE account = ?1 AND atm_id = ?2
-         AND phase IN ('dispensed', 'partial') AND tx_id != ?3",
-        params![w.account, atm.id, w.tx_id.to_string()],
-        |r| r.get(0),
-    )?;
-    let since = to_sql(ctx.now.saturating_sub(cfg.recent_change_days * 86_400));
-    // A device enrolled recently that is not the account's very first, a re-keyed device,
-    // or a password change.
-    let changed: i64 = ctx.db.row_cached(
-        "SELECT
-           (SELECT COUNT(*) FROM devices d WHERE d.account = ?1 AND
-              ((d.enrolled_at >= ?2 AND d.enrolled_at > (SELECT MIN(enrolled_at) FROM devices
-                 WHERE account = ?1)) OR d.key_changed_at > d.enrolled_at AND d.key_changed_at >= ?2))
-         + (SELECT COUNT(*) FROM accounts a WHERE a.id = ?1 AND a.password_changed_at >= ?2
-              AND a.password_changed_at > a.created_at)",
-        params![w.account, since],
-        |r| r.get(0),
-    )?;
+    let used_before = rows::cash_taken_at(ctx.db, &w.account, &atm.id, &w.tx_id)?;
+    let since = ctx.now.saturating_sub(cfg.recent_change_days * 86_400);
+    let changed = rows::credential_changes_since(ctx.db, &w.account, since)?;
     let hour = local_hour(ctx.now, ctx.cfg.network.utc_offset_minutes);
     Ok(Situation {
         first_use_of_atm: used_before == 0,
@@ -237,21 +218,16 @@ fn report(ctx: &mut Ctx<'_>, atm: &AtmRow, r: &DispenseReport) -> Result<Vec<Out
             dispensed: r.dispensed.minor,
         },
     );
-    ctx.db.exec_cached(
-        "INSERT INTO dispense_reports(tx_id, order_id, atm_id, jti, received_at, outcome,
-                                      dispensed, report, applied)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            w.tx_id.to_string(),
-            r.order_id.to_string(),
-            atm.id,
-            ctx.jti,
-            to_sql(ctx.now),
-            format!("{:?}", r.outcome).to_lowercase(),
-            to_sql(r.dispensed.minor),
-            json,
-            step.is_ok()
-        ],
+    settlement::record_report(
+        ctx.db,
+        &settlement::ReceivedReport {
+            atm: &atm.id,
+            jti: &ctx.jti,
+            at: ctx.now,
+            report: r,
+            json: &json,
+            applied: step.is_ok(),
+        },
     )?;
     match step {
         Ok(step) => {

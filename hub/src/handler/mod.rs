@@ -42,7 +42,6 @@ use qrcash_protocol::{
     Claims, Clock, EnvelopeError, MAX_UPLINK_BYTES, PublicKey, RejectReason, ReplayError, Signer,
 };
 use qrcash_protocol::{SealedSecret, SecretField};
-use rusqlite::{Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::config::HubConfig;
@@ -51,7 +50,7 @@ use crate::identity::{self, CheckedSecret};
 use crate::rng::Entropy;
 use crate::store::audit::{self, AuditEntry};
 use crate::store::rows::{self, AtmRow, DeviceRow};
-use crate::store::{self, Store};
+use crate::store::{self, Db, Store, Tx};
 use crate::warnings::WarningCatalog;
 
 pub use sweep::SweepReport;
@@ -66,7 +65,7 @@ pub fn posting_for(
 
 /// The `Receipt` of a settled withdrawal and its device (operator settlements queue it).
 pub fn receipt_for(
-    db: &Connection,
+    db: Db<'_>,
     w: &rows::WithdrawalRow,
     settled: u64,
     status: qrcash_protocol::messages::ReceiptStatus,
@@ -233,12 +232,6 @@ impl From<StoreError> for Fail {
     }
 }
 
-impl From<rusqlite::Error> for Fail {
-    fn from(e: rusqlite::Error) -> Self {
-        Fail::Store(StoreError::Sqlite(e))
-    }
-}
-
 /// A refusal that undoes everything.
 pub(crate) fn refuse(reason: RejectReason, message: impl Into<String>) -> Fail {
     Fail::Refused(Refusal {
@@ -261,7 +254,7 @@ pub(crate) enum Sender {
 
 /// Everything a message handler may use. Time and randomness come in from outside.
 pub(crate) struct Ctx<'a> {
-    pub db: &'a Connection,
+    pub db: Db<'a>,
     pub cfg: &'a HubConfig,
     pub signer: &'a Signer,
     pub warnings: &'a WarningCatalog,
@@ -293,7 +286,7 @@ impl<'a> Shared<'a> {
     /// A context on `db` for a message `jti` from `sender`, signed with `kid`.
     fn ctx<'b>(
         &self,
-        db: &'b Connection,
+        db: Db<'b>,
         rng: &'b mut dyn Entropy,
         sender: &str,
         jti: &str,
@@ -556,9 +549,7 @@ impl Hub {
             rng,
             ..
         } = self;
-        let mut tx = store
-            .conn_mut()
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut tx = store.begin()?;
         let mut results = Vec::with_capacity(batch.len());
         for m in batch {
             results.push(process(
@@ -586,9 +577,7 @@ impl Hub {
             rng,
             ..
         } = self;
-        let tx = store
-            .conn_mut()
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = store.begin()?;
         let shared = Shared {
             cfg: config,
             signer,
@@ -596,7 +585,7 @@ impl Hub {
             now,
             checked: &[],
         };
-        let mut ctx = shared.ctx(&tx, rng.as_mut(), "", "", "");
+        let mut ctx = shared.ctx(tx.db(), rng.as_mut(), "", "", "");
         let out = sweep::sweep(&mut ctx)?;
         tx.commit()?;
         Ok(out)
@@ -605,7 +594,7 @@ impl Hub {
 
 /// One message, start to end. `Err` only for a database failure that spoils the batch.
 fn process(
-    tx: &mut rusqlite::Transaction<'_>,
+    tx: &mut Tx<'_>,
     cfg: &HubConfig,
     signer: &Signer,
     warnings: &WarningCatalog,
@@ -641,14 +630,14 @@ fn process(
         } else {
             "offline"
         };
-        let known = rows::atm_presence(tx, id, presence, now)?;
+        let known = rows::atm_presence(tx.db(), id, presence, now)?;
         entry.msg_type = Some("presence".into());
         entry.outcome = if known { "accepted" } else { "rejected" }.into();
         entry.detail = Some(presence.into());
         if !known {
             entry.reason = Some("unknown_atm".into());
         }
-        audit::append(tx, &entry)?;
+        audit::append(tx.db(), &entry)?;
         return Ok(Handled {
             outgoing: Vec::new(),
             result: if known {
@@ -660,7 +649,7 @@ fn process(
     }
 
     // Steps 1–2: nothing is answered before the signature holds.
-    let verified = match verify(tx, &m.topic, topic, &m.payload) {
+    let verified = match verify(tx.db(), &m.topic, topic, &m.payload) {
         Ok(v) => v,
         Err(e @ HandleError::SignedMalformed { .. }) => {
             // Authentic, so answered (with `re`), though it cannot be read, and changes
@@ -671,16 +660,16 @@ fn process(
             else {
                 unreachable!("matched above")
             };
-            let mut ctx = shared.ctx(tx, &mut *rng, sender, jti, "");
+            let mut ctx = shared.ctx(tx.db(), &mut *rng, sender, jti, "");
             let out = rejected(&mut ctx, class, &e)?;
             entry.jti = Some(jti.clone());
-            return finish(tx, entry, e, out, false);
+            return finish(tx.db(), entry, e, out, false);
         }
         Err(e) => {
             entry.outcome = "rejected".into();
             entry.reason = Some(reason_code(&e.reason()));
             entry.detail = Some(e.to_string());
-            audit::append(tx, &entry)?;
+            audit::append(tx.db(), &entry)?;
             tracing::debug!(topic = %m.topic, error = %e, "unauthenticated message dropped");
             return Ok(Handled {
                 outgoing: Vec::new(),
@@ -699,7 +688,7 @@ fn process(
     // but a pruned trail (`login_refusals`), and no replay window or processed record.
     let stranger = matches!(verified.sender, Sender::Phone(_, None));
 
-    let mut ctx = shared.ctx(tx, &mut *rng, &sender_id, &verified.jti, &verified.kid);
+    let mut ctx = shared.ctx(tx.db(), &mut *rng, &sender_id, &verified.jti, &verified.kid);
 
     // Step 3: addressing and times.
     let (iat, exp, addressing) = match &verified.body {
@@ -752,7 +741,7 @@ fn process(
     // Step 5: the handler, inside a savepoint.
     drop(ctx);
     let sp = tx.savepoint()?;
-    let mut ctx = shared.ctx(&sp, &mut *rng, &sender_id, &verified.jti, &verified.kid);
+    let mut ctx = shared.ctx(sp.db(), &mut *rng, &sender_id, &verified.jti, &verified.kid);
     let outcome = guarded(|| match (&verified.body, &verified.sender) {
         (Body::Atm(c), Sender::Atm(atm)) => atm::dispatch(&mut ctx, atm, &c.msg),
         (Body::Phone(c), Sender::Phone(id, device)) => {
@@ -787,7 +776,7 @@ fn process(
     }
 
     // Step 6: window, processed record and audit, with the effects.
-    let mut ctx = shared.ctx(tx, &mut *rng, &sender_id, &verified.jti, &verified.kid);
+    let mut ctx = shared.ctx(tx.db(), &mut *rng, &sender_id, &verified.jti, &verified.kid);
     ctx.detail = detail;
     if let Err(e) = &result {
         outgoing.extend(rejected(&mut ctx, verified.class, e)?);
@@ -798,22 +787,27 @@ fn process(
         Ok(_) => true,
     };
     if remember {
-        store::save_window(tx, &sender_id, &verified.kid, &window.record(verified.seq))?;
+        store::save_window(
+            tx.db(),
+            &sender_id,
+            &verified.kid,
+            &window.record(verified.seq),
+        )?;
         let answers = serde_json::to_string(&outgoing)
             .map_err(|e| StoreError::Corrupt(format!("answers: {e}")))?;
-        store::record_processed(tx, &sender_id, &verified.jti, now, &answers)?;
+        store::record_processed(tx.db(), &sender_id, &verified.jti, now, &answers)?;
     }
     entry.detail = ctx.detail.take();
     match result {
         Ok(d) => {
             entry.outcome = "accepted".into();
-            audit::append(tx, &entry)?;
+            audit::append(tx.db(), &entry)?;
             Ok(Handled {
                 outgoing,
                 result: Ok(d),
             })
         }
-        Err(e) => finish(tx, entry, e, outgoing, stranger),
+        Err(e) => finish(tx.db(), entry, e, outgoing, stranger),
     }
 }
 
@@ -836,7 +830,7 @@ fn guarded(handler: impl FnOnce() -> Outcome) -> Outcome {
 }
 
 fn finish(
-    db: &Connection,
+    db: Db<'_>,
     mut entry: AuditEntry,
     e: HandleError,
     outgoing: Vec<Outgoing>,
@@ -896,7 +890,7 @@ fn signed_malformed(
 
 /// Steps 1–2: topic, size, JWS, key, signature, claims.
 fn verify(
-    db: &Connection,
+    db: Db<'_>,
     raw_topic: &str,
     topic: Option<Topic>,
     payload: &[u8],

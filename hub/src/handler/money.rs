@@ -2,13 +2,11 @@
 //! (each with an idempotency key) and `BalanceQuery`. Every one is a double-entry posting;
 //! the asset-decreasing ones pass the same gate and limits as withdrawals.
 
-use crate::store::Cached;
 use qrcash_protocol::messages::{
     Balance, BalanceQuery, BankWithdrawal, EntryDirection, HistoryEntry, Payment, PhonePush,
     Receipt, ReceiptKind, ReceiptStatus, TopUp, Transfer,
 };
 use qrcash_protocol::{Amount, RejectReason};
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::phone::{check_amount, gate, own_account};
@@ -18,8 +16,8 @@ use crate::ledger::{LedgerAccount, Posting, PostingKind};
 use crate::policy;
 use crate::restriction::Function;
 use crate::store::ledger as books;
+use crate::store::operations;
 use crate::store::rows::{self, AccountRow, DeviceRow, DeviceStatus};
-use crate::store::to_sql;
 
 /// Most history entries a balance query may ask for.
 pub const MAX_HISTORY: u32 = 50;
@@ -40,15 +38,12 @@ fn replayed_operation<R: Serialize>(
             format!("idempotency_key must be 1 to {MAX_KEY_LEN} characters"),
         ));
     }
-    let row: Option<(String, String, String)> = ctx
-        .db
-        .row_cached(
-            "SELECT kind, request, receipt FROM operations WHERE account = ?1 AND idempotency_key = ?2",
-            params![account.id, key],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    let Some((k, req, receipt)) = row else {
+    let Some(operations::OperationRow {
+        kind: k,
+        request: req,
+        receipt,
+    }) = operations::operation(ctx.db, &account.id, key)?
+    else {
         return Ok(None);
     };
     let now_req = to_json(request)?;
@@ -104,21 +99,19 @@ fn book<R: Serialize>(
         balance: Amount::new(available, account.currency),
         at: ctx.now,
     };
-    ctx.db.exec_cached(
-        "INSERT INTO operations(account, idempotency_key, kind, reference, request, amount,
-                                counts_to_limit, receipt, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            account.id,
-            op.key,
-            op.kind,
-            posting.reference,
-            to_json(op.request)?,
-            to_sql(op.amount.minor),
-            op.counts_to_limit,
-            to_json(&receipt)?,
-            to_sql(ctx.now)
-        ],
+    operations::record_operation(
+        ctx.db,
+        &operations::NewOperation {
+            account: &account.id,
+            key: op.key,
+            kind: op.kind,
+            reference: &posting.reference,
+            request: &to_json(op.request)?,
+            amount: op.amount,
+            counts_to_limit: op.counts_to_limit,
+            receipt: &to_json(&receipt)?,
+            at: ctx.now,
+        },
     )?;
     ctx.note(format!("{} {} {}", op.kind, posting.reference, op.amount));
     let to = ctx.sender.clone();
@@ -305,19 +298,17 @@ pub(super) fn payment(
         format!("payment at {}", merchant.name),
     )?;
     // Where the device paid feeds the new-device policy's position estimate.
-    ctx.db.exec_cached(
-        "INSERT INTO payments(reference, account, device_id, merchant_id, amount, at, lat, lon)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
-            reference,
-            account.id,
-            device.id,
-            merchant.id,
-            to_sql(p.amount.minor),
-            to_sql(ctx.now),
-            merchant.position.lat,
-            merchant.position.lon
-        ],
+    operations::record_payment(
+        ctx.db,
+        &operations::PaymentRow {
+            reference: &reference,
+            account: &account.id,
+            device: &device.id,
+            merchant: &merchant.id,
+            amount: p.amount,
+            at: ctx.now,
+            position: merchant.position,
+        },
     )?;
     let op = Op {
         kind: "payment",
@@ -362,17 +353,13 @@ pub(super) fn bank_withdrawal(
         &reference,
         format!("payout to bank account {}", b.bank_account),
     )?;
-    ctx.db.exec_cached(
-        "INSERT INTO payouts(reference, account, bank_account, amount, currency, at, status)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending')",
-        params![
-            reference,
-            account.id,
-            b.bank_account,
-            to_sql(b.amount.minor),
-            b.amount.currency.as_str(),
-            to_sql(ctx.now)
-        ],
+    operations::record_payout(
+        ctx.db,
+        &reference,
+        &account.id,
+        &b.bank_account,
+        b.amount,
+        ctx.now,
     )?;
     let op = Op {
         kind: "bank_withdrawal",

@@ -2,7 +2,6 @@
 //! `RegisterWithdrawal`, `ConfirmWithdrawal`, `DeclineWithdrawal` and
 //! `AnswerNewDeviceAlert`. Money operations are in [`super::money`].
 
-use crate::store::Cached;
 use qrcash_protocol::messages::{
     AlertAnswered, AlertOutcome, AnswerNewDeviceAlert, AtmDown, CodeIssued, ConfirmWithdrawal,
     DeclineWithdrawal, DispenseOrder, IdentityEvidence, Login, LoginResult, NewDeviceAlert,
@@ -11,16 +10,15 @@ use qrcash_protocol::messages::{
 use qrcash_protocol::{
     Amount, CodeToken, OrderId, Position, PublicKey, RejectReason, SecretField, TxId,
 };
-use rusqlite::{OptionalExtension, params};
 
 use super::{Ctx, Fail, Outcome, Refusal, money, refuse, sessions, steps};
 use crate::config::IdentityRule;
 use crate::identity;
 use crate::policy::{self, check_may_move_money};
-use crate::restriction::{self, DeviceFix, Function, NewDeviceEvidence, Sighting};
+use crate::restriction::{self, DeviceFix, Function, NewDeviceEvidence};
 use crate::store::ledger as books;
 use crate::store::rows::{self, AccountRow, DeviceRow, DeviceStatus, WithdrawalRow};
-use crate::store::{from_sql, to_sql};
+use crate::store::trail;
 use crate::throttle::{self, Failures};
 use crate::withdrawal::{Event, Phase, TransitionError, transition};
 
@@ -126,7 +124,7 @@ pub(super) fn gate(
     device: &DeviceRow,
     f: Function,
 ) -> Result<(), Fail> {
-    check_may_move_money(ctx.db, account, device, f, ctx.now).map_err(|reason| {
+    check_may_move_money(account, device, f, ctx.now).map_err(|reason| {
         let message = match &reason {
             RejectReason::AccountFrozen => {
                 "the account's payments are frozen until support clears them".to_owned()
@@ -276,13 +274,9 @@ fn check_password(
     // A device id gets a bounded number of successful logins a minute (each costs argon2 and
     // a `logins` row); wrong ones are bounded by the failure counts above.
     let minute_ago = ctx.now.saturating_sub(59);
-    let (recent, oldest): (i64, Option<i64>) = ctx.db.row_cached(
-        "SELECT COUNT(*), MIN(at) FROM logins WHERE device_id = ?1 AND at >= ?2",
-        params![sender, to_sql(minute_ago)],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    if recent >= i64::from(ctx.cfg.auth.logins_per_device_per_minute) {
-        let until = oldest.map_or(ctx.now, from_sql).saturating_add(60);
+    let (recent, oldest) = trail::logins_since(ctx.db, sender, minute_ago)?;
+    if recent >= u64::from(ctx.cfg.auth.logins_per_device_per_minute) {
+        let until = oldest.unwrap_or(ctx.now).saturating_add(60);
         return Err(refuse(
             RejectReason::LoginThrottled { until },
             format!("too many logins from this device; try again from {until}"),
@@ -338,7 +332,7 @@ fn decide_new_device(
     let own = if rekeyed {
         Vec::new()
     } else {
-        sightings(ctx, new_id)?
+        trail::sightings(ctx.db, new_id)?
     };
     let evidence = NewDeviceEvidence {
         observed: restriction::observe_new_device(&own, ctx.now, policy),
@@ -359,11 +353,7 @@ fn decide_new_device(
     let window_start = ctx.now.saturating_sub(policy.login_window_secs);
     let mut logins = 0u32;
     for d in &established {
-        let n: i64 = ctx.db.row_cached(
-            "SELECT COUNT(*) FROM logins WHERE device_id = ?1 AND at >= ?2",
-            params![d.id, to_sql(window_start)],
-            |r| r.get(0),
-        )?;
+        let (n, _) = trail::logins_since(ctx.db, &d.id, window_start)?;
         logins = logins.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
     }
     let decision = restriction::decide(policy, evidence, last, logins, ctx.now);
@@ -417,17 +407,18 @@ fn apply_new_device(
     });
     for other in trusted {
         let alert_id = format!("alert-{}", ctx.random_token());
-        ctx.db.exec_cached(
-            "INSERT INTO alerts(id, account, new_device, new_kid, notified, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                alert_id,
-                account.id,
-                new.id,
-                new.kid,
-                other.id,
-                to_sql(ctx.now)
-            ],
+        trail::insert_alert(
+            ctx.db,
+            &trail::AlertRow {
+                id: alert_id.clone(),
+                account: account.id.clone(),
+                new_device: new.id.clone(),
+                new_kid: Some(new.kid.clone()),
+                notified: other.id.clone(),
+                at: ctx.now,
+                answered_at: None,
+                outcome: None,
+            },
         )?;
         out.push(ctx.push_phone(
             &other.id,
@@ -454,56 +445,19 @@ fn outlasts(a: &restriction::ActiveRestriction, b: &restriction::ActiveRestricti
     }
 }
 
-/// Where the hub saw a device: the merchants it paid and the ATMs where it presented a
-/// code, newest first (at most 100 of each).
-fn sightings(ctx: &Ctx<'_>, device_id: &str) -> Result<Vec<Sighting>, Fail> {
-    let mut out = Vec::new();
-    for sql in [
-        "SELECT at, lat, lon FROM payments WHERE device_id = ?1 ORDER BY at DESC LIMIT 100",
-        "SELECT w.presented_at, a.lat, a.lon FROM withdrawals w JOIN atms a ON a.id = w.atm_id
-         WHERE w.device_id = ?1 AND w.presented_at IS NOT NULL
-         ORDER BY w.presented_at DESC LIMIT 100",
-    ] {
-        let mut stmt = ctx.db.prepare_cached(sql)?;
-        let rows = stmt.query_map([device_id], |r| {
-            Ok(Sighting {
-                at: from_sql(r.get(0)?),
-                position: Position::new(r.get(1)?, r.get(2)?, 0.0),
-            })
-        })?;
-        for row in rows {
-            out.push(row?);
-        }
-    }
-    Ok(out)
-}
-
 /// The last known position of the account's other devices: their latest login with a
 /// position, else an estimate from their payments, timed at the newest of them.
 fn last_fix_of(ctx: &Ctx<'_>, others: &[DeviceRow]) -> Result<Option<DeviceFix>, Fail> {
     let mut best: Option<DeviceFix> = None;
     let mut payments = Vec::new();
     for d in others {
-        let fix = ctx
-            .db
-            .row_cached(
-                "SELECT at, lat, lon, accuracy_m FROM logins
-                 WHERE device_id = ?1 AND lat IS NOT NULL ORDER BY at DESC LIMIT 1",
-                [&d.id],
-                |r| {
-                    Ok(DeviceFix {
-                        at: from_sql(r.get(0)?),
-                        position: Position::new(r.get(1)?, r.get(2)?, r.get(3)?),
-                    })
-                },
-            )
-            .optional()?;
+        let fix = trail::last_login_fix(ctx.db, &d.id)?;
         if let Some(f) = fix
             && best.is_none_or(|b| f.at > b.at)
         {
             best = Some(f);
         }
-        payments.extend(sightings(ctx, &d.id)?);
+        payments.extend(trail::sightings(ctx.db, &d.id)?);
     }
     if best.is_some() {
         return Ok(best);
@@ -537,15 +491,15 @@ fn answer_alert(
             "a restricted device cannot answer new-device alerts",
         ));
     }
-    let row: Option<(String, Option<String>, Option<i64>)> = ctx
-        .db
-        .row_cached(
-            "SELECT new_device, new_kid, answered_at FROM alerts WHERE id = ?1 AND notified = ?2",
-            params![a.alert_id, device.id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    let Some((new_device, new_kid, answered)) = row else {
+    let row = trail::alert(ctx.db, &a.alert_id, &device.id)?;
+    let Some(trail::AlertRow {
+        new_device,
+        new_kid,
+        answered_at: answered,
+        outcome: first,
+        ..
+    }) = row
+    else {
         // Never echo an unbounded client string back (an id of kilobytes would come back
         // in the `Rejected` and in the audit log).
         let shown: String = a.alert_id.chars().take(64).collect();
@@ -563,11 +517,6 @@ fn answer_alert(
     // approval by answering again, and vice versa. A repeat gets the first outcome again.
     let outcome = match answered {
         Some(_) => {
-            let first: Option<String> = ctx.db.row_cached(
-                "SELECT outcome FROM alerts WHERE id = ?1",
-                [&a.alert_id],
-                |r| r.get(0),
-            )?;
             ctx.note(format!(
                 "alert {} answered again; kept the first answer",
                 a.alert_id
@@ -599,9 +548,12 @@ fn answer_alert(
         None => approve(ctx, device, account, &new_device, new_kid.as_deref())?,
     };
     if answered.is_none() {
-        ctx.db.exec_cached(
-            "UPDATE alerts SET answered_at = ?2, not_me = ?3, outcome = ?4 WHERE id = ?1",
-            params![a.alert_id, to_sql(ctx.now), a.not_me, outcome_name(outcome)],
+        trail::answer_alert(
+            ctx.db,
+            &a.alert_id,
+            ctx.now,
+            a.not_me,
+            outcome_name(outcome),
         )?;
     }
     Ok(vec![ctx.push_phone(

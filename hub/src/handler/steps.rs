@@ -107,7 +107,7 @@ pub(crate) fn apply(
 /// The `Receipt` of a settled withdrawal and the device it goes to (the one that confirmed
 /// it, else the one that registered it), with the balance after the settlement.
 pub(crate) fn receipt(
-    db: &rusqlite::Connection,
+    db: crate::store::Db<'_>,
     w: &WithdrawalRow,
     settled: u64,
     status: ReceiptStatus,

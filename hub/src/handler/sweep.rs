@@ -6,9 +6,9 @@
 
 use super::{Ctx, Fail, Outgoing, steps};
 use crate::error::StoreError;
+use crate::store;
 use crate::store::audit::{self, AuditEntry};
-use crate::store::rows::{self, WithdrawalRow};
-use crate::store::{self, from_sql, to_sql};
+use crate::store::rows::{self, Listing, WithdrawalRow};
 use crate::withdrawal::{Event, transition};
 
 /// What one sweep did.
@@ -75,15 +75,10 @@ fn step_all(
 }
 
 pub(super) fn sweep(ctx: &mut Ctx<'_>) -> Result<(Vec<Outgoing>, SweepReport), StoreError> {
-    let now = to_sql(ctx.now);
     let mut report = SweepReport::default();
     let mut out = Vec::new();
 
-    let codes = rows::withdrawals_where(
-        ctx.db,
-        "phase = 'registered' AND code_expires_at <= ?1",
-        &[&now],
-    )?;
+    let codes = rows::withdrawals(ctx.db, &Listing::CodeExpired { now: ctx.now })?;
     let (n, o) = step_all(
         ctx,
         codes,
@@ -93,8 +88,7 @@ pub(super) fn sweep(ctx: &mut Ctx<'_>) -> Result<(Vec<Outgoing>, SweepReport), S
     report.codes_expired = n;
     out.extend(o);
 
-    let sessions =
-        rows::withdrawals_where(ctx.db, "phase = 'presented' AND confirm_by < ?1", &[&now])?;
+    let sessions = rows::withdrawals(ctx.db, &Listing::ConfirmationOverdue { now: ctx.now })?;
     let (n, o) = step_all(
         ctx,
         sessions,
@@ -104,24 +98,13 @@ pub(super) fn sweep(ctx: &mut Ctx<'_>) -> Result<(Vec<Outgoing>, SweepReport), S
     report.sessions_expired = n;
     out.extend(o);
 
-    let overdue_before = to_sql(ctx.now.saturating_sub(ctx.cfg.withdrawal.report_grace_s));
-    let orders = rows::withdrawals_where(
-        ctx.db,
-        "phase = 'ordered' AND order_expires_at < ?1",
-        &[&overdue_before],
-    )?;
+    let before = ctx.now.saturating_sub(ctx.cfg.withdrawal.report_grace_s);
+    let orders = rows::withdrawals(ctx.db, &Listing::ReportOverdue { before })?;
     let (n, o) = step_all(ctx, orders, Event::ReportOverdue, "dispense report overdue")?;
     report.orders_overdue = n;
     out.extend(o);
 
-    let lifted: Vec<(String, i64)> = {
-        let mut stmt = ctx.db.prepare(
-            "SELECT id, restricted_until FROM devices
-             WHERE restricted_until IS NOT NULL AND restricted_until <= ?1",
-        )?;
-        stmt.query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?
-    };
+    let lifted = rows::restrictions_ended(ctx.db, ctx.now)?;
     for (id, until) in &lifted {
         rows::set_restriction(ctx.db, id, None, None)?;
         audit::append(
@@ -132,10 +115,7 @@ pub(super) fn sweep(ctx: &mut Ctx<'_>) -> Result<(Vec<Outgoing>, SweepReport), S
                 sender: Some(id.clone()),
                 msg_type: Some("restriction lifted".into()),
                 outcome: "done".into(),
-                detail: Some(format!(
-                    "restriction of device {id} ended at {}",
-                    from_sql(*until)
-                )),
+                detail: Some(format!("restriction of device {id} ended at {}", until)),
                 ..AuditEntry::default()
             },
         )?;

@@ -63,11 +63,11 @@ fn rejected_reason(rig: &Rig, h: &super::Handled, to: &str, atm: bool) -> Reject
 }
 
 fn balances(rig: &Rig, account: &str) -> (u64, u64) {
-    books::customer_balances(rig.hub.store().conn(), account).unwrap()
+    books::customer_balances(rig.hub.store().db(), account).unwrap()
 }
 
 fn phase(rig: &Rig, tx: &qrcash_protocol::TxId) -> Phase {
-    crate::store::rows::withdrawal(rig.hub.store().conn(), tx)
+    crate::store::rows::withdrawal(rig.hub.store().db(), tx)
         .unwrap()
         .unwrap()
         .phase
@@ -206,10 +206,7 @@ fn a_duplicate_report_is_acked_again_and_applied_once() {
     }
     assert_eq!(balances(&rig, "hanako"), (80_000, 0));
     assert_books(&rig);
-    assert_eq!(
-        audit::count(rig.hub.store().conn(), "duplicate").unwrap(),
-        2
-    );
+    assert_eq!(audit::count(rig.hub.store().db(), "duplicate").unwrap(), 2);
 }
 
 #[test]
@@ -300,7 +297,7 @@ fn a_code_is_used_once_and_expires() {
         RejectReason::CodeAlreadyUsed
     );
     // The winner keeps the transaction.
-    let w = crate::store::rows::withdrawal(rig.hub.store().conn(), &code.tx_id)
+    let w = crate::store::rows::withdrawal(rig.hub.store().db(), &code.tx_id)
         .unwrap()
         .unwrap();
     assert_eq!(w.atm_id.as_deref(), Some("atm-1"));
@@ -660,7 +657,7 @@ fn decline_and_not_me_abort_the_atm_and_freeze_the_account() {
 fn unauthenticated_garbage_gets_only_an_audit_entry() {
     let (mut rig, mut phone, mut atm) = setup(16);
     let seq_before = admin::hub_seq(rig.hub.store()).unwrap();
-    let rejected_before = audit::count(rig.hub.store().conn(), "rejected").unwrap();
+    let rejected_before = audit::count(rig.hub.store().db(), "rejected").unwrap();
     let hub = rig.hub_id();
     let good = atm.message(&hub, rig.now(), AtmUp::Heartbeat(heartbeat()));
     let stranger = TestDevice::new("atm-x");
@@ -738,7 +735,7 @@ fn unauthenticated_garbage_gets_only_an_audit_entry() {
         "nothing signed"
     );
     assert_eq!(
-        audit::count(rig.hub.store().conn(), "rejected").unwrap(),
+        audit::count(rig.hub.store().db(), "rejected").unwrap(),
         rejected_before + 10
     );
     // A phone that never logged in cannot do anything but log in.
@@ -1363,7 +1360,7 @@ fn the_code_push_fits_the_downlink_limit_and_presence_is_recorded() {
     assert!(size < qrcash_protocol::MAX_DOWNLINK_BYTES, "{size} bytes");
     let h = rig.hub.handle(&topics::atm_presence("atm-1"), b"offline");
     assert_eq!(h.result, Ok(Disposition::Presence));
-    let atm = crate::store::rows::atm(rig.hub.store().conn(), "atm-1")
+    let atm = crate::store::rows::atm(rig.hub.store().db(), "atm-1")
         .unwrap()
         .unwrap();
     assert_eq!(atm.presence.as_deref(), Some("offline"));
@@ -1718,7 +1715,7 @@ fn resolve_must_fit_the_evidence_and_the_orders_notes_and_name_who_and_why() {
     assert_eq!(rig.hub.sweep().unwrap().1.pushes_sent, 0);
     // A settled withdrawal is not resolved twice.
     assert!(try_resolve(&mut rig, resolution(12_000)).is_err());
-    let audit = audit::tail(rig.hub.store().conn(), 50).unwrap();
+    let audit = audit::tail(rig.hub.store().db(), 50).unwrap();
     assert!(audit.iter().any(|a| {
         a.entry.msg_type.as_deref() == Some("tx resolve")
             && a.entry.sender.as_deref() == Some("ops-1")

@@ -2,8 +2,8 @@
 //! rejected, with the reason) and per operator or sweeper action. Never a secret or a
 //! payload: ids, types and reasons only. Triggers in the schema refuse updates and deletes.
 
-use crate::store::Cached;
-use rusqlite::{Connection, params};
+use crate::store::Db;
+use rusqlite::params;
 
 use super::{from_sql, to_sql};
 use crate::error::StoreError;
@@ -34,7 +34,7 @@ pub struct AuditEntry {
 /// Records a refused message of a phone that has no enrolled device (a login signed by the
 /// key it carries) in the pruned `login_refusals` table instead of the append-only audit
 /// log: such keys cost nothing to make, so their refusals must not grow the hub forever.
-pub fn append_login_refusal(db: &Connection, e: &AuditEntry) -> Result<(), StoreError> {
+pub fn append_login_refusal(db: Db<'_>, e: &AuditEntry) -> Result<(), StoreError> {
     let clip =
         |s: &Option<String>, n: usize| s.as_ref().map(|s| s.chars().take(n).collect::<String>());
     db.exec_cached(
@@ -51,7 +51,7 @@ pub fn append_login_refusal(db: &Connection, e: &AuditEntry) -> Result<(), Store
 }
 
 /// Forgets login refusals from before `before`; returns how many.
-pub fn prune_login_refusals(db: &Connection, before: u64) -> Result<usize, StoreError> {
+pub fn prune_login_refusals(db: Db<'_>, before: u64) -> Result<usize, StoreError> {
     Ok(db.exec_cached("DELETE FROM login_refusals WHERE at < ?1", [to_sql(before)])?)
 }
 
@@ -65,7 +65,7 @@ pub struct AuditRow {
 }
 
 /// Appends an entry.
-pub fn append(db: &Connection, e: &AuditEntry) -> Result<(), StoreError> {
+pub fn append(db: Db<'_>, e: &AuditEntry) -> Result<(), StoreError> {
     db.exec_cached(
         "INSERT INTO audit(at, source, sender, topic, msg_type, jti, outcome, reason, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -85,7 +85,7 @@ pub fn append(db: &Connection, e: &AuditEntry) -> Result<(), StoreError> {
 }
 
 /// The latest `n` entries, oldest first.
-pub fn tail(db: &Connection, n: usize) -> Result<Vec<AuditRow>, StoreError> {
+pub fn tail(db: Db<'_>, n: usize) -> Result<Vec<AuditRow>, StoreError> {
     let mut stmt = db.prepare(
         "SELECT id, at, source, sender, topic, msg_type, jti, outcome, reason, detail
          FROM audit ORDER BY id DESC LIMIT ?1",
@@ -113,7 +113,7 @@ pub fn tail(db: &Connection, n: usize) -> Result<Vec<AuditRow>, StoreError> {
 }
 
 /// Number of entries with `outcome` (tests and operators).
-pub fn count(db: &Connection, outcome: &str) -> Result<u64, StoreError> {
+pub fn count(db: Db<'_>, outcome: &str) -> Result<u64, StoreError> {
     let n: i64 = db.row_cached(
         "SELECT COUNT(*) FROM audit WHERE outcome = ?1",
         [outcome],
@@ -130,7 +130,7 @@ mod tests {
     #[test]
     fn entries_append_and_cannot_be_changed() {
         let s = Store::open_in_memory().unwrap();
-        let db = s.conn();
+        let db = s.db();
         for i in 0..3 {
             append(
                 db,

@@ -4,11 +4,11 @@
 //! unbalanced or would overdraw an account that must not go negative, so a bug upstream
 //! cannot corrupt the books. [`check`] recomputes everything from the entries.
 
-use crate::store::Cached;
+use crate::store::Db;
 use std::collections::BTreeMap;
 
 use qrcash_protocol::Currency;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
 
 use super::{from_sql, to_sql};
 use crate::error::StoreError;
@@ -16,7 +16,7 @@ use crate::ledger::{LedgerAccount, LedgerReport, Posting};
 use crate::withdrawal::Phase;
 
 /// Writes a posting at time `at`; returns its id.
-pub fn apply(db: &Connection, p: &Posting, at: u64) -> Result<i64, StoreError> {
+pub fn apply(db: Db<'_>, p: &Posting, at: u64) -> Result<i64, StoreError> {
     if !p.is_balanced() {
         return Err(StoreError::Unbalanced(format!(
             "{} {}",
@@ -67,7 +67,7 @@ pub fn apply(db: &Connection, p: &Posting, at: u64) -> Result<i64, StoreError> {
 }
 
 /// The balance of one ledger account (0 if it never moved).
-pub fn balance(db: &Connection, account: &LedgerAccount) -> Result<i64, StoreError> {
+pub fn balance(db: Db<'_>, account: &LedgerAccount) -> Result<i64, StoreError> {
     Ok(db
         .row_cached(
             "SELECT balance FROM ledger_accounts WHERE id = ?1",
@@ -79,7 +79,7 @@ pub fn balance(db: &Connection, account: &LedgerAccount) -> Result<i64, StoreErr
 }
 
 /// A customer's available and held balances, as unsigned minor units.
-pub fn customer_balances(db: &Connection, account: &str) -> Result<(u64, u64), StoreError> {
+pub fn customer_balances(db: Db<'_>, account: &str) -> Result<(u64, u64), StoreError> {
     let a = balance(db, &LedgerAccount::Available(account.to_owned()))?;
     let h = balance(db, &LedgerAccount::Held(account.to_owned()))?;
     Ok((from_sql(a), from_sql(h)))
@@ -87,7 +87,7 @@ pub fn customer_balances(db: &Connection, account: &str) -> Result<(u64, u64), S
 
 /// One line of a customer's history: (at, signed amount on `available`, description).
 pub fn history(
-    db: &Connection,
+    db: Db<'_>,
     account: &str,
     limit: u32,
 ) -> Result<Vec<(u64, i64, String)>, StoreError> {
@@ -107,7 +107,7 @@ pub fn history(
 /// Recomputes the books: every posting sums to zero; every stored balance equals the sum of
 /// its entries; balances sum to zero per currency; no account is negative that must not be;
 /// and each customer's held balance equals the amounts of their withdrawals that hold funds.
-pub fn check(db: &Connection) -> Result<LedgerReport, StoreError> {
+pub fn check(db: Db<'_>) -> Result<LedgerReport, StoreError> {
     let mut report = LedgerReport {
         postings: from_sql(db.row_cached("SELECT COUNT(*) FROM postings", [], |r| r.get(0))?),
         ..LedgerReport::default()
@@ -215,7 +215,7 @@ pub fn check(db: &Connection) -> Result<LedgerReport, StoreError> {
 }
 
 /// Total of all balances of `currency` (zero when the books balance).
-pub fn total(db: &Connection, currency: Currency) -> Result<i64, StoreError> {
+pub fn total(db: Db<'_>, currency: Currency) -> Result<i64, StoreError> {
     Ok(db.row_cached(
         "SELECT COALESCE(SUM(balance), 0) FROM ledger_accounts WHERE currency = ?1",
         [currency.as_str()],
@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn postings_move_balances_and_the_books_balance() {
         let s = Store::open_in_memory().unwrap();
-        let db = s.conn();
+        let db = s.db();
         let avail = LedgerAccount::Available("alice".into());
         let held = LedgerAccount::Held("alice".into());
         apply(
@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn overdrafts_and_unbalanced_postings_are_refused() {
         let s = Store::open_in_memory().unwrap();
-        let db = s.conn();
+        let db = s.db();
         let avail = LedgerAccount::Available("bob".into());
         let err = apply(
             db,
@@ -301,7 +301,7 @@ mod tests {
     #[test]
     fn tampering_is_detected() {
         let s = Store::open_in_memory().unwrap();
-        let db = s.conn();
+        let db = s.db();
         apply(
             db,
             &mv(

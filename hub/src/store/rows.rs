@@ -1,11 +1,11 @@
 //! Typed rows: accounts, devices, ATMs, merchants, bank accounts and withdrawals, with the
 //! reads and writes the handler and the operator commands need.
 
-use crate::store::Cached;
+use crate::store::Db;
 use crate::throttle::Failures;
 use qrcash_protocol::messages::{CassetteStatus, NoteCount};
 use qrcash_protocol::{Amount, Currency, OrderId, Position, TxId};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, Row, params};
 
 use super::{from_sql, to_sql};
 use crate::error::StoreError;
@@ -44,7 +44,7 @@ pub struct AccountRow {
 }
 
 /// Loads an account.
-pub fn account(db: &Connection, id: &str) -> Result<Option<AccountRow>, StoreError> {
+pub fn account(db: Db<'_>, id: &str) -> Result<Option<AccountRow>, StoreError> {
     let row = db
         .row_cached(
             "SELECT id, currency, password_hash, pin_hash, created_at, password_changed_at,
@@ -87,7 +87,7 @@ pub fn account(db: &Connection, id: &str) -> Result<Option<AccountRow>, StoreErr
 }
 
 /// Stores the PIN attempt state.
-pub fn save_pin_state(db: &Connection, account: &str, s: &PinState) -> Result<(), StoreError> {
+pub fn save_pin_state(db: Db<'_>, account: &str, s: &PinState) -> Result<(), StoreError> {
     db.exec_cached(
         "UPDATE accounts SET pin_failures = ?2, pin_locked_until = ?3 WHERE id = ?1",
         params![account, s.failures, to_sql(s.locked_until)],
@@ -97,7 +97,7 @@ pub fn save_pin_state(db: &Connection, account: &str, s: &PinState) -> Result<()
 
 /// Freezes (or unfreezes) an account's asset-decreasing functions.
 pub fn set_frozen(
-    db: &Connection,
+    db: Db<'_>,
     account: &str,
     frozen: bool,
     reason: Option<&str>,
@@ -175,7 +175,7 @@ fn device_from(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
 }
 
 /// Loads a device.
-pub fn device(db: &Connection, id: &str) -> Result<Option<DeviceRow>, StoreError> {
+pub fn device(db: Db<'_>, id: &str) -> Result<Option<DeviceRow>, StoreError> {
     Ok(db
         .row_cached(
             &format!("SELECT {DEVICE_COLS} FROM devices WHERE id = ?1"),
@@ -186,7 +186,7 @@ pub fn device(db: &Connection, id: &str) -> Result<Option<DeviceRow>, StoreError
 }
 
 /// All devices, or those of one account.
-pub fn devices(db: &Connection, account: Option<&str>) -> Result<Vec<DeviceRow>, StoreError> {
+pub fn devices(db: Db<'_>, account: Option<&str>) -> Result<Vec<DeviceRow>, StoreError> {
     let mut stmt = db.prepare(&format!(
         "SELECT {DEVICE_COLS} FROM devices WHERE ?1 IS NULL OR account = ?1 ORDER BY account, id"
     ))?;
@@ -198,7 +198,7 @@ pub fn devices(db: &Connection, account: Option<&str>) -> Result<Vec<DeviceRow>,
 
 /// Enrols a new device or replaces the key of an existing one, and records the login.
 pub fn upsert_device_login(
-    db: &Connection,
+    db: Db<'_>,
     d: &DeviceRow,
     at: u64,
     position: Option<&Position>,
@@ -239,7 +239,7 @@ pub fn upsert_device_login(
 }
 
 /// Revokes a device.
-pub fn revoke_device(db: &Connection, id: &str, reason: &str, at: u64) -> Result<bool, StoreError> {
+pub fn revoke_device(db: Db<'_>, id: &str, reason: &str, at: u64) -> Result<bool, StoreError> {
     let n = db.exec_cached(
         "UPDATE devices SET status = 'revoked', revoked_at = ?2, revoked_reason = ?3
          WHERE id = ?1 AND status = 'active'",
@@ -250,7 +250,7 @@ pub fn revoke_device(db: &Connection, id: &str, reason: &str, at: u64) -> Result
 
 /// The login failures of a subject (`device:<id>` or `account:<name>`); none yet is the
 /// default.
-pub fn login_failures(db: &Connection, subject: &str) -> Result<Failures, StoreError> {
+pub fn login_failures(db: Db<'_>, subject: &str) -> Result<Failures, StoreError> {
     Ok(db
         .row_cached(
             "SELECT failures, locked_until, last_at FROM login_failures WHERE subject = ?1",
@@ -268,7 +268,7 @@ pub fn login_failures(db: &Connection, subject: &str) -> Result<Failures, StoreE
 }
 
 /// Stores a subject's login failures; the default state deletes the row.
-pub fn save_login_failures(db: &Connection, subject: &str, f: &Failures) -> Result<(), StoreError> {
+pub fn save_login_failures(db: Db<'_>, subject: &str, f: &Failures) -> Result<(), StoreError> {
     if *f == Failures::default() {
         db.exec_cached("DELETE FROM login_failures WHERE subject = ?1", [subject])?;
     } else {
@@ -293,7 +293,7 @@ pub fn save_login_failures(db: &Connection, subject: &str, f: &Failures) -> Resu
 /// for names no account exists under (throw-away names would otherwise pile up). Returns how
 /// many.
 pub fn prune_login_failures(
-    db: &Connection,
+    db: Db<'_>,
     now: u64,
     before_real: u64,
     before_other: u64,
@@ -309,12 +309,7 @@ pub fn prune_login_failures(
 }
 
 /// Sets a new password hash for an account.
-pub fn set_password(
-    db: &Connection,
-    account: &str,
-    hash: &str,
-    at: u64,
-) -> Result<bool, StoreError> {
+pub fn set_password(db: Db<'_>, account: &str, hash: &str, at: u64) -> Result<bool, StoreError> {
     let n = db.exec_cached(
         "UPDATE accounts SET password_hash = ?2, password_changed_at = ?3 WHERE id = ?1",
         params![account, hash, to_sql(at)],
@@ -325,7 +320,7 @@ pub fn set_password(
 /// Ends the sessions of an account's devices, except `keep`; returns the devices that had
 /// one, sorted. They must log in again.
 pub fn end_sessions(
-    db: &Connection,
+    db: Db<'_>,
     account: &str,
     keep: Option<&str>,
 ) -> Result<Vec<String>, StoreError> {
@@ -343,7 +338,7 @@ pub fn end_sessions(
 
 /// Sets or clears a device's restriction.
 pub fn set_restriction(
-    db: &Connection,
+    db: Db<'_>,
     id: &str,
     until: Option<u64>,
     reason: Option<&str>,
@@ -385,7 +380,7 @@ pub struct AtmRow {
 }
 
 /// Loads an ATM.
-pub fn atm(db: &Connection, id: &str) -> Result<Option<AtmRow>, StoreError> {
+pub fn atm(db: Db<'_>, id: &str) -> Result<Option<AtmRow>, StoreError> {
     let row = db
         .row_cached(
             "SELECT id, name, address, lat, lon, public_jwk, kid, denominations, cassettes,
@@ -439,7 +434,7 @@ pub fn atm(db: &Connection, id: &str) -> Result<Option<AtmRow>, StoreError> {
 }
 
 /// All ATM ids.
-pub fn atm_ids(db: &Connection) -> Result<Vec<String>, StoreError> {
+pub fn atm_ids(db: Db<'_>) -> Result<Vec<String>, StoreError> {
     let mut stmt = db.prepare("SELECT id FROM atms ORDER BY id")?;
     let rows = stmt
         .query_map([], |r| r.get(0))?
@@ -449,7 +444,7 @@ pub fn atm_ids(db: &Connection) -> Result<Vec<String>, StoreError> {
 
 /// Records an ATM heartbeat.
 pub fn atm_heartbeat(
-    db: &Connection,
+    db: Db<'_>,
     id: &str,
     state: &str,
     cassettes: &[CassetteStatus],
@@ -464,12 +459,7 @@ pub fn atm_heartbeat(
 }
 
 /// Records an ATM's presence (last will or online notice).
-pub fn atm_presence(
-    db: &Connection,
-    id: &str,
-    presence: &str,
-    at: u64,
-) -> Result<bool, StoreError> {
+pub fn atm_presence(db: Db<'_>, id: &str, presence: &str, at: u64) -> Result<bool, StoreError> {
     let n = db.exec_cached(
         "UPDATE atms SET presence = ?2, last_seen = ?3 WHERE id = ?1",
         params![id, presence, to_sql(at)],
@@ -491,7 +481,7 @@ pub struct MerchantRow {
 }
 
 /// Loads a merchant.
-pub fn merchant(db: &Connection, id: &str) -> Result<Option<MerchantRow>, StoreError> {
+pub fn merchant(db: Db<'_>, id: &str) -> Result<Option<MerchantRow>, StoreError> {
     let row = db
         .row_cached(
             "SELECT id, name, currency, lat, lon FROM merchants WHERE id = ?1",
@@ -519,7 +509,7 @@ pub fn merchant(db: &Connection, id: &str) -> Result<Option<MerchantRow>, StoreE
 }
 
 /// The owner account of a registered bank account.
-pub fn bank_account_owner(db: &Connection, id: &str) -> Result<Option<String>, StoreError> {
+pub fn bank_account_owner(db: Db<'_>, id: &str) -> Result<Option<String>, StoreError> {
     Ok(db
         .row_cached(
             "SELECT account FROM bank_accounts WHERE id = ?1",
@@ -685,7 +675,7 @@ fn withdrawal_from(raw: RawW) -> Result<WithdrawalRow, StoreError> {
 }
 
 /// Loads a withdrawal.
-pub fn withdrawal(db: &Connection, tx: &TxId) -> Result<Option<WithdrawalRow>, StoreError> {
+pub fn withdrawal(db: Db<'_>, tx: &TxId) -> Result<Option<WithdrawalRow>, StoreError> {
     db.row_cached(
         &format!("SELECT {W_COLS} FROM withdrawals WHERE tx_id = ?1"),
         [tx.to_string()],
@@ -696,9 +686,76 @@ pub fn withdrawal(db: &Connection, tx: &TxId) -> Result<Option<WithdrawalRow>, S
     .transpose()
 }
 
-/// Withdrawals matching an SQL condition on the table (operator listings and the sweeper).
-pub fn withdrawals_where(
-    db: &Connection,
+/// Which withdrawals to list, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listing<'a> {
+    /// Registered, their code expired at `now`.
+    CodeExpired {
+        /// The time of the sweep.
+        now: u64,
+    },
+    /// Presented, the confirmation deadline passed before `now`.
+    ConfirmationOverdue {
+        /// The time of the sweep.
+        now: u64,
+    },
+    /// Ordered, the order expired before `before` without a report.
+    ReportOverdue {
+        /// The order's expiry plus the report grace.
+        before: u64,
+    },
+    /// Not yet final, or flagged for reconciliation.
+    Unsettled,
+    /// The operator's filter: a phase, only flagged ones, one account (each optional).
+    Matching {
+        /// Only this phase.
+        phase: Option<Phase>,
+        /// Only those flagged for reconciliation.
+        flagged: bool,
+        /// Only this account.
+        account: Option<&'a str>,
+    },
+}
+
+/// The withdrawals of a [`Listing`].
+pub fn withdrawals(db: Db<'_>, which: &Listing<'_>) -> Result<Vec<WithdrawalRow>, StoreError> {
+    match which {
+        Listing::CodeExpired { now } => withdrawals_where(
+            db,
+            "phase = 'registered' AND code_expires_at <= ?1",
+            &[&to_sql(*now)],
+        ),
+        Listing::ConfirmationOverdue { now } => withdrawals_where(
+            db,
+            "phase = 'presented' AND confirm_by < ?1",
+            &[&to_sql(*now)],
+        ),
+        Listing::ReportOverdue { before } => withdrawals_where(
+            db,
+            "phase = 'ordered' AND order_expires_at < ?1",
+            &[&to_sql(*before)],
+        ),
+        Listing::Unsettled => withdrawals_where(
+            db,
+            "phase IN ('registered', 'presented', 'ordered', 'in_doubt') OR needs_reconciliation = 1",
+            &[],
+        ),
+        Listing::Matching {
+            phase,
+            flagged,
+            account,
+        } => withdrawals_where(
+            db,
+            "(?1 IS NULL OR phase = ?1) AND (?2 = 0 OR needs_reconciliation = 1)
+             AND (?3 IS NULL OR account = ?3)",
+            &[&phase.map(|p| p.as_str()), flagged, account],
+        ),
+    }
+}
+
+/// Withdrawals matching an SQL condition on the table.
+fn withdrawals_where(
+    db: Db<'_>,
     condition: &str,
     args: &[&dyn rusqlite::ToSql],
 ) -> Result<Vec<WithdrawalRow>, StoreError> {
@@ -712,7 +769,7 @@ pub fn withdrawals_where(
 }
 
 /// Inserts a newly registered withdrawal.
-pub fn insert_withdrawal(db: &Connection, w: &WithdrawalRow) -> Result<(), StoreError> {
+pub fn insert_withdrawal(db: Db<'_>, w: &WithdrawalRow) -> Result<(), StoreError> {
     db.exec_cached(
         "INSERT INTO withdrawals(tx_id, account, device_id, amount, currency, phase,
                                  registered_at, code_expires_at)
@@ -735,7 +792,7 @@ pub fn insert_withdrawal(db: &Connection, w: &WithdrawalRow) -> Result<(), Store
 /// two presentations racing for the same code exactly one changes the row. Returns whether
 /// this call won.
 pub fn claim_presentation(
-    db: &Connection,
+    db: Db<'_>,
     tx: &TxId,
     atm_id: &str,
     presented_at: u64,
@@ -762,7 +819,7 @@ pub fn claim_presentation(
 
 /// Moves a withdrawal from `from` to `to` (conditional on `from`); returns whether it moved.
 pub fn set_phase(
-    db: &Connection,
+    db: Db<'_>,
     tx: &TxId,
     from: Phase,
     to: Phase,
@@ -785,7 +842,7 @@ pub fn set_phase(
 
 /// Records the dispense order of a confirmed withdrawal.
 pub fn record_order(
-    db: &Connection,
+    db: Db<'_>,
     tx: &TxId,
     order_id: &OrderId,
     expires_at: u64,
@@ -810,7 +867,7 @@ pub fn record_order(
 
 /// Adds to the captured value and sets or clears the reconciliation flag with a note.
 pub fn record_settlement(
-    db: &Connection,
+    db: Db<'_>,
     tx: &TxId,
     settled: u64,
     flag: bool,
@@ -825,10 +882,83 @@ pub fn record_settlement(
 }
 
 /// Flags a withdrawal for reconciliation with a note.
-pub fn flag(db: &Connection, tx: &TxId, note: &str) -> Result<(), StoreError> {
+pub fn flag(db: Db<'_>, tx: &TxId, note: &str) -> Result<(), StoreError> {
     db.exec_cached(
         "UPDATE withdrawals SET needs_reconciliation = 1, note = ?2 WHERE tx_id = ?1",
         params![tx.to_string(), note],
     )?;
     Ok(())
+}
+
+/// How many earlier withdrawals of `account` gave out cash at `atm` (all but `except`).
+pub fn cash_taken_at(
+    db: Db<'_>,
+    account: &str,
+    atm: &str,
+    except: &TxId,
+) -> Result<u64, StoreError> {
+    let n: i64 = db.row_cached(
+        "SELECT COUNT(*) FROM withdrawals WHERE account = ?1 AND atm_id = ?2
+         AND phase IN ('dispensed', 'partial') AND tx_id != ?3",
+        params![account, atm, except.to_string()],
+        |r| r.get(0),
+    )?;
+    Ok(from_sql(n))
+}
+
+/// How many credential changes `account` saw since `since`: a device enrolled that is not
+/// the account's very first, a device re-keyed, or a password change.
+pub fn credential_changes_since(db: Db<'_>, account: &str, since: u64) -> Result<u64, StoreError> {
+    let n: i64 = db.row_cached(
+        "SELECT
+           (SELECT COUNT(*) FROM devices d WHERE d.account = ?1 AND
+              ((d.enrolled_at >= ?2 AND d.enrolled_at > (SELECT MIN(enrolled_at) FROM devices
+                 WHERE account = ?1)) OR d.key_changed_at > d.enrolled_at AND d.key_changed_at >= ?2))
+         + (SELECT COUNT(*) FROM accounts a WHERE a.id = ?1 AND a.password_changed_at >= ?2
+              AND a.password_changed_at > a.created_at)",
+        params![account, to_sql(since)],
+        |r| r.get(0),
+    )?;
+    Ok(from_sql(n))
+}
+
+/// The devices whose restriction ended at or before `now`, with when it ended.
+pub fn restrictions_ended(db: Db<'_>, now: u64) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut stmt = db.prepare(
+        "SELECT id, restricted_until FROM devices
+         WHERE restricted_until IS NOT NULL AND restricted_until <= ?1",
+    )?;
+    let rows = stmt
+        .query_map([to_sql(now)], |r| Ok((r.get(0)?, from_sql(r.get(1)?))))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// The withdrawals `account` registered since `since`: phase, amount and settled amount.
+pub fn withdrawn_since(
+    db: Db<'_>,
+    account: &str,
+    since: u64,
+) -> Result<Vec<(Phase, u64, u64)>, StoreError> {
+    let mut stmt = db.prepare_cached(
+        "SELECT phase, amount, settled FROM withdrawals WHERE account = ?1 AND registered_at >= ?2",
+    )?;
+    let rows = stmt
+        .query_map(params![account, to_sql(since)], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(phase, amount, settled)| {
+            Ok((
+                phase.parse().map_err(StoreError::Corrupt)?,
+                from_sql(amount),
+                from_sql(settled),
+            ))
+        })
+        .collect()
 }

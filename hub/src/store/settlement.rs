@@ -6,14 +6,14 @@
 
 use qrcash_protocol::messages::{DispenseReport, PhonePush};
 use qrcash_protocol::{OrderId, TxId};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
 
-use super::{Cached, from_sql, to_sql};
+use super::{Db, from_sql, to_sql};
 use crate::error::StoreError;
 
 /// Every report received for `order` of `tx`, oldest first, as the ATM sent it.
 pub fn reports_of(
-    db: &Connection,
+    db: Db<'_>,
     tx: &TxId,
     order: &OrderId,
 ) -> Result<Vec<DispenseReport>, StoreError> {
@@ -54,7 +54,7 @@ pub struct ResolutionRow {
 }
 
 /// Records a resolution (one per withdrawal: a settled withdrawal cannot be resolved again).
-pub fn record_resolution(db: &Connection, tx: &TxId, r: &ResolutionRow) -> Result<(), StoreError> {
+pub fn record_resolution(db: Db<'_>, tx: &TxId, r: &ResolutionRow) -> Result<(), StoreError> {
     db.exec_cached(
         "INSERT INTO resolutions(tx_id, operator, reason, dispensed, low, high, evidence, resolved_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -73,7 +73,7 @@ pub fn record_resolution(db: &Connection, tx: &TxId, r: &ResolutionRow) -> Resul
 }
 
 /// The resolution of `tx`, if an operator settled it.
-pub fn resolution(db: &Connection, tx: &TxId) -> Result<Option<ResolutionRow>, StoreError> {
+pub fn resolution(db: Db<'_>, tx: &TxId) -> Result<Option<ResolutionRow>, StoreError> {
     Ok(db
         .row_cached(
             "SELECT operator, reason, dispensed, low, high, evidence, resolved_at
@@ -151,7 +151,7 @@ pub struct CorrectionRow {
 
 /// Proposes a correction unless the same one is already waiting; returns its id.
 pub fn propose_correction(
-    db: &Connection,
+    db: Db<'_>,
     tx: &TxId,
     from_settled: u64,
     to_settled: u64,
@@ -206,7 +206,7 @@ const CORRECTION_COLUMNS: &str = "id, tx_id, from_settled, to_settled, cause, st
 
 /// Corrections of `tx` (all when `None`), oldest first; only waiting ones with `open`.
 pub fn corrections(
-    db: &Connection,
+    db: Db<'_>,
     tx: Option<&TxId>,
     open: bool,
 ) -> Result<Vec<CorrectionRow>, StoreError> {
@@ -227,7 +227,7 @@ pub fn corrections(
 }
 
 /// One correction by number.
-pub fn correction(db: &Connection, id: i64) -> Result<Option<CorrectionRow>, StoreError> {
+pub fn correction(db: Db<'_>, id: i64) -> Result<Option<CorrectionRow>, StoreError> {
     let sql = format!("SELECT {CORRECTION_COLUMNS} FROM corrections WHERE id = ?1");
     let row = db.row_cached(&sql, [id], correction_from).optional()?;
     row.map(|(mut c, state)| {
@@ -239,7 +239,7 @@ pub fn correction(db: &Connection, id: i64) -> Result<Option<CorrectionRow>, Sto
 
 /// Records the decision on a waiting correction; `false` if it was no longer waiting.
 pub fn decide_correction(
-    db: &Connection,
+    db: Db<'_>,
     id: i64,
     state: CorrectionState,
     by: &str,
@@ -255,12 +255,7 @@ pub fn decide_correction(
 }
 
 /// Queues a push for the running service to seal and publish.
-pub fn queue_push(
-    db: &Connection,
-    device: &str,
-    push: &PhonePush,
-    now: u64,
-) -> Result<(), StoreError> {
+pub fn queue_push(db: Db<'_>, device: &str, push: &PhonePush, now: u64) -> Result<(), StoreError> {
     let json = serde_json::to_string(push)
         .map_err(|e| StoreError::Corrupt(format!("push to {device}: {e}")))?;
     db.exec_cached(
@@ -272,7 +267,7 @@ pub fn queue_push(
 
 /// Takes every queued push (removed in the caller's transaction, so a crash before its
 /// commit leaves them queued).
-pub fn take_pushes(db: &Connection) -> Result<Vec<(String, PhonePush)>, StoreError> {
+pub fn take_pushes(db: Db<'_>) -> Result<Vec<(String, PhonePush)>, StoreError> {
     let mut stmt = db.prepare_cached("SELECT device_id, push FROM pending_pushes ORDER BY id")?;
     let rows = stmt
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
@@ -285,4 +280,80 @@ pub fn take_pushes(db: &Connection) -> Result<Vec<(String, PhonePush)>, StoreErr
                 .map_err(|e| StoreError::Corrupt(format!("queued push to {device}: {e}")))
         })
         .collect()
+}
+
+/// A dispense report as received, for [`record_report`].
+#[derive(Debug)]
+pub struct ReceivedReport<'a> {
+    /// The reporting ATM.
+    pub atm: &'a str,
+    /// The `jti` of the message that carried it.
+    pub jti: &'a str,
+    /// When it arrived.
+    pub at: u64,
+    /// The report.
+    pub report: &'a DispenseReport,
+    /// The report as received (JSON), kept for the operator.
+    pub json: &'a str,
+    /// Whether it moved the withdrawal (false: kept as evidence only).
+    pub applied: bool,
+}
+
+/// Keeps a dispense report, applied or not: every report an ATM sends is evidence.
+pub fn record_report(db: Db<'_>, r: &ReceivedReport<'_>) -> Result<(), StoreError> {
+    db.exec_cached(
+        "INSERT INTO dispense_reports(tx_id, order_id, atm_id, jti, received_at, outcome,
+                                      dispensed, report, applied)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            r.report.tx_id.to_string(),
+            r.report.order_id.to_string(),
+            r.atm,
+            r.jti,
+            to_sql(r.at),
+            format!("{:?}", r.report.outcome).to_lowercase(),
+            to_sql(r.report.dispensed.minor),
+            r.json,
+            r.applied
+        ],
+    )?;
+    Ok(())
+}
+
+/// A dispense report as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRow {
+    /// When received.
+    pub received_at: u64,
+    /// From which ATM.
+    pub atm_id: String,
+    /// Its message id.
+    pub jti: String,
+    /// The device's verdict.
+    pub outcome: String,
+    /// Value reported exited.
+    pub dispensed: u64,
+    /// Whether it changed the transaction.
+    pub applied: bool,
+}
+
+/// Every dispense report received for withdrawal `tx`, oldest first.
+pub fn received_reports(db: Db<'_>, tx: &TxId) -> Result<Vec<ReportRow>, StoreError> {
+    let mut stmt = db.prepare(
+        "SELECT received_at, atm_id, jti, outcome, dispensed, applied FROM dispense_reports
+         WHERE tx_id = ?1 ORDER BY id",
+    )?;
+    let reports = stmt
+        .query_map([tx.to_string()], |r| {
+            Ok(ReportRow {
+                received_at: from_sql(r.get(0)?),
+                atm_id: r.get(1)?,
+                jti: r.get(2)?,
+                outcome: r.get(3)?,
+                dispensed: from_sql(r.get(4)?),
+                applied: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(reports)
 }
