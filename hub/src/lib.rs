@@ -7,9 +7,10 @@
 //! - [`ledger`]: the double-entry model; [`store::ledger`] applies and checks it.
 //! - [`notes`], [`warnings`], [`identity`]: pure rules (note breakdown, fraud warnings,
 //!   secrets and PIN lockout).
-//! - [`policy`]: `check_may_move_money`, the one gate of money out, and the limits;
-//!   [`restriction`]: the pure new-device policy it applies.
-//! - [`store`]: SQLite (WAL, `synchronous=FULL`, migrations) and typed rows.
+//! - [`restriction`]: the new-device restriction in one place (policy, locate, decide, and
+//!   `check_may_move_money`, the one gate of money out); [`limits`]: how much may move.
+//! - [`store`]: every SQL statement of the hub, behind one handle (`store::Db`); SQLite
+//!   (WAL, `synchronous=FULL`, migrations) and typed rows.
 //! - [`handler`]: the pure entry point `Hub::handle(topic, bytes)`, no MQTT inside.
 //! - [`service`]: the MQTT shell (single writer with group commit, sweeper, shutdown);
 //!   [`embedded_broker`]: rumqttd in-process.
@@ -30,8 +31,8 @@ pub mod evidence;
 pub mod handler;
 pub mod identity;
 pub mod ledger;
+pub mod limits;
 pub mod notes;
-pub mod policy;
 pub mod qr;
 pub mod restriction;
 pub mod rng;

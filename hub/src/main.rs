@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use qrcash_hub::admin::{self, NewAccount, NewAtm, NewBankAccount, NewMerchant, TxFilter};
 use qrcash_hub::config::{DEFAULT_CONFIG_TOML, HubConfig};
 use qrcash_hub::identity::HashCost;
-use qrcash_hub::policy;
+use qrcash_hub::restriction;
 use qrcash_hub::service::HubService;
 use qrcash_hub::store::Store;
 use qrcash_hub::withdrawal::Phase;
@@ -659,7 +659,7 @@ fn print_device(
         qrcash_hub::store::rows::DeviceStatus::Active => "active",
         qrcash_hub::store::rows::DeviceStatus::Revoked => "revoked",
     };
-    let restriction = match policy::effective_restriction(account, d, now()) {
+    let restriction = match restriction::effective_restriction(account, d, now()) {
         Some(r) => format!(
             "restricted ({:?}) until {}",
             r.reason,

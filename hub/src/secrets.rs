@@ -28,7 +28,7 @@ use crate::config::HubConfig;
 use crate::error::StoreError;
 use crate::handler::Incoming;
 use crate::identity::{self, CheckedSecret};
-use crate::policy;
+use crate::restriction;
 use crate::store::rows::{self, DeviceStatus};
 use crate::store::{Db, Store};
 use crate::throttle;
@@ -123,8 +123,8 @@ pub fn wanted(
             one(&l.password, SecretField::Password, &phc)
         }
         PhoneUp::ChangePassword(c) => {
-            let Some(d) =
-                active.filter(|d| policy::device_restriction(d).is_none_or(|r| !r.is_active(now)))
+            let Some(d) = active
+                .filter(|d| restriction::device_restriction(d).is_none_or(|r| !r.is_active(now)))
             else {
                 return Ok(Vec::new());
             };

@@ -9,7 +9,7 @@
 //! 3. addressing (`aud` is this hub, `iss` is the topic's id), times (`iat`/`exp`);
 //! 4. duplicate (same sender and `jti` already processed) → the same answers again, applied
 //!    once; otherwise the per-sender sequence window;
-//! 5. the message's own handler (`phone.rs`, `money.rs`, `atm.rs`) inside a savepoint;
+//! 5. the message's own command (`route.rs` picks one of `cmd/`) inside a savepoint;
 //! 6. the replay window, the processed-id record with the answers, and the audit entry, in
 //!    the same transaction as the effects.
 //!
@@ -18,11 +18,10 @@
 //! refusal undoes the handler's effects (except the few that must stay, such as counting a
 //! wrong PIN). Answers are only handed out after the transaction committed.
 
-mod atm;
-mod money;
-mod phone;
-mod sessions;
-pub use sessions::MIN_PASSWORD_CHARS;
+mod cmd;
+mod guard;
+mod route;
+pub use cmd::change_password::MIN_PASSWORD_CHARS;
 #[cfg(test)]
 mod simulation;
 mod steps;
@@ -743,9 +742,9 @@ fn process(
     let sp = tx.savepoint()?;
     let mut ctx = shared.ctx(sp.db(), &mut *rng, &sender_id, &verified.jti, &verified.kid);
     let outcome = guarded(|| match (&verified.body, &verified.sender) {
-        (Body::Atm(c), Sender::Atm(atm)) => atm::dispatch(&mut ctx, atm, &c.msg),
+        (Body::Atm(c), Sender::Atm(atm)) => route::atm(&mut ctx, atm, &c.msg),
         (Body::Phone(c), Sender::Phone(id, device)) => {
-            phone::dispatch(&mut ctx, id, device.as_ref(), &c.msg)
+            route::phone(&mut ctx, id, device.as_ref(), &c.msg)
         }
         _ => Err(refuse(
             RejectReason::Malformed,

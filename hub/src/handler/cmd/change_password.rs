@@ -1,15 +1,14 @@
-//! Account security from the phone: changing the password and signing the account's other
-//! devices out. Both need an established device (a restricted newcomer could otherwise lock
-//! the owner out); neither is blocked by an account freeze, so that an owner who answered
-//! "not me" can still change the password. Money is in [`super::money`], logins and alerts
-//! in [`super::phone`].
+//! `ChangePassword`: needs an established device and the current password (throttled like
+//! a login); signs every other device out. Not blocked by an account freeze, so an owner who
+//! answered "not me" can still change it.
 
-use qrcash_protocol::messages::{ChangePassword, PhonePush, SessionsEnded};
+use qrcash_protocol::messages::ChangePassword;
 use qrcash_protocol::{RejectReason, SecretField};
 
-use super::{Ctx, Fail, Outcome, Refusal, refuse};
+use crate::handler::cmd::sign_out_others::sessions_ended;
+use crate::handler::guard::established;
+use crate::handler::{Ctx, Fail, Outcome, Refusal, refuse};
 use crate::identity::hash_secret;
-use crate::policy;
 use crate::restriction::Function;
 use crate::store::rows::{self, AccountRow, DeviceRow};
 use crate::throttle;
@@ -17,28 +16,7 @@ use crate::throttle;
 /// The shortest password the hub accepts, from the phone and from an operator alike.
 pub const MIN_PASSWORD_CHARS: usize = 8;
 
-/// Refuses `f` from a device under a restriction of its own (the account freeze is not
-/// checked: see the module comment).
-fn established(ctx: &Ctx<'_>, device: &DeviceRow, f: Function) -> Result<(), Fail> {
-    debug_assert!(f.needs_established_device());
-    match policy::device_restriction(device).filter(|r| r.is_active(ctx.now)) {
-        None => Ok(()),
-        Some(r) => Err(refuse(
-            r.until.map_or(RejectReason::AccountFrozen, |until| {
-                RejectReason::Restricted { until }
-            }),
-            format!(
-                "a device under the new-device restriction may not {}",
-                match f {
-                    Function::ChangePassword => "change the password",
-                    _ => "sign other devices out",
-                }
-            ),
-        )),
-    }
-}
-
-pub(super) fn change_password(
+pub(in crate::handler) fn change_password(
     ctx: &mut Ctx<'_>,
     device: &DeviceRow,
     account: &AccountRow,
@@ -96,36 +74,5 @@ pub(super) fn change_password(
         device.id,
         signed_out.join(", ")
     ));
-    answer(ctx, device, true, signed_out)
-}
-
-pub(super) fn sign_out_others(
-    ctx: &mut Ctx<'_>,
-    device: &DeviceRow,
-    account: &AccountRow,
-) -> Outcome {
-    established(ctx, device, Function::SignOutOtherDevices)?;
-    let signed_out = rows::end_sessions(ctx.db, &account.id, Some(&device.id))?;
-    ctx.note(format!(
-        "{} signed out the other devices of {}: {}",
-        device.id,
-        account.id,
-        signed_out.join(", ")
-    ));
-    answer(ctx, device, false, signed_out)
-}
-
-fn answer(
-    ctx: &mut Ctx<'_>,
-    device: &DeviceRow,
-    password_changed: bool,
-    signed_out: Vec<String>,
-) -> Outcome {
-    Ok(vec![ctx.push_phone(
-        &device.id,
-        PhonePush::SessionsEnded(SessionsEnded {
-            password_changed,
-            signed_out,
-        }),
-    )?])
+    sessions_ended(ctx, device, true, signed_out)
 }
