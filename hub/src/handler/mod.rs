@@ -20,6 +20,8 @@
 
 mod cmd;
 mod guard;
+mod keys;
+pub(crate) use keys::PhoneKeys;
 mod route;
 pub use cmd::change_password::MIN_PASSWORD_CHARS;
 #[cfg(test)]
@@ -35,10 +37,10 @@ use std::time::Duration;
 use qrcash_protocol::envelope::{self, Sealed};
 use qrcash_protocol::messages::Secret;
 use qrcash_protocol::messages::{AtmDown, AtmUp, PhonePush, PhoneUp, Rejected};
-use qrcash_protocol::replay::check_times;
+use qrcash_protocol::receive::{self, OpenError, ReceiveError};
 use qrcash_protocol::topics::{self, Topic};
 use qrcash_protocol::{
-    Claims, Clock, EnvelopeError, MAX_UPLINK_BYTES, PublicKey, RejectReason, ReplayError, Signer,
+    Claims, Clock, EnvelopeError, MAX_UPLINK_BYTES, RejectReason, ReplayError, Signer,
 };
 use qrcash_protocol::{SealedSecret, SecretField};
 use serde::{Deserialize, Serialize};
@@ -169,6 +171,15 @@ pub enum HandleError {
     /// The hub failed (database); nothing was applied.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<ReceiveError> for HandleError {
+    fn from(e: ReceiveError) -> Self {
+        match e {
+            ReceiveError::Envelope(e) => HandleError::Envelope(e),
+            ReceiveError::Replay(e) => HandleError::Replay(e),
+        }
+    }
 }
 
 impl HandleError {
@@ -690,26 +701,16 @@ fn process(
     let mut ctx = shared.ctx(tx.db(), &mut *rng, &sender_id, &verified.jti, &verified.kid);
 
     // Step 3: addressing and times.
-    let (iat, exp, addressing) = match &verified.body {
-        Body::Atm(c) => (
-            c.iat,
-            c.exp,
-            c.check_addressing(signer.id(), Some(&sender_id)),
-        ),
-        Body::Phone(c) => (
-            c.iat,
-            c.exp,
-            c.check_addressing(signer.id(), Some(&sender_id)),
-        ),
-    };
     let replay_cfg = if verified.class == "atm" {
         cfg.replay.atm()
     } else {
         cfg.replay.phone()
     };
-    let early = addressing
-        .map_err(HandleError::from)
-        .and_then(|()| check_times(&replay_cfg, iat, exp, now).map_err(HandleError::from));
+    let early = match &verified.body {
+        Body::Atm(c) => receive::check_claims(c, signer.id(), &sender_id, &replay_cfg, now),
+        Body::Phone(c) => receive::check_claims(c, signer.id(), &sender_id, &replay_cfg, now),
+    }
+    .map_err(HandleError::from);
     if let Err(e) = early {
         let out = rejected(&mut ctx, verified.class, &e)?;
         return finish(ctx.db, entry, e, out, stranger);
@@ -867,111 +868,48 @@ fn rejected(ctx: &mut Ctx<'_>, class: &str, e: &HandleError) -> Result<Vec<Outgo
     }])
 }
 
-/// A claims error of a message whose signature holds with the sender's enrolled key becomes
-/// [`HandleError::SignedMalformed`] (answered); any other error stays as it is (silence).
-fn signed_malformed(
-    sealed: &Sealed<'_>,
-    key: &PublicKey,
-    class: &'static str,
-    sender: &str,
-    e: EnvelopeError,
-) -> HandleError {
-    match (&e, sealed.authentic_jti(key)) {
-        (EnvelopeError::Claims(message), Some(jti)) => HandleError::SignedMalformed {
-            class,
-            sender: sender.to_owned(),
-            jti,
-            message: message.chars().take(200).collect(),
-        },
-        _ => e.into(),
-    }
-}
-
-/// Steps 1–2: topic, size, JWS, key, signature, claims.
+/// Steps 1–2: topic, then what [`receive::open`] checks (size, JWS, the key from the
+/// hub's key directory, signature, claims).
 fn verify(
     db: Db<'_>,
     raw_topic: &str,
     topic: Option<Topic>,
     payload: &[u8],
 ) -> Result<Verified, HandleError> {
-    let internal = |e: StoreError| HandleError::Internal(e.to_string());
     let topic = topic.ok_or_else(|| HandleError::Topic(raw_topic.to_owned()))?;
-    let sealed = Sealed::parse(payload, MAX_UPLINK_BYTES)?;
-    let kid = sealed.kid().as_str().to_owned();
+    let malformed = |class: &'static str, sender: &str, e| match e {
+        OpenError::Refused(e) => e,
+        OpenError::Malformed { jti, message } => HandleError::SignedMalformed {
+            class,
+            sender: sender.to_owned(),
+            jti,
+            message,
+        },
+    };
     match topic {
         Topic::AtmUp(id) => {
-            let atm = rows::atm(db, &id)
-                .map_err(internal)?
-                .ok_or_else(|| HandleError::UnknownSender(id.clone()))?;
-            if atm.kid != kid {
-                return Err(EnvelopeError::UnknownKey(kid).into());
-            }
-            let key = PublicKey::from_jwk_json(&atm.public_jwk)
-                .map_err(|e| HandleError::Internal(format!("enrolled key of ATM {id}: {e}")))?;
-            let claims: Claims<AtmUp> = sealed
-                .open(&key)
-                .map_err(|e| signed_malformed(&sealed, &key, "atm", &id, e))?;
+            let a = receive::open::<AtmUp, _>(&keys::AtmKeys(db), &id, payload, MAX_UPLINK_BYTES)
+                .map_err(|e| malformed("atm", &id, e))?;
             Ok(Verified {
-                jti: claims.jti.clone(),
-                seq: claims.seq,
-                sender: Sender::Atm(atm),
+                jti: a.claims.jti.clone(),
+                seq: a.claims.seq,
+                sender: Sender::Atm(a.entry),
                 class: "atm",
-                kid,
-                body: Body::Atm(claims),
+                kid: a.kid.as_str().to_owned(),
+                body: Body::Atm(a.claims),
             })
         }
         Topic::PhoneUp(id) => {
-            let device = rows::device(db, &id).map_err(internal)?;
-            if let Some(d) = device.as_ref().filter(|d| d.kid == kid) {
-                let key = PublicKey::from_jwk_json(&d.public_jwk).map_err(|e| {
-                    HandleError::Internal(format!("enrolled key of device {id}: {e}"))
-                })?;
-                let claims: Claims<PhoneUp> = sealed
-                    .open(&key)
-                    .map_err(|e| signed_malformed(&sealed, &key, "phone", &id, e))?;
-                // A login that enrols another key must be signed by that key (proof of
-                // possession), not by the key it replaces.
-                if let PhoneUp::Login(login) = &claims.msg
-                    && login.device.device_id == id
-                    && PublicKey::from_jwk(&login.device.public_key)
-                        .map_or(true, |k| k.kid().as_str() != kid)
-                {
-                    return Err(EnvelopeError::UnknownKey(format!(
-                        "{kid}: a login carrying another key must be signed by that key"
-                    ))
-                    .into());
-                }
-                return Ok(Verified {
-                    jti: claims.jti.clone(),
-                    seq: claims.seq,
-                    sender: Sender::Phone(id, device),
-                    class: "phone",
-                    kid,
-                    body: Body::Phone(claims),
-                });
-            }
-            // Not the enrolled key: only a Login carrying its own key may introduce one, and
-            // it must be signed by that key (proof of possession).
-            let peek: Claims<PhoneUp> = sealed.peek()?;
-            let PhoneUp::Login(login) = &peek.msg else {
-                return Err(match device {
-                    Some(_) => EnvelopeError::UnknownKey(kid).into(),
-                    None => HandleError::UnknownSender(id),
-                });
-            };
-            let key = PublicKey::from_jwk(&login.device.public_key)
-                .map_err(|_| EnvelopeError::UnknownKey(kid.clone()))?;
-            if key.kid().as_str() != kid {
-                return Err(EnvelopeError::UnknownKey(kid).into());
-            }
-            let claims: Claims<PhoneUp> = sealed.open(&key)?;
+            let a =
+                receive::open::<PhoneUp, _>(&keys::PhoneKeys(db), &id, payload, MAX_UPLINK_BYTES)
+                    .map_err(|e| malformed("phone", &id, e))?;
             Ok(Verified {
-                jti: claims.jti.clone(),
-                seq: claims.seq,
-                sender: Sender::Phone(id, device),
+                jti: a.claims.jti.clone(),
+                seq: a.claims.seq,
+                sender: Sender::Phone(id, a.entry),
                 class: "phone",
-                kid,
-                body: Body::Phone(claims),
+                kid: a.kid.as_str().to_owned(),
+                body: Body::Phone(a.claims),
             })
         }
         other => Err(HandleError::Topic(other.to_string())),

@@ -1,29 +1,16 @@
 //! `ConfirmWithdrawal`: the customer's confirmation, bound to the transaction, checked for
 //! position and identity proof (PIN); the hold is taken and the signed `DispenseOrder` sent.
 
+use qrcash_protocol::messages::{AtmDown, ConfirmWithdrawal, DispenseOrder, IdentityEvidence};
+use qrcash_protocol::{OrderId, Position, RejectReason, SecretField};
+
 use crate::config::IdentityRule;
 use crate::handler::guard::{gate, load_own, refuse_keeping, wrong_state};
-use crate::handler::refuse;
-use crate::handler::steps;
-use crate::handler::{Ctx, Fail, Outcome};
+use crate::handler::{Ctx, Fail, Outcome, refuse, steps};
 use crate::restriction::Function;
 use crate::store::ledger as books;
-use crate::store::rows;
-use crate::store::rows::AccountRow;
-use crate::store::rows::DeviceRow;
-use crate::store::rows::WithdrawalRow;
-use crate::withdrawal::Event;
-use crate::withdrawal::Phase;
-use crate::withdrawal::TransitionError;
-use crate::withdrawal::transition;
-use qrcash_protocol::OrderId;
-use qrcash_protocol::Position;
-use qrcash_protocol::RejectReason;
-use qrcash_protocol::SecretField;
-use qrcash_protocol::messages::AtmDown;
-use qrcash_protocol::messages::ConfirmWithdrawal;
-use qrcash_protocol::messages::DispenseOrder;
-use qrcash_protocol::messages::IdentityEvidence;
+use crate::store::rows::{self, AccountRow, DeviceRow, WithdrawalRow};
+use crate::withdrawal::{Event, Phase, TransitionError, transition};
 
 pub(in crate::handler) fn confirm(
     ctx: &mut Ctx<'_>,

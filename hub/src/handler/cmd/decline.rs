@@ -1,18 +1,14 @@
 //! `DeclineWithdrawal`: the customer says no; the ATM is told to abort.
 
+use qrcash_protocol::Amount;
+use qrcash_protocol::messages::{DeclineWithdrawal, PhonePush};
+
 use crate::handler::guard::{load_own, wrong_state};
-use crate::handler::steps;
-use crate::handler::{Ctx, Outcome};
+use crate::handler::{Ctx, Outcome, steps};
 use crate::restriction;
 use crate::store::ledger as books;
-use crate::store::rows;
-use crate::store::rows::AccountRow;
-use crate::store::rows::DeviceRow;
-use crate::withdrawal::Event;
-use crate::withdrawal::transition;
-use qrcash_protocol::Amount;
-use qrcash_protocol::messages::DeclineWithdrawal;
-use qrcash_protocol::messages::PhonePush;
+use crate::store::rows::{self, AccountRow, DeviceRow};
+use crate::withdrawal::{Event, transition};
 
 pub(in crate::handler) fn decline(
     ctx: &mut Ctx<'_>,

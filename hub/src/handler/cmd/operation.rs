@@ -1,26 +1,18 @@
 //! What the phone's money operations share: the idempotency key (a repeat gets the first
 //! receipt), the money-out checks and limits, the posting and the recorded receipt.
 
+use qrcash_protocol::messages::{PhonePush, Receipt, ReceiptKind, ReceiptStatus};
+use qrcash_protocol::{Amount, RejectReason};
+use serde::Serialize;
+
 use crate::error::StoreError;
 use crate::handler::guard::{check_amount, gate};
-use crate::handler::refuse;
-use crate::handler::{Ctx, Fail, Outgoing};
-use crate::ledger::LedgerAccount;
-use crate::ledger::Posting;
-use crate::ledger::PostingKind;
+use crate::handler::{Ctx, Fail, Outgoing, refuse};
+use crate::ledger::{LedgerAccount, Posting, PostingKind};
 use crate::limits;
 use crate::restriction::Function;
-use crate::store::ledger as books;
-use crate::store::operations;
-use crate::store::rows::AccountRow;
-use crate::store::rows::DeviceRow;
-use qrcash_protocol::Amount;
-use qrcash_protocol::RejectReason;
-use qrcash_protocol::messages::PhonePush;
-use qrcash_protocol::messages::Receipt;
-use qrcash_protocol::messages::ReceiptKind;
-use qrcash_protocol::messages::ReceiptStatus;
-use serde::Serialize;
+use crate::store::rows::{AccountRow, DeviceRow};
+use crate::store::{ledger as books, operations};
 
 const MAX_KEY_LEN: usize = 128;
 

@@ -1,14 +1,11 @@
 //! `OrderRefused`: the ATM will not execute an order; nothing was dispensed.
 
-use crate::handler::guard::{bound, same_order};
-use crate::handler::steps;
-use crate::handler::{Ctx, Fail, Outgoing};
-use crate::store::rows;
-use crate::store::rows::AtmRow;
-use crate::withdrawal::Event;
-use crate::withdrawal::Phase;
-use crate::withdrawal::transition;
 use qrcash_protocol::messages::OrderRefused;
+
+use crate::handler::guard::{bound, same_order};
+use crate::handler::{Ctx, Fail, Outgoing, steps};
+use crate::store::rows::{self, AtmRow};
+use crate::withdrawal::{Event, Phase, transition};
 
 pub(in crate::handler) fn refused(
     ctx: &mut Ctx<'_>,

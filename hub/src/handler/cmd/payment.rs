@@ -1,21 +1,16 @@
 //! `Payment`: money to a merchant; where the device paid feeds the new-device policy.
 
+use qrcash_protocol::RejectReason;
+use qrcash_protocol::messages::{Payment, ReceiptKind, ReceiptStatus};
+
 use crate::handler::cmd::operation::{
     Op, book, money_out_checks, movement, new_reference, replayed_operation,
 };
-use crate::handler::refuse;
-use crate::handler::{Ctx, Outcome};
-use crate::ledger::LedgerAccount;
-use crate::ledger::PostingKind;
+use crate::handler::{Ctx, Outcome, refuse};
+use crate::ledger::{LedgerAccount, PostingKind};
 use crate::restriction::Function;
 use crate::store::operations;
-use crate::store::rows;
-use crate::store::rows::AccountRow;
-use crate::store::rows::DeviceRow;
-use qrcash_protocol::RejectReason;
-use qrcash_protocol::messages::Payment;
-use qrcash_protocol::messages::ReceiptKind;
-use qrcash_protocol::messages::ReceiptStatus;
+use crate::store::rows::{self, AccountRow, DeviceRow};
 
 pub(in crate::handler) fn payment(
     ctx: &mut Ctx<'_>,

@@ -1,22 +1,15 @@
 //! `RegisterWithdrawal`: limits, balance and payable notes checked; a one-time code issued.
 
+use qrcash_protocol::messages::{CodeIssued, PhonePush, RegisterWithdrawal};
+use qrcash_protocol::{CodeToken, RejectReason, TxId};
+
 use crate::handler::guard::{check_amount, gate, own_account};
-use crate::handler::refuse;
-use crate::handler::{Ctx, Fail, Outcome};
+use crate::handler::{Ctx, Fail, Outcome, refuse};
 use crate::limits;
 use crate::restriction::Function;
 use crate::store::ledger as books;
-use crate::store::rows;
-use crate::store::rows::AccountRow;
-use crate::store::rows::DeviceRow;
-use crate::store::rows::WithdrawalRow;
+use crate::store::rows::{self, AccountRow, DeviceRow, WithdrawalRow};
 use crate::withdrawal::Phase;
-use qrcash_protocol::CodeToken;
-use qrcash_protocol::RejectReason;
-use qrcash_protocol::TxId;
-use qrcash_protocol::messages::CodeIssued;
-use qrcash_protocol::messages::PhonePush;
-use qrcash_protocol::messages::RegisterWithdrawal;
 
 pub(in crate::handler) fn register(
     ctx: &mut Ctx<'_>,

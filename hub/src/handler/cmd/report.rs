@@ -1,17 +1,13 @@
 //! `DispenseReport`: journalled always, applied once; a report that contradicts itself is
 //! in doubt, never guessed.
 
+use qrcash_protocol::messages::{DispenseOutcome, DispenseReport};
+
 use crate::handler::guard::{bound, same_order};
-use crate::handler::steps;
-use crate::handler::{Ctx, Fail, Outgoing};
-use crate::store::rows;
-use crate::store::rows::AtmRow;
+use crate::handler::{Ctx, Fail, Outgoing, steps};
+use crate::store::rows::{self, AtmRow};
 use crate::store::settlement;
-use crate::withdrawal::Event;
-use crate::withdrawal::Phase;
-use crate::withdrawal::transition;
-use qrcash_protocol::messages::DispenseOutcome;
-use qrcash_protocol::messages::DispenseReport;
+use crate::withdrawal::{Event, Phase, transition};
 
 pub(in crate::handler) fn report(
     ctx: &mut Ctx<'_>,

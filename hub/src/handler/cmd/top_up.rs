@@ -1,20 +1,15 @@
 //! `TopUp`: money in from the account's own linked funding account.
 
+use qrcash_protocol::RejectReason;
+use qrcash_protocol::messages::{ReceiptKind, ReceiptStatus, TopUp};
+
 use crate::handler::cmd::operation::{Op, book, movement, new_reference, replayed_operation};
 use crate::handler::guard::{check_amount, gate};
-use crate::handler::refuse;
-use crate::handler::{Ctx, Outcome};
-use crate::ledger::LedgerAccount;
-use crate::ledger::PostingKind;
+use crate::handler::{Ctx, Outcome, refuse};
+use crate::ledger::{LedgerAccount, PostingKind};
 use crate::limits;
 use crate::restriction::Function;
-use crate::store::rows;
-use crate::store::rows::AccountRow;
-use crate::store::rows::DeviceRow;
-use qrcash_protocol::RejectReason;
-use qrcash_protocol::messages::ReceiptKind;
-use qrcash_protocol::messages::ReceiptStatus;
-use qrcash_protocol::messages::TopUp;
+use crate::store::rows::{self, AccountRow, DeviceRow};
 
 pub(in crate::handler) fn top_up(
     ctx: &mut Ctx<'_>,

@@ -1,25 +1,16 @@
 //! `Transfer`: money to another account of this hub.
 
+use qrcash_protocol::messages::{PhonePush, Receipt, ReceiptKind, ReceiptStatus, Transfer};
+use qrcash_protocol::{Amount, RejectReason};
+
 use crate::handler::cmd::operation::{
     Op, book, money_out_checks, movement, new_reference, replayed_operation,
 };
-use crate::handler::refuse;
-use crate::handler::{Ctx, Outcome};
-use crate::ledger::LedgerAccount;
-use crate::ledger::PostingKind;
+use crate::handler::{Ctx, Outcome, refuse};
+use crate::ledger::{LedgerAccount, PostingKind};
 use crate::restriction::Function;
 use crate::store::ledger as books;
-use crate::store::rows;
-use crate::store::rows::AccountRow;
-use crate::store::rows::DeviceRow;
-use crate::store::rows::DeviceStatus;
-use qrcash_protocol::Amount;
-use qrcash_protocol::RejectReason;
-use qrcash_protocol::messages::PhonePush;
-use qrcash_protocol::messages::Receipt;
-use qrcash_protocol::messages::ReceiptKind;
-use qrcash_protocol::messages::ReceiptStatus;
-use qrcash_protocol::messages::Transfer;
+use crate::store::rows::{self, AccountRow, DeviceRow, DeviceStatus};
 
 const MAX_MEMO_LEN: usize = 140;
 
