@@ -41,7 +41,7 @@ use qrcash_protocol::messages::{
     DispenseOutcome, DispenseReport, OrderRefused, RejectReason, SessionCancelled,
 };
 use qrcash_protocol::token::{self, CodeToken};
-use qrcash_protocol::{Amount, Currency, OrderId, PublicKey, TxId};
+use qrcash_protocol::{Amount, Currency, OrderId, PublicKey, SenderWindow, TxId};
 use serde::Serialize;
 use serde_json::json;
 
@@ -157,6 +157,20 @@ pub enum Phase {
 pub enum Input {
     /// The camera decoded this text.
     CodeRead(String),
+    /// A message from the hub that passed every check (`crate::inbound`), with the hub's
+    /// replay window that records it. The session decides when the window is saved
+    /// ([`Action::SaveWindow`], [`Action::ApplyAck`]) and hands the message on as
+    /// [`Input::Down`] or [`Input::SendRefused`].
+    Received {
+        /// Its `jti`.
+        jti: String,
+        /// The hub message it answers, if any.
+        re: Option<String>,
+        /// The message.
+        msg: AtmDown,
+        /// The replay window with this message's `seq` recorded.
+        window: SenderWindow,
+    },
     /// A verified message from the hub, with its `jti`.
     Down {
         /// Its `jti` (answers set `re` to it).
@@ -291,6 +305,29 @@ pub enum Action {
     Dispensed(DispenseReport),
     /// Run dispenser recovery (status, purge).
     Recover,
+    /// Persist the hub's replay window (the message it records is then never accepted
+    /// again).
+    SaveWindow(SenderWindow),
+    /// Remove the acknowledged messages from the outbox and persist the window, in one
+    /// transaction. An ack is applied *before* its `seq` counts as seen: applying it twice
+    /// is harmless, and a crash in between must leave the ack acceptable again, because the
+    /// hub answers the resent message with the very same sealed ack.
+    ApplyAck {
+        /// The acknowledged `jti`s.
+        ids: Vec<String>,
+        /// The window.
+        window: SenderWindow,
+    },
+    /// Move the refused message `re` out of the outbox into the dead letters: the hub will
+    /// never take it.
+    DeadLetter {
+        /// The refused message's `jti`.
+        re: String,
+        /// Why.
+        reason: RejectReason,
+        /// The hub's explanation.
+        message: String,
+    },
 }
 
 /// The order the session is dispensing.
@@ -401,6 +438,12 @@ impl Session {
     pub fn handle(&mut self, input: Input, now: u64) -> Vec<Action> {
         match input {
             Input::CodeRead(text) => self.code_read(text, now),
+            Input::Received {
+                jti,
+                re,
+                msg,
+                window,
+            } => self.received(jti, re, msg, window),
             Input::Down { jti, msg } => self.down(jti, msg),
             Input::SendRefused { re, reason } => self.refused(&re, &reason),
             Input::QueueFailed { jti } => self.queue_failed(&jti),
@@ -517,6 +560,44 @@ impl Session {
             ),
             Action::Show(Screen::PleaseWait),
         ]
+    }
+
+    /// A verified hub message: when its window is saved, and what it means.
+    fn received(
+        &mut self,
+        jti: String,
+        re: Option<String>,
+        msg: AtmDown,
+        window: SenderWindow,
+    ) -> Vec<Action> {
+        match msg {
+            AtmDown::Ack(ack) => vec![Action::ApplyAck {
+                ids: ack.ids,
+                window,
+            }],
+            AtmDown::Rejected(r) => {
+                let Some(re) = re else {
+                    // A refusal of nothing of ours: only its `seq` is recorded.
+                    return vec![Action::SaveWindow(window)];
+                };
+                let mut actions = Vec::new();
+                if r.reason.is_permanent() {
+                    actions.push(Action::DeadLetter {
+                        re: re.clone(),
+                        reason: r.reason.clone(),
+                        message: r.message,
+                    });
+                }
+                actions.push(Action::SaveWindow(window));
+                actions.extend(self.refused(&re, &r.reason));
+                actions
+            }
+            msg => {
+                let mut actions = vec![Action::SaveWindow(window)];
+                actions.extend(self.down(jti, msg));
+                actions
+            }
+        }
     }
 
     fn down(&mut self, jti: String, msg: AtmDown) -> Vec<Action> {
@@ -943,7 +1024,7 @@ mod tests {
     use super::*;
     use qrcash_hardware::dispenser::{CassetteId, CassetteState, CassetteTally, DispenseResult};
     use qrcash_protocol::PrivateKey;
-    use qrcash_protocol::messages::{Abort, AwaitConfirmation, NoteCount};
+    use qrcash_protocol::messages::{Abort, Ack, AwaitConfirmation, NoteCount, Rejected};
 
     const NOW: u64 = 1_800_000_000;
 
@@ -1163,6 +1244,86 @@ mod tests {
         );
         assert!(matches!(a[0], Action::Dispensed(_)));
         assert_eq!(f.s.phase(), &Phase::Idle);
+    }
+
+    #[test]
+    fn the_session_decides_when_the_hub_window_is_saved() {
+        let mut f = fixture();
+        let w = SenderWindow {
+            highest: 7,
+            seen: 1,
+        };
+        let received = |msg: AtmDown, re: Option<&str>| Input::Received {
+            jti: "h7".into(),
+            re: re.map(str::to_owned),
+            msg,
+            window: w,
+        };
+        // An ack is applied together with its window, never after it.
+        let a = f.s.handle(
+            received(
+                AtmDown::Ack(Ack {
+                    ids: vec!["a1".into()],
+                }),
+                Some("a1"),
+            ),
+            NOW,
+        );
+        assert_eq!(
+            a,
+            vec![Action::ApplyAck {
+                ids: vec!["a1".into()],
+                window: w
+            }]
+        );
+        // A permanent refusal: dead letter first, then the window.
+        let a = f.s.handle(
+            received(
+                AtmDown::Rejected(Rejected {
+                    reason: RejectReason::Malformed,
+                    message: "no".into(),
+                }),
+                Some("q1"),
+            ),
+            NOW,
+        );
+        assert_eq!(
+            a[..2],
+            [
+                Action::DeadLetter {
+                    re: "q1".into(),
+                    reason: RejectReason::Malformed,
+                    message: "no".into()
+                },
+                Action::SaveWindow(w)
+            ]
+        );
+        // A refusal of nothing: only the window.
+        let a = f.s.handle(
+            received(
+                AtmDown::Rejected(Rejected {
+                    reason: RejectReason::Internal,
+                    message: "?".into(),
+                }),
+                None,
+            ),
+            NOW,
+        );
+        assert_eq!(a, vec![Action::SaveWindow(w)]);
+        // Anything else: the window first, then what the message means.
+        let order = order(TxId::random(), 20_000);
+        let a =
+            f.s.handle(received(AtmDown::DispenseOrder(order.clone()), None), NOW);
+        assert_eq!(
+            a,
+            vec![
+                Action::SaveWindow(w),
+                Action::LookUpOrder {
+                    jti: "h7".into(),
+                    order
+                }
+            ]
+        );
     }
 
     #[test]

@@ -274,6 +274,36 @@ impl Core {
             Action::Dispensed(report) => {
                 let _ = self.events.send(AgentEvent::Dispensed(report));
             }
+            Action::SaveWindow(w) => self.save_window(w),
+            Action::ApplyAck { ids, window } => {
+                crash_point("before_applying_ack");
+                match self.store.ack_with_window(&ids, self.clock.now(), window) {
+                    Ok(removed) => {
+                        for (jti, kind) in removed {
+                            let _ = self.events.send(AgentEvent::Delivered { jti, kind });
+                        }
+                        let _ = self.outbox.send(OutboxCmd::Wake);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot apply an ack"),
+                }
+            }
+            Action::DeadLetter {
+                re,
+                reason,
+                message,
+            } => {
+                match self
+                    .store
+                    .dead_letter(&re, &reason, &message, self.clock.now())
+                {
+                    Ok(true) => {
+                        let _ = self.events.send(AgentEvent::DeadLettered { jti: re });
+                        let _ = self.outbox.send(OutboxCmd::Wake);
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot move a message to dead letters"),
+                }
+            }
             Action::Recover => {
                 let d = self.dispenser.clone();
                 let done = self.device.clone();
@@ -380,56 +410,22 @@ impl Core {
                 return;
             }
         };
-        let jti = claims.jti.clone();
-        match claims.msg {
-            // Acks and refusals are applied *before* their `seq` is saved as seen: applying
-            // them is idempotent, and a crash in between must leave the message acceptable
-            // again, because the hub answers the resent duplicate with the very same sealed
-            // answer. (Saved first, the answer was refused as a replay forever.)
-            AtmDown::Ack(ack) => {
-                crash_point("before_applying_ack");
-                match self.store.ack_with_window(&ack.ids, now, next) {
-                    Ok(removed) => {
-                        for (jti, kind) in removed {
-                            let _ = self.events.send(AgentEvent::Delivered { jti, kind });
-                        }
-                        let _ = self.outbox.send(OutboxCmd::Wake);
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot apply an ack"),
+        if let AtmDown::Rejected(r) = &claims.msg {
+            match &claims.re {
+                Some(re) => {
+                    tracing::warn!(re = %re, reason = ?r.reason, message = %r.message, "hub refused a message")
                 }
-            }
-            AtmDown::Rejected(r) => {
-                let Some(re) = claims.re else {
-                    self.save_window(next);
-                    tracing::warn!(reason = ?r.reason, message = %r.message, "hub refusal without re");
-                    return;
-                };
-                tracing::warn!(re = %re, reason = ?r.reason, message = %r.message, "hub refused a message");
-                if r.reason.is_permanent() {
-                    match self.store.dead_letter(&re, &r.reason, &r.message, now) {
-                        Ok(true) => {
-                            let _ = self
-                                .events
-                                .send(AgentEvent::DeadLettered { jti: re.clone() });
-                            let _ = self.outbox.send(OutboxCmd::Wake);
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::error!(error = %e, "cannot move a message to dead letters")
-                        }
-                    }
+                None => {
+                    tracing::warn!(reason = ?r.reason, message = %r.message, "hub refusal without re")
                 }
-                self.save_window(next);
-                self.apply(Input::SendRefused {
-                    re,
-                    reason: r.reason,
-                });
-            }
-            msg => {
-                self.save_window(next);
-                self.apply(Input::Down { jti, msg })
             }
         }
+        self.apply(Input::Received {
+            jti: claims.jti,
+            re: claims.re,
+            msg: claims.msg,
+            window: next,
+        });
     }
 
     fn save_window(&mut self, w: SenderWindow) {
