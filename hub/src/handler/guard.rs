@@ -79,13 +79,24 @@ pub(in crate::handler) fn check_amount(account: &AccountRow, amount: &Amount) ->
     Ok(())
 }
 
+/// The money-out gate ([`check_may_move_money`]) at the message's time.
 pub(in crate::handler) fn gate(
     ctx: &Ctx<'_>,
     account: &AccountRow,
     device: &DeviceRow,
     f: Function,
 ) -> Result<(), Fail> {
-    check_may_move_money(account, device, f, ctx.now).map_err(|reason| {
+    money_out(account, device, f, ctx.now)
+}
+
+/// The money-out gate ([`check_may_move_money`]) at `now`, with the refusal's explanation.
+pub(in crate::handler) fn money_out(
+    account: &AccountRow,
+    device: &DeviceRow,
+    f: Function,
+    now: u64,
+) -> Result<(), Fail> {
+    check_may_move_money(account, device, f, now).map_err(|reason| {
         let message = match &reason {
             RejectReason::AccountFrozen => {
                 "the account's payments are frozen until support clears them".to_owned()

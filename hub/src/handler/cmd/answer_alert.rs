@@ -1,11 +1,13 @@
 //! `AnswerNewDeviceAlert`: an established device approves the newcomer (lifting its
 //! restriction) or answers "not me" (revoking it and freezing the account); the first answer
 //! stands.
+//!
+//! Load (the alert, the device it is about as it is now) → [`decide`] (pure) → apply.
 
 use qrcash_protocol::RejectReason;
 use qrcash_protocol::messages::{AlertAnswered, AlertOutcome, AnswerNewDeviceAlert, PhonePush};
 
-use crate::handler::{Ctx, Fail, Outcome, refuse};
+use crate::handler::{Ctx, Outcome, refuse};
 use crate::restriction;
 use crate::store::rows::{self, AccountRow, DeviceRow, DeviceStatus};
 use crate::store::trail;
@@ -47,19 +49,33 @@ pub(in crate::handler) fn answer_alert(
             format!("no alert {shown}{more} for this device"),
         ));
     };
-    // The first answer to an alert is the answer: a "not me" cannot be turned into an
-    // approval by answering again, and vice versa. A repeat gets the first outcome again.
-    let outcome = match answered {
-        Some(_) => {
+    // Load: the device the alert is about, as it is now.
+    let current = rows::device(ctx.db, &new_device)?;
+    // Decide.
+    let answer = match answered {
+        Some(_) => Answer::Repeat(
+            first
+                .and_then(|o| serde_json::from_value(serde_json::Value::String(o)).ok())
+                .unwrap_or(AlertOutcome::NothingToLift),
+        ),
+        None => decide(
+            a.not_me,
+            account,
+            current.as_ref(),
+            new_kid.as_deref(),
+            ctx.now,
+        ),
+    };
+    // Apply.
+    let outcome = match answer {
+        Answer::Repeat(outcome) => {
             ctx.note(format!(
                 "alert {} answered again; kept the first answer",
                 a.alert_id
             ));
-            first
-                .and_then(|o| serde_json::from_value(serde_json::Value::String(o)).ok())
-                .unwrap_or(AlertOutcome::NothingToLift)
+            outcome
         }
-        None if a.not_me => {
+        Answer::NotMe => {
             rows::revoke_device(
                 ctx.db,
                 &new_device,
@@ -79,7 +95,27 @@ pub(in crate::handler) fn answer_alert(
             ));
             AlertOutcome::RevokedAndFrozen
         }
-        None => approve(ctx, device, account, &new_device, new_kid.as_deref())?,
+        Answer::Outdated => {
+            ctx.note(format!(
+                "owner approved device {new_device}, which has since been re-keyed or \
+                 revoked: nothing lifted"
+            ));
+            AlertOutcome::Outdated
+        }
+        Answer::NothingToLift => {
+            ctx.note(format!(
+                "owner approved device {new_device}; it was not restricted"
+            ));
+            AlertOutcome::NothingToLift
+        }
+        Answer::Lift => {
+            rows::set_restriction(ctx.db, &new_device, None, None)?;
+            ctx.note(format!(
+                "owner approved device {new_device} from {}: restriction lifted",
+                device.id
+            ));
+            AlertOutcome::Approved
+        }
     };
     if answered.is_none() {
         trail::answer_alert(
@@ -100,39 +136,47 @@ pub(in crate::handler) fn answer_alert(
     )?])
 }
 
-/// "This was me": the established device vouches for the newcomer, which lifts its
-/// new-device restriction at once, if it is still the device and key the alert was about.
-fn approve(
-    ctx: &mut Ctx<'_>,
-    by: &DeviceRow,
+/// What an answer does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Answered before: the first answer is the answer (a "not me" cannot be turned into an
+    /// approval by answering again, and vice versa).
+    Repeat(AlertOutcome),
+    /// "Not me": the device is revoked and the account frozen.
+    NotMe,
+    /// "This was me", but the device has since been re-keyed or revoked: nothing lifted.
+    Outdated,
+    /// "This was me" for a device that is not restricted.
+    NothingToLift,
+    /// "This was me": the established device vouches for the newcomer, whose restriction
+    /// is lifted at once.
+    Lift,
+}
+
+/// The first answer to an alert about the device now `current` (with key `new_kid` when
+/// the alert was sent).
+fn decide(
+    not_me: bool,
     account: &AccountRow,
-    new_device: &str,
+    current: Option<&DeviceRow>,
     new_kid: Option<&str>,
-) -> Result<AlertOutcome, Fail> {
-    let current = rows::device(ctx.db, new_device)?.filter(|d| {
+    now: u64,
+) -> Answer {
+    if not_me {
+        return Answer::NotMe;
+    }
+    let same = current.filter(|d| {
         d.account == account.id
             && d.status == DeviceStatus::Active
             && new_kid.is_some_and(|k| k == d.kid)
     });
-    let Some(d) = current else {
-        ctx.note(format!(
-            "owner approved device {new_device}, which has since been re-keyed or revoked: \
-             nothing lifted"
-        ));
-        return Ok(AlertOutcome::Outdated);
-    };
-    if restriction::device_restriction(&d).is_none_or(|r| !r.is_active(ctx.now)) {
-        ctx.note(format!(
-            "owner approved device {new_device}; it was not restricted"
-        ));
-        return Ok(AlertOutcome::NothingToLift);
+    match same {
+        None => Answer::Outdated,
+        Some(d) if restriction::device_restriction(d).is_none_or(|r| !r.is_active(now)) => {
+            Answer::NothingToLift
+        }
+        Some(_) => Answer::Lift,
     }
-    rows::set_restriction(ctx.db, &d.id, None, None)?;
-    ctx.note(format!(
-        "owner approved device {new_device} from {}: restriction lifted",
-        by.id
-    ));
-    Ok(AlertOutcome::Approved)
 }
 
 fn outcome_name(o: AlertOutcome) -> &'static str {

@@ -1,16 +1,20 @@
 //! `ConfirmWithdrawal`: the customer's confirmation, bound to the transaction, checked for
 //! position and identity proof (PIN); the hold is taken and the signed `DispenseOrder` sent.
+//!
+//! Load (the withdrawal, its ATM, the balance) → decide ([`check`], pure; the identity
+//! proof; [`decide`], pure: the funds and the step; the order) → apply (the step, the order
+//! sealed and recorded).
 
 use qrcash_protocol::messages::{AtmDown, ConfirmWithdrawal, DispenseOrder, IdentityEvidence};
 use qrcash_protocol::{OrderId, Position, RejectReason, SecretField};
 
-use crate::config::IdentityRule;
-use crate::handler::guard::{gate, load_own, refuse_keeping, wrong_state};
+use crate::config::{AuthSection, IdentityRule};
+use crate::handler::guard::{load_own, money_out, refuse_keeping, wrong_state};
 use crate::handler::{Ctx, Fail, Outcome, refuse, steps};
 use crate::restriction::Function;
 use crate::store::ledger as books;
-use crate::store::rows::{self, AccountRow, DeviceRow, WithdrawalRow};
-use crate::withdrawal::{Event, Phase, TransitionError, transition};
+use crate::store::rows::{self, AccountRow, AtmRow, DeviceRow, WithdrawalRow};
+use crate::withdrawal::{Event, Phase, Step, TransitionError, transition};
 
 pub(in crate::handler) fn confirm(
     ctx: &mut Ctx<'_>,
@@ -18,24 +22,107 @@ pub(in crate::handler) fn confirm(
     account: &AccountRow,
     c: &ConfirmWithdrawal,
 ) -> Outcome {
+    // Load.
     let w = load_own(ctx, account, &c.tx_id)?;
-    if w.phase != Phase::Presented {
-        return Err(wrong_state(&w));
-    }
-    let confirm_by = w.confirm_by.unwrap_or(0);
-    if ctx.now > confirm_by {
-        // Late: the session is over either way; end it now rather than at the next sweep.
-        let out = match transition(&w.lifecycle(), Event::DeadlinePassed { now: ctx.now }) {
-            Ok(step) => steps::apply(ctx, &w, &step, None)?,
-            Err(_) => Vec::new(),
-        };
-        return Err(refuse_keeping(
-            RejectReason::ConfirmationTimeout,
-            format!("the confirmation deadline {confirm_by} has passed"),
-            out,
+    let atm = match &w.atm_id {
+        Some(id) => rows::atm(ctx.db, id)?,
+        None => None,
+    };
+    let (available, _) = books::customer_balances(ctx.db, &account.id)?;
+
+    // Decide, up to the identity proof.
+    let atm = match check(&w, atm.as_ref(), account, device, c, &ctx.cfg.auth, ctx.now) {
+        Ok(atm) => atm,
+        Err(Unconfirmed::Refused(fail)) => return Err(fail),
+        Err(Unconfirmed::Late { confirm_by }) => {
+            // The session is over either way; end it now rather than at the next sweep.
+            let out = match transition(&w.lifecycle(), Event::DeadlinePassed { now: ctx.now }) {
+                Ok(step) => steps::apply(ctx, &w, &step, None)?,
+                Err(_) => Vec::new(),
+            };
+            return Err(refuse_keeping(
+                RejectReason::ConfirmationTimeout,
+                format!("the confirmation deadline {confirm_by} has passed"),
+                out,
+            ));
+        }
+    };
+    // The identity proof comes last: it is the one check with an effect of its own (a wrong
+    // PIN counts even though the confirmation is refused) and the only one that may cost an
+    // argon2 hash.
+    check_identity(ctx, account, &w, &c.identity)?;
+
+    // Decide the step, then the order (its id drawn only for a confirmation that holds).
+    let step = decide(&w, available, ctx.now)?;
+    let order = DispenseOrder {
+        order_id: OrderId(ctx.rng.bytes16()),
+        tx_id: w.tx_id,
+        atm_id: atm.id.clone(),
+        amount: w.amount,
+        notes: w.notes.clone().unwrap_or_default(),
+        expires_at: ctx.now + ctx.cfg.withdrawal.order_ttl_s,
+    };
+    debug_assert!(order.notes_match_amount(), "planned notes must add up");
+    if !order.notes_match_amount() {
+        return Err(refuse(
+            RejectReason::InvalidAmount,
+            "the ATM cannot pay this amount",
         ));
     }
-    // Dynamic linking: the signature must cover exactly what the hub holds.
+
+    // Apply.
+    let mut out = steps::apply(ctx, &w, &step, None)?;
+    let (order_id, expires_at, atm_id) = (order.order_id, order.expires_at, order.atm_id.clone());
+    let sealed = ctx.send_atm_until(&atm_id, AtmDown::DispenseOrder(order), expires_at)?;
+    let payload = String::from_utf8_lossy(&sealed.payload).into_owned();
+    rows::record_order(
+        ctx.db, &w.tx_id, &order_id, expires_at, &payload, ctx.now, &device.id,
+    )?;
+    ctx.note(format!(
+        "tx {} confirmed; order {order_id} to {atm_id}",
+        w.tx_id
+    ));
+    tracing::info!(tx = %w.tx_id, order = %order_id, atm = %atm_id, "dispense ordered");
+    out.insert(0, sealed);
+    Ok(out)
+}
+
+/// Why a confirmation was not taken before its identity proof.
+enum Unconfirmed {
+    /// The deadline passed: the session ends.
+    Late {
+        /// The deadline.
+        confirm_by: u64,
+    },
+    /// Refused; nothing changes.
+    Refused(Fail),
+}
+
+impl From<Fail> for Unconfirmed {
+    fn from(f: Fail) -> Self {
+        Unconfirmed::Refused(f)
+    }
+}
+
+/// The checks before the identity proof, in the order their refusals take precedence: the
+/// phase, the deadline, dynamic linking (the signature covers exactly what the hub holds),
+/// the money-out gate, the staging device, the ATM, the phone's position. Returns the ATM.
+fn check<'a>(
+    w: &WithdrawalRow,
+    atm: Option<&'a AtmRow>,
+    account: &AccountRow,
+    device: &DeviceRow,
+    c: &ConfirmWithdrawal,
+    auth: &AuthSection,
+    now: u64,
+) -> Result<&'a AtmRow, Unconfirmed> {
+    if w.phase != Phase::Presented {
+        return Err(wrong_state(w).into());
+    }
+    let confirm_by = w.confirm_by.unwrap_or(0);
+    if now > confirm_by {
+        return Err(Unconfirmed::Late { confirm_by });
+    }
     let mismatch = if Some(c.atm_id.as_str()) != w.atm_id.as_deref() {
         Some("atm_id")
     } else if c.amount != w.amount {
@@ -51,9 +138,10 @@ pub(in crate::handler) fn confirm(
                 field: field.into(),
             },
             format!("{field} differs from the transaction"),
-        ));
+        )
+        .into());
     }
-    gate(ctx, account, device, Function::WithdrawalConfirm)?;
+    money_out(account, device, Function::WithdrawalConfirm, now)?;
     // Only the device that staged the withdrawal was sent the `ConfirmRequest`: another
     // device of the account, even an established one, may not confirm it for it.
     if w.device_id != device.id {
@@ -62,59 +150,39 @@ pub(in crate::handler) fn confirm(
                 field: "device_id".into(),
             },
             "only the device that registered this withdrawal may confirm it",
-        ));
+        )
+        .into());
     }
-    let atm_id = w.atm_id.clone().unwrap_or_default();
-    let atm = rows::atm(ctx.db, &atm_id)?
-        .ok_or_else(|| refuse(RejectReason::UnknownAtm, format!("ATM {atm_id} is gone")))?;
-    check_location(ctx, c.position.as_ref(), &atm.position)?;
-    check_identity(ctx, account, &w, &c.identity)?;
-    let (available, _) = books::customer_balances(ctx.db, &account.id)?;
+    let atm = atm.ok_or_else(|| {
+        refuse(
+            RejectReason::UnknownAtm,
+            format!("ATM {} is gone", w.atm_id.as_deref().unwrap_or_default()),
+        )
+    })?;
+    check_location(auth, c.position.as_ref(), &atm.position)?;
+    Ok(atm)
+}
+
+/// After the identity proof: the funds, then the step that holds them.
+fn decide(w: &WithdrawalRow, available: u64, now: u64) -> Result<Step, Fail> {
     if available < w.amount.minor {
         return Err(refuse(
             RejectReason::InsufficientFunds,
             format!("available balance is {available}"),
         ));
     }
-    let step =
-        transition(&w.lifecycle(), Event::Confirm { now: ctx.now }).map_err(|e| match e {
-            TransitionError::Late => refuse(RejectReason::ConfirmationTimeout, e.to_string()),
-            _ => wrong_state(&w),
-        })?;
-    let mut out = steps::apply(ctx, &w, &step, None)?;
-    let order_id = OrderId(ctx.rng.bytes16());
-    let expires_at = ctx.now + ctx.cfg.withdrawal.order_ttl_s;
-    let order = DispenseOrder {
-        order_id,
-        tx_id: w.tx_id,
-        atm_id: atm_id.clone(),
-        amount: w.amount,
-        notes: w.notes.clone().unwrap_or_default(),
-        expires_at,
-    };
-    debug_assert!(order.notes_match_amount(), "planned notes must add up");
-    if !order.notes_match_amount() {
-        return Err(refuse(
-            RejectReason::InvalidAmount,
-            "the ATM cannot pay this amount",
-        ));
-    }
-    let sealed = ctx.send_atm_until(&atm_id, AtmDown::DispenseOrder(order), expires_at)?;
-    let payload = String::from_utf8_lossy(&sealed.payload).into_owned();
-    rows::record_order(
-        ctx.db, &w.tx_id, &order_id, expires_at, &payload, ctx.now, &device.id,
-    )?;
-    ctx.note(format!(
-        "tx {} confirmed; order {order_id} to {atm_id}",
-        w.tx_id
-    ));
-    tracing::info!(tx = %w.tx_id, order = %order_id, atm = %atm_id, "dispense ordered");
-    out.insert(0, sealed);
-    Ok(out)
+    let step = transition(&w.lifecycle(), Event::Confirm { now }).map_err(|e| match e {
+        TransitionError::Late => refuse(RejectReason::ConfirmationTimeout, e.to_string()),
+        _ => wrong_state(w),
+    })?;
+    Ok(step)
 }
 
-fn check_location(ctx: &Ctx<'_>, position: Option<&Position>, atm: &Position) -> Result<(), Fail> {
-    let auth = &ctx.cfg.auth;
+fn check_location(
+    auth: &AuthSection,
+    position: Option<&Position>,
+    atm: &Position,
+) -> Result<(), Fail> {
     let Some(p) = position else {
         if auth.location_required {
             return Err(refuse(

@@ -1,14 +1,21 @@
 //! `Login`: the password (throttled, checked ahead when it can be), enrolment of the device
-//! and its key, and for a new device the restriction: load the evidence through the store,
-//! [`crate::restriction::decide`], store the verdict and alert the established devices.
+//! and its key, and for a new device the restriction.
+//!
+//! The refusals that need no password come first; then the password, the one check with an
+//! effect of its own (a wrong one is counted although the login is refused). Then load (the
+//! account's devices, and for a new device [`NewDeviceFacts`]) → decide
+//! ([`decide_new_device`], pure, around [`crate::restriction::decide`]) → apply (the device
+//! and its login, the restriction, the alerts, the answers).
 
 use qrcash_protocol::messages::{Login, LoginResult, NewDeviceAlert, PhonePush};
 use qrcash_protocol::{Position, PublicKey, RejectReason, SecretField};
 
 use crate::handler::guard::refuse_keeping;
-use crate::handler::{Ctx, Fail, Outcome, refuse};
+use crate::handler::{Ctx, Fail, Outcome, Outgoing, refuse};
 use crate::identity;
-use crate::restriction::{self, DeviceFix, NewDeviceEvidence};
+use crate::restriction::{
+    self, ActiveRestriction, DeviceFix, NewDeviceEvidence, RestrictionPolicy, Sighting,
+};
 use crate::store::rows::{self, AccountRow, DeviceRow, DeviceStatus};
 use crate::store::trail;
 use crate::throttle::{self, Failures};
@@ -69,16 +76,7 @@ pub(in crate::handler) fn login(
     // could re-key the owner's device and skip the restriction. Its previous logins stand
     // for "the device already in use".
     let new_device = (device.is_none() && had_devices) || rekeyed;
-    let decision = if new_device {
-        let mut existing = others.clone();
-        existing.extend(device.filter(|_| rekeyed).cloned());
-        Some(decide_new_device(
-            ctx, sender, &existing, rekeyed, l.position,
-        )?)
-    } else {
-        None
-    };
-    let row = DeviceRow {
+    let mut row = DeviceRow {
         id: sender.to_owned(),
         account: account.id.clone(),
         name: l.device.name.chars().take(64).collect(),
@@ -91,23 +89,55 @@ pub(in crate::handler) fn login(
             _ => ctx.now,
         },
         last_login_at: Some(ctx.now),
-        restricted_until: None,
-        restriction_reason: None,
+        // A login keeps whatever restriction the device has; only a new verdict changes it.
+        restricted_until: device.and_then(|d| d.restricted_until),
+        restriction_reason: device.and_then(|d| d.restriction_reason.clone()),
         revoked_reason: None,
     };
+
+    // Load and decide the new-device restriction.
+    let plan = if new_device {
+        let mut existing = others.clone();
+        existing.extend(device.filter(|_| rekeyed).cloned());
+        let facts = load_new_device(ctx, sender, &existing, rekeyed)?;
+        Some(decide_new_device(
+            &ctx.cfg.restriction,
+            &facts,
+            l.position,
+            device,
+            &others,
+            ctx.now,
+        ))
+    } else {
+        None
+    };
+
+    // Apply.
     rows::upsert_device_login(ctx.db, &row, ctx.now, l.position.as_ref(), new_device)?;
     let mut out = Vec::new();
-    match decision {
-        Some((decision, observed)) => {
-            out.extend(apply_new_device(
-                ctx, &account, &row, &others, decision, observed, rekeyed,
-            )?);
+    match &plan {
+        Some(plan) => {
+            if let Some(r) = &plan.store {
+                let reason = serde_json::to_value(r.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "new_device".into());
+                rows::set_restriction(ctx.db, &row.id, r.until, Some(&reason))?;
+                row.restricted_until = r.until;
+                row.restriction_reason = Some(reason);
+            }
+            ctx.note(format!(
+                "new device {} on {}{}: {}",
+                row.id,
+                account.id,
+                if rekeyed { " (new key)" } else { "" },
+                serde_json::to_string(&plan.decision).unwrap_or_default()
+            ));
+            out.extend(alert(ctx, &account, &row, plan)?);
         }
         None => ctx.note(format!("login of {} to {}", row.id, account.id)),
     }
-    let stored = rows::device(ctx.db, sender)?.unwrap_or(row);
-    let restriction =
-        restriction::effective_restriction(&account, &stored, ctx.now).map(|r| r.info());
+    let restriction = restriction::effective_restriction(&account, &row, ctx.now).map(|r| r.info());
     out.insert(
         0,
         ctx.push_phone(
@@ -192,97 +222,113 @@ fn check_password(
     }
 }
 
-/// The new-device policy's verdict ([`restriction::decide`]) from what was known before
-/// this login: where the hub itself saw the new device (its own payments and code
-/// presentations, unless it is a re-keyed device, whose history is its previous owner's),
-/// where it claims to be, and the last fix and login count of the established (unrestricted)
-/// devices already in use. Returns the observed fix too, the only position the owner's alert
-/// shows: a claim would put the owner's own neighbourhood on a fraudster's alert.
-fn decide_new_device(
+/// What the hub knows, before this login, that bears on a new device: where it saw the
+/// device itself (its payments and code presentations, unless it is a re-keyed device, whose
+/// history is its previous owner's), and of the account's established devices, their latest
+/// reported positions, where they paid, and how often they logged in.
+#[derive(Debug, Default)]
+struct NewDeviceFacts {
+    own: Vec<Sighting>,
+    fixes: Vec<DeviceFix>,
+    payments: Vec<Sighting>,
+    logins: u32,
+}
+
+/// Loads the [`NewDeviceFacts`]. Only the account's established devices say where the owner
+/// is and how often they log in: a device still under restriction may be the fraudster's
+/// own, and its position would otherwise free the fraudster's next device logging in beside
+/// it.
+fn load_new_device(
     ctx: &Ctx<'_>,
     new_id: &str,
     existing: &[DeviceRow],
     rekeyed: bool,
-    claimed: Option<Position>,
-) -> Result<(restriction::Decision, Option<DeviceFix>), Fail> {
-    let policy = &ctx.cfg.restriction;
-    let own = if rekeyed {
-        Vec::new()
-    } else {
-        trail::sightings(ctx.db, new_id)?
-    };
-    let evidence = NewDeviceEvidence {
-        observed: restriction::observe_new_device(&own, ctx.now, policy),
-        claimed: claimed.map(|position| DeviceFix {
-            position,
-            at: ctx.now,
-        }),
-    };
-    // Only the account's established devices say where the owner is and how often they log
-    // in: a device still under restriction may be the fraudster's own, and its position
-    // would otherwise free the fraudster's next device logging in beside it.
-    let established: Vec<DeviceRow> = existing
-        .iter()
-        .filter(|d| restriction::device_restriction(d).is_none_or(|r| !r.is_active(ctx.now)))
-        .cloned()
-        .collect();
-    let last = last_fix_of(ctx, &established)?;
-    let window_start = ctx.now.saturating_sub(policy.login_window_secs);
-    let mut logins = 0u32;
-    for d in &established {
-        let (n, _) = trail::logins_since(ctx.db, &d.id, window_start)?;
-        logins = logins.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+) -> Result<NewDeviceFacts, Fail> {
+    let mut facts = NewDeviceFacts::default();
+    if !rekeyed {
+        facts.own = trail::sightings(ctx.db, new_id)?;
     }
-    let decision = restriction::decide(policy, evidence, last, logins, ctx.now);
-    Ok((decision, evidence.observed))
+    let window_start = ctx
+        .now
+        .saturating_sub(ctx.cfg.restriction.login_window_secs);
+    for d in existing.iter().filter(|d| established(d, ctx.now)) {
+        facts.fixes.extend(trail::last_login_fix(ctx.db, &d.id)?);
+        facts.payments.extend(trail::sightings(ctx.db, &d.id)?);
+        let (n, _) = trail::logins_since(ctx.db, &d.id, window_start)?;
+        facts.logins = facts
+            .logins
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+    Ok(facts)
 }
 
-/// Stores the restriction (if any) on the new device and alerts the account's other
-/// devices.
-fn apply_new_device(
-    ctx: &mut Ctx<'_>,
-    account: &AccountRow,
-    new: &DeviceRow,
-    others: &[DeviceRow],
+/// Whether a device is under no restriction of its own at `now`.
+fn established(d: &DeviceRow, now: u64) -> bool {
+    restriction::device_restriction(d).is_none_or(|r| !r.is_active(now))
+}
+
+/// What a new device's login does.
+#[derive(Debug)]
+struct NewDevicePlan {
+    /// The policy's verdict.
     decision: restriction::Decision,
+    /// Where the hub saw the device itself: the only position the owner's alert shows (a
+    /// claim would put the owner's own neighbourhood on a fraudster's alert).
     observed: Option<DeviceFix>,
-    rekeyed: bool,
-) -> Result<Vec<crate::handler::Outgoing>, Fail> {
-    // A new verdict never cuts short a restriction still in force: re-keying a restricted
-    // device asks the policy again, and must not turn 72 h into the habit's 1 h.
-    let earlier = rows::device(ctx.db, &new.id)?
-        .and_then(|d| restriction::device_restriction(&d))
-        .filter(|r| r.is_active(ctx.now));
-    let active = match (earlier, decision.restriction()) {
+    /// The restriction to store on the device, if any.
+    store: Option<ActiveRestriction>,
+    /// The devices to alert: those that may move money themselves. A restricted device is
+    /// no more trusted than the newcomer, and a fraudster's phone must not be able to lock
+    /// the owner out with "not me".
+    notify: Vec<String>,
+}
+
+/// The pure decision for a new device: [`restriction::decide`] on the evidence, kept at
+/// least as long as a restriction `device` is still under (re-keying a restricted device
+/// asks the policy again, and must not turn 72 h into the habit's 1 h), and who is told.
+fn decide_new_device(
+    policy: &RestrictionPolicy,
+    facts: &NewDeviceFacts,
+    claimed: Option<Position>,
+    device: Option<&DeviceRow>,
+    others: &[DeviceRow],
+    now: u64,
+) -> NewDevicePlan {
+    let evidence = NewDeviceEvidence {
+        observed: restriction::observe_new_device(&facts.own, now, policy),
+        claimed: claimed.map(|position| DeviceFix { position, at: now }),
+    };
+    let last = last_fix(facts, policy, now);
+    let decision = restriction::decide(policy, evidence, last, facts.logins, now);
+    let earlier = device
+        .and_then(restriction::device_restriction)
+        .filter(|r| r.is_active(now));
+    let store = match (earlier, decision.restriction()) {
         (Some(e), Some(d)) if outlasts(&d, &e) => Some(d),
         (Some(e), _) => Some(e),
         (None, d) => d,
     };
-    if let Some(r) = &active {
-        let reason = serde_json::to_value(r.reason)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "new_device".into());
-        rows::set_restriction(ctx.db, &new.id, r.until, Some(&reason))?;
+    NewDevicePlan {
+        decision,
+        observed: evidence.observed,
+        store,
+        notify: others
+            .iter()
+            .filter(|o| established(o, now))
+            .map(|o| o.id.clone())
+            .collect(),
     }
-    ctx.note(format!(
-        "new device {} on {}{}: {}",
-        new.id,
-        account.id,
-        if rekeyed { " (new key)" } else { "" },
-        serde_json::to_string(&decision).unwrap_or_default()
-    ));
+}
+
+/// Alerts the devices of the plan about the new one.
+fn alert(
+    ctx: &mut Ctx<'_>,
+    account: &AccountRow,
+    new: &DeviceRow,
+    plan: &NewDevicePlan,
+) -> Result<Vec<Outgoing>, Fail> {
     let mut out = Vec::new();
-    // Only devices that may move money themselves hear about (and can veto) a new one: a
-    // restricted device is no more trusted than the newcomer, and a fraudster's phone must
-    // not be able to lock the owner out with "not me".
-    let now = ctx.now;
-    let trusted = others.iter().filter(|o| {
-        restriction::device_restriction(o)
-            .filter(|r| r.is_active(now))
-            .is_none()
-    });
-    for other in trusted {
+    for other in &plan.notify {
         let alert_id = format!("alert-{}", ctx.random_token());
         trail::insert_alert(
             ctx.db,
@@ -291,22 +337,22 @@ fn apply_new_device(
                 account: account.id.clone(),
                 new_device: new.id.clone(),
                 new_kid: Some(new.kid.clone()),
-                notified: other.id.clone(),
+                notified: other.clone(),
                 at: ctx.now,
                 answered_at: None,
                 outcome: None,
             },
         )?;
         out.push(ctx.push_phone(
-            &other.id,
+            other,
             PhonePush::NewDeviceAlert(NewDeviceAlert {
                 alert_id,
                 account: account.id.clone(),
                 device_id: new.id.clone(),
                 device_name: new.name.clone(),
-                position: observed.map(|f| f.position),
+                position: plan.observed.map(|f| f.position),
                 at: ctx.now,
-                restricted_until: active.and_then(|r| r.until),
+                restricted_until: plan.store.and_then(|r| r.until),
             }),
         )?);
     }
@@ -314,7 +360,7 @@ fn apply_new_device(
 }
 
 /// Whether restriction `a` ends no earlier than `b` (no end is the latest).
-fn outlasts(a: &restriction::ActiveRestriction, b: &restriction::ActiveRestriction) -> bool {
+fn outlasts(a: &ActiveRestriction, b: &ActiveRestriction) -> bool {
     match (a.until, b.until) {
         (None, _) => true,
         (Some(_), None) => false,
@@ -322,33 +368,23 @@ fn outlasts(a: &restriction::ActiveRestriction, b: &restriction::ActiveRestricti
     }
 }
 
-/// The last known position of the account's other devices: their latest login with a
+/// The last known position of the established devices: their latest login with a
 /// position, else an estimate from their payments, timed at the newest of them.
-fn last_fix_of(ctx: &Ctx<'_>, others: &[DeviceRow]) -> Result<Option<DeviceFix>, Fail> {
-    let mut best: Option<DeviceFix> = None;
-    let mut payments = Vec::new();
-    for d in others {
-        let fix = trail::last_login_fix(ctx.db, &d.id)?;
-        if let Some(f) = fix
-            && best.is_none_or(|b| f.at > b.at)
-        {
-            best = Some(f);
-        }
-        payments.extend(trail::sightings(ctx.db, &d.id)?);
-    }
+fn last_fix(facts: &NewDeviceFacts, policy: &RestrictionPolicy, now: u64) -> Option<DeviceFix> {
+    let best = facts
+        .fixes
+        .iter()
+        .copied()
+        .reduce(|b, f| if f.at > b.at { f } else { b });
     if best.is_some() {
-        return Ok(best);
+        return best;
     }
     // The estimate says where the device paid, so it is timed at its newest payment: timed
     // `now`, any far-away login would look like impossible travel. (If that payment is an
     // outlier of the estimate, the fix is younger than its cluster: the safe side.)
-    let newest = payments.iter().map(|p| p.at.min(ctx.now)).max();
-    Ok(
-        restriction::estimate_position(&payments, ctx.now, &ctx.cfg.restriction).map(|p| {
-            DeviceFix {
-                position: p,
-                at: newest.unwrap_or(ctx.now),
-            }
-        }),
-    )
+    let newest = facts.payments.iter().map(|p| p.at.min(now)).max();
+    restriction::estimate_position(&facts.payments, now, policy).map(|p| DeviceFix {
+        position: p,
+        at: newest.unwrap_or(now),
+    })
 }

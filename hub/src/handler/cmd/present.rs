@@ -1,5 +1,9 @@
 //! `CodePresented`: an ATM scanned a code. The race for a code is won by a conditional
 //! update; the phone gets the details, the fraud warnings and the confirmation request.
+//!
+//! Load (the code's withdrawal, what the fraud warnings look at) → decide (the transition,
+//! the notes this ATM can pay, the warnings, the request) → apply (the conditional claim,
+//! the only write, then the answers).
 
 use std::collections::BTreeMap;
 
@@ -56,6 +60,7 @@ pub(in crate::handler) fn presented(
     let w = rows::withdrawal(ctx.db, &token.tx_id)?
         .filter(|w| w.code_expires_at == token.expires_at)
         .ok_or_else(|| refuse(RejectReason::CodeInvalid, "no withdrawal for this code"))?;
+    let situation = situation(ctx, atm, &w)?;
     let confirm_by = ctx.now + ctx.cfg.withdrawal.confirm_timeout_s;
     transition(
         &w.lifecycle(),
@@ -79,16 +84,6 @@ pub(in crate::handler) fn presented(
         )
     })?;
     let challenge = ctx.random_token();
-    // Exactly one of two ATMs presenting the same code at the same moment changes the row.
-    if !rows::claim_presentation(
-        ctx.db, &w.tx_id, &atm.id, ctx.now, confirm_by, &challenge, &notes,
-    )? {
-        return Err(refuse(
-            RejectReason::CodeAlreadyUsed,
-            "this code was already presented at another ATM",
-        ));
-    }
-    let situation = situation(ctx, atm, &w)?;
     let warnings = ctx.warnings.select(&situation);
     let auth = &ctx.cfg.auth;
     let (pin, biometric) = match auth.identity {
@@ -107,7 +102,7 @@ pub(in crate::handler) fn presented(
         },
         presented_at: ctx.now,
         confirm_by,
-        challenge,
+        challenge: challenge.clone(),
         warnings,
         auth: AuthRequired {
             pin,
@@ -115,6 +110,15 @@ pub(in crate::handler) fn presented(
             location: auth.location_required,
         },
     };
+    // Exactly one of two ATMs presenting the same code at the same moment changes the row.
+    if !rows::claim_presentation(
+        ctx.db, &w.tx_id, &atm.id, ctx.now, confirm_by, &challenge, &notes,
+    )? {
+        return Err(refuse(
+            RejectReason::CodeAlreadyUsed,
+            "this code was already presented at another ATM",
+        ));
+    }
     ctx.note(format!("tx {} presented at {}", w.tx_id, atm.id));
     tracing::info!(tx = %w.tx_id, atm = %atm.id, "code presented");
     Ok(vec![
