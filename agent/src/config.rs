@@ -112,6 +112,10 @@ pub struct Timing {
     /// Shortest time between two camera frames, ms (keeps an unpaced source from
     /// spinning a core).
     pub min_frame_interval_ms: u64,
+    /// How often the dispenser's status is read while no customer is being served: a
+    /// device that stops answering takes the ATM out of service with an alarm, and one that
+    /// answers again is recovered and put back in service.
+    pub device_check_s: u64,
 }
 
 impl Default for Timing {
@@ -122,6 +126,7 @@ impl Default for Timing {
             confirm_grace_s: 10,
             rescan_quiet_s: 10,
             min_frame_interval_ms: 50,
+            device_check_s: 10,
         }
     }
 }
@@ -130,6 +135,11 @@ impl Timing {
     /// Heartbeat period as a duration (at least 1 s).
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_s.max(1))
+    }
+
+    /// Dispenser check period as a duration (at least 1 s).
+    pub fn device_check(&self) -> Duration {
+        Duration::from_secs(self.device_check_s.max(1))
     }
 }
 

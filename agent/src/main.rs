@@ -10,7 +10,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use qrcash_agent::store::{JournalKind, Store};
 use qrcash_agent::{Agent, AgentConfig};
+use qrcash_hardware::dispenser::Dispenser;
 use qrcash_hardware::dispenser::lcdm::LcdmDispenser;
+use qrcash_hardware::dispenser::reopen::Reopening;
 use qrcash_io::KeyFile;
 use qrcash_protocol::PrivateKey;
 
@@ -203,7 +205,22 @@ async fn run(cfg: AgentConfig) -> Result<()> {
         .clone()
         .context("the configuration has no [dispenser] section")?;
     let camera = qrcash_hardware::camera::open(&camera_cfg).context("opening the camera")?;
-    let dispenser = LcdmDispenser::open(dispenser_cfg).context("opening the dispenser")?;
+    // Opened on first use and again after the port fails: a dispenser that is off or
+    // unplugged keeps the ATM out of service (with an alarm in the journal) instead of
+    // stopping the agent, and it comes back into service once the device answers.
+    let cassettes = dispenser_cfg.model.cassettes();
+    if dispenser_cfg.journal.is_none() {
+        tracing::warn!(
+            "[dispenser] journal is not set: after the port is opened again, an interrupted \
+             dispense can only be recovered from the device's sensors"
+        );
+    }
+    let dispenser = Reopening::new(
+        cassettes,
+        Box::new(move || {
+            LcdmDispenser::open(dispenser_cfg.clone()).map(|d| Box::new(d) as Box<dyn Dispenser>)
+        }),
+    );
     let agent = Agent::start(cfg, camera.source, Box::new(dispenser))
         .await
         .context("starting the agent")?;

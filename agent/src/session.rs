@@ -226,6 +226,9 @@ pub enum Input {
     },
     /// Recovery left the machine clear again.
     MachineClear,
+    /// The periodic status read of the dispenser ([`Session::wants_device_check`]) ended:
+    /// `Err` with why the device did not answer.
+    DeviceChecked(Result<(), String>),
     /// The broker connection went up or down.
     Link(bool),
     /// Time passes.
@@ -354,6 +357,13 @@ pub struct Session {
     dispense: Option<ActiveDispense>,
     link_up: bool,
     last_code: Option<(String, u64)>,
+    /// Out of service because of the dispenser (not answering, or not clear): a device
+    /// that answers again is recovered and, once clear, back in service.
+    device_fault: bool,
+    /// A recovery is due as soon as the device answers: it went silent, or the start-up
+    /// recovery failed. (A recovery that ran and left the machine unclear is not retried:
+    /// a jam needs an operator, not a purge every few seconds.)
+    recover_pending: bool,
     new_jti: Box<dyn FnMut() -> String + Send>,
 }
 
@@ -390,6 +400,8 @@ impl Session {
             dispense: None,
             link_up: false,
             last_code: None,
+            device_fault: false,
+            recover_pending: false,
             new_jti,
         }
     }
@@ -397,6 +409,25 @@ impl Session {
     /// Starts out of service (e.g. recovery could not clear the machine).
     pub fn set_out_of_service(&mut self, reason: String) {
         self.phase = Phase::OutOfService { reason };
+    }
+
+    /// Starts out of service because the dispenser did not answer or is not clear: the
+    /// periodic device check brings it back once the device answers.
+    pub fn set_device_out_of_service(&mut self, reason: String) {
+        self.set_out_of_service(reason);
+        self.device_fault = true;
+        self.recover_pending = true;
+    }
+
+    /// Whether the shell should read the dispenser's status now: while nobody is being
+    /// served (to notice a device that stopped answering), and while out of service because
+    /// of the device (to notice it answering again). Never during a customer's session.
+    pub fn wants_device_check(&self) -> bool {
+        match self.phase {
+            Phase::Idle => true,
+            Phase::OutOfService { .. } => self.device_fault,
+            _ => false,
+        }
     }
 
     /// The current phase.
@@ -462,12 +493,15 @@ impl Session {
             } => self.device_done(order_id, result, machine_clear, detail),
             Input::Recorded { order_id, result } => self.recorded(order_id, result),
             Input::MachineClear => {
+                self.device_fault = false;
+                self.recover_pending = false;
                 if matches!(self.phase, Phase::OutOfService { .. }) {
                     self.phase = Phase::Idle;
                     return vec![Action::Show(self.idle_screen())];
                 }
                 vec![]
             }
+            Input::DeviceChecked(result) => self.device_checked(result),
             Input::Link(up) => {
                 let changed = self.link_up != up;
                 self.link_up = up;
@@ -958,10 +992,44 @@ impl Session {
             self.phase = Phase::OutOfService {
                 reason: reason.clone(),
             };
+            self.device_fault = true;
             out.push(Action::Recover);
             out.push(Action::Show(Screen::OutOfService { reason }));
         }
         out
+    }
+
+    /// The periodic device check: a silent device takes an idle ATM out of service with an
+    /// alarm; a device that answers again while the ATM is out of service because of it is
+    /// recovered (status, purge if notes may be inside), and [`Input::MachineClear`] puts
+    /// the ATM back in service.
+    fn device_checked(&mut self, result: Result<(), String>) -> Vec<Action> {
+        match (&self.phase, result) {
+            (Phase::Idle, Err(error)) => {
+                self.device_fault = true;
+                self.recover_pending = true;
+                let mut out = vec![Action::Journal {
+                    kind: JournalKind::DeviceFault,
+                    tx_id: None,
+                    order_id: None,
+                    detail: json!({ "error": error }),
+                }];
+                out.extend(self.out_of_service(
+                    &format!("the dispenser does not answer: {error}"),
+                    "the dispenser does not answer",
+                ));
+                out
+            }
+            (Phase::OutOfService { .. }, Err(_)) if self.device_fault => {
+                self.recover_pending = true;
+                vec![]
+            }
+            (Phase::OutOfService { .. }, Ok(())) if self.device_fault && self.recover_pending => {
+                self.recover_pending = false;
+                vec![Action::Recover]
+            }
+            _ => vec![],
+        }
     }
 
     fn tick(&mut self, now: u64) -> Vec<Action> {
@@ -1324,6 +1392,60 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn a_silent_dispenser_takes_the_atm_out_of_service_until_it_answers_and_is_clear() {
+        let mut f = fixture();
+        assert!(f.s.wants_device_check());
+        assert!(f.s.handle(Input::DeviceChecked(Ok(())), NOW).is_empty());
+        let a =
+            f.s.handle(Input::DeviceChecked(Err("no answer".into())), NOW);
+        assert!(matches!(
+            a[0],
+            Action::Journal {
+                kind: JournalKind::DeviceFault,
+                ..
+            }
+        ));
+        assert_eq!(f.s.atm_state(), AtmState::OutOfService);
+        assert!(
+            f.s.wants_device_check(),
+            "it keeps listening for the device"
+        );
+        // Still silent: no second alarm.
+        assert!(
+            f.s.handle(Input::DeviceChecked(Err("no answer".into())), NOW + 1)
+                .is_empty()
+        );
+        // It answers: recovered once, in service when the machine is clear.
+        assert_eq!(
+            f.s.handle(Input::DeviceChecked(Ok(())), NOW + 2),
+            vec![Action::Recover]
+        );
+        assert!(
+            f.s.handle(Input::DeviceChecked(Ok(())), NOW + 3).is_empty(),
+            "one recovery per outage: a machine recovery leaves unclear needs an operator"
+        );
+        f.s.handle(Input::MachineClear, NOW + 4);
+        assert_eq!(f.s.phase(), &Phase::Idle);
+
+        // During a customer's session the device is not polled, and an answer that comes
+        // in then changes nothing.
+        to_awaiting(&mut f);
+        assert!(!f.s.wants_device_check());
+        assert!(
+            f.s.handle(Input::DeviceChecked(Err("no answer".into())), NOW + 5)
+                .is_empty()
+        );
+        assert_eq!(f.s.atm_state(), AtmState::AwaitingConfirmation);
+
+        // Out of service for another reason (the database): the device check does not
+        // bring it back.
+        let mut g = fixture();
+        g.s.set_out_of_service("the agent database failed".into());
+        assert!(!g.s.wants_device_check());
+        assert!(g.s.handle(Input::DeviceChecked(Ok(())), NOW).is_empty());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The agent in-process against a real broker, the LCDM simulator on a pty and a scripted
-//! hub: full withdrawal, forged and repeated orders, broker restart mid-flow, and a long
-//! hub outage whose queued messages are all delivered.
+//! hub: full withdrawal, forged and repeated orders, broker restart mid-flow, a long hub
+//! outage whose queued messages are all delivered, and a dispenser missing at start-up or
+//! going silent.
 
 mod support;
 
@@ -10,6 +11,9 @@ use std::time::Duration;
 use qrcash_agent::store::{JournalKind, Store};
 use qrcash_agent::{Agent, AgentEvent, Screen};
 use qrcash_hardware::camera::{SyntheticCamera, SyntheticScene};
+use qrcash_hardware::dispenser::Dispenser;
+use qrcash_hardware::dispenser::lcdm::{LcdmConfig, LcdmDispenser};
+use qrcash_hardware::dispenser::reopen::Reopening;
 use qrcash_protocol::messages::{AtmDown, AtmUp, AwaitConfirmation, DispenseOutcome};
 use qrcash_protocol::{
     Amount, Clock, Currency, ManualClock, PrivateKey, Signer, SystemClock, TxId,
@@ -388,5 +392,112 @@ async fn an_order_repeated_while_it_dispenses_is_never_refused() {
     }
     assert!(reports >= 1, "the order's report");
     assert_eq!(rig.sim.counters().delivered, 3, "dispensed once");
+    agent.shutdown().await;
+}
+
+/// A dispenser that is missing when the agent starts keeps the ATM out of service instead of
+/// stopping the agent, and the ATM comes into service once the device answers. A dispenser
+/// that stops answering later takes the idle ATM out of service with an alarm in the
+/// journal; once it answers again it is recovered, and the ATM serves the next customer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_silent_dispenser_takes_the_atm_out_of_service_until_it_answers() {
+    let rig = Rig::new();
+    let mut hub = ScriptedHub::connect(&rig, 0).await;
+    let mut config = rig.config();
+    config.timing.device_check_s = 1;
+    // The port is a stable link (as a udev rule makes one) that points nowhere yet.
+    let link = rig.path("lcdm");
+    let lcdm = LcdmConfig {
+        port: link.to_string_lossy().into_owned(),
+        response_timeout_ms: 500,
+        ..rig.dispenser_config()
+    };
+    let dispenser = Reopening::new(
+        2,
+        Box::new(move || {
+            LcdmDispenser::open(lcdm.clone()).map(|d| Box::new(d) as Box<dyn Dispenser>)
+        }),
+    );
+    let cam = camera();
+    let agent = Agent::start(config, Box::new(cam.clone()), Box::new(dispenser))
+        .await
+        .unwrap();
+    let mut events = agent.subscribe();
+    let mut screen = agent.screen_watch();
+    tokio::time::timeout(
+        T,
+        screen.wait_for(|s| matches!(s, Screen::OutOfService { .. })),
+    )
+    .await
+    .expect("no dispenser: out of service")
+    .unwrap();
+    let in_service = |e: &AgentEvent| {
+        matches!(
+            e,
+            AgentEvent::Screen(Screen::Idle | Screen::ServiceUnavailable)
+        )
+    };
+
+    // The device appears: recovered, in service.
+    std::os::unix::fs::symlink(rig.sim.port_path(), &link).unwrap();
+    wait_event(
+        &mut events,
+        T,
+        "in service once the device answers",
+        in_service,
+    )
+    .await;
+
+    // It goes silent while idle: out of service, with an alarm.
+    rig.sim.power_off();
+    wait_event(&mut events, T, "device fault in the journal", |e| {
+        matches!(
+            e,
+            AgentEvent::Journal {
+                kind: JournalKind::DeviceFault,
+                ..
+            }
+        )
+    })
+    .await;
+    tokio::time::timeout(
+        T,
+        screen.wait_for(|s| matches!(s, Screen::OutOfService { .. })),
+    )
+    .await
+    .expect("out of service after the alarm")
+    .unwrap();
+    // No customer is taken meanwhile: a code shown now is not presented to the hub.
+    let now = SystemClock.now();
+    cam.show(&rig.code(TxId::random(), now)).unwrap();
+    assert!(
+        hub.next_up(Duration::from_secs(2)).await.is_none(),
+        "an ATM out of service presents no code"
+    );
+    cam.clear();
+
+    // Power back: recovered, in service, and the next customer gets cash.
+    rig.sim.power_on();
+    wait_event(&mut events, T, "in service again", in_service).await;
+    let (tx, now) = to_confirm_screen(&rig, &mut hub, &cam, &mut events).await;
+    let o = order(tx, now);
+    hub.send(AtmDown::DispenseOrder(o.clone()), None).await;
+    let report = hub.next_up(T).await.expect("DispenseReport");
+    let AtmUp::DispenseReport(r) = &report.msg else {
+        panic!("expected DispenseReport, got {:?}", report.msg)
+    };
+    assert_eq!(
+        (r.order_id, r.outcome),
+        (o.order_id, DispenseOutcome::Dispensed)
+    );
+    let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
+    assert_eq!(
+        store
+            .journal_of_kind(JournalKind::DeviceFault)
+            .unwrap()
+            .len(),
+        1,
+        "one alarm for one outage"
+    );
     agent.shutdown().await;
 }

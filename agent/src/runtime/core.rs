@@ -8,7 +8,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qrcash_hardware::dispenser::{DispenseOutcome as DeviceOutcome, DispenserError, Recovery};
+use qrcash_hardware::dispenser::{
+    DispenseOutcome as DeviceOutcome, DispenserError, DispenserStatus, Recovery,
+};
 use qrcash_io::link::LinkEvent;
 use qrcash_protocol::messages::{
     AtmDown, AtmUp, CassetteState, CassetteStatus, DispenseReport, Heartbeat,
@@ -44,6 +46,8 @@ pub(super) enum DeviceDone {
     },
     /// A recovery the session asked for ended.
     Recovered(Result<Recovery, DispenserError>),
+    /// The periodic status read ended.
+    Checked(Result<DispenserStatus, DispenserError>),
 }
 
 pub(super) struct Core {
@@ -60,14 +64,24 @@ pub(super) struct Core {
     pub dispenser: SharedDispenser,
     pub device: mpsc::Sender<DeviceDone>,
     pub link_up: bool,
+    /// A periodic status read is running.
+    pub checking: bool,
 }
 
 impl Core {
-    pub(super) async fn run(mut self, mut inputs: CoreInputs, heartbeat: Duration) {
+    pub(super) async fn run(
+        mut self,
+        mut inputs: CoreInputs,
+        heartbeat: Duration,
+        device_check: Duration,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut beat = tokio::time::interval(heartbeat);
+        let mut check =
+            tokio::time::interval_at(tokio::time::Instant::now() + device_check, device_check);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.show(self.initial_screen());
         let _ = self.outbox.send(OutboxCmd::Wake);
         loop {
@@ -99,6 +113,7 @@ impl Core {
                 Some(done) = inputs.done.recv() => self.device_done(done),
                 _ = tick.tick() => self.apply(Input::Tick),
                 _ = beat.tick() => self.heartbeat(),
+                _ = check.tick() => self.check_device(),
             }
         }
     }
@@ -340,8 +355,32 @@ impl Core {
     }
 
     /// A dispenser job ended: its result goes to the session.
+    /// Reads the dispenser's status off the core's task, when the session wants it and no
+    /// read is running yet.
+    fn check_device(&mut self) {
+        if self.checking || !self.session.wants_device_check() {
+            return;
+        }
+        self.checking = true;
+        let d = self.dispenser.clone();
+        let done = self.device.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = lock(&d).status();
+            let _ = done.blocking_send(DeviceDone::Checked(r));
+        });
+    }
+
     fn device_done(&mut self, done: DeviceDone) {
         match done {
+            DeviceDone::Checked(r) => {
+                self.checking = false;
+                if let Err(e) = &r {
+                    tracing::warn!(error = %e, "the dispenser does not answer");
+                }
+                self.apply(Input::DeviceChecked(
+                    r.map(|_| ()).map_err(|e| e.to_string()),
+                ));
+            }
             DeviceDone::Dispensed {
                 order_id,
                 result,

@@ -302,7 +302,7 @@ impl Agent {
             Box::new(qrcash_protocol::envelope::new_jti),
         );
         if !machine_clear {
-            session.set_out_of_service("the dispenser is not ready: see the log".into());
+            session.set_device_out_of_service("the dispenser is not ready: see the log".into());
         }
 
         let camera_stop = Arc::new(AtomicBool::new(false));
@@ -335,6 +335,7 @@ impl Agent {
             dispenser,
             device: done_tx,
             link_up: false,
+            checking: false,
         };
         let tasks = vec![
             tokio::spawn(run_outbox(
@@ -356,6 +357,7 @@ impl Agent {
                     stop: stop_rx,
                 },
                 config.timing.heartbeat(),
+                config.timing.device_check(),
             )),
         ];
         tracing::info!(atm = %config.atm_id, kid = %signer.kid(), "agent started");

@@ -47,6 +47,8 @@ pub enum JournalKind {
     OutboxFull,
     /// A message from the hub was refused (signature, replay, addressing).
     InboundRejected,
+    /// The dispenser stopped answering: the ATM went out of service (an alarm).
+    DeviceFault,
 }
 
 impl JournalKind {
@@ -68,6 +70,7 @@ impl JournalKind {
             JournalKind::Recovered => "recovered",
             JournalKind::OutboxFull => "outbox_full",
             JournalKind::InboundRejected => "inbound_rejected",
+            JournalKind::DeviceFault => "device_fault",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`lcdm`] drives a Puloon LCDM-1000/2000 over a serial port.
 //! - [`sim`] plays the device side of the LCDM protocol on a pseudo-terminal, with faults.
 //! - [`journal`] keeps the driver's record of its last dispense across restarts.
+//! - [`reopen`] opens the driver when first needed and again after its port failed.
 //!
 //! The money rule throughout: what the device did is reported as counted, and when it cannot
 //! tell, the outcome is `InDoubt` — never rounded to success or failure.
@@ -14,6 +15,7 @@ pub mod error;
 pub mod journal;
 pub mod lcdm;
 pub mod outcome;
+pub mod reopen;
 pub mod request;
 pub mod sim;
 pub mod status;
