@@ -14,7 +14,7 @@ use qrcash_hardware::dispenser::Dispenser;
 use qrcash_hardware::dispenser::lcdm::LcdmDispenser;
 use qrcash_hardware::dispenser::reopen::Reopening;
 use qrcash_io::KeyFile;
-use qrcash_protocol::PrivateKey;
+use qrcash_protocol::{Clock, PrivateKey};
 
 #[derive(Parser)]
 #[command(name = "qrcash-agent", version, about = "qrcash ATM agent")]
@@ -66,6 +66,32 @@ enum Command {
     },
     /// Print the agent's state from its database (JSON).
     Status,
+    /// The notes in each cassette, as the agent counts them (kept in its database: a
+    /// restart never resets them from the configuration).
+    Cassettes {
+        #[command(subcommand)]
+        command: Option<CassetteCommand>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CassetteCommand {
+    /// Print the counts (JSON); the default.
+    Show,
+    /// Set a cassette's count after replenishing or counting it (journalled as
+    /// `cassette_set` with the count before). Works while the agent runs: the next
+    /// heartbeat carries it.
+    Set {
+        /// The cassette's denomination (minor units), as in `[[cassettes]]`.
+        #[arg(long)]
+        denomination: u64,
+        /// The notes now in it.
+        #[arg(long)]
+        notes: u32,
+        /// Why (kept in the journal).
+        #[arg(long, default_value = "replenished")]
+        why: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +148,36 @@ fn main() -> Result<()> {
                 Format::Csv => store.export_csv(&mut w)?,
             };
             eprintln!("{n} journal entries exported");
+            Ok(())
+        }
+        Command::Cassettes { command } => {
+            let cfg = load(&cli.config)?;
+            let mut store = Store::open(&cfg.database, cfg.outbox.bounds())
+                .with_context(|| format!("opening {}", cfg.database.display()))?;
+            let configured: Vec<(u64, u32)> = cfg
+                .cassettes
+                .iter()
+                .map(|c| (c.denomination, c.notes))
+                .collect();
+            let now = qrcash_protocol::SystemClock.now();
+            store.seed_cassettes(&configured, now)?;
+            if let Some(CassetteCommand::Set {
+                denomination,
+                notes,
+                why,
+            }) = command
+            {
+                let before = store
+                    .set_cassette_count(denomination, notes, now, &why)?
+                    .with_context(|| {
+                        format!("no cassette of denomination {denomination} in the configuration")
+                    })?;
+                eprintln!("cassette {denomination}: {before} -> {notes} notes");
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&cassettes_json(&store.cassette_counts()?))?
+            );
             Ok(())
         }
         Command::Status => {
@@ -232,6 +288,13 @@ async fn run(cfg: AgentConfig) -> Result<()> {
     Ok(())
 }
 
+fn cassettes_json(counts: &[(u64, u32)]) -> serde_json::Value {
+    counts
+        .iter()
+        .map(|(d, n)| serde_json::json!({ "denomination": d, "notes": n }))
+        .collect()
+}
+
 fn status(store: &mut Store) -> Result<serde_json::Value> {
     let screen: Option<serde_json::Value> = store
         .status_value("screen")?
@@ -254,6 +317,7 @@ fn status(store: &mut Store) -> Result<serde_json::Value> {
         "orders_unfinished": unfinished,
         "last_seq": store.last_seq()?,
         "recovered": store.journal_of_kind(JournalKind::Recovered)?.len(),
+        "cassettes": cassettes_json(&store.cassette_counts()?),
         "journal_tail": tail,
     }))
 }

@@ -309,3 +309,71 @@ async fn next_presented(hub: &mut ScriptedHub, rig: &Rig) -> qrcash_protocol::Cl
         }
     }
 }
+
+/// The technician's cassette commands on the real binary: the counts come from the agent's
+/// database (seeded once from `agent.toml`), a count set by hand is journalled and is what
+/// `status` shows, and an unknown denomination changes nothing.
+#[test]
+fn cassette_counts_are_kept_in_the_database_and_set_by_the_technician() {
+    let rig = Rig::new();
+    let config = config_file(&rig);
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_qrcash-agent"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("qrcash-agent binary");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let counts = |json: &str| -> Vec<(u64, u64)> {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["denomination"].as_u64().unwrap(),
+                    c["notes"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (ok, out, err) = run(&["cassettes"]);
+    assert!(ok, "{err}");
+    assert_eq!(counts(&out), vec![(10_000, 100), (1_000, 100)]);
+
+    let (ok, out, err) = run(&[
+        "cassettes",
+        "set",
+        "--denomination",
+        "1000",
+        "--notes",
+        "2000",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("1000: 100 -> 2000"), "{err}");
+    assert_eq!(counts(&out), vec![(10_000, 100), (1_000, 2_000)]);
+
+    let (ok, _, err) = run(&["cassettes", "set", "--denomination", "5000", "--notes", "1"]);
+    assert!(!ok);
+    assert!(err.contains("no cassette of denomination 5000"), "{err}");
+
+    let (ok, out, err) = run(&["status"]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["cassettes"][1]["notes"], 2_000);
+    let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
+    assert_eq!(
+        store
+            .journal_of_kind(JournalKind::CassetteSet)
+            .unwrap()
+            .len(),
+        1
+    );
+}

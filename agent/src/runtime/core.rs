@@ -12,9 +12,7 @@ use qrcash_hardware::dispenser::{
     DispenseOutcome as DeviceOutcome, DispenserError, DispenserStatus, Recovery,
 };
 use qrcash_io::link::LinkEvent;
-use qrcash_protocol::messages::{
-    AtmDown, AtmUp, CassetteState, CassetteStatus, DispenseReport, Heartbeat,
-};
+use qrcash_protocol::messages::{AtmDown, AtmUp, CassetteState, CassetteStatus, Heartbeat};
 use qrcash_protocol::replay::SenderWindow;
 use qrcash_protocol::{Clock, OrderId, TxId};
 use serde_json::json;
@@ -57,7 +55,6 @@ pub(super) struct Core {
     pub verifier: InboundVerifier,
     pub clock: Arc<dyn Clock>,
     pub cassettes: Vec<u64>,
-    pub cassette_notes: Vec<u32>,
     pub events: broadcast::Sender<AgentEvent>,
     pub screen: watch::Sender<Screen>,
     pub outbox: mpsc::UnboundedSender<OutboxCmd>,
@@ -275,7 +272,6 @@ impl Core {
                             order_id: Some(report.order_id),
                         });
                         self.queued(&out);
-                        self.count_out(&report);
                         tracing::info!(order = %report.order_id, outcome = ?report.outcome, dispensed = %report.dispensed, "dispense reported");
                         Ok(())
                     }
@@ -416,14 +412,6 @@ impl Core {
         }
     }
 
-    fn count_out(&mut self, report: &DispenseReport) {
-        for n in &report.notes {
-            if let Some(i) = self.cassettes.iter().position(|d| *d == n.denomination) {
-                self.cassette_notes[i] = self.cassette_notes[i].saturating_sub(n.exited);
-            }
-        }
-    }
-
     fn inbound(&mut self, topic: &str, payload: &[u8]) {
         let now = self.clock.now();
         let window = match self.store.hub_window() {
@@ -486,20 +474,31 @@ impl Core {
             }
         }
         let outbox = self.store.outbox_stats().map(|s| s.messages).unwrap_or(0);
+        // The kept counts (`store::cassettes`): a count a technician set while the agent ran
+        // is in the next heartbeat.
+        let kept = match self.store.cassette_counts() {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the cassette counts");
+                return;
+            }
+        };
         let hb = Heartbeat {
             state: self.session.atm_state(),
             cassettes: self
                 .cassettes
                 .iter()
-                .zip(&self.cassette_notes)
-                .map(|(d, n)| CassetteStatus {
-                    denomination: *d,
-                    notes: *n,
-                    state: if *n == 0 {
-                        CassetteState::Empty
-                    } else {
-                        CassetteState::Ok
-                    },
+                .map(|d| {
+                    let notes = kept.iter().find(|(k, _)| k == d).map_or(0, |(_, n)| *n);
+                    CassetteStatus {
+                        denomination: *d,
+                        notes,
+                        state: if notes == 0 {
+                            CassetteState::Empty
+                        } else {
+                            CassetteState::Ok
+                        },
+                    }
                 })
                 .collect(),
             outbox: u32::try_from(outbox).unwrap_or(u32::MAX),

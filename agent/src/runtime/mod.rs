@@ -225,6 +225,18 @@ impl Agent {
             json!({ "software": env!("CARGO_PKG_VERSION"), "kid": signer.kid().as_str() }),
         )?;
 
+        // The configured counts only seed cassettes the database does not know yet: a
+        // restart never resets what the agent counted out.
+        let configured: Vec<(u64, u32)> = config
+            .cassettes
+            .iter()
+            .map(|c| (c.denomination, c.notes))
+            .collect();
+        let seeded = store.seed_cassettes(&configured, clock.now())?;
+        if !seeded.is_empty() {
+            tracing::info!(?seeded, "cassette counts seeded from the configuration");
+        }
+
         // --- Recovery, before anything can start a new dispense. ---
         let sealer = Sealer {
             signer: signer.clone(),
@@ -328,7 +340,6 @@ impl Agent {
             ),
             clock: clock.clone(),
             cassettes,
-            cassette_notes: config.cassettes.iter().map(|c| c.notes).collect(),
             events: events.clone(),
             screen: screen_tx,
             outbox: outbox_tx.clone(),

@@ -49,6 +49,8 @@ pub enum JournalKind {
     InboundRejected,
     /// The dispenser stopped answering: the ATM went out of service (an alarm).
     DeviceFault,
+    /// A technician set a cassette's count (replenished or counted it).
+    CassetteSet,
 }
 
 impl JournalKind {
@@ -71,6 +73,7 @@ impl JournalKind {
             JournalKind::OutboxFull => "outbox_full",
             JournalKind::InboundRejected => "inbound_rejected",
             JournalKind::DeviceFault => "device_fault",
+            JournalKind::CassetteSet => "cassette_set",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! connection is not shared between threads); SQLite serialises the writers.
 //! Not here: what the records mean for a session (`session`), when to resend (`outbox` task).
 
+mod cassettes;
 mod journal;
 mod meta;
 mod orders;
@@ -77,8 +78,18 @@ CREATE TABLE meta (
 );
 "#;
 
+/// The notes per cassette (`cassettes.rs`): kept across restarts, never reset from the
+/// configuration.
+const SCHEMA_V2: &str = r#"
+CREATE TABLE cassettes (
+    denomination INTEGER PRIMARY KEY NOT NULL CHECK (denomination > 0),
+    notes        INTEGER NOT NULL CHECK (notes >= 0),
+    updated_at   INTEGER NOT NULL
+);
+"#;
+
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(SCHEMA_V1)])
+    Migrations::new(vec![M::up(SCHEMA_V1), M::up(SCHEMA_V2)])
 }
 
 /// One connection to the agent database.

@@ -145,6 +145,7 @@ impl Store {
             Some(report.order_id),
             &device_detail,
         )?;
+        super::cassettes::count_out(&tx, report, now)?;
         let out = enqueue_in(&tx, bounds, Priority::Critical, now, seal)?;
         journal::append(
             &tx,
@@ -195,7 +196,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::testing;
     use qrcash_protocol::messages::{DispenseOutcome, NoteCount};
