@@ -23,6 +23,7 @@ async fn withdrawal_over_tls_with_client_certificates_and_the_production_acl() {
         tls: Some(pki.broker_tls()),
         acl: Some(PRODUCTION_ACL.to_owned()),
         extra: Vec::new(),
+        verbatim: None,
     });
     let url = broker.url();
     let rig = Rig::with_broker(

@@ -1,7 +1,8 @@
 //! The locked-down broker: Mosquitto with TLS, required client certificates, CN as username
 //! and the production ACL (`deploy/mosquitto/acl.conf`). Proves that a device can neither
 //! publish on nor read another device's topics and that a client without a valid
-//! certificate cannot connect at all. (That end-to-end signatures stop a client that *is*
+//! certificate cannot connect at all. The production configuration file itself
+//! (`deploy/mosquitto/mosquitto.conf`) runs here too, with only its paths, port and log moved. (That end-to-end signatures stop a client that *is*
 //! allowed on a topic is proven in `hub_security.rs`.)
 
 use std::time::Duration;
@@ -9,14 +10,15 @@ use std::time::Duration;
 use qrcash_protocol::topics;
 use qrcash_tests::broker::{Mosquitto, MosquittoConfig};
 use qrcash_tests::mqtt::TestClient;
-use qrcash_tests::pki::{PRODUCTION_ACL, TestPki};
-use rumqttc::SubscribeReasonCode;
+use qrcash_tests::pki::{PRODUCTION_ACL, PRODUCTION_BROKER_CONF, TestPki};
+use rumqttc::{Event, Packet, QoS, SubscribeReasonCode};
 
 fn locked_down(pki: &TestPki) -> Mosquitto {
     Mosquitto::start_with(MosquittoConfig {
         tls: Some(pki.broker_tls()),
         acl: Some(PRODUCTION_ACL.to_owned()),
         extra: Vec::new(),
+        verbatim: None,
     })
 }
 
@@ -126,4 +128,75 @@ async fn a_device_cannot_read_another_devices_topics() {
         "atm-2 received another device's message"
     );
     assert!(atm2.next_publish(QUIET).await.is_none());
+}
+
+/// The shipped broker configuration runs: no deprecated option, the production ACL confines
+/// devices, and a packet above its `max_packet_size` ends the sender's connection without
+/// reaching anyone.
+#[tokio::test]
+async fn the_production_configuration_runs_as_shipped() {
+    let pki = TestPki::default();
+    let broker = Mosquitto::start_with(MosquittoConfig {
+        tls: Some(pki.broker_tls()),
+        acl: Some(PRODUCTION_ACL.to_owned()),
+        extra: Vec::new(),
+        verbatim: Some(PRODUCTION_BROKER_CONF.to_owned()),
+    });
+    let conf = std::fs::read_to_string(broker.dir().join("mosquitto.conf")).unwrap();
+    assert!(conf.contains("require_certificate true"), "{conf}");
+    assert!(conf.contains("max_packet_size 131072"), "{conf}");
+    let log = broker.log();
+    assert!(
+        !log.contains("recommended to replace") && !log.to_lowercase().contains("deprecated"),
+        "the shipped configuration uses a deprecated option:\n{log}"
+    );
+
+    let mut hub = client(&pki, &broker, "hub").await;
+    hub.subscribe(&topics::atm_up("+")).await;
+    let mut atm1 = client(&pki, &broker, "atm-1").await;
+    atm1.publish(&topics::atm_up("atm-2"), "forged").await;
+    atm1.publish(&topics::atm_up("atm-1"), vec![b'x'; 60_000])
+        .await;
+    let (topic, payload) = hub
+        .next_publish(Duration::from_secs(5))
+        .await
+        .expect("the ATM's own up-link was not delivered");
+    assert_eq!(
+        (topic.as_str(), payload.len()),
+        (topics::atm_up("atm-1").as_str(), 60_000)
+    );
+
+    // 200 KiB in one packet: the broker drops the connection instead of acknowledging.
+    let cfg = pki.client_config(&broker.url(), "atm-3");
+    let mut opts = qrcash_io::broker::mqtt_options(&cfg, "atm-3").unwrap();
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (big, mut events) = rumqttc::AsyncClient::new(opts, 16);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut sent = false;
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) if !sent => {
+                    sent = true;
+                    big.publish(
+                        topics::atm_up("atm-3"),
+                        QoS::AtLeastOnce,
+                        false,
+                        vec![b'x'; 200 * 1024],
+                    )
+                    .await
+                    .unwrap();
+                }
+                Ok(Event::Incoming(Packet::PubAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .expect("neither an ack nor a disconnect within 10 s");
+    assert!(outcome.is_err(), "the broker acknowledged a 200 KiB packet");
+    assert!(
+        hub.next_publish(QUIET).await.is_none(),
+        "an oversized packet was delivered"
+    );
 }

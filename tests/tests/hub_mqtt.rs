@@ -141,6 +141,7 @@ async fn a_withdrawal_over_mosquitto_with_tls_client_certificates_and_the_acl() 
         tls: Some(pki.broker_tls()),
         acl: Some(PRODUCTION_ACL.to_owned()),
         extra: Vec::new(),
+        verbatim: None,
     });
     let url = broker.url();
     withdrawal(|cn| pki.client_config(&url, cn)).await;

@@ -31,6 +31,7 @@ async fn only_enrolled_keys_get_answers_even_from_allowed_clients() {
         tls: Some(pki.broker_tls()),
         acl: Some(PRODUCTION_ACL.to_owned()),
         extra: Vec::new(),
+        verbatim: None,
     });
     let url = broker.url();
     let (net, devices) = Net::start(pki.client_config(&url, "hub"), "hub", |rig| {

@@ -20,6 +20,11 @@ pub struct MosquittoConfig {
     pub acl: Option<String>,
     /// Further configuration lines, appended verbatim.
     pub extra: Vec<String>,
+    /// A whole configuration file to run instead of the generated one (the production file
+    /// of `deploy/mosquitto/`), with its paths, listener and log destination moved into the
+    /// broker's private folder: see [`production_config`]. `tls` and `acl` then only
+    /// provide the files it names.
+    pub verbatim: Option<String>,
 }
 
 /// TLS files of the listener, as PEM text (written into the broker's private folder).
@@ -219,7 +224,53 @@ impl Drop for Mosquitto {
     }
 }
 
+/// The production configuration `text` (`deploy/mosquitto/mosquitto.conf`) made runnable in
+/// the private folder `dir` on `port`: its `/etc/mosquitto/qrcash/` files and persistence
+/// location move into `dir`, its listener to `127.0.0.1:port`, its log to stderr, and it
+/// stays root when run as root (the private folder is not the `mosquitto` user's). Every
+/// other line runs as shipped.
+pub fn production_config(text: &str, dir: &Path, port: u16) -> String {
+    let folder = format!("{}/", dir.display());
+    let mut out = String::from("user root\n");
+    for line in text.lines() {
+        let line = line
+            .replace("/etc/mosquitto/qrcash/", &folder)
+            .replace("/var/lib/mosquitto/", &folder);
+        let replaced = if line.starts_with("listener ") {
+            format!("listener {port} 127.0.0.1")
+        } else if line.starts_with("log_dest ") {
+            "log_dest stderr".to_owned()
+        } else {
+            line
+        };
+        out.push_str(&replaced);
+        out.push('\n');
+    }
+    out.push_str("log_type notice\n");
+    out
+}
+
 fn write_config(dir: &Path, port: u16, config: &MosquittoConfig) {
+    if let Some(text) = &config.verbatim {
+        if let Some(tls) = &config.tls {
+            for (name, content) in [
+                ("device-ca.pem", &tls.ca_pem),
+                ("broker.pem", &tls.cert_pem),
+                ("broker.key", &tls.key_pem),
+            ] {
+                std::fs::write(dir.join(name), content).expect("write TLS file");
+            }
+        }
+        if let Some(acl) = &config.acl {
+            std::fs::write(dir.join("acl.conf"), acl).expect("write ACL file");
+        }
+        std::fs::write(
+            dir.join("mosquitto.conf"),
+            production_config(text, dir, port),
+        )
+        .expect("write mosquitto.conf");
+        return;
+    }
     let mut conf = String::new();
     // As root Mosquitto would switch to the `mosquitto` user, which cannot read our private
     // folder; as any other user the line has no effect.

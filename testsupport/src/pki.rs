@@ -134,3 +134,8 @@ fn write_private(path: &Path, text: &str) {
 
 /// The production ACL (`deploy/mosquitto/acl.conf`), which the security tests load verbatim.
 pub const PRODUCTION_ACL: &str = include_str!("../../deploy/mosquitto/acl.conf");
+
+/// The production broker configuration (`deploy/mosquitto/mosquitto.conf`), which the
+/// security tests run with only its paths, port and log moved
+/// ([`crate::broker::production_config`]).
+pub const PRODUCTION_BROKER_CONF: &str = include_str!("../../deploy/mosquitto/mosquitto.conf");
