@@ -170,7 +170,7 @@ fn main() -> Result<()> {
                 let before = store
                     .set_cassette_count(denomination, notes, now, &why)?
                     .with_context(|| {
-                        format!("no cassette of denomination {denomination} in the configuration")
+                        format!("no cassette of denomination {denomination} is counted (see `cassettes`)")
                     })?;
                 eprintln!("cassette {denomination}: {before} -> {notes} notes");
             }

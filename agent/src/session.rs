@@ -229,6 +229,8 @@ pub enum Input {
     /// The periodic status read of the dispenser ([`Session::wants_device_check`]) ended:
     /// `Err` with why the device did not answer.
     DeviceChecked(Result<(), String>),
+    /// A recovery ([`Action::Recover`]) could not reach the device.
+    RecoveryFailed,
     /// The broker connection went up or down.
     Link(bool),
     /// Time passes.
@@ -364,6 +366,10 @@ pub struct Session {
     /// recovery failed. (A recovery that ran and left the machine unclear is not retried:
     /// a jam needs an operator, not a purge every few seconds.)
     recover_pending: bool,
+    /// The last device check found the dispenser silent: an order that arrives meanwhile
+    /// (its customer's session began before the answer) is refused before anything is
+    /// written ahead, rather than sent to a device that would leave it in doubt.
+    device_silent: bool,
     new_jti: Box<dyn FnMut() -> String + Send>,
 }
 
@@ -402,6 +408,7 @@ impl Session {
             last_code: None,
             device_fault: false,
             recover_pending: false,
+            device_silent: false,
             new_jti,
         }
     }
@@ -411,12 +418,13 @@ impl Session {
         self.phase = Phase::OutOfService { reason };
     }
 
-    /// Starts out of service because the dispenser did not answer or is not clear: the
-    /// periodic device check brings it back once the device answers.
-    pub fn set_device_out_of_service(&mut self, reason: String) {
+    /// Starts out of service because of the dispenser. `answered` says whether the start-up
+    /// recovery reached it: if not, a recovery runs once the periodic check finds it
+    /// answering; if it did and left the machine unclear (a jam), an operator must act.
+    pub fn set_device_out_of_service(&mut self, reason: String, answered: bool) {
         self.set_out_of_service(reason);
         self.device_fault = true;
-        self.recover_pending = true;
+        self.recover_pending = !answered;
     }
 
     /// Whether the shell should read the dispenser's status now: while nobody is being
@@ -502,6 +510,7 @@ impl Session {
                 vec![]
             }
             Input::DeviceChecked(result) => self.device_checked(result),
+            Input::RecoveryFailed => self.recovery_failed(),
             Input::Link(up) => {
                 let changed = self.link_up != up;
                 self.link_up = up;
@@ -719,6 +728,9 @@ impl Session {
             }
             if !order.notes_match_amount() {
                 return Err("notes do not add up to the amount".into());
+            }
+            if self.device_silent {
+                return Err("the dispenser does not answer".into());
             }
             request_for(&order, &self.cfg.cassettes)
         };
@@ -1004,6 +1016,7 @@ impl Session {
     /// recovered (status, purge if notes may be inside), and [`Input::MachineClear`] puts
     /// the ATM back in service.
     fn device_checked(&mut self, result: Result<(), String>) -> Vec<Action> {
+        self.device_silent = result.is_err();
         match (&self.phase, result) {
             (Phase::Idle, Err(error)) => {
                 self.device_fault = true;
@@ -1030,6 +1043,15 @@ impl Session {
             }
             _ => vec![],
         }
+    }
+
+    /// A recovery could not reach the device (it failed, rather than leaving the machine
+    /// unclear): it runs again once the device answers.
+    fn recovery_failed(&mut self) -> Vec<Action> {
+        if self.device_fault {
+            self.recover_pending = true;
+        }
+        vec![]
     }
 
     fn tick(&mut self, now: u64) -> Vec<Action> {
@@ -1427,18 +1449,32 @@ mod tests {
             f.s.handle(Input::DeviceChecked(Ok(())), NOW + 3).is_empty(),
             "one recovery per outage: a machine recovery leaves unclear needs an operator"
         );
+        // A recovery that could not reach the device runs again once it answers.
+        f.s.handle(Input::RecoveryFailed, NOW + 3);
+        assert_eq!(
+            f.s.handle(Input::DeviceChecked(Ok(())), NOW + 3),
+            vec![Action::Recover]
+        );
         f.s.handle(Input::MachineClear, NOW + 4);
         assert_eq!(f.s.phase(), &Phase::Idle);
 
-        // During a customer's session the device is not polled, and an answer that comes
-        // in then changes nothing.
-        to_awaiting(&mut f);
+        // During a customer's session the device is not polled. A silent answer that comes
+        // in then changes the session in nothing, but its order is refused before anything
+        // is written ahead: sent to a silent device, it would end in doubt.
+        let tx = to_awaiting(&mut f);
         assert!(!f.s.wants_device_check());
         assert!(
             f.s.handle(Input::DeviceChecked(Err("no answer".into())), NOW + 5)
                 .is_empty()
         );
         assert_eq!(f.s.atm_state(), AtmState::AwaitingConfirmation);
+        let a = deliver(&mut f, "h9", order(tx, 20_000), NOW + 6);
+        assert!(
+            sends(&a).iter().any(|m| matches!(m,
+                AtmUp::OrderRefused(r) if r.reason.contains("does not answer"))),
+            "{a:?}"
+        );
+        assert!(!a.iter().any(|a| matches!(a, Action::WriteAhead { .. })));
 
         // Out of service for another reason (the database): the device check does not
         // bring it back.

@@ -363,6 +363,12 @@ fn cassette_counts_are_kept_in_the_database_and_set_by_the_technician() {
     let (ok, _, err) = run(&["cassettes", "set", "--denomination", "5000", "--notes", "1"]);
     assert!(!ok);
     assert!(err.contains("no cassette of denomination 5000"), "{err}");
+    let (_, out, _) = run(&["cassettes"]);
+    assert_eq!(
+        counts(&out),
+        vec![(10_000, 100), (1_000, 2_000)],
+        "nothing changed"
+    );
 
     let (ok, out, err) = run(&["status"]);
     assert!(ok, "{err}");

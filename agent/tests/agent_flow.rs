@@ -496,8 +496,8 @@ async fn a_missing_or_silent_dispenser_takes_the_atm_out_of_service_until_it_ans
             .journal_of_kind(JournalKind::DeviceFault)
             .unwrap()
             .len(),
-        1,
-        "one alarm for one outage"
+        2,
+        "one alarm at start-up (no device) and one for the outage"
     );
     agent.shutdown().await;
 }

@@ -8,9 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use qrcash_hardware::dispenser::{
-    DispenseOutcome as DeviceOutcome, DispenserError, DispenserStatus, Recovery,
-};
+use qrcash_hardware::dispenser::{DispenseOutcome as DeviceOutcome, DispenserError, Recovery};
 use qrcash_io::link::LinkEvent;
 use qrcash_protocol::messages::{AtmDown, AtmUp, CassetteState, CassetteStatus, Heartbeat};
 use qrcash_protocol::replay::SenderWindow;
@@ -44,8 +42,8 @@ pub(super) enum DeviceDone {
     },
     /// A recovery the session asked for ended.
     Recovered(Result<Recovery, DispenserError>),
-    /// The periodic status read ended.
-    Checked(Result<DispenserStatus, DispenserError>),
+    /// The periodic status read ended (`Err` also for a driver that panicked).
+    Checked(Result<(), String>),
 }
 
 pub(super) struct Core {
@@ -350,7 +348,6 @@ impl Core {
         }
     }
 
-    /// A dispenser job ended: its result goes to the session.
     /// Reads the dispenser's status off the core's task, when the session wants it and no
     /// read is running yet.
     fn check_device(&mut self) {
@@ -361,11 +358,15 @@ impl Core {
         let d = self.dispenser.clone();
         let done = self.device.clone();
         tokio::task::spawn_blocking(move || {
-            let r = lock(&d).status();
+            // A panic inside the driver must not leave `checking` set for ever.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lock(&d).status()))
+                .map_err(|_| "the dispenser driver panicked".to_owned())
+                .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
             let _ = done.blocking_send(DeviceDone::Checked(r));
         });
     }
 
+    /// A dispenser job ended: its result goes to the session.
     fn device_done(&mut self, done: DeviceDone) {
         match done {
             DeviceDone::Checked(r) => {
@@ -407,7 +408,10 @@ impl Core {
                 Ok(_) => {
                     tracing::error!("dispenser still not clear after recovery: operator needed")
                 }
-                Err(e) => tracing::error!(error = %e, "dispenser recovery failed: operator needed"),
+                Err(e) => {
+                    tracing::error!(error = %e, "dispenser recovery failed: tried again once the device answers");
+                    self.apply(Input::RecoveryFailed);
+                }
             },
         }
     }

@@ -251,6 +251,14 @@ impl Agent {
             Ok(r) => r.machine_clear(),
             Err(e) => {
                 tracing::warn!(error = %e, "dispenser recovery at start-up failed");
+                // The alarm: the ATM starts out of service until the device answers.
+                store.journal(
+                    clock.now(),
+                    JournalKind::DeviceFault,
+                    None,
+                    None,
+                    json!({ "error": e.to_string(), "at": "start-up" }),
+                )?;
                 false
             }
         };
@@ -314,7 +322,10 @@ impl Agent {
             Box::new(qrcash_protocol::envelope::new_jti),
         );
         if !machine_clear {
-            session.set_device_out_of_service("the dispenser is not ready: see the log".into());
+            session.set_device_out_of_service(
+                "the dispenser is not ready: see the log".into(),
+                recovery.is_ok(),
+            );
         }
 
         let camera_stop = Arc::new(AtomicBool::new(false));

@@ -88,8 +88,10 @@ impl Store {
     }
 }
 
-/// Takes the notes that left the machine in `report` out of the kept counts, inside the
-/// transaction that records the report (never below zero).
+/// Takes the notes picked from each cassette in `report` out of the kept counts (those that
+/// reached the customer and those that went to the reject tray), inside the transaction that
+/// records the report (never below zero). A report in doubt without counts takes nothing:
+/// the count then stays high until a technician counts the cassette.
 pub(super) fn count_out(
     conn: &Connection,
     report: &DispenseReport,
@@ -99,7 +101,7 @@ pub(super) fn count_out(
         conn.execute(
             "UPDATE cassettes SET notes = MAX(notes - ?2, 0), updated_at = ?3
              WHERE denomination = ?1",
-            params![n.denomination as i64, i64::from(n.exited), now as i64],
+            params![n.denomination as i64, i64::from(n.picked), now as i64],
         )?;
     }
     Ok(())
@@ -113,15 +115,19 @@ mod tests {
     use super::super::{Outgoing, Store, testing};
     use super::*;
 
+    /// A dispense of `tens` and `ones` notes picked (one of the tens rejected when any).
     fn dispensed(store: &mut Store, n: u8, tens: u32, ones: u32) {
         let o = order(n);
         store.begin_dispense(&o, 10, None, json!({})).unwrap();
-        let note = |denomination, exited| NoteOutcome {
-            denomination,
-            requested: exited,
-            picked: exited,
-            exited,
-            rejected: 0,
+        let note = |denomination, picked: u32| {
+            let rejected = u32::from(denomination == 10_000 && picked > 0);
+            NoteOutcome {
+                denomination,
+                requested: picked - rejected,
+                picked,
+                exited: picked - rejected,
+                rejected,
+            }
         };
         let r = DispenseReport {
             order_id: o.order_id,

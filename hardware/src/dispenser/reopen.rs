@@ -4,10 +4,12 @@
 //! manager restart it in a loop) and the second leaves it talking to a dead file descriptor
 //! until someone restarts it.
 //!
-//! The wrapper only decides *when* to open; the driver it opens does all the I/O. A driver
-//! dropped after a port failure keeps nothing the next one needs, as long as the driver's
-//! journal is configured: the new driver reads the last dispense back from it, so
-//! `recover_last` still answers for the dispense that was in flight.
+//! The wrapper only decides *when* to open; the driver it opens does all the I/O. A dropped
+//! driver takes its memory of the last dispense with it (the driver's journal, when
+//! configured, gives the next one that record back), so after a drop the wrapper makes the
+//! machine safe whatever the next driver knows: it refuses to dispense (promising, as every
+//! `Err` does, that nothing moved) until a recovery has purged the note path and found the
+//! machine clear.
 
 use super::{
     CassetteId, DispenseOutcome, DispenseRequest, Dispenser, DispenserError, DispenserStatus,
@@ -22,6 +24,8 @@ pub struct Reopening {
     open: Opener,
     inner: Option<Box<dyn Dispenser>>,
     cassettes: usize,
+    /// A driver was dropped since the last recovery that left the machine clear.
+    dropped: bool,
 }
 
 impl std::fmt::Debug for Reopening {
@@ -41,6 +45,7 @@ impl Reopening {
             open,
             inner: None,
             cassettes,
+            dropped: false,
         }
     }
 
@@ -77,6 +82,7 @@ impl Reopening {
         {
             tracing::warn!(error = %e, "dispenser port failed: it is opened again on the next call");
             self.inner = None;
+            self.dropped = true;
         }
         result
     }
@@ -98,6 +104,9 @@ impl Dispenser for Reopening {
         reference: &str,
         request: &DispenseRequest,
     ) -> Result<DispenseOutcome, DispenserError> {
+        if self.dropped {
+            return Err(DispenserError::RecoveryRequired);
+        }
         self.with(|d| d.dispense(reference, request))
     }
 
@@ -112,8 +121,21 @@ impl Dispenser for Reopening {
         self.with(|d| d.test_dispense(cassette))
     }
 
+    /// After a dropped driver, purges first: the new driver may not know that notes were
+    /// left in the path (without the driver's journal it knows nothing of the last
+    /// dispense).
     fn recover_last(&mut self) -> Result<Recovery, DispenserError> {
-        self.with(|d| d.recover_last())
+        let purge_first = self.dropped;
+        let recovery = self.with(|d| {
+            if purge_first {
+                d.purge()?;
+            }
+            d.recover_last()
+        })?;
+        if recovery.machine_clear() {
+            self.dropped = false;
+        }
+        Ok(recovery)
     }
 }
 
@@ -175,6 +197,15 @@ mod tests {
         std::fs::remove_file(&link).unwrap();
         std::os::unix::fs::symlink(second.port_path(), &link).unwrap();
         assert!(d.status().is_ok());
-        assert!(d.recover_last().is_ok());
+        // After a drop nothing is dispensed until a recovery purged and found it clear.
+        let request = DispenseRequest::upper(1);
+        assert!(matches!(
+            d.dispense("order-1", &request),
+            Err(DispenserError::RecoveryRequired)
+        ));
+        assert_eq!(second.counters().delivered, 0);
+        assert!(d.recover_last().unwrap().machine_clear());
+        assert!(d.dispense("order-1", &request).is_ok());
+        assert!(second.wait_for(Duration::from_secs(5), |c| c.delivered == 1));
     }
 }
