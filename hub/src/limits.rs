@@ -6,8 +6,9 @@ use qrcash_protocol::messages::LimitKind;
 use qrcash_protocol::{Amount, RejectReason};
 
 use crate::error::StoreError;
+use crate::store::Db;
+use crate::store::operations::{self, Counted};
 use crate::store::rows;
-use crate::store::{Db, operations};
 use crate::warnings::local_day_start;
 use crate::withdrawal::Phase;
 
@@ -53,26 +54,17 @@ pub fn withdrawn_today(
     Ok(total)
 }
 
-/// Transfers, payments and bank withdrawals of `account` since the local day started.
-pub fn paid_out_today(
+/// The money operations of one kind (`which`: transfers, payments and payouts, or top-ups)
+/// of `account` since the local day started.
+pub fn operations_today(
     db: Db<'_>,
     account: &str,
+    which: Counted,
     now: u64,
     utc_offset_minutes: i32,
 ) -> Result<u64, StoreError> {
     let since = local_day_start(now, utc_offset_minutes);
-    operations::total_since(db, account, since, operations::Counted::PaidOut)
-}
-
-/// Top-ups of `account` since the start of the local day.
-pub fn topped_up_today(
-    db: Db<'_>,
-    account: &str,
-    now: u64,
-    utc_offset_minutes: i32,
-) -> Result<u64, StoreError> {
-    let since = local_day_start(now, utc_offset_minutes);
-    operations::total_since(db, account, since, operations::Counted::TopUps)
+    operations::total_since(db, account, since, which)
 }
 
 #[cfg(test)]

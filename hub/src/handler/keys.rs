@@ -5,7 +5,7 @@
 
 use qrcash_protocol::messages::PhoneUp;
 use qrcash_protocol::receive::KeyDirectory;
-use qrcash_protocol::{EnvelopeError, PublicKey, Sealed};
+use qrcash_protocol::{Claims, EnvelopeError, PublicKey, Sealed};
 
 use super::HandleError;
 use crate::store::Db;
@@ -46,28 +46,15 @@ impl KeyDirectory for PhoneKeys<'_> {
     ) -> Result<(PublicKey, Option<DeviceRow>), HandleError> {
         let kid = sealed.kid().as_str();
         let device = rows::device(self.0, id).map_err(|e| HandleError::Internal(e.to_string()))?;
-        // The claims are peeked at only to find the key; `open` then verifies the signature
-        // with it before anything is acted on.
-        let peeked = sealed.peek::<PhoneUp>();
         if let Some(d) = device.as_ref().filter(|d| d.kid == kid) {
-            // A login that enrols another key must be signed by that key, not by the key it
-            // replaces.
-            if let Ok(PhoneUp::Login(l)) = peeked.as_ref().map(|c| &c.msg)
-                && l.device.device_id == id
-                && PublicKey::from_jwk(&l.device.public_key)
-                    .map_or(true, |k| k.kid().as_str() != kid)
-            {
-                return Err(EnvelopeError::UnknownKey(format!(
-                    "{kid}: a login carrying another key must be signed by that key"
-                ))
-                .into());
-            }
             let key = PublicKey::from_jwk_json(&d.public_jwk)
                 .map_err(|e| HandleError::Internal(format!("enrolled key of device {id}: {e}")))?;
             return Ok((key, device));
         }
-        // Not the enrolled key: only a login carrying its own key may introduce one.
-        let PhoneUp::Login(login) = peeked?.msg else {
+        // Not the enrolled key: only a login carrying its own key may introduce one. The
+        // claims are peeked at only to find that key; `open` then verifies the signature
+        // with it before anything is acted on.
+        let PhoneUp::Login(login) = sealed.peek::<PhoneUp>()?.msg else {
             return Err(match device {
                 Some(_) => EnvelopeError::UnknownKey(kid.to_owned()).into(),
                 None => HandleError::UnknownSender(id.to_owned()),
@@ -80,4 +67,24 @@ impl KeyDirectory for PhoneKeys<'_> {
         }
         Ok((key, device))
     }
+}
+
+/// A login that enrols another key than the one that signed it is refused: it must be signed
+/// by the key it carries (proof of possession), not by the key it replaces. Checked on the
+/// verified claims, so the common case (the enrolled key, no login) decodes them only once.
+pub(super) fn login_signed_by_its_key(
+    id: &str,
+    kid: &str,
+    claims: &Claims<PhoneUp>,
+) -> Result<(), HandleError> {
+    if let PhoneUp::Login(l) = &claims.msg
+        && l.device.device_id == id
+        && PublicKey::from_jwk(&l.device.public_key).map_or(true, |k| k.kid().as_str() != kid)
+    {
+        return Err(EnvelopeError::UnknownKey(format!(
+            "{kid}: a login carrying another key must be signed by that key"
+        ))
+        .into());
+    }
+    Ok(())
 }

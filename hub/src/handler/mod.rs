@@ -903,6 +903,7 @@ fn verify(
             let a =
                 receive::open::<PhoneUp, _>(&keys::PhoneKeys(db), &id, payload, MAX_UPLINK_BYTES)
                     .map_err(|e| malformed("phone", &id, e))?;
+            keys::login_signed_by_its_key(&id, a.kid.as_str(), &a.claims)?;
             Ok(Verified {
                 jti: a.claims.jti.clone(),
                 seq: a.claims.seq,

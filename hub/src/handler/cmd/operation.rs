@@ -136,9 +136,10 @@ pub(in crate::handler) fn money_out_checks(
 ) -> Result<(), Fail> {
     gate(ctx, account, device, f)?;
     check_amount(account, amount)?;
-    let today = limits::paid_out_today(
+    let today = limits::operations_today(
         ctx.db,
         &account.id,
+        crate::store::operations::Counted::PaidOut,
         ctx.now,
         ctx.cfg.network.utc_offset_minutes,
     )?;

@@ -30,9 +30,10 @@ pub(in crate::handler) fn top_up(
     }
     gate(ctx, account, device, Function::TopUp)?;
     check_amount(account, &t.amount)?;
-    let today = limits::topped_up_today(
+    let today = limits::operations_today(
         ctx.db,
         &account.id,
+        crate::store::operations::Counted::TopUps,
         ctx.now,
         ctx.cfg.network.utc_offset_minutes,
     )?;
