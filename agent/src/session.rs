@@ -351,6 +351,26 @@ enum StepRefused {
     OutOfOrder,
 }
 
+/// Recent codes the camera read, so that a showing is acted on once: a camera sees the same
+/// code on many frames.
+#[derive(Default)]
+struct RecentCodes {
+    /// The last code acted on (presented, or refused as invalid) and when (Unix seconds):
+    /// quiet for the quiet time whatever happens.
+    served: Option<(String, u64)>,
+    /// The last code read while the ATM could not serve it (out of service, hub
+    /// unreachable, another customer's session): quiet only while the ATM still cannot,
+    /// and read again on the first frame after it can.
+    held: Option<(String, u64)>,
+}
+
+impl RecentCodes {
+    fn quiet(seen: &Option<(String, u64)>, text: &str, now: u64, quiet: u64) -> bool {
+        seen.as_ref()
+            .is_some_and(|(t, at)| t == text && now < at.saturating_add(quiet))
+    }
+}
+
 /// The session state machine.
 pub struct Session {
     cfg: SessionConfig,
@@ -358,7 +378,7 @@ pub struct Session {
     /// The order being dispensed (phase `Dispensing`).
     dispense: Option<ActiveDispense>,
     link_up: bool,
-    last_code: Option<(String, u64)>,
+    codes: RecentCodes,
     /// Out of service because of the dispenser (not answering, or not clear): a device
     /// that answers again is recovered and, once clear, back in service.
     device_fault: bool,
@@ -405,7 +425,7 @@ impl Session {
             phase: Phase::Idle,
             dispense: None,
             link_up: false,
-            last_code: None,
+            codes: RecentCodes::default(),
             device_fault: false,
             recover_pending: false,
             device_silent: false,
@@ -530,14 +550,19 @@ impl Session {
         }
         // A camera sees the same code on many frames: one presentation per showing.
         let quiet = self.cfg.rescan_quiet.as_secs();
-        if let Some((last, at)) = &self.last_code
-            && *last == text
-            && now < at.saturating_add(quiet)
+        let can_serve = self.phase == Phase::Idle && self.link_up;
+        if RecentCodes::quiet(&self.codes.served, &text, now, quiet)
+            || (!can_serve && RecentCodes::quiet(&self.codes.held, &text, now, quiet))
         {
             return vec![];
         }
-        self.last_code = Some((text.clone(), now));
-        let token = match CodeToken::verify(&text, &self.cfg.hub_keys, now) {
+        let token = CodeToken::verify(&text, &self.cfg.hub_keys, now);
+        if can_serve || token.is_err() {
+            self.codes.served = Some((text.clone(), now));
+        } else {
+            self.codes.held = Some((text.clone(), now));
+        }
+        let token = match token {
             Ok(t) => t,
             Err(e) => {
                 let mut out = vec![journal(
@@ -1282,6 +1307,18 @@ mod tests {
         tx
     }
 
+    /// The hub refuses the first code presented (`jti-1`) as used: the ATM is idle again.
+    fn refuse_first_code(f: &mut Fixture) {
+        f.s.handle(
+            Input::SendRefused {
+                re: "jti-1".into(),
+                reason: RejectReason::CodeAlreadyUsed,
+            },
+            NOW + 1,
+        );
+        assert_eq!(f.s.phase(), &Phase::Idle);
+    }
+
     #[test]
     fn full_session_presents_then_dispenses_a_matching_order() {
         let mut f = fixture();
@@ -1510,14 +1547,7 @@ mod tests {
             sends(&f.s.handle(Input::CodeRead(code.clone()), NOW)).len(),
             1
         );
-        f.s.handle(
-            Input::SendRefused {
-                re: "jti-1".into(),
-                reason: RejectReason::CodeAlreadyUsed,
-            },
-            NOW + 1,
-        );
-        assert_eq!(f.s.phase(), &Phase::Idle);
+        refuse_first_code(&mut f);
         assert!(sends(&f.s.handle(Input::CodeRead(code), NOW + 2)).is_empty());
     }
 
@@ -1530,6 +1560,65 @@ mod tests {
         assert!(sends(&a).is_empty());
         assert!(a.contains(&Action::Show(Screen::ServiceUnavailable)));
         assert_eq!(f.s.phase(), &Phase::Idle);
+    }
+
+    /// A code the ATM could not serve when the camera read it is presented as soon as the
+    /// ATM can, on the next frame, not after the quiet time: the customer is still holding
+    /// it up. Frames read while it still cannot are quiet, as for a served code.
+    #[test]
+    fn a_code_held_up_while_the_atm_cannot_serve_is_presented_once_it_can() {
+        let presented = |a: &[Action]| {
+            sends(a)
+                .iter()
+                .filter(|m| matches!(m, AtmUp::CodePresented(_)))
+                .count()
+        };
+        // The hub unreachable, then reachable.
+        let mut f = fixture();
+        f.s.handle(Input::Link(false), NOW);
+        let code = CodeToken::issue(&f.hub, TxId::random(), NOW + 300);
+        let a = f.s.handle(Input::CodeRead(code.clone()), NOW);
+        assert_eq!(a.len(), 2, "one journal entry and the screen: {a:?}");
+        assert!(
+            f.s.handle(Input::CodeRead(code.clone()), NOW).is_empty(),
+            "the next frame, still offline, is quiet"
+        );
+        f.s.handle(Input::Link(true), NOW);
+        assert_eq!(
+            presented(&f.s.handle(Input::CodeRead(code.clone()), NOW)),
+            1
+        );
+        assert!(
+            f.s.handle(Input::CodeRead(code), NOW + 1).is_empty(),
+            "presented once per showing"
+        );
+
+        // Out of service because the dispenser was silent, then clear again.
+        let mut f = fixture();
+        f.s.handle(Input::DeviceChecked(Err("no answer".into())), NOW);
+        let code = CodeToken::issue(&f.hub, TxId::random(), NOW + 300);
+        assert_eq!(
+            presented(&f.s.handle(Input::CodeRead(code.clone()), NOW)),
+            0
+        );
+        assert!(f.s.handle(Input::CodeRead(code.clone()), NOW).is_empty());
+        f.s.handle(Input::DeviceChecked(Ok(())), NOW);
+        f.s.handle(Input::MachineClear, NOW);
+        assert_eq!(presented(&f.s.handle(Input::CodeRead(code), NOW)), 1);
+
+        // Another customer's code read during a session waits for the session to end; the
+        // session's own code, still in view, is not presented again.
+        let mut f = fixture();
+        let mine = CodeToken::issue(&f.hub, TxId::random(), NOW + 300);
+        assert_eq!(
+            presented(&f.s.handle(Input::CodeRead(mine.clone()), NOW)),
+            1
+        );
+        let theirs = CodeToken::issue(&f.hub, TxId::random(), NOW + 300);
+        assert!(f.s.handle(Input::CodeRead(theirs.clone()), NOW).is_empty());
+        refuse_first_code(&mut f);
+        assert!(f.s.handle(Input::CodeRead(mine), NOW + 1).is_empty());
+        assert_eq!(presented(&f.s.handle(Input::CodeRead(theirs), NOW + 1)), 1);
     }
 
     #[test]

@@ -23,6 +23,19 @@ use qrcash_testsupport::mqtt::TestClient;
 
 pub const ATM: &str = "atm-1";
 
+/// The agent's log goes to the test's captured output: shown only when the test fails.
+/// `RUST_LOG` chooses the level (default `debug` for qrcash crates, `warn` for others).
+pub fn log_to_test_output() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,qrcash_agent=debug,qrcash_hardware=debug")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+}
+
 /// Everything one ATM test needs.
 pub struct Rig {
     pub dir: tempfile::TempDir,
@@ -49,6 +62,7 @@ impl Rig {
         atm_broker: BrokerConfig,
         hub_broker: BrokerConfig,
     ) -> Rig {
+        log_to_test_output();
         let dir = tempfile::tempdir().unwrap();
         let hub_key = PrivateKey::generate();
         let atm_key = PrivateKey::generate();
