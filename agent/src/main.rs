@@ -274,7 +274,9 @@ async fn run(cfg: AgentConfig) -> Result<()> {
     let dispenser = Reopening::new(
         cassettes,
         Box::new(move || {
-            LcdmDispenser::open(dispenser_cfg.clone()).map(|d| Box::new(d) as Box<dyn Dispenser>)
+            // Asks the device who it is, so a wrong model or a dead line is named at once.
+            LcdmDispenser::open_checked(dispenser_cfg.clone())
+                .map(|d| Box::new(d) as Box<dyn Dispenser>)
         }),
     );
     let agent = Agent::start(cfg, camera.source, Box::new(dispenser))

@@ -415,7 +415,8 @@ async fn a_missing_or_silent_dispenser_takes_the_atm_out_of_service_until_it_ans
     let dispenser = Reopening::new(
         2,
         Box::new(move || {
-            LcdmDispenser::open(lcdm.clone()).map(|d| Box::new(d) as Box<dyn Dispenser>)
+            // The opener `qrcash-agent` uses.
+            LcdmDispenser::open_checked(lcdm.clone()).map(|d| Box::new(d) as Box<dyn Dispenser>)
         }),
     );
     let cam = camera();

@@ -206,7 +206,7 @@ async fn run(dir: &Path) -> Result<()> {
         note_interval: Duration::from_millis(40),
         ..SimConfig::lcdm2000(200, 200)
     })?;
-    let dispenser = LcdmDispenser::open(LcdmConfig {
+    let dispenser = LcdmDispenser::open_checked(LcdmConfig {
         journal: Some(dir.join("dispenser-journal.json")),
         ..LcdmConfig::new(sim.port_path(), LcdmModel::Lcdm2000)
     })?;

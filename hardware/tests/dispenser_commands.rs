@@ -2,7 +2,7 @@
 
 mod dispenser_support;
 
-use dispenser_support::{lcdm1000, lcdm2000, open, spawn};
+use dispenser_support::{config, config_with_journal, lcdm1000, lcdm2000, open, spawn};
 use qrcash_hardware::dispenser::lcdm::{CombinedFieldOrder, LcdmConfig, LcdmDispenser, LcdmModel};
 use qrcash_hardware::dispenser::sim::{Faults, SimConfig};
 use qrcash_hardware::dispenser::{
@@ -284,4 +284,62 @@ fn outcomes_serialise_for_the_agent_journal() {
         serde_json::from_str::<qrcash_hardware::dispenser::DispenserStatus>(&json).unwrap(),
         s
     );
+}
+
+/// `open_checked` asks the device who it is when the port opens: a line where nothing of the
+/// configured family answers (here a dead device; an LCDM-4000 ignores ID 0x50 the same way)
+/// is an error naming the port and model within the ACK retries, not a dispense left in
+/// doubt after the whole dispense timeout. A driver whose last dispense awaits recovery
+/// sends nothing at open: recovery listens for the device's late answer first.
+#[test]
+fn open_checked_names_a_silent_or_wrong_device_at_once() {
+    let sim = lcdm2000(50, 50);
+    let mut d = LcdmDispenser::open_checked(config(&sim, LcdmModel::Lcdm2000)).unwrap();
+    assert_eq!(d.identify().unwrap().rom_version, "LCDM-SIM 1.0");
+    assert_eq!(
+        sim.counters().link.commands,
+        4,
+        "status and ROM version, twice"
+    );
+    drop(d);
+
+    sim.set_faults(Faults {
+        no_answer: true,
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    let e = LcdmDispenser::open_checked(config(&sim, LcdmModel::Lcdm2000))
+        .err()
+        .expect("nothing answers");
+    assert!(
+        matches!(&e, DispenserError::NotAnswering { path, model, .. }
+            if path == sim.port_path() && model == "Lcdm2000"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("LCDM-4000"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    // The plain open still opens a silent line (the agent's device check reports it).
+    assert!(LcdmDispenser::open(config(&sim, LcdmModel::Lcdm2000)).is_ok());
+
+    // A dispense left in doubt: open_checked leaves the line alone for recovery.
+    let sim = lcdm1000(50);
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.json");
+    let mut d =
+        LcdmDispenser::open(config_with_journal(&sim, LcdmModel::Lcdm1000, &journal)).unwrap();
+    sim.set_faults(Faults {
+        power_loss_after: Some(2),
+        ..Faults::default()
+    });
+    let o = d
+        .dispense("order-test", &DispenseRequest::upper(5))
+        .unwrap();
+    assert!(o.is_in_doubt(), "{o:?}");
+    drop(d);
+    sim.power_on();
+    let before = sim.counters().link.commands;
+    let d = LcdmDispenser::open_checked(config_with_journal(&sim, LcdmModel::Lcdm1000, &journal))
+        .unwrap();
+    assert!(d.last_dispense().is_some_and(|l| l.blocks_dispensing()));
+    assert_eq!(sim.counters().link.commands, before);
 }

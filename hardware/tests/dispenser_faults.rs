@@ -400,3 +400,47 @@ fn stray_idle_bytes_are_skipped() {
     assert_accounted(&o, 0, &sim);
     assert_eq!(d.rom_version().unwrap(), "LCDM-SIM 1.0");
 }
+
+/// When the host's ACK of a batch's response is lost, the device repeats that response after
+/// its ACK wait. LCDM-1000/2000 frames carry no sequence number, so a repeat that arrived
+/// after the next batch's command would be taken for that batch's answer and shift the
+/// counts by one batch (for 45 notes in batches of 20, 20 and 5, the first 20-note response
+/// answers the second batch, then the 5-note batch). The driver waits out the repeats before
+/// each note-moving command: the counts are exact and every batch runs once.
+#[test]
+fn a_repeated_response_after_a_lost_ack_never_answers_the_next_batch() {
+    for lost in [1, 2] {
+        let sim = lcdm1000(100);
+        sim.set_faults(Faults {
+            lose_acks: lost,
+            ..Faults::default()
+        });
+        let mut d = open(&sim, LcdmModel::Lcdm1000);
+        let o = d
+            .dispense("order-test", &DispenseRequest::upper(45))
+            .unwrap();
+        assert!(o.is_completed(), "{lost} lost: {o:?}");
+        assert_eq!(o.delivered_total(), 45, "{lost} lost: {o:?}");
+        assert_accounted(&o, 0, &sim);
+        let link = sim.counters().link;
+        assert_eq!(link.dispense_commands, 3, "{lost} lost: {link:?}");
+        assert_eq!(
+            link.responses_sent,
+            3 + u64::from(lost),
+            "the device repeated the response whose ACK it missed: {link:?}"
+        );
+        // A dispense right after the last one waits out its repeats too.
+        sim.set_faults(Faults {
+            lose_acks: 1,
+            ..Faults::default()
+        });
+        let o = d
+            .dispense("order-next", &DispenseRequest::upper(5))
+            .unwrap();
+        let o2 = d
+            .dispense("order-after", &DispenseRequest::upper(7))
+            .unwrap();
+        assert_eq!((o.delivered_total(), o2.delivered_total()), (5, 7));
+        assert_eq!(sim.counters().delivered, 57);
+    }
+}

@@ -69,6 +69,9 @@ struct Args {
     /// Fault: NAK the next N commands.
     #[arg(long, default_value_t = 0)]
     nak_commands: u32,
+    /// Fault: the next N ACKs from the host are lost (the device repeats its response).
+    #[arg(long, default_value_t = 0)]
+    lose_acks: u32,
     /// Fault: idle noise bytes (0xFF) before every ACK and response.
     #[arg(long)]
     line_noise: bool,
@@ -116,6 +119,7 @@ fn main() -> anyhow::Result<()> {
             no_answer: args.no_answer,
             corrupt_responses: args.corrupt_responses,
             nak_commands: args.nak_commands,
+            lose_acks: args.lose_acks,
             line_noise: args.line_noise,
             ..Faults::default()
         },

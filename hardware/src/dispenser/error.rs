@@ -137,6 +137,21 @@ pub enum DispenserError {
     /// The configuration is unusable.
     #[error("invalid dispenser configuration: {0}")]
     Config(String),
+    /// The port opened, but no device of the configured model answers on it: nothing at
+    /// the other end, no power, or another model (an LCDM-4000 does not answer the
+    /// LCDM-1000/2000 protocol's ID 0x50).
+    #[error(
+        "no {model} answers on {path}: {source}; check power and cabling, and that the configured model is the device's (an LCDM-4000 does not speak the LCDM-1000/2000 protocol)"
+    )]
+    NotAnswering {
+        /// Port path.
+        path: String,
+        /// The configured model.
+        model: String,
+        /// How the identifying commands failed.
+        #[source]
+        source: Box<DispenserError>,
+    },
     /// The serial port could not be opened or configured.
     #[error(
         "cannot open serial port {path}: {source}; check the path, permissions and that no other process holds it"

@@ -34,6 +34,8 @@ pub fn config(sim: &SimHandle, model: LcdmModel) -> LcdmConfig {
         response_timeout_ms: 500,
         dispense_timeout_ms: DISPENSE_TIMEOUT.as_millis() as u64,
         batch_pause_ms: 5,
+        // The simulator's ACK wait (150 ms) and a margin.
+        repeat_wait_ms: 250,
         ..LcdmConfig::new(sim.port_path(), model)
     }
 }

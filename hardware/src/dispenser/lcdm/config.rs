@@ -81,6 +81,9 @@ pub struct LcdmConfig {
     /// Time the device has to answer a dispense, purge or test dispense, in ms
     /// (default 60000).
     pub dispense_timeout_ms: u64,
+    /// Time the device has to finish a purge, in ms (default 20000). An acknowledged purge
+    /// is not resent, so this bounds a recovery on a device that went silent.
+    pub purge_timeout_ms: u64,
     /// Resends of a command after a NAK (default 3).
     pub command_retries: u8,
     /// NAKs for a damaged response before giving up (default 3).
@@ -89,6 +92,10 @@ pub struct LcdmConfig {
     pub max_notes_per_batch: u8,
     /// Pause between two batches, in ms (default 200).
     pub batch_pause_ms: u64,
+    /// How long a device that missed the host's ACK takes to repeat its response, in ms
+    /// (default 700: an ACK wait of up to 500 ms and one frame). A note-moving command goes
+    /// out only after the line has been quiet this long since the last response to one.
+    pub repeat_wait_ms: u64,
     /// CHK/EXIT field order of the LCDM-2000 combined dispense response.
     pub combined_field_order: CombinedFieldOrder,
     /// File where the driver keeps the outcome of the last dispense, so that a restarted
@@ -109,10 +116,12 @@ impl Default for LcdmConfig {
             ack_timeout_ms: 500,
             response_timeout_ms: 5_000,
             dispense_timeout_ms: 60_000,
+            purge_timeout_ms: 20_000,
             command_retries: 3,
             response_retries: 3,
             max_notes_per_batch: 20,
             batch_pause_ms: 200,
+            repeat_wait_ms: 700,
             combined_field_order: CombinedFieldOrder::default(),
             journal: None,
         }
@@ -156,6 +165,8 @@ impl LcdmConfig {
             ("ack_timeout_ms", self.ack_timeout_ms),
             ("response_timeout_ms", self.response_timeout_ms),
             ("dispense_timeout_ms", self.dispense_timeout_ms),
+            ("purge_timeout_ms", self.purge_timeout_ms),
+            ("repeat_wait_ms", self.repeat_wait_ms),
         ] {
             if ms == 0 {
                 return bad(format!("`{name}` must be positive"));
@@ -185,9 +196,19 @@ impl LcdmConfig {
         Duration::from_millis(self.dispense_timeout_ms)
     }
 
+    /// Response timeout for a purge.
+    pub fn purge_timeout(&self) -> Duration {
+        Duration::from_millis(self.purge_timeout_ms)
+    }
+
     /// Pause between batches.
     pub fn batch_pause(&self) -> Duration {
         Duration::from_millis(self.batch_pause_ms)
+    }
+
+    /// Quiet time after a response to a note-moving command before the next one.
+    pub fn repeat_wait(&self) -> Duration {
+        Duration::from_millis(self.repeat_wait_ms)
     }
 
     pub(crate) fn serial_parity(&self) -> serialport::Parity {
@@ -254,6 +275,7 @@ mod tests {
             dispense_timeout_ms = 2000
             max_notes_per_batch = 10
             batch_pause_ms = 50
+            repeat_wait_ms = 900
             combined_field_order = "per-sensor"
             journal = "/var/lib/qrcash/dispenser.json"
             "#,
@@ -266,6 +288,7 @@ mod tests {
         assert_eq!(c.serial_data_bits(), serialport::DataBits::Seven);
         assert_eq!(c.serial_stop_bits(), serialport::StopBits::Two);
         assert_eq!(c.combined_field_order, CombinedFieldOrder::PerSensor);
+        assert_eq!(c.repeat_wait(), Duration::from_millis(900));
         assert_eq!(
             c.journal,
             Some(PathBuf::from("/var/lib/qrcash/dispenser.json"))

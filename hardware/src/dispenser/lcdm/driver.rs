@@ -18,7 +18,7 @@ use serialport::SerialPort;
 use super::batch::DispenseRun;
 use super::config::LcdmConfig;
 use super::frame::{ACK, Direction, FrameDecoder, Token};
-use super::link::{LinkFailure, Transaction};
+use super::link::{LinkFailure, RepeatWatch, Transaction};
 use super::message::{Command, ErrorCode, Response, Slot};
 use crate::dispenser::error::{DeviceError, DispenserError};
 use crate::dispenser::journal::{Journal, LastDispense, unix_ms};
@@ -40,6 +40,17 @@ pub struct LcdmDispenser {
     /// Last state seen per cassette in dispense responses; the status command cannot report
     /// near end for the lower cassette.
     seen_states: Vec<CassetteState>,
+    /// After a note-moving command: its response may still be repeated.
+    repeats: Option<RepeatWatch>,
+}
+
+/// What the device said about itself when asked ([`LcdmDispenser::identify`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Identity {
+    /// The ROM version string.
+    pub rom_version: String,
+    /// Its status.
+    pub status: DispenserStatus,
 }
 
 /// A port failure inside a transaction, and whether a complete command frame had been
@@ -65,6 +76,60 @@ impl LcdmDispenser {
                 source,
             })?;
         Self::with_port(config, port)
+    }
+
+    /// Opens the port like [`LcdmDispenser::open`], then checks that a device of the
+    /// configured family answers on it ([`LcdmDispenser::identify`]): a silent line or a
+    /// wrong model shows up now, as [`DispenserError::NotAnswering`], instead of as a
+    /// dispense in doubt after the full dispense timeout. Skipped while the last dispense
+    /// awaits recovery: recovery first listens for the device's late answer to the batch in
+    /// flight, which a status command would consume.
+    pub fn open_checked(config: LcdmConfig) -> Result<Self, DispenserError> {
+        let mut driver = Self::open(config)?;
+        if !driver
+            .last
+            .as_ref()
+            .is_some_and(LastDispense::blocks_dispensing)
+        {
+            driver.identify()?;
+        }
+        Ok(driver)
+    }
+
+    /// Asks the device for its status and ROM version. A link failure (no ACK, no or an
+    /// unreadable or senseless answer) becomes [`DispenserError::NotAnswering`], naming the
+    /// port and the configured model.
+    pub fn identify(&mut self) -> Result<Identity, DispenserError> {
+        let answer = self.status().and_then(|status| {
+            Ok(Identity {
+                rom_version: self.rom_version()?,
+                status,
+            })
+        });
+        match answer {
+            Ok(identity) => {
+                tracing::info!(
+                    port = %self.config.port,
+                    model = ?self.config.model,
+                    rom_version = %identity.rom_version,
+                    ready = identity.status.is_ready(),
+                    "the dispenser answers"
+                );
+                Ok(identity)
+            }
+            Err(
+                e @ (DispenserError::NoAcknowledge { .. }
+                | DispenserError::NoResponse { .. }
+                | DispenserError::UnreadableResponse { .. }
+                | DispenserError::MalformedResponse(_)
+                | DispenserError::CommandRejected { .. }),
+            ) => Err(DispenserError::NotAnswering {
+                path: self.config.port.clone(),
+                model: format!("{:?}", self.config.model),
+                source: Box::new(e),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// Uses an already open port (the line settings in `config` are then not applied).
@@ -93,6 +158,7 @@ impl LcdmDispenser {
             last,
             reference: None,
             seen_states: vec![CassetteState::Unknown; cassettes],
+            repeats: None,
         })
     }
 
@@ -132,14 +198,34 @@ impl LcdmDispenser {
         command: Command,
         batch: bool,
     ) -> Result<Result<Response, LinkFailure>, PortFailure> {
+        let mechanical = command.is_mechanical();
+        if mechanical {
+            self.wait_out_repeats().map_err(|source| PortFailure {
+                source,
+                command_written: false,
+            })?;
+        }
         self.drain_stale_input().map_err(|source| PortFailure {
             source,
             command_written: false,
         })?;
-        let timeout = if command.is_mechanical() {
-            self.config.dispense_timeout()
-        } else {
-            self.config.response_timeout()
+        let result = self.run_transaction(command, batch);
+        if mechanical {
+            // Whatever came of it, the device may still send or repeat an answer.
+            self.repeats = Some(RepeatWatch::new(self.config.repeat_wait(), Instant::now()));
+        }
+        result
+    }
+
+    fn run_transaction(
+        &mut self,
+        command: Command,
+        batch: bool,
+    ) -> Result<Result<Response, LinkFailure>, PortFailure> {
+        let timeout = match command {
+            Command::Purge => self.config.purge_timeout(),
+            c if c.is_mechanical() => self.config.dispense_timeout(),
+            _ => self.config.response_timeout(),
         };
         let mut tx = Transaction::new(command, self.config.link(), timeout, Instant::now());
         let mut command_written = false;
@@ -202,6 +288,57 @@ impl LcdmDispenser {
                         source,
                         command_written,
                     });
+                }
+            }
+        }
+    }
+
+    /// Before a note-moving command: listens until the line has been quiet for the repeat
+    /// wait since the last response to one, ACKing the repeats heard meanwhile, so that a
+    /// repeat of the last batch's response can never pass for the next batch's answer.
+    fn wait_out_repeats(&mut self) -> io::Result<()> {
+        let Some(mut watch) = self.repeats.take() else {
+            return Ok(());
+        };
+        let frame_timeout = self.config.link().frame_timeout;
+        let mut decoder = FrameDecoder::with_timeout(Direction::FromDevice, frame_timeout);
+        let mut buf = [0u8; 256];
+        loop {
+            let now = Instant::now();
+            let waiting = self.port.bytes_to_read().map_err(io::Error::other)? > 0;
+            if now >= watch.quiet_at() && !waiting && !decoder.in_frame() {
+                if watch.repeats() > 0 {
+                    tracing::info!(repeats = watch.repeats(), "the device's repeats are over");
+                }
+                return Ok(());
+            }
+            let wait = watch.quiet_at().saturating_duration_since(now);
+            let _ = self
+                .port
+                .set_timeout(wait.clamp(Duration::from_millis(1), frame_timeout));
+            let n = match self.port.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if nothing_read(&e) => {
+                    let _ = decoder.expire(Instant::now());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for token in decoder.push_bytes(&buf[..n], Instant::now()) {
+                let Token::Frame(frame) = token else {
+                    continue;
+                };
+                self.port.write_all(&[ACK])?;
+                self.port.flush()?;
+                tracing::warn!(
+                    cmd = frame.cmd,
+                    data = ?frame.data,
+                    "a repeated response (our ACK was lost) taken and ignored"
+                );
+                if !watch.heard(Instant::now()) {
+                    return Err(io::Error::other(
+                        "the device keeps sending frames: more repeats than an LCDM sends",
+                    ));
                 }
             }
         }
@@ -293,14 +430,7 @@ impl LcdmDispenser {
             let _ = self.port.set_timeout(wait);
             let n = match self.port.read(&mut buf) {
                 Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::TimedOut
-                            | io::ErrorKind::WouldBlock
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
+                Err(e) if nothing_read(&e) => {
                     if let Some(fault) = decoder.expire(Instant::now()) {
                         tracing::debug!(?fault, "recovery: damaged bytes on the line");
                     }
@@ -627,6 +757,14 @@ fn status_from_report(
         reject_tray_present: !sensors.reject_tray_absent,
         sensors,
     }
+}
+
+/// A read that ended without data and without a port failure: timed out or interrupted.
+fn nothing_read(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 fn link_error(failure: LinkFailure) -> DispenserError {

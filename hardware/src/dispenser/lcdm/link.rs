@@ -10,12 +10,18 @@
 //!   `command_sends` sends in all;
 //! - commands that move notes are never resent because of silence, only after an explicit NAK
 //!   (a missing ACK may be a lost ACK, and a resent dispense would pay twice); safe commands
-//!   (status, ROM version, purge) are resent on silence too;
+//!   (status, ROM version, purge) are resent on silence too, except a purge the device ACKed
+//!   (one purge timeout bounds a recovery on a device that went silent);
 //! - every intact response is ACKed; a damaged one is NAKed so the device resends it, up to
 //!   `response_naks` times;
 //! - a frame must complete within the frame timeout; stray bytes are skipped;
 //! - intact responses to other commands (late answers to an earlier transaction) are ACKed and
-//!   set aside, never taken for this command's answer.
+//!   set aside, never taken for this command's answer;
+//! - a device that did not hear the host's ACK repeats its response after its ACK wait, up to
+//!   3 sends. A repeat carries the command code of the response and no sequence number, so
+//!   a repeated dispense response arriving after the next dispense command would pass for
+//!   that command's answer: [`RepeatWatch`] says when the line has been quiet long enough
+//!   to send the next note-moving command.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -230,7 +236,9 @@ impl Transaction {
                 deadline,
                 acknowledged,
             } if now >= deadline => {
-                if self.command.resend_on_silence() && self.sends < self.config.command_sends {
+                let resend = self.command.resend_on_silence()
+                    && (!acknowledged || self.command.resend_when_acknowledged());
+                if resend && self.sends < self.config.command_sends {
                     self.send(now);
                 } else {
                     self.finish(Err(LinkFailure::NoResponse { acknowledged }));
@@ -336,6 +344,50 @@ impl Transaction {
     }
 }
 
+/// The line after a response to a note-moving command: until it has been quiet for the
+/// device's repeat wait, a repeat of that response may still come, so the next note-moving
+/// command must wait. Every intact frame heard meanwhile is a repeat (ACK it) and restarts
+/// the wait; the device gives up after [`RepeatWatch::MAX_REPEATS`] repeats, so more frames
+/// than that mean the line is not behaving like an LCDM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RepeatWatch {
+    wait: Duration,
+    last_heard: Instant,
+    repeats: u8,
+}
+
+impl RepeatWatch {
+    /// A device sends a response at most 3 times without an ACK: 2 repeats.
+    pub const MAX_REPEATS: u8 = 2;
+
+    /// Watches the line after a response heard at `at`.
+    pub fn new(wait: Duration, at: Instant) -> Self {
+        RepeatWatch {
+            wait,
+            last_heard: at,
+            repeats: 0,
+        }
+    }
+
+    /// An intact frame arrived at `at`: a repeat. False once more frames came than a
+    /// device repeats.
+    pub fn heard(&mut self, at: Instant) -> bool {
+        self.last_heard = at;
+        self.repeats = self.repeats.saturating_add(1);
+        self.repeats <= Self::MAX_REPEATS
+    }
+
+    /// Repeats heard so far.
+    pub fn repeats(&self) -> u8 {
+        self.repeats
+    }
+
+    /// When the next note-moving command may go out, if nothing more is heard.
+    pub fn quiet_at(&self) -> Instant {
+        self.last_heard + self.wait
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +441,23 @@ mod tests {
 
     fn encoded(r: &Response) -> Vec<u8> {
         r.encode(CombinedFieldOrder::default())
+    }
+
+    #[test]
+    fn the_line_is_quiet_a_repeat_wait_after_the_last_frame_heard() {
+        let t0 = Instant::now();
+        let wait = Duration::from_millis(700);
+        let mut w = RepeatWatch::new(wait, t0);
+        assert_eq!(w.quiet_at(), t0 + wait);
+        // Each repeat restarts the wait; the device sends at most 3 times in all.
+        assert!(w.heard(t0 + Duration::from_millis(500)));
+        assert_eq!(w.quiet_at(), t0 + Duration::from_millis(1_200));
+        assert!(w.heard(t0 + Duration::from_millis(1_000)));
+        assert_eq!(w.repeats(), 2);
+        assert!(
+            !w.heard(t0 + Duration::from_millis(1_100)),
+            "a third repeat is not an LCDM"
+        );
     }
 
     #[test]
@@ -529,6 +598,22 @@ mod tests {
         t.handle_timeout(t0 + ms(1) + RESPONSE_TIMEOUT);
         assert_eq!(drain(&mut t), vec![Command::Status.encode()]);
         assert!(!t.is_done());
+    }
+
+    #[test]
+    fn acknowledged_purge_without_response_is_not_resent() {
+        let (mut t, t0) = start(Command::Purge);
+        t.handle_input(&[ACK], t0 + ms(1));
+        t.handle_timeout(t0 + ms(1) + RESPONSE_TIMEOUT);
+        assert!(drain(&mut t).is_empty());
+        assert_eq!(
+            t.take_outcome(),
+            Some(Err(LinkFailure::NoResponse { acknowledged: true }))
+        );
+        // Unacknowledged, it is resent like any safe command.
+        let (mut t, t0) = start(Command::Purge);
+        t.handle_timeout(t0 + LinkConfig::default().ack_timeout);
+        assert_eq!(drain(&mut t), vec![Command::Purge.encode()]);
     }
 
     fn corrupt(mut bytes: Vec<u8>) -> Vec<u8> {

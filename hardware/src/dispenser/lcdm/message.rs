@@ -142,6 +142,14 @@ impl Command {
         matches!(self, Command::Purge | Command::Status | Command::RomVersion)
     }
 
+    /// True for safe commands resent even after the device ACKed them and then stayed
+    /// silent for the response timeout. Not purge: a device that accepted a purge and went
+    /// silent for the purge timeout has failed, and resending would stretch a recovery to
+    /// minutes.
+    pub fn resend_when_acknowledged(&self) -> bool {
+        matches!(self, Command::Status | Command::RomVersion)
+    }
+
     /// True for commands whose response can take as long as a dispense.
     pub fn is_mechanical(&self) -> bool {
         !matches!(self, Command::Status | Command::RomVersion)

@@ -14,5 +14,5 @@ pub mod link;
 pub mod message;
 
 pub use config::{LcdmConfig, LcdmModel, Parity};
-pub use driver::LcdmDispenser;
+pub use driver::{Identity, LcdmDispenser};
 pub use message::CombinedFieldOrder;

@@ -57,6 +57,10 @@ pub struct Faults {
     pub corrupt_responses: u32,
     /// Answer the next this-many command frames with NAK.
     pub nak_commands: u32,
+    /// The host's next this-many ACKs of responses are lost on the line: the device does
+    /// not hear them and repeats its response (up to 3 sends in all), even after the host's
+    /// next command has arrived.
+    pub lose_acks: u32,
     /// Send idle noise (0xFF, 0x00 bytes) before every ACK and response.
     pub line_noise: bool,
 }

@@ -1,6 +1,9 @@
 //! The simulator's device side of the LCDM link: reads command frames from the pty master,
 //! ACKs or NAKs them, runs the mechanism with real time between notes, sends responses and
 //! resends them until the host ACKs (at most 3 sends without an answer, 3 resends after NAKs).
+//! A command that arrives while a response waits for its ACK is kept and run afterwards: it
+//! does not stop the repeats, so a host that sends its next command too early can receive a
+//! repeat of the previous response in its place.
 //!
 //! Shares the codec (`frame`, `message`) with the driver; paper handling is `mechanism`.
 
@@ -47,8 +50,6 @@ enum Reply {
     Ack,
     Nak,
     Silence,
-    /// The host sent a new command instead (queued).
-    Command,
 }
 
 pub(super) struct Server {
@@ -338,7 +339,7 @@ impl Server {
             self.write(&out);
             sends += 1;
             match self.await_reply() {
-                Reply::Ack | Reply::Command => return,
+                Reply::Ack => return,
                 Reply::Nak if naks < NAK_RESENDS => naks += 1,
                 Reply::Silence if sends < SILENT_SENDS => {}
                 Reply::Nak | Reply::Silence => {
@@ -370,15 +371,14 @@ impl Server {
                 return Reply::Silence;
             }
             // The host may send its ACK and its next command in one burst: keep every frame.
+            // A command is no answer: it waits until this response is done.
             let mut reply = None;
             for token in self.decoder.push_bytes(&buf[..n], Instant::now()) {
                 match token {
+                    Token::Ack if self.ack_lost() => {}
                     Token::Ack => reply = reply.or(Some(Reply::Ack)),
                     Token::Nak => reply = reply.or(Some(Reply::Nak)),
-                    Token::Frame(f) => {
-                        self.pending.push_back(f);
-                        reply = reply.or(Some(Reply::Command));
-                    }
+                    Token::Frame(f) => self.pending.push_back(f),
                     Token::Corrupt(_) | Token::Stray(_) => {}
                 }
             }
@@ -386,6 +386,17 @@ impl Server {
                 return reply;
             }
         }
+    }
+
+    /// Whether an injected fault eats this ACK on the line.
+    fn ack_lost(&self) -> bool {
+        let mut s = self.lock();
+        if s.faults.lose_acks == 0 {
+            return false;
+        }
+        s.faults.lose_acks -= 1;
+        tracing::debug!("injected loss of the host's ACK");
+        true
     }
 
     fn write(&mut self, bytes: &[u8]) {
