@@ -30,6 +30,16 @@ impl InboundVerifier {
         }
     }
 
+    /// Trusts `key` too (learned from the hub's endorsed key set).
+    pub fn trust(&mut self, key: PublicKey) {
+        self.receiver.trust(key);
+    }
+
+    /// The trusted hub keys.
+    pub fn keys(&self) -> &[PublicKey] {
+        self.receiver.keys()
+    }
+
     /// Verifies `bytes` received on `topic` at `now` against the hub's `window`; returns the
     /// claims and the window to persist.
     pub fn verify(

@@ -72,6 +72,24 @@ enum Command {
         #[command(subcommand)]
         command: Option<CassetteCommand>,
     },
+    /// The hub keys this ATM trusts: those in `hub_keys` and those learned from the hub's
+    /// key set (`docs/protocol.md` §3, "The hub's key set").
+    HubKeys {
+        #[command(subcommand)]
+        command: Option<HubKeyCommand>,
+    },
+}
+
+#[derive(Subcommand)]
+enum HubKeyCommand {
+    /// Print the keys (JSON); the default.
+    Show,
+    /// Forget a learned key (journalled); takes effect when the agent next starts. A key in
+    /// `hub_keys` is removed from the configuration instead.
+    Forget {
+        /// The key id.
+        kid: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -178,6 +196,38 @@ fn main() -> Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&cassettes_json(&store.cassette_counts()?))?
             );
+            Ok(())
+        }
+        Command::HubKeys { command } => {
+            let cfg = load(&cli.config)?;
+            let mut store = Store::open(&cfg.database, cfg.outbox.bounds())
+                .with_context(|| format!("opening {}", cfg.database.display()))?;
+            if let Some(HubKeyCommand::Forget { kid }) = &command {
+                let now = qrcash_protocol::SystemClock.now();
+                if !store.forget_hub_key(kid, now)? {
+                    bail!("no learned hub key has the id {kid} (see `hub-keys`)");
+                }
+                eprintln!("hub key {kid} forgotten; restart the agent for it to take effect");
+            }
+            let configured: Vec<_> = cfg
+                .load_hub_keys()?
+                .iter()
+                .map(|k| serde_json::json!({ "kid": k.kid().as_str(), "from": "configuration" }))
+                .collect();
+            let learned: Vec<_> = store
+                .learned_hub_keys()?
+                .iter()
+                .map(|l| {
+                    serde_json::json!({
+                        "kid": l.key.kid().as_str(),
+                        "from": "key set",
+                        "endorsed_by": l.endorsed_by,
+                        "learned_at": l.learned_at,
+                    })
+                })
+                .collect();
+            let all: Vec<_> = configured.into_iter().chain(learned).collect();
+            println!("{}", serde_json::to_string_pretty(&all)?);
             Ok(())
         }
         Command::Status => {

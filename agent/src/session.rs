@@ -233,6 +233,9 @@ pub enum Input {
     RecoveryFailed,
     /// The broker connection went up or down.
     Link(bool),
+    /// Hub keys learned from the hub's endorsed key set (already kept by the shell): codes
+    /// signed by them verify from now on.
+    HubKeysLearned(Vec<PublicKey>),
     /// Time passes.
     Tick,
 }
@@ -539,6 +542,14 @@ impl Session {
                 } else {
                     vec![]
                 }
+            }
+            Input::HubKeysLearned(keys) => {
+                for key in keys {
+                    if !self.cfg.hub_keys.iter().any(|k| k.kid() == key.kid()) {
+                        self.cfg.hub_keys.push(key);
+                    }
+                }
+                vec![]
             }
             Input::Tick => self.tick(now),
         }

@@ -310,6 +310,22 @@ async fn next_presented(hub: &mut ScriptedHub, rig: &Rig) -> qrcash_protocol::Cl
     }
 }
 
+/// Runs the real binary with `--config config` and `args`: (success, stdout, stderr).
+fn cli(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_qrcash-agent"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("qrcash-agent binary");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The technician's cassette commands on the real binary: the counts come from the agent's
 /// database (seeded once from `agent.toml`), a count set by hand is journalled and is what
 /// `status` shows, and an unknown denomination changes nothing.
@@ -317,20 +333,7 @@ async fn next_presented(hub: &mut ScriptedHub, rig: &Rig) -> qrcash_protocol::Cl
 fn cassette_counts_are_kept_in_the_database_and_set_by_the_technician() {
     let rig = Rig::new();
     let config = config_file(&rig);
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_qrcash-agent"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("qrcash-agent binary");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| cli(&config, args);
     let counts = |json: &str| -> Vec<(u64, u64)> {
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
         v.as_array()
@@ -381,5 +384,60 @@ fn cassette_counts_are_kept_in_the_database_and_set_by_the_technician() {
             .unwrap()
             .len(),
         1
+    );
+}
+
+/// `qrcash-agent hub-keys` on the real binary: the configured key and a learned one with the
+/// key that endorsed it; `forget` removes a learned key (journalled) and refuses an unknown
+/// id.
+#[test]
+fn the_technician_lists_and_forgets_learned_hub_keys() {
+    let rig = Rig::new();
+    let config = config_file(&rig);
+    let learned = qrcash_protocol::PrivateKey::generate();
+    {
+        let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
+        store
+            .learn_hub_keys(
+                &[learned.public().clone()],
+                rig.hub_key.kid(),
+                1_800_000_000,
+            )
+            .unwrap();
+    }
+    let run = |args: &[&str]| cli(&config, args);
+    let kids = |json: &str| -> Vec<(String, String)> {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["kid"].as_str().unwrap().to_owned(),
+                    k["from"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (ok, out, err) = run(&["hub-keys"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        kids(&out),
+        vec![
+            (rig.hub_key.kid().to_string(), "configuration".to_owned()),
+            (learned.kid().to_string(), "key set".to_owned()),
+        ]
+    );
+    let (ok, out, err) = run(&["hub-keys", "forget", learned.kid().as_str()]);
+    assert!(ok, "{err}");
+    assert_eq!(kids(&out).len(), 1);
+    let (ok, _, err) = run(&["hub-keys", "forget", learned.kid().as_str()]);
+    assert!(!ok);
+    assert!(err.contains("no learned hub key"), "{err}");
+    let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
+    assert_eq!(
+        store.journal_of_kind(JournalKind::HubKey).unwrap().len(),
+        2,
+        "learned, then forgotten"
     );
 }

@@ -51,7 +51,21 @@ async fn to_confirm_screen(
 ) -> (TxId, u64) {
     let now = SystemClock.now();
     let tx = TxId::random();
-    cam.show(&rig.code(tx, now)).unwrap();
+    show_and_await_confirmation(hub, cam, events, &rig.code(tx, now), tx, now).await;
+    (tx, now)
+}
+
+/// The camera reads `code` (for `tx`); the hub acknowledges it and asks for the phone's
+/// confirmation; returns once the ATM shows the confirm screen.
+async fn show_and_await_confirmation(
+    hub: &mut ScriptedHub,
+    cam: &SyntheticCamera,
+    events: &mut tokio::sync::broadcast::Receiver<AgentEvent>,
+    code: &str,
+    tx: TxId,
+    now: u64,
+) {
+    cam.show(code).unwrap();
     let presented = hub.next_up(T).await.expect("CodePresented");
     hub.ack(&presented.jti).await;
     hub.send(await_confirmation(tx, now), Some(&presented.jti))
@@ -61,7 +75,20 @@ async fn to_confirm_screen(
     })
     .await;
     cam.clear();
-    (tx, now)
+}
+
+/// The hub sends an order for `tx`; returns once the ATM reports it dispensed.
+async fn order_is_dispensed(hub: &mut ScriptedHub, tx: TxId, now: u64) {
+    let o = order(tx, now);
+    hub.send(AtmDown::DispenseOrder(o.clone()), None).await;
+    let report = hub.next_up(T).await.expect("DispenseReport");
+    let AtmUp::DispenseReport(r) = &report.msg else {
+        panic!("expected DispenseReport, got {:?}", report.msg)
+    };
+    assert_eq!(
+        (r.order_id, r.outcome),
+        (o.order_id, DispenseOutcome::Dispensed)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,16 +508,7 @@ async fn a_missing_or_silent_dispenser_takes_the_atm_out_of_service_until_it_ans
     rig.sim.power_on();
     wait_event(&mut events, T, "in service again", in_service).await;
     let (tx, now) = to_confirm_screen(&rig, &mut hub, &cam, &mut events).await;
-    let o = order(tx, now);
-    hub.send(AtmDown::DispenseOrder(o.clone()), None).await;
-    let report = hub.next_up(T).await.expect("DispenseReport");
-    let AtmUp::DispenseReport(r) = &report.msg else {
-        panic!("expected DispenseReport, got {:?}", report.msg)
-    };
-    assert_eq!(
-        (r.order_id, r.outcome),
-        (o.order_id, DispenseOutcome::Dispensed)
-    );
+    order_is_dispensed(&mut hub, tx, now).await;
     let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
     assert_eq!(
         store
@@ -501,4 +519,63 @@ async fn a_missing_or_silent_dispenser_takes_the_atm_out_of_service_until_it_ans
         "one alarm at start-up (no device) and one for the outage"
     );
     agent.shutdown().await;
+}
+
+/// The hub's key set (`docs/protocol.md` §3): a set endorsed by someone the ATM does not
+/// trust teaches nothing and is journalled as refused; the set endorsed by the hub key the
+/// ATM was provisioned with teaches the new key, which then signs codes and orders the ATM
+/// accepts, and which the ATM keeps across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_atm_learns_a_new_hub_key_only_from_an_endorsement_it_trusts() {
+    use qrcash_protocol::keyset::{HubKeys, KeySet};
+    let rig = Rig::new();
+    let mut hub = ScriptedHub::connect(&rig, 0).await;
+    let now = SystemClock.now();
+    let mallory = PrivateKey::generate();
+    let forged = HubKeys::new(&KeySet::new("hub", now, mallory.public(), &[]), &[&mallory]);
+    hub.publish_key_set(forged.to_bytes()).await;
+    let cam = camera();
+    let agent = Agent::start(rig.config(), Box::new(cam.clone()), rig.dispenser())
+        .await
+        .unwrap();
+    let mut events = agent.subscribe();
+    wait_event(&mut events, T, "the forged key set refused", |e| {
+        matches!(e, AgentEvent::InboundRejected { error } if error.contains("no endorsement by a trusted key"))
+    })
+    .await;
+
+    // The hub rotates: the new key, endorsed by the old one.
+    let new = PrivateKey::generate();
+    let set = KeySet::new("hub", now, new.public(), &[rig.hub_key.public().clone()]);
+    hub.publish_key_set(HubKeys::new(&set, &[&new, &rig.hub_key]).to_bytes())
+        .await;
+    wait_event(&mut events, T, "the new key learned", |e| {
+        matches!(
+            e,
+            AgentEvent::Journal {
+                kind: JournalKind::HubKey,
+                ..
+            }
+        )
+    })
+    .await;
+    hub.sign_with(new.clone());
+    let tx = TxId::random();
+    let code = qrcash_protocol::CodeToken::issue(&new, tx, now + 600);
+    show_and_await_confirmation(&mut hub, &cam, &mut events, &code, tx, now).await;
+    order_is_dispensed(&mut hub, tx, now).await;
+    agent.shutdown().await;
+
+    let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
+    let learned = store.learned_hub_keys().unwrap();
+    assert_eq!(learned.len(), 1);
+    assert_eq!(&learned[0].key, new.public());
+    assert_eq!(learned[0].endorsed_by, rig.hub_key.kid().as_str());
+    assert!(
+        store
+            .journal_of_kind(JournalKind::InboundRejected)
+            .unwrap()
+            .iter()
+            .any(|e| e.detail["topic"] == qrcash_protocol::topics::HUB_KEYS)
+    );
 }

@@ -24,6 +24,12 @@ pub struct HubConfig {
     pub database: PathBuf,
     /// The hub's Ed25519 private key (JWK, mode 0600).
     pub key_file: PathBuf,
+    /// Keys the hub signed with before a rotation (JWK, mode 0600), still accepted and never
+    /// used to sign: they verify QR codes issued before the rotation, open passwords and PINs
+    /// sealed to them, and endorse the key set that teaches devices the new key. Keep each
+    /// until every code it signed has expired and every phone has learned the new key
+    /// (`docs/deployment.md` §4).
+    pub previous_key_files: Vec<PathBuf>,
     /// How the hub reaches the MQTT broker.
     pub broker: BrokerSection,
     /// What the ATM network pays out.
@@ -50,6 +56,7 @@ impl Default for HubConfig {
             hub_id: "hub".into(),
             database: PathBuf::from("hub.sqlite"),
             key_file: PathBuf::from("hub-key.jwk"),
+            previous_key_files: Vec::new(),
             broker: BrokerSection::default(),
             network: NetworkSection::default(),
             withdrawal: WithdrawalSection::default(),
@@ -461,6 +468,7 @@ impl HubConfig {
         };
         fix(&mut self.database);
         fix(&mut self.key_file);
+        self.previous_key_files.iter_mut().for_each(fix);
         for p in [
             &mut self.broker.ca_file,
             &mut self.broker.cert_file,
@@ -565,9 +573,17 @@ mod tests {
     fn relative_paths_follow_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hub.toml");
-        std::fs::write(&path, "database = \"db/hub.sqlite\"").unwrap();
+        std::fs::write(
+            &path,
+            "database = \"db/hub.sqlite\"\nprevious_key_files = [\"old/hub-key.jwk\", \"/etc/k.jwk\"]",
+        )
+        .unwrap();
         let c = HubConfig::load(&path).unwrap();
         assert_eq!(c.database, dir.path().join("db/hub.sqlite"));
         assert_eq!(c.key_file, dir.path().join("hub-key.jwk"));
+        assert_eq!(
+            c.previous_key_files,
+            vec![dir.path().join("old/hub-key.jwk"), "/etc/k.jwk".into()]
+        );
     }
 }

@@ -30,6 +30,7 @@ pub mod error;
 pub mod evidence;
 pub mod handler;
 pub mod identity;
+pub mod keyring;
 pub mod ledger;
 pub mod limits;
 pub mod notes;

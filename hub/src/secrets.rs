@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use qrcash_protocol::messages::PhoneUp;
 use qrcash_protocol::receive;
 use qrcash_protocol::topics::Topic;
-use qrcash_protocol::{MAX_UPLINK_BYTES, PrivateKey, Sealed, SealedSecret, SecretField};
+use qrcash_protocol::{MAX_UPLINK_BYTES, Sealed, SealedSecret, SecretField};
+
+use crate::keyring::KeyRing;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::HubConfig;
@@ -54,7 +56,7 @@ pub struct Wanted {
 pub fn wanted(
     db: Db<'_>,
     cfg: &HubConfig,
-    hub: &PrivateKey,
+    hub: &KeyRing,
     topic: &str,
     payload: &[u8],
     now: u64,
@@ -73,8 +75,7 @@ pub fn wanted(
     let device = authentic.entry;
     let claims = authentic.claims;
     let one = |sealed: &SealedSecret, field: SecretField, phc: &str| {
-        sealed
-            .open(hub, field, &sender, &kid)
+        hub.open_secret(sealed, field, &sender, &kid)
             .map(|secret| {
                 vec![Wanted {
                     secret: secret.expose().to_owned(),
@@ -169,7 +170,7 @@ fn carries_secret(msg: &Incoming) -> bool {
 pub struct SecretStage {
     db: PathBuf,
     config: Arc<HubConfig>,
-    key: Arc<PrivateKey>,
+    key: Arc<KeyRing>,
     workers: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     backlog: usize,
@@ -193,7 +194,7 @@ pub enum Route {
 impl SecretStage {
     /// A stage with `workers` threads reading the database at `db` (a file: an in-memory
     /// hub checks on its writer), keeping at most `16 × workers` messages waiting.
-    pub fn new(db: PathBuf, config: Arc<HubConfig>, key: Arc<PrivateKey>, workers: usize) -> Self {
+    pub fn new(db: PathBuf, config: Arc<HubConfig>, key: Arc<KeyRing>, workers: usize) -> Self {
         SecretStage {
             db,
             config,

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qrcash_io::KeyFile;
-use qrcash_io::link::{self, LinkEvent, LinkHandle, LinkOptions};
+use qrcash_io::link::{self, LinkEvent, LinkHandle, LinkOptions, Publication};
 use qrcash_io::{BrokerConfig, LinkError};
 use qrcash_protocol::{Clock, PrivateKey, Signer, SystemClock, topics};
 use tokio::sync::{mpsc, watch};
@@ -50,6 +50,9 @@ pub enum ServiceError {
     /// Hub key unusable.
     #[error(transparent)]
     Key(#[from] qrcash_protocol::KeyError),
+    /// The hub's keys do not form a usable set.
+    #[error(transparent)]
+    Keys(#[from] crate::keyring::KeyRingError),
     /// Warnings file unusable.
     #[error(transparent)]
     Warnings(#[from] crate::warnings::WarningsError),
@@ -167,6 +170,11 @@ impl HubService {
     pub async fn from_config(config: HubConfig) -> Result<HubHandle, ServiceError> {
         let store = Store::open(&config.database)?;
         let key = PrivateKey::load(&config.key_file)?;
+        let previous = config
+            .previous_key_files
+            .iter()
+            .map(|path| PrivateKey::load(path))
+            .collect::<Result<Vec<_>, _>>()?;
         let warnings =
             WarningCatalog::load(config.warnings.file.as_deref(), &config.warnings.languages)?;
         let options = ServiceOptions::from_config(&config);
@@ -177,7 +185,8 @@ impl HubService {
             warnings,
             Arc::new(SystemClock) as Arc<dyn Clock>,
             Box::new(OsEntropy),
-        );
+        )
+        .with_previous_keys(previous)?;
         Self::start(hub, options).await
     }
 
@@ -185,6 +194,16 @@ impl HubService {
     pub async fn start(hub: Hub, options: ServiceOptions) -> Result<HubHandle, ServiceError> {
         let mut link_options = LinkOptions::new(options.broker.clone(), options.client_id.clone())
             .subscribe(topics::hub_subscriptions(options.shared_subscription));
+        // The key set, retained and renewed on every connection: devices that trust any key
+        // the hub holds learn the one it signs with (`qrcash_protocol::keyset`).
+        link_options.on_connect = vec![Publication {
+            topic: topics::HUB_KEYS.to_owned(),
+            payload: hub
+                .keys()
+                .key_set(hub.signer().id(), hub.clock().now())
+                .to_bytes(),
+            retain: true,
+        }];
         link_options.inflight = Some(100);
         link_options.queue = 1024;
         link_options.events = 1024;
@@ -199,7 +218,7 @@ impl HubService {
             (Some(path), n) if n > 0 => Some(SecretStage::new(
                 path.to_owned(),
                 Arc::new(hub.config().clone()),
-                Arc::new(hub.signer().key().clone()),
+                Arc::new(hub.keys().clone()),
                 n,
             )),
             _ => None,

@@ -781,7 +781,7 @@ fn passwords_and_pins_are_checked_ahead_and_the_writer_runs_no_argon2() {
     let ahead = |rig: &mut Rig, dev: &mut TestDevice, msg: PhoneUp| {
         let hub = rig.hub_id();
         let payload = dev.message(&hub, rig.now(), msg);
-        let key = qrcash_hub::testkit::test_hub_key();
+        let key = qrcash_hub::keyring::KeyRing::new(qrcash_hub::testkit::test_hub_key());
         let list = wanted(
             reader.db(),
             &cfg,

@@ -20,9 +20,10 @@ use qrcash_protocol::messages::{
 };
 use qrcash_protocol::replay::ReplayConfig;
 use qrcash_protocol::{
-    Amount, Clock, CodeToken, Position, PrivateKey, PublicKey, SecretField, SecretSealer, Signer,
-    TxId, topics,
+    Amount, Clock, CodeToken, Position, PrivateKey, PublicJwk, PublicKey, SecretField,
+    SecretSealer, Signer, TxId, keyset, topics,
 };
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -33,6 +34,18 @@ use crate::verify::PushVerifier;
 
 /// Pushes kept for later callers before the oldest is dropped.
 const BACKLOG: usize = 64;
+
+/// The hub keys learned from the hub's key set, in the state directory.
+const HUB_KEYS_FILE: &str = "hub-keys.json";
+
+/// What [`HUB_KEYS_FILE`] holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct LearnedHubKeys {
+    /// The key secrets are sealed to.
+    current: PublicJwk,
+    /// Every trusted key (the provisioned one included).
+    keys: Vec<PublicJwk>,
+}
 
 /// Who the phone is and where the hub is.
 #[derive(Debug, Clone)]
@@ -79,6 +92,8 @@ pub struct PhoneClient {
     push_topic: String,
     backlog: VecDeque<Claims<PhonePush>>,
     rejected: u64,
+    /// Why the last refused message was refused (surfaced by a timeout it explains).
+    last_refusal: Option<String>,
 }
 
 impl std::fmt::Debug for PhoneClient {
@@ -106,16 +121,24 @@ impl PhoneClient {
         topics::validate_id(&settings.device_id).map_err(PhoneError::Config)?;
         let push_topic = topics::phone_push(&settings.device_id);
         let mut options = LinkOptions::new(settings.broker.clone(), settings.device_id.clone())
-            .subscribe([push_topic.clone()]);
+            .subscribe([push_topic.clone(), topics::HUB_KEYS.to_owned()]);
         options.clean_session = !settings.persistent_session;
         options.queue = 64;
         let (link, events) = link::spawn(options)?;
-        let verifier = PushVerifier::new(
+        let mut verifier = PushVerifier::new(
             &settings.hub_id,
             &settings.device_id,
             hub_key,
             ReplayConfig::default(),
         );
+        if let Some(kept) = store.load_json::<LearnedHubKeys>(HUB_KEYS_FILE)? {
+            let current = PublicKey::from_jwk(&kept.current);
+            let keys: Result<Vec<_>, _> = kept.keys.iter().map(PublicKey::from_jwk).collect();
+            match (current, keys) {
+                (Ok(current), Ok(keys)) => verifier.learn(current, keys),
+                _ => tracing::warn!("the learned hub keys do not parse: ignored"),
+            }
+        }
         let mut phone = PhoneClient {
             signer: Signer::new(settings.device_id.clone(), key),
             settings,
@@ -127,6 +150,7 @@ impl PhoneClient {
             push_topic,
             backlog: VecDeque::new(),
             rejected: 0,
+            last_refusal: None,
         };
         phone.wait_ready().await?;
         tracing::info!(device = %phone.settings.device_id, kid = %phone.signer.kid(), "phone connected");
@@ -146,6 +170,16 @@ impl PhoneClient {
     /// The state store (seq, hub window, records).
     pub fn store(&self) -> &DeviceStore {
         &self.store
+    }
+
+    /// The hub keys this phone trusts: the provisioned one and those it learned.
+    pub fn hub_keys(&self) -> Vec<PublicKey> {
+        self.verifier.keys().to_vec()
+    }
+
+    /// The hub key this phone seals passwords and PINs to.
+    pub fn sealing_key(&self) -> &PublicKey {
+        self.verifier.hub_key()
     }
 
     /// How many pushes were refused (bad signature, replay, misaddressed…) so far.
@@ -176,6 +210,9 @@ impl PhoneClient {
                         self.keep(claims);
                     }
                 }
+                Ok(Some(LinkEvent::Message { topic, payload })) if topic == topics::HUB_KEYS => {
+                    self.key_set(&payload);
+                }
                 Ok(Some(_)) => {}
             }
         }
@@ -192,9 +229,39 @@ impl PhoneClient {
             Err(e) => {
                 self.rejected += 1;
                 tracing::warn!(error = %e, bytes = bytes.len(), "push refused");
+                self.last_refusal = Some(format!("push refused: {e}"));
                 None
             }
         }
+    }
+
+    /// The hub's retained key set: when an endorsement by a key this phone trusts names keys
+    /// or a current key it did not know, it trusts them, seals to the current one from now
+    /// on, and keeps them in the state directory.
+    fn key_set(&mut self, bytes: &[u8]) {
+        let learned = match keyset::learn(bytes, &self.settings.hub_id, self.verifier.keys()) {
+            Ok(l) => l,
+            Err(e) => {
+                self.rejected += 1;
+                tracing::warn!(error = %e, "hub key set refused");
+                self.last_refusal = Some(format!("hub key set refused: {e}"));
+                return;
+            }
+        };
+        let known = |k: &PublicKey| self.verifier.keys().iter().any(|t| t.kid() == k.kid());
+        if learned.keys.iter().all(known) && self.verifier.hub_key() == &learned.current {
+            return;
+        }
+        self.verifier
+            .learn(learned.current.clone(), learned.keys.iter().cloned());
+        let kept = LearnedHubKeys {
+            current: learned.current.to_jwk(),
+            keys: self.verifier.keys().iter().map(PublicKey::to_jwk).collect(),
+        };
+        if let Err(e) = self.store.save_json(HUB_KEYS_FILE, &kept) {
+            tracing::warn!(error = %e, "cannot keep the learned hub keys");
+        }
+        tracing::info!(current = %learned.current.kid(), endorsed_by = %learned.endorsed_by, "hub key set learned");
     }
 
     /// Keeps a push for a later [`Self::next_push`], dropping the oldest beyond the backlog.
@@ -243,17 +310,31 @@ impl PhoneClient {
             return Ok(found);
         }
         let deadline = Instant::now() + timeout;
+        let rejected_before = self.rejected;
         loop {
             let bytes = match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Err(_) => {
-                    return Err(PhoneError::Timeout {
-                        waiting_for: waiting_for.to_owned(),
-                        after: timeout,
+                    let refused = self.rejected - rejected_before;
+                    return Err(match &self.last_refusal {
+                        Some(last) if refused > 0 => PhoneError::Refused {
+                            waiting_for: waiting_for.to_owned(),
+                            after: timeout,
+                            refused,
+                            last: last.clone(),
+                        },
+                        _ => PhoneError::Timeout {
+                            waiting_for: waiting_for.to_owned(),
+                            after: timeout,
+                        },
                     });
                 }
                 Ok(None) => return Err(PhoneError::Closed),
                 Ok(Some(LinkEvent::Message { topic, payload })) if topic == self.push_topic => {
                     payload
+                }
+                Ok(Some(LinkEvent::Message { topic, payload })) if topic == topics::HUB_KEYS => {
+                    self.key_set(&payload);
+                    continue;
                 }
                 // Up and down show in `link.is_up()`; other topics are not ours to read.
                 Ok(Some(_)) => continue,
@@ -343,11 +424,10 @@ impl PhoneClient {
         });
         match self.request(msg, timeout).await? {
             PhonePush::CodeIssued(code) => {
-                let token = CodeToken::verify_signature(
-                    &code.token,
-                    std::slice::from_ref(self.verifier.hub_key()),
-                )
-                .map_err(|e| PhoneError::Unexpected(format!("issued code does not verify: {e}")))?;
+                let token = CodeToken::verify_signature(&code.token, self.verifier.keys())
+                    .map_err(|e| {
+                        PhoneError::Unexpected(format!("issued code does not verify: {e}"))
+                    })?;
                 if token.tx_id != code.tx_id {
                     return Err(PhoneError::Unexpected(
                         "issued code names another transaction".into(),

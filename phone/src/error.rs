@@ -71,6 +71,21 @@ pub enum PhoneError {
         /// How long it waited.
         after: Duration,
     },
+    /// Nothing usable arrived in time, but messages did arrive and were refused: the cause
+    /// is on this side (most often a hub key this phone does not trust).
+    #[error(
+        "no {waiting_for} within {after:?}: {refused} message(s) arrived and were refused, the last because {last}"
+    )]
+    Refused {
+        /// What the client was waiting for.
+        waiting_for: String,
+        /// How long it waited.
+        after: Duration,
+        /// How many were refused while it waited.
+        refused: u64,
+        /// Why the last one was.
+        last: String,
+    },
     /// The hub refused the request; nothing changed.
     #[error("the hub refused the request: {message} ({reason:?})")]
     Rejected {

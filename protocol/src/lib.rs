@@ -15,6 +15,7 @@
 //!   expiry) whose state the caller persists.
 //! - [`messages`]: the typed catalogue, one enum per direction and topic.
 //! - [`token`]: the compact hub-signed QR code token an ATM verifies offline.
+//! - [`keyset`]: the hub's key set, endorsed by the keys devices trust, for key rotation.
 //! - [`receive`]: every acceptance check for messages from one trusted sender.
 //! - [`topics`]: the MQTT topic tree, in one place.
 
@@ -27,6 +28,7 @@ pub mod geo;
 pub mod ids;
 pub mod jws;
 pub mod keys;
+pub mod keyset;
 pub mod messages;
 pub mod money;
 pub mod receive;

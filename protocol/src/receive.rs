@@ -171,6 +171,14 @@ impl Receiver {
         &self.keys
     }
 
+    /// Trusts `key` too (a key learned from the sender's endorsed key set); a key already
+    /// trusted is not added twice.
+    pub fn trust(&mut self, key: PublicKey) {
+        if !self.keys.iter().any(|k| k.kid() == key.kid()) {
+            self.keys.push(key);
+        }
+    }
+
     /// Runs every check on `bytes` at `now` against the sender's `window`; returns the claims
     /// and the window to persist with whatever the message causes.
     pub fn accept<B: DeserializeOwned>(

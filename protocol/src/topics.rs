@@ -6,6 +6,7 @@
 //! qrcash/v1/atm/{atm_id}/presence    ATM last will, retained ("online"/"offline", unsigned)
 //! qrcash/v1/phone/{device_id}/up     phone → hub   (PhoneUp)
 //! qrcash/v1/phone/{device_id}/push   hub → phone   (PhonePush)
+//! qrcash/v1/hub/keys                  hub → all     retained key set (keyset::HubKeys)
 //! ```
 //!
 //! Each client's own id is one topic level, so a broker can confine it with a per-username
@@ -19,6 +20,9 @@ use std::fmt;
 pub const ROOT: &str = "qrcash/v1";
 /// MQTT shared-subscription group of the hub instances.
 pub const HUB_GROUP: &str = "hub";
+/// The hub's key set, retained (`crate::keyset`). Every device may read it; only the hub
+/// may write it.
+pub const HUB_KEYS: &str = "qrcash/v1/hub/keys";
 /// Longest accepted client id.
 pub const MAX_ID_LEN: usize = 64;
 

@@ -106,6 +106,39 @@ async fn wait_event(
     }
 }
 
+/// The customer shows `code` to the ATM's camera and confirms on the phone with the PIN at
+/// `here`; returns the request the phone saw and the receipt.
+async fn show_and_confirm(
+    phone: &mut PhoneClient,
+    camera: &SyntheticCamera,
+    code: &qrcash_protocol::messages::CodeIssued,
+    clock: &qrcash_protocol::ManualClock,
+    here: Position,
+) -> (
+    qrcash_protocol::messages::ConfirmRequest,
+    qrcash_protocol::messages::Receipt,
+) {
+    camera.show(&code.token).unwrap();
+    let request = phone
+        .await_confirm_request(Some(code.tx_id), T)
+        .await
+        .unwrap();
+    camera.clear();
+    let jti = phone
+        .confirm(
+            &request,
+            requests::evidence(Some(PIN), None, clock.now()),
+            Some(here),
+        )
+        .await
+        .unwrap();
+    let receipt = phone
+        .await_receipt(&code.tx_id.to_string(), Some(&jti), T)
+        .await
+        .unwrap();
+    (request, receipt)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phone_hub_and_agent_complete_a_withdrawal_and_the_notes_leave_once() {
     let World {
@@ -126,27 +159,10 @@ async fn phone_hub_and_agent_complete_a_withdrawal_and_the_notes_leave_once() {
         .await
         .unwrap();
 
-    // The customer shows the code to the ATM's camera.
-    camera.show(&code.token).unwrap();
-    let request = phone
-        .await_confirm_request(Some(code.tx_id), T)
-        .await
-        .unwrap();
-    camera.clear();
+    // The customer shows the code to the ATM's camera and confirms on the phone.
+    let (request, receipt) = show_and_confirm(&mut phone, &camera, &code, &clock, here).await;
     assert_eq!(request.atm.atm_id, ATM);
     assert_eq!(request.amount, Amount::new(12_000, Currency::JPY));
-    let jti = phone
-        .confirm(
-            &request,
-            requests::evidence(Some(PIN), None, clock.now()),
-            Some(here),
-        )
-        .await
-        .unwrap();
-    let receipt = phone
-        .await_receipt(&code.tx_id.to_string(), Some(&jti), T)
-        .await
-        .unwrap();
     assert_eq!(receipt.kind, ReceiptKind::Withdrawal);
     assert_eq!(receipt.status, ReceiptStatus::Completed);
     assert_eq!(receipt.settled, Amount::new(12_000, Currency::JPY));
@@ -215,4 +231,100 @@ async fn a_declined_withdrawal_ends_the_atm_session_without_cash() {
     phone.shutdown().await;
     agent.shutdown().await;
     hub.shutdown().await;
+}
+
+/// A hub key rotation in the middle of a withdrawal (`docs/deployment.md` §4): the code was
+/// issued and signed by the old key; the hub restarts with a new key and keeps the old one as
+/// a previous key. The agent and the phone, provisioned with the old key only, learn the new
+/// one from the key set the old key endorsed; the hub still accepts its old code; the push,
+/// the order and the receipt, signed by the new key, are accepted; the cash leaves once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_key_rotation_in_the_middle_of_a_withdrawal_loses_nothing() {
+    let World {
+        hub,
+        agent,
+        mut events,
+        mut phone,
+        camera,
+        sim,
+        clock,
+        here,
+        _broker,
+        _dir,
+    } = world().await;
+    let code = phone
+        .register_withdrawal("hanako", Amount::new(12_000, Currency::JPY), T)
+        .await
+        .unwrap();
+    let old = qrcash_hub::testkit::test_hub_key();
+    assert_eq!(phone.hub_keys(), vec![old.public().clone()]);
+
+    // The operator rotates the key.
+    hub.shutdown().await;
+    let new = PrivateKey::generate();
+    let store = qrcash_hub::store::Store::open(&_dir.path().join("hub.sqlite")).unwrap();
+    let rig = qrcash_hub::testkit::Rig::with_key(
+        store,
+        qrcash_hub::testkit::test_config(),
+        8,
+        new.clone(),
+    );
+    let rotated = rig
+        .hub
+        .with_clock(Arc::new(clock.clone()))
+        .with_previous_keys(vec![old.clone()])
+        .unwrap();
+    let hub = qrcash_hub::service::HubService::start(
+        rotated,
+        qrcash_hub::service::ServiceOptions {
+            broker: BrokerConfig::plain(_broker.url()),
+            client_id: "hub".into(),
+            shared_subscription: false,
+            group_commit_max: 64,
+            sweep_interval: Duration::from_secs(3600),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(hub.wait_ready(T).await);
+    wait_event(&mut events, "the agent learns the new key", |e| {
+        matches!(
+            e,
+            AgentEvent::Journal {
+                kind: qrcash_agent::store::JournalKind::HubKey,
+                ..
+            }
+        )
+    })
+    .await;
+
+    // The code signed by the old key is still good at the hub; the push, the order and
+    // the receipt are signed by the new key.
+    let (_, receipt) = show_and_confirm(&mut phone, &camera, &code, &clock, here).await;
+    assert!(phone.hub_keys().contains(new.public()));
+    assert_eq!(phone.sealing_key(), new.public());
+    assert_eq!(receipt.status, ReceiptStatus::Completed);
+    assert_eq!(sim.counters().delivered, 3);
+    assert_eq!(phone.rejected_pushes(), 0);
+    wait_event(
+        &mut events,
+        "ack of the dispense report",
+        |e| matches!(e, AgentEvent::Delivered { kind, .. } if kind == "DispenseReport"),
+    )
+    .await;
+    phone.shutdown().await;
+    agent.shutdown().await;
+    hub.shutdown().await;
+
+    // The agent keeps what it learned.
+    let mut store =
+        qrcash_agent::store::Store::open(&_dir.path().join("agent.db"), Default::default())
+            .unwrap();
+    let learned: Vec<_> = store
+        .learned_hub_keys()
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.key, l.endorsed_by))
+        .collect();
+    assert_eq!(learned, vec![(new.public().clone(), old.kid().to_string())]);
 }

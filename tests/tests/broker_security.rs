@@ -130,6 +130,34 @@ async fn a_device_cannot_read_another_devices_topics() {
     assert!(atm2.next_publish(QUIET).await.is_none());
 }
 
+/// The hub's key set (`docs/protocol.md` §3.4) is retained on one topic every client may
+/// read and only the hub may write: a device cannot replace it with one of its own.
+#[tokio::test]
+async fn every_client_reads_the_hub_key_set_and_only_the_hub_writes_it() {
+    let pki = TestPki::default();
+    let broker = locked_down(&pki);
+    let mut hub = client(&pki, &broker, "hub").await;
+    hub.publish_retained(topics::HUB_KEYS, "the hub's set")
+        .await;
+    let mut atm = client(&pki, &broker, "atm-1").await;
+    atm.publish_retained(topics::HUB_KEYS, "forged set").await;
+    let mut phone = client(&pki, &broker, "dev-1").await;
+    phone.publish_retained(topics::HUB_KEYS, "forged set").await;
+    for cn in ["atm-2", "dev-2"] {
+        let mut reader = client(&pki, &broker, cn).await;
+        reader.subscribe(topics::HUB_KEYS).await;
+        let (topic, payload) = reader
+            .next_publish(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("{cn} did not receive the key set"));
+        assert_eq!(
+            (topic.as_str(), payload.as_slice()),
+            (topics::HUB_KEYS, b"the hub's set".as_slice())
+        );
+        assert!(reader.next_publish(QUIET).await.is_none());
+    }
+}
+
 /// The shipped broker configuration runs: no deprecated option, the production ACL confines
 /// devices, and a packet above its `max_packet_size` ends the sender's connection without
 /// reaching anyone.

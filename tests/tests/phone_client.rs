@@ -121,9 +121,19 @@ async fn login_round_trip_refuses_forged_and_replayed_pushes() {
         2,
         "forged and misaddressed refused"
     );
-    // The replay is refused too; nothing else arrives.
+    // The replay is refused too; nothing else arrives, and the timeout says why.
     let err = phone
         .next_push("anything", Duration::from_millis(500), |_| true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, qrcash_phone::PhoneError::Refused { refused: 1, last, .. }
+            if last.starts_with("push refused: ")),
+        "{err}"
+    );
+    // A wait in which nothing at all arrives is a plain timeout.
+    let err = phone
+        .next_push("anything", Duration::from_millis(300), |_| true)
         .await
         .unwrap_err();
     assert!(
@@ -179,4 +189,81 @@ async fn login_round_trip_refuses_forged_and_replayed_pushes() {
     let store = DeviceStore::open(state.path()).unwrap();
     assert_eq!(store.last_seq(), 2);
     assert_eq!(store.hub_window().highest, 4);
+}
+
+/// The hub's key set (`docs/protocol.md` §3): the phone learns the new key from the set its
+/// provisioned key endorsed, seals to it, keeps it across a restart, and a timeout explains a
+/// set it had to refuse.
+#[tokio::test]
+async fn the_phone_learns_a_new_hub_key_from_the_old_keys_endorsement() {
+    use qrcash_protocol::keyset::{HubKeys, KeySet};
+    let broker = Mosquitto::start();
+    let (hub_client, _uplinks) = fake_hub(broker.port()).await;
+    let old = PrivateKey::generate();
+    let new = PrivateKey::generate();
+    let now = qrcash_protocol::Clock::now(&SystemClock);
+    let state = tempfile::tempdir().unwrap();
+    let connect = || async {
+        let store = DeviceStore::open(state.path()).unwrap();
+        let key = store.device_key().unwrap();
+        PhoneClient::connect(
+            PhoneSettings::new("dev-1", BrokerConfig::plain(broker.url())),
+            key,
+            old.public().clone(),
+            store,
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap()
+    };
+    let mut phone = connect().await;
+
+    // Mallory's set: refused, and the next timeout says so.
+    let mallory = PrivateKey::generate();
+    let forged = HubKeys::new(&KeySet::new("hub", now, mallory.public(), &[]), &[&mallory]);
+    hub_client
+        .publish(topics::HUB_KEYS, QoS::AtLeastOnce, true, forged.to_bytes())
+        .await
+        .unwrap();
+    let err = phone
+        .next_push("anything", Duration::from_secs(1), |_| true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, qrcash_phone::PhoneError::Refused { last, .. }
+            if last.contains("no endorsement by a trusted key")),
+        "{err}"
+    );
+    assert_eq!(phone.sealing_key(), old.public());
+
+    // The genuine rotation.
+    let set = KeySet::new("hub", now, new.public(), &[old.public().clone()]);
+    hub_client
+        .publish(
+            topics::HUB_KEYS,
+            QoS::AtLeastOnce,
+            true,
+            HubKeys::new(&set, &[&new, &old]).to_bytes(),
+        )
+        .await
+        .unwrap();
+    let _ = phone
+        .next_push("anything", Duration::from_millis(500), |_| true)
+        .await;
+    assert_eq!(phone.sealing_key(), new.public());
+    assert!(phone.hub_keys().contains(new.public()));
+    phone.shutdown().await;
+
+    // A restart knows it before any key set arrives.
+    hub_client
+        .publish(topics::HUB_KEYS, QoS::AtLeastOnce, true, Vec::new())
+        .await
+        .unwrap();
+    let phone = connect().await;
+    assert_eq!(phone.sealing_key(), new.public());
+    assert_eq!(
+        phone.hub_keys(),
+        vec![old.public().clone(), new.public().clone()]
+    );
+    phone.shutdown().await;
 }

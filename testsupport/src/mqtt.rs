@@ -109,8 +109,17 @@ impl TestClient {
     /// # Panics
     /// If no PubAck arrives within 10 s.
     pub async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.publish_with(topic, payload, false).await;
+    }
+
+    /// [`TestClient::publish`], retained.
+    pub async fn publish_retained(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.publish_with(topic, payload, true).await;
+    }
+
+    async fn publish_with(&mut self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
         self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .publish(topic, QoS::AtLeastOnce, retain, payload.into())
             .await
             .expect("publish request");
         loop {

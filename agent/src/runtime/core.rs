@@ -12,7 +12,7 @@ use qrcash_hardware::dispenser::{DispenseOutcome as DeviceOutcome, DispenserErro
 use qrcash_io::link::LinkEvent;
 use qrcash_protocol::messages::{AtmDown, AtmUp, CassetteState, CassetteStatus, Heartbeat};
 use qrcash_protocol::replay::SenderWindow;
-use qrcash_protocol::{Clock, OrderId, TxId};
+use qrcash_protocol::{Clock, OrderId, TxId, keyset, topics};
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -51,6 +51,8 @@ pub(super) struct Core {
     pub store: Store,
     pub sealer: Sealer,
     pub verifier: InboundVerifier,
+    /// The hub's id (`iss` of its key set).
+    pub hub_id: String,
     pub clock: Arc<dyn Clock>,
     pub cassettes: Vec<u64>,
     pub events: broadcast::Sender<AgentEvent>,
@@ -416,7 +418,59 @@ impl Core {
         }
     }
 
+    /// The hub's retained key set: keys endorsed by a key this ATM trusts are kept and
+    /// trusted from now on; an endorsement nobody here trusts teaches nothing.
+    fn hub_key_set(&mut self, payload: &[u8]) {
+        let now = self.clock.now();
+        let learned = match keyset::learn(payload, &self.hub_id, self.verifier.keys()) {
+            Ok(learned) => learned,
+            Err(e) => {
+                tracing::warn!(error = %e, "hub key set refused");
+                self.journal(
+                    JournalKind::InboundRejected,
+                    None,
+                    None,
+                    json!({ "error": e.to_string(), "topic": topics::HUB_KEYS }),
+                );
+                let _ = self.events.send(AgentEvent::InboundRejected {
+                    error: e.to_string(),
+                });
+                return;
+            }
+        };
+        let unknown: Vec<_> = learned
+            .keys
+            .iter()
+            .filter(|k| !self.verifier.keys().iter().any(|t| t.kid() == k.kid()))
+            .cloned()
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        match self
+            .store
+            .learn_hub_keys(&unknown, &learned.endorsed_by, now)
+        {
+            Ok(added) => {
+                for key in &added {
+                    tracing::info!(kid = %key.kid(), endorsed_by = %learned.endorsed_by, "hub key learned");
+                    self.verifier.trust(key.clone());
+                    let _ = self.events.send(AgentEvent::Journal {
+                        kind: JournalKind::HubKey,
+                        tx_id: None,
+                        order_id: None,
+                    });
+                }
+                self.apply(Input::HubKeysLearned(added));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot keep the learned hub keys"),
+        }
+    }
+
     fn inbound(&mut self, topic: &str, payload: &[u8]) {
+        if topic == topics::HUB_KEYS {
+            return self.hub_key_set(payload);
+        }
         let now = self.clock.now();
         let window = match self.store.hub_window() {
             Ok(w) => w,

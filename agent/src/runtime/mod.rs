@@ -212,6 +212,13 @@ impl Agent {
         let bounds = config.outbox.bounds();
         let mut store = Store::open(&config.database, bounds)?;
         let outbox_store = Store::open(&config.database, bounds)?;
+        // The configured keys, then those learned from the hub's endorsed key set.
+        let mut hub_keys = hub_keys;
+        for learned in store.learned_hub_keys()? {
+            if !hub_keys.iter().any(|k| k.kid() == learned.key.kid()) {
+                hub_keys.push(learned.key);
+            }
+        }
         let signer = Signer::new(config.atm_id.clone(), key);
         let cassettes = config.denominations();
         let dispenser: SharedDispenser = Arc::new(Mutex::new(dispenser));
@@ -297,8 +304,11 @@ impl Agent {
             payload: text.as_bytes().to_vec(),
             retain: true,
         };
-        let mut options = LinkOptions::new(config.broker.clone(), config.atm_id.clone())
-            .subscribe([topics::atm_down(&config.atm_id)]);
+        let mut options =
+            LinkOptions::new(config.broker.clone(), config.atm_id.clone()).subscribe([
+                topics::atm_down(&config.atm_id),
+                topics::HUB_KEYS.to_owned(),
+            ]);
         options.last_will = Some(status("offline"));
         options.on_connect = vec![status("online")];
         options.on_disconnect = vec![status("offline")];
@@ -349,6 +359,7 @@ impl Agent {
                 hub_keys,
                 ReplayConfig::default(),
             ),
+            hub_id: config.hub_id.clone(),
             clock: clock.clone(),
             cassettes,
             events: events.clone(),

@@ -51,6 +51,8 @@ pub enum JournalKind {
     DeviceFault,
     /// A technician set a cassette's count (replenished or counted it).
     CassetteSet,
+    /// A hub key was learned from a key set endorsed by a trusted key, or forgotten.
+    HubKey,
 }
 
 impl JournalKind {
@@ -74,6 +76,7 @@ impl JournalKind {
             JournalKind::InboundRejected => "inbound_rejected",
             JournalKind::DeviceFault => "device_fault",
             JournalKind::CassetteSet => "cassette_set",
+            JournalKind::HubKey => "hub_key",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! Not here: what the records mean for a session (`session`), when to resend (`outbox` task).
 
 mod cassettes;
+mod hub_keys;
 mod journal;
 mod meta;
 mod orders;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use rusqlite_migration::{M, Migrations};
 
+pub use hub_keys::LearnedKey;
 pub use journal::ExportError;
 pub use journal::{JournalEntry, JournalKind};
 pub use orders::{OrderRecord, OrderState};
@@ -88,8 +90,18 @@ CREATE TABLE cassettes (
 );
 "#;
 
+/// Hub keys learned from key sets endorsed by a trusted key (`hub_keys.rs`).
+const SCHEMA_V3: &str = r#"
+CREATE TABLE hub_keys (
+    kid         TEXT PRIMARY KEY NOT NULL,
+    jwk         TEXT NOT NULL,
+    endorsed_by TEXT NOT NULL,
+    learned_at  INTEGER NOT NULL
+);
+"#;
+
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(SCHEMA_V1), M::up(SCHEMA_V2)])
+    Migrations::new(vec![M::up(SCHEMA_V1), M::up(SCHEMA_V2), M::up(SCHEMA_V3)])
 }
 
 /// One connection to the agent database.

@@ -242,6 +242,16 @@ impl ScriptedHub {
         self.client.next_publish(timeout).await
     }
 
+    /// Signs what it sends with `key` from now on (the hub rotated its key).
+    pub fn sign_with(&mut self, key: PrivateKey) {
+        self.signer = Signer::new("hub", key);
+    }
+
+    /// Publishes `bytes` as the hub's retained key set.
+    pub async fn publish_key_set(&mut self, bytes: Vec<u8>) {
+        self.client.publish_retained(topics::HUB_KEYS, bytes).await;
+    }
+
     pub async fn send_raw(&mut self, bytes: Vec<u8>) {
         self.client.publish(&topics::atm_down(ATM), bytes).await;
     }

@@ -40,7 +40,7 @@ use qrcash_protocol::messages::{AtmDown, AtmUp, PhonePush, PhoneUp, Rejected};
 use qrcash_protocol::receive::{self, OpenError, ReceiveError};
 use qrcash_protocol::topics::{self, Topic};
 use qrcash_protocol::{
-    Claims, Clock, EnvelopeError, MAX_UPLINK_BYTES, RejectReason, ReplayError, Signer,
+    Claims, Clock, EnvelopeError, MAX_UPLINK_BYTES, PrivateKey, RejectReason, ReplayError, Signer,
 };
 use qrcash_protocol::{SealedSecret, SecretField};
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::HubConfig;
 use crate::error::StoreError;
 use crate::identity::{self, CheckedSecret};
+use crate::keyring::{KeyRing, KeyRingError};
 use crate::rng::Entropy;
 use crate::store::audit::{self, AuditEntry};
 use crate::store::rows::{self, AtmRow, DeviceRow};
@@ -267,6 +268,8 @@ pub(crate) struct Ctx<'a> {
     pub db: Db<'a>,
     pub cfg: &'a HubConfig,
     pub signer: &'a Signer,
+    /// The signing key and the previous keys still accepted.
+    pub keys: &'a KeyRing,
     pub warnings: &'a WarningCatalog,
     pub rng: &'a mut dyn Entropy,
     pub now: u64,
@@ -287,6 +290,7 @@ pub(crate) struct Ctx<'a> {
 struct Shared<'a> {
     cfg: &'a HubConfig,
     signer: &'a Signer,
+    keys: &'a KeyRing,
     warnings: &'a WarningCatalog,
     now: u64,
     checked: &'a [CheckedSecret],
@@ -309,6 +313,7 @@ impl<'a> Shared<'a> {
             db,
             cfg: self.cfg,
             signer: self.signer,
+            keys: self.keys,
             warnings: self.warnings,
             rng,
             now: self.now,
@@ -330,8 +335,8 @@ impl Ctx<'_> {
         sealed: &SealedSecret,
         field: SecretField,
     ) -> Result<Secret, Fail> {
-        sealed
-            .open(self.signer.key(), field, &self.sender, &self.sender_kid)
+        self.keys
+            .open_secret(sealed, field, &self.sender, &self.sender_kid)
             .map_err(|e| refuse(RejectReason::Malformed, format!("{}: {e}", field.as_str())))
     }
 
@@ -430,6 +435,7 @@ impl Ctx<'_> {
 pub struct Hub {
     store: Store,
     signer: Signer,
+    keys: KeyRing,
     config: HubConfig,
     warnings: WarningCatalog,
     clock: Arc<dyn Clock>,
@@ -482,12 +488,24 @@ impl Hub {
     ) -> Hub {
         Hub {
             store,
+            keys: KeyRing::new(signer.key().clone()),
             signer,
             config,
             warnings,
             clock,
             rng,
         }
+    }
+
+    /// The same hub, still accepting `previous` keys (verify-only) after a rotation.
+    pub fn with_previous_keys(mut self, previous: Vec<PrivateKey>) -> Result<Hub, KeyRingError> {
+        self.keys = self.keys.with_previous(previous)?;
+        Ok(self)
+    }
+
+    /// The signing key and the previous keys still accepted.
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
     }
 
     /// The store (setup in tests and the demo, operator commands).
@@ -554,6 +572,7 @@ impl Hub {
         let Hub {
             store,
             signer,
+            keys,
             config,
             warnings,
             rng,
@@ -562,15 +581,15 @@ impl Hub {
         let mut tx = store.begin()?;
         let mut results = Vec::with_capacity(batch.len());
         for m in batch {
-            results.push(process(
-                &mut tx,
-                config,
+            let shared = Shared {
+                cfg: config,
                 signer,
+                keys,
                 warnings,
-                rng.as_mut(),
                 now,
-                m,
-            )?);
+                checked: &m.checked,
+            };
+            results.push(process(&mut tx, shared, rng.as_mut(), m)?);
         }
         tx.commit()?;
         Ok(results)
@@ -582,6 +601,7 @@ impl Hub {
         let Hub {
             store,
             signer,
+            keys,
             config,
             warnings,
             rng,
@@ -591,6 +611,7 @@ impl Hub {
         let shared = Shared {
             cfg: config,
             signer,
+            keys,
             warnings,
             now,
             checked: &[],
@@ -605,20 +626,11 @@ impl Hub {
 /// One message, start to end. `Err` only for a database failure that spoils the batch.
 fn process(
     tx: &mut Tx<'_>,
-    cfg: &HubConfig,
-    signer: &Signer,
-    warnings: &WarningCatalog,
+    shared: Shared<'_>,
     rng: &mut dyn Entropy,
-    now: u64,
     m: &Incoming,
 ) -> Result<Handled, StoreError> {
-    let shared = Shared {
-        cfg,
-        signer,
-        warnings,
-        now,
-        checked: &m.checked,
-    };
+    let (cfg, now) = (shared.cfg, shared.now);
     let topic = Topic::parse(&m.topic);
     let mut entry = AuditEntry {
         at: now,
@@ -707,8 +719,10 @@ fn process(
         cfg.replay.phone()
     };
     let early = match &verified.body {
-        Body::Atm(c) => receive::check_claims(c, signer.id(), &sender_id, &replay_cfg, now),
-        Body::Phone(c) => receive::check_claims(c, signer.id(), &sender_id, &replay_cfg, now),
+        Body::Atm(c) => receive::check_claims(c, shared.signer.id(), &sender_id, &replay_cfg, now),
+        Body::Phone(c) => {
+            receive::check_claims(c, shared.signer.id(), &sender_id, &replay_cfg, now)
+        }
     }
     .map_err(HandleError::from);
     if let Err(e) = early {

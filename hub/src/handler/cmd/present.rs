@@ -54,7 +54,8 @@ pub(in crate::handler) fn presented(
     atm: &AtmRow,
     c: &CodePresented,
 ) -> Result<Vec<Outgoing>, Fail> {
-    let keys = [ctx.signer.key().public().clone()];
+    // The hub's own codes: signed by the current key, or by a previous one before a rotation.
+    let keys = ctx.keys.public_keys();
     let token = CodeToken::verify_signature(&c.token, &keys).map_err(token_refusal)?;
     token.check_expiry(ctx.now).map_err(token_refusal)?;
     let w = rows::withdrawal(ctx.db, &token.tx_id)?
