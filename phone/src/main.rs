@@ -39,9 +39,10 @@ struct Cli {
     /// Currency of amounts given on the command line.
     #[arg(long, default_value = "JPY", global = true)]
     currency: String,
-    /// Seconds to wait for the hub's answer.
-    #[arg(long, default_value_t = 30, global = true)]
-    timeout: u64,
+    /// Seconds to wait for the hub's answer (default 30; `confirm` waits 120 for the ATM to
+    /// pay out unless this is given).
+    #[arg(long, global = true)]
+    timeout: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -231,10 +232,44 @@ async fn main() -> Result<()> {
     run(cli).await
 }
 
+/// Holds the device's state directory for the whole command (released when the process
+/// ends, however it ends). Two commands of one device at once would connect with the same
+/// broker client id and knock each other off in a loop, and race on `seq`: the second one
+/// says so and stops instead.
+fn lock_state(dir: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another qrcash-phone command is running for the device in {} (it holds {}); \
+             wait for it to end or stop it: two at once would share the broker client id and \
+             knock each other off",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// `path` made absolute against the current directory (as typed when that fails).
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let currency = Currency::new(&cli.currency).map_err(anyhow::Error::msg)?;
     let amount = |minor: u64| Amount::new(minor, currency);
-    let timeout = Duration::from_secs(cli.timeout);
+    let timeout = Duration::from_secs(cli.timeout.unwrap_or(30));
     if let Command::Init {
         device_id,
         name,
@@ -247,17 +282,19 @@ async fn run(cli: Cli) -> Result<()> {
     } = &cli.command
     {
         let store = DeviceStore::open(&cli.dir)?;
+        let _lock = lock_state(&cli.dir)?;
         let key = store.device_key()?;
         let cfg = PhoneConfig {
             device_id: device_id.clone(),
             name: name.clone().unwrap_or_else(|| device_id.clone()),
             hub_id: hub_id.clone(),
-            hub_key: std::path::absolute(hub_key).unwrap_or_else(|_| hub_key.clone()),
+            hub_key: absolute(hub_key),
+            // Stored absolute: later commands may run from another directory.
             broker: BrokerConfig {
                 url: broker.clone(),
-                ca_file: ca_file.clone(),
-                cert_file: cert_file.clone(),
-                key_file: key_file.clone(),
+                ca_file: ca_file.as_deref().map(absolute),
+                cert_file: cert_file.as_deref().map(absolute),
+                key_file: key_file.as_deref().map(absolute),
                 ..BrokerConfig::default()
             },
         };
@@ -277,6 +314,7 @@ async fn run(cli: Cli) -> Result<()> {
     let cfg = PhoneConfig::load(&cli.dir)
         .with_context(|| format!("run `qrcash-phone --dir {} init` first", cli.dir.display()))?;
     let store = DeviceStore::open(&cli.dir)?;
+    let _lock = lock_state(&cli.dir)?;
     let key = store.device_key()?;
     let hub_key = cfg.load_hub_key()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -376,13 +414,33 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let jti = phone.confirm(&req, evidence, position).await?;
             println!("confirmed {}; waiting for the ATM to pay out", req.tx_id);
-            let receipt = phone
-                .await_receipt(
-                    &req.tx_id.to_string(),
-                    Some(&jti),
-                    timeout.max(Duration::from_secs(120)),
-                )
-                .await?;
+            let wait = Duration::from_secs(cli.timeout.unwrap_or(120));
+            let receipt = match phone
+                .await_receipt(&req.tx_id.to_string(), Some(&jti), wait)
+                .await
+            {
+                Ok(r) => r,
+                Err(qrcash_phone::PhoneError::Timeout { .. }) => {
+                    // Say what is known instead of blaming the broker: the confirmation went
+                    // out; what the account shows now tells whether money is still held.
+                    let now = match phone.balance(&account()?, 0, timeout).await {
+                        Ok(b) => format!(
+                            "the hub answers: available {}, held for withdrawals in progress or in doubt {}",
+                            b.available, b.held
+                        ),
+                        Err(e) => format!("the hub does not answer a balance query either ({e})"),
+                    };
+                    bail!(
+                        "no receipt for {} within {}s after the confirmation was sent; {now}. \
+                         The ATM may still be paying out, or its outcome is in doubt and an \
+                         operator settles it later (the receipt follows then): \
+                         `qrcash-phone balance --history 5` shows what was paid",
+                        req.tx_id,
+                        wait.as_secs()
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            };
             store.remove(CONFIRM_FILE)?;
             println!("{}", display::receipt_line(&receipt));
         }
