@@ -30,9 +30,9 @@ impl InboundVerifier {
         }
     }
 
-    /// Trusts `key` too (learned from the hub's endorsed key set).
-    pub fn trust(&mut self, key: PublicKey) {
-        self.receiver.trust(key);
+    /// Trusts `keys` from now on (the hub's key set changed them).
+    pub fn set_keys(&mut self, keys: Vec<PublicKey>) {
+        self.receiver.set_keys(keys);
     }
 
     /// The trusted hub keys.

@@ -14,6 +14,7 @@ use qrcash_hardware::dispenser::Dispenser;
 use qrcash_hardware::dispenser::lcdm::LcdmDispenser;
 use qrcash_hardware::dispenser::reopen::Reopening;
 use qrcash_io::KeyFile;
+use qrcash_protocol::keyset::HubTrust;
 use qrcash_protocol::{Clock, PrivateKey};
 
 #[derive(Parser)]
@@ -84,8 +85,9 @@ enum Command {
 enum HubKeyCommand {
     /// Print the keys (JSON); the default.
     Show,
-    /// Forget a learned key (journalled); takes effect when the agent next starts. A key in
-    /// `hub_keys` is removed from the configuration instead.
+    /// Forget a learned key for good (journalled): it is never learned again, even from the
+    /// hub's key set; takes effect when the agent next starts. A key in `hub_keys` is
+    /// removed from the configuration instead.
     Forget {
         /// The key id.
         kid: String,
@@ -202,32 +204,17 @@ fn main() -> Result<()> {
             let cfg = load(&cli.config)?;
             let mut store = Store::open(&cfg.database, cfg.outbox.bounds())
                 .with_context(|| format!("opening {}", cfg.database.display()))?;
+            let mut trust = HubTrust::new(cfg.load_hub_keys()?, store.hub_trust_state()?);
             if let Some(HubKeyCommand::Forget { kid }) = &command {
-                let now = qrcash_protocol::SystemClock.now();
-                if !store.forget_hub_key(kid, now)? {
-                    bail!("no learned hub key has the id {kid} (see `hub-keys`)");
+                if !trust.forget(kid) {
+                    bail!(
+                        "{kid} is a configured key (remove it from hub_keys) or already forgotten"
+                    );
                 }
+                store.save_forgotten_hub_key(&trust, kid, qrcash_protocol::SystemClock.now())?;
                 eprintln!("hub key {kid} forgotten; restart the agent for it to take effect");
             }
-            let configured: Vec<_> = cfg
-                .load_hub_keys()?
-                .iter()
-                .map(|k| serde_json::json!({ "kid": k.kid().as_str(), "from": "configuration" }))
-                .collect();
-            let learned: Vec<_> = store
-                .learned_hub_keys()?
-                .iter()
-                .map(|l| {
-                    serde_json::json!({
-                        "kid": l.key.kid().as_str(),
-                        "from": "key set",
-                        "endorsed_by": l.endorsed_by,
-                        "learned_at": l.learned_at,
-                    })
-                })
-                .collect();
-            let all: Vec<_> = configured.into_iter().chain(learned).collect();
-            println!("{}", serde_json::to_string_pretty(&all)?);
+            println!("{}", serde_json::to_string_pretty(&hub_keys_json(&trust))?);
             Ok(())
         }
         Command::Status => {
@@ -338,6 +325,40 @@ async fn run(cfg: AgentConfig) -> Result<()> {
     tracing::info!("stopping");
     agent.shutdown().await;
     Ok(())
+}
+
+/// What `hub-keys` prints: each trusted key, where it comes from and what it may sign, then
+/// the forgotten ones.
+fn hub_keys_json(trust: &HubTrust) -> serde_json::Value {
+    let messages: Vec<_> = trust
+        .message_keys()
+        .iter()
+        .map(|k| k.kid().to_string())
+        .collect();
+    let keys: Vec<_> = trust
+        .code_keys()
+        .iter()
+        .map(|k| {
+            let kid = k.kid().to_string();
+            let from = if trust.roots().iter().any(|r| r.kid() == k.kid()) {
+                "configuration"
+            } else {
+                "key set"
+            };
+            let signs = if messages.contains(&kid) {
+                "messages and codes"
+            } else {
+                "codes"
+            };
+            serde_json::json!({ "kid": kid, "from": from, "trusted_for": signs })
+        })
+        .collect();
+    let state = trust.state();
+    serde_json::json!({
+        "keys": keys,
+        "key_set": { "iat": state.iat, "endorsed_by": state.endorsed_by },
+        "forgotten": state.forgotten,
+    })
 }
 
 fn cassettes_json(counts: &[(u64, u32)]) -> serde_json::Value {

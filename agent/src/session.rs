@@ -233,9 +233,9 @@ pub enum Input {
     RecoveryFailed,
     /// The broker connection went up or down.
     Link(bool),
-    /// Hub keys learned from the hub's endorsed key set (already kept by the shell): codes
-    /// signed by them verify from now on.
-    HubKeysLearned(Vec<PublicKey>),
+    /// The hub's key set changed what may sign QR codes (already kept by the shell): these
+    /// keys from now on.
+    HubCodeKeys(Vec<PublicKey>),
     /// Time passes.
     Tick,
 }
@@ -543,12 +543,8 @@ impl Session {
                     vec![]
                 }
             }
-            Input::HubKeysLearned(keys) => {
-                for key in keys {
-                    if !self.cfg.hub_keys.iter().any(|k| k.kid() == key.kid()) {
-                        self.cfg.hub_keys.push(key);
-                    }
-                }
+            Input::HubCodeKeys(keys) => {
+                self.cfg.hub_keys = keys;
                 vec![]
             }
             Input::Tick => self.tick(now),

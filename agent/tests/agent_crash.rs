@@ -387,53 +387,69 @@ fn cassette_counts_are_kept_in_the_database_and_set_by_the_technician() {
     );
 }
 
-/// `qrcash-agent hub-keys` on the real binary: the configured key and a learned one with the
-/// key that endorsed it; `forget` removes a learned key (journalled) and refuses an unknown
-/// id.
+/// `qrcash-agent hub-keys` on the real binary: the configured key and a learned one, what
+/// each may sign; `forget` drops a learned key for good (journalled) and refuses a
+/// configured one.
 #[test]
 fn the_technician_lists_and_forgets_learned_hub_keys() {
+    use qrcash_protocol::keyset::{HubKeys, HubTrust, KeySet};
     let rig = Rig::new();
     let config = config_file(&rig);
-    let learned = qrcash_protocol::PrivateKey::generate();
+    let new = qrcash_protocol::PrivateKey::generate();
     {
         let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
-        store
-            .learn_hub_keys(
-                &[learned.public().clone()],
-                rig.hub_key.kid(),
-                1_800_000_000,
-            )
+        let mut trust = HubTrust::new(vec![rig.hub_key.public().clone()], None);
+        let set = KeySet::new("hub", 100, new.public(), &[rig.hub_key.public().clone()]);
+        let change = trust
+            .apply(&HubKeys::new(&set, &[&rig.hub_key]).to_bytes(), "hub")
             .unwrap();
+        store.save_hub_trust(&trust, &change, 100).unwrap();
     }
     let run = |args: &[&str]| cli(&config, args);
-    let kids = |json: &str| -> Vec<(String, String)> {
+    let keys = |json: &str| -> Vec<(String, String, String)> {
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
-        v.as_array()
+        v["keys"]
+            .as_array()
             .unwrap()
             .iter()
             .map(|k| {
-                (
-                    k["kid"].as_str().unwrap().to_owned(),
-                    k["from"].as_str().unwrap().to_owned(),
-                )
+                let s = |f: &str| k[f].as_str().unwrap().to_owned();
+                (s("kid"), s("from"), s("trusted_for"))
             })
             .collect()
     };
     let (ok, out, err) = run(&["hub-keys"]);
     assert!(ok, "{err}");
     assert_eq!(
-        kids(&out),
+        keys(&out),
         vec![
-            (rig.hub_key.kid().to_string(), "configuration".to_owned()),
-            (learned.kid().to_string(), "key set".to_owned()),
+            (
+                rig.hub_key.kid().to_string(),
+                "configuration".to_owned(),
+                "codes".to_owned()
+            ),
+            (
+                new.kid().to_string(),
+                "key set".to_owned(),
+                "messages and codes".to_owned()
+            ),
         ]
     );
-    let (ok, out, err) = run(&["hub-keys", "forget", learned.kid().as_str()]);
+    let (ok, out, err) = run(&["hub-keys", "forget", new.kid().as_str()]);
     assert!(ok, "{err}");
-    assert_eq!(kids(&out).len(), 1);
-    let (ok, _, err) = run(&["hub-keys", "forget", learned.kid().as_str()]);
+    assert_eq!(
+        keys(&out),
+        vec![(
+            rig.hub_key.kid().to_string(),
+            "configuration".to_owned(),
+            "messages and codes".to_owned()
+        )]
+    );
+    let (ok, _, err) = run(&["hub-keys", "forget", new.kid().as_str()]);
     assert!(!ok);
-    assert!(err.contains("no learned hub key"), "{err}");
+    assert!(err.contains("already forgotten"), "{err}");
+    let (ok, _, err) = run(&["hub-keys", "forget", rig.hub_key.kid().as_str()]);
+    assert!(!ok, "a configured key is not forgotten: {err}");
     let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
     assert_eq!(
         store.journal_of_kind(JournalKind::HubKey).unwrap().len(),

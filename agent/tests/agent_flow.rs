@@ -77,11 +77,13 @@ async fn show_and_await_confirmation(
     cam.clear();
 }
 
-/// The hub sends an order for `tx`; returns once the ATM reports it dispensed.
+/// The hub sends an order for `tx`; returns once the ATM reports it dispensed (the report
+/// acknowledged).
 async fn order_is_dispensed(hub: &mut ScriptedHub, tx: TxId, now: u64) {
     let o = order(tx, now);
     hub.send(AtmDown::DispenseOrder(o.clone()), None).await;
     let report = hub.next_up(T).await.expect("DispenseReport");
+    hub.ack(&report.jti).await;
     let AtmUp::DispenseReport(r) = &report.msg else {
         panic!("expected DispenseReport, got {:?}", report.msg)
     };
@@ -524,7 +526,8 @@ async fn a_missing_or_silent_dispenser_takes_the_atm_out_of_service_until_it_ans
 /// The hub's key set (`docs/protocol.md` §3): a set endorsed by someone the ATM does not
 /// trust teaches nothing and is journalled as refused; the set endorsed by the hub key the
 /// ATM was provisioned with teaches the new key, which then signs codes and orders the ATM
-/// accepts, and which the ATM keeps across a restart.
+/// accepts, while messages signed by the old key are refused; the ATM keeps what it learned
+/// across a restart with no key set on the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_atm_learns_a_new_hub_key_only_from_an_endorsement_it_trusts() {
     use qrcash_protocol::keyset::{HubKeys, KeySet};
@@ -564,13 +567,35 @@ async fn the_atm_learns_a_new_hub_key_only_from_an_endorsement_it_trusts() {
     let code = qrcash_protocol::CodeToken::issue(&new, tx, now + 600);
     show_and_await_confirmation(&mut hub, &cam, &mut events, &code, tx, now).await;
     order_is_dispensed(&mut hub, tx, now).await;
+    // The old key no longer signs messages: the hub's current key is the new one.
+    hub.sign_with(rig.hub_key.clone());
+    hub.send(AtmDown::DispenseOrder(order(tx, now)), None).await;
+    hub.sign_with(new.clone());
+    wait_event(
+        &mut events,
+        T,
+        "a message signed by the old key refused",
+        |e| matches!(e, AgentEvent::InboundRejected { error } if error.contains("no key is known")),
+    )
+    .await;
+    agent.shutdown().await;
+
+    // A restart with no key set on the broker still trusts what it learned.
+    hub.publish_key_set(Vec::new()).await;
+    let agent = Agent::start(rig.config(), Box::new(cam.clone()), rig.dispenser())
+        .await
+        .unwrap();
+    let mut events = agent.subscribe();
+    let tx = TxId::random();
+    let code = qrcash_protocol::CodeToken::issue(&new, tx, now + 600);
+    show_and_await_confirmation(&mut hub, &cam, &mut events, &code, tx, now).await;
+    order_is_dispensed(&mut hub, tx, now).await;
     agent.shutdown().await;
 
     let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
-    let learned = store.learned_hub_keys().unwrap();
-    assert_eq!(learned.len(), 1);
-    assert_eq!(&learned[0].key, new.public());
-    assert_eq!(learned[0].endorsed_by, rig.hub_key.kid().as_str());
+    let state = store.hub_trust_state().unwrap().unwrap();
+    assert_eq!(state.current, Some(new.public().to_jwk()));
+    assert_eq!(state.endorsed_by, Some(rig.hub_key.kid().to_string()));
     assert!(
         store
             .journal_of_kind(JournalKind::InboundRejected)

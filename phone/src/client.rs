@@ -13,6 +13,7 @@ use std::time::Duration;
 use qrcash_io::BrokerConfig;
 use qrcash_io::link::{self, LinkEvent, LinkHandle, LinkOptions};
 use qrcash_protocol::envelope::Claims;
+use qrcash_protocol::keyset::{HubTrust, TrustState};
 use qrcash_protocol::messages::{
     AlertAnswered, AnswerNewDeviceAlert, Balance, BalanceQuery, BankWithdrawal, ChangePassword,
     CodeIssued, ConfirmRequest, DeclineWithdrawal, LoginResult, NewDeviceAlert, Payment, PhonePush,
@@ -20,10 +21,9 @@ use qrcash_protocol::messages::{
 };
 use qrcash_protocol::replay::ReplayConfig;
 use qrcash_protocol::{
-    Amount, Clock, CodeToken, Position, PrivateKey, PublicJwk, PublicKey, SecretField,
-    SecretSealer, Signer, TxId, keyset, topics,
+    Amount, Clock, CodeToken, Position, PrivateKey, PublicKey, SecretField, SecretSealer, Signer,
+    TxId, topics,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -35,17 +35,19 @@ use crate::verify::PushVerifier;
 /// Pushes kept for later callers before the oldest is dropped.
 const BACKLOG: usize = 64;
 
-/// The hub keys learned from the hub's key set, in the state directory.
+/// A request as published: what a resend publishes again.
+struct Sent {
+    jti: String,
+    bytes: Vec<u8>,
+    /// Its `exp`: the hub refuses it after that, so it is not resent.
+    exp: u64,
+}
+
+/// What the hub's key set taught ([`TrustState`]), in the state directory.
 const HUB_KEYS_FILE: &str = "hub-keys.json";
 
-/// What [`HUB_KEYS_FILE`] holds.
-#[derive(Debug, Serialize, Deserialize)]
-struct LearnedHubKeys {
-    /// The key secrets are sealed to.
-    current: PublicJwk,
-    /// Every trusted key (the provisioned one included).
-    keys: Vec<PublicJwk>,
-}
+/// How long [`PhoneClient::connect`] waits for the hub's retained key set.
+const KEY_SET_WAIT: Duration = Duration::from_millis(500);
 
 /// Who the phone is and where the hub is.
 #[derive(Debug, Clone)]
@@ -63,6 +65,11 @@ pub struct PhoneSettings {
     pub persistent_session: bool,
     /// How long [`PhoneClient::connect`] and [`PhoneClient::send`] wait for the broker.
     pub connect_timeout: Duration,
+    /// How long [`PhoneClient::request`] waits for an answer before it publishes the same
+    /// signed message again (while it is valid): a message or its answer lost between
+    /// brokers (a bridge restarting) is not lost for good, and the hub answers a repeat with
+    /// its first answer.
+    pub resend_after: Duration,
 }
 
 impl PhoneSettings {
@@ -76,6 +83,7 @@ impl PhoneSettings {
             broker,
             persistent_session: false,
             connect_timeout: Duration::from_secs(10),
+            resend_after: Duration::from_secs(5),
         }
     }
 }
@@ -86,6 +94,8 @@ pub struct PhoneClient {
     signer: Signer,
     store: DeviceStore,
     verifier: PushVerifier,
+    /// What this phone trusts of the hub's keys (`qrcash_protocol::keyset::HubTrust`).
+    trust: HubTrust,
     clock: Arc<dyn Clock>,
     link: LinkHandle,
     events: mpsc::Receiver<LinkEvent>,
@@ -94,6 +104,8 @@ pub struct PhoneClient {
     rejected: u64,
     /// Why the last refused message was refused (surfaced by a timeout it explains).
     last_refusal: Option<String>,
+    /// A key set arrived on this connection.
+    key_set_seen: bool,
 }
 
 impl std::fmt::Debug for PhoneClient {
@@ -125,25 +137,28 @@ impl PhoneClient {
         options.clean_session = !settings.persistent_session;
         options.queue = 64;
         let (link, events) = link::spawn(options)?;
+        // The provisioned key is the root; what the hub's key set taught under it is kept
+        // in the state directory (a damaged file is learned again from the retained set).
+        let saved = store
+            .load_json::<TrustState>(HUB_KEYS_FILE)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the saved hub keys do not parse: ignored");
+                None
+            });
+        let trust = HubTrust::new(vec![hub_key.clone()], saved);
         let mut verifier = PushVerifier::new(
             &settings.hub_id,
             &settings.device_id,
             hub_key,
             ReplayConfig::default(),
         );
-        if let Some(kept) = store.load_json::<LearnedHubKeys>(HUB_KEYS_FILE)? {
-            let current = PublicKey::from_jwk(&kept.current);
-            let keys: Result<Vec<_>, _> = kept.keys.iter().map(PublicKey::from_jwk).collect();
-            match (current, keys) {
-                (Ok(current), Ok(keys)) => verifier.learn(current, keys),
-                _ => tracing::warn!("the learned hub keys do not parse: ignored"),
-            }
-        }
+        verifier.set_keys(trust.message_keys());
         let mut phone = PhoneClient {
             signer: Signer::new(settings.device_id.clone(), key),
             settings,
             store,
             verifier,
+            trust,
             clock,
             link,
             events,
@@ -151,8 +166,10 @@ impl PhoneClient {
             backlog: VecDeque::new(),
             rejected: 0,
             last_refusal: None,
+            key_set_seen: false,
         };
         phone.wait_ready().await?;
+        phone.await_key_set(KEY_SET_WAIT).await;
         tracing::info!(device = %phone.settings.device_id, kid = %phone.signer.kid(), "phone connected");
         Ok(phone)
     }
@@ -172,14 +189,23 @@ impl PhoneClient {
         &self.store
     }
 
-    /// The hub keys this phone trusts: the provisioned one and those it learned.
+    /// The hub keys this phone trusts for QR codes: the provisioned one and those the hub's
+    /// key set taught. Pushes are trusted from [`Self::message_keys`] only.
     pub fn hub_keys(&self) -> Vec<PublicKey> {
-        self.verifier.keys().to_vec()
+        self.trust.code_keys()
+    }
+
+    /// The hub keys pushes may be signed by: the hub's current key once a key set taught it,
+    /// else the provisioned key.
+    pub fn message_keys(&self) -> Vec<PublicKey> {
+        self.trust.message_keys()
     }
 
     /// The hub key this phone seals passwords and PINs to.
-    pub fn sealing_key(&self) -> &PublicKey {
-        self.verifier.hub_key()
+    pub fn sealing_key(&self) -> PublicKey {
+        self.trust
+            .sealing_key()
+            .unwrap_or_else(|| self.trust.roots()[0].clone())
     }
 
     /// How many pushes were refused (bad signature, replay, misaddressed…) so far.
@@ -235,12 +261,15 @@ impl PhoneClient {
         }
     }
 
-    /// The hub's retained key set: when an endorsement by a key this phone trusts names keys
-    /// or a current key it did not know, it trusts them, seals to the current one from now
-    /// on, and keeps them in the state directory.
+    /// The hub's retained key set (`docs/protocol.md` §3, "The hub's key set"): applied to
+    /// what this phone trusts and kept in the state directory when it changed something;
+    /// refused (counted, and named by a later timeout) when it is older than the newest
+    /// applied or not endorsed by a key this phone trusts.
     fn key_set(&mut self, bytes: &[u8]) {
-        let learned = match keyset::learn(bytes, &self.settings.hub_id, self.verifier.keys()) {
-            Ok(l) => l,
+        self.key_set_seen = true;
+        let mut trust = self.trust.clone();
+        let change = match trust.apply(bytes, &self.settings.hub_id) {
+            Ok(change) => change,
             Err(e) => {
                 self.rejected += 1;
                 tracing::warn!(error = %e, "hub key set refused");
@@ -248,20 +277,40 @@ impl PhoneClient {
                 return;
             }
         };
-        let known = |k: &PublicKey| self.verifier.keys().iter().any(|t| t.kid() == k.kid());
-        if learned.keys.iter().all(known) && self.verifier.hub_key() == &learned.current {
+        if change.is_empty() {
             return;
         }
-        self.verifier
-            .learn(learned.current.clone(), learned.keys.iter().cloned());
-        let kept = LearnedHubKeys {
-            current: learned.current.to_jwk(),
-            keys: self.verifier.keys().iter().map(PublicKey::to_jwk).collect(),
-        };
-        if let Err(e) = self.store.save_json(HUB_KEYS_FILE, &kept) {
-            tracing::warn!(error = %e, "cannot keep the learned hub keys");
+        if let Err(e) = self.store.save_json(HUB_KEYS_FILE, trust.state()) {
+            tracing::warn!(error = %e, "cannot keep the hub's key set (learned again next time)");
         }
-        tracing::info!(current = %learned.current.kid(), endorsed_by = %learned.endorsed_by, "hub key set learned");
+        self.trust = trust;
+        self.verifier.set_keys(self.trust.message_keys());
+        tracing::info!(
+            current = ?change.current.as_ref().map(|k| k.kid().to_string()),
+            added = change.added.len(),
+            dropped = change.dropped.len(),
+            "hub key set applied"
+        );
+    }
+
+    /// After connecting: waits up to `wait` for the hub's retained key set, so the first
+    /// secret is not sealed to a key the hub has replaced. Pushes meanwhile are kept.
+    async fn await_key_set(&mut self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while !self.key_set_seen {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(LinkEvent::Message { topic, payload })) if topic == topics::HUB_KEYS => {
+                    self.key_set(&payload);
+                }
+                Ok(Some(LinkEvent::Message { topic, payload })) if topic == self.push_topic => {
+                    if let Some(claims) = self.verified(&payload) {
+                        self.keep(claims);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
     }
 
     /// Keeps a push for a later [`Self::next_push`], dropping the oldest beyond the backlog.
@@ -275,6 +324,11 @@ impl PhoneClient {
     /// Seals `msg` with the device key and the next `seq`, publishes it on this device's
     /// up-link topic, and returns its `jti` (which the hub's answer names in `re`).
     pub async fn send(&mut self, msg: PhoneUp) -> Result<String, PhoneError> {
+        Ok(self.send_sealed(msg).await?.jti)
+    }
+
+    /// [`Self::send`], keeping what was sent for a resend.
+    async fn send_sealed(&mut self, msg: PhoneUp) -> Result<Sent, PhoneError> {
         self.wait_ready().await?;
         let seq = self.store.next_seq()?;
         let claims = requests::claims(
@@ -284,16 +338,22 @@ impl PhoneClient {
             self.clock.now(),
             msg,
         );
-        let text = self.signer.seal(&claims);
-        self.link
-            .publish(
-                &topics::phone_up(&self.settings.device_id),
-                text.into_bytes(),
-            )
-            .await
-            .map_err(|e| PhoneError::Mqtt(e.to_string()))?;
+        let sent = Sent {
+            jti: claims.jti.clone(),
+            bytes: self.signer.seal(&claims).into_bytes(),
+            exp: claims.exp,
+        };
+        self.publish_up(&sent.bytes).await?;
         tracing::debug!(jti = %claims.jti, seq, kind = kind(&claims.msg), "request sent");
-        Ok(claims.jti)
+        Ok(sent)
+    }
+
+    async fn publish_up(&mut self, bytes: &[u8]) -> Result<(), PhoneError> {
+        self.wait_ready().await?;
+        self.link
+            .publish(&topics::phone_up(&self.settings.device_id), bytes.to_vec())
+            .await
+            .map_err(|e| PhoneError::Mqtt(e.to_string()))
     }
 
     /// The next verified push for which `matches` holds, waiting up to `timeout`. Pushes that
@@ -379,13 +439,38 @@ impl PhoneClient {
     }
 
     /// Sends `msg` and waits for its answer; a `Rejected` answer is an error.
+    ///
+    /// Without an answer within [`PhoneSettings::resend_after`] it publishes the same signed
+    /// message again, as long as the message is valid (`exp`) and `timeout` has not passed:
+    /// the hub applies a message once and answers a repeat with its first answer.
     pub async fn request(
         &mut self,
         msg: PhoneUp,
         timeout: Duration,
     ) -> Result<PhonePush, PhoneError> {
-        let jti = self.send(msg).await?;
-        self.reply_to(&jti, timeout).await
+        let deadline = Instant::now() + timeout;
+        let sent = self.send_sealed(msg).await?;
+        let every = self.settings.resend_after.max(Duration::from_millis(100));
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let resend = self.clock.now() < sent.exp && left > every;
+            match self
+                .reply_to(&sent.jti, if resend { every } else { left })
+                .await
+            {
+                Err(PhoneError::Timeout { .. } | PhoneError::Refused { .. }) if resend => {
+                    tracing::info!(jti = %sent.jti, "no answer yet: sending the request again");
+                    self.publish_up(&sent.bytes).await?;
+                }
+                Err(PhoneError::Timeout { waiting_for, .. }) => {
+                    return Err(PhoneError::Timeout {
+                        waiting_for,
+                        after: timeout,
+                    });
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Logs in to `account` (enrolling this device's key on first use).
@@ -424,7 +509,7 @@ impl PhoneClient {
         });
         match self.request(msg, timeout).await? {
             PhonePush::CodeIssued(code) => {
-                let token = CodeToken::verify_signature(&code.token, self.verifier.keys())
+                let token = CodeToken::verify_signature(&code.token, &self.trust.code_keys())
                     .map_err(|e| {
                         PhoneError::Unexpected(format!("issued code does not verify: {e}"))
                     })?;
@@ -471,7 +556,7 @@ impl PhoneClient {
     /// Seals this device's secrets to the hub key it trusts.
     fn sealer(&self) -> SecretSealer {
         requests::sealer(
-            self.verifier.hub_key(),
+            &self.sealing_key(),
             &self.settings.device_id,
             self.signer.key(),
         )

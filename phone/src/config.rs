@@ -64,12 +64,10 @@ impl PhoneConfig {
     /// between two CLI runs are not lost).
     pub fn settings(&self) -> PhoneSettings {
         PhoneSettings {
-            device_id: self.device_id.clone(),
             device_name: self.name.clone(),
             hub_id: self.hub_id.clone(),
-            broker: self.broker.clone(),
             persistent_session: true,
-            connect_timeout: std::time::Duration::from_secs(10),
+            ..PhoneSettings::new(self.device_id.clone(), self.broker.clone())
         }
     }
 }

@@ -14,47 +14,28 @@ use qrcash_protocol::{MAX_DOWNLINK_BYTES, PublicKey};
 
 use crate::error::PushError;
 
-/// Checks pushes for one device against the hub keys it trusts.
+/// Checks pushes for one device against the hub keys it trusts for messages.
 #[derive(Debug, Clone)]
 pub struct PushVerifier {
     receiver: Receiver,
-    /// The key the hub signs with now, as far as this phone knows: secrets are sealed to it.
-    current: PublicKey,
 }
 
 impl PushVerifier {
     /// A verifier for pushes from `hub_id` (signed with `hub_key`) to `device_id`.
     pub fn new(hub_id: &str, device_id: &str, hub_key: PublicKey, replay: ReplayConfig) -> Self {
         PushVerifier {
-            receiver: Receiver::new(
-                device_id,
-                hub_id,
-                vec![hub_key.clone()],
-                MAX_DOWNLINK_BYTES,
-                replay,
-            ),
-            current: hub_key,
+            receiver: Receiver::new(device_id, hub_id, vec![hub_key], MAX_DOWNLINK_BYTES, replay),
         }
     }
 
-    /// The hub key secrets are sealed to: the provisioned key, or the current key of the
-    /// last key set learned.
-    pub fn hub_key(&self) -> &PublicKey {
-        &self.current
-    }
-
-    /// Every trusted hub key.
+    /// The keys pushes may be signed by.
     pub fn keys(&self) -> &[PublicKey] {
         self.receiver.keys()
     }
 
-    /// Trusts the keys of a key set learned from an endorsement by a trusted key
-    /// (`qrcash_protocol::keyset`); `current` becomes the key secrets are sealed to.
-    pub fn learn(&mut self, current: PublicKey, keys: impl IntoIterator<Item = PublicKey>) {
-        for key in keys.into_iter().chain([current.clone()]) {
-            self.receiver.trust(key);
-        }
-        self.current = current;
+    /// Trusts `keys` from now on (the hub's key set changed them).
+    pub fn set_keys(&mut self, keys: Vec<PublicKey>) {
+        self.receiver.set_keys(keys);
     }
 
     /// Verifies `bytes` at time `now` against the hub's replay `window`; returns the claims

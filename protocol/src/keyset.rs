@@ -1,5 +1,5 @@
 //! The hub's key set, endorsed by the keys devices already trust: how ATMs and phones learn a
-//! new hub key without a flag day (`docs/protocol.md` §3.4).
+//! new hub key without a flag day (`docs/protocol.md` §3, "The hub's key set").
 //!
 //! The hub publishes, retained on [`crate::topics::HUB_KEYS`], one endorsement per key it
 //! holds: a JWS (header `typ` [`TYP`], `kid` the endorsing key) whose payload is the
@@ -58,6 +58,15 @@ pub enum KeySetError {
     /// No endorsement was signed by a trusted key.
     #[error("no endorsement by a trusted key (endorsed by {0:?})")]
     NoTrustedEndorsement(Vec<String>),
+    /// The set is older than the newest one this device applied (a replay, or a hub
+    /// instance still on an old configuration).
+    #[error("key set of {iat} is older than the one applied ({newest})")]
+    Stale {
+        /// The refused set's `iat`.
+        iat: u64,
+        /// The newest applied.
+        newest: u64,
+    },
     /// An endorsement by a trusted key did not verify or said something invalid.
     #[error("endorsement by {kid} refused: {reason}")]
     Refused {
@@ -77,6 +86,8 @@ pub struct Learned {
     pub keys: Vec<PublicKey>,
     /// The trusted key whose endorsement taught them.
     pub endorsed_by: KeyId,
+    /// The set's `iat`: a device never goes back to an older set.
+    pub iat: u64,
 }
 
 impl KeySet {
@@ -127,16 +138,17 @@ pub fn learn(bytes: &[u8], iss: &str, trusted: &[PublicKey]) -> Result<Learned, 
     }
     let msg: HubKeys =
         serde_json::from_slice(bytes).map_err(|e| KeySetError::Malformed(e.to_string()))?;
-    if msg.endorsements.len() > MAX_ENDORSEMENTS {
+    if msg.endorsements.is_empty() || msg.endorsements.len() > MAX_ENDORSEMENTS {
         return Err(KeySetError::Malformed(format!(
-            "{} endorsements, at most {MAX_ENDORSEMENTS}",
+            "{} endorsements, between 1 and {MAX_ENDORSEMENTS} expected",
             msg.endorsements.len()
         )));
     }
     let mut unknown = Vec::new();
     for text in &msg.endorsements {
-        let jws = Compact::parse(text).map_err(|e| KeySetError::Malformed(e.to_string()))?;
-        let kid = jws.header.kid.clone().unwrap_or_default();
+        // Only an endorsement by a trusted key is read: any other is skipped, whatever it
+        // holds (a later kind of endorsement must not break this device).
+        let kid = endorser_kid(text).unwrap_or_default();
         let Some(endorser) = trusted.iter().find(|k| k.kid().as_str() == kid) else {
             unknown.push(kid);
             continue;
@@ -145,6 +157,7 @@ pub fn learn(bytes: &[u8], iss: &str, trusted: &[PublicKey]) -> Result<Learned, 
             kid: kid.clone(),
             reason,
         };
+        let jws = Compact::parse(text).map_err(|e| refused(e.to_string()))?;
         if jws.header.typ.as_deref() != Some(TYP) {
             return Err(refused(format!("typ is not {TYP}")));
         }
@@ -171,9 +184,222 @@ pub fn learn(bytes: &[u8], iss: &str, trusted: &[PublicKey]) -> Result<Learned, 
             current: keys[0].clone(),
             keys,
             endorsed_by: endorser.kid().clone(),
+            iat: set.iat,
         });
     }
     Err(KeySetError::NoTrustedEndorsement(unknown))
+}
+
+/// The `kid` of an endorsement's protected header, read without judging the rest.
+fn endorser_kid(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct KidOnly {
+        kid: Option<String>,
+    }
+    let header = crate::jws::unb64(text.split('.').next()?)?;
+    serde_json::from_slice::<KidOnly>(&header).ok()?.kid
+}
+
+/// What a device trusts of the hub's keys: the keys it was provisioned with (its roots:
+/// `hub_keys` of an agent, the app's key of a phone) and what the newest key set endorsed by
+/// one of them taught it. Pure: the device persists [`HubTrust::state`] and journals what
+/// [`HubTrust::apply`] and [`HubTrust::forget`] say changed. The rules (`docs/protocol.md`
+/// §3, "The hub's key set"):
+///
+/// - a set older than the newest one applied (`iat`) is refused ([`KeySetError::Stale`]);
+/// - the learned keys are exactly the newest set's keys, less the roots and the forgotten:
+///   a key the hub no longer lists is dropped;
+/// - the hub's messages are trusted from its current key (the newest set's first) and, until
+///   a set is learned, from the roots; QR codes from every root and learned key (a code
+///   signed before a rotation stays valid until it expires);
+/// - a forgotten key is never learned again (after a compromise);
+/// - learned state belongs to the roots it was learned under: when they change (a new app
+///   or configuration), it starts again from the new roots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubTrust {
+    roots: Vec<PublicKey>,
+    state: TrustState,
+}
+
+/// The persisted part of [`HubTrust`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustState {
+    /// Key ids of the roots this was learned under.
+    pub roots: Vec<String>,
+    /// `iat` of the newest set applied (0: none).
+    pub iat: u64,
+    /// The newest set's current key.
+    pub current: Option<PublicJwk>,
+    /// Its keys, less roots and forgotten.
+    pub learned: Vec<PublicJwk>,
+    /// The key that endorsed it.
+    pub endorsed_by: Option<String>,
+    /// Key ids never to be learned again.
+    pub forgotten: Vec<String>,
+}
+
+/// What applying a key set changed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TrustChange {
+    /// Keys trusted now that were not before.
+    pub added: Vec<PublicKey>,
+    /// Learned keys no longer trusted.
+    pub dropped: Vec<KeyId>,
+    /// The hub's current key, when it changed.
+    pub current: Option<PublicKey>,
+}
+
+impl TrustChange {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.dropped.is_empty() && self.current.is_none()
+    }
+}
+
+impl HubTrust {
+    /// Trust under `roots`, resuming `saved` when it was learned under the same roots
+    /// (forgotten keys are kept whatever the roots). Keys in `saved` that do not parse are
+    /// dropped.
+    pub fn new(roots: Vec<PublicKey>, saved: Option<TrustState>) -> Self {
+        let kids: Vec<String> = roots.iter().map(|k| k.kid().to_string()).collect();
+        let saved = saved.unwrap_or_default();
+        let state = if saved.roots == kids {
+            saved
+        } else {
+            TrustState {
+                roots: kids,
+                forgotten: saved.forgotten,
+                ..TrustState::default()
+            }
+        };
+        let mut trust = HubTrust { roots, state };
+        trust
+            .state
+            .learned
+            .retain(|j| PublicKey::from_jwk(j).is_ok());
+        if trust
+            .state
+            .current
+            .as_ref()
+            .is_some_and(|j| PublicKey::from_jwk(j).is_err())
+        {
+            trust.state.current = None;
+        }
+        trust
+    }
+
+    /// What to persist.
+    pub fn state(&self) -> &TrustState {
+        &self.state
+    }
+
+    /// The roots.
+    pub fn roots(&self) -> &[PublicKey] {
+        &self.roots
+    }
+
+    fn learned(&self) -> impl Iterator<Item = PublicKey> + '_ {
+        self.state
+            .learned
+            .iter()
+            .filter_map(|j| PublicKey::from_jwk(j).ok())
+    }
+
+    /// The hub's current key, once a set taught it.
+    pub fn current(&self) -> Option<PublicKey> {
+        self.state
+            .current
+            .as_ref()
+            .and_then(|j| PublicKey::from_jwk(j).ok())
+    }
+
+    /// Keys the hub's messages may be signed by: its current key once known, else the roots.
+    pub fn message_keys(&self) -> Vec<PublicKey> {
+        match self.current() {
+            Some(current) => vec![current],
+            None => self.roots.clone(),
+        }
+    }
+
+    /// Keys the hub's QR codes may be signed by: the roots and every learned key.
+    pub fn code_keys(&self) -> Vec<PublicKey> {
+        let mut keys = self.roots.clone();
+        for k in self.learned() {
+            if !keys.iter().any(|r| r.kid() == k.kid()) {
+                keys.push(k);
+            }
+        }
+        keys
+    }
+
+    /// The key to seal secrets to: the current key once known, else the first root.
+    pub fn sealing_key(&self) -> Option<PublicKey> {
+        self.current().or_else(|| self.roots.first().cloned())
+    }
+
+    /// Reads a key set message from hub `iss` and applies it. Endorsements are checked
+    /// against the roots and the learned keys.
+    pub fn apply(&mut self, bytes: &[u8], iss: &str) -> Result<TrustChange, KeySetError> {
+        let learned = learn(bytes, iss, &self.code_keys())?;
+        if learned.iat < self.state.iat {
+            return Err(KeySetError::Stale {
+                iat: learned.iat,
+                newest: self.state.iat,
+            });
+        }
+        let is_root = |k: &PublicKey| self.roots.iter().any(|r| r.kid() == k.kid());
+        let forgotten = |k: &PublicKey| self.state.forgotten.iter().any(|f| f == k.kid().as_str());
+        let before_keys = self.code_keys();
+        let before_current = self.current();
+        let keep: Vec<PublicKey> = learned
+            .keys
+            .iter()
+            .filter(|k| !is_root(k) && !forgotten(k))
+            .cloned()
+            .collect();
+        let current = Some(learned.current.clone()).filter(|k| !forgotten(k));
+        self.state.iat = learned.iat;
+        self.state.learned = keep.iter().map(PublicKey::to_jwk).collect();
+        self.state.current = current.as_ref().map(PublicKey::to_jwk);
+        self.state.endorsed_by = Some(learned.endorsed_by.to_string());
+        let after = self.code_keys();
+        Ok(TrustChange {
+            added: after
+                .iter()
+                .filter(|k| !before_keys.iter().any(|b| b.kid() == k.kid()))
+                .cloned()
+                .collect(),
+            dropped: before_keys
+                .iter()
+                .filter(|k| !after.iter().any(|a| a.kid() == k.kid()))
+                .map(|k| k.kid().clone())
+                .collect(),
+            current: current.filter(|c| before_current.as_ref() != Some(c)),
+        })
+    }
+
+    /// Forgets a learned key for good (a compromised key): it is dropped now and never
+    /// learned again. False when `kid` is a root (remove it from the configuration instead)
+    /// or already forgotten.
+    pub fn forget(&mut self, kid: &str) -> bool {
+        if self.roots.iter().any(|r| r.kid().as_str() == kid)
+            || self.state.forgotten.iter().any(|f| f == kid)
+        {
+            return false;
+        }
+        self.state.forgotten.push(kid.to_owned());
+        self.state.learned.retain(|j| j.kid.as_deref() != Some(kid));
+        if self
+            .state
+            .current
+            .as_ref()
+            .is_some_and(|j| j.kid.as_deref() == Some(kid))
+        {
+            self.state.current = None;
+        }
+        true
+    }
 }
 
 #[cfg(test)]
@@ -258,6 +484,94 @@ mod tests {
         assert!(matches!(
             learn(&HubKeys::new(&empty, &[&old]).to_bytes(), "hub", &trusted),
             Err(KeySetError::Refused { .. })
+        ));
+    }
+
+    /// A set endorsed by `by` listing `keys` (current first) at `iat`.
+    fn set(iat: u64, keys: &[&PrivateKey], by: &[&PrivateKey]) -> Vec<u8> {
+        let publics: Vec<PublicKey> = keys.iter().skip(1).map(|k| k.public().clone()).collect();
+        HubKeys::new(&KeySet::new("hub", iat, keys[0].public(), &publics), by).to_bytes()
+    }
+
+    #[test]
+    fn trust_follows_the_newest_set_and_never_goes_back() {
+        let a = PrivateKey::generate();
+        let b = PrivateKey::generate();
+        let c = PrivateKey::generate();
+        let mut t = HubTrust::new(vec![a.public().clone()], None);
+        assert_eq!(t.message_keys(), vec![a.public().clone()]);
+        assert_eq!(t.sealing_key().as_ref(), Some(a.public()));
+
+        // Rotation A → B: messages from B only, codes from both, secrets to B.
+        let change = t.apply(&set(10, &[&b, &a], &[&b, &a]), "hub").unwrap();
+        assert_eq!(change.added, vec![b.public().clone()]);
+        assert_eq!(change.current.as_ref(), Some(b.public()));
+        assert_eq!(t.message_keys(), vec![b.public().clone()]);
+        assert_eq!(t.code_keys(), vec![a.public().clone(), b.public().clone()]);
+        assert_eq!(t.sealing_key().as_ref(), Some(b.public()));
+        // The same set again changes nothing; an older one is refused.
+        assert!(
+            t.apply(&set(10, &[&b, &a], &[&b, &a]), "hub")
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            t.apply(&set(9, &[&a], &[&a]), "hub"),
+            Err(KeySetError::Stale { iat: 9, newest: 10 })
+        ));
+        assert_eq!(t.message_keys(), vec![b.public().clone()]);
+
+        // B → C, endorsed by B only (a learned key endorses too); B is dropped once the hub
+        // no longer lists it.
+        t.apply(&set(20, &[&c, &b], &[&c, &b]), "hub").unwrap();
+        assert_eq!(t.message_keys(), vec![c.public().clone()]);
+        let change = t.apply(&set(30, &[&c], &[&c]), "hub").unwrap();
+        assert_eq!(change.dropped, vec![b.kid().clone()]);
+        assert_eq!(t.code_keys(), vec![a.public().clone(), c.public().clone()]);
+
+        // The state resumes under the same roots, and starts over under others.
+        let resumed = HubTrust::new(vec![a.public().clone()], Some(t.state().clone()));
+        assert_eq!(resumed.message_keys(), vec![c.public().clone()]);
+        let other = HubTrust::new(vec![b.public().clone()], Some(t.state().clone()));
+        assert_eq!(other.message_keys(), vec![b.public().clone()]);
+        assert_eq!(other.state().iat, 0);
+    }
+
+    #[test]
+    fn a_forgotten_key_is_never_learned_again() {
+        let a = PrivateKey::generate();
+        let b = PrivateKey::generate();
+        let mut t = HubTrust::new(vec![a.public().clone()], None);
+        t.apply(&set(10, &[&b, &a], &[&b, &a]), "hub").unwrap();
+        assert!(t.forget(b.kid().as_str()));
+        assert!(!t.forget(b.kid().as_str()), "already forgotten");
+        assert!(
+            !t.forget(a.kid().as_str()),
+            "a root is removed from the configuration"
+        );
+        assert_eq!(t.message_keys(), vec![a.public().clone()]);
+        // The retained set still lists B: it stays forgotten, also under new roots.
+        t.apply(&set(11, &[&b, &a], &[&b, &a]), "hub").unwrap();
+        assert_eq!(t.code_keys(), vec![a.public().clone()]);
+        assert_eq!(t.sealing_key().as_ref(), Some(a.public()));
+        let other = HubTrust::new(vec![b.public().clone()], Some(t.state().clone()));
+        assert_eq!(other.state().forgotten, vec![b.kid().to_string()]);
+    }
+
+    #[test]
+    fn an_unreadable_endorsement_by_an_unknown_key_is_skipped() {
+        let a = PrivateKey::generate();
+        let good = KeySet::new("hub", NOW, a.public(), &[]).endorse(&a);
+        let msg = HubKeys {
+            endorsements: vec!["not a jws".into(), good],
+        };
+        assert!(learn(&msg.to_bytes(), "hub", &[a.public().clone()]).is_ok());
+        let none = HubKeys {
+            endorsements: vec![],
+        };
+        assert!(matches!(
+            learn(&none.to_bytes(), "hub", &[a.public().clone()]),
+            Err(KeySetError::Malformed(_))
         ));
     }
 }

@@ -171,12 +171,9 @@ impl Receiver {
         &self.keys
     }
 
-    /// Trusts `key` too (a key learned from the sender's endorsed key set); a key already
-    /// trusted is not added twice.
-    pub fn trust(&mut self, key: PublicKey) {
-        if !self.keys.iter().any(|k| k.kid() == key.kid()) {
-            self.keys.push(key);
-        }
+    /// Trusts `keys` from now on instead (the sender's keys changed: a key set).
+    pub fn set_keys(&mut self, keys: Vec<PublicKey>) {
+        self.keys = keys;
     }
 
     /// Runs every check on `bytes` at `now` against the sender's `window`; returns the claims

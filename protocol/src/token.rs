@@ -21,7 +21,7 @@ use ed25519_dalek::{Signature, Signer as _};
 use crate::error::TokenError;
 use crate::ids::TxId;
 use crate::jws::{b64, unb64};
-use crate::keys::{PrivateKey, PublicKey};
+use crate::keys::{KeyId, PrivateKey, PublicKey};
 
 /// The text every token starts with.
 pub const PREFIX: &str = "QC1.";
@@ -58,6 +58,11 @@ fn issuer_of(key: &PublicKey) -> [u8; 8] {
 }
 
 impl CodeToken {
+    /// Whether the key with id `kid` is the one this token names as its issuer.
+    pub fn issued_by(&self, kid: &KeyId) -> bool {
+        kid.digest().is_some_and(|d| d[..8] == self.issuer)
+    }
+
     /// Issues the token text for `tx_id`, signed by the hub key.
     pub fn issue(key: &PrivateKey, tx_id: TxId, expires_at: u64) -> String {
         let token = CodeToken {

@@ -10,6 +10,10 @@ Usage:
       prints a key set message endorsed by the seed's key, listing the given keys in order
   keyset.py kid      <public x, base64url>
       prints the key's RFC 7638 thumbprint
+
+What a device then does with the keys (newest set only, current key for messages) is the
+device's state, checked by the Rust tests; this client checks the wire format. It does not
+refuse small-order keys (pyca/cryptography has no such check); the hub never lists one.
 """
 
 import base64
@@ -74,11 +78,15 @@ def learn(hub_id: str, trusted_x: list, message: bytes) -> dict:
         raise ValueError("malformed message")
     trusted = {kid(x): x for x in trusted_x}
     for jws in msg["endorsements"]:
-        h, p, s = jws.split(".")
-        header = json.loads(b64d(h), object_pairs_hook=strict_object)
-        endorser = header.get("kid")
+        # Only an endorsement by a trusted key is read; any other is skipped unread.
+        try:
+            endorser = json.loads(b64d(jws.split(".")[0])).get("kid")
+        except (ValueError, AttributeError):
+            endorser = None
         if endorser not in trusted:
             continue
+        h, p, s = jws.split(".")
+        header = json.loads(b64d(h), object_pairs_hook=strict_object)
         if header != {"alg": "EdDSA", "kid": endorser, "typ": TYP}:
             raise ValueError(f"bad header {header}")
         Ed25519PublicKey.from_public_bytes(b64d(trusted[endorser])).verify(

@@ -130,7 +130,7 @@ async fn a_device_cannot_read_another_devices_topics() {
     assert!(atm2.next_publish(QUIET).await.is_none());
 }
 
-/// The hub's key set (`docs/protocol.md` §3.4) is retained on one topic every client may
+/// The hub's key set (`docs/protocol.md` §3, "The hub's key set") is retained on one topic every client may
 /// read and only the hub may write: a device cannot replace it with one of its own.
 #[tokio::test]
 async fn every_client_reads_the_hub_key_set_and_only_the_hub_writes_it() {

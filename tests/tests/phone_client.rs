@@ -234,7 +234,7 @@ async fn the_phone_learns_a_new_hub_key_from_the_old_keys_endorsement() {
             if last.contains("no endorsement by a trusted key")),
         "{err}"
     );
-    assert_eq!(phone.sealing_key(), old.public());
+    assert_eq!(&phone.sealing_key(), old.public());
 
     // The genuine rotation.
     let set = KeySet::new("hub", now, new.public(), &[old.public().clone()]);
@@ -250,7 +250,7 @@ async fn the_phone_learns_a_new_hub_key_from_the_old_keys_endorsement() {
     let _ = phone
         .next_push("anything", Duration::from_millis(500), |_| true)
         .await;
-    assert_eq!(phone.sealing_key(), new.public());
+    assert_eq!(&phone.sealing_key(), new.public());
     assert!(phone.hub_keys().contains(new.public()));
     phone.shutdown().await;
 
@@ -260,7 +260,7 @@ async fn the_phone_learns_a_new_hub_key_from_the_old_keys_endorsement() {
         .await
         .unwrap();
     let phone = connect().await;
-    assert_eq!(phone.sealing_key(), new.public());
+    assert_eq!(&phone.sealing_key(), new.public());
     assert_eq!(
         phone.hub_keys(),
         vec![old.public().clone(), new.public().clone()]

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use qrcash_hardware::dispenser::{DispenseOutcome as DeviceOutcome, DispenserError, Recovery};
 use qrcash_io::link::LinkEvent;
+use qrcash_protocol::keyset::HubTrust;
 use qrcash_protocol::messages::{AtmDown, AtmUp, CassetteState, CassetteStatus, Heartbeat};
 use qrcash_protocol::replay::SenderWindow;
-use qrcash_protocol::{Clock, OrderId, TxId, keyset, topics};
+use qrcash_protocol::{Clock, OrderId, TxId, topics};
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -53,6 +54,11 @@ pub(super) struct Core {
     pub verifier: InboundVerifier,
     /// The hub's id (`iss` of its key set).
     pub hub_id: String,
+    /// What this ATM trusts of the hub's keys.
+    pub trust: HubTrust,
+    /// The last key set refused, so a retained one refused again on every reconnection is
+    /// journalled once.
+    pub refused_key_set: Option<Vec<u8>>,
     pub clock: Arc<dyn Clock>,
     pub cassettes: Vec<u64>,
     pub events: broadcast::Sender<AgentEvent>,
@@ -418,53 +424,53 @@ impl Core {
         }
     }
 
-    /// The hub's retained key set: keys endorsed by a key this ATM trusts are kept and
-    /// trusted from now on; an endorsement nobody here trusts teaches nothing.
+    /// The hub's retained key set (`docs/protocol.md` §3, "The hub's key set"): applied to
+    /// what this ATM trusts, kept and journalled when it changed something; refused (and
+    /// journalled once) when it is older than the newest applied or not endorsed by a key
+    /// this ATM trusts.
     fn hub_key_set(&mut self, payload: &[u8]) {
         let now = self.clock.now();
-        let learned = match keyset::learn(payload, &self.hub_id, self.verifier.keys()) {
-            Ok(learned) => learned,
+        let mut trust = self.trust.clone();
+        let change = match trust.apply(payload, &self.hub_id) {
+            Ok(change) => change,
             Err(e) => {
                 tracing::warn!(error = %e, "hub key set refused");
-                self.journal(
-                    JournalKind::InboundRejected,
-                    None,
-                    None,
-                    json!({ "error": e.to_string(), "topic": topics::HUB_KEYS }),
-                );
+                if self.refused_key_set.as_deref() != Some(payload) {
+                    self.refused_key_set = Some(payload.to_vec());
+                    self.journal(
+                        JournalKind::InboundRejected,
+                        None,
+                        None,
+                        json!({ "error": e.to_string(), "topic": topics::HUB_KEYS }),
+                    );
+                }
                 let _ = self.events.send(AgentEvent::InboundRejected {
                     error: e.to_string(),
                 });
                 return;
             }
         };
-        let unknown: Vec<_> = learned
-            .keys
-            .iter()
-            .filter(|k| !self.verifier.keys().iter().any(|t| t.kid() == k.kid()))
-            .cloned()
-            .collect();
-        if unknown.is_empty() {
+        if change.is_empty() {
             return;
         }
-        match self
-            .store
-            .learn_hub_keys(&unknown, &learned.endorsed_by, now)
-        {
-            Ok(added) => {
-                for key in &added {
-                    tracing::info!(kid = %key.kid(), endorsed_by = %learned.endorsed_by, "hub key learned");
-                    self.verifier.trust(key.clone());
-                    let _ = self.events.send(AgentEvent::Journal {
-                        kind: JournalKind::HubKey,
-                        tx_id: None,
-                        order_id: None,
-                    });
-                }
-                self.apply(Input::HubKeysLearned(added));
-            }
-            Err(e) => tracing::error!(error = %e, "cannot keep the learned hub keys"),
+        if let Err(e) = self.store.save_hub_trust(&trust, &change, now) {
+            tracing::error!(error = %e, "cannot keep the hub's key set: not applied");
+            return;
         }
+        tracing::info!(
+            added = ?change.added.iter().map(|k| k.kid().to_string()).collect::<Vec<_>>(),
+            dropped = ?change.dropped,
+            current = ?change.current.as_ref().map(|k| k.kid().to_string()),
+            "hub key set applied"
+        );
+        self.trust = trust;
+        self.verifier.set_keys(self.trust.message_keys());
+        self.apply(Input::HubCodeKeys(self.trust.code_keys()));
+        let _ = self.events.send(AgentEvent::Journal {
+            kind: JournalKind::HubKey,
+            tx_id: None,
+            order_id: None,
+        });
     }
 
     fn inbound(&mut self, topic: &str, payload: &[u8]) {

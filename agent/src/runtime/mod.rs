@@ -29,6 +29,7 @@ use qrcash_io::Backoff;
 use qrcash_io::KeyFile;
 use qrcash_io::link::{self, LinkHandle, LinkOptions, Publication};
 use qrcash_protocol::envelope::Claims;
+use qrcash_protocol::keyset::HubTrust;
 use qrcash_protocol::messages::{AtmUp, DispenseReport};
 use qrcash_protocol::replay::ReplayConfig;
 use qrcash_protocol::{Clock, OrderId, PrivateKey, Signer, SystemClock, TxId, topics};
@@ -212,13 +213,8 @@ impl Agent {
         let bounds = config.outbox.bounds();
         let mut store = Store::open(&config.database, bounds)?;
         let outbox_store = Store::open(&config.database, bounds)?;
-        // The configured keys, then those learned from the hub's endorsed key set.
-        let mut hub_keys = hub_keys;
-        for learned in store.learned_hub_keys()? {
-            if !hub_keys.iter().any(|k| k.kid() == learned.key.kid()) {
-                hub_keys.push(learned.key);
-            }
-        }
+        // The configured keys are the roots; what the hub's key set taught under them.
+        let trust = HubTrust::new(hub_keys, store.hub_trust_state()?);
         let signer = Signer::new(config.atm_id.clone(), key);
         let cassettes = config.denominations();
         let dispenser: SharedDispenser = Arc::new(Mutex::new(dispenser));
@@ -324,7 +320,7 @@ impl Agent {
                 atm_id: config.atm_id.clone(),
                 currency,
                 cassettes: cassettes.clone(),
-                hub_keys: hub_keys.clone(),
+                hub_keys: trust.code_keys(),
                 present_timeout: Duration::from_secs(config.timing.present_timeout_s),
                 confirm_grace: Duration::from_secs(config.timing.confirm_grace_s),
                 rescan_quiet: Duration::from_secs(config.timing.rescan_quiet_s),
@@ -356,10 +352,12 @@ impl Agent {
             verifier: InboundVerifier::new(
                 &config.atm_id,
                 &config.hub_id,
-                hub_keys,
+                trust.message_keys(),
                 ReplayConfig::default(),
             ),
             hub_id: config.hub_id.clone(),
+            trust,
+            refused_key_set: None,
             clock: clock.clone(),
             cassettes,
             events: events.clone(),

@@ -1,102 +1,71 @@
-//! Hub keys the agent learned from the hub's key set (`qrcash_protocol::keyset`), endorsed by
-//! a key it already trusted. Kept across restarts beside the configured `hub_keys`; a
-//! technician lists them with `qrcash-agent hub-keys` and removes one with `hub-keys forget`.
+//! What the agent trusts of the hub's keys beyond its configured `hub_keys`: the state of
+//! [`HubTrust`] (the newest key set it applied, the keys it taught, the keys forgotten),
+//! kept as one JSON value and changed in one transaction with its journal entry.
 
-use rusqlite::params;
 use serde_json::json;
 
-use super::Store;
 use super::journal::{self, JournalKind};
+use super::{Store, meta};
 use crate::error::StoreError;
-use qrcash_protocol::{KeyId, PublicKey};
+use qrcash_protocol::keyset::{HubTrust, TrustChange, TrustState};
 
-/// A learned hub key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LearnedKey {
-    /// The key.
-    pub key: PublicKey,
-    /// The trusted key whose endorsement taught it.
-    pub endorsed_by: String,
-    /// When, Unix seconds.
-    pub learned_at: u64,
-}
+const HUB_TRUST: &str = "hub_trust";
 
 impl Store {
-    /// Every learned hub key, oldest first. A row that no longer parses is skipped with a
-    /// warning (it cannot be trusted).
-    pub fn learned_hub_keys(&mut self) -> Result<Vec<LearnedKey>, StoreError> {
-        let mut stmt = self.conn().prepare(
-            "SELECT kid, jwk, endorsed_by, learned_at FROM hub_keys ORDER BY learned_at, kid",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, i64>(3)?,
-                ))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(kid, jwk, endorsed_by, at)| {
-                match PublicKey::from_jwk_json(&jwk)
-                    .ok()
-                    .filter(|k| k.kid().as_str() == kid)
-                {
-                    Some(key) => Some(LearnedKey {
-                        key,
-                        endorsed_by,
-                        learned_at: at.max(0) as u64,
-                    }),
-                    None => {
-                        tracing::warn!(kid, "a learned hub key does not parse: ignored");
-                        None
-                    }
-                }
-            })
-            .collect())
-    }
-
-    /// Keeps `keys` as learned from `endorsed_by`'s endorsement and journals each new one, in
-    /// one transaction. Returns the keys that were new.
-    pub fn learn_hub_keys(
-        &mut self,
-        keys: &[PublicKey],
-        endorsed_by: &KeyId,
-        now: u64,
-    ) -> Result<Vec<PublicKey>, StoreError> {
-        let tx = self.conn().transaction()?;
-        let mut added = Vec::new();
-        for key in keys {
-            let jwk = serde_json::to_string(&key.to_jwk()).unwrap_or_default();
-            let n = tx.execute(
-                "INSERT OR IGNORE INTO hub_keys (kid, jwk, endorsed_by, learned_at)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![key.kid().as_str(), jwk, endorsed_by.as_str(), now as i64],
-            )?;
-            if n == 1 {
-                let detail =
-                    json!({ "learned": key.kid().as_str(), "endorsed_by": endorsed_by.as_str() });
-                journal::append(&tx, now, JournalKind::HubKey, None, None, &detail)?;
-                added.push(key.clone());
+    /// The saved trust state; `None` before any key set, or when it does not parse (it is
+    /// then learned again from the hub's retained key set).
+    pub fn hub_trust_state(&mut self) -> Result<Option<TrustState>, StoreError> {
+        let Some(text) = meta::get(self.conn(), HUB_TRUST)? else {
+            return Ok(None);
+        };
+        match serde_json::from_str(&text) {
+            Ok(state) => Ok(Some(state)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the saved hub key state does not parse: ignored");
+                Ok(None)
             }
         }
-        tx.commit()?;
-        Ok(added)
     }
 
-    /// Forgets a learned hub key (journalled); false when none has this id.
-    pub fn forget_hub_key(&mut self, kid: &str, now: u64) -> Result<bool, StoreError> {
+    /// Saves `trust` after a key set changed it, journalling `change` as `hub_key`.
+    pub fn save_hub_trust(
+        &mut self,
+        trust: &HubTrust,
+        change: &TrustChange,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let detail = json!({
+            "added": change.added.iter().map(|k| k.kid().as_str()).collect::<Vec<_>>(),
+            "dropped": change.dropped.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            "current": change.current.as_ref().map(|k| k.kid().as_str()),
+            "endorsed_by": trust.state().endorsed_by,
+            "iat": trust.state().iat,
+        });
+        self.put_hub_trust(trust, detail, now)
+    }
+
+    /// Saves `trust` after `kid` was forgotten, journalled as `hub_key`.
+    pub fn save_forgotten_hub_key(
+        &mut self,
+        trust: &HubTrust,
+        kid: &str,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        self.put_hub_trust(trust, json!({ "forgotten": kid }), now)
+    }
+
+    fn put_hub_trust(
+        &mut self,
+        trust: &HubTrust,
+        detail: serde_json::Value,
+        now: u64,
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(trust.state()).unwrap_or_default();
         let tx = self.conn().transaction()?;
-        let n = tx.execute("DELETE FROM hub_keys WHERE kid = ?1", [kid])?;
-        if n == 1 {
-            let detail = json!({ "forgotten": kid });
-            journal::append(&tx, now, JournalKind::HubKey, None, None, &detail)?;
-        }
+        meta::set(&tx, HUB_TRUST, &text)?;
+        journal::append(&tx, now, JournalKind::HubKey, None, None, &detail)?;
         tx.commit()?;
-        Ok(n == 1)
+        Ok(())
     }
 }
 
@@ -104,35 +73,35 @@ impl Store {
 mod tests {
     use super::*;
     use qrcash_protocol::PrivateKey;
+    use qrcash_protocol::keyset::{HubKeys, KeySet};
 
     #[test]
-    fn learned_keys_are_kept_once_journalled_and_can_be_forgotten() {
+    fn the_trust_state_is_kept_with_its_journal_entries() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.db");
         let mut store = Store::open(&path, Default::default()).unwrap();
+        assert_eq!(store.hub_trust_state().unwrap(), None);
         let old = PrivateKey::generate();
         let new = PrivateKey::generate();
-        let keys = [new.public().clone(), old.public().clone()];
-        let added = store.learn_hub_keys(&keys, old.kid(), 100).unwrap();
-        assert_eq!(added.len(), 2);
-        assert!(
-            store
-                .learn_hub_keys(&keys, old.kid(), 101)
-                .unwrap()
-                .is_empty()
-        );
+        let mut trust = HubTrust::new(vec![old.public().clone()], None);
+        let set = KeySet::new("hub", 100, new.public(), &[old.public().clone()]);
+        let change = trust
+            .apply(&HubKeys::new(&set, &[&old]).to_bytes(), "hub")
+            .unwrap();
+        store.save_hub_trust(&trust, &change, 100).unwrap();
+        assert!(trust.forget(new.kid().as_str()));
+        store
+            .save_forgotten_hub_key(&trust, new.kid().as_str(), 101)
+            .unwrap();
         drop(store);
 
         let mut store = Store::open(&path, Default::default()).unwrap();
-        let learned = store.learned_hub_keys().unwrap();
-        assert_eq!(learned.len(), 2);
-        assert!(learned.iter().all(|l| l.endorsed_by == old.kid().as_str()));
-        assert_eq!(store.journal_of_kind(JournalKind::HubKey).unwrap().len(), 2);
-        assert!(store.forget_hub_key(new.kid().as_str(), 102).unwrap());
-        assert!(!store.forget_hub_key(new.kid().as_str(), 103).unwrap());
-        let learned = store.learned_hub_keys().unwrap();
-        assert_eq!(learned.len(), 1);
-        assert_eq!(&learned[0].key, old.public());
-        assert_eq!(store.journal_of_kind(JournalKind::HubKey).unwrap().len(), 3);
+        let state = store.hub_trust_state().unwrap().unwrap();
+        assert_eq!(&state, trust.state());
+        assert_eq!(state.forgotten, vec![new.kid().to_string()]);
+        let entries = store.journal_of_kind(JournalKind::HubKey).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].detail["added"][0], new.kid().as_str());
+        assert_eq!(entries[1].detail["forgotten"], new.kid().as_str());
     }
 }

@@ -19,7 +19,6 @@ use std::time::Duration;
 use rusqlite::Connection;
 use rusqlite_migration::{M, Migrations};
 
-pub use hub_keys::LearnedKey;
 pub use journal::ExportError;
 pub use journal::{JournalEntry, JournalKind};
 pub use orders::{OrderRecord, OrderState};
@@ -90,18 +89,8 @@ CREATE TABLE cassettes (
 );
 "#;
 
-/// Hub keys learned from key sets endorsed by a trusted key (`hub_keys.rs`).
-const SCHEMA_V3: &str = r#"
-CREATE TABLE hub_keys (
-    kid         TEXT PRIMARY KEY NOT NULL,
-    jwk         TEXT NOT NULL,
-    endorsed_by TEXT NOT NULL,
-    learned_at  INTEGER NOT NULL
-);
-"#;
-
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(SCHEMA_V1), M::up(SCHEMA_V2), M::up(SCHEMA_V3)])
+    Migrations::new(vec![M::up(SCHEMA_V1), M::up(SCHEMA_V2)])
 }
 
 /// One connection to the agent database.

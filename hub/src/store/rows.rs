@@ -768,6 +768,27 @@ fn withdrawals_where(
     raws.into_iter().map(withdrawal_from).collect()
 }
 
+/// Records which hub key signed the code of withdrawal `tx`.
+pub fn record_code_issuer(db: Db<'_>, tx: &TxId, kid: &str) -> Result<(), StoreError> {
+    db.exec_cached(
+        "INSERT INTO withdrawal_codes(tx_id, issuer_kid) VALUES (?1, ?2)",
+        params![tx.to_string(), kid],
+    )?;
+    Ok(())
+}
+
+/// The key id that signed the code of withdrawal `tx`; `None` for withdrawals registered
+/// before it was recorded.
+pub fn code_issuer(db: Db<'_>, tx: &TxId) -> Result<Option<String>, StoreError> {
+    Ok(db
+        .row_cached(
+            "SELECT issuer_kid FROM withdrawal_codes WHERE tx_id = ?1",
+            params![tx.to_string()],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// Inserts a newly registered withdrawal.
 pub fn insert_withdrawal(db: Db<'_>, w: &WithdrawalRow) -> Result<(), StoreError> {
     db.exec_cached(

@@ -309,9 +309,18 @@ CREATE INDEX login_refusals_by_time ON login_refusals(at);
 CREATE INDEX logins_by_device ON logins(device_id, at);
 "#;
 
+/// Which hub key signed each withdrawal's code (a key rotation keeps previous keys, which
+/// must verify only the codes they signed before it).
+const V4: &str = r#"
+CREATE TABLE withdrawal_codes (
+    tx_id      TEXT PRIMARY KEY NOT NULL REFERENCES withdrawals(tx_id),
+    issuer_kid TEXT NOT NULL
+) STRICT;
+"#;
+
 /// The migrations, oldest first.
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
 }
 
 #[cfg(test)]

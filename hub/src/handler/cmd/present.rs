@@ -61,6 +61,16 @@ pub(in crate::handler) fn presented(
     let w = rows::withdrawal(ctx.db, &token.tx_id)?
         .filter(|w| w.code_expires_at == token.expires_at)
         .ok_or_else(|| refuse(RejectReason::CodeInvalid, "no withdrawal for this code"))?;
+    // Only the key that signed this withdrawal's code: a previous key kept after a rotation
+    // cannot vouch for a withdrawal registered since.
+    if let Some(kid) = rows::code_issuer(ctx.db, &token.tx_id)?
+        && !token.issued_by(&qrcash_protocol::KeyId::from_wire(&kid))
+    {
+        return Err(refuse(
+            RejectReason::CodeInvalid,
+            "the code was not signed by the key that issued it",
+        ));
+    }
     let situation = situation(ctx, atm, &w)?;
     let confirm_by = ctx.now + ctx.cfg.withdrawal.confirm_timeout_s;
     transition(

@@ -89,6 +89,7 @@ pub(in crate::handler) fn register(
             note: None,
         },
     )?;
+    rows::record_code_issuer(ctx.db, &tx_id, ctx.signer.kid().as_str())?;
     ctx.note(format!("tx {tx_id} registered for {}", r.amount));
     tracing::info!(tx = %tx_id, account = %account.id, amount = %r.amount, "withdrawal registered");
     Ok(vec![ctx.push_phone(
