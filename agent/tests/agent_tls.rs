@@ -22,8 +22,7 @@ async fn withdrawal_over_tls_with_client_certificates_and_the_production_acl() {
     let broker = Mosquitto::start_with(MosquittoConfig {
         tls: Some(pki.broker_tls()),
         acl: Some(PRODUCTION_ACL.to_owned()),
-        extra: Vec::new(),
-        verbatim: None,
+        ..MosquittoConfig::default()
     });
     let url = broker.url();
     let rig = Rig::with_broker(

@@ -44,6 +44,24 @@ pub async fn start(
     notes: u32,
     clock: Arc<dyn Clock>,
 ) -> TestAtm {
+    let broker = BrokerConfig::plain(broker_url);
+    start_on(dir, atm_id, atm_key, hub_key, broker, notes, clock).await
+}
+
+/// [`start`] on a broker reached with `broker` (TLS and a client certificate, say).
+///
+/// # Panics
+/// As [`start`].
+pub async fn start_on(
+    dir: &Path,
+    atm_id: &str,
+    atm_key: &PrivateKey,
+    hub_key: &PublicKey,
+    broker: BrokerConfig,
+    notes: u32,
+    clock: Arc<dyn Clock>,
+) -> TestAtm {
+    let broker_url = broker.url.clone();
     atm_key.save(&dir.join("atm.jwk")).expect("ATM key");
     std::fs::write(
         dir.join("hub.pub.jwk"),
@@ -72,7 +90,7 @@ pub async fn start(
         database: dir.join("agent.db"),
         currency: "JPY".into(),
         cassettes: vec![cassette(10_000), cassette(1_000)],
-        broker: BrokerConfig::plain(broker_url),
+        broker,
         camera: None,
         dispenser: None,
         outbox: OutboxSettings {

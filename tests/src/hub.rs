@@ -31,6 +31,14 @@ pub struct TestHub {
 /// # Panics
 /// If any part fails to start within 20 s: the suites cannot go on without it.
 pub async fn start(dir: &Path, broker_url: &str, seed: u64, atm_id: &str) -> TestHub {
+    start_on(dir, BrokerConfig::plain(broker_url), seed, atm_id).await
+}
+
+/// [`start`] on a broker reached with `broker` (TLS and a client certificate, say).
+///
+/// # Panics
+/// As [`start`].
+pub async fn start_on(dir: &Path, broker: BrokerConfig, seed: u64, atm_id: &str) -> TestHub {
     let store = Store::open(&dir.join("hub.sqlite")).expect("hub database");
     let mut rig = Rig::new(store, test_config(), seed);
     rig.account("hanako", 100_000);
@@ -57,7 +65,7 @@ pub async fn start(dir: &Path, broker_url: &str, seed: u64, atm_id: &str) -> Tes
     let service = HubService::start(
         rig.hub,
         ServiceOptions {
-            broker: BrokerConfig::plain(broker_url),
+            broker,
             client_id: "hub".into(),
             shared_subscription: false,
             group_commit_max: 64,

@@ -4,6 +4,7 @@
 //! MQTT client come from `qrcash-testsupport`, re-exported here.
 
 pub mod atm;
+pub mod customer;
 pub mod hub;
 pub mod invariants;
 pub mod scenario;

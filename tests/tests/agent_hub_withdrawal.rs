@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use qrcash_agent::{AgentEvent, Screen};
 use qrcash_hardware::camera::SyntheticCamera;
-use qrcash_hub::testkit::{PIN, SHIBUYA, password};
+use qrcash_hub::testkit::{SHIBUYA, password};
 use qrcash_io::BrokerConfig;
-use qrcash_phone::{DeviceStore, PhoneClient, PhoneSettings, requests};
+use qrcash_phone::{DeviceStore, PhoneClient, PhoneSettings};
 use qrcash_protocol::messages::{ReceiptKind, ReceiptStatus};
-use qrcash_protocol::{Amount, Clock, Currency, Position, PrivateKey};
+use qrcash_protocol::{Amount, Currency, Position, PrivateKey};
 use qrcash_tests::broker::Mosquitto;
+use qrcash_tests::customer::show_and_confirm;
 
 const T: Duration = Duration::from_secs(20);
 const ATM: &str = "atm-shibuya-1";
@@ -106,39 +107,6 @@ async fn wait_event(
     }
 }
 
-/// The customer shows `code` to the ATM's camera and confirms on the phone with the PIN at
-/// `here`; returns the request the phone saw and the receipt.
-async fn show_and_confirm(
-    phone: &mut PhoneClient,
-    camera: &SyntheticCamera,
-    code: &qrcash_protocol::messages::CodeIssued,
-    clock: &qrcash_protocol::ManualClock,
-    here: Position,
-) -> (
-    qrcash_protocol::messages::ConfirmRequest,
-    qrcash_protocol::messages::Receipt,
-) {
-    camera.show(&code.token).unwrap();
-    let request = phone
-        .await_confirm_request(Some(code.tx_id), T)
-        .await
-        .unwrap();
-    camera.clear();
-    let jti = phone
-        .confirm(
-            &request,
-            requests::evidence(Some(PIN), None, clock.now()),
-            Some(here),
-        )
-        .await
-        .unwrap();
-    let receipt = phone
-        .await_receipt(&code.tx_id.to_string(), Some(&jti), T)
-        .await
-        .unwrap();
-    (request, receipt)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phone_hub_and_agent_complete_a_withdrawal_and_the_notes_leave_once() {
     let World {
@@ -160,7 +128,7 @@ async fn phone_hub_and_agent_complete_a_withdrawal_and_the_notes_leave_once() {
         .unwrap();
 
     // The customer shows the code to the ATM's camera and confirms on the phone.
-    let (request, receipt) = show_and_confirm(&mut phone, &camera, &code, &clock, here).await;
+    let (request, receipt) = show_and_confirm(&mut phone, &camera, &code, &clock, here, T).await;
     assert_eq!(request.atm.atm_id, ATM);
     assert_eq!(request.amount, Amount::new(12_000, Currency::JPY));
     assert_eq!(receipt.kind, ReceiptKind::Withdrawal);
@@ -300,7 +268,7 @@ async fn a_hub_key_rotation_in_the_middle_of_a_withdrawal_loses_nothing() {
 
     // The code signed by the old key is still good at the hub; the push, the order and
     // the receipt are signed by the new key.
-    let (_, receipt) = show_and_confirm(&mut phone, &camera, &code, &clock, here).await;
+    let (_, receipt) = show_and_confirm(&mut phone, &camera, &code, &clock, here, T).await;
     assert!(phone.hub_keys().contains(new.public()));
     assert_eq!(&phone.sealing_key(), new.public());
     assert_eq!(phone.message_keys(), vec![new.public().clone()]);

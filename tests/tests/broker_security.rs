@@ -17,8 +17,7 @@ fn locked_down(pki: &TestPki) -> Mosquitto {
     Mosquitto::start_with(MosquittoConfig {
         tls: Some(pki.broker_tls()),
         acl: Some(PRODUCTION_ACL.to_owned()),
-        extra: Vec::new(),
-        verbatim: None,
+        ..MosquittoConfig::default()
     })
 }
 
@@ -167,8 +166,8 @@ async fn the_production_configuration_runs_as_shipped() {
     let broker = Mosquitto::start_with(MosquittoConfig {
         tls: Some(pki.broker_tls()),
         acl: Some(PRODUCTION_ACL.to_owned()),
-        extra: Vec::new(),
         verbatim: Some(PRODUCTION_BROKER_CONF.to_owned()),
+        ..MosquittoConfig::default()
     });
     let conf = std::fs::read_to_string(broker.dir().join("mosquitto.conf")).unwrap();
     assert!(conf.contains("require_certificate true"), "{conf}");

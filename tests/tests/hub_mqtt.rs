@@ -140,8 +140,7 @@ async fn a_withdrawal_over_mosquitto_with_tls_client_certificates_and_the_acl() 
     let broker = Mosquitto::start_with(MosquittoConfig {
         tls: Some(pki.broker_tls()),
         acl: Some(PRODUCTION_ACL.to_owned()),
-        extra: Vec::new(),
-        verbatim: None,
+        ..MosquittoConfig::default()
     });
     let url = broker.url();
     withdrawal(|cn| pki.client_config(&url, cn)).await;

@@ -30,8 +30,7 @@ async fn only_enrolled_keys_get_answers_even_from_allowed_clients() {
     let broker = Mosquitto::start_with(MosquittoConfig {
         tls: Some(pki.broker_tls()),
         acl: Some(PRODUCTION_ACL.to_owned()),
-        extra: Vec::new(),
-        verbatim: None,
+        ..MosquittoConfig::default()
     });
     let url = broker.url();
     let (net, devices) = Net::start(pki.client_config(&url, "hub"), "hub", |rig| {

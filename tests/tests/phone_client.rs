@@ -267,3 +267,65 @@ async fn the_phone_learns_a_new_hub_key_from_the_old_keys_endorsement() {
     );
     phone.shutdown().await;
 }
+
+/// A request whose answer does not come is published again, the very same signed bytes
+/// (same `jti`, same `seq`), every `resend_after` while it is valid; the answer to the
+/// repeat completes the request.
+#[tokio::test]
+async fn a_request_without_an_answer_is_sent_again_until_answered() {
+    let broker = Mosquitto::start();
+    let (hub_client, mut uplinks) = fake_hub(broker.port()).await;
+    let hub = Signer::new("hub", PrivateKey::generate());
+    let settings = PhoneSettings {
+        resend_after: Duration::from_millis(300),
+        ..PhoneSettings::new("dev-1", BrokerConfig::plain(broker.url()))
+    };
+    let mut phone = PhoneClient::connect(
+        settings,
+        PrivateKey::generate(),
+        hub.key().public().clone(),
+        DeviceStore::in_memory(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    // The hub stand-in drops the first copy and answers the second.
+    let answering = tokio::spawn(async move {
+        let (_, first) = uplinks.recv().await.unwrap();
+        let (_, second) = uplinks.recv().await.unwrap();
+        assert_eq!(first, second, "a resend is the same signed message");
+        let sealed = envelope::Sealed::parse(&second, MAX_UPLINK_BYTES).unwrap();
+        let claims: Claims<PhoneUp> = sealed.peek().unwrap();
+        hub_client
+            .publish(
+                topics::phone_push("dev-1"),
+                QoS::AtLeastOnce,
+                false,
+                push(&hub, "dev-1", 1, &claims.jti, login_result()),
+            )
+            .await
+            .unwrap();
+        (hub_client, uplinks)
+    });
+    let started = std::time::Instant::now();
+    let answer = phone
+        .request(
+            PhoneUp::BalanceQuery(qrcash_protocol::messages::BalanceQuery {
+                account: "hanako".into(),
+                history: 0,
+            }),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer, login_result());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let (_hub_client, mut uplinks) = answering.await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), uplinks.recv())
+            .await
+            .is_err(),
+        "no resend after the answer"
+    );
+    phone.shutdown().await;
+}

@@ -25,6 +25,12 @@ pub struct MosquittoConfig {
     /// broker's private folder: see [`production_config`]. `tls` and `acl` then only
     /// provide the files it names.
     pub verbatim: Option<String>,
+    /// Further files (name, content) written into the broker's private folder, for a
+    /// verbatim configuration that names them (a bridge's certificates).
+    pub files: Vec<(String, String)>,
+    /// Text replaced in every line of a verbatim configuration before it runs (a bridge's
+    /// `address`).
+    pub rewrite: Vec<(String, String)>,
 }
 
 /// TLS files of the listener, as PEM text (written into the broker's private folder).
@@ -264,9 +270,16 @@ fn write_config(dir: &Path, port: u16, config: &MosquittoConfig) {
         if let Some(acl) = &config.acl {
             std::fs::write(dir.join("acl.conf"), acl).expect("write ACL file");
         }
+        for (name, content) in &config.files {
+            std::fs::write(dir.join(name), content).expect("write broker file");
+        }
+        let text = config
+            .rewrite
+            .iter()
+            .fold(text.clone(), |t, (from, to)| t.replace(from, to));
         std::fs::write(
             dir.join("mosquitto.conf"),
-            production_config(text, dir, port),
+            production_config(&text, dir, port),
         )
         .expect("write mosquitto.conf");
         return;

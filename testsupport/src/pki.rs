@@ -90,6 +90,11 @@ impl TestPki {
         }
     }
 
+    /// A client certificate with CN `cn` and its key, as PEM text.
+    pub fn client_pem(&self, cn: &str) -> (String, String) {
+        self.issue(cn, Vec::new(), false)
+    }
+
     /// Writes a client certificate with CN `cn` and its 0600 key; returns (cert, key) paths.
     pub fn client_files(&self, cn: &str) -> (PathBuf, PathBuf) {
         let (cert, key) = self.issue(cn, Vec::new(), false);
@@ -139,3 +144,10 @@ pub const PRODUCTION_ACL: &str = include_str!("../../deploy/mosquitto/acl.conf")
 /// security tests run with only its paths, port and log moved
 /// ([`crate::broker::production_config`]).
 pub const PRODUCTION_BROKER_CONF: &str = include_str!("../../deploy/mosquitto/mosquitto.conf");
+
+/// The edge broker's configuration (`deploy/mosquitto/edge/mosquitto.conf`): phones, bridged
+/// to the core broker.
+pub const EDGE_BROKER_CONF: &str = include_str!("../../deploy/mosquitto/edge/mosquitto.conf");
+
+/// The edge broker's ACL (`deploy/mosquitto/edge/acl.conf`).
+pub const EDGE_ACL: &str = include_str!("../../deploy/mosquitto/edge/acl.conf");

@@ -446,7 +446,7 @@ async fn drain_phase(settings: &Settings, port: &str) -> Result<Drain> {
         tls: None,
         acl: None,
         extra: vec!["set_tcp_nodelay true".into()],
-        verbatim: None,
+        ..MosquittoConfig::default()
     });
     let url = broker.url();
     broker.stop();
@@ -618,7 +618,7 @@ async fn run(settings: Settings) -> Result<()> {
         tls: None,
         acl: None,
         extra: vec!["set_tcp_nodelay true".into()],
-        verbatim: None,
+        ..MosquittoConfig::default()
     });
     let url = broker.url();
     let files = AgentFiles::new()?;

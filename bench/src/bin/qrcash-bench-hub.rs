@@ -1011,7 +1011,7 @@ async fn run(settings: Settings) -> Result<()> {
             "max_inflight_messages 1000".into(),
             "max_queued_messages 0".into(),
         ],
-        verbatim: None,
+        ..MosquittoConfig::default()
     });
     let url = broker.url();
     let mosq = mosquitto_pid(broker.dir()).context("cannot find the Mosquitto process")?;
