@@ -33,6 +33,7 @@
 //! A result that does not fit the sequence's step is a bug in the shell: it fails a
 //! `debug_assert!` and takes the ATM out of service rather than being ignored.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use qrcash_hardware::dispenser::{DispenseOutcome as DeviceOutcome, DispenseRequest};
@@ -354,6 +355,9 @@ enum StepRefused {
     OutOfOrder,
 }
 
+/// How many answered transactions [`Session`] remembers.
+const ANSWERED_KEPT: usize = 64;
+
 /// Recent codes the camera read, so that a showing is acted on once: a camera sees the same
 /// code on many frames.
 #[derive(Default)]
@@ -382,6 +386,10 @@ pub struct Session {
     dispense: Option<ActiveDispense>,
     link_up: bool,
     codes: RecentCodes,
+    /// Transactions whose presentation the hub answered (asked for the confirmation or
+    /// refused the code), newest last: their code is never presented again (a photo of a
+    /// used code left in front of the camera would otherwise be presented every quiet time).
+    answered: VecDeque<TxId>,
     /// Out of service because of the dispenser (not answering, or not clear): a device
     /// that answers again is recovered and, once clear, back in service.
     device_fault: bool,
@@ -429,6 +437,7 @@ impl Session {
             dispense: None,
             link_up: false,
             codes: RecentCodes::default(),
+            answered: VecDeque::new(),
             device_fault: false,
             recover_pending: false,
             device_silent: false,
@@ -586,6 +595,9 @@ impl Session {
                 return out;
             }
         };
+        if self.answered.contains(&token.tx_id) {
+            return vec![];
+        }
         match &self.phase {
             Phase::Idle => {}
             Phase::OutOfService { reason } => {
@@ -688,6 +700,7 @@ impl Session {
                         amount: a.amount,
                         confirm_by: a.confirm_by,
                     };
+                    self.hub_answered(a.tx_id);
                     vec![
                         journal(
                             JournalKind::AwaitConfirmation,
@@ -831,6 +844,7 @@ impl Session {
             {
                 let tx = *tx_id;
                 self.phase = Phase::Idle;
+                self.hub_answered(tx);
                 vec![
                     journal(
                         JournalKind::SessionEnded,
@@ -844,6 +858,17 @@ impl Session {
                 ]
             }
             _ => vec![],
+        }
+    }
+
+    /// Notes that the hub answered the presentation of `tx` (at most the last 64 are kept:
+    /// a code is shown to one ATM for a minute or two, not across a day of customers).
+    fn hub_answered(&mut self, tx: TxId) {
+        if !self.answered.contains(&tx) {
+            if self.answered.len() == ANSWERED_KEPT {
+                self.answered.pop_front();
+            }
+            self.answered.push_back(tx);
         }
     }
 
@@ -1186,6 +1211,14 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// How many `CodePresented` the actions send.
+    fn presented(actions: &[Action]) -> usize {
+        sends(actions)
+            .iter()
+            .filter(|m| matches!(m, AtmUp::CodePresented(_)))
+            .count()
     }
 
     fn order(tx: TxId, amount: u64) -> DispenseOrder {
@@ -1569,17 +1602,45 @@ mod tests {
         assert_eq!(f.s.phase(), &Phase::Idle);
     }
 
+    /// A code the hub answered is never presented again, however long it stays in front of
+    /// the camera (a photo of a used code); one the hub never answered is, after the quiet
+    /// time, so a customer can try again after a timeout.
+    #[test]
+    fn a_code_the_hub_answered_is_never_presented_again() {
+        let mut f = fixture();
+        let code = CodeToken::issue(&f.hub, TxId::random(), NOW + 3_000);
+        assert_eq!(
+            presented(&f.s.handle(Input::CodeRead(code.clone()), NOW)),
+            1
+        );
+        refuse_first_code(&mut f);
+        for later in [NOW + 11, NOW + 100, NOW + 1_000] {
+            assert!(f.s.handle(Input::CodeRead(code.clone()), later).is_empty());
+        }
+        // Accepted, then the session ended: not presented again either.
+        let tx = to_awaiting(&mut f);
+        f.s.handle(Input::Tick, NOW + 500);
+        assert_eq!(f.s.phase(), &Phase::Idle);
+        let again = CodeToken::issue(&f.hub, tx, NOW + 3_000);
+        assert!(f.s.handle(Input::CodeRead(again), NOW + 600).is_empty());
+
+        // No answer: the session times out, and the code is presented again later.
+        let mut g = fixture();
+        let code = CodeToken::issue(&g.hub, TxId::random(), NOW + 3_000);
+        assert_eq!(
+            presented(&g.s.handle(Input::CodeRead(code.clone()), NOW)),
+            1
+        );
+        g.s.handle(Input::Tick, NOW + 31);
+        assert_eq!(g.s.phase(), &Phase::Idle);
+        assert_eq!(presented(&g.s.handle(Input::CodeRead(code), NOW + 40)), 1);
+    }
+
     /// A code the ATM could not serve when the camera read it is presented as soon as the
     /// ATM can, on the next frame, not after the quiet time: the customer is still holding
     /// it up. Frames read while it still cannot are quiet, as for a served code.
     #[test]
     fn a_code_held_up_while_the_atm_cannot_serve_is_presented_once_it_can() {
-        let presented = |a: &[Action]| {
-            sends(a)
-                .iter()
-                .filter(|m| matches!(m, AtmUp::CodePresented(_)))
-                .count()
-        };
         // The hub unreachable, then reachable.
         let mut f = fixture();
         f.s.handle(Input::Link(false), NOW);

@@ -187,6 +187,7 @@ fn files_source_and_decode_files_read_a_png() {
     let opened = open(&CameraConfig::Files {
         path: path.clone(),
         looping: true,
+        watch: false,
     });
     assert!(opened.is_ok());
 
@@ -203,4 +204,45 @@ fn empty_folder_is_a_config_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let err = FileSource::open(dir.path()).expect_err("no images");
     assert!(err.to_string().contains("no .png"), "{err}");
+}
+
+/// A watched folder (the default for a folder in `[camera]`): empty is not an error, an
+/// image added after start is shown, each image once without looping, all of them again
+/// and again with it.
+#[test]
+fn a_watched_folder_shows_images_added_after_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config: CameraConfig = toml::from_str(&format!(
+        "kind = \"files\"\npath = \"{}\"",
+        dir.path().display()
+    ))
+    .expect("parses");
+    assert!(matches!(config, CameraConfig::Files { watch: true, .. }));
+    let mut source = open(&config).expect("an empty watched folder opens").source;
+    let mut frame = LumaFrame::default();
+    assert!(matches!(
+        source.next_frame(&mut frame),
+        Err(qrcash_hardware::camera::CameraError::Empty(_))
+    ));
+    let write = |name: &str, shade: u8| {
+        image::GrayImage::from_pixel(16, 8, image::Luma([shade]))
+            .save(dir.path().join(name))
+            .expect("writes png");
+    };
+    write("a.png", 10);
+    source.next_frame(&mut frame).expect("the new image");
+    assert_eq!(frame.data()[0], 10);
+    assert!(source.next_frame(&mut frame).is_err(), "played once");
+    write("b.png", 20);
+    source.next_frame(&mut frame).expect("the next new image");
+    assert_eq!(frame.data()[0], 20);
+
+    let mut looping = FileSource::watch(dir.path()).expect("opens").looping(true);
+    let shades: Vec<u8> = (0..5)
+        .map(|_| {
+            looping.next_frame(&mut frame).expect("frame");
+            frame.data()[0]
+        })
+        .collect();
+    assert_eq!(shades, [10, 20, 10, 20, 10]);
 }

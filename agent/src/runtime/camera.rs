@@ -46,6 +46,8 @@ pub(super) fn camera_loop(
                 tracing::info!(frames = n, "camera source exhausted");
                 return;
             }
+            // A watched folder with nothing (new) in it: look again shortly, quietly.
+            Err(CameraError::Empty(_)) => std::thread::sleep(Duration::from_millis(200)),
             Err(e) => {
                 tracing::warn!(error = %e, "camera frame failed");
                 std::thread::sleep(Duration::from_secs(1));

@@ -42,6 +42,11 @@ pub enum CameraConfig {
         /// Start over after the last image.
         #[serde(default)]
         looping: bool,
+        /// A folder is read again whenever its images were played: images added later are
+        /// shown, and an empty folder waits for one (default `true`; `false` plays what was
+        /// there at start, and an empty folder is an error).
+        #[serde(default = "yes")]
+        watch: bool,
     },
     /// The synthetic QR renderer (demo and tests).
     Synthetic {
@@ -55,6 +60,10 @@ pub enum CameraConfig {
         #[serde(default = "default_fps")]
         fps: u32,
     },
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Camera pixel formats the V4L source can convert to luma.
@@ -121,10 +130,21 @@ pub fn open(config: &CameraConfig) -> Result<OpenCamera, CameraError> {
             height,
             format,
         } => open_v4l(device, *width, *height, *format),
-        CameraConfig::Files { path, looping } => Ok(OpenCamera {
-            source: Box::new(FileSource::open(path)?.looping(*looping)),
-            synthetic: None,
-        }),
+        CameraConfig::Files {
+            path,
+            looping,
+            watch,
+        } => {
+            let source = if *watch && path.is_dir() {
+                FileSource::watch(path)?
+            } else {
+                FileSource::open(path)?
+            };
+            Ok(OpenCamera {
+                source: Box::new(source.looping(*looping)),
+                synthetic: None,
+            })
+        }
         CameraConfig::Synthetic { width, height, fps } => {
             if *width == 0 || *height == 0 {
                 return Err(CameraError::Config(format!(

@@ -1,6 +1,9 @@
 //! A frame source that plays back PNG/JPEG files (one file, or every image in a folder in name
-//! order), converted to luma. For replaying captured scenes and for the decode CLI.
+//! order), converted to luma. For replaying captured scenes and for the decode CLI, and, with a
+//! watched folder, as the demo's and a test bench's "camera": drop an image in the folder to
+//! show it.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -12,6 +15,10 @@ pub struct FileSource {
     files: Vec<PathBuf>,
     next: usize,
     looping: bool,
+    /// The folder, when watched: read again each time its images were all played.
+    watched: Option<PathBuf>,
+    /// Images already played (a watched folder without looping plays each once).
+    played: HashSet<PathBuf>,
     started: Instant,
 }
 
@@ -24,13 +31,7 @@ impl FileSource {
             source,
         };
         let files = if path.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(io)?
-                .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|p| is_image(p))
-                .collect();
-            files.sort();
-            files
+            images_in(path).map_err(io)?
         } else {
             std::fs::metadata(path).map_err(io)?;
             vec![path.to_path_buf()]
@@ -45,6 +46,27 @@ impl FileSource {
             files,
             next: 0,
             looping: false,
+            watched: None,
+            played: HashSet::new(),
+            started: Instant::now(),
+        })
+    }
+
+    /// A source over the folder `dir`, watched: whenever its images were all played it is
+    /// read again, so images added later are shown (removed ones are not). An empty folder
+    /// is not an error: the source answers [`CameraError::Empty`] until an image appears.
+    /// Without [`FileSource::looping`] each image is played once.
+    pub fn watch(dir: &Path) -> Result<Self, CameraError> {
+        let files = images_in(dir).map_err(|source| CameraError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            files,
+            next: 0,
+            looping: false,
+            watched: Some(dir.to_path_buf()),
+            played: HashSet::new(),
             started: Instant::now(),
         })
     }
@@ -60,6 +82,16 @@ impl FileSource {
     pub fn files(&self) -> &[PathBuf] {
         &self.files
     }
+}
+
+/// The images in `dir`, in name order.
+fn images_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| is_image(p))
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 fn is_image(path: &Path) -> bool {
@@ -88,14 +120,34 @@ pub fn load_luma_into(path: &Path, frame: &mut LumaFrame) -> Result<(), CameraEr
 
 impl FrameSource for FileSource {
     fn next_frame(&mut self, frame: &mut LumaFrame) -> Result<(), CameraError> {
-        if self.next == self.files.len() {
-            if !self.looping {
-                return Err(CameraError::Exhausted(self.files.len()));
-            }
+        if self.next >= self.files.len() {
             self.next = 0;
+            match &self.watched {
+                Some(dir) => {
+                    let mut files = images_in(dir).map_err(|source| CameraError::Io {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                    if !self.looping {
+                        files.retain(|f| !self.played.contains(f));
+                    }
+                    self.files = files;
+                    if self.files.is_empty() {
+                        return Err(CameraError::Empty(dir.clone()));
+                    }
+                }
+                None if !self.looping => {
+                    self.next = self.files.len();
+                    return Err(CameraError::Exhausted(self.files.len()));
+                }
+                None => {}
+            }
         }
         let path = &self.files[self.next];
         self.next += 1;
+        if self.watched.is_some() && !self.looping {
+            self.played.insert(path.clone());
+        }
         load_luma_into(path, frame)?;
         frame.timestamp = self.started.elapsed();
         Ok(())

@@ -72,6 +72,9 @@ pub enum CameraError {
         /// What was asked and what the device offers.
         reason: String,
     },
+    /// A watched folder holds no image to show yet.
+    #[error("nothing to show yet in {0}")]
+    Empty(PathBuf),
     /// A finite source (a list of files) has delivered all its frames.
     #[error("no more frames: all {0} images were delivered")]
     Exhausted(usize),
