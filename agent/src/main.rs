@@ -73,11 +73,28 @@ enum Command {
         #[command(subcommand)]
         command: Option<CassetteCommand>,
     },
+    /// Messages the hub refused for good (dead letters): list them, or clear one after
+    /// dealing with it (journalled).
+    DeadLetters {
+        #[command(subcommand)]
+        command: Option<DeadLetterCommand>,
+    },
     /// The hub keys this ATM trusts: those in `hub_keys` and those learned from the hub's
     /// key set (`docs/protocol.md` §3, "The hub's key set").
     HubKeys {
         #[command(subcommand)]
         command: Option<HubKeyCommand>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// Print them (JSON); the default.
+    List,
+    /// Remove one, by its `jti`, after dealing with what the hub refused.
+    Clear {
+        /// The message's `jti`.
+        jti: String,
     },
 }
 
@@ -200,6 +217,19 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::DeadLetters { command } => {
+            let cfg = load(&cli.config)?;
+            let mut store = Store::open(&cfg.database, cfg.outbox.bounds())
+                .with_context(|| format!("opening {}", cfg.database.display()))?;
+            if let Some(DeadLetterCommand::Clear { jti }) = &command {
+                if !store.clear_dead_letter(jti, qrcash_protocol::SystemClock.now())? {
+                    bail!("no dead letter has the jti {jti} (see `dead-letters`)");
+                }
+                eprintln!("dead letter {jti} cleared");
+            }
+            println!("{}", serde_json::to_string_pretty(&store.dead_letters()?)?);
+            Ok(())
+        }
         Command::HubKeys { command } => {
             let cfg = load(&cli.config)?;
             let mut store = Store::open(&cfg.database, cfg.outbox.bounds())
@@ -221,7 +251,7 @@ fn main() -> Result<()> {
             let cfg = load(&cli.config)?;
             let mut store = Store::open(&cfg.database, cfg.outbox.bounds())
                 .with_context(|| format!("opening {}", cfg.database.display()))?;
-            let status = status(&mut store)?;
+            let status = status(&mut store, &cfg, qrcash_protocol::SystemClock.now())?;
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }
@@ -368,10 +398,39 @@ fn cassettes_json(counts: &[(u64, u32)]) -> serde_json::Value {
         .collect()
 }
 
-fn status(store: &mut Store) -> Result<serde_json::Value> {
-    let screen: Option<serde_json::Value> = store
-        .status_value("screen")?
-        .and_then(|s| serde_json::from_str(&s).ok());
+/// A status figure with the time it became true.
+fn figure(store: &mut Store, key: &str) -> Result<serde_json::Value> {
+    let value = store.status_value(key)?;
+    let value = value
+        .as_deref()
+        .map(|v| serde_json::from_str(v).unwrap_or_else(|_| serde_json::json!(v)));
+    Ok(serde_json::json!({ "value": value, "since": store.status_since(key)? }))
+}
+
+fn status(store: &mut Store, cfg: &AgentConfig, now: u64) -> Result<serde_json::Value> {
+    let at = |store: &mut Store, key: &str| -> Result<Option<u64>> {
+        Ok(store.status_value(key)?.and_then(|v| v.parse().ok()))
+    };
+    let alive_at = at(store, "alive_at")?;
+    let stopped_at = at(store, "stopped_at")?;
+    // The running agent writes `alive_at` every 5 s; a killed one stops writing it.
+    let running = alive_at.is_some_and(|a| now.saturating_sub(a) <= 15)
+        && stopped_at.is_none_or(|s| Some(s) < alive_at);
+    let hub_heard_at = at(store, "hub_heard_at")?;
+    // The hub answers every heartbeat: silence for two of them means it is not reachable.
+    let hub_window = cfg.timing.heartbeat_s.saturating_mul(2).saturating_add(10);
+    let hub_reachable =
+        running && hub_heard_at.is_some_and(|h| now.saturating_sub(h) <= hub_window);
+    let agent = serde_json::json!({
+        "running": running,
+        "checked_at": now,
+        "alive_at": alive_at,
+        "stopped_at": stopped_at,
+        "note": (!running).then_some(
+            "the agent is not running: the figures below are as it last recorded them"
+        ),
+    });
+    let screen = figure(store, "screen")?;
     let unfinished: Vec<String> = store
         .unfinished_orders()?
         .into_iter()
@@ -380,9 +439,12 @@ fn status(store: &mut Store) -> Result<serde_json::Value> {
     let outbox = store.outbox_stats()?;
     let tail = store.journal_tail(10)?;
     Ok(serde_json::json!({
+        "agent": agent,
         "screen": screen,
-        "state": store.status_value("state")?,
-        "link": store.status_value("link")?,
+        "state": figure(store, "state")?,
+        "link": figure(store, "link")?,
+        "hub": { "reachable": hub_reachable, "last_heard_at": hub_heard_at },
+        "camera": figure(store, "camera")?,
         "alarm": store.status_value("alarm")?.filter(|_| outbox.full),
         "outbox": outbox,
         "dead_letters": store.dead_letters()?,

@@ -457,3 +457,118 @@ fn the_technician_lists_and_forgets_learned_hub_keys() {
         "learned, then forgotten"
     );
 }
+
+/// `qrcash-agent status` against the real process: while it runs, each figure says since
+/// when it holds, the hub is reachable (the stand-in acknowledges the heartbeat) and the
+/// camera's frames are counted; once it was killed and has been silent (its liveness dated
+/// back as time passing would), it says the agent is not running and the figures are as last
+/// recorded; after a clean stop (SIGINT) it says so at once. `dead-letters` lists and clears
+/// what the hub refused for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_tells_a_running_agent_from_a_stopped_one() {
+    let rig = Rig::new();
+    let config = config_file(&rig);
+    let mut hub = ScriptedHub::connect(&rig, 0).await;
+    write_png(&rig.path("code.png"), None);
+    let status = || -> serde_json::Value {
+        let (ok, out, err) = cli(&config, &["status"]);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let mut agent = spawn_agent(&config, None);
+    // The stand-in acknowledges the start-up heartbeat while it waits.
+    let deadline = std::time::Instant::now() + T;
+    let live = loop {
+        let _ = hub.next_up(Duration::from_millis(300)).await;
+        let s = status();
+        if s["agent"]["running"] == true && s["hub"]["reachable"] == true {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "never live: {s:#}");
+    };
+    assert_eq!(live["link"]["value"], "up");
+    assert!(live["link"]["since"].as_u64().is_some(), "{live:#}");
+    assert_eq!(live["state"]["value"], "Idle");
+    assert!(live["agent"]["note"].is_null());
+
+    // Killed, and silent since.
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let now = SystemClock.now();
+    {
+        let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
+        store
+            .set_status_value("alive_at", &(now - 60).to_string())
+            .unwrap();
+    }
+    let dead = status();
+    assert_eq!(dead["agent"]["running"], false, "{dead:#}");
+    assert!(
+        dead["agent"]["note"]
+            .as_str()
+            .unwrap()
+            .contains("not running")
+    );
+    assert_eq!(dead["hub"]["reachable"], false);
+    assert_eq!(dead["link"]["value"], "up", "as last recorded");
+
+    // Running again, then a clean stop.
+    let agent = spawn_agent(&config, None);
+    let deadline = std::time::Instant::now() + T;
+    while status()["agent"]["running"] != true {
+        assert!(std::time::Instant::now() < deadline, "not running again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &agent.id().to_string()])
+        .status();
+    let mut agent = agent;
+    wait_exit(&mut agent, T);
+    let stopped = status();
+    assert_eq!(stopped["agent"]["running"], false, "{stopped:#}");
+    assert!(stopped["agent"]["stopped_at"].as_u64().is_some());
+    assert!(stopped["camera"]["value"]["frames"].as_u64().unwrap() > 0);
+
+    // Dead letters: listed, cleared once, journalled.
+    {
+        let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
+        store
+            .enqueue(qrcash_agent::store::Priority::Normal, now, |_| {
+                qrcash_agent::store::Outgoing {
+                    jti: "refused-1".into(),
+                    kind: "CodePresented",
+                    sealed: "x.y.z".into(),
+                }
+            })
+            .unwrap();
+        assert!(
+            store
+                .dead_letter(
+                    "refused-1",
+                    &qrcash_protocol::RejectReason::CodeAlreadyUsed,
+                    "used",
+                    now
+                )
+                .unwrap()
+        );
+    }
+    let (ok, out, err) = cli(&config, &["dead-letters"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("refused-1") && out.contains("code_already_used"),
+        "{out}"
+    );
+    let (ok, out, err) = cli(&config, &["dead-letters", "clear", "refused-1"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "[]");
+    let (ok, _, err) = cli(&config, &["dead-letters", "clear", "refused-1"]);
+    assert!(!ok && err.contains("no dead letter"), "{err}");
+    let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
+    assert_eq!(
+        store
+            .journal_of_kind(JournalKind::DeadLetterCleared)
+            .unwrap()
+            .len(),
+        1
+    );
+}

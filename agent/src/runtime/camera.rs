@@ -12,11 +12,23 @@ use tokio::sync::mpsc;
 
 /// Scans frames until `stop`, the source runs out, or the core stops listening; at most one
 /// frame per `min_interval`.
+/// What the camera thread reports for `qrcash-agent status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub(super) struct CameraHealth {
+    /// Frames read.
+    pub frames: u64,
+    /// Frames that failed.
+    pub errors: u64,
+    /// The last failure.
+    pub last_error: Option<String>,
+}
+
 pub(super) fn camera_loop(
     mut frames: Box<dyn FrameSource>,
     scans: mpsc::Sender<String>,
     stop: Arc<AtomicBool>,
     min_interval: Duration,
+    health: Arc<std::sync::Mutex<CameraHealth>>,
 ) {
     let mut scanner = Scanner::new(ScanConfig {
         filter: PayloadFilter::new(token::looks_like_token),
@@ -36,6 +48,7 @@ pub(super) fn camera_loop(
         let started = std::time::Instant::now();
         match frames.next_frame(&mut frame) {
             Ok(()) => {
+                super::lock(&health).frames += 1;
                 if let Some(d) = scanner.scan(&frame)
                     && scans.blocking_send(d.payload).is_err()
                 {
@@ -50,6 +63,11 @@ pub(super) fn camera_loop(
             Err(CameraError::Empty(_)) => std::thread::sleep(Duration::from_millis(200)),
             Err(e) => {
                 tracing::warn!(error = %e, "camera frame failed");
+                {
+                    let mut h = super::lock(&health);
+                    h.errors += 1;
+                    h.last_error = Some(e.to_string());
+                }
                 std::thread::sleep(Duration::from_secs(1));
             }
         }

@@ -4,8 +4,8 @@
 //! record. Each action's result goes back to the session as an input; the core decides
 //! nothing about money or the device itself.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qrcash_hardware::dispenser::{DispenseOutcome as DeviceOutcome, DispenserError, Recovery};
@@ -17,6 +17,7 @@ use qrcash_protocol::{Clock, OrderId, TxId, topics};
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, watch};
 
+use super::camera::CameraHealth;
 use super::outbox::OutboxCmd;
 use super::{AgentEvent, Sealer, SharedDispenser, crash_point, lock};
 use crate::error::StoreError;
@@ -25,6 +26,9 @@ use crate::session::{Action, Input, KnownOrder, Screen, Session};
 use crate::store::{JournalKind, Outgoing, Priority, Store};
 
 /// The core's inputs besides the session's own.
+/// How often the running agent records that it runs (and hears the hub), in seconds.
+pub(super) const LIVENESS_EVERY_S: u64 = 5;
+
 pub(super) struct CoreInputs {
     pub link: mpsc::Receiver<LinkEvent>,
     pub scans: mpsc::Receiver<String>,
@@ -59,6 +63,14 @@ pub(super) struct Core {
     /// The last key set refused, so a retained one refused again on every reconnection is
     /// journalled once.
     pub refused_key_set: Option<Vec<u8>>,
+    /// The status figures last written, to write only changes.
+    pub statuses: HashMap<String, String>,
+    /// When liveness was last written.
+    pub liveness_at: u64,
+    /// When hearing from the hub was last written.
+    pub hub_heard_at: u64,
+    /// The camera thread's health.
+    pub camera: Arc<Mutex<CameraHealth>>,
     pub clock: Arc<dyn Clock>,
     pub cassettes: Vec<u64>,
     pub events: broadcast::Sender<AgentEvent>,
@@ -89,7 +101,10 @@ impl Core {
         let _ = self.outbox.send(OutboxCmd::Wake);
         loop {
             tokio::select! {
-                _ = inputs.stop.changed() => return,
+                _ = inputs.stop.changed() => {
+                    self.record_liveness(true);
+                    return;
+                }
                 ev = inputs.link.recv() => match ev {
                     None => return,
                     Some(LinkEvent::Up) => {
@@ -114,7 +129,10 @@ impl Core {
                     self.apply(Input::CodeRead(text));
                 }
                 Some(done) = inputs.done.recv() => self.device_done(done),
-                _ = tick.tick() => self.apply(Input::Tick),
+                _ = tick.tick() => {
+                    self.record_liveness(false);
+                    self.apply(Input::Tick);
+                }
                 _ = beat.tick() => self.heartbeat(),
                 _ = check.tick() => self.check_device(),
             }
@@ -130,9 +148,52 @@ impl Core {
         }
     }
 
+    /// Records a status figure and, when it changed, since when it holds (for `qrcash-agent
+    /// status`, which reads the database from another process).
     fn set_status(&mut self, key: &str, value: &str) {
-        if let Err(e) = self.store.set_status_value(key, value) {
-            tracing::warn!(error = %e, key, "cannot record status");
+        if self.statuses.get(key).is_some_and(|v| v == value) {
+            return;
+        }
+        match self.store.set_status_since(key, value, self.clock.now()) {
+            Ok(()) => {
+                self.statuses.insert(key.to_owned(), value.to_owned());
+            }
+            Err(e) => tracing::warn!(error = %e, key, "cannot record status"),
+        }
+    }
+
+    /// Every [`LIVENESS_EVERY_S`] (and when stopping): that the agent runs, and the camera's
+    /// health, so `qrcash-agent status` can tell live figures from stale ones.
+    fn record_liveness(&mut self, stopping: bool) {
+        let now = self.clock.now();
+        if !stopping && now < self.liveness_at.saturating_add(LIVENESS_EVERY_S) {
+            return;
+        }
+        if self.liveness_at == 0 && !stopping {
+            // Running again: a stop recorded by an earlier run no longer applies.
+            let _ = self.store.set_status_value("stopped_at", "");
+        }
+        self.liveness_at = now;
+        let camera = crate::runtime::lock(&self.camera).clone();
+        let camera = serde_json::to_string(&camera).unwrap_or_default();
+        self.set_status("camera", &camera);
+        let key = if stopping { "stopped_at" } else { "alive_at" };
+        if let Err(e) = self.store.set_status_value(key, &now.to_string()) {
+            tracing::warn!(error = %e, "cannot record liveness");
+        }
+    }
+
+    /// A verified message from the hub arrived: the hub (not only the broker) is reachable.
+    fn hub_heard(&mut self) {
+        let now = self.clock.now();
+        if now >= self.hub_heard_at.saturating_add(LIVENESS_EVERY_S) {
+            self.hub_heard_at = now;
+            if let Err(e) = self
+                .store
+                .set_status_value("hub_heard_at", &now.to_string())
+            {
+                tracing::warn!(error = %e, "cannot record status");
+            }
         }
     }
 
@@ -501,6 +562,7 @@ impl Core {
                 return;
             }
         };
+        self.hub_heard();
         if let AtmDown::Rejected(r) = &claims.msg {
             match &claims.re {
                 Some(re) => {

@@ -183,10 +183,11 @@ pub struct Agent;
 
 type SharedDispenser = Arc<Mutex<Box<dyn Dispenser>>>;
 
-fn lock(d: &SharedDispenser) -> std::sync::MutexGuard<'_, Box<dyn Dispenser>> {
-    // A panic inside a driver call leaves the driver as it was; its own journal is the
-    // record, so carry on with it.
-    d.lock().unwrap_or_else(PoisonError::into_inner)
+/// Locks a mutex shared with a blocking thread. A panic inside a driver call leaves the
+/// driver as it was (its own journal is the record), and the camera's figures are plain
+/// counters: carry on with either.
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Agent {
@@ -335,12 +336,14 @@ impl Agent {
         }
 
         let camera_stop = Arc::new(AtomicBool::new(false));
+        let camera_health = Arc::new(Mutex::new(camera::CameraHealth::default()));
         let camera = {
             let stop = camera_stop.clone();
+            let health = camera_health.clone();
             let min = Duration::from_millis(config.timing.min_frame_interval_ms);
             std::thread::Builder::new()
                 .name("qrcash-camera".into())
-                .spawn(move || camera::camera_loop(frames, scan_tx, stop, min))
+                .spawn(move || camera::camera_loop(frames, scan_tx, stop, min, health))
                 .map_err(|e| AgentError::Task(e.to_string()))?
         };
 
@@ -358,6 +361,10 @@ impl Agent {
             hub_id: config.hub_id.clone(),
             trust,
             refused_key_set: None,
+            statuses: Default::default(),
+            liveness_at: 0,
+            hub_heard_at: 0,
+            camera: camera_health,
             clock: clock.clone(),
             cassettes,
             events: events.clone(),

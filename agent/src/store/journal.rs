@@ -53,6 +53,8 @@ pub enum JournalKind {
     CassetteSet,
     /// A hub key was learned from a key set endorsed by a trusted key, or forgotten.
     HubKey,
+    /// A technician removed a dead letter after dealing with it.
+    DeadLetterCleared,
 }
 
 impl JournalKind {
@@ -77,6 +79,7 @@ impl JournalKind {
             JournalKind::DeviceFault => "device_fault",
             JournalKind::CassetteSet => "cassette_set",
             JournalKind::HubKey => "hub_key",
+            JournalKind::DeadLetterCleared => "dead_letter_cleared",
         }
     }
 }

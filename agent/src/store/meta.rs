@@ -81,6 +81,20 @@ impl Store {
     pub fn set_status_value(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
         set(self.conn(), &format!("status.{key}"), value)
     }
+
+    /// Writes a status value and when it became true (`status_since`), in one transaction.
+    pub fn set_status_since(&mut self, key: &str, value: &str, now: u64) -> Result<(), StoreError> {
+        let tx = self.conn().transaction()?;
+        set(&tx, &format!("status.{key}"), value)?;
+        set(&tx, &format!("status.{key}.since"), &now.to_string())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// When a status value written with [`Store::set_status_since`] became true.
+    pub fn status_since(&mut self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(get(self.conn(), &format!("status.{key}.since"))?.and_then(|v| v.parse().ok()))
+    }
 }
 
 #[cfg(test)]

@@ -294,6 +294,26 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Removes the dead letter `jti` (a technician dealt with it), journalled as
+    /// `dead_letter_cleared`; false when there is none.
+    pub fn clear_dead_letter(&mut self, jti: &str, now: u64) -> Result<bool, StoreError> {
+        let tx = self.conn().transaction()?;
+        let n = tx.execute("DELETE FROM dead_letters WHERE jti = ?1", [jti])?;
+        if n > 0 {
+            let detail = serde_json::json!({ "jti": jti });
+            super::journal::append(
+                &tx,
+                now,
+                JournalKind::DeadLetterCleared,
+                None,
+                None,
+                &detail,
+            )?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
     /// Whether a message of `kind` is waiting (avoids piling up heartbeats).
     pub fn has_pending_kind(&mut self, kind: &str) -> Result<bool, StoreError> {
         let n: i64 =
