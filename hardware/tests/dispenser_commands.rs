@@ -343,3 +343,28 @@ fn open_checked_names_a_silent_or_wrong_device_at_once() {
     assert!(d.last_dispense().is_some_and(|l| l.blocks_dispensing()));
     assert_eq!(sim.counters().link.commands, before);
 }
+
+/// The simulator at a real device's speed (about 7 notes a second) and the driver with the
+/// shipped timeouts: a two-cassette dispense of 15 notes takes its real time and is exact.
+#[test]
+fn a_dispense_at_the_devices_real_speed_with_the_shipped_settings() {
+    let sim = qrcash_hardware::dispenser::sim::Simulator::spawn(SimConfig {
+        note_interval: std::time::Duration::from_millis(143),
+        ..SimConfig::lcdm2000(100, 100)
+    })
+    .unwrap();
+    let mut d =
+        LcdmDispenser::open_checked(LcdmConfig::new(sim.port_path(), LcdmModel::Lcdm2000)).unwrap();
+    let started = std::time::Instant::now();
+    let o = d
+        .dispense("order-real-speed", &DispenseRequest::upper_lower(10, 5))
+        .unwrap();
+    let took = started.elapsed();
+    assert!(o.is_completed(), "{o:?}");
+    assert_eq!((o.delivered(UPPER), o.delivered(LOWER)), (10, 5));
+    assert_eq!(sim.counters().delivered, 15);
+    assert!(
+        took >= std::time::Duration::from_millis(15 * 143),
+        "the notes took their time: {took:?}"
+    );
+}

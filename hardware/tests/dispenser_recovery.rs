@@ -81,6 +81,10 @@ fn power_loss_mid_batch_is_in_doubt_and_a_new_driver_recovers() {
     assert!(r.machine_clear() && r.status_after.is_ready(), "{r:?}");
     let c = sim.counters();
     assert_eq!((c.in_path, c.reject_tray, c.delivered), (0, 1, 27));
+    assert_eq!(
+        c.link.power_ups, 1,
+        "the device's noise at power-up was on the line"
+    );
     assert!(read_journal(&journal).recovered);
 
     let o = d

@@ -128,6 +128,8 @@ pub struct LinkStats {
     pub naks_sent: u64,
     /// Response transmissions, resends included.
     pub responses_sent: u64,
+    /// Times power came back (each sent noise on the line).
+    pub power_ups: u64,
 }
 
 /// What the simulated machine has physically done, for assertions.

@@ -1,6 +1,7 @@
 //! The simulator's device side of the LCDM link: reads command frames from the pty master,
 //! ACKs or NAKs them, runs the mechanism with real time between notes, sends responses and
 //! resends them until the host ACKs (at most 3 sends without an answer, 3 resends after NAKs).
+//! Power coming back puts a few noise bytes on the line, as a real device does at start-up.
 //! A command that arrives while a response waits for its ACK is kept and run afterwards: it
 //! does not stop the repeats, so a host that sends its next command too early can receive a
 //! repeat of the previous response in its place.
@@ -31,6 +32,8 @@ const POLL: Duration = Duration::from_millis(10);
 const SILENT_SENDS: u8 = 3;
 /// Resends of a response after NAKs (manual: 3).
 const NAK_RESENDS: u8 = 3;
+/// What the line carries while a device powers up (no byte that starts a frame or answers).
+const POWER_UP_NOISE: [u8; 5] = [0x00, 0xFF, 0xF0, 0x00, 0x80];
 
 /// Fixed settings of the server loop.
 #[derive(Clone, Debug)]
@@ -59,6 +62,8 @@ pub(super) struct Server {
     decoder: FrameDecoder,
     pending: VecDeque<RawFrame>,
     faults_file_stamp: Option<SystemTime>,
+    /// Powered at the last look: power coming back sends [`POWER_UP_NOISE`].
+    was_powered: bool,
 }
 
 impl Server {
@@ -71,6 +76,7 @@ impl Server {
             decoder,
             pending: VecDeque::new(),
             faults_file_stamp: None,
+            was_powered: true,
         }
     }
 
@@ -79,6 +85,7 @@ impl Server {
         let mut buf = [0u8; 256];
         while !self.stopping() {
             self.refresh_faults_file();
+            self.notice_power();
             if let Some(frame) = self.pending.pop_front() {
                 self.on_command(frame);
                 continue;
@@ -99,6 +106,17 @@ impl Server {
         }
         self.save_state();
         tracing::debug!("simulator stopped");
+    }
+
+    /// A device whose power comes back puts noise on the line before it listens.
+    fn notice_power(&mut self) {
+        let powered = self.lock().mechanism.powered;
+        if powered && !self.was_powered {
+            self.lock().stats.power_ups += 1;
+            self.decoder.reset();
+            self.write_raw(&POWER_UP_NOISE);
+        }
+        self.was_powered = powered;
     }
 
     fn stopping(&self) -> bool {
