@@ -279,6 +279,12 @@ pub struct NewAtm {
 /// Enrols an ATM (or replaces its key and details when re-enrolled).
 pub fn enroll_atm(store: &mut Store, a: &NewAtm, now: u64) -> Result<(), AdminError> {
     check_id("ATM id", &a.id)?;
+    if topics::RESERVED_IDS.contains(&a.id.as_str()) {
+        return Err(AdminError::Invalid(format!(
+            "ATM id {:?} is reserved (the broker ACL gives that certificate CN the hub's or the bridge's rights)",
+            a.id
+        )));
+    }
     a.position
         .validate()
         .map_err(|e| AdminError::Invalid(format!("position: {e}")))?;

@@ -357,6 +357,9 @@ fn run(cli: Cli) -> Result<()> {
             denominations,
         }) => {
             let config = load(&cli.config)?;
+            if id == config.hub_id {
+                bail!("ATM id {id:?} is this hub's own id");
+            }
             let mut store = open(&config)?;
             let text = std::fs::read_to_string(&key_file)
                 .with_context(|| format!("cannot read ATM key {}", key_file.display()))?;

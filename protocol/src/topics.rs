@@ -23,6 +23,16 @@ pub const HUB_GROUP: &str = "hub";
 /// The hub's key set, retained (`crate::keyset`). Every device may read it; only the hub
 /// may write it.
 pub const HUB_KEYS: &str = "qrcash/v1/hub/keys";
+/// Ids no ATM or phone may have: the broker ACL gives the certificate CNs `hub` and
+/// `bridge-edge` the hub's and the edge bridge's rights (`deploy/mosquitto/acl.conf`). A
+/// hub whose id is not `hub` reserves its own id too ([`is_reserved`]).
+pub const RESERVED_IDS: [&str; 2] = ["hub", "bridge-edge"];
+
+/// Whether `id` is reserved for the broker's own principals when the hub's id is `hub_id`.
+pub fn is_reserved(id: &str, hub_id: &str) -> bool {
+    id == hub_id || RESERVED_IDS.contains(&id)
+}
+
 /// Longest accepted client id.
 pub const MAX_ID_LEN: usize = 64;
 

@@ -32,6 +32,13 @@ pub(in crate::handler) fn login(
             "device_id differs from the sender",
         ));
     }
+    // A certificate for this id would carry the hub's or the bridge's broker rights.
+    if qrcash_protocol::topics::is_reserved(sender, &ctx.cfg.hub_id) {
+        return Err(refuse(
+            RejectReason::WrongAddress,
+            format!("the device id {sender:?} is reserved"),
+        ));
+    }
     if let Some(p) = &l.position {
         p.validate()
             .map_err(|e| refuse(RejectReason::Malformed, format!("position: {e}")))?;
