@@ -231,18 +231,29 @@ impl PhoneClient {
                     });
                 }
                 Ok(None) => return Err(PhoneError::Closed),
-                Ok(Some(LinkEvent::Message { topic, payload })) if topic == self.push_topic => {
-                    if let Some(claims) = self.verified(&payload) {
+                Ok(Some(event)) => {
+                    if let Some(claims) = self.take_event(event) {
                         self.keep(claims);
                     }
                 }
-                Ok(Some(LinkEvent::Message { topic, payload })) if topic == topics::HUB_KEYS => {
-                    self.key_set(&payload);
-                }
-                Ok(Some(_)) => {}
             }
         }
         Ok(())
+    }
+
+    /// Handles one link event: a key set is applied, a push verified and returned; anything
+    /// else (up and down show in `link.is_up()`, other topics are not ours) is `None`.
+    fn take_event(&mut self, event: LinkEvent) -> Option<Claims<PhonePush>> {
+        match event {
+            LinkEvent::Message { topic, payload } if topic == self.push_topic => {
+                self.verified(&payload)
+            }
+            LinkEvent::Message { topic, payload } if topic == topics::HUB_KEYS => {
+                self.key_set(&payload);
+                None
+            }
+            _ => None,
+        }
     }
 
     /// A push verified, or `None` (counted and logged) when it fails verification.
@@ -299,15 +310,11 @@ impl PhoneClient {
         let deadline = Instant::now() + wait;
         while !self.key_set_seen {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(LinkEvent::Message { topic, payload })) if topic == topics::HUB_KEYS => {
-                    self.key_set(&payload);
-                }
-                Ok(Some(LinkEvent::Message { topic, payload })) if topic == self.push_topic => {
-                    if let Some(claims) = self.verified(&payload) {
+                Ok(Some(event)) => {
+                    if let Some(claims) = self.take_event(event) {
                         self.keep(claims);
                     }
                 }
-                Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return,
             }
         }
@@ -372,7 +379,7 @@ impl PhoneClient {
         let deadline = Instant::now() + timeout;
         let rejected_before = self.rejected;
         loop {
-            let bytes = match tokio::time::timeout_at(deadline, self.events.recv()).await {
+            let event = match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Err(_) => {
                     let refused = self.rejected - rejected_before;
                     return Err(match &self.last_refusal {
@@ -389,17 +396,9 @@ impl PhoneClient {
                     });
                 }
                 Ok(None) => return Err(PhoneError::Closed),
-                Ok(Some(LinkEvent::Message { topic, payload })) if topic == self.push_topic => {
-                    payload
-                }
-                Ok(Some(LinkEvent::Message { topic, payload })) if topic == topics::HUB_KEYS => {
-                    self.key_set(&payload);
-                    continue;
-                }
-                // Up and down show in `link.is_up()`; other topics are not ours to read.
-                Ok(Some(_)) => continue,
+                Ok(Some(event)) => event,
             };
-            let Some(claims) = self.verified(&bytes) else {
+            let Some(claims) = self.take_event(event) else {
                 continue;
             };
             if matches(&claims) {
