@@ -10,6 +10,7 @@
 //! - [`store`]: SQLite journal, order records (write-ahead), outbox, counters.
 //! - [`runtime`]: the tokio tasks (camera, MQTT link, outbox, core) and [`Agent::start`].
 //! - [`config`]: the TOML configuration.
+//! - [`doctor`]: `qrcash-agent doctor`, the installer's self-check.
 //!
 //! ```no_run
 //! # async fn demo(cfg: qrcash_agent::AgentConfig,
@@ -28,6 +29,7 @@
 
 pub mod config;
 pub mod dispense;
+pub mod doctor;
 pub mod error;
 pub mod inbound;
 pub mod runtime;

@@ -2,9 +2,11 @@
 //!
 //! `keygen` makes the ATM's signing key and prints the public JWK for enrolment at the hub;
 //! `run` runs the agent; `decode FILE...` reads QR codes from images (camera checks);
-//! `journal export` writes the electronic journal; `status` reads the database.
+//! `journal export` writes the electronic journal; `status` reads the database; `doctor`
+//! checks the board's set-up.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -67,6 +69,21 @@ enum Command {
     },
     /// Print the agent's state from its database (JSON).
     Status,
+    /// Check the board's set-up and explain each finding: configuration, keys and their
+    /// permissions, TLS files, database and disk, outbox, broker, hub, clock, camera and
+    /// dispenser. Exits 1 when a check fails. Run it as the agent's user; with the agent
+    /// running, the camera and dispenser are left to it.
+    Doctor {
+        /// Print the findings as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Seconds to watch the camera.
+        #[arg(long, default_value_t = 2.0)]
+        camera_seconds: f64,
+        /// Seconds to wait for the broker and for the hub's answer.
+        #[arg(long, default_value_t = 10)]
+        hub_timeout: u64,
+    },
     /// The notes in each cassette, as the agent counts them (kept in its database: a
     /// restart never resets them from the configuration).
     Cassettes {
@@ -94,6 +111,7 @@ enum DeadLetterCommand {
     /// Remove one, by its `jti`, after dealing with what the hub refused.
     Clear {
         /// The message's `jti`.
+        #[arg(allow_hyphen_values = true)]
         jti: String,
     },
 }
@@ -106,7 +124,8 @@ enum HubKeyCommand {
     /// hub's key set; takes effect when the agent next starts. A key in `hub_keys` is
     /// removed from the configuration instead.
     Forget {
-        /// The key id.
+        /// The key id (base64url: it may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         kid: String,
     },
 }
@@ -245,6 +264,33 @@ fn main() -> Result<()> {
                 eprintln!("hub key {kid} forgotten; restart the agent for it to take effect");
             }
             println!("{}", serde_json::to_string_pretty(&hub_keys_json(&trust))?);
+            Ok(())
+        }
+        Command::Doctor {
+            json,
+            camera_seconds,
+            hub_timeout,
+        } => {
+            let options = qrcash_agent::doctor::Options {
+                camera_window: Duration::try_from_secs_f64(camera_seconds)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .context("--camera-seconds must be a positive number")?,
+                hub_timeout: Duration::from_secs(hub_timeout.max(1)),
+            };
+            let report = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(qrcash_agent::doctor::examine(&cli.config, &options));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            if !report.healthy() {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Status => {
@@ -414,8 +460,7 @@ fn status(store: &mut Store, cfg: &AgentConfig, now: u64) -> Result<serde_json::
     let alive_at = at(store, "alive_at")?;
     let stopped_at = at(store, "stopped_at")?;
     // The running agent writes `alive_at` every 5 s; a killed one stops writing it.
-    let running = alive_at.is_some_and(|a| now.saturating_sub(a) <= 15)
-        && stopped_at.is_none_or(|s| Some(s) < alive_at);
+    let running = qrcash_agent::runtime::agent_alive(alive_at, stopped_at, now);
     let hub_heard_at = at(store, "hub_heard_at")?;
     // The hub answers every heartbeat: silence for two of them means it is not reachable.
     let hub_window = cfg.timing.heartbeat_s.saturating_mul(2).saturating_add(10);

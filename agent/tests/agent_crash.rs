@@ -5,106 +5,15 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use qrcash_agent::store::{JournalKind, Store};
 use qrcash_protocol::messages::{AtmDown, AtmUp, AwaitConfirmation, DispenseOutcome};
 use qrcash_protocol::{Amount, Clock, Currency, SystemClock, TxId};
-use support::{Rig, ScriptedHub, order};
+use support::{Rig, ScriptedHub, cli, config_file, order, spawn_agent, wait_exit, write_png};
 
 const T: Duration = Duration::from_secs(30);
-
-fn write_png(path: &std::path::Path, text: Option<&str>) {
-    let img = match text {
-        Some(t) => qrcode::QrCode::new(t)
-            .unwrap()
-            .render::<image::Luma<u8>>()
-            .module_dimensions(6, 6)
-            .build(),
-        None => image::ImageBuffer::from_pixel(200, 200, image::Luma([200u8])),
-    };
-    let tmp = path.with_extension("tmp.png");
-    img.save(&tmp).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn config_file(rig: &Rig) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-atm_id = "{atm}"
-key_file = "{key}"
-hub_keys = ["{hub}"]
-database = "{db}"
-
-[[cassettes]]
-denomination = 10000
-notes = 100
-
-[[cassettes]]
-denomination = 1000
-notes = 100
-
-[broker]
-url = "{url}"
-
-[camera]
-kind = "files"
-path = "{png}"
-looping = true
-
-[dispenser]
-port = "{port}"
-model = "lcdm-2000"
-journal = "{journal}"
-
-[outbox]
-resend_initial_ms = 200
-resend_max_ms = 1000
-
-[timing]
-min_frame_interval_ms = 50
-"#,
-        atm = support::ATM,
-        key = rig.path("atm.jwk").display(),
-        hub = rig.path("hub.pub.jwk").display(),
-        db = rig.path("agent.db").display(),
-        url = rig.broker.url(),
-        png = rig.path("code.png").display(),
-        port = rig.sim.port_path(),
-        journal = rig.path("dispenser-journal.json").display(),
-    );
-    let path = rig.path("agent.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn spawn_agent(config: &std::path::Path, crash_at: Option<&str>) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qrcash-agent"));
-    cmd.arg("--config").arg(config).arg("run");
-    cmd.env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    cmd.env_remove(qrcash_agent::runtime::CRASH_ENV);
-    if let Some(step) = crash_at {
-        cmd.env(qrcash_agent::runtime::CRASH_ENV, step);
-    }
-    cmd.spawn().expect("qrcash-agent binary")
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent did not crash in time"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Runs one session up to the order with the agent set to crash at `step`; restarts it;
 /// returns the recovered report and the hub for further checks.
@@ -308,22 +217,6 @@ async fn next_presented(hub: &mut ScriptedHub, rig: &Rig) -> qrcash_protocol::Cl
             return claims;
         }
     }
-}
-
-/// Runs the real binary with `--config config` and `args`: (success, stdout, stderr).
-fn cli(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qrcash-agent"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("qrcash-agent binary");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The technician's cassette commands on the real binary: the counts come from the agent's

@@ -10,8 +10,7 @@ use qrcash_agent::{Agent, AgentEvent};
 use qrcash_hardware::camera::{SyntheticCamera, SyntheticScene};
 use qrcash_protocol::messages::{AtmDown, AtmUp, AwaitConfirmation, DispenseOutcome};
 use qrcash_protocol::{Amount, Clock, Currency, SystemClock, TxId, topics};
-use qrcash_testsupport::broker::{Mosquitto, MosquittoConfig};
-use qrcash_testsupport::pki::{PRODUCTION_ACL, TestPki};
+use qrcash_testsupport::pki::TestPki;
 use support::{ATM, Rig, ScriptedHub, order, wait_event};
 
 const T: Duration = Duration::from_secs(20);
@@ -19,11 +18,7 @@ const T: Duration = Duration::from_secs(20);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn withdrawal_over_tls_with_client_certificates_and_the_production_acl() {
     let pki = TestPki::default();
-    let broker = Mosquitto::start_with(MosquittoConfig {
-        tls: Some(pki.broker_tls()),
-        acl: Some(PRODUCTION_ACL.to_owned()),
-        ..MosquittoConfig::default()
-    });
+    let broker = pki.locked_down_broker();
     let url = broker.url();
     let rig = Rig::with_broker(
         broker,

@@ -14,11 +14,7 @@ use qrcash_tests::pki::{PRODUCTION_ACL, PRODUCTION_BROKER_CONF, TestPki};
 use rumqttc::{Event, Packet, QoS, SubscribeReasonCode};
 
 fn locked_down(pki: &TestPki) -> Mosquitto {
-    Mosquitto::start_with(MosquittoConfig {
-        tls: Some(pki.broker_tls()),
-        acl: Some(PRODUCTION_ACL.to_owned()),
-        ..MosquittoConfig::default()
-    })
+    pki.locked_down_broker()
 }
 
 async fn client(pki: &TestPki, broker: &Mosquitto, cn: &str) -> TestClient {

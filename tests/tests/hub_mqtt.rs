@@ -17,8 +17,8 @@ use qrcash_protocol::messages::{
     RegisterWithdrawal,
 };
 use qrcash_protocol::{Amount, Currency, RejectReason};
-use qrcash_tests::broker::{Mosquitto, MosquittoConfig};
-use qrcash_tests::pki::{PRODUCTION_ACL, TestPki};
+use qrcash_tests::broker::Mosquitto;
+use qrcash_tests::pki::TestPki;
 
 fn setup(rig: &mut qrcash_hub::testkit::Rig) -> Vec<TestDevice> {
     rig.account("hanako", 100_000);
@@ -137,11 +137,7 @@ async fn a_withdrawal_over_mosquitto() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withdrawal_over_mosquitto_with_tls_client_certificates_and_the_acl() {
     let pki = TestPki::default();
-    let broker = Mosquitto::start_with(MosquittoConfig {
-        tls: Some(pki.broker_tls()),
-        acl: Some(PRODUCTION_ACL.to_owned()),
-        ..MosquittoConfig::default()
-    });
+    let broker = pki.locked_down_broker();
     let url = broker.url();
     withdrawal(|cn| pki.client_config(&url, cn)).await;
 }

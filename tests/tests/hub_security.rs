@@ -10,8 +10,7 @@ use hub_common::{Net, Peer};
 use qrcash_hub::testkit::TestDevice;
 use qrcash_protocol::messages::{AtmDown, AtmUp, CodePresented, Heartbeat};
 use qrcash_protocol::{RejectReason, TxId};
-use qrcash_tests::broker::{Mosquitto, MosquittoConfig};
-use qrcash_tests::pki::{PRODUCTION_ACL, TestPki};
+use qrcash_tests::pki::TestPki;
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -27,11 +26,7 @@ fn beat() -> AtmUp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_enrolled_keys_get_answers_even_from_allowed_clients() {
     let pki = TestPki::default();
-    let broker = Mosquitto::start_with(MosquittoConfig {
-        tls: Some(pki.broker_tls()),
-        acl: Some(PRODUCTION_ACL.to_owned()),
-        ..MosquittoConfig::default()
-    });
+    let broker = pki.locked_down_broker();
     let url = broker.url();
     let (net, devices) = Net::start(pki.client_config(&url, "hub"), "hub", |rig| {
         vec![rig.atm("atm-1"), rig.atm("atm-2")]

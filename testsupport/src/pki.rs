@@ -126,6 +126,16 @@ impl TestPki {
         }
     }
 
+    /// A private Mosquitto as production runs it: TLS with client certificates from this
+    /// CA (the CN is the username) and the production ACL.
+    pub fn locked_down_broker(&self) -> crate::broker::Mosquitto {
+        crate::broker::Mosquitto::start_with(crate::broker::MosquittoConfig {
+            tls: Some(self.broker_tls()),
+            acl: Some(PRODUCTION_ACL.to_owned()),
+            ..crate::broker::MosquittoConfig::default()
+        })
+    }
+
     /// The folder holding the files.
     pub fn dir(&self) -> &Path {
         self.dir.path()

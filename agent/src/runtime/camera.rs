@@ -10,8 +10,12 @@ use qrcash_hardware::scan::{PayloadFilter, ScanConfig, Scanner};
 use qrcash_protocol::token;
 use tokio::sync::mpsc;
 
-/// Scans frames until `stop`, the source runs out, or the core stops listening; at most one
-/// frame per `min_interval`.
+/// The scanner settings of the live camera: [`ScanConfig::live`], keeping withdrawal codes
+/// only. `qrcash-agent doctor` looks through the same ones.
+pub fn live_scan_config() -> ScanConfig {
+    ScanConfig::live(PayloadFilter::new(token::looks_like_token))
+}
+
 /// What the camera thread reports for `qrcash-agent status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub(super) struct CameraHealth {
@@ -23,6 +27,8 @@ pub(super) struct CameraHealth {
     pub last_error: Option<String>,
 }
 
+/// Scans frames until `stop`, the source runs out, or the core stops listening; at most one
+/// frame per `min_interval`.
 pub(super) fn camera_loop(
     mut frames: Box<dyn FrameSource>,
     scans: mpsc::Sender<String>,
@@ -30,19 +36,7 @@ pub(super) fn camera_loop(
     min_interval: Duration,
     health: Arc<std::sync::Mutex<CameraHealth>>,
 ) {
-    let mut scanner = Scanner::new(ScanConfig {
-        filter: PayloadFilter::new(token::looks_like_token),
-        // The expensive passes (double resolution, rqrr's search: ~35 ms on an empty
-        // 1280x720 frame, against ~1 ms for the fast ones) run on every 4th frame only: a
-        // code held up to the camera stays for many frames, and a small board keeps its
-        // frame rate while nobody is there.
-        slow_search_every: 4,
-        // A phone held up to an ATM's camera shows its code at several pixels per module;
-        // the double-resolution pass for tiny codes would only cost memory (frame buffers
-        // four times the frame) on a board where every megabyte counts.
-        upsample_fallback: false,
-        ..ScanConfig::default()
-    });
+    let mut scanner = Scanner::new(live_scan_config());
     let mut frame = LumaFrame::default();
     while !stop.load(Ordering::SeqCst) {
         let started = std::time::Instant::now();

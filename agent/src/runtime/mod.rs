@@ -58,6 +58,16 @@ pub const OUTBOX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// committed, report not yet sent); and `before_applying_ack` (a hub `Ack` verified, not
 /// yet applied).
 pub use qrcash_hardware::dispenser::CRASH_ENV;
+
+pub use camera::live_scan_config;
+
+/// Whether an agent runs on a database whose liveness figures are `alive_at` and
+/// `stopped_at` (`qrcash-agent status`): a running agent records that it is alive every
+/// 5 s, so three missed records mean it is gone; a clean stop says so at once.
+pub fn agent_alive(alive_at: Option<u64>, stopped_at: Option<u64>, now: u64) -> bool {
+    alive_at.is_some_and(|a| now.saturating_sub(a) <= 3 * self::core::LIVENESS_EVERY_S)
+        && stopped_at.is_none_or(|s| Some(s) < alive_at)
+}
 use qrcash_hardware::dispenser::crash_point;
 
 /// What the agent reports to observers (status output, tests, the demo).

@@ -56,6 +56,16 @@ impl Store {
             .unwrap_or(0))
     }
 
+    /// Spends the next `seq` on a message that does not go through the outbox (the
+    /// doctor's probe heartbeat): committed before it is used, so the agent never reuses it,
+    /// even while it runs on the same database.
+    pub fn reserve_seq(&mut self) -> Result<u64, StoreError> {
+        let tx = self.conn().transaction()?;
+        let seq = next_seq(&tx)?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
     /// The hub's replay window as last accepted.
     pub fn hub_window(&mut self) -> Result<SenderWindow, StoreError> {
         match get(self.conn(), HUB_WINDOW)? {

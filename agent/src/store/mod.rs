@@ -122,6 +122,20 @@ impl Store {
         Ok(Store { conn, bounds })
     }
 
+    /// What SQLite's `quick_check` finds wrong with the file: nothing for a sound database.
+    pub fn integrity_problems(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare("PRAGMA quick_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut problems = Vec::new();
+        for row in rows {
+            let row = row?;
+            if row != "ok" {
+                problems.push(row);
+            }
+        }
+        Ok(problems)
+    }
+
     /// The outbox bounds in force.
     pub fn bounds(&self) -> OutboxBounds {
         self.bounds

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use qrcash_agent::AgentConfig;
@@ -283,4 +284,111 @@ pub async fn wait_event(
             Err(_) => panic!("no {what} within {timeout:?}"),
         }
     }
+}
+
+pub fn write_png(path: &std::path::Path, text: Option<&str>) {
+    let img = match text {
+        Some(t) => qrcode::QrCode::new(t)
+            .unwrap()
+            .render::<image::Luma<u8>>()
+            .module_dimensions(6, 6)
+            .build(),
+        None => image::ImageBuffer::from_pixel(200, 200, image::Luma([200u8])),
+    };
+    let tmp = path.with_extension("tmp.png");
+    img.save(&tmp).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+pub fn config_file(rig: &Rig) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+atm_id = "{atm}"
+key_file = "{key}"
+hub_keys = ["{hub}"]
+database = "{db}"
+
+[[cassettes]]
+denomination = 10000
+notes = 100
+
+[[cassettes]]
+denomination = 1000
+notes = 100
+
+[broker]
+url = "{url}"
+
+[camera]
+kind = "files"
+path = "{png}"
+looping = true
+
+[dispenser]
+port = "{port}"
+model = "lcdm-2000"
+journal = "{journal}"
+
+[outbox]
+resend_initial_ms = 200
+resend_max_ms = 1000
+
+[timing]
+min_frame_interval_ms = 50
+"#,
+        atm = ATM,
+        key = rig.path("atm.jwk").display(),
+        hub = rig.path("hub.pub.jwk").display(),
+        db = rig.path("agent.db").display(),
+        url = rig.broker.url(),
+        png = rig.path("code.png").display(),
+        port = rig.sim.port_path(),
+        journal = rig.path("dispenser-journal.json").display(),
+    );
+    let path = rig.path("agent.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn spawn_agent(config: &std::path::Path, crash_at: Option<&str>) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qrcash-agent"));
+    cmd.arg("--config").arg(config).arg("run");
+    cmd.env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd.env_remove(qrcash_agent::runtime::CRASH_ENV);
+    if let Some(step) = crash_at {
+        cmd.env(qrcash_agent::runtime::CRASH_ENV, step);
+    }
+    cmd.spawn().expect("qrcash-agent binary")
+}
+
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not crash in time"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the real binary with `--config config` and `args`: (success, stdout, stderr).
+pub fn cli(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_qrcash-agent"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("qrcash-agent binary");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -12,6 +12,7 @@ mod config;
 pub mod convert;
 mod files;
 mod frame;
+pub mod quality;
 pub mod render;
 mod synthetic;
 #[cfg(feature = "v4l")]
