@@ -77,11 +77,11 @@ enum Command {
         /// Print the findings as JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Seconds to watch the camera.
+        /// Seconds to watch the camera (0.1 to 60).
         #[arg(long, default_value_t = 2.0)]
         camera_seconds: f64,
-        /// Seconds to wait for the broker and for the hub's answer.
-        #[arg(long, default_value_t = 10)]
+        /// Seconds to wait for the broker and for the hub's answer (1 to 300).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
         hub_timeout: u64,
     },
     /// The notes in each cassette, as the agent counts them (kept in its database: a
@@ -274,15 +274,18 @@ fn main() -> Result<()> {
             let options = qrcash_agent::doctor::Options {
                 camera_window: Duration::try_from_secs_f64(camera_seconds)
                     .ok()
-                    .filter(|d| !d.is_zero())
-                    .context("--camera-seconds must be a positive number")?,
-                hub_timeout: Duration::from_secs(hub_timeout.max(1)),
+                    .filter(|d| (0.1..=60.0).contains(&d.as_secs_f64()))
+                    .context("--camera-seconds must be between 0.1 and 60")?,
+                hub_timeout: Duration::from_secs(hub_timeout),
             };
-            let report = tokio::runtime::Builder::new_multi_thread()
+            let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
-                .context("starting the async runtime")?
-                .block_on(qrcash_agent::doctor::examine(&cli.config, &options));
+                .context("starting the async runtime")?;
+            let report = runtime.block_on(qrcash_agent::doctor::examine(&cli.config, &options));
+            // A camera or serial read that never returned (and timed out) must not keep the
+            // doctor from answering: dropping the runtime would wait for it.
+            runtime.shutdown_background();
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -73,9 +73,9 @@ async fn doctor(config: &Path, hub: Option<&mut ScriptedHub>) -> Run {
                 "doctor",
                 "--json",
                 "--camera-seconds",
-                "0.5",
+                "1",
                 "--hub-timeout",
-                "3",
+                "5",
             ])
             .env("RUST_LOG", "warn")
             .output()
@@ -137,6 +137,7 @@ async fn a_sound_board_is_ready_and_every_line_says_why() {
         "hub keys",
         "database",
         "outbox",
+        "orders",
         "broker",
         "hub",
         "clock",
@@ -175,7 +176,7 @@ async fn a_sound_board_is_ready_and_every_line_says_why() {
     // The table: one line per check, each warning's fix under it, the verdict last.
     let mut runner = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || cli(&config, &["doctor", "--camera-seconds", "0.5"]))
+        tokio::task::spawn_blocking(move || cli(&config, &["doctor", "--camera-seconds", "1"]))
     };
     let (ok, table, err) = loop {
         tokio::select! {
@@ -240,11 +241,13 @@ async fn each_fault_is_named_on_its_line_and_fails_the_run() {
     );
     assert!(run.fix("dispenser").contains("dialout"));
 
-    // The broker is down (nothing listens on its port).
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_url = format!("mqtt://127.0.0.1:{}", closed.local_addr().unwrap().port());
-    drop(closed);
-    let dead_broker = variant(&rig, "dead-broker.toml", &rig.broker.url(), &dead_url);
+    // The broker is down (nothing listens on port 1, and only root could take it).
+    let dead_broker = variant(
+        &rig,
+        "dead-broker.toml",
+        &rig.broker.url(),
+        "mqtt://127.0.0.1:1",
+    );
     let run = doctor(&dead_broker, Some(&mut hub)).await;
     run.fails_only("broker");
     assert!(
@@ -362,6 +365,11 @@ async fn with_the_agent_running_the_devices_are_left_to_it() {
         );
     }
     let run = doctor(&config, Some(&mut hub)).await;
+    // The agent kept its own connection and the hub (the doctor connects under another id).
+    let (_, out, _) = cli(&config, &["status"]);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["agent"]["running"], true, "{status:#}");
+    assert_eq!(status["link"]["value"], "up", "{status:#}");
     let _ = Command::new("kill")
         .args(["-INT", &agent.id().to_string()])
         .status();
@@ -379,9 +387,16 @@ async fn with_the_agent_running_the_devices_are_left_to_it() {
         run.detail("camera").contains("frames"),
         "the agent's own figures"
     );
-    // The doctor's own connection and heartbeat do not disturb the agent's.
+    // The broker is the doctor's own connection; the hub is what the agent heard; the clock
+    // is measured only with the agent stopped (two heartbeats would race).
     assert_eq!(run.verdict("broker"), "ok");
-    assert_eq!(run.verdict("hub"), "ok");
+    assert_eq!(run.verdict("hub"), "ok", "{:#}", run.report);
+    assert!(
+        run.detail("hub").contains("the running agent heard"),
+        "{}",
+        run.detail("hub")
+    );
+    assert_eq!(run.verdict("clock"), "skipped");
 }
 
 /// Over TLS with the production ACL: the certificate files are read (its CN must be this

@@ -6,8 +6,10 @@
 //! dispenser) and calls the judgements here; nothing here does I/O.
 //!
 //! Not here: repairs. The doctor changes nothing on the board except what the agent would do
-//! itself at start (the database is opened, created or migrated as the agent opens it) and
-//! one sequence number, spent on the heartbeat that measures the hub's reachability and clock.
+//! itself at start (the database is opened, created or migrated, and its files tightened to
+//! 0600, as the agent opens it; only as the user that owns it) and one sequence number, spent
+//! on the heartbeat that measures the hub's reachability and clock (only with no agent
+//! running, and only when it cannot overtake messages waiting in the outbox).
 
 pub mod probe;
 
@@ -176,7 +178,11 @@ impl Report {
 /// cannot forge another row).
 fn one_line(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            // Bidirectional overrides could make a row read in another order.
+            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || bidi { ' ' } else { c }
+        })
         .collect()
 }
 
@@ -301,8 +307,8 @@ pub const BLURRED: f64 = 30.0;
 /// Fewer frames a second than this and customers wait for the camera.
 pub const MIN_FPS: f64 = 5.0;
 
-/// What the camera delivered in `window`: `frames` frames (and the quality of the last one),
-/// `errors` failed reads, and the code in view, if any.
+/// What the camera delivered: `frames` frames in `window` of waiting for them (and the
+/// quality of the last one), `errors` failed reads, and the code in view, if any.
 pub fn judge_camera(
     frames: u64,
     errors: u64,
@@ -519,6 +525,15 @@ mod tests {
                 "a code was read, so the view is good enough"
             );
         }
+    }
+
+    #[test]
+    fn hostile_text_cannot_forge_or_reorder_rows() {
+        let mut r = Report::default();
+        r.push(Finding::ok("camera", "x\nok  clock  fine\u{202e}enif"));
+        let t = r.table();
+        assert_eq!(t.lines().count(), 3, "{t}");
+        assert!(!t.contains('\u{202e}'));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use qrcash_hardware::dispenser::{DispenseOutcome as DeviceOutcome, DispenserError, Recovery};
 use qrcash_io::link::LinkEvent;
 use qrcash_protocol::keyset::HubTrust;
-use qrcash_protocol::messages::{AtmDown, AtmUp, CassetteState, CassetteStatus, Heartbeat};
+use qrcash_protocol::messages::{AtmDown, AtmUp, Heartbeat};
 use qrcash_protocol::replay::SenderWindow;
 use qrcash_protocol::{Clock, OrderId, TxId, topics};
 use serde_json::json;
@@ -611,22 +611,7 @@ impl Core {
         };
         let hb = Heartbeat {
             state: self.session.atm_state(),
-            cassettes: self
-                .cassettes
-                .iter()
-                .map(|d| {
-                    let notes = kept.iter().find(|(k, _)| k == d).map_or(0, |(_, n)| *n);
-                    CassetteStatus {
-                        denomination: *d,
-                        notes,
-                        state: if notes == 0 {
-                            CassetteState::Empty
-                        } else {
-                            CassetteState::Ok
-                        },
-                    }
-                })
-                .collect(),
+            cassettes: super::heartbeat_cassettes(&self.cassettes, &kept),
             outbox: u32::try_from(outbox).unwrap_or(u32::MAX),
             software: env!("CARGO_PKG_VERSION").into(),
         };

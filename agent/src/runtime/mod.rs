@@ -61,6 +61,30 @@ pub use qrcash_hardware::dispenser::CRASH_ENV;
 
 pub use camera::live_scan_config;
 
+/// The cassettes a heartbeat reports: each configured denomination, in position order, with
+/// the kept count (`store::cassettes`; none kept is empty).
+pub fn heartbeat_cassettes(
+    configured: &[u64],
+    kept: &[(u64, u32)],
+) -> Vec<qrcash_protocol::messages::CassetteStatus> {
+    use qrcash_protocol::messages::{CassetteState, CassetteStatus};
+    configured
+        .iter()
+        .map(|d| {
+            let notes = kept.iter().find(|(k, _)| k == d).map_or(0, |(_, n)| *n);
+            CassetteStatus {
+                denomination: *d,
+                notes,
+                state: if notes == 0 {
+                    CassetteState::Empty
+                } else {
+                    CassetteState::Ok
+                },
+            }
+        })
+        .collect()
+}
+
 /// Whether an agent runs on a database whose liveness figures are `alive_at` and
 /// `stopped_at` (`qrcash-agent status`): a running agent records that it is alive every
 /// 5 s, so three missed records mean it is gone; a clean stop says so at once.

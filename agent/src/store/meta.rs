@@ -57,13 +57,22 @@ impl Store {
     }
 
     /// Spends the next `seq` on a message that does not go through the outbox (the
-    /// doctor's probe heartbeat): committed before it is used, so the agent never reuses it,
-    /// even while it runs on the same database.
-    pub fn reserve_seq(&mut self) -> Result<u64, StoreError> {
-        let tx = self.conn().transaction()?;
+    /// doctor's probe heartbeat), unless it would run `span` or more ahead of the oldest
+    /// message waiting in the outbox (`None`): arriving first, it would move the hub's
+    /// replay window past that message. Committed before it is used, in one write
+    /// transaction with the check, so the agent never reuses it even while it runs.
+    pub fn reserve_probe_seq(&mut self, span: u64) -> Result<Option<u64>, StoreError> {
+        let tx = self
+            .conn()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let seq = next_seq(&tx)?;
+        if let Some(oldest) = super::outbox::oldest_waiting_seq(&tx)?
+            && seq.saturating_sub(oldest) >= span
+        {
+            return Ok(None); // rolled back: the number is not spent
+        }
         tx.commit()?;
-        Ok(seq)
+        Ok(Some(seq))
     }
 
     /// The hub's replay window as last accepted.

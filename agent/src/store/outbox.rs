@@ -7,7 +7,7 @@
 
 use qrcash_protocol::SenderWindow;
 use qrcash_protocol::messages::RejectReason;
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, journal, meta};
@@ -117,6 +117,26 @@ fn stats(conn: &Connection, bounds: OutboxBounds) -> Result<OutboxStats, StoreEr
         oldest_created_at: oldest.map(|o| o.max(0) as u64),
         full: messages >= bounds.max_messages || bytes >= bounds.max_bytes,
     })
+}
+
+/// The `seq` of the oldest message waiting in the outbox (messages are queued in `seq`
+/// order), read from its sealed claims.
+pub(crate) fn oldest_waiting_seq(conn: &Connection) -> Result<Option<u64>, StoreError> {
+    let sealed: Option<String> = conn
+        .query_row("SELECT sealed FROM outbox ORDER BY id LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    let Some(sealed) = sealed else {
+        return Ok(None);
+    };
+    let claims = qrcash_protocol::Sealed::parse(sealed.as_bytes(), usize::MAX)
+        .and_then(|s| s.peek::<serde_json::Value>())
+        .map_err(|e| StoreError::Corrupt {
+            what: "outbox message",
+            detail: e.to_string(),
+        })?;
+    Ok(Some(claims.seq))
 }
 
 /// Queues a message inside the caller's transaction: reserves the next `seq`, lets `seal`
@@ -368,6 +388,52 @@ mod tests {
             kind,
             sealed: format!("sealed-{seq}-{}", "x".repeat(10)),
         }
+    }
+
+    /// A real sealed message with `seq` (the probe reads the oldest one's claims).
+    fn sealed(kind: &'static str) -> impl FnOnce(u64) -> Outgoing {
+        move |seq| {
+            let signer =
+                qrcash_protocol::Signer::new("atm-1", qrcash_protocol::PrivateKey::generate());
+            let claims = qrcash_protocol::Claims::new(
+                "atm-1",
+                "hub",
+                seq,
+                1,
+                std::time::Duration::from_secs(60),
+                serde_json::json!({ "type": kind }),
+            );
+            Outgoing {
+                jti: claims.jti.clone(),
+                kind,
+                sealed: signer.seal(&claims),
+            }
+        }
+    }
+
+    #[test]
+    fn a_probe_seq_never_overtakes_a_waiting_message_by_the_span_and_is_never_reused() {
+        let (_dir, mut s) = testing::store();
+        // An empty outbox: nothing to overtake.
+        assert_eq!(s.reserve_probe_seq(4).unwrap(), Some(1));
+        let waiting = s
+            .enqueue(Priority::Critical, 5, sealed("DispenseReport"))
+            .unwrap();
+        assert_eq!(oldest_waiting_seq(s.conn()).unwrap(), Some(2));
+        // Within the span of the waiting message (seq 2): 3, 4, 5.
+        for want in 3..=5 {
+            assert_eq!(s.reserve_probe_seq(4).unwrap(), Some(want));
+        }
+        // 6 would be 4 ahead: refused, and the number is not spent.
+        assert_eq!(s.reserve_probe_seq(4).unwrap(), None);
+        assert_eq!(s.last_seq().unwrap(), 5);
+        let next = s.enqueue(Priority::Normal, 6, sealed("Heartbeat")).unwrap();
+        assert!(next.sealed.len() > 10);
+        assert_eq!(s.last_seq().unwrap(), 6, "the agent's next message takes 6");
+        // Once the waiting message is delivered, the probe may go on.
+        s.ack(std::slice::from_ref(&waiting.jti), 7).unwrap();
+        assert_eq!(oldest_waiting_seq(s.conn()).unwrap(), Some(6));
+        assert_eq!(s.reserve_probe_seq(4).unwrap(), Some(7));
     }
 
     #[test]
