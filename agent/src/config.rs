@@ -159,6 +159,17 @@ impl AgentConfig {
         Self::parse(&text).map_err(|e| AgentError::Config(format!("{}: {e}", path.display())))
     }
 
+    /// Parses and checks TOML text of a board not enrolled yet: as [`AgentConfig::parse`],
+    /// but `hub_keys` may be empty (`qrcash-agent enrol` fills it).
+    pub fn parse_unenrolled(text: &str) -> Result<Self, String> {
+        let mut cfg: AgentConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let keys = std::mem::take(&mut cfg.hub_keys);
+        cfg.hub_keys = vec![PathBuf::new()];
+        cfg.validate()?;
+        cfg.hub_keys = keys;
+        Ok(cfg)
+    }
+
     /// Parses and checks TOML text.
     pub fn parse(text: &str) -> Result<Self, String> {
         let cfg: AgentConfig = toml::from_str(text).map_err(|e| e.to_string())?;

@@ -11,6 +11,7 @@
 //! - [`runtime`]: the tokio tasks (camera, MQTT link, outbox, core) and [`Agent::start`].
 //! - [`config`]: the TOML configuration.
 //! - [`doctor`]: `qrcash-agent doctor`, the installer's self-check.
+//! - [`enrol`]: `qrcash-agent enrol`, enrolment by a one-time code.
 //!
 //! ```no_run
 //! # async fn demo(cfg: qrcash_agent::AgentConfig,
@@ -30,6 +31,7 @@
 pub mod config;
 pub mod dispense;
 pub mod doctor;
+pub mod enrol;
 pub mod error;
 pub mod inbound;
 pub mod runtime;

@@ -57,6 +57,26 @@ enum Command {
     },
     /// Run the agent.
     Run,
+    /// Enrol this board with the hub by the one-time code the hub operator issued for its ATM
+    /// id (`qrcash-hub atm enrol-code`): proves the code without sending it, enrols the
+    /// board's key (made now if it has none), and writes the hub's keys, its id and the
+    /// broker it names into the configuration.
+    Enrol {
+        /// The code as shown (ABCD-EFGH-IJKL-MNOP); without it, the QR code is read with the
+        /// camera.
+        #[arg(long)]
+        code: Option<String>,
+        /// Seconds to look for the QR code.
+        #[arg(long, default_value_t = 120)]
+        scan_seconds: u64,
+        /// Make a new key even though the board has one (refused while its outbox holds
+        /// messages signed by the old one).
+        #[arg(long)]
+        new_key: bool,
+        /// Seconds to wait for the hub's answer.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Decode QR codes in image files (checks the camera pipeline on stills).
     Decode {
         /// Image files (PNG, JPEG).
@@ -264,6 +284,46 @@ fn main() -> Result<()> {
                 eprintln!("hub key {kid} forgotten; restart the agent for it to take effect");
             }
             println!("{}", serde_json::to_string_pretty(&hub_keys_json(&trust))?);
+            Ok(())
+        }
+        Command::Enrol {
+            code,
+            scan_seconds,
+            new_key,
+            timeout,
+        } => {
+            let options = qrcash_agent::enrol::Options {
+                code,
+                scan_for: Duration::from_secs(scan_seconds.max(1)),
+                new_key,
+                timeout: Duration::from_secs(timeout.max(1)),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let outcome = runtime.block_on(qrcash_agent::enrol::run(&cli.config, &options));
+            runtime.shutdown_background();
+            let o = outcome?;
+            println!(
+                "ATM {} enrolled with key {} at hub {}",
+                o.atm_id, o.kid, o.learned.hub_id
+            );
+            for f in &o.hub_key_files {
+                println!("hub key written to {}", f.display());
+            }
+            if let Some(url) = o.learned.broker_urls.first() {
+                println!("broker set to {url}");
+            }
+            if let Some((here, hub)) = &o.cassette_mismatch {
+                println!(
+                    "WARNING: the configuration's cassettes {here:?} differ from the hub's {hub:?}: fix [[cassettes]] before starting the agent"
+                );
+            }
+            println!(
+                "{} updated; next: qrcash-agent doctor",
+                cli.config.display()
+            );
             Ok(())
         }
         Command::Doctor {

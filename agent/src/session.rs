@@ -743,8 +743,10 @@ impl Session {
                 )],
                 _ => vec![],
             },
-            // Acks and refusals concern the outbox; the shell handles them.
-            AtmDown::Ack(_) | AtmDown::Rejected(_) => vec![],
+            // Acks and refusals concern the outbox; the shell handles them. An enrolment
+            // answer concerns `qrcash-agent enrol`, which reads it itself: a running agent has
+            // nothing to do with it.
+            AtmDown::Ack(_) | AtmDown::Rejected(_) | AtmDown::Enrolled(_) => vec![],
         }
     }
 

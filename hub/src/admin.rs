@@ -276,23 +276,34 @@ pub struct NewAtm {
     pub denominations: Vec<u64>,
 }
 
-/// Enrols an ATM (or replaces its key and details when re-enrolled).
-pub fn enroll_atm(store: &mut Store, a: &NewAtm, now: u64) -> Result<(), AdminError> {
-    check_id("ATM id", &a.id)?;
-    if topics::RESERVED_IDS.contains(&a.id.as_str()) {
+/// An id an ATM may be enrolled under: valid, and not one the broker ACL reserves.
+fn check_atm_id(id: &str) -> Result<(), AdminError> {
+    check_id("ATM id", id)?;
+    if topics::RESERVED_IDS.contains(&id) {
         return Err(AdminError::Invalid(format!(
-            "ATM id {:?} is reserved (the broker ACL gives that certificate CN the hub's or the bridge's rights)",
-            a.id
+            "ATM id {id:?} is reserved (the broker ACL gives that certificate CN the hub's or the bridge's rights)"
         )));
     }
-    a.position
+    Ok(())
+}
+
+/// A place on the map and cassettes that can pay.
+fn check_place(position: &Position, denominations: &[u64]) -> Result<(), AdminError> {
+    position
         .validate()
         .map_err(|e| AdminError::Invalid(format!("position: {e}")))?;
-    if a.denominations.is_empty() || a.denominations.contains(&0) {
+    if denominations.is_empty() || denominations.contains(&0) {
         return Err(AdminError::Invalid(
             "list the cassette denominations (non-zero)".into(),
         ));
     }
+    Ok(())
+}
+
+/// Enrols an ATM (or replaces its key and details when re-enrolled).
+pub fn enroll_atm(store: &mut Store, a: &NewAtm, now: u64) -> Result<(), AdminError> {
+    check_atm_id(&a.id)?;
+    check_place(&a.position, &a.denominations)?;
     let key = PublicKey::from_jwk(&a.public_key).map_err(|e| AdminError::Invalid(e.to_string()))?;
     let jwk =
         serde_json::to_string(&key.to_jwk()).map_err(|e| AdminError::Invalid(e.to_string()))?;
@@ -320,6 +331,70 @@ pub fn enroll_atm(store: &mut Store, a: &NewAtm, now: u64) -> Result<(), AdminEr
     )?;
     tx.commit()?;
     Ok(())
+}
+
+/// How long an enrolment code stays valid at most (30 days).
+pub const MAX_ENROLMENT_VALIDITY_S: u64 = 30 * 86_400;
+
+/// Issues a one-time enrolment code for ATM `id` (`protocol::enrol`), valid for `valid_for_s`
+/// seconds, replacing any earlier code of that ATM. An ATM not enrolled yet needs `pending`
+/// (its place and cassettes, enrolled with the key the board brings); an enrolled one keeps
+/// its place and gets the board's key (a replaced board, or a re-keyed one). The hub keeps
+/// only the code's proof key; the code itself is returned once, for the operator to hand
+/// over.
+pub fn issue_enrolment_code(
+    store: &mut Store,
+    id: &str,
+    pending: Option<registry::PendingAtm>,
+    valid_for_s: u64,
+    now: u64,
+) -> Result<qrcash_protocol::enrol::EnrolmentCode, AdminError> {
+    check_atm_id(id)?;
+    if valid_for_s == 0 || valid_for_s > MAX_ENROLMENT_VALIDITY_S {
+        return Err(AdminError::Invalid(format!(
+            "an enrolment code is valid for 1 s to {} days",
+            MAX_ENROLMENT_VALIDITY_S / 86_400
+        )));
+    }
+    let tx = store.begin()?;
+    let existing = rows::atm(tx.db(), id)?;
+    match (&existing, &pending) {
+        (None, None) => {
+            return Err(AdminError::Invalid(format!(
+                "ATM {id} is not enrolled yet: give its --name, --address, --lat, --lon and --denominations"
+            )));
+        }
+        (Some(_), Some(_)) => {
+            return Err(AdminError::Invalid(format!(
+                "ATM {id} is enrolled: its place and cassettes stay (change them with `atm enroll`); leave out --name and the rest"
+            )));
+        }
+        (None, Some(p)) => check_place(&p.position, &p.denominations)?,
+        (Some(_), None) => {}
+    }
+    let code = qrcash_protocol::enrol::EnrolmentCode::generate();
+    let key = qrcash_protocol::enrol::proof_key(&code);
+    let expires_at = now.saturating_add(valid_for_s);
+    registry::put_enrolment(
+        tx.db(),
+        &registry::EnrolmentRow {
+            atm_id: id.to_owned(),
+            proof_key: data_encoding::HEXLOWER.encode(&key),
+            issued_at: now,
+            expires_at,
+            failures: 0,
+            used: None,
+            pending,
+        },
+    )?;
+    audit_op(
+        tx.db(),
+        now,
+        "atm enrol-code",
+        format!("{id}: a code valid until {expires_at}"),
+    )?;
+    tx.commit()?;
+    Ok(code)
 }
 
 /// A merchant to register.

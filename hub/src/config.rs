@@ -90,6 +90,9 @@ pub struct BrokerSection {
     pub keep_alive_s: u64,
     /// Port of the embedded broker (`serve --embedded-broker`).
     pub embedded_port: u16,
+    /// The broker addresses handed to an ATM when it enrols (`Enrolled.broker_urls`), in
+    /// order of preference; empty: it keeps the one it enrolled through.
+    pub atm_urls: Vec<String>,
 }
 
 impl BrokerSection {
@@ -116,6 +119,7 @@ impl Default for BrokerSection {
             shared_subscription: false,
             keep_alive_s: 15,
             embedded_port: 1883,
+            atm_urls: Vec::new(),
         }
     }
 }

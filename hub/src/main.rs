@@ -168,6 +168,34 @@ enum AtmCmd {
         #[arg(long, value_delimiter = ',', default_value = "10000,5000,1000")]
         denominations: Vec<u64>,
     },
+    /// Issue a one-time enrolment code for an ATM, shown as text and as a QR code for the
+    /// board's camera (`qrcash-agent enrol`). An ATM not enrolled yet needs its place and
+    /// cassettes; an enrolled one gets the key of the board that uses the code.
+    EnrolCode {
+        /// ATM id.
+        id: String,
+        /// Display name (new ATM).
+        #[arg(long)]
+        name: Option<String>,
+        /// Street address (new ATM).
+        #[arg(long)]
+        address: Option<String>,
+        /// Latitude (new ATM).
+        #[arg(long, allow_hyphen_values = true)]
+        lat: Option<f64>,
+        /// Longitude (new ATM).
+        #[arg(long, allow_hyphen_values = true)]
+        lon: Option<f64>,
+        /// Cassette denominations, comma-separated minor units (new ATM).
+        #[arg(long, value_delimiter = ',')]
+        denominations: Option<Vec<u64>>,
+        /// Hours the code stays valid (1 to 720).
+        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=720))]
+        valid_hours: u64,
+        /// Also write the QR code as a PNG image.
+        #[arg(long)]
+        png: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -347,6 +375,64 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve { embedded_broker } => serve(&cli.config, embedded_broker),
         Command::Account(c) => account(&cli.config, c),
         Command::Device(c) => device(&cli.config, c),
+        Command::Atm(AtmCmd::EnrolCode {
+            id,
+            name,
+            address,
+            lat,
+            lon,
+            denominations,
+            valid_hours,
+            png,
+        }) => {
+            let config = load(&cli.config)?;
+            if id == config.hub_id {
+                bail!("ATM id {id:?} is this hub's own id");
+            }
+            let pending = match (name, address, lat, lon, denominations) {
+                (None, None, None, None, None) => None,
+                (Some(name), Some(address), Some(lat), Some(lon), Some(denominations)) => {
+                    Some(qrcash_hub::store::registry::PendingAtm {
+                        name,
+                        address,
+                        position: Position::new(lat, lon, 0.0),
+                        denominations,
+                    })
+                }
+                _ => bail!(
+                    "a new ATM needs all of --name, --address, --lat, --lon and --denominations; an enrolled one none of them"
+                ),
+            };
+            let mut store = open(&config)?;
+            let now = now();
+            let code =
+                admin::issue_enrolment_code(&mut store, &id, pending, valid_hours * 3600, now)?;
+            let payload = qrcash_protocol::enrol::qr_payload(&id, &code);
+            let qr = qrcode::QrCode::new(payload.as_bytes()).context("encoding the QR code")?;
+            if let Some(path) = &png {
+                qr.render::<image::Luma<u8>>()
+                    .module_dimensions(8, 8)
+                    .build()
+                    .save(path)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            println!(
+                "{}",
+                qr.render::<qrcode::render::unicode::Dense1x2>()
+                    .quiet_zone(true)
+                    .build()
+            );
+            println!("enrolment code for ATM {id}: {}", code.grouped());
+            println!(
+                "valid for {valid_hours} h (until {}), once; 5 wrong proofs lock it",
+                now + valid_hours * 3600
+            );
+            println!(
+                "on the board: qrcash-agent enrol --code {}   (or --scan, showing the QR code to its camera)",
+                code.grouped()
+            );
+            Ok(())
+        }
         Command::Atm(AtmCmd::Enroll {
             id,
             key_file,

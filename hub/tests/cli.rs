@@ -240,3 +240,70 @@ fn tx_show_resolve_and_correction_by_the_evidence() {
         "no corrections waiting\n"
     );
 }
+
+/// `atm enrol-code`: a code for a new ATM needs its place; the printed code and the PNG's QR
+/// code (decoded with rqrr, as the agent's scanner reads it) carry the same code; an
+/// enrolled ATM gets one without a place; a reserved id none.
+#[test]
+fn enrol_code_prints_the_code_and_a_qr_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(d, &["init"]);
+    let out = hub(d, &["atm", "enrol-code", "atm-9"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not enrolled yet"), "{err}");
+    let png = d.join("atm-9.png");
+    let out = ok(
+        d,
+        &[
+            "atm",
+            "enrol-code",
+            "atm-9",
+            "--name",
+            "Shibuya 9",
+            "--address",
+            "Shibuya",
+            "--lat",
+            "35.6595",
+            "--lon",
+            "139.7005",
+            "--denominations",
+            "10000,1000",
+            "--valid-hours",
+            "2",
+            "--png",
+            png.to_str().unwrap(),
+        ],
+    );
+    let printed = out
+        .lines()
+        .find_map(|l| l.strip_prefix("enrolment code for ATM atm-9: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let code = qrcash_protocol::enrol::EnrolmentCode::parse(printed).unwrap();
+    assert!(out.contains("valid for 2 h"), "{out}");
+    let img = image::open(&png).unwrap().to_luma8();
+    let mut prepared = rqrr::PreparedImage::prepare(img);
+    let grids = prepared.detect_grids();
+    assert_eq!(grids.len(), 1);
+    let (_, text) = grids[0].decode().unwrap();
+    assert_eq!(
+        qrcash_protocol::enrol::parse_qr(&text),
+        Some(("atm-9".to_owned(), code))
+    );
+    // The hub kept a proof key, not the code.
+    let needle = printed.replace('-', "");
+    for file in ["hub.sqlite", "hub.sqlite-wal"] {
+        let bytes = std::fs::read(d.join(file)).unwrap_or_default();
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+            "{file}"
+        );
+    }
+    assert!(!hub(d, &["atm", "enrol-code", "hub"]).status.success());
+    assert!(
+        !hub(d, &["atm", "enrol-code", "atm-9", "--valid-hours", "0"])
+            .status
+            .success()
+    );
+}

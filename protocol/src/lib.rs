@@ -15,6 +15,7 @@
 //!   expiry) whose state the caller persists.
 //! - [`messages`]: the typed catalogue, one enum per direction and topic.
 //! - [`token`]: the compact hub-signed QR code token an ATM verifies offline.
+//! - [`enrol`]: enrolment of an ATM by a one-time code (proofs, code format).
 //! - [`keyset`]: the hub's key set, endorsed by the keys devices trust, for key rotation.
 //! - [`receive`]: every acceptance check for messages from one trusted sender.
 //! - [`topics`]: the MQTT topic tree, in one place.
@@ -22,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod enrol;
 pub mod envelope;
 pub mod error;
 pub mod geo;

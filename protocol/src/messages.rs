@@ -604,6 +604,21 @@ pub enum AtmUp {
     SessionCancelled(SessionCancelled),
     /// Periodic status.
     Heartbeat(Heartbeat),
+    /// Enrol this board's key with a one-time code ([`crate::enrol`]); signed by the key it
+    /// carries.
+    Enrol(Enrol),
+}
+
+/// A board asks to be enrolled under the ATM id of its topic with the key it carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enrol {
+    /// The board's new public key (it signs this message).
+    pub public_key: PublicJwk,
+    /// 16 random bytes, base64url: binds the hub's answer to this request.
+    pub nonce: String,
+    /// [`crate::enrol::request_proof`] over the ATM id, the key's `kid` and the nonce.
+    pub proof: String,
 }
 
 /// A code read by the camera (already verified offline by the ATM).
@@ -817,6 +832,24 @@ pub enum AtmDown {
     Ack(Ack),
     /// An up-link message was refused.
     Rejected(Rejected),
+    /// The board's key is enrolled: here are the hub's keys.
+    Enrolled(Enrolled),
+}
+
+/// The answer to an [`Enrol`]: the board's key is the ATM's key from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enrolled {
+    /// The hub's keys, the signing key first: the board's new roots (`hub_keys`).
+    pub hub_keys: Vec<PublicJwk>,
+    /// The brokers the board should use, in order of preference (empty: keep the one it
+    /// enrolled through).
+    pub broker_urls: Vec<String>,
+    /// The ATM's cassette denominations as the hub knows them, first cassette first.
+    pub denominations: Vec<u64>,
+    /// [`crate::enrol::answer_proof`] over the ATM id, the board's `kid`, the request's nonce
+    /// and the `kid`s of `hub_keys` in order.
+    pub proof: String,
 }
 
 /// Wait for the phone.
@@ -1020,6 +1053,9 @@ pub enum RejectReason {
     UnknownBankAccount,
     /// No such alert.
     UnknownAlert,
+    /// The enrolment code is unknown, expired, used, locked after wrong proofs, or the
+    /// proof does not match it (the message says which).
+    EnrolmentRefused,
     /// The hub failed; retry later.
     Internal,
 }

@@ -91,6 +91,7 @@ fn name_of_atm_up(m: &AtmUp) -> &'static str {
         AtmUp::OrderRefused(_) => "OrderRefused",
         AtmUp::SessionCancelled(_) => "SessionCancelled",
         AtmUp::Heartbeat(_) => "Heartbeat",
+        AtmUp::Enrol(_) => "Enrol",
     }
 }
 
@@ -101,6 +102,7 @@ fn name_of_atm_down(m: &AtmDown) -> &'static str {
         AtmDown::Abort(_) => "Abort",
         AtmDown::Ack(_) => "Ack",
         AtmDown::Rejected(_) => "Rejected",
+        AtmDown::Enrolled(_) => "Enrolled",
     }
 }
 
@@ -178,6 +180,7 @@ fn every_message_type_has_an_example() {
             "OrderRefused",
             "SessionCancelled",
             "Heartbeat",
+            "Enrol",
         ],
     );
     assert_all_documented::<AtmDown>(
@@ -189,6 +192,7 @@ fn every_message_type_has_an_example() {
             "Abort",
             "Ack",
             "Rejected",
+            "Enrolled",
         ],
     );
 }
@@ -244,7 +248,7 @@ fn the_rejection_table_names_only_real_reasons() {
         .filter_map(|l| l.split('`').next())
         .collect();
     // One row per RejectReason variant.
-    assert_eq!(table.len(), 36, "{table:?}");
+    assert_eq!(table.len(), 37, "{table:?}");
     for code in &table {
         let fields = match *code {
             "limit_exceeded" => r#","limit":"daily","max":{"minor":1,"currency":"JPY"}"#,

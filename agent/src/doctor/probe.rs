@@ -15,13 +15,11 @@ use qrcash_hardware::dispenser::lcdm::{LcdmConfig, LcdmDispenser};
 use qrcash_hardware::dispenser::{CassetteState as DeviceCassette, DispenserError};
 use qrcash_hardware::scan::Scanner;
 use qrcash_io::KeyFile;
-use qrcash_protocol::envelope::{Claims, Sealed};
+use qrcash_protocol::envelope::Sealed;
 use qrcash_protocol::keyset::HubTrust;
 use qrcash_protocol::messages::{AtmDown, AtmState, AtmUp, Heartbeat};
 use qrcash_protocol::replay::ReplayConfig;
-use qrcash_protocol::{
-    Clock, MAX_DOWNLINK_BYTES, PrivateKey, RejectReason, Signer, SystemClock, topics,
-};
+use qrcash_protocol::{Clock, MAX_DOWNLINK_BYTES, PrivateKey, RejectReason, SystemClock, topics};
 use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, Packet, QoS};
 
 use super::{Finding, Report, judge_camera, judge_clock, judge_disk, judge_outbox};
@@ -739,16 +737,8 @@ impl HubProbe<'_> {
             }
         };
         let now = SystemClock.now();
-        let claims = Claims::new(
-            cfg.atm_id.clone(),
-            cfg.hub_id.clone(),
-            seq,
-            now,
-            Duration::from_secs(300),
-            AtmUp::Heartbeat(heartbeat),
-        );
-        let jti = claims.jti.clone();
-        let sealed = Signer::new(cfg.atm_id.clone(), key.clone()).seal(&claims);
+        let (jti, sealed) =
+            crate::runtime::seal_direct(cfg, &key, seq, now, AtmUp::Heartbeat(heartbeat));
         let down = topics::atm_down(&cfg.atm_id);
         let sent = async {
             client.subscribe(down.clone(), QoS::AtLeastOnce).await?;

@@ -497,6 +497,28 @@ impl Sealer {
     }
 }
 
+/// Seals `msg` as this ATM with `key` for a message that does not go through the outbox
+/// (the doctor's heartbeat, an enrolment): `exp` = `iat` + 300, `seq` reserved by the caller.
+/// Returns its `jti` and the JWS.
+pub fn seal_direct(
+    cfg: &crate::AgentConfig,
+    key: &qrcash_protocol::PrivateKey,
+    seq: u64,
+    now: u64,
+    msg: AtmUp,
+) -> (String, String) {
+    let claims = Claims::new(
+        cfg.atm_id.clone(),
+        cfg.hub_id.clone(),
+        seq,
+        now,
+        Duration::from_secs(300),
+        msg,
+    );
+    let sealed = Signer::new(cfg.atm_id.clone(), key.clone()).seal(&claims);
+    (claims.jti, sealed)
+}
+
 /// The up-link message type's name.
 pub fn up_kind(msg: &AtmUp) -> &'static str {
     match msg {
@@ -505,5 +527,6 @@ pub fn up_kind(msg: &AtmUp) -> &'static str {
         AtmUp::OrderRefused(_) => "OrderRefused",
         AtmUp::SessionCancelled(_) => "SessionCancelled",
         AtmUp::Heartbeat(_) => "Heartbeat",
+        AtmUp::Enrol(_) => "Enrol",
     }
 }

@@ -1,9 +1,10 @@
 //! The hub's key directory: where [`qrcash_protocol::receive::open`] finds the key a sender
-//! signed with. An ATM signs with its enrolled key. A phone signs with its enrolled key, or,
+//! signed with. An ATM signs with its enrolled key, or, in an `Enrol` only, with the key that
+//! message carries (a new board, or a re-keyed one). A phone signs with its enrolled key, or,
 //! in a `Login` only, with the key that login carries (a first login, or a re-keying one):
 //! proof of possession of the key it enrols, never the key it replaces.
 
-use qrcash_protocol::messages::PhoneUp;
+use qrcash_protocol::messages::{AtmUp, PhoneUp};
 use qrcash_protocol::receive::KeyDirectory;
 use qrcash_protocol::{Claims, EnvelopeError, PublicKey, Sealed};
 
@@ -11,24 +12,63 @@ use super::HandleError;
 use crate::store::Db;
 use crate::store::rows::{self, AtmRow, DeviceRow};
 
-/// The enrolled ATMs.
+/// Who sent an ATM message.
+#[derive(Debug, Clone)]
+pub(super) enum AtmSender {
+    /// The enrolled ATM, signing with its enrolled key.
+    Enrolled(AtmRow),
+    /// A board enrolling the key its `Enrol` carries; the ATM as enrolled before, if it was.
+    Enrolling(Option<AtmRow>),
+}
+
+/// The enrolled ATMs, and the key of an enrolment.
 pub(super) struct AtmKeys<'a>(pub Db<'a>);
 
 impl KeyDirectory for AtmKeys<'_> {
-    type Entry = AtmRow;
+    type Entry = AtmSender;
     type Error = HandleError;
 
-    fn key(&self, id: &str, sealed: &Sealed<'_>) -> Result<(PublicKey, AtmRow), HandleError> {
-        let atm = rows::atm(self.0, id)
-            .map_err(|e| HandleError::Internal(e.to_string()))?
-            .ok_or_else(|| HandleError::UnknownSender(id.to_owned()))?;
-        if atm.kid != sealed.kid().as_str() {
-            return Err(EnvelopeError::UnknownKey(sealed.kid().to_string()).into());
+    fn key(&self, id: &str, sealed: &Sealed<'_>) -> Result<(PublicKey, AtmSender), HandleError> {
+        let kid = sealed.kid().as_str();
+        let atm = rows::atm(self.0, id).map_err(|e| HandleError::Internal(e.to_string()))?;
+        if let Some(a) = atm.as_ref().filter(|a| a.kid == kid) {
+            let key = PublicKey::from_jwk_json(&a.public_jwk)
+                .map_err(|e| HandleError::Internal(format!("enrolled key of ATM {id}: {e}")))?;
+            return Ok((key, AtmSender::Enrolled(a.clone())));
         }
-        let key = PublicKey::from_jwk_json(&atm.public_jwk)
-            .map_err(|e| HandleError::Internal(format!("enrolled key of ATM {id}: {e}")))?;
-        Ok((key, atm))
+        // Not the enrolled key: only an enrolment carrying its own key may introduce one.
+        // The claims are peeked at only to find that key; `open` then verifies the signature
+        // with it before anything is acted on.
+        let Ok(AtmUp::Enrol(enrol)) = sealed.peek::<AtmUp>().map(|c| c.msg) else {
+            return Err(match atm {
+                Some(_) => EnvelopeError::UnknownKey(kid.to_owned()).into(),
+                None => HandleError::UnknownSender(id.to_owned()),
+            });
+        };
+        let key = PublicKey::from_jwk(&enrol.public_key)
+            .map_err(|_| EnvelopeError::UnknownKey(kid.to_owned()))?;
+        if key.kid().as_str() != kid {
+            return Err(EnvelopeError::UnknownKey(kid.to_owned()).into());
+        }
+        Ok((key, AtmSender::Enrolling(atm)))
     }
+}
+
+/// An enrolment that carries another key than the one that signed it is refused: it must be
+/// signed by the key it enrols (possession).
+pub(super) fn enrol_signed_by_its_key(
+    kid: &str,
+    claims: &Claims<AtmUp>,
+) -> Result<(), HandleError> {
+    if let AtmUp::Enrol(e) = &claims.msg
+        && PublicKey::from_jwk(&e.public_key).map_or(true, |k| k.kid().as_str() != kid)
+    {
+        return Err(EnvelopeError::UnknownKey(format!(
+            "{kid}: an enrolment carrying another key must be signed by that key"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// The enrolled phones, and the key of a login. The entry is the device as enrolled before

@@ -259,6 +259,9 @@ pub(crate) type Outcome = Result<Vec<Outgoing>, Fail>;
 #[derive(Debug, Clone)]
 pub(crate) enum Sender {
     Atm(AtmRow),
+    /// A board enrolling a key (an `Enrol` signed by the key it carries); the ATM as
+    /// enrolled before, if it was.
+    Enrolling(String, Option<AtmRow>),
     /// A phone; `None` until its first login enrols it.
     Phone(String, Option<DeviceRow>),
 }
@@ -703,12 +706,16 @@ fn process(
     entry.jti = Some(verified.jti.clone());
     let sender_id = match &verified.sender {
         Sender::Atm(a) => a.id.clone(),
-        Sender::Phone(id, _) => id.clone(),
+        Sender::Enrolling(id, _) | Sender::Phone(id, _) => id.clone(),
     };
-    // A phone with no enrolled device signs its first login with the key it carries: anyone
-    // can make up such keys by the million, so what they are refused leaves nothing durable
-    // but a pruned trail (`login_refusals`), and no replay window or processed record.
-    let stranger = matches!(verified.sender, Sender::Phone(_, None));
+    // A phone with no enrolled device signs its first login with the key it carries, and a
+    // board enrolling signs with its new key: anyone can make up such keys by the million,
+    // so what they are refused leaves nothing durable but a pruned trail (`login_refusals`),
+    // and no replay window or processed record.
+    let stranger = matches!(
+        verified.sender,
+        Sender::Phone(_, None) | Sender::Enrolling(..)
+    );
 
     let mut ctx = shared.ctx(tx.db(), &mut *rng, &sender_id, &verified.jti, &verified.kid);
 
@@ -758,6 +765,9 @@ fn process(
     let mut ctx = shared.ctx(sp.db(), &mut *rng, &sender_id, &verified.jti, &verified.kid);
     let outcome = guarded(|| match (&verified.body, &verified.sender) {
         (Body::Atm(c), Sender::Atm(atm)) => route::atm(&mut ctx, atm, &c.msg),
+        (Body::Atm(c), Sender::Enrolling(id, atm)) => {
+            route::enrolling(&mut ctx, id, atm.as_ref(), &c.msg)
+        }
         (Body::Phone(c), Sender::Phone(id, device)) => {
             route::phone(&mut ctx, id, device.as_ref(), &c.msg)
         }
@@ -904,10 +914,14 @@ fn verify(
         Topic::AtmUp(id) => {
             let a = receive::open::<AtmUp, _>(&keys::AtmKeys(db), &id, payload, MAX_UPLINK_BYTES)
                 .map_err(|e| malformed("atm", &id, e))?;
+            keys::enrol_signed_by_its_key(a.kid.as_str(), &a.claims)?;
             Ok(Verified {
                 jti: a.claims.jti.clone(),
                 seq: a.claims.seq,
-                sender: Sender::Atm(a.entry),
+                sender: match a.entry {
+                    keys::AtmSender::Enrolled(atm) => Sender::Atm(atm),
+                    keys::AtmSender::Enrolling(atm) => Sender::Enrolling(id, atm),
+                },
                 class: "atm",
                 kid: a.kid.as_str().to_owned(),
                 body: Body::Atm(a.claims),

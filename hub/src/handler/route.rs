@@ -11,6 +11,7 @@ use crate::handler::cmd::bank_withdrawal::bank_withdrawal;
 use crate::handler::cmd::change_password::change_password;
 use crate::handler::cmd::confirm::confirm;
 use crate::handler::cmd::decline::decline;
+use crate::handler::cmd::enrol::enrol;
 use crate::handler::cmd::heartbeat::heartbeat;
 use crate::handler::cmd::login::login;
 use crate::handler::cmd::order_refused::refused;
@@ -33,6 +34,11 @@ pub(in crate::handler) fn atm(
     msg: &qrcash_protocol::AtmUp,
 ) -> Outcome {
     use qrcash_protocol::AtmUp;
+    // An enrolled key may enrol itself again (an ATM back in service under the same key);
+    // the answer is `Enrolled`, not an `Ack`: an enrolment does not go through an outbox.
+    if let AtmUp::Enrol(e) = msg {
+        return enrol(ctx, &atm.id, Some(atm), e);
+    }
     if !atm.active {
         return Err(refuse(
             RejectReason::UnknownAtm,
@@ -45,6 +51,7 @@ pub(in crate::handler) fn atm(
         AtmUp::OrderRefused(r) => refused(ctx, atm, r)?,
         AtmUp::SessionCancelled(s) => cancelled(ctx, atm, s)?,
         AtmUp::Heartbeat(h) => heartbeat(ctx, atm, h)?,
+        AtmUp::Enrol(_) => unreachable_enrol()?,
     };
     let jti = ctx.jti.clone();
     out.push(ctx.send_atm(&atm.id, AtmDown::Ack(Ack { ids: vec![jti] }))?);
@@ -76,6 +83,27 @@ pub(in crate::handler) fn phone(
         PhoneUp::ChangePassword(c) => change_password(ctx, &device, &account, c),
         PhoneUp::SignOutOtherDevices(_) => sign_out_others(ctx, &device, &account),
     }
+}
+
+/// Routes a message signed by a key the ATM id is not enrolled with: only an `Enrol`
+/// carrying that key gets here (`keys::AtmKeys`).
+pub(in crate::handler) fn enrolling(
+    ctx: &mut Ctx<'_>,
+    id: &str,
+    atm: Option<&AtmRow>,
+    msg: &qrcash_protocol::AtmUp,
+) -> Outcome {
+    match msg {
+        qrcash_protocol::AtmUp::Enrol(e) => enrol(ctx, id, atm, e),
+        _ => Err(refuse(
+            RejectReason::BadSignature,
+            "only an enrolment may be signed by a key that is not enrolled",
+        )),
+    }
+}
+
+fn unreachable_enrol() -> Outcome {
+    Err(refuse(RejectReason::Internal, "enrolment routed twice"))
 }
 
 fn unreachable_login() -> Outcome {

@@ -1,9 +1,9 @@
 //! What operators register: accounts, their bank accounts, ATMs and merchants.
 
 use qrcash_protocol::{Currency, Position};
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
-use super::{Db, StoreError, to_sql};
+use super::{Db, StoreError, from_sql, to_sql};
 
 /// Creates an account (its id must be new). Password and PIN come as PHC hashes.
 pub fn insert_account(
@@ -85,6 +85,157 @@ pub fn enroll_atm(db: Db<'_>, a: &AtmEnrolment<'_>, at: u64) -> Result<(), Store
             a.denominations,
             to_sql(at)
         ],
+    )?;
+    Ok(())
+}
+
+/// Puts the ATM back in service under a new key (its place and cassettes stay).
+pub fn set_atm_key(db: Db<'_>, id: &str, public_jwk: &str, kid: &str) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE atms SET public_jwk = ?2, kid = ?3, active = 1 WHERE id = ?1",
+        params![id, public_jwk, kid],
+    )?;
+    Ok(())
+}
+
+/// Where and with which cassettes a new ATM will stand, kept with its enrolment code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingAtm {
+    /// Its name.
+    pub name: String,
+    /// Its street address.
+    pub address: String,
+    /// Where it stands.
+    pub position: Position,
+    /// Its cassette denominations.
+    pub denominations: Vec<u64>,
+}
+
+/// An enrolment code as the hub keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrolmentRow {
+    /// The ATM id it is bound to.
+    pub atm_id: String,
+    /// `protocol::enrol::proof_key` of the code, hex.
+    pub proof_key: String,
+    /// Issued, Unix seconds.
+    pub issued_at: u64,
+    /// Refused from this second on.
+    pub expires_at: u64,
+    /// Wrong proofs so far.
+    pub failures: u32,
+    /// When it was used, and by which key.
+    pub used: Option<(u64, String)>,
+    /// For an ATM not enrolled yet.
+    pub pending: Option<PendingAtm>,
+}
+
+/// Issues (or replaces) the ATM's enrolment code.
+pub fn put_enrolment(db: Db<'_>, e: &EnrolmentRow) -> Result<(), StoreError> {
+    let pending = e.pending.as_ref();
+    let denoms = pending
+        .map(|p| serde_json::to_string(&p.denominations))
+        .transpose()
+        .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+    db.execute(
+        "INSERT OR REPLACE INTO atm_enrolments(atm_id, proof_key, issued_at, expires_at,
+             failures, used_at, used_kid, name, address, lat, lon, denominations)
+         VALUES (?1, ?2, ?3, ?4, 0, NULL, NULL, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            e.atm_id,
+            e.proof_key,
+            to_sql(e.issued_at),
+            to_sql(e.expires_at),
+            pending.map(|p| p.name.as_str()),
+            pending.map(|p| p.address.as_str()),
+            pending.map(|p| p.position.lat),
+            pending.map(|p| p.position.lon),
+            denoms,
+        ],
+    )?;
+    Ok(())
+}
+
+type EnrolmentColumns = (
+    String,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<f64>,
+    Option<f64>,
+    Option<String>,
+);
+
+/// The ATM's enrolment code, if one was issued.
+pub fn enrolment(db: Db<'_>, atm_id: &str) -> Result<Option<EnrolmentRow>, StoreError> {
+    let row: Option<EnrolmentColumns> = db
+        .query_row(
+            "SELECT proof_key, issued_at, expires_at, failures, used_at, used_kid,
+                    name, address, lat, lon, denominations
+             FROM atm_enrolments WHERE atm_id = ?1",
+            [atm_id],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((key, issued, expires, failures, used_at, used_kid, name, address, lat, lon, denoms)) =
+        row
+    else {
+        return Ok(None);
+    };
+    let pending = match (name, address, lat, lon, denoms) {
+        (Some(name), Some(address), Some(lat), Some(lon), Some(denoms)) => Some(PendingAtm {
+            name,
+            address,
+            position: Position::new(lat, lon, 0.0),
+            denominations: serde_json::from_str(&denoms).map_err(|e| {
+                StoreError::Corrupt(format!("denominations of enrolment {atm_id}: {e}"))
+            })?,
+        }),
+        _ => None,
+    };
+    Ok(Some(EnrolmentRow {
+        atm_id: atm_id.to_owned(),
+        proof_key: key,
+        issued_at: from_sql(issued),
+        expires_at: from_sql(expires),
+        failures: u32::try_from(failures).unwrap_or(u32::MAX),
+        used: used_at.zip(used_kid).map(|(at, kid)| (from_sql(at), kid)),
+        pending,
+    }))
+}
+
+/// Counts a wrong proof against the ATM's code.
+pub fn enrolment_failed(db: Db<'_>, atm_id: &str) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE atm_enrolments SET failures = failures + 1 WHERE atm_id = ?1",
+        [atm_id],
+    )?;
+    Ok(())
+}
+
+/// Spends the ATM's code on `kid`.
+pub fn enrolment_used(db: Db<'_>, atm_id: &str, kid: &str, at: u64) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE atm_enrolments SET used_at = ?2, used_kid = ?3 WHERE atm_id = ?1",
+        params![atm_id, to_sql(at), kid],
     )?;
     Ok(())
 }

@@ -318,9 +318,29 @@ CREATE TABLE withdrawal_codes (
 ) STRICT;
 "#;
 
+/// One-time enrolment codes (`protocol::enrol`), one live code per ATM id: the proof key
+/// derived from the code (never the code), its window, the wrong proofs counted against it,
+/// when and by which key it was used, and the place and cassettes of an ATM not enrolled yet.
+const V5: &str = r#"
+CREATE TABLE atm_enrolments (
+    atm_id        TEXT PRIMARY KEY NOT NULL,
+    proof_key     TEXT NOT NULL,
+    issued_at     INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    failures      INTEGER NOT NULL DEFAULT 0,
+    used_at       INTEGER,
+    used_kid      TEXT,
+    name          TEXT,
+    address       TEXT,
+    lat           REAL,
+    lon           REAL,
+    denominations TEXT
+) STRICT;
+"#;
+
 /// The migrations, oldest first.
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4)])
+    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)])
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub(super) mod bank_withdrawal;
 pub(super) mod change_password;
 pub(super) mod confirm;
 pub(super) mod decline;
+pub(super) mod enrol;
 pub(super) mod heartbeat;
 pub(super) mod login;
 pub(super) mod operation;

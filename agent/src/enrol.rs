@@ -1,0 +1,578 @@
+//! `qrcash-agent enrol`: the board enrols its key with the hub by a one-time code
+//! (`qrcash_protocol::enrol`), learns the hub's keys from the answer, and writes them and the
+//! broker the hub names into its configuration.
+//!
+//! [`request`] and [`accept`] are the pure halves (the message to send, and what an answer
+//! proves); [`run`] is the shell: code from the command line or the camera, key, the MQTT
+//! exchange with resends, files. Nothing is written before the hub's proof holds, except a
+//! key the board never had (it must exist to be enrolled; an old key is replaced only
+//! after the hub enrolled the new one).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use qrcash_io::KeyFile;
+use qrcash_protocol::enrol::{self, EnrolmentCode};
+use qrcash_protocol::envelope::Sealed;
+use qrcash_protocol::messages::{AtmDown, AtmUp, Enrol};
+use qrcash_protocol::{
+    Clock, MAX_DOWNLINK_BYTES, PrivateKey, PublicKey, RejectReason, SystemClock, topics,
+};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+
+use crate::AgentConfig;
+use crate::store::Store;
+
+/// Why an enrolment did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrolError {
+    /// The hub refused it.
+    #[error("the hub refused the enrolment: {message} ({reason:?})")]
+    Refused {
+        /// Why, machine-readable.
+        reason: RejectReason,
+        /// Why, for the technician.
+        message: String,
+    },
+    /// An answer claimed to be the hub's but its proof or signature does not hold: not the
+    /// hub that issued the code, or a damaged message.
+    #[error("an answer to the enrolment is not the hub's: {0}")]
+    Forged(String),
+    /// No answer in time.
+    #[error(
+        "no answer from the hub within {0} s: check the broker URL, that the hub runs, and the hub_id in the configuration"
+    )]
+    Silent(u64),
+    /// Something on the board (configuration, files, database, broker settings).
+    #[error("{0}")]
+    Board(String),
+}
+
+/// The `Enrol` message for `atm_id` with `key`, proving `code`.
+pub fn request(atm_id: &str, key: &PrivateKey, code: &EnrolmentCode, nonce: &str) -> Enrol {
+    let proof = enrol::request_proof(&enrol::proof_key(code), atm_id, key.kid().as_str(), nonce);
+    Enrol {
+        public_key: key.public().to_jwk(),
+        nonce: nonce.to_owned(),
+        proof,
+    }
+}
+
+/// What a valid `Enrolled` answer teaches the board.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Learned {
+    /// The hub's id (`iss` of the answer).
+    pub hub_id: String,
+    /// The hub's keys, its signing key first.
+    pub hub_keys: Vec<PublicKey>,
+    /// Brokers to use, in order (empty: keep the current one).
+    pub broker_urls: Vec<String>,
+    /// The ATM's cassette denominations at the hub.
+    pub denominations: Vec<u64>,
+}
+
+/// Reads one message on the board's down-link: `Ok(None)` when it is not an answer to the
+/// request `jti` (another message, or unreadable); the answer's lesson, or the refusal, when
+/// it is. An `Enrolled` must carry the proof over this board's `kid` and `nonce` and the
+/// listed keys, and be signed by the first of them. A `Rejected` is believed as it stands:
+/// it changes nothing, and the worst a forger achieves is a technician trying again.
+pub fn accept(
+    bytes: &[u8],
+    atm_id: &str,
+    kid: &str,
+    nonce: &str,
+    code: &EnrolmentCode,
+    jti: &str,
+) -> Result<Option<Learned>, EnrolError> {
+    let Ok(sealed) = Sealed::parse(bytes, MAX_DOWNLINK_BYTES) else {
+        return Ok(None);
+    };
+    let Ok(claims) = sealed.peek::<AtmDown>() else {
+        return Ok(None);
+    };
+    if claims.re.as_deref() != Some(jti) || claims.aud != atm_id {
+        return Ok(None);
+    }
+    let enrolled = match claims.msg {
+        AtmDown::Enrolled(e) => e,
+        AtmDown::Rejected(r) => {
+            return Err(EnrolError::Refused {
+                reason: r.reason,
+                message: r.message,
+            });
+        }
+        _ => return Ok(None),
+    };
+    let forged = |why: &str| EnrolError::Forged(why.to_owned());
+    let keys = enrolled
+        .hub_keys
+        .iter()
+        .map(PublicKey::from_jwk)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| forged(&format!("a listed key is not an Ed25519 JWK: {e}")))?;
+    let first = keys.first().ok_or_else(|| forged("it lists no hub key"))?;
+    let kids: Vec<&str> = keys.iter().map(|k| k.kid().as_str()).collect();
+    if !enrol::verify_answer(
+        &enrol::proof_key(code),
+        atm_id,
+        kid,
+        nonce,
+        &kids,
+        &enrolled.proof,
+    ) {
+        return Err(forged(
+            "its proof does not match the code (another hub, or a forged answer)",
+        ));
+    }
+    let opened = sealed
+        .open::<AtmDown>(first)
+        .map_err(|e| forged(&format!("not signed by the hub key it lists first: {e}")))?;
+    Ok(Some(Learned {
+        hub_id: opened.iss,
+        hub_keys: keys,
+        broker_urls: enrolled.broker_urls,
+        denominations: enrolled.denominations,
+    }))
+}
+
+/// How `qrcash-agent enrol` was asked to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The code as typed; `None`: read it from the camera.
+    pub code: Option<String>,
+    /// How long to look for the code's QR with the camera.
+    pub scan_for: Duration,
+    /// Make a new key even if the board has one.
+    pub new_key: bool,
+    /// How long to wait for the hub.
+    pub timeout: Duration,
+}
+
+/// The resend interval of the request while no answer came.
+const RESEND: Duration = Duration::from_secs(5);
+
+/// What an enrolment did, for the technician.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The ATM id.
+    pub atm_id: String,
+    /// The enrolled key's id.
+    pub kid: String,
+    /// What the hub taught.
+    pub learned: Learned,
+    /// The hub key files written.
+    pub hub_key_files: Vec<PathBuf>,
+    /// Cassette denominations of the configuration that differ from the hub's, if they do.
+    pub cassette_mismatch: Option<(Vec<u64>, Vec<u64>)>,
+}
+
+/// Enrols the board configured by `config_path`.
+pub async fn run(config_path: &Path, options: &Options) -> Result<Outcome, EnrolError> {
+    let board = |e: String| EnrolError::Board(e);
+    let text = std::fs::read_to_string(config_path)
+        .map_err(|e| board(format!("{}: {e}", config_path.display())))?;
+    let cfg = AgentConfig::parse_unenrolled(&text)
+        .map_err(|e| board(format!("{}: {e}", config_path.display())))?;
+    let mut store = Store::open(&cfg.database, cfg.outbox.bounds())
+        .map_err(|e| board(format!("{}: {e}", cfg.database.display())))?;
+    let now = SystemClock.now();
+    let alive = |key: &str, store: &mut Store| {
+        store
+            .status_value(key)
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    if crate::runtime::agent_alive(
+        alive("alive_at", &mut store),
+        alive("stopped_at", &mut store),
+        now,
+    ) {
+        return Err(board(
+            "the agent is running: stop it first (systemctl stop qrcash-agent)".into(),
+        ));
+    }
+    let code = match &options.code {
+        Some(text) => EnrolmentCode::parse(text).map_err(|e| board(e.to_string()))?,
+        None => scan_code(&cfg, options.scan_for).await?,
+    };
+
+    // The key: the board's own if it has one (its queued messages stay valid), else new.
+    let existing = cfg.key_file.exists();
+    let (key, pending_path) = if existing && !options.new_key {
+        let key = PrivateKey::load(&cfg.key_file).map_err(|e| board(e.to_string()))?;
+        (key, None)
+    } else {
+        if existing {
+            let waiting = store
+                .outbox_stats()
+                .map_err(|e| board(e.to_string()))?
+                .messages;
+            if waiting > 0 {
+                return Err(board(format!(
+                    "the outbox holds {waiting} messages signed by the current key, which the hub would refuse once it enrols a new one: run the agent until `qrcash-agent status` shows an empty outbox, or enrol without --new-key"
+                )));
+            }
+        }
+        let key = PrivateKey::generate();
+        // Saved before it is sent: a board the hub enrolled must hold its key. A new key
+        // beside an old one replaces it only once the hub answered.
+        let path = if existing {
+            cfg.key_file.with_extension("new")
+        } else {
+            cfg.key_file.clone()
+        };
+        key.save(&path).map_err(|e| board(e.to_string()))?;
+        (key, existing.then_some(path))
+    };
+    let kid = key.kid().to_string();
+    let nonce = qrcash_protocol::envelope::new_jti();
+    let msg = request(&cfg.atm_id, &key, &code, &nonce);
+    let seq = store
+        .reserve_probe_seq(crate::doctor::probe::PROBE_SPAN)
+        .map_err(|e| board(e.to_string()))?
+        .ok_or_else(|| {
+            board("the outbox holds messages the enrolment could overtake: run the agent until its outbox is empty".into())
+        })?;
+    let (jti, sealed) = crate::runtime::seal_direct(&cfg, &key, seq, now, AtmUp::Enrol(msg));
+    let learned = exchange(
+        &cfg,
+        sealed.into_bytes(),
+        &code,
+        &kid,
+        &nonce,
+        &jti,
+        options.timeout,
+    )
+    .await?;
+
+    // The hub enrolled the key: now the files.
+    if let Some(path) = pending_path {
+        std::fs::rename(&path, &cfg.key_file).map_err(|e| {
+            board(format!("the hub enrolled the key in {} but it could not replace {}: {e}; move it there by hand", path.display(), cfg.key_file.display()))
+        })?;
+    }
+    let dir = cfg
+        .hub_keys
+        .first()
+        .and_then(|p| p.parent())
+        .or_else(|| config_path.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    let mut hub_key_files = Vec::new();
+    for k in &learned.hub_keys {
+        let path = dir.join(format!("hub-{}.jwk", k.kid()));
+        let jwk = serde_json::to_string_pretty(&k.to_jwk()).map_err(|e| board(e.to_string()))?;
+        write_public(&path, &jwk).map_err(|e| board(format!("{}: {e}", path.display())))?;
+        hub_key_files.push(path);
+    }
+    let updated = update_config(&text, &learned, &hub_key_files).map_err(board)?;
+    let tmp = config_path.with_extension("toml.tmp");
+    std::fs::write(&tmp, updated)
+        .and_then(|()| std::fs::rename(&tmp, config_path))
+        .map_err(|e| board(format!("{}: {e}", config_path.display())))?;
+    let configured = cfg.denominations();
+    let cassette_mismatch = (!learned.denominations.is_empty()
+        && learned.denominations != configured)
+        .then(|| (configured, learned.denominations.clone()));
+    Ok(Outcome {
+        atm_id: cfg.atm_id,
+        kid,
+        learned,
+        hub_key_files,
+        cassette_mismatch,
+    })
+}
+
+/// A public key file: 0644, written through a temporary file.
+fn write_public(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The configuration text with `hub_id`, `hub_keys` and, when the hub names brokers, the
+/// broker URL set; comments and everything else kept as they were.
+pub fn update_config(
+    text: &str,
+    learned: &Learned,
+    hub_key_files: &[PathBuf],
+) -> Result<String, String> {
+    let mut doc: toml_edit::DocumentMut =
+        text.parse().map_err(|e| format!("configuration: {e}"))?;
+    doc["hub_id"] = toml_edit::value(learned.hub_id.as_str());
+    let mut keys = toml_edit::Array::new();
+    for f in hub_key_files {
+        keys.push(f.display().to_string());
+    }
+    doc["hub_keys"] = toml_edit::value(keys);
+    if let Some(url) = learned.broker_urls.first() {
+        if !doc.contains_table("broker") {
+            doc["broker"] = toml_edit::table();
+        }
+        doc["broker"]["url"] = toml_edit::value(url.as_str());
+    }
+    let out = doc.to_string();
+    AgentConfig::parse(&out)
+        .map_err(|e| format!("the updated configuration does not load: {e}"))?;
+    Ok(out)
+}
+
+/// Publishes the request (again every [`RESEND`] while unanswered) and waits for the answer.
+async fn exchange(
+    cfg: &AgentConfig,
+    request: Vec<u8>,
+    code: &EnrolmentCode,
+    kid: &str,
+    nonce: &str,
+    jti: &str,
+    timeout: Duration,
+) -> Result<Learned, EnrolError> {
+    let board = |e: String| EnrolError::Board(e);
+    let client_id = format!("{}-enrol-{}", cfg.atm_id, std::process::id());
+    let options = qrcash_io::broker::mqtt_options(&cfg.broker, &client_id)
+        .map_err(|e| board(e.to_string()))?;
+    let (client, mut events) = AsyncClient::new(options, 16);
+    let down = topics::atm_down(&cfg.atm_id);
+    let up = topics::atm_up(&cfg.atm_id);
+    client
+        .subscribe(down.clone(), QoS::AtLeastOnce)
+        .await
+        .map_err(|e| board(e.to_string()))?;
+    let deadline = Instant::now() + timeout;
+    let mut next_send = Instant::now();
+    let mut subscribed = false;
+    let mut last_error = None;
+    let result = loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break Err(match last_error {
+                Some(e) => board(format!("the broker at {}: {e}", cfg.broker.url)),
+                None => EnrolError::Silent(timeout.as_secs()),
+            });
+        }
+        if subscribed && now >= next_send {
+            client
+                .publish(up.clone(), QoS::AtLeastOnce, false, request.clone())
+                .await
+                .map_err(|e| board(e.to_string()))?;
+            next_send = now + RESEND;
+        }
+        let wait = deadline.min(next_send.max(now + Duration::from_millis(50))) - now;
+        match tokio::time::timeout(wait, events.poll()).await {
+            Err(_) => {}
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => subscribed = true,
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == down => {
+                if let Some(learned) = accept(&p.payload, &cfg.atm_id, kid, nonce, code, jti)? {
+                    break Ok(learned);
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                last_error = Some(e.to_string());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let _ = client.try_disconnect();
+    result
+}
+
+/// Reads the enrolment QR code through the configured camera.
+async fn scan_code(cfg: &AgentConfig, within: Duration) -> Result<EnrolmentCode, EnrolError> {
+    let board = |e: String| EnrolError::Board(e);
+    let camera = cfg.camera.clone().ok_or_else(|| {
+        board("the configuration has no [camera] section to scan with: pass --code".into())
+    })?;
+    let atm_id = cfg.atm_id.clone();
+    let found =
+        tokio::task::spawn_blocking(move || -> Result<Option<(String, EnrolmentCode)>, String> {
+            use qrcash_hardware::scan::{PayloadFilter, ScanConfig, Scanner};
+            let mut source = qrcash_hardware::camera::open(&camera)
+                .map_err(|e| format!("cannot open the camera: {e}"))?
+                .source;
+            let mut scanner = Scanner::new(ScanConfig::live(PayloadFilter::new(|p| {
+                p.starts_with(enrol::QR_PREFIX)
+            })));
+            let mut frame = qrcash_hardware::camera::LumaFrame::default();
+            let started = Instant::now();
+            while started.elapsed() < within {
+                match source.next_frame(&mut frame) {
+                    Ok(()) => {
+                        if let Some(d) = scanner.scan(&frame)
+                            && let Some(found) = enrol::parse_qr(&d.payload)
+                        {
+                            return Ok(Some(found));
+                        }
+                    }
+                    Err(qrcash_hardware::camera::CameraError::Exhausted(_)) => break,
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(|e| board(format!("the camera task failed: {e}")))?
+        .map_err(board)?;
+    let Some((atm, code)) = found else {
+        return Err(board(format!(
+            "no enrolment QR code in view within {} s: hold the code the operator printed in front of the camera, or pass --code",
+            within.as_secs()
+        )));
+    };
+    if atm != atm_id {
+        return Err(board(format!(
+            "this code enrols ATM {atm}, but the configuration says atm_id = {atm_id:?}: use the code issued for this ATM, or fix atm_id"
+        )));
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qrcash_protocol::Signer;
+    use qrcash_protocol::envelope::Claims;
+    use qrcash_protocol::messages::{Enrolled, Rejected};
+
+    const ATM: &str = "atm-7";
+
+    fn answer(
+        hub: &PrivateKey,
+        listed: &[&PrivateKey],
+        code: &EnrolmentCode,
+        kid: &str,
+        nonce: &str,
+        re: &str,
+    ) -> Vec<u8> {
+        let kids: Vec<&str> = listed.iter().map(|k| k.kid().as_str()).collect();
+        let proof = enrol::answer_proof(&enrol::proof_key(code), ATM, kid, nonce, &kids);
+        let msg = AtmDown::Enrolled(Enrolled {
+            hub_keys: listed.iter().map(|k| k.public().to_jwk()).collect(),
+            broker_urls: vec!["mqtts://broker:8883".into()],
+            denominations: vec![10_000, 1_000],
+            proof,
+        });
+        let claims = Claims::new("hub", ATM, 1, 100, Duration::from_secs(300), msg).in_reply_to(re);
+        Signer::new("hub", hub.clone()).seal(&claims).into_bytes()
+    }
+
+    #[test]
+    fn only_the_code_holders_answer_to_this_request_teaches_keys() {
+        let code = EnrolmentCode::generate();
+        let board = PrivateKey::generate();
+        let kid = board.kid().to_string();
+        let (hub, old) = (PrivateKey::generate(), PrivateKey::generate());
+        let good = answer(&hub, &[&hub, &old], &code, &kid, "n1", "j1");
+        let learned = accept(&good, ATM, &kid, "n1", &code, "j1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(learned.hub_id, "hub");
+        assert_eq!(learned.hub_keys.len(), 2);
+        assert_eq!(learned.hub_keys[0].kid(), hub.kid());
+        assert_eq!(learned.broker_urls, ["mqtts://broker:8883"]);
+
+        // Not an answer to this request: ignored.
+        assert!(
+            accept(&good, ATM, &kid, "n1", &code, "j2")
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            accept(b"garbage", ATM, &kid, "n1", &code, "j1")
+                .unwrap()
+                .is_none()
+        );
+        // Another nonce, another board key, another code: the proof fails.
+        for (k, n, c) in [
+            (kid.as_str(), "n2", code.clone()),
+            ("other", "n1", code.clone()),
+            (kid.as_str(), "n1", EnrolmentCode::generate()),
+        ] {
+            assert!(matches!(
+                accept(&good, ATM, k, n, &c, "j1"),
+                Err(EnrolError::Forged(_))
+            ));
+        }
+        // A stranger who knows the request but not the code cannot list his own key.
+        let mallory = PrivateKey::generate();
+        let forged = answer(
+            &mallory,
+            &[&mallory],
+            &EnrolmentCode::generate(),
+            &kid,
+            "n1",
+            "j1",
+        );
+        assert!(matches!(
+            accept(&forged, ATM, &kid, "n1", &code, "j1"),
+            Err(EnrolError::Forged(_))
+        ));
+        // Listed keys and proof right, signed by another key.
+        let resigned = {
+            let claims: Claims<AtmDown> = Sealed::parse(&good, MAX_DOWNLINK_BYTES)
+                .unwrap()
+                .peek()
+                .unwrap();
+            Signer::new("hub", mallory.clone())
+                .seal(&claims)
+                .into_bytes()
+        };
+        assert!(matches!(
+            accept(&resigned, ATM, &kid, "n1", &code, "j1"),
+            Err(EnrolError::Forged(_))
+        ));
+        // A refusal is reported as it stands.
+        let refusal = Signer::new("hub", hub.clone())
+            .seal(
+                &Claims::new(
+                    "hub",
+                    ATM,
+                    2,
+                    100,
+                    Duration::from_secs(300),
+                    AtmDown::Rejected(Rejected {
+                        reason: RejectReason::EnrolmentRefused,
+                        message: "the enrolment code expired".into(),
+                    }),
+                )
+                .in_reply_to("j1"),
+            )
+            .into_bytes();
+        let err = accept(&refusal, ATM, &kid, "n1", &code, "j1").unwrap_err();
+        assert!(err.to_string().contains("expired"), "{err}");
+    }
+
+    #[test]
+    fn the_configuration_keeps_its_comments_and_learns_the_hub() {
+        let text = "# the board\natm_id = \"atm-7\" # this one\nkey_file = \"/k\"\nhub_keys = []\ndatabase = \"/d\"\n\n[[cassettes]]\ndenomination = 10000\n\n[broker]\nurl = \"mqtt://old:1883\" # bootstrap\n";
+        let learned = Learned {
+            hub_id: "hub-tokyo".into(),
+            hub_keys: vec![],
+            broker_urls: vec!["mqtts://core:8883".into()],
+            denominations: vec![10_000],
+        };
+        let out = update_config(text, &learned, &[PathBuf::from("/etc/qrcash/hub-K.jwk")]).unwrap();
+        assert!(
+            out.contains("# the board") && out.contains("# this one"),
+            "{out}"
+        );
+        let cfg = AgentConfig::parse(&out).unwrap();
+        assert_eq!(cfg.hub_id, "hub-tokyo");
+        assert_eq!(cfg.hub_keys, [PathBuf::from("/etc/qrcash/hub-K.jwk")]);
+        assert_eq!(cfg.broker.url, "mqtts://core:8883");
+        // No broker named: the one in the file stays.
+        let keep = Learned {
+            broker_urls: vec![],
+            ..learned
+        };
+        let out = update_config(text, &keep, &[PathBuf::from("/k2")]).unwrap();
+        assert_eq!(
+            AgentConfig::parse(&out).unwrap().broker.url,
+            "mqtt://old:1883"
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! Enrolment by one-time code, end to end: the real hub service over Mosquitto, the
+//! operator's `issue_enrolment_code` on the hub database (what `qrcash-hub atm enrol-code`
+//! runs), and the agent's `enrol` (what `qrcash-agent enrol` runs) reading the QR code through
+//! a folder camera or taking the typed code. A new board enrols and the hub then answers its
+//! doctor's heartbeat; a used, a wrong (five times, then locked) or an expired code changes
+//! nothing; a board re-keyed with `--new-key` replaces its key only once the hub enrolled
+//! the new one, and never while its outbox holds messages signed by the old one.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use qrcash_agent::enrol::{self, EnrolError};
+use qrcash_agent::{AgentConfig, store::Store as AgentStore};
+use qrcash_hub::admin;
+use qrcash_hub::store::Store as HubStore;
+use qrcash_hub::store::registry::PendingAtm;
+use qrcash_io::KeyFile;
+use qrcash_protocol::enrol::{EnrolmentCode, qr_payload};
+use qrcash_protocol::{Clock, Position, PrivateKey, RejectReason, SystemClock};
+use qrcash_tests::broker::Mosquitto;
+
+/// A board's files in `dir`: configuration (no hub key yet), camera folder.
+fn board(dir: &Path, atm_id: &str, broker: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("camera")).unwrap();
+    let text = format!(
+        r#"# a fresh board
+atm_id = "{atm_id}"
+key_file = "{dir}/atm.jwk"
+hub_keys = []
+database = "{dir}/agent.db"
+
+[[cassettes]]
+denomination = 10000
+
+[[cassettes]]
+denomination = 1000
+
+[broker]
+url = "{broker}"
+
+[camera]
+kind = "files"
+path = "{dir}/camera"
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn shibuya() -> PendingAtm {
+    PendingAtm {
+        name: "Shibuya 9".into(),
+        address: "2-24-1 Shibuya".into(),
+        position: Position::new(35.6595, 139.7005, 0.0),
+        denominations: vec![10_000, 1_000],
+    }
+}
+
+fn issue(
+    hub_db: &Path,
+    atm: &str,
+    pending: Option<PendingAtm>,
+    valid_s: u64,
+    now: u64,
+) -> EnrolmentCode {
+    let mut store = HubStore::open(hub_db).unwrap();
+    admin::issue_enrolment_code(&mut store, atm, pending, valid_s, now).unwrap()
+}
+
+async fn enrol_with(
+    config: &Path,
+    code: Option<&EnrolmentCode>,
+    new_key: bool,
+) -> Result<enrol::Outcome, EnrolError> {
+    enrol::run(
+        config,
+        &enrol::Options {
+            code: code.map(|c| c.grouped()),
+            scan_for: Duration::from_secs(20),
+            new_key,
+            timeout: Duration::from_secs(20),
+        },
+    )
+    .await
+}
+
+fn refused_with(result: Result<enrol::Outcome, EnrolError>, words: &str) {
+    match result {
+        Err(EnrolError::Refused { reason, message }) => {
+            assert_eq!(reason, RejectReason::EnrolmentRefused);
+            assert!(message.contains(words), "{message}");
+        }
+        other => panic!("expected a refusal saying {words:?}: {other:?}"),
+    }
+}
+
+/// What the doctor says of the hub and the clock for this board.
+async fn hub_line(config: &Path) -> String {
+    let report = qrcash_agent::doctor::examine(
+        config,
+        &qrcash_agent::doctor::Options {
+            camera_window: Duration::from_millis(100),
+            hub_timeout: Duration::from_secs(10),
+        },
+    )
+    .await;
+    let hub = report.get("hub").unwrap();
+    format!("{:?}: {}", hub.verdict, hub.detail)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_enrols_by_code_and_a_spent_wrong_or_expired_code_changes_nothing() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = qrcash_tests::hub::start(dir.path(), &broker.url(), 7, "atm-1").await;
+    hub.clock.set(SystemClock.now());
+    let hub_db = dir.path().join("hub.sqlite");
+
+    // A new ATM: the operator issues a code with its place; the board reads the QR code.
+    let code = issue(&hub_db, "atm-9", Some(shibuya()), 3600, hub.clock.now());
+    let a = dir.path().join("board-a");
+    let config = board(&a, "atm-9", &broker.url());
+    qrcode::QrCode::new(qr_payload("atm-9", &code))
+        .unwrap()
+        .render::<image::Luma<u8>>()
+        .module_dimensions(6, 6)
+        .build()
+        .save(a.join("camera/enrol.png"))
+        .unwrap();
+    let done = enrol_with(&config, None, false).await.expect("enrolled");
+    assert_eq!(done.atm_id, "atm-9");
+    assert_eq!(done.learned.hub_id, "hub");
+    assert_eq!(done.learned.hub_keys, std::slice::from_ref(&hub.hub_key));
+    assert_eq!(done.learned.denominations, [10_000, 1_000]);
+    assert!(done.cassette_mismatch.is_none());
+    let key = PrivateKey::load(&a.join("atm.jwk")).expect("the new key, 0600");
+    assert_eq!(key.kid().as_str(), done.kid);
+    let cfg = AgentConfig::load(&config).expect("the configuration now loads");
+    assert_eq!(
+        cfg.load_hub_keys().unwrap(),
+        std::slice::from_ref(&hub.hub_key)
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.starts_with("# a fresh board"), "comments kept: {text}");
+    let mode = std::fs::metadata(&done.hub_key_files[0])
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+    // The hub knows the key: it answers the board's signed heartbeat.
+    let line = hub_line(&config).await;
+    assert!(
+        line.starts_with("Ok") && line.contains("answered the heartbeat"),
+        "{line}"
+    );
+
+    // The same code again, by another board: spent.
+    let b = dir.path().join("board-b");
+    let other = board(&b, "atm-9", &broker.url());
+    refused_with(enrol_with(&other, Some(&code), false).await, "already used");
+    // The first board asking again (it lost the answer) is answered again, same key.
+    let again = enrol_with(&config, Some(&code), false)
+        .await
+        .expect("answered again");
+    assert_eq!(again.kid, done.kid);
+
+    // Wrong codes count; the fifth locks the code even for the right one.
+    let code = issue(&hub_db, "atm-10", Some(shibuya()), 3600, hub.clock.now());
+    let c = dir.path().join("board-c");
+    let third = board(&c, "atm-10", &broker.url());
+    for left in (0..5).rev() {
+        let wrong = EnrolmentCode::generate();
+        refused_with(
+            enrol_with(&third, Some(&wrong), false).await,
+            &format!("{left} attempts left"),
+        );
+    }
+    refused_with(enrol_with(&third, Some(&code), false).await, "locked");
+    // A new code for the same ATM replaces the locked one; once expired, it too changes nothing.
+    let code = issue(&hub_db, "atm-10", Some(shibuya()), 60, hub.clock.now());
+    hub.clock.advance(Duration::from_secs(61));
+    refused_with(enrol_with(&third, Some(&code), false).await, "expired");
+    hub.clock.set(SystemClock.now());
+    assert!(
+        hub_line(&third).await.contains("Skipped"),
+        "never enrolled: no hub keys to check an answer with"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_keyed_board_keeps_its_old_key_until_the_hub_enrolled_the_new_one() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = qrcash_tests::hub::start(dir.path(), &broker.url(), 8, "atm-1").await;
+    hub.clock.set(SystemClock.now());
+    let hub_db = dir.path().join("hub.sqlite");
+    // The board of the enrolled atm-1, with its key.
+    let a = dir.path().join("atm-1");
+    let config = board(&a, "atm-1", &broker.url());
+    hub.atm_key.save(&a.join("atm.jwk")).unwrap();
+
+    // A message waiting in the outbox, signed by the old key: no new key yet.
+    {
+        let mut store = AgentStore::open(&a.join("agent.db"), Default::default()).unwrap();
+        store
+            .enqueue(qrcash_agent::store::Priority::Critical, 1, |seq| {
+                qrcash_agent::store::Outgoing {
+                    jti: "waiting".into(),
+                    kind: "DispenseReport",
+                    sealed: format!("x.{seq}.y"),
+                }
+            })
+            .unwrap();
+    }
+    let code = issue(&hub_db, "atm-1", None, 3600, hub.clock.now());
+    match enrol_with(&config, Some(&code), true).await {
+        Err(EnrolError::Board(m)) => assert!(m.contains("outbox holds 1"), "{m}"),
+        other => panic!("a new key must wait for the outbox: {other:?}"),
+    }
+    assert_eq!(
+        PrivateKey::load(&a.join("atm.jwk")).unwrap().kid(),
+        hub.atm_key.kid(),
+        "the old key is untouched"
+    );
+    {
+        let mut store = AgentStore::open(&a.join("agent.db"), Default::default()).unwrap();
+        store.ack(&["waiting".into()], 2).unwrap();
+    }
+    let done = enrol_with(&config, Some(&code), true)
+        .await
+        .expect("re-keyed");
+    assert_ne!(done.kid, hub.atm_key.kid().as_str());
+    assert_eq!(
+        PrivateKey::load(&a.join("atm.jwk")).unwrap().kid().as_str(),
+        done.kid
+    );
+    assert!(
+        !a.join("atm.new").exists(),
+        "the new key took the old one's place"
+    );
+    assert!(done.learned.denominations == [10_000, 1_000]);
+    let line = hub_line(&config).await;
+    assert!(
+        line.starts_with("Ok"),
+        "the hub answers the new key: {line}"
+    );
+}
