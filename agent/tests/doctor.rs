@@ -347,7 +347,14 @@ async fn a_full_disk_is_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_agent_running_the_devices_are_left_to_it() {
     let rig = Rig::new();
-    let config = config_file(&rig);
+    config_file(&rig);
+    // Heartbeats every 2 s: should the start-up one's answer be missed, the next comes soon.
+    let config = variant(
+        &rig,
+        "fast.toml",
+        "min_frame_interval_ms = 50",
+        "min_frame_interval_ms = 50\nheartbeat_s = 2",
+    );
     write_png(&rig.path("code.png"), None);
     let mut hub = ScriptedHub::connect(&rig, 0).await;
     let mut agent = spawn_agent(&config, None);
