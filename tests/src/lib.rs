@@ -7,6 +7,7 @@ pub mod atm;
 pub mod customer;
 pub mod hub;
 pub mod invariants;
+pub mod python;
 pub mod scenario;
 
 pub use qrcash_testsupport::{broker, mqtt, pki};

@@ -6,10 +6,6 @@
 //! The Python environment comes from `scripts/install-deps.sh` (`target/pyvenv`, or
 //! `QRCASH_PYTHON`); without it these tests fail and say so.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-
 use qrcash_hub::keyring::KeyRing;
 use qrcash_protocol::jws::b64;
 use qrcash_protocol::keyset::{self, KeySetError};
@@ -19,25 +15,7 @@ const NOW: u64 = 1_800_000_000;
 
 /// Runs `keyset.py` with `args` and `stdin`; `Ok(stdout)` or `Err(stderr)`.
 fn python(args: &[&str], stdin: &[u8]) -> Result<String, String> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let interpreter = std::env::var("QRCASH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target/pyvenv/bin/python"));
-    let mut child = Command::new(&interpreter)
-        .arg(root.join("tests/python/keyset.py"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} ({e}): run scripts/install-deps.sh, which creates it",
-                interpreter.display()
-            )
-        });
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = qrcash_tests::python::run("keyset.py", args, stdin);
     if out.status.success() {
         Ok(String::from_utf8(out.stdout).unwrap().trim().to_owned())
     } else {

@@ -6,9 +6,6 @@
 //! The Python environment comes from `scripts/install-deps.sh` (`target/pyvenv`, or
 //! `QRCASH_PYTHON`); without it these tests fail and say so.
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use qrcash_hub::handler::Disposition;
 use qrcash_hub::testkit::{Rig, TestDevice, login_message, password, seal_for, test_hub_key};
 use qrcash_protocol::jws::b64;
@@ -16,30 +13,7 @@ use qrcash_protocol::messages::{PhonePush, PhoneUp};
 use qrcash_protocol::{SealedSecret, SecretField};
 
 fn python(args: &[&str]) -> String {
-    let out = run_python(args);
-    assert!(
-        out.status.success(),
-        "python {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn run_python(args: &[&str]) -> std::process::Output {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let interpreter = std::env::var("QRCASH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target/pyvenv/bin/python"));
-    Command::new(&interpreter)
-        .arg(root.join("tests/python/sealed_secret.py"))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} ({e}): run scripts/install-deps.sh, which creates it",
-                interpreter.display()
-            )
-        })
+    qrcash_tests::python::ok("sealed_secret.py", args, b"")
 }
 
 fn hub_public_x() -> String {
