@@ -1,6 +1,7 @@
-//! `qrcash-agent enrol`: the board enrols its key with the hub by a one-time code
+//! The board's key at the hub: `qrcash-agent enrol` enrols it by a one-time code
 //! (`qrcash_protocol::enrol`), learns the hub's keys from the answer, and writes them and the
-//! broker the hub names into its configuration.
+//! broker the hub names into its configuration; `qrcash-agent rotate-key` ([`rotate`]) hands
+//! over to a new key on a message signed with the current one.
 //!
 //! [`request`] and [`accept`] are the pure halves (the message to send, and what an answer
 //! proves); [`run`] is the shell: code from the command line or the camera, key, the MQTT
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant};
 use qrcash_io::KeyFile;
 use qrcash_protocol::enrol::{self, EnrolmentCode};
 use qrcash_protocol::envelope::Sealed;
-use qrcash_protocol::messages::{AtmDown, AtmUp, Enrol};
+use qrcash_protocol::keyset::HubTrust;
+use qrcash_protocol::messages::{AtmDown, AtmUp, Enrol, RotateKey};
 use qrcash_protocol::{
     Clock, MAX_DOWNLINK_BYTES, PrivateKey, PublicKey, RejectReason, SystemClock, topics,
 };
@@ -235,15 +237,9 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Outcome, Enrol
             board("the outbox holds messages the enrolment could overtake: run the agent until its outbox is empty".into())
         })?;
     let (jti, sealed) = crate::runtime::seal_direct(&cfg, &key, seq, now, AtmUp::Enrol(msg));
-    let learned = exchange(
-        &cfg,
-        sealed.into_bytes(),
-        &code,
-        &kid,
-        &nonce,
-        &jti,
-        options.timeout,
-    )
+    let learned = exchange(&cfg, sealed.into_bytes(), options.timeout, |bytes| {
+        accept(bytes, &cfg.atm_id, &kid, &nonce, &code, &jti)
+    })
     .await?;
 
     // The hub enrolled the key: now the files.
@@ -321,16 +317,137 @@ pub fn update_config(
     Ok(out)
 }
 
+/// Reads one message on the board's down-link for the rotation `jti`: `Ok(None)` when it is
+/// not the hub's answer to it; `Ok(Some(()))` for its `Ack`; the refusal. The answer must be
+/// signed by a hub key the board trusts for messages.
+pub fn accept_rotation(
+    bytes: &[u8],
+    trusted: &[PublicKey],
+    jti: &str,
+) -> Result<Option<()>, EnrolError> {
+    let Ok(sealed) = Sealed::parse(bytes, MAX_DOWNLINK_BYTES) else {
+        return Ok(None);
+    };
+    let Some(key) = trusted.iter().find(|k| k.kid() == sealed.kid()) else {
+        return Ok(None);
+    };
+    let Ok(claims) = sealed.open::<AtmDown>(key) else {
+        return Ok(None);
+    };
+    let ours = claims.re.as_deref() == Some(jti);
+    match claims.msg {
+        AtmDown::Ack(a) if ours || a.ids.iter().any(|i| i == jti) => Ok(Some(())),
+        AtmDown::Rejected(r) if ours => Err(EnrolError::Refused {
+            reason: r.reason,
+            message: r.message,
+        }),
+        _ => Ok(None),
+    }
+}
+
+/// What a key rotation did.
+#[derive(Debug)]
+pub struct Rotated {
+    /// The key handed over from (accepted by the hub for the overlap).
+    pub old_kid: String,
+    /// The key now enrolled.
+    pub new_kid: String,
+}
+
+/// `qrcash-agent rotate-key`: with the agent stopped, the board makes a new key, has the hub
+/// enrol it by a `RotateKey` signed with the current key, and only then makes it its key.
+/// Messages waiting in the outbox, signed by the current key, stay deliverable: the hub
+/// accepts the old key for the ATM messages' maximum age. Refused while the outbox holds
+/// messages of a key before the current one (a second rotation would strand them).
+pub async fn rotate(config_path: &Path, timeout: Duration) -> Result<Rotated, EnrolError> {
+    let board = |e: String| EnrolError::Board(e);
+    let cfg = AgentConfig::load(config_path).map_err(|e| board(e.to_string()))?;
+    let mut store = Store::open(&cfg.database, cfg.outbox.bounds())
+        .map_err(|e| board(format!("{}: {e}", cfg.database.display())))?;
+    let now = SystemClock.now();
+    let alive = |key: &str, store: &mut Store| {
+        store
+            .status_value(key)
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    if crate::runtime::agent_alive(
+        alive("alive_at", &mut store),
+        alive("stopped_at", &mut store),
+        now,
+    ) {
+        return Err(board(
+            "the agent is running: stop it first (systemctl stop qrcash-agent)".into(),
+        ));
+    }
+    let old = PrivateKey::load(&cfg.key_file).map_err(|e| board(e.to_string()))?;
+    let foreign = store
+        .outbox_signers()
+        .map_err(|e| board(e.to_string()))?
+        .into_iter()
+        .filter(|k| k != old.kid().as_str())
+        .count();
+    if foreign > 0 {
+        return Err(board(format!(
+            "the outbox holds {foreign} messages signed by a key before the current one: run the agent until they are delivered, then rotate"
+        )));
+    }
+    let trusted = HubTrust::new(
+        cfg.load_hub_keys().map_err(|e| board(e.to_string()))?,
+        store.hub_trust_state().map_err(|e| board(e.to_string()))?,
+    )
+    .message_keys();
+    let new = PrivateKey::generate();
+    // Saved beside the current key before anything is sent: if the hub enrols it and this
+    // process dies before the swap, the technician moves it into place.
+    let pending = cfg.key_file.with_extension("new");
+    new.save(&pending).map_err(|e| board(e.to_string()))?;
+    let msg = AtmUp::RotateKey(RotateKey {
+        public_key: new.public().to_jwk(),
+        proof: enrol::rotation_proof(&new, &cfg.atm_id, old.kid().as_str()),
+    });
+    let seq = store
+        .reserve_probe_seq(crate::doctor::probe::PROBE_SPAN)
+        .map_err(|e| board(e.to_string()))?
+        .ok_or_else(|| {
+            board("the outbox holds messages the rotation could overtake: run the agent until its outbox is empty".into())
+        })?;
+    let (jti, sealed) = crate::runtime::seal_direct(&cfg, &old, seq, now, msg);
+    exchange(&cfg, sealed.into_bytes(), timeout, |bytes| {
+        accept_rotation(bytes, &trusted, &jti)
+    })
+    .await?;
+    std::fs::rename(&pending, &cfg.key_file).map_err(|e| {
+        board(format!(
+            "the hub enrolled the key in {} but it could not replace {}: {e}; move it there by hand",
+            pending.display(),
+            cfg.key_file.display()
+        ))
+    })?;
+    let rotated = Rotated {
+        old_kid: old.kid().to_string(),
+        new_kid: new.kid().to_string(),
+    };
+    store
+        .journal(
+            SystemClock.now(),
+            crate::store::JournalKind::KeyRotated,
+            None,
+            None,
+            serde_json::json!({ "old_kid": rotated.old_kid, "new_kid": rotated.new_kid }),
+        )
+        .map_err(|e| board(e.to_string()))?;
+    Ok(rotated)
+}
+
 /// Publishes the request (again every [`RESEND`] while unanswered) and waits for the answer.
-async fn exchange(
+async fn exchange<T>(
     cfg: &AgentConfig,
     request: Vec<u8>,
-    code: &EnrolmentCode,
-    kid: &str,
-    nonce: &str,
-    jti: &str,
     timeout: Duration,
-) -> Result<Learned, EnrolError> {
+    mut answer: impl FnMut(&[u8]) -> Result<Option<T>, EnrolError>,
+) -> Result<T, EnrolError> {
     let board = |e: String| EnrolError::Board(e);
     let client_id = format!("{}-enrol-{}", cfg.atm_id, std::process::id());
     let options = qrcash_io::broker::mqtt_options(&cfg.broker, &client_id)
@@ -366,8 +483,8 @@ async fn exchange(
             Err(_) => {}
             Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => subscribed = true,
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == down => {
-                if let Some(learned) = accept(&p.payload, &cfg.atm_id, kid, nonce, code, jti)? {
-                    break Ok(learned);
+                if let Some(answered) = answer(&p.payload)? {
+                    break Ok(answered);
                 }
             }
             Ok(Ok(_)) => {}

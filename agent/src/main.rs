@@ -89,6 +89,14 @@ enum Command {
     },
     /// Print the agent's state from its database (JSON).
     Status,
+    /// Hand over to a new signing key: the hub enrols it on a message signed with the
+    /// current key, and accepts the old key for the ATM messages' maximum age (7 days by
+    /// default), so queued messages are still delivered. Run with the agent stopped.
+    RotateKey {
+        /// Seconds to wait for the hub's answer.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Check the board's set-up and explain each finding: configuration, keys and their
     /// permissions, TLS files, database and disk, outbox, broker, hub, clock, camera and
     /// dispenser. Exits 1 when a check fails. Run it as the agent's user; with the agent
@@ -323,6 +331,23 @@ fn main() -> Result<()> {
             println!(
                 "{} updated; next: qrcash-agent doctor",
                 cli.config.display()
+            );
+            Ok(())
+        }
+        Command::RotateKey { timeout } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let outcome = runtime.block_on(qrcash_agent::enrol::rotate(
+                &cli.config,
+                Duration::from_secs(timeout.max(1)),
+            ));
+            runtime.shutdown_background();
+            let r = outcome?;
+            println!(
+                "key {} replaced by {}; the hub accepts messages signed by the old key for the ATM messages' maximum age (7 days by default), so queued ones are still delivered",
+                r.old_kid, r.new_kid
             );
             Ok(())
         }

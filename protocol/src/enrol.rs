@@ -182,6 +182,42 @@ pub fn verify_answer(
     mac(key, &parts).verify_slice(&tag).is_ok()
 }
 
+/// What a board's new key signs when the board changes keys (`RotateKey`): the rotation
+/// statement `"qrcash-rotate-v1"` ‖ ATM id ‖ old `kid` ‖ new `kid`, joined by zero bytes.
+fn rotation_statement(atm_id: &str, old_kid: &str, new_kid: &str) -> Vec<u8> {
+    ["qrcash-rotate-v1", atm_id, old_kid, new_kid]
+        .join("\0")
+        .into_bytes()
+}
+
+/// The new key's proof of possession in a `RotateKey`: base64url of its Ed25519 signature
+/// of the rotation statement.
+pub fn rotation_proof(new_key: &crate::PrivateKey, atm_id: &str, old_kid: &str) -> String {
+    use ed25519_dalek::Signer as _;
+    let statement = rotation_statement(atm_id, old_kid, new_key.kid().as_str());
+    URL_SAFE_NO_PAD.encode(new_key.signing_key().sign(&statement).to_bytes())
+}
+
+/// Checks a rotation proof (strict Ed25519).
+pub fn verify_rotation(
+    new_key: &crate::PublicKey,
+    atm_id: &str,
+    old_kid: &str,
+    proof: &str,
+) -> bool {
+    let Ok(bytes) = URL_SAFE_NO_PAD.decode(proof) else {
+        return false;
+    };
+    let Ok(sig) = ed25519_dalek::Signature::from_slice(&bytes) else {
+        return false;
+    };
+    let statement = rotation_statement(atm_id, old_kid, new_key.kid().as_str());
+    new_key
+        .verifying_key()
+        .verify_strict(&statement, &sig)
+        .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +303,42 @@ mod tests {
         ));
         assert!(!verify_answer(&key, "atm-7", "kid", "nonce", &["h1"], &a));
         assert_ne!(a, p, "an answer is not a request");
+    }
+
+    #[test]
+    fn a_rotation_proof_binds_the_atm_and_both_keys() {
+        let (old, new) = (crate::PrivateKey::generate(), crate::PrivateKey::generate());
+        let p = rotation_proof(&new, "atm-7", old.kid().as_str());
+        assert!(verify_rotation(
+            new.public(),
+            "atm-7",
+            old.kid().as_str(),
+            &p
+        ));
+        assert!(!verify_rotation(
+            new.public(),
+            "atm-8",
+            old.kid().as_str(),
+            &p
+        ));
+        assert!(!verify_rotation(
+            new.public(),
+            "atm-7",
+            new.kid().as_str(),
+            &p
+        ));
+        assert!(!verify_rotation(
+            old.public(),
+            "atm-7",
+            old.kid().as_str(),
+            &p
+        ));
+        assert!(!verify_rotation(
+            new.public(),
+            "atm-7",
+            old.kid().as_str(),
+            "AAAA"
+        ));
     }
 
     /// Pinned vectors, computed independently with Python's `hashlib` and `hmac` from the

@@ -607,6 +607,20 @@ pub enum AtmUp {
     /// Enrol this board's key with a one-time code ([`crate::enrol`]); signed by the key it
     /// carries.
     Enrol(Enrol),
+    /// Change this ATM's key: signed by the enrolled key, carrying the new one and its proof
+    /// of possession.
+    RotateKey(RotateKey),
+}
+
+/// The enrolled key hands over to a new one; messages signed by the old key stay accepted for
+/// an overlap (`docs/protocol.md` §6.6), so nothing queued is lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// The new public key.
+    pub public_key: PublicJwk,
+    /// [`crate::enrol::rotation_proof`]: the new key's signature of the rotation statement.
+    pub proof: String,
 }
 
 /// A board asks to be enrolled under the ATM id of its topic with the key it carries.

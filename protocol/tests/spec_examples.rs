@@ -92,6 +92,7 @@ fn name_of_atm_up(m: &AtmUp) -> &'static str {
         AtmUp::SessionCancelled(_) => "SessionCancelled",
         AtmUp::Heartbeat(_) => "Heartbeat",
         AtmUp::Enrol(_) => "Enrol",
+        AtmUp::RotateKey(_) => "RotateKey",
     }
 }
 
@@ -181,6 +182,7 @@ fn every_message_type_has_an_example() {
             "SessionCancelled",
             "Heartbeat",
             "Enrol",
+            "RotateKey",
         ],
     );
     assert_all_documented::<AtmDown>(

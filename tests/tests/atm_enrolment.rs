@@ -248,3 +248,177 @@ async fn a_re_keyed_board_keeps_its_old_key_until_the_hub_enrolled_the_new_one()
         "the hub answers the new key: {line}"
     );
 }
+
+/// A heartbeat signed by `key` for `atm`, dated `iat`.
+fn heartbeat(atm: &str, key: &PrivateKey, seq: u64, iat: u64) -> (String, String) {
+    let cfg = AgentConfig {
+        atm_id: atm.into(),
+        ..AgentConfig::parse_unenrolled(
+            "atm_id = \"x\"\nkey_file = \"/k\"\nhub_keys = []\ndatabase = \"/d\"\n[[cassettes]]\ndenomination = 1000\n",
+        )
+        .unwrap()
+    };
+    qrcash_agent::runtime::seal_direct(
+        &cfg,
+        key,
+        seq,
+        iat,
+        qrcash_protocol::AtmUp::Heartbeat(qrcash_protocol::messages::Heartbeat {
+            state: qrcash_protocol::messages::AtmState::Idle,
+            cassettes: vec![],
+            outbox: 0,
+            software: "test".into(),
+        }),
+    )
+}
+
+/// Whether the hub acknowledges `sealed` (published as `atm`) within `wait`.
+async fn acked(
+    broker: &str,
+    atm: &str,
+    jti: &str,
+    sealed: &str,
+    hub_key: &qrcash_protocol::PublicKey,
+    wait: Duration,
+) -> bool {
+    use qrcash_protocol::{AtmDown, MAX_DOWNLINK_BYTES, Sealed, topics};
+    let mut client = qrcash_tests::mqtt::TestClient::connect(
+        &qrcash_io::BrokerConfig::plain(broker),
+        &format!("{atm}-test"),
+    )
+    .await
+    .unwrap();
+    client.subscribe(&topics::atm_down(atm)).await;
+    client.publish(&topics::atm_up(atm), sealed).await;
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Some((_, bytes)) = client
+        .next_publish(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
+        let Ok(claims) = Sealed::parse(&bytes, MAX_DOWNLINK_BYTES)
+            .unwrap()
+            .open::<AtmDown>(hub_key)
+        else {
+            continue;
+        };
+        if let AtmDown::Ack(a) = claims.msg
+            && a.ids.iter().any(|i| i == jti)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_takes_over_and_what_the_old_one_queued_still_arrives() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = qrcash_tests::hub::start(dir.path(), &url, 9, "atm-1").await;
+    let now = SystemClock.now();
+    hub.clock.set(now);
+    // The board of atm-1 learns the hub's keys by a code, keeping its key.
+    let a = dir.path().join("atm-1");
+    let config = board(&a, "atm-1", &url);
+    hub.atm_key.save(&a.join("atm.jwk")).unwrap();
+    let code = issue(&dir.path().join("hub.sqlite"), "atm-1", None, 3600, now);
+    let kept = enrol_with(&config, Some(&code), false).await.unwrap();
+    assert_eq!(kept.kid, hub.atm_key.kid().as_str());
+
+    // A message the old key queued (still in the outbox when the key changes).
+    let old = hub.atm_key.clone();
+    let queued = {
+        let cfg = AgentConfig::load(&config).unwrap();
+        let mut store = AgentStore::open(&cfg.database, Default::default()).unwrap();
+        let out = store
+            .enqueue(qrcash_agent::store::Priority::Normal, now, |seq| {
+                let (jti, sealed) = qrcash_agent::runtime::seal_direct(
+                    &cfg,
+                    &old,
+                    seq,
+                    now,
+                    qrcash_protocol::AtmUp::Heartbeat(qrcash_protocol::messages::Heartbeat {
+                        state: qrcash_protocol::messages::AtmState::Idle,
+                        cassettes: vec![],
+                        outbox: 1,
+                        software: "queued".into(),
+                    }),
+                );
+                qrcash_agent::store::Outgoing {
+                    jti,
+                    kind: "Heartbeat",
+                    sealed,
+                }
+            })
+            .unwrap();
+        (out.jti, out.sealed)
+    };
+
+    let rotated = enrol::rotate(&config, Duration::from_secs(20))
+        .await
+        .expect("rotated");
+    assert_eq!(rotated.old_kid, old.kid().as_str());
+    let new = PrivateKey::load(&a.join("atm.jwk")).unwrap();
+    assert_eq!(new.kid().as_str(), rotated.new_kid);
+    {
+        let mut store = AgentStore::open(&a.join("agent.db"), Default::default()).unwrap();
+        assert_eq!(
+            store
+                .journal_of_kind(qrcash_agent::store::JournalKind::KeyRotated)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+    // The queued message, signed by the old key, is still accepted.
+    assert!(
+        acked(
+            &url,
+            "atm-1",
+            &queued.0,
+            &queued.1,
+            &hub.hub_key,
+            Duration::from_secs(10)
+        )
+        .await
+    );
+    // While it waits in the board's outbox, a second rotation is refused.
+    match enrol::rotate(&config, Duration::from_secs(5)).await {
+        Err(EnrolError::Board(m)) => assert!(m.contains("before the current one"), "{m}"),
+        other => panic!("a second rotation must wait for the old key's messages: {other:?}"),
+    }
+    let line = hub_line(&config).await;
+    assert!(
+        line.starts_with("Ok"),
+        "the hub answers the new key: {line}"
+    );
+
+    // After the overlap (the ATM messages' maximum age), the old key gets silence.
+    let later = now + 7 * 86_400 + 10;
+    hub.clock.set(later);
+    let (jti, sealed) = heartbeat("atm-1", &old, 1_000, later);
+    assert!(
+        !acked(
+            &url,
+            "atm-1",
+            &jti,
+            &sealed,
+            &hub.hub_key,
+            Duration::from_secs(2)
+        )
+        .await
+    );
+    let (jti, sealed) = heartbeat("atm-1", &new, 1_001, later);
+    assert!(
+        acked(
+            &url,
+            "atm-1",
+            &jti,
+            &sealed,
+            &hub.hub_key,
+            Duration::from_secs(10)
+        )
+        .await
+    );
+}

@@ -528,5 +528,6 @@ pub fn up_kind(msg: &AtmUp) -> &'static str {
         AtmUp::SessionCancelled(_) => "SessionCancelled",
         AtmUp::Heartbeat(_) => "Heartbeat",
         AtmUp::Enrol(_) => "Enrol",
+        AtmUp::RotateKey(_) => "RotateKey",
     }
 }

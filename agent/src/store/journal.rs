@@ -55,6 +55,8 @@ pub enum JournalKind {
     HubKey,
     /// A technician removed a dead letter after dealing with it.
     DeadLetterCleared,
+    /// The board handed over to a new key (`qrcash-agent rotate-key`).
+    KeyRotated,
 }
 
 impl JournalKind {
@@ -80,6 +82,7 @@ impl JournalKind {
             JournalKind::CassetteSet => "cassette_set",
             JournalKind::HubKey => "hub_key",
             JournalKind::DeadLetterCleared => "dead_letter_cleared",
+            JournalKind::KeyRotated => "key_rotated",
         }
     }
 }

@@ -139,6 +139,29 @@ pub(crate) fn oldest_waiting_seq(conn: &Connection) -> Result<Option<u64>, Store
     Ok(Some(claims.seq))
 }
 
+impl Store {
+    /// The key id that signed each message waiting in the outbox, oldest first.
+    pub fn outbox_signers(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT sealed FROM outbox ORDER BY id")?;
+        let sealed = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        sealed
+            .iter()
+            .map(|s| {
+                qrcash_protocol::Sealed::parse(s.as_bytes(), usize::MAX)
+                    .map(|p| p.kid().to_string())
+                    .map_err(|e| StoreError::Corrupt {
+                        what: "outbox message",
+                        detail: e.to_string(),
+                    })
+            })
+            .collect()
+    }
+}
+
 /// Queues a message inside the caller's transaction: reserves the next `seq`, lets `seal`
 /// build the message with it, and stores it. Normal messages are refused at the bound.
 pub(crate) fn enqueue_in(

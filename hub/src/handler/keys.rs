@@ -21,8 +21,9 @@ pub(super) enum AtmSender {
     Enrolling(Option<AtmRow>),
 }
 
-/// The enrolled ATMs, and the key of an enrolment.
-pub(super) struct AtmKeys<'a>(pub Db<'a>);
+/// The enrolled ATMs (their key, and during the overlap after a rotation the previous one),
+/// and the key of an enrolment; the second field is now, which ends overlaps.
+pub(super) struct AtmKeys<'a>(pub Db<'a>, pub u64);
 
 impl KeyDirectory for AtmKeys<'_> {
     type Entry = AtmSender;
@@ -34,6 +35,17 @@ impl KeyDirectory for AtmKeys<'_> {
         if let Some(a) = atm.as_ref().filter(|a| a.kid == kid) {
             let key = PublicKey::from_jwk_json(&a.public_jwk)
                 .map_err(|e| HandleError::Internal(format!("enrolled key of ATM {id}: {e}")))?;
+            return Ok((key, AtmSender::Enrolled(a.clone())));
+        }
+        // Messages the board queued before it rotated its key, during the overlap.
+        if let Some(a) = atm.as_ref()
+            && let Some(p) = a
+                .previous
+                .as_ref()
+                .filter(|p| p.kid == kid && self.1 < p.until)
+        {
+            let key = PublicKey::from_jwk_json(&p.public_jwk)
+                .map_err(|e| HandleError::Internal(format!("previous key of ATM {id}: {e}")))?;
             return Ok((key, AtmSender::Enrolled(a.clone())));
         }
         // Not the enrolled key: only an enrolment carrying its own key may introduce one.

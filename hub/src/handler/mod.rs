@@ -674,7 +674,7 @@ fn process(
     }
 
     // Steps 1–2: nothing is answered before the signature holds.
-    let verified = match verify(tx.db(), &m.topic, topic, &m.payload) {
+    let verified = match verify(tx.db(), now, &m.topic, topic, &m.payload) {
         Ok(v) => v,
         Err(e @ HandleError::SignedMalformed { .. }) => {
             // Authentic, so answered (with `re`), though it cannot be read, and changes
@@ -896,6 +896,7 @@ fn rejected(ctx: &mut Ctx<'_>, class: &str, e: &HandleError) -> Result<Vec<Outgo
 /// hub's key directory, signature, claims).
 fn verify(
     db: Db<'_>,
+    now: u64,
     raw_topic: &str,
     topic: Option<Topic>,
     payload: &[u8],
@@ -912,8 +913,9 @@ fn verify(
     };
     match topic {
         Topic::AtmUp(id) => {
-            let a = receive::open::<AtmUp, _>(&keys::AtmKeys(db), &id, payload, MAX_UPLINK_BYTES)
-                .map_err(|e| malformed("atm", &id, e))?;
+            let a =
+                receive::open::<AtmUp, _>(&keys::AtmKeys(db, now), &id, payload, MAX_UPLINK_BYTES)
+                    .map_err(|e| malformed("atm", &id, e))?;
             keys::enrol_signed_by_its_key(a.kid.as_str(), &a.claims)?;
             Ok(Verified {
                 jti: a.claims.jti.clone(),

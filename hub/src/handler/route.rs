@@ -19,6 +19,7 @@ use crate::handler::cmd::payment::payment;
 use crate::handler::cmd::present::presented;
 use crate::handler::cmd::register::register;
 use crate::handler::cmd::report::report;
+use crate::handler::cmd::rotate_key::rotate_key;
 use crate::handler::cmd::session_cancelled::cancelled;
 use crate::handler::cmd::sign_out_others::sign_out_others;
 use crate::handler::cmd::top_up::top_up;
@@ -51,6 +52,7 @@ pub(in crate::handler) fn atm(
         AtmUp::OrderRefused(r) => refused(ctx, atm, r)?,
         AtmUp::SessionCancelled(s) => cancelled(ctx, atm, s)?,
         AtmUp::Heartbeat(h) => heartbeat(ctx, atm, h)?,
+        AtmUp::RotateKey(r) => rotate_key(ctx, atm, r)?,
         AtmUp::Enrol(_) => unreachable_enrol()?,
     };
     let jti = ctx.jti.clone();

@@ -73,7 +73,8 @@ pub fn enroll_atm(db: Db<'_>, a: &AtmEnrolment<'_>, at: u64) -> Result<(), Store
         "INSERT INTO atms(id, name, address, lat, lon, public_jwk, kid, denominations, active, enrolled_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9)
          ON CONFLICT(id) DO UPDATE SET name = ?2, address = ?3, lat = ?4, lon = ?5,
-             public_jwk = ?6, kid = ?7, denominations = ?8, active = 1",
+             public_jwk = ?6, kid = ?7, denominations = ?8, active = 1,
+             previous_jwk = NULL, previous_kid = NULL, previous_until = NULL",
         params![
             a.id,
             a.name,
@@ -89,11 +90,31 @@ pub fn enroll_atm(db: Db<'_>, a: &AtmEnrolment<'_>, at: u64) -> Result<(), Store
     Ok(())
 }
 
-/// Puts the ATM back in service under a new key (its place and cassettes stay).
+/// Puts the ATM back in service under a new key (its place and cassettes stay); no earlier
+/// key stays accepted.
 pub fn set_atm_key(db: Db<'_>, id: &str, public_jwk: &str, kid: &str) -> Result<(), StoreError> {
     db.execute(
-        "UPDATE atms SET public_jwk = ?2, kid = ?3, active = 1 WHERE id = ?1",
+        "UPDATE atms SET public_jwk = ?2, kid = ?3, active = 1,
+             previous_jwk = NULL, previous_kid = NULL, previous_until = NULL
+         WHERE id = ?1",
         params![id, public_jwk, kid],
+    )?;
+    Ok(())
+}
+
+/// The ATM hands over from its key to a new one: the old key stays accepted until `until`.
+pub fn rotate_atm_key(
+    db: Db<'_>,
+    id: &str,
+    public_jwk: &str,
+    kid: &str,
+    until: u64,
+) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE atms SET previous_jwk = public_jwk, previous_kid = kid, previous_until = ?4,
+             public_jwk = ?2, kid = ?3
+         WHERE id = ?1",
+        params![id, public_jwk, kid, to_sql(until)],
     )?;
     Ok(())
 }

@@ -377,6 +377,19 @@ pub struct AtmRow {
     pub last_seen: Option<u64>,
     /// Enrolled and not retired.
     pub active: bool,
+    /// The key it rotated away from, still accepted until the time given.
+    pub previous: Option<PreviousKey>,
+}
+
+/// An ATM's previous key during the overlap after a rotation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreviousKey {
+    /// The public key (JWK JSON).
+    pub public_jwk: String,
+    /// Its key id.
+    pub kid: String,
+    /// Accepted before this Unix second.
+    pub until: u64,
 }
 
 /// Loads an ATM.
@@ -384,7 +397,7 @@ pub fn atm(db: Db<'_>, id: &str) -> Result<Option<AtmRow>, StoreError> {
     let row = db
         .row_cached(
             "SELECT id, name, address, lat, lon, public_jwk, kid, denominations, cassettes,
-                    state, presence, last_seen, active
+                    state, presence, last_seen, active, previous_jwk, previous_kid, previous_until
              FROM atms WHERE id = ?1",
             [id],
             |r| {
@@ -402,12 +415,31 @@ pub fn atm(db: Db<'_>, id: &str) -> Result<Option<AtmRow>, StoreError> {
                     r.get::<_, Option<String>>(10)?,
                     r.get::<_, Option<i64>>(11)?,
                     r.get::<_, bool>(12)?,
+                    (
+                        r.get::<_, Option<String>>(13)?,
+                        r.get::<_, Option<String>>(14)?,
+                        r.get::<_, Option<i64>>(15)?,
+                    ),
                 ))
             },
         )
         .optional()?;
-    let Some((id, name, address, lat, lon, jwk, kid, denoms, cass, state, presence, seen, active)) =
-        row
+    let Some((
+        id,
+        name,
+        address,
+        lat,
+        lon,
+        jwk,
+        kid,
+        denoms,
+        cass,
+        state,
+        presence,
+        seen,
+        active,
+        (prev_jwk, prev_kid, prev_until),
+    )) = row
     else {
         return Ok(None);
     };
@@ -430,6 +462,14 @@ pub fn atm(db: Db<'_>, id: &str) -> Result<Option<AtmRow>, StoreError> {
         presence,
         last_seen: seen.map(from_sql),
         active,
+        previous: match (prev_jwk, prev_kid, prev_until) {
+            (Some(public_jwk), Some(kid), Some(until)) => Some(PreviousKey {
+                public_jwk,
+                kid,
+                until: from_sql(until),
+            }),
+            _ => None,
+        },
     }))
 }
 

@@ -338,9 +338,24 @@ CREATE TABLE atm_enrolments (
 ) STRICT;
 "#;
 
+/// An ATM's previous key, still accepted until `previous_until` after a `RotateKey`, so
+/// messages it queued under the old key are not lost.
+const V6: &str = r#"
+ALTER TABLE atms ADD COLUMN previous_jwk TEXT;
+ALTER TABLE atms ADD COLUMN previous_kid TEXT;
+ALTER TABLE atms ADD COLUMN previous_until INTEGER;
+"#;
+
 /// The migrations, oldest first.
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(V1), M::up(V2), M::up(V3), M::up(V4), M::up(V5)])
+    Migrations::new(vec![
+        M::up(V1),
+        M::up(V2),
+        M::up(V3),
+        M::up(V4),
+        M::up(V5),
+        M::up(V6),
+    ])
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub(super) mod payment;
 pub(super) mod present;
 pub(super) mod register;
 pub(super) mod report;
+pub(super) mod rotate_key;
 pub(super) mod session_cancelled;
 pub(super) mod sign_out_others;
 pub(super) mod top_up;
