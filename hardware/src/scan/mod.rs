@@ -39,7 +39,7 @@ mod symbol;
 
 pub use binarize::Binarizer;
 pub use downscale::{double, halve};
-pub use files::{FileResult, decode_files};
+pub use files::{FileResult, decode_files, decode_live, percentiles};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
