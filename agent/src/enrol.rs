@@ -216,15 +216,21 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Outcome, Enrol
                 )));
             }
         }
-        let key = PrivateKey::generate();
         // Saved before it is sent: a board the hub enrolled must hold its key. A new key
-        // beside an old one replaces it only once the hub answered.
+        // beside an old one replaces it only once the hub answered; one left there by an
+        // interrupted run is used again (the hub may have enrolled it already).
         let path = if existing {
             cfg.key_file.with_extension("new")
         } else {
             cfg.key_file.clone()
         };
-        key.save(&path).map_err(|e| board(e.to_string()))?;
+        let key = if existing && path.exists() {
+            PrivateKey::load(&path).map_err(|e| board(e.to_string()))?
+        } else {
+            let key = PrivateKey::generate();
+            key.save(&path).map_err(|e| board(e.to_string()))?;
+            key
+        };
         (key, existing.then_some(path))
     };
     let kid = key.kid().to_string();
@@ -279,6 +285,22 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Outcome, Enrol
         hub_key_files,
         cassette_mismatch,
     })
+}
+
+/// A file only the owner reads (0600), written through a temporary file and synced.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// A public key file: 0644, written through a temporary file.
@@ -398,22 +420,41 @@ pub async fn rotate(config_path: &Path, timeout: Duration) -> Result<Rotated, En
         store.hub_trust_state().map_err(|e| board(e.to_string()))?,
     )
     .message_keys();
-    let new = PrivateKey::generate();
-    // Saved beside the current key before anything is sent: if the hub enrols it and this
-    // process dies before the swap, the technician moves it into place.
+    // The new key and the signed request are kept beside the current key before anything is
+    // sent. A run that ends without the hub's answer (timeout, crash, lost Ack) leaves them,
+    // and the next run sends the very same request again: if the hub applied it, it answers
+    // the duplicate with its Ack (it still accepts the old key for the rotation message
+    // itself), and the swap completes; the board never ends up with a key the hub dropped.
     let pending = cfg.key_file.with_extension("new");
-    new.save(&pending).map_err(|e| board(e.to_string()))?;
-    let msg = AtmUp::RotateKey(RotateKey {
-        public_key: new.public().to_jwk(),
-        proof: enrol::rotation_proof(&new, &cfg.atm_id, old.kid().as_str()),
-    });
-    let seq = store
-        .reserve_probe_seq(crate::doctor::probe::PROBE_SPAN)
-        .map_err(|e| board(e.to_string()))?
-        .ok_or_else(|| {
-            board("the outbox holds messages the rotation could overtake: run the agent until its outbox is empty".into())
-        })?;
-    let (jti, sealed) = crate::runtime::seal_direct(&cfg, &old, seq, now, msg);
+    let pending_request = cfg.key_file.with_extension("new.request");
+    let (new, sealed) = match (pending.exists(), std::fs::read_to_string(&pending_request)) {
+        (true, Ok(sealed)) => (
+            PrivateKey::load(&pending).map_err(|e| board(e.to_string()))?,
+            sealed,
+        ),
+        _ => {
+            let new = PrivateKey::generate();
+            new.save(&pending).map_err(|e| board(e.to_string()))?;
+            let msg = AtmUp::RotateKey(RotateKey {
+                public_key: new.public().to_jwk(),
+                proof: enrol::rotation_proof(&new, &cfg.atm_id, old.kid().as_str()),
+            });
+            let seq = store
+                .reserve_probe_seq(crate::doctor::probe::PROBE_SPAN)
+                .map_err(|e| board(e.to_string()))?
+                .ok_or_else(|| {
+                    board("the outbox holds messages the rotation could overtake: run the agent until its outbox is empty".into())
+                })?;
+            let (_, sealed) = crate::runtime::seal_direct(&cfg, &old, seq, now, msg);
+            write_private(&pending_request, &sealed)
+                .map_err(|e| board(format!("{}: {e}", pending_request.display())))?;
+            (new, sealed)
+        }
+    };
+    let jti = Sealed::parse(sealed.as_bytes(), usize::MAX)
+        .and_then(|s| s.peek::<serde_json::Value>())
+        .map_err(|e| board(format!("{}: {e}", pending_request.display())))?
+        .jti;
     exchange(&cfg, sealed.into_bytes(), timeout, |bytes| {
         accept_rotation(bytes, &trusted, &jti)
     })
@@ -425,6 +466,7 @@ pub async fn rotate(config_path: &Path, timeout: Duration) -> Result<Rotated, En
             cfg.key_file.display()
         ))
     })?;
+    let _ = std::fs::remove_file(&pending_request);
     let rotated = Rotated {
         old_kid: old.kid().to_string(),
         new_kid: new.kid().to_string(),

@@ -398,15 +398,45 @@ fn load(path: &std::path::Path) -> Result<AgentConfig> {
 }
 
 fn keygen(config: &std::path::Path, out: Option<PathBuf>, force: bool) -> Result<()> {
-    let path = match out {
-        Some(p) => p,
-        None => load(config)?.key_file,
+    let cfg = match &out {
+        Some(_) => None,
+        None => Some(load(config)?),
+    };
+    let path = match (out, &cfg) {
+        (Some(p), _) => p,
+        (None, Some(cfg)) => cfg.key_file.clone(),
+        (None, None) => unreachable!("loaded above"),
     };
     if path.exists() && !force {
         bail!(
-            "{} already exists; pass --force to replace the ATM's key (the hub must then re-enrol it)",
+            "{} already exists; pass --force to replace the ATM's key (the hub must then re-enrol it; `qrcash-agent enrol --new-key` or `rotate-key` do both)",
             path.display()
         );
+    }
+    // Replacing the key of this configuration's board: never under a running agent (it keeps
+    // signing with the old key, which the hub drops once it enrols the new one) nor over
+    // messages queued under the old key (stranded once the hub knows only the new one).
+    if let Some(cfg) = cfg
+        .as_ref()
+        .filter(|c| path.exists() && c.database.exists())
+    {
+        let mut store = Store::open(&cfg.database, cfg.outbox.bounds())
+            .with_context(|| format!("opening {}", cfg.database.display()))?;
+        let at = |store: &mut Store, key: &str| -> Result<Option<u64>> {
+            Ok(store.status_value(key)?.and_then(|v| v.parse().ok()))
+        };
+        let (alive, stopped) = (at(&mut store, "alive_at")?, at(&mut store, "stopped_at")?);
+        if qrcash_agent::runtime::agent_alive(alive, stopped, qrcash_protocol::SystemClock.now()) {
+            bail!(
+                "the agent is running with this key: stop it first (systemctl stop qrcash-agent)"
+            );
+        }
+        let waiting = store.outbox_stats()?.messages;
+        if waiting > 0 {
+            bail!(
+                "the outbox holds {waiting} messages signed by the current key, which the hub would drop once it enrols a new one: run the agent until they are delivered, or use `qrcash-agent rotate-key`, which keeps them deliverable"
+            );
+        }
     }
     let key = PrivateKey::generate();
     key.save(&path)?;

@@ -663,6 +663,9 @@ impl Session {
                 window,
             }],
             AtmDown::Rejected(r) => {
+                // An enrolment's refusal names an `Enrol`, which never sits in the outbox: a
+                // stranger's enrolment reusing one of our `jti`s must not dead-letter it.
+                let re = re.filter(|_| r.reason != RejectReason::EnrolmentRefused);
                 let Some(re) = re else {
                     // A refusal of nothing of ours: only its `seq` is recorded.
                     return vec![Action::SaveWindow(window)];
@@ -1475,6 +1478,19 @@ mod tests {
                     message: "?".into(),
                 }),
                 None,
+            ),
+            NOW,
+        );
+        assert_eq!(a, vec![Action::SaveWindow(w)]);
+        // An enrolment's refusal names an `Enrol`, never an outbox message: a stranger's
+        // enrolment reusing an outbox `jti` dead-letters nothing.
+        let a = f.s.handle(
+            received(
+                AtmDown::Rejected(Rejected {
+                    reason: RejectReason::EnrolmentRefused,
+                    message: "wrong_address: …".into(),
+                }),
+                Some("q1"),
             ),
             NOW,
         );

@@ -465,3 +465,61 @@ async fn status_tells_a_running_agent_from_a_stopped_one() {
         1
     );
 }
+
+/// `keygen --force` never replaces the key under a running agent or over messages queued
+/// under it; with the agent stopped and the outbox empty it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keygen_force_waits_for_a_stopped_agent_and_an_empty_outbox() {
+    let rig = Rig::new();
+    let config = config_file(&rig);
+    write_png(&rig.path("code.png"), None);
+    {
+        let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
+        store
+            .enqueue(qrcash_agent::store::Priority::Normal, 1, |_| {
+                qrcash_agent::store::Outgoing {
+                    jti: "queued".into(),
+                    kind: "Heartbeat",
+                    sealed: "x.y.z".into(),
+                }
+            })
+            .unwrap();
+    }
+    let (ok, _, err) = cli(&config, &["keygen", "--force"]);
+    assert!(!ok && err.contains("outbox holds 1"), "{err}");
+    {
+        let mut store = Store::open(&rig.path("agent.db"), Default::default()).unwrap();
+        store.ack(&["queued".into()], 2).unwrap();
+    }
+    let mut hub = ScriptedHub::connect(&rig, 0).await;
+    let agent = spawn_agent(&config, None);
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let _ = hub.next_up(Duration::from_millis(200)).await;
+        let (_, out, _) = cli(&config, &["status"]);
+        let s: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        if s["agent"]["running"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never running");
+    }
+    let (ok, _, err) = cli(&config, &["keygen", "--force"]);
+    assert!(!ok && err.contains("agent is running"), "{err}");
+    let before = std::fs::read_to_string(rig.path("atm.jwk")).unwrap();
+    let _ = Command::new("kill")
+        .args(["-INT", &agent.id().to_string()])
+        .status();
+    let mut agent = agent;
+    wait_exit(&mut agent, T);
+    assert_eq!(
+        std::fs::read_to_string(rig.path("atm.jwk")).unwrap(),
+        before
+    );
+    let (ok, out, err) = cli(&config, &["keygen", "--force"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"x\""), "the new public JWK: {out}");
+    assert_ne!(
+        std::fs::read_to_string(rig.path("atm.jwk")).unwrap(),
+        before
+    );
+}

@@ -361,6 +361,20 @@ fn open(config: &HubConfig) -> Result<Store> {
         .with_context(|| format!("cannot open database {}", config.database.display()))
 }
 
+/// Writes `bytes` to a new file only its owner can read (0600).
+fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 fn now() -> u64 {
     SystemClock.now()
 }
@@ -410,10 +424,14 @@ fn run(cli: Cli) -> Result<()> {
             let payload = qrcash_protocol::enrol::qr_payload(&id, &code);
             let qr = qrcode::QrCode::new(payload.as_bytes()).context("encoding the QR code")?;
             if let Some(path) = &png {
+                // The code is a secret until used: owner-only, like a key.
+                let mut bytes = std::io::Cursor::new(Vec::new());
                 qr.render::<image::Luma<u8>>()
                     .module_dimensions(8, 8)
                     .build()
-                    .save(path)
+                    .write_to(&mut bytes, image::ImageFormat::Png)
+                    .context("encoding the PNG")?;
+                write_owner_only(path, bytes.get_ref())
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             println!(

@@ -188,6 +188,80 @@ async fn a_board_enrols_by_code_and_a_spent_wrong_or_expired_code_changes_nothin
         hub_line(&third).await.contains("Skipped"),
         "never enrolled: no hub keys to check an answer with"
     );
+    let store = HubStore::open(&hub_db).unwrap();
+    assert!(
+        qrcash_hub::store::rows::atm(store.db(), "atm-10")
+            .unwrap()
+            .is_none(),
+        "no wrong, locked or expired code enrolled anything at the hub"
+    );
+}
+
+/// A stranger's enrolment that reuses the `jti` of one of the enrolled ATM's messages, and
+/// fails an early check, is refused `enrolment_refused` (never a reason the ATM would take
+/// as a refusal of its own message) and is not answered as that message's duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_enrolment_can_never_refuse_the_atms_own_messages() {
+    use qrcash_protocol::{AtmDown, MAX_DOWNLINK_BYTES, Sealed, topics};
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = qrcash_tests::hub::start(dir.path(), &url, 12, "atm-1").await;
+    let now = SystemClock.now();
+    hub.clock.set(now);
+    // The real ATM's heartbeat, processed.
+    let (jti, sealed) = heartbeat("atm-1", &hub.atm_key, 1, now);
+    assert!(
+        acked(
+            &url,
+            "atm-1",
+            &jti,
+            &sealed,
+            &hub.hub_key,
+            Duration::from_secs(10)
+        )
+        .await
+    );
+    let mut watcher = qrcash_tests::mqtt::TestClient::connect(
+        &qrcash_io::BrokerConfig::plain(url.as_str()),
+        "watcher",
+    )
+    .await
+    .unwrap();
+    watcher.subscribe(&topics::atm_down("atm-1")).await;
+    // A stranger's Enrol under the same jti, addressed to another hub.
+    let stranger = PrivateKey::generate();
+    let code = EnrolmentCode::generate();
+    let enrol = qrcash_protocol::AtmUp::Enrol(enrol::request("atm-1", &stranger, &code, "n"));
+    let mut claims = qrcash_protocol::Claims::new(
+        "atm-1",
+        "other-hub",
+        2,
+        now,
+        Duration::from_secs(300),
+        enrol,
+    );
+    claims.jti = jti.clone();
+    let forged = qrcash_protocol::Signer::new("atm-1", stranger).seal(&claims);
+    watcher
+        .publish(&topics::atm_up("atm-1"), forged.as_str())
+        .await;
+    let (_, bytes) = watcher
+        .next_publish(Duration::from_secs(10))
+        .await
+        .expect("the stranger is answered");
+    let answer = Sealed::parse(&bytes, MAX_DOWNLINK_BYTES)
+        .unwrap()
+        .open::<AtmDown>(&hub.hub_key)
+        .unwrap();
+    assert_eq!(answer.re.as_deref(), Some(jti.as_str()));
+    match answer.msg {
+        AtmDown::Rejected(r) => {
+            assert_eq!(r.reason, RejectReason::EnrolmentRefused);
+            assert!(r.message.starts_with("wrong_address"), "{}", r.message);
+        }
+        other => panic!("not the heartbeat's Ack again, not another reason: {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,6 +457,30 @@ async fn a_rotated_key_takes_over_and_what_the_old_one_queued_still_arrives() {
         )
         .await
     );
+    // A message the old key signs now (numbered after the rotation) is dropped unanswered,
+    // as under any unknown key: the old key signs nothing new.
+    let (jti, sealed) = heartbeat("atm-1", &old, 5_000, now);
+    assert!(
+        !acked(
+            &url,
+            "atm-1",
+            &jti,
+            &sealed,
+            &hub.hub_key,
+            Duration::from_secs(2)
+        )
+        .await
+    );
+    let audit =
+        admin::audit_tail(&HubStore::open(&dir.path().join("hub.sqlite")).unwrap(), 5).unwrap();
+    assert!(
+        audit.iter().any(|r| r.entry.outcome == "rejected"
+            && r.entry
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.contains(old.kid().as_str()))),
+        "dropped as signed by an unknown key: {audit:?}"
+    );
     // While it waits in the board's outbox, a second rotation is refused.
     match enrol::rotate(&config, Duration::from_secs(5)).await {
         Err(EnrolError::Board(m)) => assert!(m.contains("before the current one"), "{m}"),
@@ -421,4 +519,78 @@ async fn a_rotated_key_takes_over_and_what_the_old_one_queued_still_arrives() {
         )
         .await
     );
+}
+
+/// A rotation whose answer never came (the hub applied it; the board timed out or died
+/// before the swap): the board still holds only the old key file, the hub only the new key.
+/// Running `rotate-key` again resends the very same request, which the hub answers as a
+/// duplicate, and the swap completes; a doctor meanwhile says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_rotation_completes_when_run_again() {
+    let broker = Mosquitto::start();
+    let url = broker.url();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = qrcash_tests::hub::start(dir.path(), &url, 13, "atm-1").await;
+    let now = SystemClock.now();
+    hub.clock.set(now);
+    let a = dir.path().join("atm-1");
+    let config = board(&a, "atm-1", &url);
+    hub.atm_key.save(&a.join("atm.jwk")).unwrap();
+    let code = issue(&dir.path().join("hub.sqlite"), "atm-1", None, 3600, now);
+    enrol_with(&config, Some(&code), false).await.unwrap();
+
+    // What the first run left before the answer: the new key and the sealed request, sent.
+    let cfg = AgentConfig::load(&config).unwrap();
+    let new = PrivateKey::generate();
+    new.save(&a.join("atm.new")).unwrap();
+    let seq = AgentStore::open(&cfg.database, Default::default())
+        .unwrap()
+        .reserve_probe_seq(32)
+        .unwrap()
+        .unwrap();
+    let rotate = qrcash_protocol::AtmUp::RotateKey(qrcash_protocol::messages::RotateKey {
+        public_key: new.public().to_jwk(),
+        proof: qrcash_protocol::enrol::rotation_proof(&new, "atm-1", hub.atm_key.kid().as_str()),
+    });
+    let (jti, sealed) = qrcash_agent::runtime::seal_direct(&cfg, &hub.atm_key, seq, now, rotate);
+    std::fs::write(a.join("atm.new.request"), &sealed).unwrap();
+    assert!(
+        acked(
+            &url,
+            "atm-1",
+            &jti,
+            &sealed,
+            &hub.hub_key,
+            Duration::from_secs(10)
+        )
+        .await
+    );
+    // The hub now knows only the new key; the board signs with the old one.
+    let line = hub_line(&config).await;
+    assert!(!line.starts_with("Ok"), "{line}");
+    let report = qrcash_agent::doctor::examine(
+        &config,
+        &qrcash_agent::doctor::Options {
+            camera_window: Duration::from_millis(100),
+            hub_timeout: Duration::from_secs(2),
+        },
+    )
+    .await;
+    let key_line = report.get("atm key").unwrap();
+    assert!(
+        key_line.detail.contains("interrupted key change"),
+        "{key_line:?}"
+    );
+
+    let done = enrol::rotate(&config, Duration::from_secs(20))
+        .await
+        .expect("completed");
+    assert_eq!(done.new_kid, new.kid().as_str());
+    assert_eq!(
+        PrivateKey::load(&a.join("atm.jwk")).unwrap().kid(),
+        new.kid()
+    );
+    assert!(!a.join("atm.new").exists() && !a.join("atm.new.request").exists());
+    let line = hub_line(&config).await;
+    assert!(line.starts_with("Ok"), "{line}");
 }

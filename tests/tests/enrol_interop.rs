@@ -96,6 +96,15 @@ async fn a_python_board_enrols_through_the_real_hub() {
             .unwrap()
             .contains("4 attempts left")
     );
+    {
+        let store = Store::open(&dir.path().join("hub.sqlite")).unwrap();
+        assert!(
+            qrcash_hub::store::rows::atm(store.db(), ATM)
+                .unwrap()
+                .is_none(),
+            "a wrong code enrols nothing"
+        );
+    }
 
     // The right code: Python checks the hub's proof and signature and learns its key.
     let req = ask(&code.grouped(), 2);
@@ -142,6 +151,11 @@ async fn a_python_board_enrols_through_the_real_hub() {
     board
         .publish(&topics::atm_up(ATM), heartbeat.as_str())
         .await;
+    let jti = Sealed::parse(heartbeat.as_bytes(), usize::MAX)
+        .unwrap()
+        .peek::<serde_json::Value>()
+        .unwrap()
+        .jti;
     let (_, ack) = board
         .next_publish(Duration::from_secs(10))
         .await
@@ -150,5 +164,8 @@ async fn a_python_board_enrols_through_the_real_hub() {
         .unwrap()
         .open::<AtmDown>(&hub.hub_key)
         .unwrap();
-    assert!(matches!(ack.msg, AtmDown::Ack(_)), "{:?}", ack.msg);
+    match ack.msg {
+        AtmDown::Ack(a) => assert_eq!(a.ids, [jti]),
+        other => panic!("not an Ack: {other:?}"),
+    }
 }

@@ -197,6 +197,19 @@ fn mode_of(path: &Path) -> Option<u32> {
 
 fn check_atm_key(path: &Path, report: &mut Report) -> Option<PrivateKey> {
     const CHECK: &str = "atm key";
+    // `rotate-key` and `enrol --new-key` keep the new key here until the hub answered.
+    let pending = path.with_extension("new");
+    if pending.exists() {
+        report.push(Finding::fail(
+            CHECK,
+            format!(
+                "{} is left from an interrupted key change: the hub may already know only that key",
+                pending.display()
+            ),
+            "run the same command again (`qrcash-agent rotate-key`, or `enrol --new-key` with the code): it resends the same request and completes the change",
+        ));
+        return PrivateKey::load(path).ok();
+    }
     match PrivateKey::load(path) {
         Ok(key) => {
             report.push(Finding::ok(

@@ -37,12 +37,17 @@ impl KeyDirectory for AtmKeys<'_> {
                 .map_err(|e| HandleError::Internal(format!("enrolled key of ATM {id}: {e}")))?;
             return Ok((key, AtmSender::Enrolled(a.clone())));
         }
-        // Messages the board queued before it rotated its key, during the overlap.
+        // Messages the board queued before it rotated its key, during the overlap: numbered
+        // up to the rotation and dated no later, so the old key can sign nothing new. (The
+        // claims are peeked at for that; `open` verifies the signature before anything else.)
         if let Some(a) = atm.as_ref()
             && let Some(p) = a
                 .previous
                 .as_ref()
                 .filter(|p| p.kid == kid && self.1 < p.until)
+            && sealed
+                .peek::<serde_json::Value>()
+                .is_ok_and(|c| c.seq <= p.up_to_seq && c.iat <= p.dated_by)
         {
             let key = PublicKey::from_jwk_json(&p.public_jwk)
                 .map_err(|e| HandleError::Internal(format!("previous key of ATM {id}: {e}")))?;

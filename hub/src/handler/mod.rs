@@ -285,6 +285,10 @@ pub(crate) struct Ctx<'a> {
     pub checked: &'a [CheckedSecret],
     /// The key id that signed the message (empty outside a message).
     pub sender_kid: String,
+    /// The message's `seq` and `iat` (0 outside a message).
+    pub seq: u64,
+    /// See `seq`.
+    pub iat: u64,
 }
 
 /// What every context of one message shares: the configuration, keys and warnings, the
@@ -325,6 +329,8 @@ impl<'a> Shared<'a> {
             detail: None,
             checked: self.checked,
             sender_kid: kid.to_owned(),
+            seq: 0,
+            iat: 0,
         }
     }
 }
@@ -719,6 +725,15 @@ fn process(
 
     let mut ctx = shared.ctx(tx.db(), &mut *rng, &sender_id, &verified.jti, &verified.kid);
 
+    // Refusals of a board enrolling under a key the ATM does not have all say
+    // `enrolment_refused`: they reach the ATM's down-link, and must not read as a refusal of
+    // one of the enrolled ATM's own messages (whose `jti` a stranger may reuse).
+    let answer_class = if matches!(verified.sender, Sender::Enrolling(..)) {
+        "enrolling"
+    } else {
+        verified.class
+    };
+
     // Step 3: addressing and times.
     let replay_cfg = if verified.class == "atm" {
         cfg.replay.atm()
@@ -733,12 +748,19 @@ fn process(
     }
     .map_err(HandleError::from);
     if let Err(e) = early {
-        let out = rejected(&mut ctx, verified.class, &e)?;
+        let out = rejected(&mut ctx, answer_class, &e)?;
         return finish(ctx.db, entry, e, out, stranger);
     }
 
-    // Step 4: duplicates are answered again; anything else must pass the window.
-    if let Some(previous) = store::processed(ctx.db, &sender_id, &verified.jti)? {
+    // Step 4: duplicates are answered again; anything else must pass the window. A board
+    // enrolling under a key the ATM does not have has no messages of its own on record: a
+    // `jti` it reuses is another's.
+    let enrolling = matches!(verified.sender, Sender::Enrolling(..));
+    if let Some(previous) = (!enrolling)
+        .then(|| store::processed(ctx.db, &sender_id, &verified.jti))
+        .transpose()?
+        .flatten()
+    {
         let stored: Vec<Outgoing> = serde_json::from_str(&previous)
             .map_err(|e| StoreError::Corrupt(format!("processed answers: {e}")))?;
         let outgoing = stored
@@ -755,7 +777,7 @@ fn process(
     let window = store::window(ctx.db, &sender_id, &verified.kid)?;
     if let Err(e) = window.check(verified.seq, replay_cfg.seq_window) {
         let e = HandleError::Replay(e);
-        let out = rejected(&mut ctx, verified.class, &e)?;
+        let out = rejected(&mut ctx, answer_class, &e)?;
         return finish(ctx.db, entry, e, out, stranger);
     }
 
@@ -763,6 +785,11 @@ fn process(
     drop(ctx);
     let sp = tx.savepoint()?;
     let mut ctx = shared.ctx(sp.db(), &mut *rng, &sender_id, &verified.jti, &verified.kid);
+    ctx.seq = verified.seq;
+    ctx.iat = match &verified.body {
+        Body::Atm(c) => c.iat,
+        Body::Phone(c) => c.iat,
+    };
     let outcome = guarded(|| match (&verified.body, &verified.sender) {
         (Body::Atm(c), Sender::Atm(atm)) => route::atm(&mut ctx, atm, &c.msg),
         (Body::Atm(c), Sender::Enrolling(id, atm)) => {
@@ -803,7 +830,7 @@ fn process(
     let mut ctx = shared.ctx(tx.db(), &mut *rng, &sender_id, &verified.jti, &verified.kid);
     ctx.detail = detail;
     if let Err(e) = &result {
-        outgoing.extend(rejected(&mut ctx, verified.class, e)?);
+        outgoing.extend(rejected(&mut ctx, answer_class, e)?);
     }
     let remember = match &result {
         Err(HandleError::Internal(_)) => false,
@@ -885,6 +912,13 @@ fn rejected(ctx: &mut Ctx<'_>, class: &str, e: &HandleError) -> Result<Vec<Outgo
         message: e.to_string(),
     };
     let to = ctx.sender.clone();
+    if class == "enrolling" {
+        let body = Rejected {
+            reason: RejectReason::EnrolmentRefused,
+            message: format!("{}: {e}", reason_code(&e.reason())),
+        };
+        return Ok(vec![ctx.send_atm(&to, AtmDown::Rejected(body))?]);
+    }
     Ok(vec![if class == "atm" {
         ctx.send_atm(&to, AtmDown::Rejected(body))?
     } else {

@@ -74,7 +74,8 @@ pub fn enroll_atm(db: Db<'_>, a: &AtmEnrolment<'_>, at: u64) -> Result<(), Store
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9)
          ON CONFLICT(id) DO UPDATE SET name = ?2, address = ?3, lat = ?4, lon = ?5,
              public_jwk = ?6, kid = ?7, denominations = ?8, active = 1,
-             previous_jwk = NULL, previous_kid = NULL, previous_until = NULL",
+             previous_jwk = NULL, previous_kid = NULL, previous_until = NULL,
+             previous_seq = NULL, previous_at = NULL",
         params![
             a.id,
             a.name,
@@ -90,31 +91,39 @@ pub fn enroll_atm(db: Db<'_>, a: &AtmEnrolment<'_>, at: u64) -> Result<(), Store
     Ok(())
 }
 
-/// Puts the ATM back in service under a new key (its place and cassettes stay); no earlier
-/// key stays accepted.
+/// Puts the ATM back in service under a key (its place and cassettes stay). A new key drops
+/// any earlier one still in its overlap; the same key keeps it (its queued messages).
 pub fn set_atm_key(db: Db<'_>, id: &str, public_jwk: &str, kid: &str) -> Result<(), StoreError> {
     db.execute(
-        "UPDATE atms SET public_jwk = ?2, kid = ?3, active = 1,
-             previous_jwk = NULL, previous_kid = NULL, previous_until = NULL
+        "UPDATE atms SET active = 1,
+             previous_jwk = CASE WHEN kid = ?3 THEN previous_jwk END,
+             previous_kid = CASE WHEN kid = ?3 THEN previous_kid END,
+             previous_until = CASE WHEN kid = ?3 THEN previous_until END,
+             previous_seq = CASE WHEN kid = ?3 THEN previous_seq END,
+             previous_at = CASE WHEN kid = ?3 THEN previous_at END,
+             public_jwk = ?2, kid = ?3
          WHERE id = ?1",
         params![id, public_jwk, kid],
     )?;
     Ok(())
 }
 
-/// The ATM hands over from its key to a new one: the old key stays accepted until `until`.
+/// The ATM hands over from its key to a new one by the rotation message `seq` dated `at`:
+/// the old key stays accepted until `until` for messages numbered up to `seq` and dated no
+/// later than `at`.
 pub fn rotate_atm_key(
     db: Db<'_>,
     id: &str,
-    public_jwk: &str,
-    kid: &str,
+    new: (&str, &str),
+    rotation: (u64, u64),
     until: u64,
 ) -> Result<(), StoreError> {
+    let ((public_jwk, kid), (seq, at)) = (new, rotation);
     db.execute(
         "UPDATE atms SET previous_jwk = public_jwk, previous_kid = kid, previous_until = ?4,
-             public_jwk = ?2, kid = ?3
+             previous_seq = ?5, previous_at = ?6, public_jwk = ?2, kid = ?3
          WHERE id = ?1",
-        params![id, public_jwk, kid, to_sql(until)],
+        params![id, public_jwk, kid, to_sql(until), to_sql(seq), to_sql(at)],
     )?;
     Ok(())
 }

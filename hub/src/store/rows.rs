@@ -390,6 +390,10 @@ pub struct PreviousKey {
     pub kid: String,
     /// Accepted before this Unix second.
     pub until: u64,
+    /// Only for messages numbered up to this `seq` (the rotation's own)...
+    pub up_to_seq: u64,
+    /// ... and dated no later than this (the rotation's `iat`).
+    pub dated_by: u64,
 }
 
 /// Loads an ATM.
@@ -397,7 +401,8 @@ pub fn atm(db: Db<'_>, id: &str) -> Result<Option<AtmRow>, StoreError> {
     let row = db
         .row_cached(
             "SELECT id, name, address, lat, lon, public_jwk, kid, denominations, cassettes,
-                    state, presence, last_seen, active, previous_jwk, previous_kid, previous_until
+                    state, presence, last_seen, active, previous_jwk, previous_kid, previous_until,
+                    previous_seq, previous_at
              FROM atms WHERE id = ?1",
             [id],
             |r| {
@@ -419,6 +424,8 @@ pub fn atm(db: Db<'_>, id: &str) -> Result<Option<AtmRow>, StoreError> {
                         r.get::<_, Option<String>>(13)?,
                         r.get::<_, Option<String>>(14)?,
                         r.get::<_, Option<i64>>(15)?,
+                        r.get::<_, Option<i64>>(16)?,
+                        r.get::<_, Option<i64>>(17)?,
                     ),
                 ))
             },
@@ -438,7 +445,7 @@ pub fn atm(db: Db<'_>, id: &str) -> Result<Option<AtmRow>, StoreError> {
         presence,
         seen,
         active,
-        (prev_jwk, prev_kid, prev_until),
+        (prev_jwk, prev_kid, prev_until, prev_seq, prev_at),
     )) = row
     else {
         return Ok(None);
@@ -462,11 +469,13 @@ pub fn atm(db: Db<'_>, id: &str) -> Result<Option<AtmRow>, StoreError> {
         presence,
         last_seen: seen.map(from_sql),
         active,
-        previous: match (prev_jwk, prev_kid, prev_until) {
-            (Some(public_jwk), Some(kid), Some(until)) => Some(PreviousKey {
+        previous: match (prev_jwk, prev_kid, prev_until, prev_seq, prev_at) {
+            (Some(public_jwk), Some(kid), Some(until), Some(seq), Some(at)) => Some(PreviousKey {
                 public_jwk,
                 kid,
                 until: from_sql(until),
+                up_to_seq: from_sql(seq),
+                dated_by: from_sql(at),
             }),
             _ => None,
         },

@@ -338,12 +338,16 @@ CREATE TABLE atm_enrolments (
 ) STRICT;
 "#;
 
-/// An ATM's previous key, still accepted until `previous_until` after a `RotateKey`, so
-/// messages it queued under the old key are not lost.
+/// An ATM's previous key after a `RotateKey`: still accepted until `previous_until`, and only
+/// for messages numbered up to the rotation's `seq` (`previous_seq`) and dated no later than
+/// it (`previous_at`), so messages it queued under the old key are not lost and the old key
+/// can sign nothing new.
 const V6: &str = r#"
 ALTER TABLE atms ADD COLUMN previous_jwk TEXT;
 ALTER TABLE atms ADD COLUMN previous_kid TEXT;
 ALTER TABLE atms ADD COLUMN previous_until INTEGER;
+ALTER TABLE atms ADD COLUMN previous_seq INTEGER;
+ALTER TABLE atms ADD COLUMN previous_at INTEGER;
 "#;
 
 /// The migrations, oldest first.

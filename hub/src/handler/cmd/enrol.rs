@@ -105,7 +105,15 @@ pub(in crate::handler) fn enrol(
                 extra: Vec::new(),
             }));
         }
-        Verdict::Again => ctx.note(format!("enrolment of key {kid} answered again")),
+        Verdict::Again => {
+            if atm.is_some_and(|a| a.kid != kid) {
+                return Err(refuse(
+                    RejectReason::EnrolmentRefused,
+                    "the key that used this enrolment code was replaced since: ask the hub operator for a new code",
+                ));
+            }
+            ctx.note(format!("enrolment of key {kid} answered again"));
+        }
         Verdict::Enrol => {
             let jwk = serde_json::to_string(&e.public_key)
                 .map_err(|err| refuse(RejectReason::Malformed, err.to_string()))?;
@@ -144,7 +152,9 @@ pub(in crate::handler) fn enrol(
         (None, Some(p)) => p.denominations.clone(),
         (None, None) => Vec::new(),
     };
-    let hub_keys = ctx.keys.public_keys();
+    // The signing key only: a board's roots are never retired, and the previous keys it
+    // still needs for codes issued before a rotation it learns from the key set.
+    let hub_keys = [ctx.keys.current().public().clone()];
     let kids: Vec<&str> = hub_keys.iter().map(|k| k.kid().as_str()).collect();
     let proof = enrol::answer_proof(&key, id, &kid, &e.nonce, &kids);
     let answer = AtmDown::Enrolled(Enrolled {

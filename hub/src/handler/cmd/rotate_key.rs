@@ -42,7 +42,13 @@ pub(in crate::handler) fn rotate_key(
     let until = ctx
         .now
         .saturating_add(ctx.cfg.replay.atm().max_age.as_secs());
-    registry::rotate_atm_key(ctx.db, &atm.id, &jwk, new.kid().as_str(), until)?;
+    registry::rotate_atm_key(
+        ctx.db,
+        &atm.id,
+        (&jwk, new.kid().as_str()),
+        (ctx.seq, ctx.iat),
+        until,
+    )?;
     ctx.note(format!(
         "key {} rotated to {}; the old one accepted until {until}",
         atm.kid,
