@@ -34,6 +34,7 @@ pub mod keyring;
 pub mod ledger;
 pub mod limits;
 pub mod notes;
+pub mod pki;
 pub mod qr;
 pub mod restriction;
 pub mod rng;

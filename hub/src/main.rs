@@ -69,6 +69,66 @@ enum Command {
     /// New-device restrictions.
     #[command(subcommand)]
     Restriction(RestrictionCmd),
+    /// The device CA the broker trusts: certificates for the broker, the hub, ATMs, phones
+    /// and the edge bridge, revocation and the CRL (`docs/deployment.md` §3).
+    Pki {
+        /// The CA's folder (0700: its key is 0600 inside).
+        #[arg(long, default_value = "pki")]
+        dir: PathBuf,
+        #[command(subcommand)]
+        command: PkiCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCmd {
+    /// Create the CA (refuses to overwrite one).
+    Init {
+        /// Its name (CN).
+        #[arg(long, default_value = "qrcash device CA")]
+        name: String,
+        /// Days it is valid.
+        #[arg(long, default_value_t = 3650)]
+        days: u64,
+    },
+    /// Issue a certificate: `NAME.pem`, and `NAME.key` (0600) unless a CSR brings its own key.
+    Issue {
+        /// `broker` (server) or `client` (CN = the MQTT identity: hub, an ATM id, a phone
+        /// device id, bridge-edge).
+        #[arg(value_enum)]
+        kind: qrcash_hub::pki::Kind,
+        /// The CN.
+        name: String,
+        /// For a broker: the DNS names and IP addresses clients dial (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        san: Vec<String>,
+        /// Days it is valid (1 to 825; renew before it expires: issue again, then revoke
+        /// the old one).
+        #[arg(long, default_value_t = 90)]
+        days: u64,
+        /// Sign this CSR (PEM) instead of making a key: the device keeps its own.
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        /// Where to write the files.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Revoke by serial, or every certificate of a name; then writes the CRL (30 days).
+    Revoke {
+        /// A serial (hex) or a name.
+        which: String,
+        /// Days the new CRL is valid.
+        #[arg(long, default_value_t = 30)]
+        crl_days: u64,
+    },
+    /// Write the CRL again (before the last one expires, or the broker refuses everyone).
+    Crl {
+        /// Days it is valid (1 to 365).
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+    },
+    /// What the CA issued: serial, kind, name, days left, revoked.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -361,6 +421,88 @@ fn open(config: &HubConfig) -> Result<Store> {
         .with_context(|| format!("cannot open database {}", config.database.display()))
 }
 
+fn pki(dir: &Path, command: PkiCmd) -> Result<()> {
+    use qrcash_hub::pki::Ca;
+    let now = now();
+    match command {
+        PkiCmd::Init { name, days } => {
+            let ca = Ca::init(dir, &name, days, now)?;
+            println!(
+                "CA {name:?} created in {}: give {} to the broker (cafile) and to every client (ca_file); keep ca.key offline",
+                dir.display(),
+                ca.cert_file().display()
+            );
+        }
+        PkiCmd::Issue {
+            kind,
+            name,
+            san,
+            days,
+            csr,
+            out,
+        } => {
+            let mut ca = Ca::open(dir)?;
+            let csr = csr
+                .as_ref()
+                .map(|p| {
+                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+                })
+                .transpose()?;
+            let issued = ca.issue(kind, &name, &san, days, csr.as_deref(), now)?;
+            qrcash_io::files::private_dir(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            let cert = out.join(format!("{name}.pem"));
+            std::fs::write(&cert, &issued.cert_pem)
+                .with_context(|| format!("writing {}", cert.display()))?;
+            println!(
+                "{}: serial {}, valid {days} days",
+                cert.display(),
+                issued.entry.serial
+            );
+            if let Some(key) = &issued.key_pem {
+                let path = out.join(format!("{name}.key"));
+                write_owner_only(&path, key.as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("{}: its key (0600)", path.display());
+            }
+        }
+        PkiCmd::Revoke { which, crl_days } => {
+            let mut ca = Ca::open(dir)?;
+            for c in ca.revoke(&which, now)? {
+                println!("revoked {} ({})", c.serial, c.name);
+            }
+            let crl = ca.crl(crl_days, now)?;
+            println!(
+                "{} written, valid {crl_days} days: copy it to the broker (crlfile) and restart the broker (Mosquitto reads it at start only)",
+                crl.display()
+            );
+        }
+        PkiCmd::Crl { days } => {
+            let crl = Ca::open(dir)?.crl(days, now)?;
+            println!("{} written, valid {days} days", crl.display());
+        }
+        PkiCmd::List => {
+            let ca = Ca::open(dir)?;
+            for c in ca.issued() {
+                let left = (c.not_after as i64 - now as i64) / 86_400;
+                let state = match c.revoked_at {
+                    Some(_) => "revoked".to_owned(),
+                    None if left < 0 => "expired".to_owned(),
+                    None if left < 30 => format!("{left} days left: RENEW"),
+                    None => format!("{left} days left"),
+                };
+                println!(
+                    "{}  {:<6}  {:<24}  {state}",
+                    c.serial,
+                    format!("{:?}", c.kind).to_lowercase(),
+                    c.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to a new file only its owner can read (0600).
 fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
@@ -389,6 +531,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve { embedded_broker } => serve(&cli.config, embedded_broker),
         Command::Account(c) => account(&cli.config, c),
         Command::Device(c) => device(&cli.config, c),
+        Command::Pki { dir, command } => pki(&dir, command),
         Command::Atm(AtmCmd::EnrolCode {
             id,
             name,

@@ -46,6 +46,8 @@ pub struct ListenerTls {
     pub require_certificate: bool,
     /// Use the client certificate's CN as the MQTT username (for ACL patterns `%u`).
     pub use_identity_as_username: bool,
+    /// A certificate revocation list (PEM file) the broker reads at start (`crlfile`).
+    pub crl_file: Option<PathBuf>,
 }
 
 /// A running (or stopped) private Mosquitto.
@@ -304,6 +306,9 @@ fn write_config(dir: &Path, port: u16, config: &MosquittoConfig) {
             conf.push_str(&format!("cafile {}\n", put("ca.pem", &tls.ca_pem)));
             conf.push_str(&format!("certfile {}\n", put("server.pem", &tls.cert_pem)));
             conf.push_str(&format!("keyfile {}\n", put("server.key", &tls.key_pem)));
+            if let Some(crl) = &tls.crl_file {
+                conf.push_str(&format!("crlfile {}\n", crl.display()));
+            }
             conf.push_str(&format!(
                 "require_certificate {}\nuse_identity_as_username {}\n",
                 tls.require_certificate, tls.use_identity_as_username

@@ -87,6 +87,7 @@ impl TestPki {
             key_pem,
             require_certificate: true,
             use_identity_as_username: true,
+            crl_file: None,
         }
     }
 
