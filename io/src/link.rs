@@ -84,6 +84,10 @@ pub struct LinkOptions {
     pub events: usize,
     /// Delay between reconnection attempts.
     pub backoff: Backoff,
+    /// How often at most the TLS files are looked at, on the link's events (a quiet link has
+    /// one every keep-alive, its ping): when one changed (a renewed certificate), the link
+    /// reconnects with them; every reconnection reads them anew anyway.
+    pub tls_check: Duration,
 }
 
 impl LinkOptions {
@@ -101,6 +105,7 @@ impl LinkOptions {
             queue: 256,
             events: 256,
             backoff: Backoff::default(),
+            tls_check: Duration::from_secs(30),
         }
     }
 
@@ -265,6 +270,7 @@ pub fn spawn(options: LinkOptions) -> Result<(LinkHandle, mpsc::Receiver<LinkEve
     let (connack_tx, connack_rx) = mpsc::channel(4);
     let subscribes = !options.subscriptions.is_empty();
     let finishing = Arc::new(AtomicBool::new(false));
+    let tls = TlsFiles::new(&options.broker, &options.client_id, options.tls_check);
     let tasks = vec![
         tokio::spawn(poll(
             eventloop,
@@ -273,7 +279,7 @@ pub fn spawn(options: LinkOptions) -> Result<(LinkHandle, mpsc::Receiver<LinkEve
             events_tx,
             up_tx,
             connack_tx,
-            options.backoff.clone(),
+            (options.backoff.clone(), tls),
         )),
         tokio::spawn(renew(
             client.clone(),
@@ -292,6 +298,69 @@ pub fn spawn(options: LinkOptions) -> Result<(LinkHandle, mpsc::Receiver<LinkEve
     Ok((handle, events))
 }
 
+/// The TLS files of a link, read again on every reconnection and watched for changes (a
+/// renewed certificate takes effect without a restart).
+struct TlsFiles {
+    broker: BrokerConfig,
+    client_id: String,
+    every: Duration,
+    stamp: Vec<Option<std::time::SystemTime>>,
+    checked: tokio::time::Instant,
+}
+
+impl TlsFiles {
+    fn new(broker: &BrokerConfig, client_id: &str, every: Duration) -> Self {
+        let mut files = TlsFiles {
+            broker: broker.clone(),
+            client_id: client_id.to_owned(),
+            every,
+            stamp: Vec::new(),
+            checked: tokio::time::Instant::now(),
+        };
+        files.stamp = files.stamps();
+        files
+    }
+
+    fn stamps(&self) -> Vec<Option<std::time::SystemTime>> {
+        [
+            &self.broker.ca_file,
+            &self.broker.cert_file,
+            &self.broker.key_file,
+        ]
+        .into_iter()
+        .map(|p| {
+            p.as_ref()
+                .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        })
+        .collect()
+    }
+
+    /// Whether a file changed since last looked at (at most every `every`).
+    fn changed(&mut self) -> bool {
+        if self.broker.ca_file.is_none() || self.checked.elapsed() < self.every {
+            return false;
+        }
+        self.checked = tokio::time::Instant::now();
+        let now = self.stamps();
+        let changed = now != self.stamp;
+        self.stamp = now;
+        changed
+    }
+
+    /// The transport built from the files as they are now; `None` (logged) when they do not
+    /// load, so the link keeps the one it has.
+    fn transport(&self) -> Option<rumqttc::Transport> {
+        self.broker.ca_file.as_ref()?;
+        match mqtt_options(&self.broker, &self.client_id) {
+            Ok(o) => Some(o.transport()),
+            Err(e) => {
+                tracing::error!(error = %e, "the TLS files do not load: keeping the ones in use");
+                None
+            }
+        }
+    }
+}
+
 /// The poll task: connection state and messages to the program, backoff after errors.
 async fn poll(
     mut eventloop: EventLoop,
@@ -300,14 +369,29 @@ async fn poll(
     events: mpsc::Sender<LinkEvent>,
     up: watch::Sender<bool>,
     connacks: mpsc::Sender<()>,
-    mut backoff: Backoff,
+    (mut backoff, mut tls): (Backoff, TlsFiles),
 ) {
     // Sends an event unless the program has stopped listening.
     async fn tell(events: &mpsc::Sender<LinkEvent>, event: LinkEvent) {
         let _ = events.send(event).await;
     }
     loop {
-        match eventloop.poll().await {
+        let polled = eventloop.poll().await;
+        // Every event (pings at least every keep-alive) is a chance to look at the files.
+        if polled.is_ok()
+            && tls.changed()
+            && let Some(transport) = tls.transport()
+        {
+            tracing::info!("the TLS files changed: reconnecting with them");
+            eventloop.mqtt_options.set_transport(transport);
+            // Drops the connection; what was in flight is sent again after the reconnect.
+            eventloop.clean();
+            if up.send_replace(false) {
+                tell(&events, LinkEvent::Down).await;
+            }
+            continue;
+        }
+        match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::debug!(code = ?ack.code, "connected to the broker");
                 backoff.reset();
@@ -359,6 +443,10 @@ async fn poll(
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost");
                 tokio::time::sleep(delay).await;
+                // Reconnect with the files as they are now (a certificate renewed meanwhile).
+                if let Some(transport) = tls.transport() {
+                    eventloop.mqtt_options.set_transport(transport);
+                }
             }
         }
     }

@@ -259,3 +259,55 @@ async fn an_invalid_topic_filter_is_refused_at_the_start() {
         Err(qrcash_io::LinkError::BadFilter(f)) if f == "t/#/x"
     ));
 }
+
+/// A certificate renewed on disk is used without a restart: the link notices the changed
+/// files, reconnects with them, and (shown here with a certificate from a CA the broker does
+/// not trust, then a good one again) every reconnection reads the files as they are now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_tls_files_are_used_without_a_restart() {
+    use qrcash_tests::pki::TestPki;
+    let pki = TestPki::default();
+    let broker = pki.locked_down_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("atm.pem"), dir.path().join("atm.key"));
+    let install = |from: &TestPki| {
+        let (c, k) = from.client_files("atm-1");
+        // Written beside and renamed, as a technician's copy or a package would.
+        std::fs::copy(&c, dir.path().join("new.pem")).unwrap();
+        std::fs::copy(&k, dir.path().join("new.key")).unwrap();
+        std::fs::rename(dir.path().join("new.pem"), &cert).unwrap();
+        std::fs::rename(dir.path().join("new.key"), &key).unwrap();
+    };
+    install(&pki);
+    let mut options = LinkOptions::new(
+        BrokerConfig {
+            url: broker.url(),
+            ca_file: Some(pki.ca_file()),
+            cert_file: Some(cert.clone()),
+            key_file: Some(key.clone()),
+            // The files are looked at when the link has an event: at the latest the ping
+            // of every keep-alive.
+            keep_alive_s: 5,
+        },
+        "atm-1",
+    )
+    .subscribe(["qrcash/v1/atm/atm-1/down".to_owned()]);
+    options.tls_check = Duration::from_millis(200);
+    options.backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(300));
+    let (_handle, mut events) = link::spawn(options).unwrap();
+    assert_eq!(next(&mut events).await, LinkEvent::Up);
+
+    // A certificate the broker refuses: the link drops its connection to use it, and stays
+    // down (each reconnection reads the files again and is refused).
+    install(&TestPki::new("stranger CA"));
+    assert_eq!(next(&mut events).await, LinkEvent::Down);
+    let stays_down = tokio::time::timeout(Duration::from_secs(2), events.recv()).await;
+    assert!(
+        stays_down.is_err(),
+        "no Up with a refused certificate: {stays_down:?}"
+    );
+
+    // A good certificate again: up without a restart.
+    install(&pki);
+    assert_eq!(next(&mut events).await, LinkEvent::Up);
+}
