@@ -854,6 +854,30 @@ pub fn ledger_check(store: &Store) -> Result<LedgerReport, AdminError> {
     Ok(books::check(store.db())?)
 }
 
+/// Reconciles ATM `id`'s reported cassette counts with the notes its dispense reports say were
+/// picked: one interval per change of counts, oldest first (`reconcile`).
+pub fn reconcile_atm(
+    store: &Store,
+    id: &str,
+) -> Result<Vec<crate::reconcile::Interval>, AdminError> {
+    let db = store.db();
+    if rows::atm(db, id)?.is_none() {
+        return Err(AdminError::Invalid(format!("no ATM {id}")));
+    }
+    let history = rows::atm_count_history(db, id)?;
+    let mut out = Vec::new();
+    for pair in history.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        let picked = rows::picked_notes_between(db, id, before.reports_upto, after.reports_upto)?;
+        out.push(crate::reconcile::Interval {
+            from: before.at,
+            to: after.at,
+            cassettes: crate::reconcile::judge(&before.counts, &after.counts, &picked),
+        });
+    }
+    Ok(out)
+}
+
 /// The latest audit entries.
 pub fn audit_tail(store: &Store, n: usize) -> Result<Vec<AuditRow>, AdminError> {
     Ok(audit::tail(store.db(), n)?)

@@ -36,6 +36,7 @@ pub mod limits;
 pub mod notes;
 pub mod pki;
 pub mod qr;
+pub mod reconcile;
 pub mod restriction;
 pub mod rng;
 pub mod secrets;

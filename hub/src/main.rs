@@ -228,6 +228,12 @@ enum AtmCmd {
         #[arg(long, value_delimiter = ',', default_value = "10000,5000,1000")]
         denominations: Vec<u64>,
     },
+    /// Reconcile the ATM's reported cassette counts with the notes its dispense reports say
+    /// left each cassette: one line per change of counts; exits 1 when notes are unaccounted.
+    Reconcile {
+        /// ATM id.
+        id: String,
+    },
     /// Issue a one-time enrolment code for an ATM, shown as text and as a QR code for the
     /// board's camera (`qrcash-agent enrol`). An ATM not enrolled yet needs its place and
     /// cassettes; an enrolled one gets the key of the board that uses the code.
@@ -532,6 +538,36 @@ fn run(cli: Cli) -> Result<()> {
         Command::Account(c) => account(&cli.config, c),
         Command::Device(c) => device(&cli.config, c),
         Command::Pki { dir, command } => pki(&dir, command),
+        Command::Atm(AtmCmd::Reconcile { id }) => {
+            let config = load(&cli.config)?;
+            let store = open(&config)?;
+            let intervals = admin::reconcile_atm(&store, &id)?;
+            let mut missing = false;
+            for i in &intervals {
+                for c in &i.cassettes {
+                    use qrcash_hub::reconcile::Verdict;
+                    let verdict = match c.verdict {
+                        Verdict::Balanced => "balanced".to_owned(),
+                        Verdict::Added(n) => format!("+{n} added (replenished or counted)"),
+                        Verdict::Missing(n) => {
+                            missing = true;
+                            format!("{n} UNACCOUNTED")
+                        }
+                    };
+                    println!(
+                        "{} -> {}  {:>6}: {} -> {} notes, {} dispensed: {verdict}",
+                        i.from, i.to, c.denomination, c.before, c.after, c.picked
+                    );
+                }
+            }
+            if intervals.is_empty() {
+                println!("ATM {id}: fewer than two cassette reports yet, nothing to reconcile");
+            }
+            if missing {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Atm(AtmCmd::EnrolCode {
             id,
             name,

@@ -504,7 +504,93 @@ pub fn atm_heartbeat(
         "UPDATE atms SET state = ?2, cassettes = ?3, last_seen = ?4 WHERE id = ?1",
         params![id, state, cass, to_sql(at)],
     )?;
+    // A snapshot for reconciliation when the counts changed.
+    let counts: Vec<(u64, u32)> = cassettes
+        .iter()
+        .map(|c| (c.denomination, c.notes))
+        .collect();
+    let counts = serde_json::to_string(&counts).map_err(|e| corrupt(e.to_string()))?;
+    let last: Option<String> = db
+        .row_cached(
+            "SELECT counts FROM atm_counts WHERE atm_id = ?1 ORDER BY id DESC LIMIT 1",
+            [id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if last.as_deref() != Some(counts.as_str()) {
+        db.exec_cached(
+            "INSERT INTO atm_counts(atm_id, at, counts, reports_upto)
+             VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(id), 0) FROM dispense_reports))",
+            params![id, to_sql(at), counts],
+        )?;
+    }
     Ok(())
+}
+
+/// One change of an ATM's reported cassette counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountSnapshot {
+    /// When, Unix seconds.
+    pub at: u64,
+    /// (denomination, notes), as reported.
+    pub counts: Vec<(u64, u32)>,
+    /// The last dispense report (row id) the hub recorded before it.
+    pub reports_upto: i64,
+}
+
+/// The ATM's count snapshots, oldest first.
+pub fn atm_count_history(db: Db<'_>, id: &str) -> Result<Vec<CountSnapshot>, StoreError> {
+    let mut stmt = db
+        .prepare("SELECT at, counts, reports_upto FROM atm_counts WHERE atm_id = ?1 ORDER BY id")?;
+    let rows = stmt
+        .query_map([id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(at, counts, reports_upto)| {
+            let counts = serde_json::from_str(&counts)
+                .map_err(|e| corrupt(format!("counts of ATM {id}: {e}")))?;
+            Ok(CountSnapshot {
+                at: from_sql(at),
+                counts,
+                reports_upto,
+            })
+        })
+        .collect()
+}
+
+/// Notes picked per denomination by the applied dispense reports of ATM `id` recorded after
+/// report row `after` up to row `upto`.
+pub fn picked_notes_between(
+    db: Db<'_>,
+    id: &str,
+    after: i64,
+    upto: i64,
+) -> Result<Vec<(u64, u32)>, StoreError> {
+    let mut stmt = db.prepare(
+        "SELECT report FROM dispense_reports
+         WHERE atm_id = ?1 AND applied = 1 AND id > ?2 AND id <= ?3",
+    )?;
+    let reports = stmt
+        .query_map(params![id, after, upto], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut picked: Vec<(u64, u32)> = Vec::new();
+    for text in reports {
+        let report: qrcash_protocol::messages::DispenseReport = serde_json::from_str(&text)
+            .map_err(|e| corrupt(format!("dispense report of ATM {id}: {e}")))?;
+        for n in report.notes {
+            match picked.iter_mut().find(|(d, _)| *d == n.denomination) {
+                Some((_, p)) => *p = p.saturating_add(n.picked),
+                None => picked.push((n.denomination, n.picked)),
+            }
+        }
+    }
+    Ok(picked)
 }
 
 /// Records an ATM's presence (last will or online notice).

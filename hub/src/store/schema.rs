@@ -350,6 +350,20 @@ ALTER TABLE atms ADD COLUMN previous_seq INTEGER;
 ALTER TABLE atms ADD COLUMN previous_at INTEGER;
 "#;
 
+/// Every change of the cassette counts an ATM reports (`reconcile`): a snapshot is kept when
+/// a heartbeat's counts differ from the ATM's last one, with the last dispense report
+/// recorded before it (so reports fall between snapshots in the order the hub took them).
+const V7: &str = r#"
+CREATE TABLE atm_counts (
+    id           INTEGER PRIMARY KEY,
+    atm_id       TEXT NOT NULL,
+    at           INTEGER NOT NULL,
+    counts       TEXT NOT NULL,
+    reports_upto INTEGER NOT NULL
+) STRICT;
+CREATE INDEX atm_counts_by_atm ON atm_counts(atm_id, id);
+"#;
+
 /// The migrations, oldest first.
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -359,6 +373,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V4),
         M::up(V5),
         M::up(V6),
+        M::up(V7),
     ])
 }
 
