@@ -376,6 +376,10 @@ fn dump(dir: &std::path::Path, img: &corpus::CorpusImage, w: u32, h: u32) {
                 .save(&path)
                 .map_err(|e| e.to_string())
         });
+    // The payload beside the image, so other decoders can be scored on the same files.
+    let saved = saved.and_then(|()| {
+        std::fs::write(path.with_extension("txt"), &img.payload).map_err(|e| e.to_string())
+    });
     if let Err(e) = saved {
         eprintln!("cannot write {}: {e}", path.display());
     }
