@@ -2,6 +2,7 @@
 # Installs the system packages the test suites need, where they are missing:
 #   mosquitto    - the real MQTT broker every broker test starts privately (never the system one)
 #   libclang-dev - bindgen for the `v4l` feature of qrcash-hardware (camera capture on ATMs)
+#   openssl      - the independent CSR maker of the device-CA test (hub/tests/pki.rs)
 # and a Python environment in target/pyvenv with tests/python/requirements.txt (pyhpke, the
 # independent implementation the sealed-secret interop tests run against).
 # Idempotent and quiet when everything is there. Needs root or sudo for apt-get.
@@ -15,7 +16,7 @@ installed() {
 }
 
 missing=()
-for package in mosquitto libclang-dev; do
+for package in mosquitto libclang-dev openssl; do
   installed "$package" || missing+=("$package")
 done
 if [ ${#missing[@]} -ne 0 ]; then

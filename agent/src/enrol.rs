@@ -270,9 +270,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Outcome, Enrol
         hub_key_files.push(path);
     }
     let updated = update_config(&text, &learned, &hub_key_files).map_err(board)?;
-    let tmp = config_path.with_extension("toml.tmp");
-    std::fs::write(&tmp, updated)
-        .and_then(|()| std::fs::rename(&tmp, config_path))
+    replace_keeping_mode(config_path, &updated)
         .map_err(|e| board(format!("{}: {e}", config_path.display())))?;
     let configured = cfg.denominations();
     let cassette_mismatch = (!learned.denominations.is_empty()
@@ -285,6 +283,25 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Outcome, Enrol
         hub_key_files,
         cassette_mismatch,
     })
+}
+
+/// Replaces `path` with `text` through a synced temporary file that keeps the file's mode (a
+/// crash leaves the old configuration or the new one, never half of one).
+fn replace_keeping_mode(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    let tmp = path.with_extension("toml.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, path)
 }
 
 /// A file only the owner reads (0600), written through a temporary file and synced.

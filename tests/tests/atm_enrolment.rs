@@ -123,6 +123,7 @@ async fn a_board_enrols_by_code_and_a_spent_wrong_or_expired_code_changes_nothin
     let code = issue(&hub_db, "atm-9", Some(shibuya()), 3600, hub.clock.now());
     let a = dir.path().join("board-a");
     let config = board(&a, "atm-9", &broker.url());
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640)).unwrap();
     qrcode::QrCode::new(qr_payload("atm-9", &code))
         .unwrap()
         .render::<image::Luma<u8>>()
@@ -145,6 +146,12 @@ async fn a_board_enrols_by_code_and_a_spent_wrong_or_expired_code_changes_nothin
     );
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.starts_with("# a fresh board"), "comments kept: {text}");
+    let config_mode = std::fs::metadata(&config).unwrap().permissions().mode();
+    assert_eq!(
+        config_mode & 0o777,
+        0o640,
+        "the configuration keeps its mode"
+    );
     let mode = std::fs::metadata(&done.hub_key_files[0])
         .unwrap()
         .permissions()
