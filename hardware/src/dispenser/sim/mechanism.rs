@@ -282,6 +282,14 @@ impl Run {
         if faults.error_after.as_ref().is_some_and(|f| f.notes == 0)
             && let Some(f) = faults.error_after.take()
         {
+            // A fault in the note path strikes a note already picked: it stays inside
+            // (counted at CHK, never at EXIT) until a purge moves it to the reject tray.
+            if f.error.leaves_notes_in_path() && cassette.notes > 0 {
+                cassette.notes -= 1;
+                m.picked += 1;
+                m.in_path += 1;
+                self.counts[self.position].chk += 1;
+            }
             return self.stop(m, f.error);
         }
         if due(&mut faults.pickup_error_after) {
@@ -554,6 +562,47 @@ mod tests {
             run.response_single(Slot::Upper, false, &m, &f).error(),
             Some(ErrorCode(0x44))
         );
+    }
+
+    #[test]
+    fn a_fault_in_the_note_path_leaves_the_picked_note_inside_until_a_purge() {
+        for (error, stuck) in [
+            (DeviceError::JamAtDiv, 1),
+            (DeviceError::MotorStop, 1),
+            (DeviceError::CountingErrorEjtExit, 1),
+            (DeviceError::OverReject, 0),
+            (DeviceError::RejectTrayNotRecognised, 0),
+        ] {
+            let mut m = Mechanism::new(&[10], 1);
+            let mut f = Faults {
+                error_after: Some(FaultAfter {
+                    notes: 2,
+                    error: error.clone(),
+                }),
+                ..Faults::default()
+            };
+            let before = m.cassettes[0].notes;
+            let mut run = Run::dispense(vec![(0, 5)]);
+            run_to_end(&mut run, &mut m, &mut f);
+            let counts = run.counts_for(0, &m, &f);
+            assert_eq!(counts.exit, 2, "{error:?}");
+            assert_eq!(counts.chk, 2 + stuck, "{error:?}: picked, not exited");
+            assert_eq!(m.in_path, u32::from(stuck), "{error:?}");
+            assert_eq!(
+                m.cassettes[0].notes,
+                before - 2 - u32::from(stuck),
+                "{error:?}"
+            );
+            assert_eq!(m.sensors(&f).notes_in_path(), stuck > 0, "{error:?}");
+            let tray = m.reject_tray;
+            m.purge();
+            assert_eq!(m.in_path, 0, "{error:?}");
+            assert_eq!(
+                m.reject_tray,
+                tray + u32::from(stuck),
+                "{error:?}: purged to the tray"
+            );
+        }
     }
 
     #[test]
