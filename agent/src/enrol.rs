@@ -178,18 +178,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Outcome, Enrol
     let mut store = Store::open(&cfg.database, cfg.outbox.bounds())
         .map_err(|e| board(format!("{}: {e}", cfg.database.display())))?;
     let now = SystemClock.now();
-    let alive = |key: &str, store: &mut Store| {
-        store
-            .status_value(key)
-            .ok()
-            .flatten()
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    if crate::runtime::agent_alive(
-        alive("alive_at", &mut store),
-        alive("stopped_at", &mut store),
-        now,
-    ) {
+    if store.agent_running(now).map_err(|e| board(e.to_string()))? {
         return Err(board(
             "the agent is running: stop it first (systemctl stop qrcash-agent)".into(),
         ));
@@ -404,18 +393,7 @@ pub async fn rotate(config_path: &Path, timeout: Duration) -> Result<Rotated, En
     let mut store = Store::open(&cfg.database, cfg.outbox.bounds())
         .map_err(|e| board(format!("{}: {e}", cfg.database.display())))?;
     let now = SystemClock.now();
-    let alive = |key: &str, store: &mut Store| {
-        store
-            .status_value(key)
-            .ok()
-            .flatten()
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    if crate::runtime::agent_alive(
-        alive("alive_at", &mut store),
-        alive("stopped_at", &mut store),
-        now,
-    ) {
+    if store.agent_running(now).map_err(|e| board(e.to_string()))? {
         return Err(board(
             "the agent is running: stop it first (systemctl stop qrcash-agent)".into(),
         ));

@@ -422,11 +422,7 @@ fn keygen(config: &std::path::Path, out: Option<PathBuf>, force: bool) -> Result
     {
         let mut store = Store::open(&cfg.database, cfg.outbox.bounds())
             .with_context(|| format!("opening {}", cfg.database.display()))?;
-        let at = |store: &mut Store, key: &str| -> Result<Option<u64>> {
-            Ok(store.status_value(key)?.and_then(|v| v.parse().ok()))
-        };
-        let (alive, stopped) = (at(&mut store, "alive_at")?, at(&mut store, "stopped_at")?);
-        if qrcash_agent::runtime::agent_alive(alive, stopped, qrcash_protocol::SystemClock.now()) {
+        if store.agent_running(qrcash_protocol::SystemClock.now())? {
             bail!(
                 "the agent is running with this key: stop it first (systemctl stop qrcash-agent)"
             );
@@ -572,14 +568,11 @@ fn figure(store: &mut Store, key: &str) -> Result<serde_json::Value> {
 }
 
 fn status(store: &mut Store, cfg: &AgentConfig, now: u64) -> Result<serde_json::Value> {
-    let at = |store: &mut Store, key: &str| -> Result<Option<u64>> {
-        Ok(store.status_value(key)?.and_then(|v| v.parse().ok()))
-    };
-    let alive_at = at(store, "alive_at")?;
-    let stopped_at = at(store, "stopped_at")?;
+    let alive_at = store.status_time("alive_at")?;
+    let stopped_at = store.status_time("stopped_at")?;
     // The running agent writes `alive_at` every 5 s; a killed one stops writing it.
     let running = qrcash_agent::runtime::agent_alive(alive_at, stopped_at, now);
-    let hub_heard_at = at(store, "hub_heard_at")?;
+    let hub_heard_at = store.status_time("hub_heard_at")?;
     // The hub answers every heartbeat: silence for two of them means it is not reachable.
     let hub_window = cfg.timing.heartbeat_s.saturating_mul(2).saturating_add(10);
     let hub_reachable =

@@ -179,14 +179,7 @@ fn check_orders(store: &mut Store) -> Finding {
 
 /// Whether an agent runs on this database: it records that it is alive every 5 s.
 fn agent_running(store: &mut Store, now: u64) -> bool {
-    let at = |store: &mut Store, key: &str| {
-        store
-            .status_value(key)
-            .ok()
-            .flatten()
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    crate::runtime::agent_alive(at(store, "alive_at"), at(store, "stopped_at"), now)
+    store.agent_running(now).unwrap_or(false)
 }
 
 fn mode_of(path: &Path) -> Option<u32> {
@@ -967,11 +960,7 @@ fn probe_heartbeat(
 /// from the hub within two heartbeats.
 fn running_agent_hub(cfg: &AgentConfig, store: &mut Store) -> Finding {
     let now = SystemClock.now();
-    let heard = store
-        .status_value("hub_heard_at")
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse::<u64>().ok());
+    let heard = store.status_time("hub_heard_at").ok().flatten();
     let window = cfg.timing.heartbeat_s.saturating_mul(2).saturating_add(10);
     match heard {
         Some(at) if now.saturating_sub(at) <= window => Finding::ok(

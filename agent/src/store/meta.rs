@@ -91,6 +91,20 @@ impl Store {
         save_hub_window(self.conn(), w)
     }
 
+    /// A status value that is a Unix time (`alive_at`, `stopped_at`, `hub_heard_at`); `None`
+    /// when unset or not a number.
+    pub fn status_time(&mut self, key: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.status_value(key)?.and_then(|v| v.parse().ok()))
+    }
+
+    /// Whether an agent runs on this database at `now`, from the liveness it records
+    /// ([`crate::runtime::agent_alive`]).
+    pub fn agent_running(&mut self, now: u64) -> Result<bool, StoreError> {
+        let alive = self.status_time("alive_at")?;
+        let stopped = self.status_time("stopped_at")?;
+        Ok(crate::runtime::agent_alive(alive, stopped, now))
+    }
+
     /// Reads a free-form status value (`state`, `link`, …).
     pub fn status_value(&mut self, key: &str) -> Result<Option<String>, StoreError> {
         get(self.conn(), &format!("status.{key}"))

@@ -24,31 +24,13 @@ pub struct FileResult {
 /// (`slow_search_every`), and no tracking (the files are not one scene), so the time of
 /// each frame is what a customer in front of the ATM would wait on that frame.
 pub fn decode_live<P: AsRef<Path>>(paths: &[P], config: ScanConfig) -> Vec<FileResult> {
-    let mut scanner = Scanner::new(ScanConfig {
+    let config = ScanConfig {
         track_frames: 0,
         ..config
-    });
-    let mut frame = LumaFrame::default();
-    paths
-        .iter()
-        .map(|path| {
-            let path = path.as_ref().to_path_buf();
-            if let Err(e) = load_luma_into(&path, &mut frame) {
-                return FileResult {
-                    path,
-                    outcome: Err(e),
-                    decode_time: Duration::ZERO,
-                };
-            }
-            let start = Instant::now();
-            let found = scanner.scan(&frame);
-            FileResult {
-                path,
-                outcome: Ok(found.into_iter().collect()),
-                decode_time: start.elapsed(),
-            }
-        })
-        .collect()
+    };
+    decode_each(paths, config, |scanner, frame| {
+        scanner.scan(frame).into_iter().collect()
+    })
 }
 
 /// Median, 90th and 99th percentile of `times` (nearest rank); zeros for none.
@@ -68,6 +50,15 @@ pub fn percentiles(times: &[Duration]) -> [Duration; 3] {
 /// Decode every QR code in each of `paths`, in order. A file that cannot be read gives an
 /// error for that file only.
 pub fn decode_files<P: AsRef<Path>>(paths: &[P], config: ScanConfig) -> Vec<FileResult> {
+    decode_each(paths, config, |scanner, frame| scanner.scan_all(frame))
+}
+
+/// Loads each file into one reused frame and times `scan` on it (loading excluded).
+fn decode_each<P: AsRef<Path>>(
+    paths: &[P],
+    config: ScanConfig,
+    mut scan: impl FnMut(&mut Scanner, &LumaFrame) -> Vec<Detection>,
+) -> Vec<FileResult> {
     let mut scanner = Scanner::new(config);
     let mut frame = LumaFrame::default();
     paths
@@ -82,7 +73,7 @@ pub fn decode_files<P: AsRef<Path>>(paths: &[P], config: ScanConfig) -> Vec<File
                 };
             }
             let start = Instant::now();
-            let found = scanner.scan_all(&frame);
+            let found = scan(&mut scanner, &frame);
             FileResult {
                 path,
                 outcome: Ok(found),
