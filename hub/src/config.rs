@@ -76,6 +76,8 @@ impl Default for HubConfig {
 pub struct BrokerSection {
     /// `mqtt://host:port` or `mqtts://host:port`.
     pub url: String,
+    /// Further brokers of the same cluster, tried in order when the one in use fails.
+    pub failover_urls: Vec<String>,
     /// CA certificate (PEM) that signed the broker's certificate, for `mqtts://`.
     pub ca_file: Option<PathBuf>,
     /// Client certificate (PEM), when the broker wants one.
@@ -100,6 +102,7 @@ impl BrokerSection {
     pub fn link_config(&self) -> qrcash_io::BrokerConfig {
         qrcash_io::BrokerConfig {
             url: self.url.clone(),
+            failover_urls: self.failover_urls.clone(),
             ca_file: self.ca_file.clone(),
             cert_file: self.cert_file.clone(),
             key_file: self.key_file.clone(),
@@ -112,6 +115,7 @@ impl Default for BrokerSection {
     fn default() -> Self {
         BrokerSection {
             url: "mqtt://127.0.0.1:1883".into(),
+            failover_urls: Vec::new(),
             ca_file: None,
             cert_file: None,
             key_file: None,

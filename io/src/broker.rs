@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 pub struct BrokerConfig {
     /// `mqtt://host:port` (plain TCP) or `mqtts://host:port` (TLS).
     pub url: String,
+    /// Further brokers of the same cluster, in order of preference after `url`: when the
+    /// broker in use fails, the link moves on to the next one (after the last, back to
+    /// `url`). The same TLS files serve every one of them.
+    pub failover_urls: Vec<String>,
     /// PEM file of the CA that signed the broker's certificate (TLS only).
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate chain, for brokers that require client certificates.
@@ -28,6 +32,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             url: "mqtt://127.0.0.1:1883".into(),
+            failover_urls: Vec::new(),
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -37,6 +42,11 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// Every broker address in order of preference: `url`, then `failover_urls`.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.url.as_str()).chain(self.failover_urls.iter().map(String::as_str))
+    }
+
     /// A plain-TCP configuration for `url`.
     pub fn plain(url: impl Into<String>) -> Self {
         BrokerConfig {
@@ -142,7 +152,16 @@ fn tls_config(cfg: &BrokerConfig) -> Result<rustls::ClientConfig, LinkError> {
 /// ConnAck and durability lives in our own stores), QoS-1 friendly limits, TLS when the URL
 /// says `mqtts://`.
 pub fn mqtt_options(cfg: &BrokerConfig, client_id: &str) -> Result<MqttOptions, LinkError> {
-    let (tls, host, port) = parse_url(&cfg.url)?;
+    mqtt_options_at(cfg, &cfg.url, client_id)
+}
+
+/// [`mqtt_options`] for one of the configuration's brokers, `url`.
+pub fn mqtt_options_at(
+    cfg: &BrokerConfig,
+    url: &str,
+    client_id: &str,
+) -> Result<MqttOptions, LinkError> {
+    let (tls, host, port) = parse_url(url)?;
     let mut opts = MqttOptions::new(client_id, host, port);
     opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_s.max(5)))
         .set_clean_session(true)

@@ -12,13 +12,16 @@
 //!
 //! - The **poll task** only polls: it never calls the client, whose bounded request queue it
 //!   is the one to drain (a call from there can deadlock). After an error it waits a
-//!   [`Backoff`] delay, since `poll()` itself reconnects at once.
+//!   [`Backoff`] delay, since `poll()` itself reconnects at once, and with a clustered broker
+//!   (`failover_urls`) moves on to the next node, in order, back to the first after the last.
 //! - The **subscribe task** renews every subscription after each ConnAck (the sessions are
 //!   clean, so the broker forgets them) and then publishes the `on_connect` messages (the
 //!   agent's retained "online" presence).
 //! - The link is **up** once the broker accepted the subscriptions, and **down** from the
 //!   first connection error; each change is one event, in order, and [`LinkHandle::is_up`]
-//!   follows it. A subscription the broker refuses (its ACL) keeps the link down: a program
+//!   follows it. A subscription the broker refuses (its ACL, or a cluster node not ready)
+//!   keeps the link down, and is asked for again after 1–2 s, doubling up to a minute
+//!   (jittered): a program
 //!   that cannot hear its topic must not act as if it could.
 //! - Messages wait for the program: the poll task stops polling while the event channel is
 //!   full, so a slow consumer slows the broker down rather than losing anything. Once the
@@ -45,7 +48,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
-use crate::broker::{BrokerConfig, LinkError, mqtt_options};
+use crate::broker::{BrokerConfig, LinkError, mqtt_options, mqtt_options_at};
 
 /// A message to publish at QoS 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,19 +251,8 @@ pub fn spawn(options: LinkOptions) -> Result<(LinkHandle, mpsc::Receiver<LinkEve
     {
         return Err(LinkError::BadFilter(bad.clone()));
     }
-    let mut mqtt = mqtt_options(&options.broker, &options.client_id)?;
-    mqtt.set_clean_session(options.clean_session);
-    if let Some(n) = options.inflight {
-        mqtt.set_inflight(n);
-    }
-    if let Some(will) = &options.last_will {
-        mqtt.set_last_will(LastWill::new(
-            will.topic.clone(),
-            will.payload.clone(),
-            QoS::AtLeastOnce,
-            will.retain,
-        ));
-    }
+    let brokers = Brokers::new(&options)?;
+    let mqtt = brokers.options(0)?;
     let (client, mut eventloop) = AsyncClient::new(mqtt, options.queue.max(1));
     // Our packets are small and written one by one: without TCP_NODELAY each can wait for
     // the peer's delayed ACK (Nagle), about 40 ms a hop on Linux.
@@ -279,7 +271,7 @@ pub fn spawn(options: LinkOptions) -> Result<(LinkHandle, mpsc::Receiver<LinkEve
             events_tx,
             up_tx,
             connack_tx,
-            (options.backoff.clone(), tls),
+            (options.backoff.clone(), tls, brokers),
         )),
         tokio::spawn(renew(
             client.clone(),
@@ -296,6 +288,74 @@ pub fn spawn(options: LinkOptions) -> Result<(LinkHandle, mpsc::Receiver<LinkEve
         tasks: Arc::new(Tasks(tasks)),
     };
     Ok((handle, events))
+}
+
+/// The brokers a link may use, in order (`url`, then `failover_urls`), and the one in use.
+/// After a connection error the link moves on to the next, so a dead node of a clustered
+/// broker costs one backoff delay, not an outage.
+struct Brokers {
+    broker: BrokerConfig,
+    client_id: String,
+    clean_session: bool,
+    inflight: Option<u16>,
+    last_will: Option<Publication>,
+    urls: Vec<String>,
+    at: usize,
+}
+
+impl Brokers {
+    /// Checks every address and TLS setting once, so that a typo fails at start.
+    fn new(options: &LinkOptions) -> Result<Brokers, LinkError> {
+        let brokers = Brokers {
+            broker: options.broker.clone(),
+            client_id: options.client_id.clone(),
+            clean_session: options.clean_session,
+            inflight: options.inflight,
+            last_will: options.last_will.clone(),
+            urls: options.broker.urls().map(str::to_owned).collect(),
+            at: 0,
+        };
+        for i in 0..brokers.urls.len() {
+            brokers.options(i)?;
+        }
+        Ok(brokers)
+    }
+
+    /// The client options for the broker at `index`.
+    fn options(&self, index: usize) -> Result<rumqttc::MqttOptions, LinkError> {
+        let mut mqtt = mqtt_options_at(&self.broker, &self.urls[index], &self.client_id)?;
+        mqtt.set_clean_session(self.clean_session);
+        if let Some(n) = self.inflight {
+            mqtt.set_inflight(n);
+        }
+        if let Some(will) = &self.last_will {
+            mqtt.set_last_will(LastWill::new(
+                will.topic.clone(),
+                will.payload.clone(),
+                QoS::AtLeastOnce,
+                will.retain,
+            ));
+        }
+        Ok(mqtt)
+    }
+
+    /// After a connection error: the options of the next broker, when there is another.
+    fn next(&mut self) -> Option<rumqttc::MqttOptions> {
+        if self.urls.len() < 2 {
+            return None;
+        }
+        self.at = (self.at + 1) % self.urls.len();
+        match self.options(self.at) {
+            Ok(options) => {
+                tracing::info!(broker = %self.urls[self.at], "moving on to the next broker");
+                Some(options)
+            }
+            Err(e) => {
+                tracing::error!(broker = %self.urls[self.at], error = %e, "cannot use the next broker");
+                None
+            }
+        }
+    }
 }
 
 /// The TLS files of a link, read again on every reconnection and watched for changes (a
@@ -369,12 +429,14 @@ async fn poll(
     events: mpsc::Sender<LinkEvent>,
     up: watch::Sender<bool>,
     connacks: mpsc::Sender<()>,
-    (mut backoff, mut tls): (Backoff, TlsFiles),
+    (mut backoff, mut tls, mut brokers): (Backoff, TlsFiles, Brokers),
 ) {
     // Sends an event unless the program has stopped listening.
     async fn tell(events: &mpsc::Sender<LinkEvent>, event: LinkEvent) {
         let _ = events.send(event).await;
     }
+    // Subscriptions refused: asked again after 1–2 s, doubling up to a minute (jittered).
+    let mut refusals = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
     loop {
         let polled = eventloop.poll().await;
         // Every event (pings at least every keep-alive) is a chance to look at the files.
@@ -402,10 +464,20 @@ async fn poll(
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 if ack.return_codes.contains(&SubscribeReasonCode::Failure) {
-                    // Its ACL: reconnecting will not change that. Stay down and say why.
-                    tracing::error!(codes = ?ack.return_codes, "the broker refused a subscription: the link stays down");
+                    // Its ACL, or a clustered broker that cannot serve a topic yet (NATS
+                    // electing a stream's leader after a node died). Stay down, say why,
+                    // and ask again later: a refusal by ACL only repeats in the log, a
+                    // passing one heals without a restart.
+                    let delay = refusals.next_delay();
+                    tracing::error!(codes = ?ack.return_codes, retry_in_ms = delay.as_millis() as u64, "the broker refused a subscription: the link stays down until it accepts");
+                    let again = connacks.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = again.send(()).await;
+                    });
                     continue;
                 }
+                refusals.reset();
                 if !*up.borrow() {
                     up.send_replace(true);
                     tell(&events, LinkEvent::Up).await;
@@ -443,6 +515,11 @@ async fn poll(
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost");
                 tokio::time::sleep(delay).await;
+                // A clustered broker: try the next node (the state of the session, what is
+                // in flight, stays with the event loop and is sent again there).
+                if let Some(next) = brokers.next() {
+                    eventloop.mqtt_options = next;
+                }
                 // Reconnect with the files as they are now (a certificate renewed meanwhile).
                 if let Some(transport) = tls.transport() {
                     eventloop.mqtt_options.set_transport(transport);

@@ -98,6 +98,10 @@ enum Command {
         /// Broker URL (mqtt://host:port or mqtts://host:port).
         #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
         broker: String,
+        /// Another node of a clustered broker, tried after `--broker` when the one in use
+        /// fails (repeat it, in order of preference).
+        #[arg(long = "failover-broker")]
+        failover_brokers: Vec<String>,
         /// CA of the broker (mqtts).
         #[arg(long)]
         ca_file: Option<PathBuf>,
@@ -276,6 +280,7 @@ async fn run(cli: Cli) -> Result<()> {
         hub_key,
         hub_id,
         broker,
+        failover_brokers,
         ca_file,
         cert_file,
         key_file,
@@ -292,6 +297,7 @@ async fn run(cli: Cli) -> Result<()> {
             // Stored absolute: later commands may run from another directory.
             broker: BrokerConfig {
                 url: broker.clone(),
+                failover_urls: failover_brokers.clone(),
                 ca_file: ca_file.as_deref().map(absolute),
                 cert_file: cert_file.as_deref().map(absolute),
                 key_file: key_file.as_deref().map(absolute),

@@ -131,3 +131,23 @@ pub async fn start_on(
         sim,
     }
 }
+
+/// Waits for the agent event `pred` accepts, skipping others.
+///
+/// # Panics
+/// If none comes within `within`; the message names `what`.
+pub async fn wait_event(
+    within: std::time::Duration,
+    events: &mut tokio::sync::broadcast::Receiver<qrcash_agent::AgentEvent>,
+    what: &str,
+    mut pred: impl FnMut(&qrcash_agent::AgentEvent) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(e)) if pred(&e) => return,
+            Ok(_) => {}
+            Err(_) => panic!("no {what} within {within:?}"),
+        }
+    }
+}

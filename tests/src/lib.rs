@@ -10,4 +10,4 @@ pub mod invariants;
 pub mod python;
 pub mod scenario;
 
-pub use qrcash_testsupport::{broker, mqtt, pki};
+pub use qrcash_testsupport::{broker, mqtt, nats, pki};

@@ -13,6 +13,7 @@ use qrcash_io::BrokerConfig;
 use qrcash_phone::{DeviceStore, PhoneClient, PhoneSettings};
 use qrcash_protocol::messages::{ReceiptKind, ReceiptStatus};
 use qrcash_protocol::{Amount, Currency, Position, PrivateKey};
+use qrcash_tests::atm::wait_event;
 use qrcash_tests::broker::Mosquitto;
 use qrcash_tests::customer::show_and_confirm;
 
@@ -92,21 +93,6 @@ async fn world() -> World {
     }
 }
 
-async fn wait_event(
-    events: &mut tokio::sync::broadcast::Receiver<AgentEvent>,
-    what: &str,
-    mut pred: impl FnMut(&AgentEvent) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Ok(e)) if pred(&e) => return,
-            Ok(_) => {}
-            Err(_) => panic!("no {what} within {T:?}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phone_hub_and_agent_complete_a_withdrawal_and_the_notes_leave_once() {
     let World {
@@ -144,6 +130,7 @@ async fn phone_hub_and_agent_complete_a_withdrawal_and_the_notes_leave_once() {
 
     // The agent's report is acknowledged: its outbox drains.
     wait_event(
+        T,
         &mut events,
         "ack of the dispense report",
         |e| matches!(e, AgentEvent::Delivered { kind, .. } if kind == "DispenseReport"),
@@ -177,12 +164,12 @@ async fn a_declined_withdrawal_ends_the_atm_session_without_cash() {
         .await
         .unwrap();
     camera.clear();
-    wait_event(&mut events, "confirm screen", |e| {
+    wait_event(T, &mut events, "confirm screen", |e| {
         matches!(e, AgentEvent::Screen(Screen::ConfirmOnPhone { .. }))
     })
     .await;
     phone.decline(request.tx_id, false).await.unwrap();
-    wait_event(&mut events, "cancelled screen", |e| {
+    wait_event(T, &mut events, "cancelled screen", |e| {
         matches!(e, AgentEvent::Screen(Screen::Cancelled { .. }))
     })
     .await;
@@ -255,7 +242,7 @@ async fn a_hub_key_rotation_in_the_middle_of_a_withdrawal_loses_nothing() {
     .await
     .unwrap();
     assert!(hub.wait_ready(T).await);
-    wait_event(&mut events, "the agent learns the new key", |e| {
+    wait_event(T, &mut events, "the agent learns the new key", |e| {
         matches!(
             e,
             AgentEvent::Journal {
@@ -276,6 +263,7 @@ async fn a_hub_key_rotation_in_the_middle_of_a_withdrawal_loses_nothing() {
     assert_eq!(sim.counters().delivered, 3);
     assert_eq!(phone.rejected_pushes(), 0);
     wait_event(
+        T,
         &mut events,
         "ack of the dispense report",
         |e| matches!(e, AgentEvent::Delivered { kind, .. } if kind == "DispenseReport"),

@@ -2,7 +2,8 @@
 //! private Mosquitto: up only once subscribed, messages in order, down when the broker dies,
 //! subscriptions and on-connect messages renewed after it comes back, the last will when the
 //! connection dies without DISCONNECT and the on-disconnect message when it ends cleanly,
-//! down for good on a refused subscription, and no reconnection once finishing.
+//! down on a refused subscription until the broker accepts it when asked again, the next
+//! broker of the list when one is dead, and no reconnection once finishing.
 
 use std::time::Duration;
 
@@ -164,9 +165,11 @@ async fn a_link_without_subscriptions_is_up_once_connected() {
 }
 
 /// A minimal MQTT 3.1.1 broker for what Mosquitto 2.0 will not do (it grants a subscription
-/// its ACL denies and then filters the messages): it accepts one connection, answers the
-/// SUBSCRIBE after `delay` with the return code `code`, and answers pings.
-async fn scripted_broker(delay: Duration, code: u8) -> String {
+/// its ACL denies and then filters the messages): it accepts one connection, answers each
+/// SUBSCRIBE after `delay` with the next return code of `codes` (the last one again once they
+/// run out), and answers pings.
+async fn scripted_broker(delay: Duration, codes: &[u8]) -> String {
+    let mut codes = codes.to_vec();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("mqtt://{}", listener.local_addr().unwrap());
@@ -193,6 +196,11 @@ async fn scripted_broker(delay: Duration, code: u8) -> String {
                 1 => vec![0x20, 2, 0, 0],
                 8 => {
                     tokio::time::sleep(delay).await;
+                    let code = if codes.len() > 1 {
+                        codes.remove(0)
+                    } else {
+                        codes[0]
+                    };
                     vec![0x90, 3, body[0], body[1], code]
                 }
                 12 => vec![0xd0, 0],
@@ -210,20 +218,63 @@ async fn up_comes_with_the_subscription_acknowledgement_and_never_with_a_refusal
         LinkOptions::new(BrokerConfig::plain(url), id).subscribe(["t/down".to_owned()])
     };
     // Acknowledged late: nothing is up before the SUBACK.
-    let url = scripted_broker(Duration::from_millis(600), 0x01).await;
+    let url = scripted_broker(Duration::from_millis(600), &[0x01]).await;
     let (handle, mut events) = link::spawn(plain(url, "dev-3")).unwrap();
     assert!(
         !handle.wait_up(Duration::from_millis(300)).await,
         "up before the broker acknowledged the subscription"
     );
     assert_eq!(next(&mut events).await, LinkEvent::Up);
-    // Refused (0x80, as an ACL would): the link stays down.
-    let url = scripted_broker(Duration::ZERO, 0x80).await;
+    // Refused (0x80, as an ACL would): the link stays down, however often it asks again.
+    let url = scripted_broker(Duration::ZERO, &[0x80]).await;
     let (handle, _events) = link::spawn(plain(url, "dev-4")).unwrap();
     assert!(
-        !handle.wait_up(Duration::from_secs(1)).await,
+        !handle.wait_up(Duration::from_secs(4)).await,
         "up although the broker refused the subscription"
     );
+    // Refused once, as a cluster node that cannot serve the topic yet: asked again 1 to 2 s
+    // later, accepted, up, without a reconnection.
+    let url = scripted_broker(Duration::ZERO, &[0x80, 0x01]).await;
+    let (handle, mut events) = link::spawn(plain(url, "dev-6")).unwrap();
+    assert!(
+        !handle.wait_up(Duration::from_millis(800)).await,
+        "up before the broker accepted the subscription"
+    );
+    assert_eq!(next(&mut events).await, LinkEvent::Up);
+}
+
+/// A clustered broker: the first address is dead, so the link moves on to the next one of
+/// `failover_urls` and is up there; the dead one is never used again while that one works.
+#[tokio::test]
+async fn a_dead_broker_is_passed_over_for_the_next_of_the_list() {
+    let broker = Mosquitto::start();
+    let dead = format!("mqtt://127.0.0.1:{}", qrcash_tests::broker::free_port());
+    let config = BrokerConfig {
+        url: dead,
+        failover_urls: vec![broker.url()],
+        ..BrokerConfig::default()
+    };
+    let (handle, mut events) =
+        link::spawn(LinkOptions::new(config, "dev-7").subscribe(["t/dev-7".to_owned()])).unwrap();
+    assert_eq!(next(&mut events).await, LinkEvent::Up);
+    let mut sender = TestClient::connect(&BrokerConfig::plain(broker.url()), "sender-7")
+        .await
+        .unwrap();
+    sender.publish("t/dev-7", b"via the second".to_vec()).await;
+    assert_eq!(
+        next(&mut events).await,
+        LinkEvent::Message {
+            topic: "t/dev-7".into(),
+            payload: b"via the second".to_vec()
+        }
+    );
+    assert!(handle.is_up());
+    // An address that does not parse is refused at start, wherever it is in the list.
+    let bad = BrokerConfig {
+        failover_urls: vec!["http://nope".into()],
+        ..BrokerConfig::plain(broker.url())
+    };
+    assert!(link::spawn(LinkOptions::new(bad, "dev-8")).is_err());
 }
 
 #[tokio::test]
@@ -288,6 +339,7 @@ async fn changed_tls_files_are_used_without_a_restart() {
             // The files are looked at when the link has an event: at the latest the ping
             // of every keep-alive.
             keep_alive_s: 5,
+            ..BrokerConfig::default()
         },
         "atm-1",
     )

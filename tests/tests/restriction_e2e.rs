@@ -13,6 +13,7 @@ use qrcash_io::BrokerConfig;
 use qrcash_phone::{DeviceStore, PhoneClient, PhoneError, PhoneSettings, requests};
 use qrcash_protocol::messages::{AlertOutcome, RejectReason, RestrictionReason};
 use qrcash_protocol::{Amount, Clock, Currency, ManualClock, Position, PrivateKey, PublicKey};
+use qrcash_tests::atm::wait_event;
 use qrcash_tests::broker::Mosquitto;
 
 const T: Duration = Duration::from_secs(20);
@@ -37,21 +38,6 @@ async fn phone(
     )
     .await
     .unwrap_or_else(|e| panic!("phone {id}: {e}"))
-}
-
-async fn wait_event(
-    events: &mut tokio::sync::broadcast::Receiver<AgentEvent>,
-    what: &str,
-    mut pred: impl FnMut(&AgentEvent) -> bool,
-) {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Ok(e)) if pred(&e) => return,
-            Ok(_) => {}
-            Err(_) => panic!("no {what} within {T:?}"),
-        }
-    }
 }
 
 /// A private Mosquitto, the hub (hanako's account, the ATM in Shibuya) and the ATM agent
@@ -174,7 +160,7 @@ async fn a_fraudster_far_away_is_restricted_the_owner_says_not_me_and_no_note_le
         .await
         .expect("confirm request to the owner");
     camera.clear();
-    wait_event(&mut events, "confirm screen", |e| {
+    wait_event(T, &mut events, "confirm screen", |e| {
         matches!(e, AgentEvent::Screen(Screen::ConfirmOnPhone { .. }))
     })
     .await;
@@ -192,7 +178,7 @@ async fn a_fraudster_far_away_is_restricted_the_owner_says_not_me_and_no_note_le
     );
     // The owner did not mean to withdraw after all and declines; the ATM ends the session.
     owner.decline(request.tx_id, false).await.expect("decline");
-    wait_event(&mut events, "cancelled screen", |e| {
+    wait_event(T, &mut events, "cancelled screen", |e| {
         matches!(e, AgentEvent::Screen(Screen::Cancelled { .. }))
     })
     .await;

@@ -60,19 +60,27 @@ pub struct Mosquitto {
 
 /// The Mosquitto executable: `$MOSQUITTO`, then the usual places, then `$PATH`.
 pub fn mosquitto_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("MOSQUITTO") {
+    find_program(
+        "MOSQUITTO",
+        &[
+            "/usr/sbin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+            "/usr/bin/mosquitto",
+        ],
+        "mosquitto",
+    )
+}
+
+/// An executable: the path in `$env`, then the first of `places` that exists, then `name`
+/// looked up in `$PATH`.
+pub fn find_program(env: &str, places: &[&str], name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return p.into();
     }
-    for p in [
-        "/usr/sbin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-    ] {
-        if Path::new(p).exists() {
-            return p.into();
-        }
-    }
-    "mosquitto".into()
+    places
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .map_or_else(|| name.into(), PathBuf::from)
 }
 
 /// A TCP port that was free a moment ago on 127.0.0.1.
