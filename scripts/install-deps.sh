@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suites need, where they are missing:
 #   mosquitto    - the real MQTT broker every broker test starts privately (never the system one)
+#   nats-server  - the clustered broker of tests/tests/broker_cluster.rs (three private nodes)
 #   libclang-dev - bindgen for the `v4l` feature of qrcash-hardware (camera capture on ATMs)
 #   openssl      - the independent CSR maker of the device-CA test (hub/tests/pki.rs)
+#   lintian, debootstrap, dpkg-dev - the package test (scripts/test-packages.sh): the
+#                  packages' checks, the scratch Debian root, dpkg-shlibdeps for cargo-deb
 # and a Python environment in target/pyvenv with tests/python/requirements.txt (pyhpke, the
 # independent implementation the sealed-secret interop tests run against).
 # Idempotent and quiet when everything is there. Needs root or sudo for apt-get.
@@ -16,7 +19,7 @@ installed() {
 }
 
 missing=()
-for package in mosquitto libclang-dev openssl; do
+for package in mosquitto nats-server libclang-dev openssl lintian debootstrap dpkg-dev; do
   installed "$package" || missing+=("$package")
 done
 if [ ${#missing[@]} -ne 0 ]; then

@@ -26,6 +26,12 @@ pub struct AgentConfig {
     pub key_file: PathBuf,
     /// The hub's public keys (JWK files); more than one during a key rotation.
     pub hub_keys: Vec<PathBuf>,
+    /// Where `qrcash-agent enrol` keeps what it learned from the hub (`hub_id`, `hub_keys`,
+    /// the broker URL) when this file is not the board's to rewrite, as with the package's
+    /// `/etc/qrcash/agent.toml`. Read over this file when it exists; the hub key files are
+    /// written beside it. Without it, `enrol` rewrites this file.
+    #[serde(default)]
+    pub enrolment_file: Option<PathBuf>,
     /// The SQLite database (journal, orders, outbox).
     pub database: PathBuf,
     /// ISO 4217 currency of the cassettes.
@@ -143,6 +149,57 @@ impl Timing {
     }
 }
 
+/// The keys an enrolment file may set, each replacing the configuration's.
+const ENROLMENT_KEYS: [&str; 2] = ["hub_id", "hub_keys"];
+/// The `[broker]` keys an enrolment file may set: the brokers the hub named.
+pub const ENROLMENT_BROKER_KEYS: [&str; 2] = ["url", "failover_urls"];
+
+/// The configuration text with its enrolment file (`enrolment_file`), when that exists, read
+/// over it: its `hub_id`, `hub_keys` and `[broker] url` and `failover_urls` replace the
+/// configuration's. Any other
+/// key there is refused, so a stray setting cannot hide in the state directory.
+pub fn with_enrolment(text: &str) -> Result<String, String> {
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
+    let Some(path) = doc.get("enrolment_file").and_then(|v| v.as_str()) else {
+        return Ok(text.to_owned());
+    };
+    let path = PathBuf::from(path);
+    let learned = match std::fs::read_to_string(&path) {
+        Ok(learned) => learned,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(text.to_owned()),
+        Err(e) => return Err(format!("enrolment file {}: {e}", path.display())),
+    };
+    let learned: toml_edit::DocumentMut = learned
+        .parse()
+        .map_err(|e| format!("enrolment file {}: {e}", path.display()))?;
+    for (key, item) in learned.iter() {
+        match key {
+            k if ENROLMENT_KEYS.contains(&k) => doc[k] = item.clone(),
+            "broker" => {
+                for (bkey, bitem) in item.as_table_like().into_iter().flat_map(|t| t.iter()) {
+                    if !ENROLMENT_BROKER_KEYS.contains(&bkey) {
+                        return Err(format!(
+                            "enrolment file {}: [broker] {bkey} is not an enrolment setting",
+                            path.display()
+                        ));
+                    }
+                    if !doc.contains_table("broker") {
+                        doc["broker"] = toml_edit::table();
+                    }
+                    doc["broker"][bkey] = bitem.clone();
+                }
+            }
+            other => {
+                return Err(format!(
+                    "enrolment file {}: {other} is not an enrolment setting",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok(doc.to_string())
+}
+
 fn default_hub_id() -> String {
     "hub".into()
 }
@@ -154,9 +211,19 @@ fn default_currency() -> String {
 impl AgentConfig {
     /// Reads and checks a TOML file.
     pub fn load(path: &Path) -> Result<Self, AgentError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| AgentError::Config(format!("{}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| AgentError::Config(format!("{}: {e}", path.display())))
+        let config_error = |e: String| AgentError::Config(format!("{}: {e}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| config_error(e.to_string()))?;
+        let text = with_enrolment(&text).map_err(config_error)?;
+        Self::parse(&text).map_err(config_error)
+    }
+
+    /// Reads and checks the file of a board that may not be enrolled yet: as
+    /// [`AgentConfig::load`], but `hub_keys` may be empty (`keygen`, `enrol`).
+    pub fn load_unenrolled(path: &Path) -> Result<Self, AgentError> {
+        let config_error = |e: String| AgentError::Config(format!("{}: {e}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| config_error(e.to_string()))?;
+        let text = with_enrolment(&text).map_err(config_error)?;
+        Self::parse_unenrolled(&text).map_err(config_error)
     }
 
     /// Parses and checks TOML text of a board not enrolled yet: as [`AgentConfig::parse`],

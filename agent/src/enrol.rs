@@ -173,7 +173,8 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Outcome, Enrol
     let board = |e: String| EnrolError::Board(e);
     let text = std::fs::read_to_string(config_path)
         .map_err(|e| board(format!("{}: {e}", config_path.display())))?;
-    let cfg = AgentConfig::parse_unenrolled(&text)
+    let cfg = crate::config::with_enrolment(&text)
+        .and_then(|text| AgentConfig::parse_unenrolled(&text))
         .map_err(|e| board(format!("{}: {e}", config_path.display())))?;
     let mut store = Store::open(&cfg.database, cfg.outbox.bounds())
         .map_err(|e| board(format!("{}: {e}", cfg.database.display())))?;
@@ -243,14 +244,17 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Outcome, Enrol
             board(format!("the hub enrolled the key in {} but it could not replace {}: {e}; move it there by hand", path.display(), cfg.key_file.display()))
         })?;
     }
-    let dir = cfg
-        .hub_keys
-        .first()
-        .and_then(|p| p.parent())
-        .or_else(|| config_path.parent())
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
+    let dir = match &cfg.enrolment_file {
+        Some(file) => file.parent(),
+        None => cfg
+            .hub_keys
+            .first()
+            .and_then(|p| p.parent())
+            .or_else(|| config_path.parent()),
+    }
+    .filter(|d| !d.as_os_str().is_empty())
+    .unwrap_or(Path::new("."))
+    .to_owned();
     let mut hub_key_files = Vec::new();
     for k in &learned.hub_keys {
         let path = dir.join(format!("hub-{}.jwk", k.kid()));
@@ -258,9 +262,24 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Outcome, Enrol
         write_public(&path, &jwk).map_err(|e| board(format!("{}: {e}", path.display())))?;
         hub_key_files.push(path);
     }
-    let updated = update_config(&text, &learned, &hub_key_files).map_err(board)?;
-    replace_keeping_mode(config_path, &updated)
-        .map_err(|e| board(format!("{}: {e}", config_path.display())))?;
+    match &cfg.enrolment_file {
+        Some(file) => {
+            let before = match std::fs::read_to_string(file) {
+                Ok(before) => before,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(board(format!("{}: {e}", file.display()))),
+            };
+            let updated = update_enrolment(&text, &before, &learned, &hub_key_files)
+                .map_err(|e| board(format!("{}: {e}", file.display())))?;
+            write_file(file, &updated, 0o640)
+                .map_err(|e| board(format!("{}: {e}", file.display())))?;
+        }
+        None => {
+            let updated = update_config(&text, &learned, &hub_key_files).map_err(board)?;
+            replace_keeping_mode(config_path, &updated)
+                .map_err(|e| board(format!("{}: {e}", config_path.display())))?;
+        }
+    }
     let configured = cfg.denominations();
     let cassette_mismatch = (!learned.denominations.is_empty()
         && learned.denominations != configured)
@@ -277,10 +296,18 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Outcome, Enrol
 /// Replaces `path` with `text` through a synced temporary file that keeps the file's mode (a
 /// crash leaves the old configuration or the new one, never half of one).
 fn replace_keeping_mode(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    write_file(path, text, mode)
+}
+
+/// Writes `path` with `mode` through a synced temporary file beside it.
+fn write_file(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
-    let tmp = path.with_extension("toml.tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -295,18 +322,7 @@ fn replace_keeping_mode(path: &Path, text: &str) -> std::io::Result<()> {
 
 /// A file only the owner reads (0600), written through a temporary file and synced.
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    write_file(path, text, 0o600)
 }
 
 /// A public key file: 0644, written through a temporary file.
@@ -327,22 +343,67 @@ pub fn update_config(
 ) -> Result<String, String> {
     let mut doc: toml_edit::DocumentMut =
         text.parse().map_err(|e| format!("configuration: {e}"))?;
+    apply_learned(&mut doc, learned, hub_key_files);
+    let out = doc.to_string();
+    AgentConfig::parse(&out)
+        .map_err(|e| format!("the updated configuration does not load: {e}"))?;
+    Ok(out)
+}
+
+/// The enrolment file's new text (`enrolment_file`): `before` (its text, empty when there is
+/// none) with what the hub taught set, checked by loading `config` over it.
+pub fn update_enrolment(
+    config: &str,
+    before: &str,
+    learned: &Learned,
+    hub_key_files: &[PathBuf],
+) -> Result<String, String> {
+    let mut doc: toml_edit::DocumentMut =
+        before.parse().map_err(|e| format!("enrolment file: {e}"))?;
+    if before.trim().is_empty() {
+        doc.decor_mut().set_prefix(
+            "# Written by `qrcash-agent enrol`: what the hub taught this board. Read over the\n\
+             # configuration that names it (`enrolment_file`); edit that file instead.\n",
+        );
+    }
+    apply_learned(&mut doc, learned, hub_key_files);
+    let out = doc.to_string();
+    let mut overlaid: toml_edit::DocumentMut =
+        config.parse().map_err(|e| format!("configuration: {e}"))?;
+    apply_learned(&mut overlaid, learned, hub_key_files);
+    for key in crate::config::ENROLMENT_BROKER_KEYS {
+        if let Some(value) = doc.get("broker").and_then(|b| b.get(key)) {
+            if !overlaid.contains_table("broker") {
+                overlaid["broker"] = toml_edit::table();
+            }
+            overlaid["broker"][key] = value.clone();
+        }
+    }
+    AgentConfig::parse(&overlaid.to_string())
+        .map_err(|e| format!("the configuration does not load with it: {e}"))?;
+    Ok(out)
+}
+
+/// Sets `hub_id`, `hub_keys` and, when the hub names brokers, the broker URL in `doc`.
+fn apply_learned(doc: &mut toml_edit::DocumentMut, learned: &Learned, hub_key_files: &[PathBuf]) {
     doc["hub_id"] = toml_edit::value(learned.hub_id.as_str());
     let mut keys = toml_edit::Array::new();
     for f in hub_key_files {
         keys.push(f.display().to_string());
     }
     doc["hub_keys"] = toml_edit::value(keys);
-    if let Some(url) = learned.broker_urls.first() {
+    if let Some((url, failover)) = learned.broker_urls.split_first() {
         if !doc.contains_table("broker") {
             doc["broker"] = toml_edit::table();
         }
         doc["broker"]["url"] = toml_edit::value(url.as_str());
+        // The rest of the hub's list: the other nodes of a clustered broker.
+        let mut rest = toml_edit::Array::new();
+        for u in failover {
+            rest.push(u.as_str());
+        }
+        doc["broker"]["failover_urls"] = toml_edit::value(rest);
     }
-    let out = doc.to_string();
-    AgentConfig::parse(&out)
-        .map_err(|e| format!("the updated configuration does not load: {e}"))?;
-    Ok(out)
 }
 
 /// Reads one message on the board's down-link for the rotation `jti`: `Ok(None)` when it is
@@ -727,6 +788,76 @@ mod tests {
         assert_eq!(
             AgentConfig::parse(&out).unwrap().broker.url,
             "mqtt://old:1883"
+        );
+    }
+
+    /// A package's configuration is not the board's to rewrite: the enrolment goes to its own
+    /// file, which the configuration loads over itself; the configuration stays as shipped.
+    #[test]
+    fn an_enrolment_file_carries_what_the_hub_taught_over_an_untouched_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("enrolment.toml");
+        let config_path = dir.path().join("agent.toml");
+        let config = format!(
+            "atm_id = \"atm-7\"\nkey_file = \"/k\"\nhub_keys = []\ndatabase = \"/d\"\nenrolment_file = \"{}\"\n\n[[cassettes]]\ndenomination = 10000\n\n[broker]\nurl = \"mqtt://bootstrap:1883\"\nkeep_alive_s = 20\n",
+            file.display()
+        );
+        std::fs::write(&config_path, &config).unwrap();
+        // Not enrolled yet: the configuration alone (which lacks hub keys).
+        assert!(AgentConfig::load(&config_path).is_err());
+
+        let learned = Learned {
+            hub_id: "hub-tokyo".into(),
+            hub_keys: vec![],
+            broker_urls: vec!["mqtts://core:8883".into(), "mqtts://core-b:8883".into()],
+            denominations: vec![10_000],
+        };
+        let keys = [dir.path().join("hub-K.jwk")];
+        let first = update_enrolment(&config, "", &learned, &keys).unwrap();
+        assert!(
+            first.starts_with("# Written by `qrcash-agent enrol`"),
+            "{first}"
+        );
+        std::fs::write(&file, &first).unwrap();
+        let cfg = AgentConfig::load(&config_path).unwrap();
+        assert_eq!(cfg.hub_id, "hub-tokyo");
+        assert_eq!(cfg.hub_keys, keys);
+        assert_eq!(cfg.broker.url, "mqtts://core:8883");
+        assert_eq!(
+            cfg.broker.failover_urls,
+            ["mqtts://core-b:8883"],
+            "the cluster's other node"
+        );
+        assert_eq!(
+            cfg.broker.keep_alive_s, 20,
+            "the rest of [broker] is the configuration's"
+        );
+        assert_eq!(std::fs::read_to_string(&config_path).unwrap(), config);
+
+        // Enrolled again by a hub that names no broker: the learned one stays.
+        let again = Learned {
+            broker_urls: vec![],
+            ..learned
+        };
+        let second = update_enrolment(&config, &first, &again, &keys).unwrap();
+        std::fs::write(&file, &second).unwrap();
+        assert_eq!(
+            AgentConfig::load(&config_path).unwrap().broker.url,
+            "mqtts://core:8883"
+        );
+
+        // Anything but what an enrolment sets is refused, not quietly applied.
+        std::fs::write(&file, format!("{second}database = \"/elsewhere\"\n")).unwrap();
+        let err = AgentConfig::load(&config_path).unwrap_err().to_string();
+        assert!(
+            err.contains("database is not an enrolment setting"),
+            "{err}"
+        );
+        std::fs::write(&file, "[broker]\nca_file = \"/tmp/ca.pem\"\n").unwrap();
+        let err = AgentConfig::load(&config_path).unwrap_err().to_string();
+        assert!(
+            err.contains("[broker] ca_file is not an enrolment setting"),
+            "{err}"
         );
     }
 }

@@ -19,8 +19,15 @@ use qrcash_io::KeyFile;
 use qrcash_protocol::keyset::HubTrust;
 use qrcash_protocol::{Clock, PrivateKey};
 
+/// `--version`: the version and whether the camera (Video4Linux) is compiled in, which a
+/// technician needs to know of a binary and the package test checks.
+#[cfg(feature = "v4l")]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (camera: v4l)");
+#[cfg(not(feature = "v4l"))]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (camera: files only)");
+
 #[derive(Parser)]
-#[command(name = "qrcash-agent", version, about = "qrcash ATM agent")]
+#[command(name = "qrcash-agent", version = VERSION, about = "qrcash ATM agent")]
 struct Cli {
     /// Configuration file.
     #[arg(
@@ -197,7 +204,9 @@ fn main() -> Result<()> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours for a person at a terminal; none in the journal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if cli.json_logs {
         builder.json().init();
     } else {
@@ -400,7 +409,8 @@ fn load(path: &std::path::Path) -> Result<AgentConfig> {
 fn keygen(config: &std::path::Path, out: Option<PathBuf>, force: bool) -> Result<()> {
     let cfg = match &out {
         Some(_) => None,
-        None => Some(load(config)?),
+        // A board not enrolled yet has no hub keys; its key is made first.
+        None => Some(AgentConfig::load_unenrolled(config)?),
     };
     let path = match (out, &cfg) {
         (Some(p), _) => p,

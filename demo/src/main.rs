@@ -227,6 +227,7 @@ async fn run(dir: &Path) -> Result<()> {
         hub_id: "hub".into(),
         key_file: dir.join("atm-key.jwk"),
         hub_keys: vec![dir.join("hub.pub.jwk")],
+        enrolment_file: None,
         database: dir.join("agent.sqlite"),
         currency: "JPY".into(),
         cassettes: vec![

@@ -558,6 +558,25 @@ mod tests {
         assert_eq!(parsed, HubConfig::default());
     }
 
+    /// The package's `/etc/qrcash/hub.toml` is the default file with the key and the
+    /// database in the state directory: nothing else may drift.
+    #[test]
+    fn the_packaged_file_is_the_default_but_for_the_state_paths() {
+        let mut packaged = HubConfig::from_toml(include_str!("../debian/hub.toml")).unwrap();
+        assert_eq!(
+            packaged.database,
+            Path::new("/var/lib/qrcash-hub/hub.sqlite")
+        );
+        assert_eq!(
+            packaged.key_file,
+            Path::new("/var/lib/qrcash-hub/hub-key.jwk")
+        );
+        let default = HubConfig::default();
+        packaged.database = default.database.clone();
+        packaged.key_file = default.key_file.clone();
+        assert_eq!(packaged, default);
+    }
+
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(matches!(

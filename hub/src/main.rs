@@ -36,8 +36,12 @@ enum Command {
     /// Create the configuration file (with comments), the hub key (0600) and the database.
     Init {
         /// Overwrite an existing configuration file.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "keep_config")]
         force: bool,
+        /// Use the configuration file as it is (the package's `/etc/qrcash/hub.toml`) and
+        /// make only what it names: the key (unless it exists) and the database.
+        #[arg(long)]
+        keep_config: bool,
     },
     /// Run the service until SIGINT or SIGTERM.
     Serve {
@@ -406,6 +410,8 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal; none in the journal or a maintainer script.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = run(cli) {
         eprintln!("qrcash-hub: {e:#}");
@@ -533,7 +539,7 @@ fn currency(code: &str) -> Result<Currency> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { force } => init(&cli.config, force),
+        Command::Init { force, keep_config } => init(&cli.config, force, keep_config),
         Command::Serve { embedded_broker } => serve(&cli.config, embedded_broker),
         Command::Account(c) => account(&cli.config, c),
         Command::Device(c) => device(&cli.config, c),
@@ -740,15 +746,25 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn init(path: &Path, force: bool) -> Result<()> {
-    if path.exists() && !force {
-        bail!("{} exists; use --force to overwrite it", path.display());
+fn init(path: &Path, force: bool, keep_config: bool) -> Result<()> {
+    if keep_config {
+        if !path.exists() {
+            bail!(
+                "{} does not exist (--keep-config uses it as it is)",
+                path.display()
+            );
+        }
+    } else {
+        if path.exists() && !force {
+            bail!("{} exists; use --force to overwrite it", path.display());
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::write(path, DEFAULT_CONFIG_TOML)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(path, DEFAULT_CONFIG_TOML)
-        .with_context(|| format!("cannot write {}", path.display()))?;
     let config = load(path)?;
     let key = PrivateKey::load_or_generate(&config.key_file)
         .with_context(|| format!("hub key {}", config.key_file.display()))?;

@@ -112,6 +112,41 @@ fn init_account_atm_ledger_and_audit() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("PROBLEM"));
 }
 
+/// The package's `postinst` runs `init --keep-config` on every install and upgrade: it makes
+/// the key and the database the shipped configuration names, never rewrites the
+/// configuration, and keeps the key it made the first time.
+#[test]
+fn init_keep_config_makes_what_the_configuration_names_and_keeps_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert!(
+        !hub(d, &["init", "--keep-config"]).status.success(),
+        "no configuration to keep"
+    );
+    let state = d.join("state");
+    let config = format!(
+        "# shipped\nhub_id = \"hub-x\"\ndatabase = \"{0}/hub.sqlite\"\nkey_file = \"{0}/hub-key.jwk\"\n",
+        state.display()
+    );
+    std::fs::write(d.join("hub.toml"), &config).unwrap();
+    let out = ok(d, &["init", "--keep-config"]);
+    assert!(out.contains("hub key"), "{out}");
+    assert_eq!(std::fs::read_to_string(d.join("hub.toml")).unwrap(), config);
+    let key = std::fs::read(state.join("hub-key.jwk")).unwrap();
+    assert!(state.join("hub.sqlite").exists());
+    // Again (an upgrade): same key, the configuration still as shipped.
+    ok(d, &["init", "--keep-config"]);
+    assert_eq!(std::fs::read(state.join("hub-key.jwk")).unwrap(), key);
+    assert_eq!(std::fs::read_to_string(d.join("hub.toml")).unwrap(), config);
+    ok(d, &["ledger", "check"]);
+    assert!(
+        !hub(d, &["init", "--keep-config", "--force"])
+            .status
+            .success(),
+        "--force and --keep-config contradict each other"
+    );
+}
+
 #[test]
 fn errors_are_one_readable_line() {
     let dir = tempfile::tempdir().unwrap();

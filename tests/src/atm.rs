@@ -87,6 +87,7 @@ pub async fn start_on(
         hub_id: "hub".into(),
         key_file: dir.join("atm.jwk"),
         hub_keys: vec![dir.join("hub.pub.jwk")],
+        enrolment_file: None,
         database: dir.join("agent.db"),
         currency: "JPY".into(),
         cassettes: vec![cassette(10_000), cassette(1_000)],

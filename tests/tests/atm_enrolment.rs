@@ -601,3 +601,61 @@ async fn an_interrupted_rotation_completes_when_run_again() {
     let line = hub_line(&config).await;
     assert!(line.starts_with("Ok"), "{line}");
 }
+
+/// The package's layout: `/etc/qrcash/agent.toml` is a conffile the enrolment must not
+/// rewrite, so it names an enrolment file in the state directory. The board enrols by the
+/// typed code; what the hub taught lands there, the configuration stays byte for byte, and
+/// the hub answers the doctor, which reads the two together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packaged_board_enrols_into_its_state_directory_and_keeps_its_configuration() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = qrcash_tests::hub::start(dir.path(), &broker.url(), 7, "atm-1").await;
+    hub.clock.set(SystemClock.now());
+    let code = issue(
+        &dir.path().join("hub.sqlite"),
+        "atm-11",
+        Some(shibuya()),
+        3600,
+        hub.clock.now(),
+    );
+    let etc = dir.path().join("etc");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let config = board(&etc, "atm-11", &broker.url());
+    let shipped = std::fs::read_to_string(&config).unwrap().replacen(
+        "hub_keys = []\n",
+        &format!(
+            "hub_keys = []\nenrolment_file = \"{}\"\n",
+            state.join("enrolment.toml").display()
+        ),
+        1,
+    );
+    std::fs::write(&config, &shipped).unwrap();
+
+    let done = enrol_with(&config, Some(&code), false)
+        .await
+        .expect("enrolled");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        shipped,
+        "the conffile is untouched"
+    );
+    assert_eq!(
+        done.hub_key_files,
+        [state.join(format!("hub-{}.jwk", hub.hub_key.kid()))],
+        "the hub's key is written beside the enrolment file"
+    );
+    let learned = std::fs::read_to_string(state.join("enrolment.toml")).unwrap();
+    assert!(learned.contains("hub_keys"), "{learned}");
+    let cfg = AgentConfig::load(&config).expect("loads with the enrolment");
+    assert_eq!(
+        cfg.load_hub_keys().unwrap(),
+        std::slice::from_ref(&hub.hub_key)
+    );
+    let line = hub_line(&config).await;
+    assert!(
+        line.starts_with("Ok") && line.contains("answered the heartbeat"),
+        "{line}"
+    );
+}

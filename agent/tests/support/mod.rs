@@ -100,6 +100,7 @@ impl Rig {
             hub_id: "hub".into(),
             key_file: self.path("atm.jwk"),
             hub_keys: vec![self.path("hub.pub.jwk")],
+            enrolment_file: None,
             database: self.path("agent.db"),
             currency: "JPY".into(),
             cassettes: vec![
