@@ -6,7 +6,7 @@
 //! a persisted `seq`; every push is verified ([`crate::verify`]) before anyone sees it, and
 //! pushes nobody asked for yet wait in a small backlog for a later [`PhoneClient::next_push`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,19 +29,11 @@ use tokio::time::Instant;
 
 use crate::error::PhoneError;
 use crate::requests;
-use crate::store::DeviceStore;
+use crate::store::{DeviceStore, Pending};
 use crate::verify::PushVerifier;
 
 /// Pushes kept for later callers before the oldest is dropped.
 const BACKLOG: usize = 64;
-
-/// A request as published: what a resend publishes again.
-struct Sent {
-    jti: String,
-    bytes: Vec<u8>,
-    /// Its `exp`: the hub refuses it after that, so it is not resent.
-    exp: u64,
-}
 
 /// What the hub's key set taught ([`TrustState`]), in the state directory.
 const HUB_KEYS_FILE: &str = "hub-keys.json";
@@ -106,6 +98,9 @@ pub struct PhoneClient {
     last_refusal: Option<String>,
     /// A key set arrived on this connection.
     key_set_seen: bool,
+    /// When each message of the outbox was last published by this run (a message from an
+    /// earlier run is due at once).
+    last_sent: HashMap<String, Instant>,
 }
 
 impl std::fmt::Debug for PhoneClient {
@@ -167,9 +162,12 @@ impl PhoneClient {
             rejected: 0,
             last_refusal: None,
             key_set_seen: false,
+            last_sent: HashMap::new(),
         };
         phone.wait_ready().await?;
         phone.await_key_set(KEY_SET_WAIT).await;
+        // What an earlier run sent and never saw answered goes out again now.
+        phone.resend_due().await?;
         tracing::info!(device = %phone.settings.device_id, kid = %phone.signer.kid(), "phone connected");
         Ok(phone)
     }
@@ -261,6 +259,7 @@ impl PhoneClient {
         match self.accept(bytes) {
             Ok(c) => {
                 tracing::debug!(jti = %c.jti, re = ?c.re, kind = push_kind(&c.msg), "push received");
+                self.settle(&c);
                 Some(c)
             }
             Err(e) => {
@@ -334,10 +333,18 @@ impl PhoneClient {
         Ok(self.send_sealed(msg).await?.jti)
     }
 
-    /// [`Self::send`], keeping what was sent for a resend.
-    async fn send_sealed(&mut self, msg: PhoneUp) -> Result<Sent, PhoneError> {
+    /// [`Self::send`]: the message goes into the outbox (durably, before it is published),
+    /// where it stays, published again every [`PhoneSettings::resend_after`] while this
+    /// client waits for pushes, until the hub's answer (a push naming it in `re`, or the
+    /// receipt of the withdrawal it confirms or declines) or its `exp`.
+    async fn send_sealed(&mut self, msg: PhoneUp) -> Result<Pending, PhoneError> {
         self.wait_ready().await?;
         let seq = self.store.next_seq()?;
+        let tx_id = match &msg {
+            PhoneUp::ConfirmWithdrawal(c) => Some(c.tx_id.to_string()),
+            PhoneUp::DeclineWithdrawal(d) => Some(d.tx_id.to_string()),
+            _ => None,
+        };
         let claims = requests::claims(
             &self.signer,
             &self.settings.hub_id,
@@ -345,14 +352,83 @@ impl PhoneClient {
             self.clock.now(),
             msg,
         );
-        let sent = Sent {
+        let pending = Pending {
             jti: claims.jti.clone(),
-            bytes: self.signer.seal(&claims).into_bytes(),
+            message: self.signer.seal(&claims),
             exp: claims.exp,
+            tx_id,
         };
-        self.publish_up(&sent.bytes).await?;
+        self.store.add_pending(pending.clone())?;
+        self.publish_up(pending.message.as_bytes()).await?;
+        self.last_sent.insert(pending.jti.clone(), Instant::now());
         tracing::debug!(jti = %claims.jti, seq, kind = kind(&claims.msg), "request sent");
-        Ok(sent)
+        Ok(pending)
+    }
+
+    /// Publishes again every outbox message whose last send is [`PhoneSettings::resend_after`]
+    /// old (or that an earlier run sent), and drops those past their `exp` (the hub would
+    /// refuse them).
+    async fn resend_due(&mut self) -> Result<(), PhoneError> {
+        let now = self.clock.now();
+        if self.store.settle_pending(|p| p.exp <= now)? {
+            tracing::info!("expired messages left the outbox unanswered");
+        }
+        let every = self.resend_every();
+        let due: Vec<Pending> = self
+            .store
+            .pending()
+            .iter()
+            .filter(|p| {
+                self.last_sent
+                    .get(&p.jti)
+                    .is_none_or(|at| at.elapsed() >= every)
+            })
+            .cloned()
+            .collect();
+        for p in due {
+            tracing::info!(jti = %p.jti, "no answer yet: sending the message again");
+            self.publish_up(p.message.as_bytes()).await?;
+            self.last_sent.insert(p.jti, Instant::now());
+        }
+        Ok(())
+    }
+
+    /// When the next outbox message is due for a resend, if any is waiting.
+    fn next_resend(&self) -> Option<Instant> {
+        let every = self.resend_every();
+        self.store
+            .pending()
+            .iter()
+            .map(|p| {
+                self.last_sent
+                    .get(&p.jti)
+                    .map_or_else(Instant::now, |at| *at + every)
+            })
+            .min()
+    }
+
+    fn resend_every(&self) -> Duration {
+        self.settings.resend_after.max(Duration::from_millis(100))
+    }
+
+    /// A verified push answers the outbox messages it names in `re`, and a receipt those
+    /// about its withdrawal: they leave the outbox.
+    fn settle(&mut self, claims: &Claims<PhonePush>) {
+        let receipt_of = match &claims.msg {
+            PhonePush::Receipt(r) => Some(r.reference.as_str()),
+            _ => None,
+        };
+        let answered = |p: &Pending| {
+            claims.re.as_deref() == Some(p.jti.as_str())
+                || (receipt_of.is_some() && p.tx_id.as_deref() == receipt_of)
+        };
+        match self.store.settle_pending(answered) {
+            Ok(true) => tracing::debug!(re = ?claims.re, "answered messages left the outbox"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot update the outbox (its messages are sent again and answered as repeats)")
+            }
+        }
     }
 
     async fn publish_up(&mut self, bytes: &[u8]) -> Result<(), PhoneError> {
@@ -379,7 +455,13 @@ impl PhoneClient {
         let deadline = Instant::now() + timeout;
         let rejected_before = self.rejected;
         loop {
-            let event = match tokio::time::timeout_at(deadline, self.events.recv()).await {
+            // Wakes for the outbox's resends too (never past the deadline).
+            let wake = self.next_resend().map_or(deadline, |due| due.min(deadline));
+            let event = match tokio::time::timeout_at(wake, self.events.recv()).await {
+                Err(_) if Instant::now() < deadline => {
+                    self.resend_due().await?;
+                    continue;
+                }
                 Err(_) => {
                     let refused = self.rejected - rejected_before;
                     return Err(match &self.last_refusal {
@@ -439,37 +521,16 @@ impl PhoneClient {
 
     /// Sends `msg` and waits for its answer; a `Rejected` answer is an error.
     ///
-    /// Without an answer within [`PhoneSettings::resend_after`] it publishes the same signed
-    /// message again, as long as the message is valid (`exp`) and `timeout` has not passed:
-    /// the hub applies a message once and answers a repeat with its first answer.
+    /// Until the answer comes the message stays in the outbox and is published again every
+    /// [`PhoneSettings::resend_after`] while it is valid (`exp`): the hub applies a message
+    /// once and answers a repeat with its first answer.
     pub async fn request(
         &mut self,
         msg: PhoneUp,
         timeout: Duration,
     ) -> Result<PhonePush, PhoneError> {
-        let deadline = Instant::now() + timeout;
         let sent = self.send_sealed(msg).await?;
-        let every = self.settings.resend_after.max(Duration::from_millis(100));
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let resend = self.clock.now() < sent.exp && left > every;
-            match self
-                .reply_to(&sent.jti, if resend { every } else { left })
-                .await
-            {
-                Err(PhoneError::Timeout { .. } | PhoneError::Refused { .. }) if resend => {
-                    tracing::info!(jti = %sent.jti, "no answer yet: sending the request again");
-                    self.publish_up(&sent.bytes).await?;
-                }
-                Err(PhoneError::Timeout { waiting_for, .. }) => {
-                    return Err(PhoneError::Timeout {
-                        waiting_for,
-                        after: timeout,
-                    });
-                }
-                other => return other,
-            }
-        }
+        self.reply_to(&sent.jti, timeout).await
     }
 
     /// Logs in to `account` (enrolling this device's key on first use).

@@ -1,5 +1,6 @@
-//! The device's durable state: signing key, `seq` counter, the hub's replay window, and
-//! small JSON records (session, last confirmation request) in one directory.
+//! The device's durable state: signing key, `seq` counter, the hub's replay window, the
+//! outbox of messages not answered yet, and small JSON records (session, last confirmation
+//! request) in one directory.
 //!
 //! Every write goes through a temporary file, `fsync` and a rename, so a crash leaves either
 //! the old or the new value, never half of one. The `seq` counter is written *before* the
@@ -12,8 +13,8 @@ use std::path::{Path, PathBuf};
 use qrcash_io::KeyFile;
 use qrcash_protocol::PrivateKey;
 use qrcash_protocol::replay::SenderWindow;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::PhoneError;
 
@@ -21,6 +22,22 @@ use crate::error::PhoneError;
 pub const KEY_FILE: &str = "device.jwk";
 const SEQ_FILE: &str = "seq";
 const WINDOW_FILE: &str = "hub-window.json";
+/// The outbox: messages sent and not answered yet (0600: they are signed by the device).
+pub const OUTBOX_FILE: &str = "outbox.json";
+
+/// A message sent and not answered yet. It is published again until the hub's answer comes
+/// or its `exp` passes, also by the next run of the app after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// Its `jti`: the hub's answer names it in `re`.
+    pub jti: String,
+    /// The sealed message exactly as published (JWS compact).
+    pub message: String,
+    /// Its `exp`: the hub refuses it afterwards, so it is not sent again.
+    pub exp: u64,
+    /// The withdrawal a confirmation or a decline is about: its receipt answers it too.
+    pub tx_id: Option<String>,
+}
 
 #[derive(Debug, Clone)]
 enum Backing {
@@ -34,6 +51,7 @@ pub struct DeviceStore {
     backing: Backing,
     seq: u64,
     window: SenderWindow,
+    outbox: Vec<Pending>,
 }
 
 impl DeviceStore {
@@ -45,6 +63,7 @@ impl DeviceStore {
             backing: Backing::Dir(dir),
             seq: 0,
             window: SenderWindow::default(),
+            outbox: Vec::new(),
         };
         if let Some(text) = store.read_text(SEQ_FILE)? {
             store.seq = text.trim().parse().map_err(|_| PhoneError::StoreFormat {
@@ -55,6 +74,9 @@ impl DeviceStore {
         if let Some(w) = store.load_json::<SenderWindow>(WINDOW_FILE)? {
             store.window = w;
         }
+        if let Some(outbox) = store.load_json::<Vec<Pending>>(OUTBOX_FILE)? {
+            store.outbox = outbox;
+        }
         Ok(store)
     }
 
@@ -64,6 +86,7 @@ impl DeviceStore {
             backing: Backing::Memory,
             seq: 0,
             window: SenderWindow::default(),
+            outbox: Vec::new(),
         }
     }
 
@@ -110,6 +133,42 @@ impl DeviceStore {
     pub fn save_hub_window(&mut self, window: SenderWindow) -> Result<(), PhoneError> {
         self.save_json(WINDOW_FILE, &window)?;
         self.window = window;
+        Ok(())
+    }
+
+    /// The messages sent and not answered yet, oldest first.
+    pub fn pending(&self) -> &[Pending] {
+        &self.outbox
+    }
+
+    /// Records a message before it is published (so a crash right after cannot lose it).
+    pub fn add_pending(&mut self, pending: Pending) -> Result<(), PhoneError> {
+        let mut outbox = self.outbox.clone();
+        outbox.push(pending);
+        self.save_outbox(outbox)
+    }
+
+    /// Forgets the pending messages `done` says were answered or expired; `true` when any
+    /// was.
+    pub fn settle_pending(
+        &mut self,
+        mut done: impl FnMut(&Pending) -> bool,
+    ) -> Result<bool, PhoneError> {
+        let outbox: Vec<Pending> = self.outbox.iter().filter(|p| !done(p)).cloned().collect();
+        if outbox.len() == self.outbox.len() {
+            return Ok(false);
+        }
+        self.save_outbox(outbox)?;
+        Ok(true)
+    }
+
+    fn save_outbox(&mut self, outbox: Vec<Pending>) -> Result<(), PhoneError> {
+        if outbox.is_empty() {
+            self.remove(OUTBOX_FILE)?;
+        } else {
+            self.save_json(OUTBOX_FILE, &outbox)?;
+        }
+        self.outbox = outbox;
         Ok(())
     }
 

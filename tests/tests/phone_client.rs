@@ -329,3 +329,115 @@ async fn a_request_without_an_answer_is_sent_again_until_answered() {
     );
     phone.shutdown().await;
 }
+
+/// The next up-link the hub stand-in received.
+async fn next_up(uplinks: &mut mpsc::Receiver<(String, Vec<u8>)>) -> Vec<u8> {
+    tokio::time::timeout(Duration::from_secs(5), uplinks.recv())
+        .await
+        .expect("an up-link")
+        .expect("open")
+        .1
+}
+
+/// The phone's outbox: a decline the hub never heard (its stand-in ignores it, as a hub
+/// restarting or moving to another broker node would) is published again by the same run,
+/// stays in `outbox.json` when the app is closed, goes out again when the next run connects,
+/// and leaves the outbox only when the withdrawal's receipt comes. Then nothing more is sent.
+#[tokio::test]
+async fn an_unanswered_decline_is_sent_again_across_a_restart_until_its_receipt_comes() {
+    use qrcash_protocol::messages::{Receipt, ReceiptKind, ReceiptStatus};
+    use qrcash_protocol::{Amount, Currency, TxId};
+    let broker = Mosquitto::start();
+    let (hub_client, mut uplinks) = fake_hub(broker.port()).await;
+    let hub = Signer::new("hub", PrivateKey::generate());
+    let dir = tempfile::tempdir().unwrap();
+    let settings = PhoneSettings {
+        resend_after: Duration::from_millis(300),
+        ..PhoneSettings::new("dev-1", BrokerConfig::plain(broker.url()))
+    };
+    let connect = |settings: PhoneSettings| {
+        let store = DeviceStore::open(dir.path()).unwrap();
+        let key = store.device_key().unwrap();
+        PhoneClient::connect(
+            settings,
+            key,
+            hub.key().public().clone(),
+            store,
+            Arc::new(SystemClock),
+        )
+    };
+
+    let mut phone = connect(settings.clone()).await.unwrap();
+    let tx_id = TxId::random();
+    phone.decline(tx_id, false).await.unwrap();
+    let first = next_up(&mut uplinks).await;
+    // Waiting for the receipt, the same run sends it again.
+    let err = phone
+        .await_receipt(&tx_id.to_string(), None, Duration::from_millis(800))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, qrcash_phone::PhoneError::Timeout { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        next_up(&mut uplinks).await,
+        first,
+        "the same signed message again"
+    );
+    phone.shutdown().await;
+    let outbox = std::fs::read_to_string(dir.path().join("outbox.json")).unwrap();
+    assert!(outbox.contains(&tx_id.to_string()), "{outbox}");
+    while tokio::time::timeout(Duration::from_millis(100), uplinks.recv())
+        .await
+        .is_ok()
+    {}
+
+    // The app starts again: the decline goes out as soon as it is connected.
+    let mut phone = connect(settings).await.unwrap();
+    assert_eq!(next_up(&mut uplinks).await, first, "resent by the next run");
+    let now = qrcash_protocol::Clock::now(&SystemClock);
+    let receipt = Receipt {
+        reference: tx_id.to_string(),
+        kind: ReceiptKind::Withdrawal,
+        requested: Amount::new(10_000, Currency::JPY),
+        settled: Amount::new(0, Currency::JPY),
+        status: ReceiptStatus::Cancelled,
+        balance: Amount::new(100_000, Currency::JPY),
+        at: now,
+    };
+    let sealed = hub
+        .seal(&Claims::new(
+            hub.id(),
+            "dev-1",
+            1,
+            now,
+            Duration::from_secs(60),
+            PhonePush::Receipt(receipt.clone()),
+        ))
+        .into_bytes();
+    hub_client
+        .publish(topics::phone_push("dev-1"), QoS::AtLeastOnce, false, sealed)
+        .await
+        .unwrap();
+    let got = phone
+        .await_receipt(&tx_id.to_string(), None, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(got, receipt);
+    assert!(
+        !dir.path().join("outbox.json").exists(),
+        "answered: the outbox is empty"
+    );
+    while tokio::time::timeout(Duration::from_millis(100), uplinks.recv())
+        .await
+        .is_ok()
+    {}
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), uplinks.recv())
+            .await
+            .is_err(),
+        "nothing sent after the receipt"
+    );
+    phone.shutdown().await;
+}
