@@ -29,7 +29,10 @@ v1_hub=$(ls "$work"/v1/qrcash-hub_*.deb); v1_agent=$(ls "$work"/v1/qrcash-agent_
 v2_hub=$(ls "$work"/v2/qrcash-hub_*.deb); v2_agent=$(ls "$work"/v2/qrcash-agent_*.deb)
 dpkg-deb -f "$v1_agent" Depends | grep -q adduser || fail "qrcash-agent does not depend on adduser"
 
-# 2. lintian: no error (warnings are printed; the README lists the known ones).
+# 2. lintian: no error (warnings are printed; docs/deployment.md lists the known ones).
+for tool in lintian systemd-analyze debootstrap dpkg-deb; do
+  command -v "$tool" >/dev/null || fail "$tool is not installed (scripts/install-deps.sh installs it)"
+done
 for deb in "$v1_hub" "$v1_agent"; do
   out=$(lintian --tag-display-limit 0 "$deb" 2>&1 | grep -v "running with root privileges" || true)
   [ -n "$out" ] && echo "$out" >&2
@@ -39,8 +42,9 @@ step "lintian: no errors"
 
 # 3. The units' exposure.
 for unit in agent/debian/qrcash-agent.service hub/debian/qrcash-hub.service; do
-  score=$(systemd-analyze security --offline=true "$unit" 2>/dev/null \
-    | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+  report=$(systemd-analyze security --offline=true "$unit" 2>&1) \
+    || fail "systemd-analyze security $unit: $report"
+  score=$(echo "$report" | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
   [ -n "$score" ] || fail "systemd-analyze gave no score for $unit"
   awk -v s="$score" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(s <= m) }' \
     || fail "$unit exposure $score is above $MAX_EXPOSURE"
@@ -132,5 +136,6 @@ in_root dpkg -P qrcash-agent qrcash-hub >"$work/purge.log" 2>&1 || { cat "$work/
 [ ! -e "$root/etc/systemd/system/multi-user.target.wants/qrcash-agent.service" ] || fail "purge left the agent unit enabled"
 in_root dpkg-statoverride --list /etc/qrcash/hub.toml >/dev/null && fail "purge left the statoverride"
 [ -f "$root/var/lib/qrcash-hub/hub-key.jwk" ] || fail "purge deleted the hub's key (money records are kept)"
-grep -q "is kept" "$work/purge.log" || fail "purge did not say the state is kept"
+grep -q "^qrcash-hub: /var/lib/qrcash-hub .* is kept" "$work/purge.log" || fail "the hub's purge did not say its state is kept"
+grep -q "^qrcash-agent: /var/lib/qrcash-agent .* is kept" "$work/purge.log" || fail "the agent's purge did not say its state is kept"
 step "install, --version, upgrade, remove and purge: ok"

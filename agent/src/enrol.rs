@@ -397,12 +397,15 @@ fn apply_learned(doc: &mut toml_edit::DocumentMut, learned: &Learned, hub_key_fi
             doc["broker"] = toml_edit::table();
         }
         doc["broker"]["url"] = toml_edit::value(url.as_str());
-        // The rest of the hub's list: the other nodes of a clustered broker.
-        let mut rest = toml_edit::Array::new();
-        for u in failover {
-            rest.push(u.as_str());
+        // The rest of the hub's list: the other nodes of a clustered broker. A hub that
+        // names one broker leaves the board's own failover list as it is.
+        if !failover.is_empty() {
+            let mut rest = toml_edit::Array::new();
+            for u in failover {
+                rest.push(u.as_str());
+            }
+            doc["broker"]["failover_urls"] = toml_edit::value(rest);
         }
-        doc["broker"]["failover_urls"] = toml_edit::value(rest);
     }
 }
 

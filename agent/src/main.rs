@@ -19,6 +19,9 @@ use qrcash_io::KeyFile;
 use qrcash_protocol::keyset::HubTrust;
 use qrcash_protocol::{Clock, PrivateKey};
 
+/// The exit status of `run` when the configuration does not load (sysexits' EX_CONFIG).
+const EXIT_CONFIG: i32 = 78;
+
 /// `--version`: the version and whether the camera (Video4Linux) is compiled in, which a
 /// technician needs to know of a binary and the package test checks.
 #[cfg(feature = "v4l")]
@@ -216,7 +219,12 @@ fn main() -> Result<()> {
         Command::Decode { files } => decode(&files),
         Command::Keygen { out, force } => keygen(&cli.config, out, force),
         Command::Run => {
-            let cfg = load(&cli.config)?;
+            // A configuration that does not load will not load on a restart either: exit
+            // with EX_CONFIG, which the unit does not restart (RestartPreventExitStatus).
+            let cfg = load(&cli.config).unwrap_or_else(|e| {
+                eprintln!("qrcash-agent: {e:#}");
+                std::process::exit(EXIT_CONFIG)
+            });
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -294,7 +302,7 @@ fn main() -> Result<()> {
             if let Some(HubKeyCommand::Forget { kid }) = &command {
                 if !trust.forget(kid) {
                     bail!(
-                        "{kid} is a configured key (remove it from hub_keys) or already forgotten"
+                        "{kid} is a configured key (remove it from hub_keys, or from the enrolment file when the configuration names one) or already forgotten"
                     );
                 }
                 store.save_forgotten_hub_key(&trust, kid, qrcash_protocol::SystemClock.now())?;

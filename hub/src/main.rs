@@ -42,6 +42,10 @@ enum Command {
         /// make only what it names: the key (unless it exists) and the database.
         #[arg(long)]
         keep_config: bool,
+        /// Never make a key: the configured one must exist (an upgrade; a new key would
+        /// silently cut off every ATM and phone that trusts the old one).
+        #[arg(long)]
+        existing_key: bool,
     },
     /// Run the service until SIGINT or SIGTERM.
     Serve {
@@ -539,7 +543,11 @@ fn currency(code: &str) -> Result<Currency> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { force, keep_config } => init(&cli.config, force, keep_config),
+        Command::Init {
+            force,
+            keep_config,
+            existing_key,
+        } => init(&cli.config, force, keep_config, existing_key),
         Command::Serve { embedded_broker } => serve(&cli.config, embedded_broker),
         Command::Account(c) => account(&cli.config, c),
         Command::Device(c) => device(&cli.config, c),
@@ -746,7 +754,7 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn init(path: &Path, force: bool, keep_config: bool) -> Result<()> {
+fn init(path: &Path, force: bool, keep_config: bool, existing_key: bool) -> Result<()> {
     if keep_config {
         if !path.exists() {
             bail!(
@@ -766,6 +774,12 @@ fn init(path: &Path, force: bool, keep_config: bool) -> Result<()> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let config = load(path)?;
+    if existing_key && !config.key_file.exists() {
+        bail!(
+            "the hub key {} does not exist; restore it from the backup (a new key would cut off every ATM and phone that trusts the old one), or run init without --existing-key to make one on purpose",
+            config.key_file.display()
+        );
+    }
     let key = PrivateKey::load_or_generate(&config.key_file)
         .with_context(|| format!("hub key {}", config.key_file.display()))?;
     let _store = open(&config)?;

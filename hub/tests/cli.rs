@@ -135,7 +135,7 @@ fn init_keep_config_makes_what_the_configuration_names_and_keeps_the_key() {
     let key = std::fs::read(state.join("hub-key.jwk")).unwrap();
     assert!(state.join("hub.sqlite").exists());
     // Again (an upgrade): same key, the configuration still as shipped.
-    ok(d, &["init", "--keep-config"]);
+    ok(d, &["init", "--keep-config", "--existing-key"]);
     assert_eq!(std::fs::read(state.join("hub-key.jwk")).unwrap(), key);
     assert_eq!(std::fs::read_to_string(d.join("hub.toml")).unwrap(), config);
     ok(d, &["ledger", "check"]);
@@ -145,6 +145,13 @@ fn init_keep_config_makes_what_the_configuration_names_and_keeps_the_key() {
             .success(),
         "--force and --keep-config contradict each other"
     );
+    // An upgrade that finds no key fails, and makes none.
+    std::fs::remove_file(state.join("hub-key.jwk")).unwrap();
+    let out = hub(d, &["init", "--keep-config", "--existing-key"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!state.join("hub-key.jwk").exists(), "no new key");
 }
 
 #[test]

@@ -48,7 +48,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
-use crate::broker::{BrokerConfig, LinkError, mqtt_options, mqtt_options_at};
+use crate::broker::{BrokerConfig, LinkError, mqtt_options_at};
 
 /// A message to publish at QoS 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,6 +339,11 @@ impl Brokers {
         Ok(mqtt)
     }
 
+    /// The address in use.
+    fn current(&self) -> &str {
+        &self.urls[self.at]
+    }
+
     /// After a connection error: the options of the next broker, when there is another.
     fn next(&mut self) -> Option<rumqttc::MqttOptions> {
         if self.urls.len() < 2 {
@@ -407,11 +412,11 @@ impl TlsFiles {
         changed
     }
 
-    /// The transport built from the files as they are now; `None` (logged) when they do not
-    /// load, so the link keeps the one it has.
-    fn transport(&self) -> Option<rumqttc::Transport> {
+    /// The transport for `url` built from the files as they are now; `None` (logged) when
+    /// they do not load, so the link keeps the one it has.
+    fn transport(&self, url: &str) -> Option<rumqttc::Transport> {
         self.broker.ca_file.as_ref()?;
-        match mqtt_options(&self.broker, &self.client_id) {
+        match mqtt_options_at(&self.broker, url, &self.client_id) {
             Ok(o) => Some(o.transport()),
             Err(e) => {
                 tracing::error!(error = %e, "the TLS files do not load: keeping the ones in use");
@@ -435,18 +440,21 @@ async fn poll(
     async fn tell(events: &mpsc::Sender<LinkEvent>, event: LinkEvent) {
         let _ = events.send(event).await;
     }
-    // Subscriptions refused: asked again after 1–2 s, doubling up to a minute (jittered).
+    // Subscriptions refused: asked again after 1–2 s, doubling up to a minute (jittered),
+    // by one timer at a time, which a new connection or an error cancels.
     let mut refusals = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
+    let mut retry: Option<JoinHandle<()>> = None;
     loop {
         let polled = eventloop.poll().await;
         // Every event (pings at least every keep-alive) is a chance to look at the files.
         if polled.is_ok()
             && tls.changed()
-            && let Some(transport) = tls.transport()
+            && let Some(transport) = tls.transport(brokers.current())
         {
             tracing::info!("the TLS files changed: reconnecting with them");
             eventloop.mqtt_options.set_transport(transport);
-            // Drops the connection; what was in flight is sent again after the reconnect.
+            // Drops the connection. What was in flight may be lost with the clean session:
+            // what matters is in the programs' own stores, which send it again.
             eventloop.clean();
             if up.send_replace(false) {
                 tell(&events, LinkEvent::Down).await;
@@ -456,10 +464,20 @@ async fn poll(
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 tracing::debug!(code = ?ack.code, "connected to the broker");
-                backoff.reset();
+                // A retry of a refused subscription from the last connection would come on
+                // top of this connection's own subscriptions.
+                if let Some(retry) = retry.take() {
+                    retry.abort();
+                }
                 let _ = connacks.try_send(());
-                if !subscribes && !up.send_replace(true) {
-                    tell(&events, LinkEvent::Up).await;
+                if !subscribes {
+                    // Up: the backoff starts small again. (With subscriptions, only once the
+                    // broker accepted them: a node that takes the connection and then drops
+                    // the client must not be hammered.)
+                    backoff.reset();
+                    if !up.send_replace(true) {
+                        tell(&events, LinkEvent::Up).await;
+                    }
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
@@ -471,13 +489,16 @@ async fn poll(
                     let delay = refusals.next_delay();
                     tracing::error!(codes = ?ack.return_codes, retry_in_ms = delay.as_millis() as u64, "the broker refused a subscription: the link stays down until it accepts");
                     let again = connacks.clone();
-                    tokio::spawn(async move {
+                    if let Some(old) = retry.replace(tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
                         let _ = again.send(()).await;
-                    });
+                    })) {
+                        old.abort();
+                    }
                     continue;
                 }
                 refusals.reset();
+                backoff.reset();
                 if !*up.borrow() {
                     up.send_replace(true);
                     tell(&events, LinkEvent::Up).await;
@@ -508,6 +529,10 @@ async fn poll(
                 if up.send_replace(false) {
                     tell(&events, LinkEvent::Down).await;
                 }
+                if let Some(retry) = retry.take() {
+                    retry.abort();
+                }
+                refusals.reset();
                 if finishing.load(Ordering::SeqCst) {
                     tracing::debug!(error = %e, "broker connection ended while finishing");
                     return;
@@ -515,13 +540,12 @@ async fn poll(
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost");
                 tokio::time::sleep(delay).await;
-                // A clustered broker: try the next node (the state of the session, what is
-                // in flight, stays with the event loop and is sent again there).
+                // A clustered broker: try the next node.
                 if let Some(next) = brokers.next() {
                     eventloop.mqtt_options = next;
                 }
                 // Reconnect with the files as they are now (a certificate renewed meanwhile).
-                if let Some(transport) = tls.transport() {
+                if let Some(transport) = tls.transport(brokers.current()) {
                     eventloop.mqtt_options.set_transport(transport);
                 }
             }

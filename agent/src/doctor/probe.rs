@@ -268,10 +268,17 @@ fn check_hub_keys(
 ) -> Option<HubTrust> {
     const CHECK: &str = "hub keys";
     if cfg.hub_keys.is_empty() {
+        let fix = match &cfg.enrolment_file {
+            Some(file) => format!(
+                "enrol the board (qrcash-agent enrol), which writes them to {}",
+                file.display()
+            ),
+            None => "enrol the board (qrcash-agent enrol), or copy the hub's public key file to the board and list it in hub_keys".to_owned(),
+        };
         report.push(Finding::fail(
             CHECK,
             "hub_keys lists no key: no order from the hub can be verified",
-            "copy the hub's public key file to the board and list it in hub_keys",
+            fix,
         ));
         return None;
     }
