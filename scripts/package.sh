@@ -42,6 +42,12 @@ dir=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 "$dir/qrcash-agent" --version | grep -q "(camera: v4l)" \
   || { echo "package.sh: $dir/qrcash-agent is built without the camera (feature v4l)" >&2; exit 1; }
 
+# The manual pages, rendered by the binaries from their own command lines.
+mkdir -p target/man
+for bin in qrcash-hub qrcash-agent; do
+  "$dir/$bin" man | gzip -9n > "target/man/$bin.1.gz"
+done
+
 args=(--no-build --quiet --profile "$profile" -o "$out")
 if [ -n "$deb_version" ]; then args+=(--deb-version "$deb_version"); fi
 # A test build is compressed fast; a release with xz.

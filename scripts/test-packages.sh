@@ -93,6 +93,8 @@ expect_stat /var/lib/qrcash-hub/hub.sqlite "600 qrcash-hub:qrcash-hub"
 expect_stat /etc/qrcash/hub.toml "640 root:qrcash-hub"
 expect_stat /var/lib/qrcash-agent "700 qrcash-agent:qrcash-agent"
 expect_stat /etc/qrcash/agent.toml "644 root:root"
+in_root sh -c 'zcat /usr/share/man/man1/qrcash-agent.1.gz' | grep -q '^\.TH qrcash-agent 1' || fail "no manual page of qrcash-agent"
+in_root sh -c 'zcat /usr/share/man/man1/qrcash-hub.1.gz' | grep -q '^\.TH qrcash-hub 1' || fail "no manual page of qrcash-hub"
 for unit in qrcash-hub qrcash-agent; do
   [ -f "$root/usr/lib/systemd/system/$unit.service" ] || fail "$unit.service not installed"
   [ -L "$root/etc/systemd/system/multi-user.target.wants/$unit.service" ] || fail "$unit.service not enabled"

@@ -87,6 +87,9 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+    /// Write the manual page (roff) to standard output (the package installs it).
+    #[command(hide = true)]
+    Man,
     /// Decode QR codes in image files (checks the camera pipeline on stills).
     Decode {
         /// Image files (PNG, JPEG).
@@ -217,6 +220,7 @@ fn main() -> Result<()> {
     }
     match cli.command {
         Command::Decode { files } => decode(&files),
+        Command::Man => man(),
         Command::Keygen { out, force } => keygen(&cli.config, out, force),
         Command::Run => {
             // A configuration that does not load will not load on a restart either: exit
@@ -412,6 +416,13 @@ fn main() -> Result<()> {
 fn load(path: &std::path::Path) -> Result<AgentConfig> {
     AgentConfig::load(path)
         .with_context(|| "fix the configuration file (see docs/agent.md)".to_string())
+}
+
+/// The manual page, rendered from this command line's own definition.
+fn man() -> Result<()> {
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+        .render(&mut std::io::stdout())
+        .context("writing the manual page")
 }
 
 fn keygen(config: &std::path::Path, out: Option<PathBuf>, force: bool) -> Result<()> {

@@ -33,6 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write the manual page (roff) to standard output (the package installs it).
+    #[command(hide = true)]
+    Man,
     /// Create the configuration file (with comments), the hub key (0600) and the database.
     Init {
         /// Overwrite an existing configuration file.
@@ -543,6 +546,9 @@ fn currency(code: &str) -> Result<Currency> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .context("writing the manual page"),
         Command::Init {
             force,
             keep_config,
