@@ -35,6 +35,9 @@ use crate::verify::PushVerifier;
 /// Pushes kept for later callers before the oldest is dropped.
 const BACKLOG: usize = 64;
 
+/// A message of the outbox is not sent again in the last this many seconds before its `exp`.
+const RESEND_MARGIN_S: u64 = 30;
+
 /// What the hub's key set taught ([`TrustState`]), in the state directory.
 const HUB_KEYS_FILE: &str = "hub-keys.json";
 
@@ -57,10 +60,10 @@ pub struct PhoneSettings {
     pub persistent_session: bool,
     /// How long [`PhoneClient::connect`] and [`PhoneClient::send`] wait for the broker.
     pub connect_timeout: Duration,
-    /// How long [`PhoneClient::request`] waits for an answer before it publishes the same
-    /// signed message again (while it is valid): a message or its answer lost between
-    /// brokers (a bridge restarting) is not lost for good, and the hub answers a repeat with
-    /// its first answer.
+    /// How often a message of the outbox is published again, the same signed bytes, while
+    /// its answer has not come (and it is not within 30 s of its `exp`): a message or its
+    /// answer lost between brokers (a bridge restarting, a hub changing node) is not lost
+    /// for good, and the hub answers a repeat with its first answer.
     pub resend_after: Duration,
 }
 
@@ -370,8 +373,19 @@ impl PhoneClient {
     /// refuse them).
     async fn resend_due(&mut self) -> Result<(), PhoneError> {
         let now = self.clock.now();
-        if self.store.settle_pending(|p| p.exp <= now)? {
-            tracing::info!("expired messages left the outbox unanswered");
+        // Not sent again in its last RESEND_MARGIN_S: a copy held up in a queue across a
+        // reconnection must still reach the hub before its `exp`, or the hub refuses it
+        // as expired (checked before duplicates) although it may have applied the first.
+        if self
+            .store
+            .settle_pending(|p| p.exp.saturating_sub(RESEND_MARGIN_S) <= now)?
+        {
+            tracing::info!("messages near their expiry left the outbox unanswered");
+        }
+        self.forget_settled();
+        if !self.link.is_up() {
+            // Sent when the link is back (the next wake after its `Up`).
+            return Ok(());
         }
         let every = self.resend_every();
         let due: Vec<Pending> = self
@@ -393,8 +407,12 @@ impl PhoneClient {
         Ok(())
     }
 
-    /// When the next outbox message is due for a resend, if any is waiting.
+    /// When the next outbox message is due for a resend, if any is waiting and the link is
+    /// up (while it is down, its `Up` event wakes the waiter).
     fn next_resend(&self) -> Option<Instant> {
+        if !self.link.is_up() {
+            return None;
+        }
         let every = self.resend_every();
         self.store
             .pending()
@@ -411,6 +429,18 @@ impl PhoneClient {
         self.settings.resend_after.max(Duration::from_millis(100))
     }
 
+    /// Drops the send times of messages no longer in the outbox.
+    fn forget_settled(&mut self) {
+        let pending: std::collections::HashSet<&str> = self
+            .store
+            .pending()
+            .iter()
+            .map(|p| p.jti.as_str())
+            .collect();
+        self.last_sent
+            .retain(|jti, _| pending.contains(jti.as_str()));
+    }
+
     /// A verified push answers the outbox messages it names in `re`, and a receipt those
     /// about its withdrawal: they leave the outbox.
     fn settle(&mut self, claims: &Claims<PhonePush>) {
@@ -423,7 +453,10 @@ impl PhoneClient {
                 || (receipt_of.is_some() && p.tx_id.as_deref() == receipt_of)
         };
         match self.store.settle_pending(answered) {
-            Ok(true) => tracing::debug!(re = ?claims.re, "answered messages left the outbox"),
+            Ok(true) => {
+                tracing::debug!(re = ?claims.re, "answered messages left the outbox");
+                self.forget_settled();
+            }
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "cannot update the outbox (its messages are sent again and answered as repeats)")
@@ -447,19 +480,25 @@ impl PhoneClient {
         timeout: Duration,
         mut matches: impl FnMut(&Claims<PhonePush>) -> bool,
     ) -> Result<Claims<PhonePush>, PhoneError> {
-        if let Some(i) = self.backlog.iter().position(&mut matches)
-            && let Some(found) = self.backlog.remove(i)
-        {
-            return Ok(found);
-        }
         let deadline = Instant::now() + timeout;
         let rejected_before = self.rejected;
         loop {
+            // Pushes kept meanwhile count too (a resend reads the link's events while it
+            // waits for the broker, and keeps the pushes it finds).
+            if let Some(i) = self.backlog.iter().position(&mut matches)
+                && let Some(found) = self.backlog.remove(i)
+            {
+                return Ok(found);
+            }
             // Wakes for the outbox's resends too (never past the deadline).
             let wake = self.next_resend().map_or(deadline, |due| due.min(deadline));
             let event = match tokio::time::timeout_at(wake, self.events.recv()).await {
                 Err(_) if Instant::now() < deadline => {
-                    self.resend_due().await?;
+                    // A resend that fails is tried again at the next wake; it never ends
+                    // the caller's wait.
+                    if let Err(e) = self.resend_due().await {
+                        tracing::warn!(error = %e, "cannot send the outbox again yet");
+                    }
                     continue;
                 }
                 Err(_) => {
@@ -530,7 +569,21 @@ impl PhoneClient {
         timeout: Duration,
     ) -> Result<PhonePush, PhoneError> {
         let sent = self.send_sealed(msg).await?;
-        self.reply_to(&sent.jti, timeout).await
+        match self.reply_to(&sent.jti, timeout).await {
+            // Still queued: it may yet be applied. Saying only "timed out" would invite the
+            // user to repeat it, which the hub would take as a second operation.
+            Err(PhoneError::Timeout { waiting_for, after })
+                if self.store.pending().iter().any(|p| p.jti == sent.jti) =>
+            {
+                Err(PhoneError::Timeout {
+                    waiting_for: format!(
+                        "{waiting_for} (the request stays queued and is sent again while the app runs, so it may still be applied: do not repeat it; check the balance or wait for its receipt)"
+                    ),
+                    after,
+                })
+            }
+            other => other,
+        }
     }
 
     /// Logs in to `account` (enrolling this device's key on first use).

@@ -74,8 +74,17 @@ impl DeviceStore {
         if let Some(w) = store.load_json::<SenderWindow>(WINDOW_FILE)? {
             store.window = w;
         }
-        if let Some(outbox) = store.load_json::<Vec<Pending>>(OUTBOX_FILE)? {
-            store.outbox = outbox;
+        match store.load_json::<Vec<Pending>>(OUTBOX_FILE) {
+            Ok(outbox) => store.outbox = outbox.unwrap_or_default(),
+            // A damaged outbox must not keep the app from starting: its messages are lost
+            // (the hub never acts on half of one), and the file is kept for a look.
+            Err(PhoneError::StoreFormat { path, detail }) => {
+                let aside = path.with_extension("json.damaged");
+                tracing::warn!(file = %path.display(), %detail, aside = %aside.display(), "the outbox does not parse: set aside, its messages are not sent again");
+                std::fs::rename(&path, &aside)
+                    .map_err(|source| PhoneError::Store { path, source })?;
+            }
+            Err(e) => return Err(e),
         }
         Ok(store)
     }
@@ -268,6 +277,40 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PhoneErr
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_outbox_survives_reopen_and_a_damaged_one_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DeviceStore::open(dir.path()).unwrap();
+        let p = |jti: &str| Pending {
+            jti: jti.into(),
+            message: format!("sealed-{jti}"),
+            exp: 100,
+            tx_id: None,
+        };
+        s.add_pending(p("a")).unwrap();
+        s.add_pending(p("b")).unwrap();
+        let mode = std::fs::metadata(s.path(OUTBOX_FILE).unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "signed messages: the owner's only");
+        drop(s);
+        let mut s = DeviceStore::open(dir.path()).unwrap();
+        assert_eq!(s.pending(), [p("a"), p("b")]);
+        assert!(s.settle_pending(|x| x.jti == "a").unwrap());
+        assert!(
+            !s.settle_pending(|x| x.jti == "a").unwrap(),
+            "nothing left to settle"
+        );
+        assert!(s.settle_pending(|_| true).unwrap());
+        assert!(!s.path(OUTBOX_FILE).unwrap().exists(), "empty: no file");
+
+        std::fs::write(s.path(OUTBOX_FILE).unwrap(), "[{\"jti\": ").unwrap();
+        let s = DeviceStore::open(dir.path()).expect("a damaged outbox does not stop the app");
+        assert!(s.pending().is_empty());
+        assert!(dir.path().join("outbox.json.damaged").exists());
+    }
 
     #[test]
     fn seq_strictly_increases_across_reopen() {

@@ -330,6 +330,8 @@ pub struct World {
     /// The amount of the last withdrawal paid out in full: crash scenarios repeat it, so
     /// that the driver's last record is of an order with the very same notes.
     last_paid: Option<u64>,
+    /// Transactions whose order never reached the agent's journal (`lost-order`).
+    lost_orders: Vec<String>,
     /// The totals' discrepancies already reported (each is reported once).
     drift: Drift,
     /// Violations already reported (each is reported once, at the scenario that caused it).
@@ -456,6 +458,7 @@ impl World {
             captured: Vec::new(),
             presence: None,
             last_paid: None,
+            lost_orders: Vec::new(),
             drift: Drift::default(),
             reported: std::collections::BTreeSet::new(),
         };
@@ -1175,6 +1178,9 @@ impl World {
         if paid == amount {
             self.last_paid = Some(amount);
         }
+        if phase == "lost-order" {
+            self.lost_orders.push(tx.clone());
+        }
         let outcome = Outcome {
             fault,
             amount,
@@ -1202,7 +1208,15 @@ impl World {
 
     /// Ends the campaign: stops the hub, moves its clock past every deadline, runs one
     /// sweep, and checks the invariants with nothing allowed to stay open.
-    pub async fn finish(mut self) -> Result<Verdict, Failure> {
+    pub async fn finish(self) -> Result<Verdict, Failure> {
+        Ok(self.finish_counting_released().await?.0)
+    }
+
+    /// [`World::finish`], and how many lost orders ended released rather than in doubt: the
+    /// phone sent its confirmation again (its outbox, `docs/phone.md`), the hub answered the
+    /// repeat with the stored order, the restarted agent refused it (no customer session
+    /// matches it, and it never started) and the hub released the hold (`Ordered → Failed`).
+    pub async fn finish_counting_released(mut self) -> Result<(Verdict, usize), Failure> {
         let drained = self.wait_drained().await?;
         if let Some(mut c) = self.agent.take() {
             let _ = c.kill();
@@ -1226,7 +1240,14 @@ impl World {
         // now (a message that never left the outbox) is reported again, as the final state.
         // The totals keep their carried drift, so an old discrepancy is not counted twice.
         self.reported.clear();
-        self.check(drained, Deadlines::AllPassed)
+        let verdict = self.check(drained, Deadlines::AllPassed)?;
+        let hub = invariants::read_hub(&self.path("hub.sqlite")).map_err(|e| e.to_string())?;
+        let released = hub
+            .withdrawals
+            .iter()
+            .filter(|w| self.lost_orders.contains(&w.tx_id) && w.phase == Phase::Failed)
+            .count();
+        Ok((verdict, released))
     }
 }
 
@@ -1299,6 +1320,9 @@ pub struct Summary {
     pub final_verdict: Option<Verdict>,
     /// Stranded orders replays had resent and the ATM refused.
     pub resent_and_refused: usize,
+    /// Lost orders released after the phone's resent confirmation made the hub resend them
+    /// and the ATM refused them ([`World::finish_counting_released`]).
+    pub lost_orders_released: usize,
 }
 
 impl Summary {
@@ -1372,7 +1396,8 @@ pub async fn campaign(
             }
         }
     }
-    let v = world.finish().await?;
+    let (v, released) = world.finish_counting_released().await?;
+    summary.lost_orders_released = released;
     for line in &v.violations {
         summary.violations.push(format!("final check: {line}"));
     }

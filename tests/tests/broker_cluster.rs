@@ -191,6 +191,13 @@ async fn a_confirmation_lost_while_the_hub_changes_node_is_sent_again_and_served
         .await
         .unwrap();
     camera.clear();
+    // An observer of the phone's up-link on the phone's node counts what the phone sends.
+    let mut observer = qrcash_tests::mqtt::TestClient::connect(&cluster.config(2), "observer")
+        .await
+        .unwrap();
+    observer
+        .subscribe(&qrcash_protocol::topics::phone_up("hanako-phone"))
+        .await;
 
     cluster.kill(0);
     let jti = phone
@@ -208,6 +215,16 @@ async fn a_confirmation_lost_while_the_hub_changes_node_is_sent_again_and_served
     assert_eq!(receipt.status, ReceiptStatus::Completed);
     assert_eq!(receipt.balance, Amount::new(88_000, Currency::JPY));
     assert_eq!(sim.counters().delivered, 3, "paid out once");
+    // The first copy reached no hub: it took a resend (the same message) to be served.
+    let mut copies = 0;
+    while let Some((_, bytes)) = observer.next_publish(Duration::from_millis(500)).await {
+        let sealed =
+            qrcash_protocol::envelope::Sealed::parse(&bytes, qrcash_protocol::MAX_UPLINK_BYTES)
+                .unwrap();
+        let claims: qrcash_protocol::envelope::Claims<serde_json::Value> = sealed.peek().unwrap();
+        copies += usize::from(claims.jti == jti);
+    }
+    assert!(copies >= 2, "the confirmation was sent {copies} time(s)");
     wait_event(
         T,
         &mut events,

@@ -388,10 +388,10 @@ async fn an_unanswered_decline_is_sent_again_across_a_restart_until_its_receipt_
     phone.shutdown().await;
     let outbox = std::fs::read_to_string(dir.path().join("outbox.json")).unwrap();
     assert!(outbox.contains(&tx_id.to_string()), "{outbox}");
-    while tokio::time::timeout(Duration::from_millis(100), uplinks.recv())
-        .await
-        .is_ok()
-    {}
+    while matches!(
+        tokio::time::timeout(Duration::from_millis(100), uplinks.recv()).await,
+        Ok(Some(_))
+    ) {}
 
     // The app starts again: the decline goes out as soon as it is connected.
     let mut phone = connect(settings).await.unwrap();
@@ -429,10 +429,10 @@ async fn an_unanswered_decline_is_sent_again_across_a_restart_until_its_receipt_
         !dir.path().join("outbox.json").exists(),
         "answered: the outbox is empty"
     );
-    while tokio::time::timeout(Duration::from_millis(100), uplinks.recv())
-        .await
-        .is_ok()
-    {}
+    while matches!(
+        tokio::time::timeout(Duration::from_millis(100), uplinks.recv()).await,
+        Ok(Some(_))
+    ) {}
     assert!(
         tokio::time::timeout(Duration::from_millis(700), uplinks.recv())
             .await
