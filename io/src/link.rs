@@ -262,7 +262,7 @@ pub fn spawn(options: LinkOptions) -> Result<(LinkHandle, mpsc::Receiver<LinkEve
     let (connack_tx, connack_rx) = mpsc::channel(4);
     let subscribes = !options.subscriptions.is_empty();
     let finishing = Arc::new(AtomicBool::new(false));
-    let tls = TlsFiles::new(&options.broker, &options.client_id, options.tls_check);
+    let tls = TlsFiles::new(&options.broker, options.tls_check);
     let tasks = vec![
         tokio::spawn(poll(
             eventloop,
@@ -339,9 +339,18 @@ impl Brokers {
         Ok(mqtt)
     }
 
-    /// The address in use.
-    fn current(&self) -> &str {
-        &self.urls[self.at]
+    /// The transport of the broker in use, built from the TLS files as they are now; `None`
+    /// for plain TCP, and (logged) when the files do not load, so the link keeps the one it
+    /// has.
+    fn transport(&self) -> Option<rumqttc::Transport> {
+        self.broker.ca_file.as_ref()?;
+        match mqtt_options_at(&self.broker, &self.urls[self.at], &self.client_id) {
+            Ok(o) => Some(o.transport()),
+            Err(e) => {
+                tracing::error!(error = %e, "the TLS files do not load: keeping the ones in use");
+                None
+            }
+        }
     }
 
     /// After a connection error: the options of the next broker, when there is another.
@@ -363,21 +372,19 @@ impl Brokers {
     }
 }
 
-/// The TLS files of a link, read again on every reconnection and watched for changes (a
-/// renewed certificate takes effect without a restart).
+/// The TLS files of a link, watched for changes (a renewed certificate takes effect without
+/// a restart; [`Brokers::transport`] reads them).
 struct TlsFiles {
     broker: BrokerConfig,
-    client_id: String,
     every: Duration,
     stamp: Vec<Option<std::time::SystemTime>>,
     checked: tokio::time::Instant,
 }
 
 impl TlsFiles {
-    fn new(broker: &BrokerConfig, client_id: &str, every: Duration) -> Self {
+    fn new(broker: &BrokerConfig, every: Duration) -> Self {
         let mut files = TlsFiles {
             broker: broker.clone(),
-            client_id: client_id.to_owned(),
             every,
             stamp: Vec::new(),
             checked: tokio::time::Instant::now(),
@@ -411,19 +418,6 @@ impl TlsFiles {
         self.stamp = now;
         changed
     }
-
-    /// The transport for `url` built from the files as they are now; `None` (logged) when
-    /// they do not load, so the link keeps the one it has.
-    fn transport(&self, url: &str) -> Option<rumqttc::Transport> {
-        self.broker.ca_file.as_ref()?;
-        match mqtt_options_at(&self.broker, url, &self.client_id) {
-            Ok(o) => Some(o.transport()),
-            Err(e) => {
-                tracing::error!(error = %e, "the TLS files do not load: keeping the ones in use");
-                None
-            }
-        }
-    }
 }
 
 /// The poll task: connection state and messages to the program, backoff after errors.
@@ -449,7 +443,7 @@ async fn poll(
         // Every event (pings at least every keep-alive) is a chance to look at the files.
         if polled.is_ok()
             && tls.changed()
-            && let Some(transport) = tls.transport(brokers.current())
+            && let Some(transport) = brokers.transport()
         {
             tracing::info!("the TLS files changed: reconnecting with them");
             eventloop.mqtt_options.set_transport(transport);
@@ -540,12 +534,12 @@ async fn poll(
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost");
                 tokio::time::sleep(delay).await;
-                // A clustered broker: try the next node.
+                // A clustered broker: the next node, its options made from the TLS files as
+                // they are now; else the same broker, with the files read again (a
+                // certificate renewed meanwhile).
                 if let Some(next) = brokers.next() {
                     eventloop.mqtt_options = next;
-                }
-                // Reconnect with the files as they are now (a certificate renewed meanwhile).
-                if let Some(transport) = tls.transport(brokers.current()) {
+                } else if let Some(transport) = brokers.transport() {
                     eventloop.mqtt_options.set_transport(transport);
                 }
             }
