@@ -163,10 +163,12 @@ async fn withdrawals_go_on_when_the_node_the_atm_uses_dies() {
     hub.shutdown().await;
 }
 
-/// The hub's node dies while the customer confirms: the confirmation reaches no hub (the
-/// hub is still moving to another node, and NATS delivers nothing to a subscription that is
-/// gone). The phone keeps it in its outbox and sends it again every 5 s; once the hub is
-/// subscribed on another node a resend gets through, and the withdrawal is served once.
+/// The hub's node dies while the customer confirms: usually the confirmation reaches no hub
+/// (the hub is still moving to another node, and NATS delivers nothing to a subscription
+/// that is gone); the phone keeps it in its outbox and sends it again every 5 s, and once
+/// the hub is subscribed on another node a resend gets through. Either way the withdrawal is
+/// served once. (NATS sometimes takes the hub back within milliseconds, so this test cannot
+/// insist that a resend was needed; `phone_client.rs` proves the resend itself.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirmation_lost_while_the_hub_changes_node_is_sent_again_and_served_once() {
     let World {
@@ -191,14 +193,6 @@ async fn a_confirmation_lost_while_the_hub_changes_node_is_sent_again_and_served
         .await
         .unwrap();
     camera.clear();
-    // An observer of the phone's up-link on the phone's node counts what the phone sends.
-    let mut observer = qrcash_tests::mqtt::TestClient::connect(&cluster.config(2), "observer")
-        .await
-        .unwrap();
-    observer
-        .subscribe(&qrcash_protocol::topics::phone_up("hanako-phone"))
-        .await;
-
     cluster.kill(0);
     let jti = phone
         .confirm(
@@ -215,16 +209,6 @@ async fn a_confirmation_lost_while_the_hub_changes_node_is_sent_again_and_served
     assert_eq!(receipt.status, ReceiptStatus::Completed);
     assert_eq!(receipt.balance, Amount::new(88_000, Currency::JPY));
     assert_eq!(sim.counters().delivered, 3, "paid out once");
-    // The first copy reached no hub: it took a resend (the same message) to be served.
-    let mut copies = 0;
-    while let Some((_, bytes)) = observer.next_publish(Duration::from_millis(500)).await {
-        let sealed =
-            qrcash_protocol::envelope::Sealed::parse(&bytes, qrcash_protocol::MAX_UPLINK_BYTES)
-                .unwrap();
-        let claims: qrcash_protocol::envelope::Claims<serde_json::Value> = sealed.peek().unwrap();
-        copies += usize::from(claims.jti == jti);
-    }
-    assert!(copies >= 2, "the confirmation was sent {copies} time(s)");
     wait_event(
         T,
         &mut events,
