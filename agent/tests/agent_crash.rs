@@ -361,6 +361,12 @@ fn the_technician_lists_and_forgets_learned_hub_keys() {
 async fn status_tells_a_running_agent_from_a_stopped_one() {
     let rig = Rig::new();
     let config = config_file(&rig);
+    // Heartbeats every 2 s (the file ends in `[timing]`): the first one the agent can send
+    // must come well within the wait below. With the default 30 s, the tick at start can
+    // pass before the link is up and the next one lands on the deadline (a CI failure).
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("heartbeat_s = 2\n");
+    std::fs::write(&config, text).unwrap();
     let mut hub = ScriptedHub::connect(&rig, 0).await;
     write_png(&rig.path("code.png"), None);
     let status = || -> serde_json::Value {
