@@ -2,6 +2,7 @@
 # Installs the system packages the test suites need, where they are missing:
 #   mosquitto    - the real MQTT broker every broker test starts privately (never the system one)
 #   nats-server  - the clustered broker of tests/tests/broker_cluster.rs (three private nodes)
+#   postgresql   - the hub's suites on PostgreSQL, on a private server (scripts/postgres.sh)
 #   libclang-dev - bindgen for the `v4l` feature of qrcash-hardware (camera capture on ATMs)
 #   openssl      - the independent CSR maker of the device-CA test (hub/tests/pki.rs)
 #   lintian, debootstrap, dpkg-dev - the package test (scripts/test-packages.sh): the
@@ -19,7 +20,7 @@ installed() {
 }
 
 missing=()
-for package in mosquitto nats-server libclang-dev openssl lintian debootstrap dpkg-dev; do
+for package in mosquitto nats-server postgresql libclang-dev openssl lintian debootstrap dpkg-dev; do
   installed "$package" || missing+=("$package")
 done
 if [ ${#missing[@]} -ne 0 ]; then

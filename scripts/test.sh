@@ -12,6 +12,28 @@ export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 # the ATM ships: the agent with the camera (Video4Linux through bindgen/libclang; without a
 # /dev/video* device the device test says so and skips).
 cargo test --workspace --locked --features qrcash-agent/v4l
+# The hub's suites again on PostgreSQL (unit, handler, simulation, command line, and the
+# race of two hub instances for one code), on a private server that lives for this run.
+pgdir="$(mktemp -d /tmp/qrcash-pg.XXXXXX)"
+trap 'scripts/postgres.sh stop "$pgdir" || true; rm -rf "$pgdir"' EXIT
+export QRCASH_TEST_PG="$(scripts/postgres.sh start "$pgdir")"
+# The very test binaries built above (a `-p qrcash-hub` build would resolve features anew and
+# compile again), run from the hub's folder as cargo runs them.
+mapfile -t hub_tests < <(
+  cargo test --workspace --locked --features qrcash-agent/v4l --no-run --message-format=json |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if (m.get("reason") == "compiler-artifact" and m.get("executable")
+            and m["profile"]["test"] and "qrcash-hub@" in m["package_id"]):
+        print(m["executable"])'
+)
+[ ${#hub_tests[@]} -ge 2 ] || { echo "test.sh: the hub's test binaries were not found" >&2; exit 1; }
+for t in "${hub_tests[@]}"; do
+  echo "PostgreSQL: $(basename "$t")"
+  (cd hub && CARGO_MANIFEST_DIR="$PWD" QRCASH_TEST_BACKEND=postgres "$t" -q)
+done
 # The Debian packages of those very binaries: lintian, the units' exposure, and install,
 # upgrade, remove and purge in a scratch Debian root (needs root for chroot).
 if [ "$(id -u)" -eq 0 ]; then

@@ -424,6 +424,12 @@ impl ReplaySection {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSection {
+    /// PostgreSQL instead of the SQLite file `database`: a connection string
+    /// (`postgres://qrcash@db1/qrcash` or `host=/run/postgresql dbname=qrcash`). Several hub
+    /// instances may share it (docs/deployment.md, "Several hub instances on PostgreSQL").
+    /// Prefer a password file (`PGPASSFILE` is not read: use peer or certificate
+    /// authentication, or keep the password in this file, which the package makes 0640).
+    pub database_url: Option<String>,
     /// Most messages committed in one transaction (group commit).
     pub group_commit_max: usize,
     /// How often the expiry sweeper runs.
@@ -435,6 +441,7 @@ pub struct StorageSection {
 impl Default for StorageSection {
     fn default() -> Self {
         StorageSection {
+            database_url: None,
             group_commit_max: 64,
             sweep_interval_s: 5,
             processed_retention_s: 8 * 24 * 3600,
@@ -443,6 +450,23 @@ impl Default for StorageSection {
 }
 
 impl HubConfig {
+    /// Opens (and migrates) the configured database: PostgreSQL when
+    /// `[storage] database_url` is set, else the SQLite file `database`.
+    pub fn open_store(&self) -> Result<crate::store::Store, crate::store::StoreError> {
+        match &self.storage.database_url {
+            Some(url) => crate::store::Store::open_postgres(url),
+            None => crate::store::Store::open(&self.database),
+        }
+    }
+
+    /// The configured database for messages and logs, a password in it masked.
+    pub fn database_name(&self) -> String {
+        match &self.storage.database_url {
+            Some(url) => redact_password(url),
+            None => self.database.display().to_string(),
+        }
+    }
+
     /// Parses a configuration text and checks it.
     pub fn from_toml(text: &str) -> Result<HubConfig, ConfigError> {
         let config: HubConfig =
@@ -548,8 +572,56 @@ impl HubConfig {
     }
 }
 
+/// A connection string with its password replaced by `***`, in either form:
+/// `postgres://user:secret@host/db` or `host=h password=secret dbname=d`.
+pub fn redact_password(url: &str) -> String {
+    if let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    {
+        let scheme = &url[..url.len() - rest.len()];
+        if let Some(at) = rest.find('@') {
+            let (userinfo, host) = rest.split_at(at);
+            if let Some(colon) = userinfo.find(':') {
+                return format!("{scheme}{}:***{host}", &userinfo[..colon]);
+            }
+        }
+        return url.to_owned();
+    }
+    url.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => kv.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn passwords_in_database_urls_are_masked() {
+        for (url, shown) in [
+            (
+                "postgres://hub:s3cret@db1:5432/qrcash",
+                "postgres://hub:***@db1:5432/qrcash",
+            ),
+            ("postgresql://hub@db1/qrcash", "postgresql://hub@db1/qrcash"),
+            (
+                "host=db1 password=s3cret dbname=qrcash",
+                "host=db1 password=*** dbname=qrcash",
+            ),
+            (
+                "host=/run/postgresql dbname=qrcash",
+                "host=/run/postgresql dbname=qrcash",
+            ),
+        ] {
+            assert_eq!(super::redact_password(url), shown);
+        }
+        let c = HubConfig::from_toml("[storage]\ndatabase_url = \"postgres://a:b@h/d\"").unwrap();
+        assert_eq!(c.database_name(), "postgres://a:***@h/d");
+    }
+
     use super::*;
 
     #[test]

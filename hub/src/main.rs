@@ -50,6 +50,9 @@ enum Command {
         #[arg(long)]
         existing_key: bool,
     },
+    /// Bring the configured database's schema up to date (every command does so on
+    /// opening it; this does only that) and print its version.
+    Migrate,
     /// Run the service until SIGINT or SIGTERM.
     Serve {
         /// Start an in-process MQTT broker on 127.0.0.1 (`[broker] embedded_port`) and use it.
@@ -436,8 +439,9 @@ fn load(path: &Path) -> Result<HubConfig> {
 }
 
 fn open(config: &HubConfig) -> Result<Store> {
-    Store::open(&config.database)
-        .with_context(|| format!("cannot open database {}", config.database.display()))
+    config
+        .open_store()
+        .with_context(|| format!("cannot open database {}", config.database_name()))
 }
 
 fn pki(dir: &Path, command: PkiCmd) -> Result<()> {
@@ -549,6 +553,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
             .render(&mut std::io::stdout())
             .context("writing the manual page"),
+        Command::Migrate => {
+            let config = load(&cli.config)?;
+            let store = open(&config)?;
+            println!(
+                "database {}: schema version {}",
+                config.database_name(),
+                store.schema_version()?
+            );
+            Ok(())
+        }
         Command::Init {
             force,
             keep_config,
@@ -803,7 +817,7 @@ fn init(path: &Path, force: bool, keep_config: bool, existing_key: bool) -> Resu
         "public:    {} (give it to ATM agents and phones)",
         pub_path.display()
     );
-    println!("database:  {}", config.database.display());
+    println!("database:  {}", config.database_name());
     Ok(())
 }
 

@@ -35,7 +35,6 @@ use crate::config::HubConfig;
 use crate::handler::{Hub, Incoming, Outgoing};
 use crate::rng::OsEntropy;
 use crate::secrets::{Route, SecretStage};
-use crate::store::Store;
 use crate::warnings::WarningCatalog;
 
 /// The service could not start.
@@ -168,7 +167,7 @@ pub struct HubService;
 impl HubService {
     /// Opens the database and key named by `config` and starts with the system clock.
     pub async fn from_config(config: HubConfig) -> Result<HubHandle, ServiceError> {
-        let store = Store::open(&config.database)?;
+        let store = config.open_store()?;
         let key = PrivateKey::load(&config.key_file)?;
         let previous = config
             .previous_key_files

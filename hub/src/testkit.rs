@@ -143,13 +143,10 @@ impl Rig {
         Rig { hub, clock }
     }
 
-    /// A rig over an in-memory database with the test configuration.
+    /// A rig over a fresh test database ([`Store::open_test`]: in-memory SQLite, or
+    /// PostgreSQL under `QRCASH_TEST_BACKEND=postgres`) with the test configuration.
     pub fn in_memory(seed: u64) -> Rig {
-        Rig::new(
-            Store::open_in_memory().unwrap_or_else(|e| panic!("{e}")),
-            test_config(),
-            seed,
-        )
+        Rig::new(Store::open_test(), test_config(), seed)
     }
 
     /// Now on the rig's clock.

@@ -274,12 +274,9 @@ fn top_ups_come_from_a_linked_funding_account_within_limits() {
     assert_eq!(balance(&rig), 700_000);
     // Frozen ("not me"): no top-up either.
     rig.hub
-        .store_mut()
-        .conn()
-        .execute(
-            "UPDATE accounts SET frozen = 1, frozen_reason = 'test' WHERE id = 'hanako'",
-            [],
-        )
+        .store()
+        .db()
+        .test_execute("UPDATE accounts SET frozen = 1, frozen_reason = 'test' WHERE id = 'hanako'")
         .unwrap();
     let h = rig.phone(&mut phone, top_up("t-5", 1_000, &own));
     assert_eq!(refused(&h), RejectReason::AccountFrozen);
@@ -703,8 +700,8 @@ fn password_guessing_is_throttled_per_device_and_account_before_any_argon2() {
 fn count(rig: &Rig, table: &str) -> i64 {
     rig.hub
         .store()
-        .conn()
-        .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .db()
+        .read_i64(&format!("SELECT COUNT(*) FROM {table}"))
         .unwrap()
 }
 

@@ -39,6 +39,28 @@ fn init_account_atm_ledger_and_audit() {
     assert_eq!(mode & 0o777, 0o600);
     // init refuses to overwrite.
     assert!(!hub(d, &["init"]).status.success());
+    // The same commands on PostgreSQL when the suite runs there.
+    let postgres = std::env::var("QRCASH_TEST_BACKEND").as_deref() == Ok("postgres");
+    if postgres {
+        let url = qrcash_hub::store::Store::test_database().unwrap();
+        let config = std::fs::read_to_string(d.join("hub.toml")).unwrap();
+        let config = config.replace(
+            "[storage]\n",
+            &format!("[storage]\ndatabase_url = {url:?}\n"),
+        );
+        std::fs::write(d.join("hub.toml"), config).unwrap();
+    }
+    let migrated = ok(d, &["migrate"]);
+    let version = if postgres { 1 } else { 7 };
+    assert!(
+        migrated.ends_with(&format!("schema version {version}\n")),
+        "{migrated}"
+    );
+    assert_eq!(
+        ok(d, &["migrate"]),
+        migrated,
+        "migrating again changes nothing"
+    );
 
     ok(d, &["account", "create", "hanako", "--opening", "100000"]);
     let show = ok(d, &["account", "show", "hanako"]);
@@ -101,12 +123,15 @@ fn init_account_atm_ledger_and_audit() {
     ok(d, &["restriction", "list"]);
 
     // A tampered balance makes `ledger check` fail with status 1.
-    let db = rusqlite::Connection::open(d.join("hub.sqlite")).unwrap();
-    db.execute(
-        "UPDATE ledger_accounts SET balance = balance + 1 WHERE id = 'cust:hanako:available'",
-        [],
-    )
-    .unwrap();
+    let config = qrcash_hub::config::HubConfig::load(&d.join("hub.toml")).unwrap();
+    let store = config.open_store().unwrap();
+    store
+        .db()
+        .test_execute(
+            "UPDATE ledger_accounts SET balance = balance + 1 WHERE id = 'cust:hanako:available'",
+        )
+        .unwrap();
+    drop(store);
     let out = hub(d, &["ledger", "check"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("PROBLEM"));

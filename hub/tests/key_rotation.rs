@@ -67,7 +67,7 @@ fn a_password_sealed_to_the_previous_key_still_logs_in() {
     assert!(none.is_empty());
 
     // A hub that dropped the previous key refuses the same login.
-    let mut without = Rig::with_key(Store::open_in_memory().unwrap(), test_config(), 6, new);
+    let mut without = Rig::with_key(Store::open_test(), test_config(), 6, new);
     without.account("hanako", 100_000);
     let mut third = TestDevice::new("phone-3");
     let h = without.login(&mut third, "hanako");
@@ -91,7 +91,7 @@ fn a_password_sealed_to_the_previous_key_still_logs_in() {
 fn a_previous_key_cannot_vouch_for_a_withdrawal_registered_after_the_rotation() {
     let old = test_hub_key();
     let new = PrivateKey::generate();
-    let mut rig = Rig::with_key(Store::open_in_memory().unwrap(), test_config(), 7, new);
+    let mut rig = Rig::with_key(Store::open_test(), test_config(), 7, new);
     rig.hub = rig.hub.with_previous_keys(vec![old.clone()]).unwrap();
     rig.account("hanako", 100_000);
     let mut phone = TestDevice::new("phone-1");

@@ -95,8 +95,8 @@ fn restricted_until(rig: &mut Rig, dev: &mut TestDevice, account: &str, place: P
 fn count(rig: &Rig, table: &str) -> i64 {
     rig.hub
         .store()
-        .conn()
-        .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .db()
+        .read_i64(&format!("SELECT COUNT(*) FROM {table}"))
         .unwrap_or_else(|e| panic!("{table}: {e}"))
 }
 
@@ -113,13 +113,11 @@ struct Books {
 }
 
 fn books(rig: &Rig, accounts: &[&str]) -> Books {
-    let db = rig.hub.store().conn();
-    let mut stmt = db
-        .prepare("SELECT phase FROM withdrawals ORDER BY tx_id")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let phases = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+    let phases = rig
+        .hub
+        .store()
+        .db()
+        .test_texts("SELECT phase FROM withdrawals ORDER BY tx_id")
         .unwrap_or_else(|e| panic!("{e}"));
     let report = admin::ledger_check(rig.hub.store()).unwrap_or_else(|e| panic!("{e}"));
     assert!(report.is_ok(), "{report}");
@@ -142,12 +140,8 @@ fn books(rig: &Rig, accounts: &[&str]) -> Books {
 fn rejected_audit_entries(rig: &Rig) -> i64 {
     rig.hub
         .store()
-        .conn()
-        .query_row(
-            "SELECT COUNT(*) FROM audit WHERE outcome = 'rejected'",
-            [],
-            |r| r.get(0),
-        )
+        .db()
+        .read_i64("SELECT COUNT(*) FROM audit WHERE outcome = 'rejected'")
         .unwrap_or_else(|e| panic!("{e}"))
 }
 

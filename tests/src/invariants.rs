@@ -275,6 +275,7 @@ pub fn read_hub(path: &Path) -> Result<HubView, ReadError> {
     let reports = {
         let mut stmt = store
             .conn()
+            .ok_or_else(|| err(&"not a SQLite hub database"))?
             .prepare(
                 "SELECT tx_id, order_id, outcome, dispensed, applied FROM dispense_reports ORDER BY id",
             )

@@ -314,6 +314,7 @@ async fn the_hub_reconnects_and_resubscribes_after_a_broker_restart() {
     let n: i64 = hub
         .store()
         .conn()
+        .expect("a SQLite hub")
         .query_row(
             "SELECT COUNT(*) FROM audit WHERE jti = ?1 AND outcome = 'accepted'",
             [&sent.jti],

@@ -560,9 +560,18 @@ impl Hub {
     /// Handles several messages in one transaction (group commit): each message's effects
     /// stay atomic (savepoints), the fsync is shared. If the commit fails, nothing is
     /// applied and nothing is sent: every result is [`HandleError::Internal`].
+    ///
+    /// On PostgreSQL a transaction that lost a race with another hub instance's is rolled
+    /// back and the batch runs again from the start, reading what the winner committed; a
+    /// connection lost to a server restart is made again, with pauses of up to a second,
+    /// for [`RETRY_FOR`] in all. Running again is safe even when a lost connection hid a
+    /// successful `COMMIT`: the batch's messages are then processed ids, answered as
+    /// duplicates.
     pub fn handle_batch(&mut self, batch: &[Incoming]) -> Vec<Handled> {
-        let now = self.clock.now();
-        match self.try_batch(batch, now) {
+        match retry_transient(|| {
+            let now = self.clock.now();
+            self.try_batch(batch, now)
+        }) {
             Ok(done) => done,
             Err(e) => {
                 tracing::error!(error = %e, messages = batch.len(), "batch not committed");
@@ -604,8 +613,13 @@ impl Hub {
         Ok(results)
     }
 
-    /// Runs the expiry sweeper once (in its own transaction).
+    /// Runs the expiry sweeper once (in its own transaction, run again after a conflict as
+    /// [`Hub::handle_batch`] does).
     pub fn sweep(&mut self) -> Result<(Vec<Outgoing>, SweepReport), StoreError> {
+        retry_transient(|| self.sweep_once())
+    }
+
+    fn sweep_once(&mut self) -> Result<(Vec<Outgoing>, SweepReport), StoreError> {
         let now = self.clock.now();
         let Hub {
             store,
@@ -629,6 +643,42 @@ impl Hub {
         let out = sweep::sweep(&mut ctx)?;
         tx.commit()?;
         Ok(out)
+    }
+}
+
+/// How long a transaction is run again while it keeps failing transiently
+/// ([`StoreError::is_transient`]): long enough for a PostgreSQL restart or a fail-over.
+pub const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `attempt` until it succeeds, fails for good, or has failed transiently for
+/// [`RETRY_FOR`]. A conflict is run again at once, then after a few milliseconds (so that
+/// two instances stop colliding); a lost connection after pauses doubling to a second.
+pub(crate) fn retry_transient<T>(
+    mut attempt: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let started = std::time::Instant::now();
+    let mut tries: u32 = 0;
+    loop {
+        match attempt() {
+            Err(e) if e.is_transient() && started.elapsed() < RETRY_FOR => {
+                tries += 1;
+                let pause = match e {
+                    StoreError::Conflict(_) => {
+                        // Spread the next attempts of colliding instances apart.
+                        let jitter = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(1, |d| u64::from(d.subsec_nanos()) % 5);
+                        std::time::Duration::from_millis(u64::from(tries.min(10)) * jitter)
+                    }
+                    _ => {
+                        tracing::warn!(error = %e, tries, "database unavailable: trying again");
+                        std::time::Duration::from_millis(50u64 << tries.min(4))
+                    }
+                };
+                std::thread::sleep(pause);
+            }
+            other => return other,
+        }
     }
 }
 
@@ -814,6 +864,9 @@ fn process(
             };
             (r.extra, Err(e), r.keep_effects)
         }
+        // Another instance's transaction won a race (PostgreSQL) or the server went away:
+        // the whole batch runs again, this message included ([`Hub::handle_batch`]).
+        Err(Fail::Store(e)) if e.is_transient() => return Err(e),
         Err(Fail::Store(e)) => {
             tracing::error!(error = %e, sender = %sender_id, "message handler failed");
             (Vec::new(), Err(HandleError::Internal(e.to_string())), false)

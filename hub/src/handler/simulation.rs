@@ -42,7 +42,7 @@ fn run(seed: u64, flows: usize) {
     config.withdrawal.daily = 1_000_000_000_000;
     config.payments.daily = 1_000_000_000_000;
     config.withdrawal.qr_images = false;
-    let mut rig = Rig::new(Store::open_in_memory().unwrap(), config, seed);
+    let mut rig = Rig::new(Store::open_test(), config, seed);
     let mut rng = SeededEntropy::new(seed ^ 0x5151);
     let accounts = ["a0", "a1", "a2", "a3", "a4", "a5"];
     let mut phones = Vec::new();
@@ -282,38 +282,24 @@ fn run(seed: u64, flows: usize) {
 
     // At most one order per withdrawal; captures never exceed the amount; the cash that
     // left the ATMs is exactly what the withdrawals settled.
-    let db = rig.hub.store().conn();
-    let over: i64 = db
-        .query_row(
+    let db = rig.hub.store().db();
+    let over = db
+        .read_i64(
             "SELECT COUNT(*) FROM withdrawals w WHERE w.settled > w.amount
              OR (SELECT COALESCE(SUM(-e.amount), 0) FROM entries e JOIN postings p ON p.id = e.posting_id
                  WHERE p.kind = 'capture' AND p.reference = w.tx_id AND e.amount < 0) != w.settled",
-            [],
-            |r| r.get(0),
         )
         .unwrap();
     assert_eq!(over, 0, "captures disagree with settled amounts");
-    let cash: i64 = db
-        .query_row(
-            "SELECT balance FROM ledger_accounts WHERE id = 'sys:atm_cash:JPY'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap_or(0);
-    let settled: i64 = db
-        .query_row(
-            "SELECT COALESCE(SUM(settled), 0) FROM withdrawals",
-            [],
-            |r| r.get(0),
-        )
+    let cash = db
+        .read_i64("SELECT balance FROM ledger_accounts WHERE id = 'sys:atm_cash:JPY'")
+        .unwrap();
+    let settled = db
+        .read_i64("SELECT COALESCE(SUM(settled), 0) FROM withdrawals")
         .unwrap();
     assert_eq!(cash, settled);
-    let dispensed: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM withdrawals WHERE phase IN ('dispensed', 'partial')",
-            [],
-            |r| r.get(0),
-        )
+    let dispensed = db
+        .read_i64("SELECT COUNT(*) FROM withdrawals WHERE phase IN ('dispensed', 'partial')")
         .unwrap();
     assert!(
         dispensed > (flows / 3) as i64,
@@ -326,22 +312,32 @@ fn ledger_is_conserved_over_thousands_of_random_flows() {
     run(11, 2_000);
 }
 
-/// Two hub instances share one database; two ATMs present the same code at the same moment.
-/// Exactly one wins, every time.
+/// Two hub instances share one database (a SQLite file, or PostgreSQL under
+/// `QRCASH_TEST_BACKEND=postgres`, where the loser's transaction fails to serialize and runs
+/// again); two ATMs present the same code at the same moment. Exactly one wins, every time:
+/// 40 rounds, or `QRCASH_RACE_ROUNDS` (the 1,000-round run of docs/BENCHMARKS.md).
 #[test]
 fn two_atms_presenting_one_code_at_once_exactly_one_wins() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hub.sqlite");
+    let rounds: usize = std::env::var("QRCASH_RACE_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(40);
     let key = test_hub_key();
-    let mut a = Rig::with_key(Store::open(&path).unwrap(), test_config(), 1, key.clone());
-    let b = Rig::with_key(Store::open(&path).unwrap(), test_config(), 2, key);
-    a.account("hanako", 10_000_000);
+    let mut stores = Store::open_test_shared(&dir.path().join("hub.sqlite"), 2);
+    let (sb, sa) = (stores.pop().unwrap(), stores.pop().unwrap());
+    // Every round withdraws 1,000 yen: room for all of them under the daily limit.
+    let mut config = test_config();
+    config.withdrawal.daily = 1_000 * (rounds as u64 + 1);
+    let mut a = Rig::with_key(sa, config.clone(), 1, key.clone());
+    let b = Rig::with_key(sb, config, 2, key);
+    a.account("hanako", 10_000_000 + 1_000 * rounds as u64);
     let mut atm1 = a.atm("atm-1");
     let mut atm2 = a.atm("atm-2");
     let mut phone = TestDevice::new("phone-1");
     a.login(&mut phone, "hanako");
     let mut hubs = [a, b];
-    for round in 0..40 {
+    for round in 0..rounds {
         let code = hubs[0].register(&mut phone, "hanako", 1_000);
         let hub_id = hubs[0].hub_id();
         let now = hubs[0].now();

@@ -1315,7 +1315,7 @@ fn biometric_rules() {
     ] {
         let mut config = test_config();
         config.auth.identity = rule;
-        let mut rig = Rig::new(crate::store::Store::open_in_memory().unwrap(), config, 26);
+        let mut rig = Rig::new(crate::store::Store::open_test(), config, 26);
         rig.account("hanako", 100_000);
         let mut atm = rig.atm("atm-1");
         let mut phone = TestDevice::new("phone-1");
@@ -1382,7 +1382,7 @@ fn a_warnings_file_from_the_config_replaces_the_built_in_texts() {
     let mut config = test_config();
     config.warnings.file = Some(path);
     config.warnings.languages = vec!["en".into()];
-    let mut rig = Rig::new(crate::store::Store::open_in_memory().unwrap(), config, 28);
+    let mut rig = Rig::new(crate::store::Store::open_test(), config, 28);
     rig.account("hanako", 100_000);
     let mut atm = rig.atm("atm-1");
     let mut phone = TestDevice::new("phone-1");
@@ -1494,8 +1494,8 @@ fn a_batch_commits_each_message_atomically() {
     let ops: i64 = rig
         .hub
         .store()
-        .conn()
-        .query_row("SELECT COUNT(*) FROM operations", [], |r| r.get(0))
+        .db()
+        .read_i64("SELECT COUNT(*) FROM operations")
         .unwrap();
     assert_eq!(ops, 2, "the refused transfer left no operation behind");
     assert_books(&rig);

@@ -2,8 +2,8 @@
 //! rejected, with the reason) and per operator or sweeper action. Never a secret or a
 //! payload: ids, types and reasons only. Triggers in the schema refuse updates and deletes.
 
+use super::sql::params;
 use crate::store::Db;
-use rusqlite::params;
 
 use super::{from_sql, to_sql};
 use crate::error::StoreError;
@@ -86,12 +86,11 @@ pub fn append(db: Db<'_>, e: &AuditEntry) -> Result<(), StoreError> {
 
 /// The latest `n` entries, oldest first.
 pub fn tail(db: Db<'_>, n: usize) -> Result<Vec<AuditRow>, StoreError> {
-    let mut stmt = db.prepare(
+    let mut rows = db.rows(
         "SELECT id, at, source, sender, topic, msg_type, jti, outcome, reason, detail
          FROM audit ORDER BY id DESC LIMIT ?1",
-    )?;
-    let mut rows = stmt
-        .query_map([n as i64], |r| {
+        [i64::try_from(n).unwrap_or(i64::MAX)],
+        |r| {
             Ok(AuditRow {
                 id: r.get(0)?,
                 entry: AuditEntry {
@@ -106,8 +105,8 @@ pub fn tail(db: Db<'_>, n: usize) -> Result<Vec<AuditRow>, StoreError> {
                     detail: r.get(9)?,
                 },
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        },
+    )?;
     rows.reverse();
     Ok(rows)
 }
@@ -129,7 +128,7 @@ mod tests {
 
     #[test]
     fn entries_append_and_cannot_be_changed() {
-        let s = Store::open_in_memory().unwrap();
+        let s = Store::open_test();
         let db = s.db();
         for i in 0..3 {
             append(

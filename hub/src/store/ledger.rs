@@ -7,8 +7,8 @@
 use crate::store::Db;
 use std::collections::BTreeMap;
 
+use super::sql::{OptionalExt, params};
 use qrcash_protocol::Currency;
-use rusqlite::{OptionalExtension, params};
 
 use super::{from_sql, to_sql};
 use crate::error::StoreError;
@@ -24,9 +24,9 @@ pub fn apply(db: Db<'_>, p: &Posting, at: u64) -> Result<i64, StoreError> {
             p.reference
         )));
     }
-    db.exec_cached(
+    let id: i64 = db.row_cached(
         "INSERT INTO postings(at, kind, currency, reference, description)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+         VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
         params![
             to_sql(at),
             p.kind.as_str(),
@@ -34,8 +34,8 @@ pub fn apply(db: Db<'_>, p: &Posting, at: u64) -> Result<i64, StoreError> {
             p.reference,
             p.description
         ],
+        |r| r.get(0),
     )?;
-    let id = db.last_insert_rowid();
     for leg in &p.legs {
         let key = leg.account.key();
         db.exec_cached(
@@ -91,17 +91,12 @@ pub fn history(
     account: &str,
     limit: u32,
 ) -> Result<Vec<(u64, i64, String)>, StoreError> {
-    let mut stmt = db.prepare(
+    Ok(db.rows(
         "SELECT p.at, e.amount, p.description FROM entries e JOIN postings p ON p.id = e.posting_id
          WHERE e.ledger_account = ?1 ORDER BY p.id DESC LIMIT ?2",
-    )?;
-    let rows = stmt
-        .query_map(
-            params![LedgerAccount::Available(account.to_owned()).key(), limit],
-            |r| Ok((from_sql(r.get(0)?), r.get(1)?, r.get(2)?)),
-        )?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+        params![LedgerAccount::Available(account.to_owned()).key(), limit],
+        |r| Ok((from_sql(r.get(0)?), r.get(1)?, r.get(2)?)),
+    )?)
 }
 
 /// Recomputes the books: every posting sums to zero; every stored balance equals the sum of
@@ -113,41 +108,40 @@ pub fn check(db: Db<'_>) -> Result<LedgerReport, StoreError> {
         ..LedgerReport::default()
     };
 
-    let mut stmt = db.prepare(
+    let unbalanced = db.rows(
         "SELECT p.id, p.kind, p.reference, COALESCE(SUM(e.amount), 0), COUNT(e.amount)
          FROM postings p LEFT JOIN entries e ON e.posting_id = p.id
-         GROUP BY p.id HAVING COALESCE(SUM(e.amount), 0) != 0 OR COUNT(e.amount) < 2",
+         GROUP BY p.id, p.kind, p.reference
+         HAVING COALESCE(SUM(e.amount), 0) != 0 OR COUNT(e.amount) < 2",
+        [],
+        |r| {
+            Ok(format!(
+                "posting {} ({} {}) sums to {} over {} entries",
+                r.get::<i64>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<i64>(3)?,
+                r.get::<i64>(4)?
+            ))
+        },
     )?;
-    let unbalanced = stmt.query_map([], |r| {
-        Ok(format!(
-            "posting {} ({} {}) sums to {} over {} entries",
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, i64>(4)?
-        ))
-    })?;
-    for p in unbalanced {
-        report.problems.push(p?);
-    }
+    report.problems.extend(unbalanced);
 
-    let mut stmt = db.prepare(
+    let accounts = db.rows(
         "SELECT a.id, a.kind, a.currency, a.balance,
                 (SELECT COALESCE(SUM(amount), 0) FROM entries e WHERE e.ledger_account = a.id)
          FROM ledger_accounts a ORDER BY a.id",
-    )?;
-    let accounts = stmt
-        .query_map([], |r| {
+        [],
+        |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<i64>(3)?,
+                r.get::<i64>(4)?,
             ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        },
+    )?;
     let mut totals: BTreeMap<String, i128> = BTreeMap::new();
     for (id, kind, currency, balance, sum) in &accounts {
         report.accounts += 1;
@@ -185,16 +179,9 @@ pub fn check(db: Db<'_>) -> Result<LedgerReport, StoreError> {
          FROM ledger_accounts a WHERE a.kind = 'held'",
         holding.join(",")
     );
-    let mut stmt = db.prepare(&sql)?;
-    let held = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    let held = db.rows(&sql, [], |r| {
+        Ok((r.get::<String>(0)?, r.get::<i64>(1)?, r.get::<i64>(2)?))
+    })?;
     for (id, balance, expected) in held {
         if balance != expected {
             report.problems.push(format!(
@@ -235,7 +222,7 @@ mod tests {
 
     #[test]
     fn postings_move_balances_and_the_books_balance() {
-        let s = Store::open_in_memory().unwrap();
+        let s = Store::open_test();
         let db = s.db();
         let avail = LedgerAccount::Available("alice".into());
         let held = LedgerAccount::Held("alice".into());
@@ -267,7 +254,7 @@ mod tests {
 
     #[test]
     fn overdrafts_and_unbalanced_postings_are_refused() {
-        let s = Store::open_in_memory().unwrap();
+        let s = Store::open_test();
         let db = s.db();
         let avail = LedgerAccount::Available("bob".into());
         let err = apply(
@@ -300,7 +287,7 @@ mod tests {
 
     #[test]
     fn tampering_is_detected() {
-        let s = Store::open_in_memory().unwrap();
+        let s = Store::open_test();
         let db = s.db();
         apply(
             db,

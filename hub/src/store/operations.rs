@@ -1,7 +1,7 @@
 //! The phone's money operations besides cash: each kept under its idempotency key with its
 //! receipt, and the payments (where a device paid) and payouts (to bank accounts) they made.
 
-use rusqlite::{OptionalExtension, params};
+use super::sql::{OptionalExt, params};
 
 use super::{Db, StoreError, to_sql};
 use qrcash_protocol::{Amount, Position};

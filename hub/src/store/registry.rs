@@ -1,7 +1,7 @@
 //! What operators register: accounts, their bank accounts, ATMs and merchants.
 
+use super::sql::{OptionalExt, params};
 use qrcash_protocol::{Currency, Position};
-use rusqlite::{OptionalExtension, params};
 
 use super::{Db, StoreError, from_sql, to_sql};
 
@@ -168,9 +168,14 @@ pub fn put_enrolment(db: Db<'_>, e: &EnrolmentRow) -> Result<(), StoreError> {
         .transpose()
         .map_err(|err| StoreError::Corrupt(err.to_string()))?;
     db.execute(
-        "INSERT OR REPLACE INTO atm_enrolments(atm_id, proof_key, issued_at, expires_at,
+        "INSERT INTO atm_enrolments(atm_id, proof_key, issued_at, expires_at,
              failures, used_at, used_kid, name, address, lat, lon, denominations)
-         VALUES (?1, ?2, ?3, ?4, 0, NULL, NULL, ?5, ?6, ?7, ?8, ?9)",
+         VALUES (?1, ?2, ?3, ?4, 0, NULL, NULL, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT(atm_id) DO UPDATE SET proof_key = excluded.proof_key,
+             issued_at = excluded.issued_at, expires_at = excluded.expires_at, failures = 0,
+             used_at = NULL, used_kid = NULL, name = excluded.name,
+             address = excluded.address, lat = excluded.lat, lon = excluded.lon,
+             denominations = excluded.denominations",
         params![
             e.atm_id,
             e.proof_key,

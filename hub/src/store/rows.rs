@@ -1,11 +1,11 @@
 //! Typed rows: accounts, devices, ATMs, merchants, bank accounts and withdrawals, with the
 //! reads and writes the handler and the operator commands need.
 
+use super::sql::{OptionalExt, Param, Row, SqlError, params};
 use crate::store::Db;
 use crate::throttle::Failures;
 use qrcash_protocol::messages::{CassetteStatus, NoteCount};
 use qrcash_protocol::{Amount, Currency, OrderId, Position, TxId};
-use rusqlite::{OptionalExtension, Row, params};
 
 use super::{from_sql, to_sql};
 use crate::error::StoreError;
@@ -53,16 +53,16 @@ pub fn account(db: Db<'_>, id: &str) -> Result<Option<AccountRow>, StoreError> {
             [id],
             |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
+                    r.get::<String>(0)?,
+                    r.get::<String>(1)?,
                     r.get(2)?,
                     r.get(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                    r.get::<_, bool>(6)?,
+                    r.get::<i64>(4)?,
+                    r.get::<i64>(5)?,
+                    r.get::<bool>(6)?,
                     r.get(7)?,
-                    r.get::<_, i64>(8)?,
-                    r.get::<_, i64>(9)?,
+                    r.get::<i64>(8)?,
+                    r.get::<i64>(9)?,
                 ))
             },
         )
@@ -152,7 +152,7 @@ pub struct DeviceRow {
 const DEVICE_COLS: &str = "id, account, name, public_jwk, kid, status, enrolled_at, key_changed_at,
      last_login_at, restricted_until, restriction_reason, revoked_reason";
 
-fn device_from(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
+fn device_from(r: &Row<'_>) -> Result<DeviceRow, SqlError> {
     let status: String = r.get(5)?;
     Ok(DeviceRow {
         id: r.get(0)?,
@@ -167,8 +167,8 @@ fn device_from(r: &Row<'_>) -> rusqlite::Result<DeviceRow> {
         },
         enrolled_at: from_sql(r.get(6)?),
         key_changed_at: from_sql(r.get(7)?),
-        last_login_at: r.get::<_, Option<i64>>(8)?.map(from_sql),
-        restricted_until: r.get::<_, Option<i64>>(9)?.map(from_sql),
+        last_login_at: r.get::<Option<i64>>(8)?.map(from_sql),
+        restricted_until: r.get::<Option<i64>>(9)?.map(from_sql),
         restriction_reason: r.get(10)?,
         revoked_reason: r.get(11)?,
     })
@@ -187,13 +187,13 @@ pub fn device(db: Db<'_>, id: &str) -> Result<Option<DeviceRow>, StoreError> {
 
 /// All devices, or those of one account.
 pub fn devices(db: Db<'_>, account: Option<&str>) -> Result<Vec<DeviceRow>, StoreError> {
-    let mut stmt = db.prepare(&format!(
-        "SELECT {DEVICE_COLS} FROM devices WHERE ?1 IS NULL OR account = ?1 ORDER BY account, id"
-    ))?;
-    let rows = stmt
-        .query_map([account], device_from)?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    Ok(db.rows(
+        &format!(
+            "SELECT {DEVICE_COLS} FROM devices WHERE CAST(?1 AS TEXT) IS NULL OR account = ?1 ORDER BY account, id"
+        ),
+        [account],
+        device_from,
+    )?)
 }
 
 /// Enrols a new device or replaces the key of an existing one, and records the login.
@@ -257,7 +257,7 @@ pub fn login_failures(db: Db<'_>, subject: &str) -> Result<Failures, StoreError>
             [subject],
             |r| {
                 Ok(Failures {
-                    count: u32::try_from(r.get::<_, i64>(0)?).unwrap_or(u32::MAX),
+                    count: u32::try_from(r.get::<i64>(0)?).unwrap_or(u32::MAX),
                     locked_until: from_sql(r.get(1)?),
                     last_at: from_sql(r.get(2)?),
                 })
@@ -303,7 +303,7 @@ pub fn prune_login_failures(
          WHERE f.locked_until <= ?1
            AND f.last_at < CASE
                WHEN EXISTS (SELECT 1 FROM accounts a WHERE 'account:' || a.id = f.subject)
-               THEN ?2 ELSE ?3 END",
+               THEN CAST(?2 AS BIGINT) ELSE CAST(?3 AS BIGINT) END",
         params![to_sql(now), to_sql(before_real), to_sql(before_other)],
     )?)
 }
@@ -324,14 +324,13 @@ pub fn end_sessions(
     account: &str,
     keep: Option<&str>,
 ) -> Result<Vec<String>, StoreError> {
-    let mut stmt = db.prepare_cached(
+    let mut ids = db.rows_cached(
         "UPDATE devices SET last_login_at = NULL
-         WHERE account = ?1 AND (?2 IS NULL OR id <> ?2) AND last_login_at IS NOT NULL
+         WHERE account = ?1 AND (CAST(?2 AS TEXT) IS NULL OR id <> ?2) AND last_login_at IS NOT NULL
          RETURNING id",
+        params![account, keep],
+        |r| r.get::<String>(0),
     )?;
-    let mut ids = stmt
-        .query_map(params![account, keep], |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
     ids.sort();
     Ok(ids)
 }
@@ -407,25 +406,25 @@ pub fn atm(db: Db<'_>, id: &str) -> Result<Option<AtmRow>, StoreError> {
             [id],
             |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, f64>(3)?,
-                    r.get::<_, f64>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, String>(6)?,
-                    r.get::<_, String>(7)?,
-                    r.get::<_, Option<String>>(8)?,
-                    r.get::<_, Option<String>>(9)?,
-                    r.get::<_, Option<String>>(10)?,
-                    r.get::<_, Option<i64>>(11)?,
-                    r.get::<_, bool>(12)?,
+                    r.get::<String>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<String>(2)?,
+                    r.get::<f64>(3)?,
+                    r.get::<f64>(4)?,
+                    r.get::<String>(5)?,
+                    r.get::<String>(6)?,
+                    r.get::<String>(7)?,
+                    r.get::<Option<String>>(8)?,
+                    r.get::<Option<String>>(9)?,
+                    r.get::<Option<String>>(10)?,
+                    r.get::<Option<i64>>(11)?,
+                    r.get::<bool>(12)?,
                     (
-                        r.get::<_, Option<String>>(13)?,
-                        r.get::<_, Option<String>>(14)?,
-                        r.get::<_, Option<i64>>(15)?,
-                        r.get::<_, Option<i64>>(16)?,
-                        r.get::<_, Option<i64>>(17)?,
+                        r.get::<Option<String>>(13)?,
+                        r.get::<Option<String>>(14)?,
+                        r.get::<Option<i64>>(15)?,
+                        r.get::<Option<i64>>(16)?,
+                        r.get::<Option<i64>>(17)?,
                     ),
                 ))
             },
@@ -484,11 +483,7 @@ pub fn atm(db: Db<'_>, id: &str) -> Result<Option<AtmRow>, StoreError> {
 
 /// All ATM ids.
 pub fn atm_ids(db: Db<'_>) -> Result<Vec<String>, StoreError> {
-    let mut stmt = db.prepare("SELECT id FROM atms ORDER BY id")?;
-    let rows = stmt
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<Vec<String>, _>>()?;
-    Ok(rows)
+    Ok(db.rows("SELECT id FROM atms ORDER BY id", [], |r| r.get(0))?)
 }
 
 /// Records an ATM heartbeat.
@@ -540,17 +535,11 @@ pub struct CountSnapshot {
 
 /// The ATM's count snapshots, oldest first.
 pub fn atm_count_history(db: Db<'_>, id: &str) -> Result<Vec<CountSnapshot>, StoreError> {
-    let mut stmt = db
-        .prepare("SELECT at, counts, reports_upto FROM atm_counts WHERE atm_id = ?1 ORDER BY id")?;
-    let rows = stmt
-        .query_map([id], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    let rows = db.rows(
+        "SELECT at, counts, reports_upto FROM atm_counts WHERE atm_id = ?1 ORDER BY id",
+        [id],
+        |r| Ok((r.get::<i64>(0)?, r.get::<String>(1)?, r.get::<i64>(2)?)),
+    )?;
     rows.into_iter()
         .map(|(at, counts, reports_upto)| {
             let counts = serde_json::from_str(&counts)
@@ -572,13 +561,12 @@ pub fn picked_notes_between(
     after: i64,
     upto: i64,
 ) -> Result<Vec<(u64, u32)>, StoreError> {
-    let mut stmt = db.prepare(
+    let reports = db.rows(
         "SELECT report FROM dispense_reports
-         WHERE atm_id = ?1 AND applied = 1 AND id > ?2 AND id <= ?3",
+         WHERE atm_id = ?1 AND applied = 1 AND id > ?2 AND id <= ?3 ORDER BY id",
+        params![id, after, upto],
+        |r| r.get::<String>(0),
     )?;
-    let reports = stmt
-        .query_map(params![id, after, upto], |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
     let mut picked: Vec<(u64, u32)> = Vec::new();
     for text in reports {
         let report: qrcash_protocol::messages::DispenseReport = serde_json::from_str(&text)
@@ -623,11 +611,11 @@ pub fn merchant(db: Db<'_>, id: &str) -> Result<Option<MerchantRow>, StoreError>
             [id],
             |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, f64>(3)?,
-                    r.get::<_, f64>(4)?,
+                    r.get::<String>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<String>(2)?,
+                    r.get::<f64>(3)?,
+                    r.get::<f64>(4)?,
                 ))
             },
         )
@@ -740,7 +728,7 @@ type RawW = (
     ),
 );
 
-fn raw_w(r: &Row<'_>) -> rusqlite::Result<RawW> {
+fn raw_w(r: &Row<'_>) -> Result<RawW, SqlError> {
     Ok((
         (
             r.get(0)?,
@@ -881,8 +869,8 @@ pub fn withdrawals(db: Db<'_>, which: &Listing<'_>) -> Result<Vec<WithdrawalRow>
             account,
         } => withdrawals_where(
             db,
-            "(?1 IS NULL OR phase = ?1) AND (?2 = 0 OR needs_reconciliation = 1)
-             AND (?3 IS NULL OR account = ?3)",
+            "(CAST(?1 AS TEXT) IS NULL OR phase = ?1) AND (?2 = 0 OR needs_reconciliation = 1)
+             AND (CAST(?3 AS TEXT) IS NULL OR account = ?3)",
             &[&phase.map(|p| p.as_str()), flagged, account],
         ),
     }
@@ -892,14 +880,15 @@ pub fn withdrawals(db: Db<'_>, which: &Listing<'_>) -> Result<Vec<WithdrawalRow>
 fn withdrawals_where(
     db: Db<'_>,
     condition: &str,
-    args: &[&dyn rusqlite::ToSql],
+    args: &[&dyn Param],
 ) -> Result<Vec<WithdrawalRow>, StoreError> {
-    let mut stmt = db.prepare(&format!(
-        "SELECT {W_COLS} FROM withdrawals WHERE {condition} ORDER BY registered_at, tx_id"
-    ))?;
-    let raws = stmt
-        .query_map(args, raw_w)?
-        .collect::<Result<Vec<_>, _>>()?;
+    let raws = db.rows(
+        &format!(
+            "SELECT {W_COLS} FROM withdrawals WHERE {condition} ORDER BY registered_at, tx_id"
+        ),
+        args,
+        raw_w,
+    )?;
     raws.into_iter().map(withdrawal_from).collect()
 }
 
@@ -1080,14 +1069,12 @@ pub fn credential_changes_since(db: Db<'_>, account: &str, since: u64) -> Result
 
 /// The devices whose restriction ended at or before `now`, with when it ended.
 pub fn restrictions_ended(db: Db<'_>, now: u64) -> Result<Vec<(String, u64)>, StoreError> {
-    let mut stmt = db.prepare(
+    Ok(db.rows(
         "SELECT id, restricted_until FROM devices
-         WHERE restricted_until IS NOT NULL AND restricted_until <= ?1",
-    )?;
-    let rows = stmt
-        .query_map([to_sql(now)], |r| Ok((r.get(0)?, from_sql(r.get(1)?))))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+         WHERE restricted_until IS NOT NULL AND restricted_until <= ?1 ORDER BY id",
+        [to_sql(now)],
+        |r| Ok((r.get(0)?, from_sql(r.get(1)?))),
+    )?)
 }
 
 /// The withdrawals `account` registered since `since`: phase, amount and settled amount.
@@ -1096,18 +1083,11 @@ pub fn withdrawn_since(
     account: &str,
     since: u64,
 ) -> Result<Vec<(Phase, u64, u64)>, StoreError> {
-    let mut stmt = db.prepare_cached(
+    let rows = db.rows_cached(
         "SELECT phase, amount, settled FROM withdrawals WHERE account = ?1 AND registered_at >= ?2",
+        params![account, to_sql(since)],
+        |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?, r.get::<i64>(2)?)),
     )?;
-    let rows = stmt
-        .query_map(params![account, to_sql(since)], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
         .map(|(phase, amount, settled)| {
             Ok((

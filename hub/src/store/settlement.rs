@@ -4,9 +4,9 @@
 //!
 //! Storage only; the rules are in `evidence` and `admin`.
 
+use super::sql::{OptionalExt, Row, SqlError, params};
 use qrcash_protocol::messages::{DispenseReport, PhonePush};
 use qrcash_protocol::{OrderId, TxId};
-use rusqlite::{OptionalExtension, params};
 
 use super::{Db, from_sql, to_sql};
 use crate::error::StoreError;
@@ -17,14 +17,11 @@ pub fn reports_of(
     tx: &TxId,
     order: &OrderId,
 ) -> Result<Vec<DispenseReport>, StoreError> {
-    let mut stmt = db.prepare_cached(
+    let texts = db.rows_cached(
         "SELECT report FROM dispense_reports WHERE tx_id = ?1 AND order_id = ?2 ORDER BY id",
+        params![tx.to_string(), order.to_string()],
+        |r| r.get::<String>(0),
     )?;
-    let texts = stmt
-        .query_map(params![tx.to_string(), order.to_string()], |r| {
-            r.get::<_, String>(0)
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
     texts
         .iter()
         .map(|t| {
@@ -169,9 +166,9 @@ pub fn propose_correction(
     if let Some(id) = open {
         return Ok(id);
     }
-    db.exec_cached(
+    Ok(db.row_cached(
         "INSERT INTO corrections(tx_id, from_settled, to_settled, cause, state, proposed_at)
-         VALUES (?1, ?2, ?3, ?4, 'proposed', ?5)",
+         VALUES (?1, ?2, ?3, ?4, 'proposed', ?5) RETURNING id",
         params![
             tx.to_string(),
             to_sql(from_settled),
@@ -179,11 +176,11 @@ pub fn propose_correction(
             cause,
             to_sql(now)
         ],
-    )?;
-    Ok(db.last_insert_rowid())
+        |r| r.get(0),
+    )?)
 }
 
-fn correction_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(CorrectionRow, String)> {
+fn correction_from(r: &Row<'_>) -> Result<(CorrectionRow, String), SqlError> {
     Ok((
         CorrectionRow {
             id: r.get(0)?,
@@ -194,7 +191,7 @@ fn correction_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<(CorrectionRow, St
             state: CorrectionState::Proposed,
             proposed_at: from_sql(r.get(6)?),
             decided_by: r.get(7)?,
-            decided_at: r.get::<_, Option<i64>>(8)?.map(from_sql),
+            decided_at: r.get::<Option<i64>>(8)?.map(from_sql),
             decision_note: r.get(9)?,
         },
         r.get(5)?,
@@ -212,12 +209,13 @@ pub fn corrections(
 ) -> Result<Vec<CorrectionRow>, StoreError> {
     let sql = format!(
         "SELECT {CORRECTION_COLUMNS} FROM corrections
-         WHERE (?1 IS NULL OR tx_id = ?1) AND (?2 = 0 OR state = 'proposed') ORDER BY id"
+         WHERE (CAST(?1 AS TEXT) IS NULL OR tx_id = ?1) AND (?2 = 0 OR state = 'proposed') ORDER BY id"
     );
-    let mut stmt = db.prepare_cached(&sql)?;
-    let rows = stmt
-        .query_map(params![tx.map(|t| t.to_string()), open], correction_from)?
-        .collect::<Result<Vec<_>, _>>()?;
+    let rows = db.rows_cached(
+        &sql,
+        params![tx.map(|t| t.to_string()), open],
+        correction_from,
+    )?;
     rows.into_iter()
         .map(|(mut c, state)| {
             c.state = CorrectionState::parse(&state)?;
@@ -268,10 +266,11 @@ pub fn queue_push(db: Db<'_>, device: &str, push: &PhonePush, now: u64) -> Resul
 /// Takes every queued push (removed in the caller's transaction, so a crash before its
 /// commit leaves them queued).
 pub fn take_pushes(db: Db<'_>) -> Result<Vec<(String, PhonePush)>, StoreError> {
-    let mut stmt = db.prepare_cached("SELECT device_id, push FROM pending_pushes ORDER BY id")?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
+    let rows = db.rows_cached(
+        "SELECT device_id, push FROM pending_pushes ORDER BY id",
+        [],
+        |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+    )?;
     db.exec_cached("DELETE FROM pending_pushes", [])?;
     rows.into_iter()
         .map(|(device, json)| {
@@ -339,12 +338,11 @@ pub struct ReportRow {
 
 /// Every dispense report received for withdrawal `tx`, oldest first.
 pub fn received_reports(db: Db<'_>, tx: &TxId) -> Result<Vec<ReportRow>, StoreError> {
-    let mut stmt = db.prepare(
+    Ok(db.rows(
         "SELECT received_at, atm_id, jti, outcome, dispensed, applied FROM dispense_reports
          WHERE tx_id = ?1 ORDER BY id",
-    )?;
-    let reports = stmt
-        .query_map([tx.to_string()], |r| {
+        [tx.to_string()],
+        |r| {
             Ok(ReportRow {
                 received_at: from_sql(r.get(0)?),
                 atm_id: r.get(1)?,
@@ -353,7 +351,6 @@ pub fn received_reports(db: Db<'_>, tx: &TxId) -> Result<Vec<ReportRow>, StoreEr
                 dispensed: from_sql(r.get(4)?),
                 applied: r.get(5)?,
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(reports)
+        },
+    )?)
 }

@@ -2,8 +2,8 @@
 //! codes, and the new-device alerts sent about it. The new-device restriction reads its
 //! evidence from here.
 
+use super::sql::{OptionalExt, params};
 use qrcash_protocol::Position;
-use rusqlite::{OptionalExtension, params};
 
 use super::{Db, StoreError, from_sql, to_sql};
 use crate::restriction::{DeviceFix, Sighting};
@@ -49,16 +49,12 @@ pub fn sightings(db: Db<'_>, device: &str) -> Result<Vec<Sighting>, StoreError> 
          WHERE w.device_id = ?1 AND w.presented_at IS NOT NULL
          ORDER BY w.presented_at DESC LIMIT 100",
     ] {
-        let mut stmt = db.prepare_cached(sql)?;
-        let rows = stmt.query_map([device], |r| {
+        out.extend(db.rows_cached(sql, [device], |r| {
             Ok(Sighting {
                 at: from_sql(r.get(0)?),
                 position: Position::new(r.get(1)?, r.get(2)?, 0.0),
             })
-        })?;
-        for row in rows {
-            out.push(row?);
-        }
+        })?);
     }
     Ok(out)
 }
@@ -117,7 +113,7 @@ pub fn alert(db: Db<'_>, id: &str, notified: &str) -> Result<Option<AlertRow>, S
                     new_kid: r.get(2)?,
                     notified: notified.to_owned(),
                     at: from_sql(r.get(3)?),
-                    answered_at: r.get::<_, Option<i64>>(4)?.map(from_sql),
+                    answered_at: r.get::<Option<i64>>(4)?.map(from_sql),
                     outcome: r.get(5)?,
                 })
             },

@@ -1,0 +1,666 @@
+//! The two SQL backends behind one handle: SQLite (the embedded default) and PostgreSQL
+//! (a bank's hub, several instances on one database).
+//!
+//! The store's functions write their SQL once, in the dialect both accept: numbered
+//! parameters `?1`, `?2`… (sent to PostgreSQL as `$1`, `$2`…), `ON CONFLICT … DO`,
+//! `RETURNING`, integers for booleans. They bind [`Param`]s and read [`Row`]s, whose cells
+//! convert between the backends' types here, so nothing above this module knows which
+//! database it talks to.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use bytes::BytesMut;
+use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+
+/// One value bound to, or read from, a statement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    /// SQL `NULL`.
+    Null,
+    /// An integer (also booleans, as 0 and 1).
+    Int(i64),
+    /// A floating-point number.
+    Real(f64),
+    /// Text.
+    Text(&'a str),
+    /// Bytes.
+    Blob(&'a [u8]),
+}
+
+/// A value that can be bound to a statement's parameter.
+pub trait Param {
+    /// The value to bind.
+    fn value(&self) -> Value<'_>;
+}
+
+macro_rules! int_param {
+    ($($t:ty),*) => {$(
+        impl Param for $t {
+            fn value(&self) -> Value<'_> {
+                Value::Int(i64::from(*self))
+            }
+        }
+    )*};
+}
+int_param!(i64, i32, u32, u8, bool);
+
+impl Param for f64 {
+    fn value(&self) -> Value<'_> {
+        Value::Real(*self)
+    }
+}
+impl Param for str {
+    fn value(&self) -> Value<'_> {
+        Value::Text(self)
+    }
+}
+impl Param for String {
+    fn value(&self) -> Value<'_> {
+        Value::Text(self)
+    }
+}
+impl Param for [u8] {
+    fn value(&self) -> Value<'_> {
+        Value::Blob(self)
+    }
+}
+impl Param for Vec<u8> {
+    fn value(&self) -> Value<'_> {
+        Value::Blob(self)
+    }
+}
+impl<T: Param + ?Sized> Param for &T {
+    fn value(&self) -> Value<'_> {
+        (**self).value()
+    }
+}
+impl<T: Param> Param for Option<T> {
+    fn value(&self) -> Value<'_> {
+        self.as_ref().map_or(Value::Null, Param::value)
+    }
+}
+
+/// A statement's parameters: `[]`, an array of one type (`[id]`), or [`params!`]'s list.
+pub trait Params {
+    /// The values, in order.
+    fn values(&self) -> Vec<Value<'_>>;
+}
+
+impl Params for [&dyn Param; 0] {
+    fn values(&self) -> Vec<Value<'_>> {
+        Vec::new()
+    }
+}
+impl Params for &[&dyn Param] {
+    fn values(&self) -> Vec<Value<'_>> {
+        self.iter().map(|p| p.value()).collect()
+    }
+}
+macro_rules! array_params {
+    ($($n:literal),*) => {$(
+        impl<T: Param> Params for [T; $n] {
+            fn values(&self) -> Vec<Value<'_>> {
+                self.iter().map(Param::value).collect()
+            }
+        }
+    )*};
+}
+array_params!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
+
+/// Parameters of mixed types: `params![id, to_sql(at), flag]`.
+macro_rules! params {
+    () => { [] as [&dyn $crate::store::sql::Param; 0] };
+    ($($p:expr),+ $(,)?) => { [$(&$p as &dyn $crate::store::sql::Param),+] };
+}
+pub(crate) use params;
+
+/// A value read from a row, converted from either backend's type.
+pub trait FromCell: Sized {
+    /// Converts; `None` when the cell holds another kind of value.
+    fn from_cell(cell: Value<'_>) -> Option<Self>;
+    /// What it expects, for the error message.
+    const WANTED: &'static str;
+}
+
+impl FromCell for i64 {
+    const WANTED: &'static str = "an integer";
+    fn from_cell(cell: Value<'_>) -> Option<Self> {
+        match cell {
+            Value::Int(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+impl FromCell for u32 {
+    const WANTED: &'static str = "a 32-bit unsigned integer";
+    fn from_cell(cell: Value<'_>) -> Option<Self> {
+        i64::from_cell(cell).and_then(|v| u32::try_from(v).ok())
+    }
+}
+impl FromCell for bool {
+    const WANTED: &'static str = "a boolean";
+    fn from_cell(cell: Value<'_>) -> Option<Self> {
+        i64::from_cell(cell).map(|v| v != 0)
+    }
+}
+impl FromCell for f64 {
+    const WANTED: &'static str = "a number";
+    fn from_cell(cell: Value<'_>) -> Option<Self> {
+        match cell {
+            Value::Real(v) => Some(v),
+            #[allow(clippy::cast_precision_loss)]
+            Value::Int(v) => Some(v as f64),
+            _ => None,
+        }
+    }
+}
+impl FromCell for String {
+    const WANTED: &'static str = "text";
+    fn from_cell(cell: Value<'_>) -> Option<Self> {
+        match cell {
+            Value::Text(v) => Some(v.to_owned()),
+            _ => None,
+        }
+    }
+}
+impl FromCell for Vec<u8> {
+    const WANTED: &'static str = "bytes";
+    fn from_cell(cell: Value<'_>) -> Option<Self> {
+        match cell {
+            Value::Blob(v) => Some(v.to_vec()),
+            _ => None,
+        }
+    }
+}
+impl<T: FromCell> FromCell for Option<T> {
+    const WANTED: &'static str = T::WANTED;
+    fn from_cell(cell: Value<'_>) -> Option<Self> {
+        match cell {
+            Value::Null => Some(None),
+            other => T::from_cell(other).map(Some),
+        }
+    }
+}
+
+/// How a statement failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// SQLite reported an error.
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL reported an error (or the connection failed).
+    #[error("{}", pg_message(.0))]
+    Postgres(#[from] postgres::Error),
+    /// A statement that must return a row returned none.
+    #[error("no row")]
+    NoRows,
+    /// A cell held a value of another kind than the code reads.
+    #[error("column {column} holds {found}, not {wanted}")]
+    Type {
+        /// Its index.
+        column: usize,
+        /// What the code reads.
+        wanted: &'static str,
+        /// What it holds.
+        found: String,
+    },
+}
+
+/// A PostgreSQL error with the server's own words (the client's `Display` says only
+/// "db error").
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({}): {detail}", db.message(), db.code().code()),
+            None => format!("{} ({})", db.message(), db.code().code()),
+        },
+        None => e.to_string(),
+    }
+}
+
+impl SqlError {
+    /// PostgreSQL's SQLSTATE, if it sent one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            SqlError::Postgres(e) => e.code().map(postgres::error::SqlState::code),
+            _ => None,
+        }
+    }
+
+    /// The transaction lost a race with another one (serialization failure or deadlock):
+    /// running it again from the start is correct and will most likely succeed.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self.sqlstate(), Some("40001" | "40P01"))
+    }
+
+    /// The connection to the server is gone (restart, network): the transaction did not
+    /// commit, or its outcome is unknown if it failed at `COMMIT`.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            SqlError::Postgres(e) => {
+                e.is_closed()
+                    || e.code().is_none() && e.as_db_error().is_none()
+                    || matches!(
+                        e.code().map(postgres::error::SqlState::code),
+                        Some("57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006")
+                    )
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `Result::optional` for single-row reads: no row is `None`.
+pub trait OptionalExt<T> {
+    /// `Ok(None)` for [`SqlError::NoRows`].
+    fn optional(self) -> Result<Option<T>, SqlError>;
+}
+
+impl<T> OptionalExt<T> for Result<T, SqlError> {
+    fn optional(self) -> Result<Option<T>, SqlError> {
+        match self {
+            Ok(v) => Ok(Some(v)),
+            Err(SqlError::NoRows) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// One result row of either backend.
+pub enum Row<'r> {
+    /// SQLite's.
+    Lite(&'r rusqlite::Row<'r>),
+    /// PostgreSQL's.
+    Pg(&'r postgres::Row),
+}
+
+impl Row<'_> {
+    /// Cell `i` as a `T`.
+    pub fn get<T: FromCell>(&self, i: usize) -> Result<T, SqlError> {
+        let convert = |cell: Value<'_>| {
+            T::from_cell(cell).ok_or_else(|| SqlError::Type {
+                column: i,
+                wanted: T::WANTED,
+                found: format!("{cell:?}"),
+            })
+        };
+        match self {
+            Row::Lite(r) => {
+                let cell = match r.get_ref(i)? {
+                    ValueRef::Null => Value::Null,
+                    ValueRef::Integer(v) => Value::Int(v),
+                    ValueRef::Real(v) => Value::Real(v),
+                    ValueRef::Text(t) => Value::Text(
+                        std::str::from_utf8(t)
+                            .map_err(|e| SqlError::Sqlite(rusqlite::Error::Utf8Error(e)))?,
+                    ),
+                    ValueRef::Blob(b) => Value::Blob(b),
+                };
+                convert(cell)
+            }
+            Row::Pg(r) => pg_cell(r, i, convert),
+        }
+    }
+}
+
+/// Reads cell `i` of a PostgreSQL row by its column type and hands it to `f`.
+fn pg_cell<T>(
+    r: &postgres::Row,
+    i: usize,
+    f: impl FnOnce(Value<'_>) -> Result<T, SqlError>,
+) -> Result<T, SqlError> {
+    let ty = r
+        .columns()
+        .get(i)
+        .map(|c| c.type_().clone())
+        .ok_or(SqlError::Type {
+            column: i,
+            wanted: "a column",
+            found: "no such column".into(),
+        })?;
+    let int = |v: Option<i64>| v.map_or(Value::Null, Value::Int);
+    let cell = match ty {
+        Type::INT8 => int(r.try_get::<_, Option<i64>>(i)?),
+        Type::INT4 => int(r.try_get::<_, Option<i32>>(i)?.map(i64::from)),
+        Type::INT2 => int(r.try_get::<_, Option<i16>>(i)?.map(i64::from)),
+        Type::BOOL => int(r.try_get::<_, Option<bool>>(i)?.map(i64::from)),
+        Type::FLOAT8 => r
+            .try_get::<_, Option<f64>>(i)?
+            .map_or(Value::Null, Value::Real),
+        Type::FLOAT4 => r
+            .try_get::<_, Option<f32>>(i)?
+            .map_or(Value::Null, |v| Value::Real(f64::from(v))),
+        Type::NUMERIC => match r.try_get::<_, Option<Numeric>>(i)? {
+            None => Value::Null,
+            Some(Numeric(v)) => Value::Int(i64::try_from(v).map_err(|_| SqlError::Type {
+                column: i,
+                wanted: "a 64-bit integer",
+                found: format!("numeric {v}"),
+            })?),
+        },
+        Type::BYTEA => {
+            return f(r
+                .try_get::<_, Option<&[u8]>>(i)?
+                .map_or(Value::Null, Value::Blob));
+        }
+        _ => {
+            return f(r
+                .try_get::<_, Option<&str>>(i)?
+                .map_or(Value::Null, Value::Text));
+        }
+    };
+    f(cell)
+}
+
+/// An integral PostgreSQL `numeric` (what `SUM` of `bigint` returns), decoded from its
+/// binary form: base-10000 digits with a weight. A fraction or NaN is refused.
+#[derive(Debug, Clone, Copy)]
+struct Numeric(i128);
+
+impl<'a> postgres::types::FromSql<'a> for Numeric {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let word = |k: usize| -> Result<u16, Box<dyn std::error::Error + Sync + Send>> {
+            raw.get(2 * k..2 * k + 2)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                .ok_or_else(|| "short numeric".into())
+        };
+        let ndigits = usize::from(word(0)?);
+        let weight = i32::from(word(1)? as i16);
+        let sign = word(2)?;
+        if sign == 0xC000 {
+            return Err("numeric NaN".into());
+        }
+        let mut value: i128 = 0;
+        for k in 0..ndigits {
+            let digit = i128::from(word(4 + k)?);
+            let power = weight - k as i32;
+            if power < 0 {
+                if digit != 0 {
+                    return Err("numeric with a fraction".into());
+                }
+                continue;
+            }
+            value = value
+                .checked_add(
+                    digit
+                        .checked_mul(
+                            10_000i128
+                                .checked_pow(power as u32)
+                                .ok_or("numeric too large")?,
+                        )
+                        .ok_or("numeric too large")?,
+                )
+                .ok_or("numeric too large")?;
+        }
+        Ok(Numeric(if sign == 0x4000 { -value } else { value }))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::NUMERIC
+    }
+}
+
+impl rusqlite::ToSql for Value<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match *self {
+            Value::Null => ValueRef::Null,
+            Value::Int(v) => ValueRef::Integer(v),
+            Value::Real(v) => ValueRef::Real(v),
+            Value::Text(t) => ValueRef::Text(t.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+/// Our values encode as whatever PostgreSQL inferred for the parameter: an integer binds to
+/// `bigint`, `integer`, `smallint` or `boolean` (`CASE WHEN ?5`), a number to either float.
+impl ToSql for Value<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match (*self, ty) {
+            (Value::Null, _) => Ok(IsNull::Yes),
+            (Value::Int(v), &Type::INT8) => v.to_sql(ty, out),
+            (Value::Int(v), &Type::INT4) => i32::try_from(v)?.to_sql(ty, out),
+            (Value::Int(v), &Type::INT2) => i16::try_from(v)?.to_sql(ty, out),
+            (Value::Int(v), &Type::BOOL) => (v != 0).to_sql(ty, out),
+            #[allow(clippy::cast_precision_loss)]
+            (Value::Int(v), &Type::FLOAT8) => (v as f64).to_sql(ty, out),
+            (Value::Real(v), &Type::FLOAT8) => v.to_sql(ty, out),
+            #[allow(clippy::cast_possible_truncation)]
+            (Value::Real(v), &Type::FLOAT4) => (v as f32).to_sql(ty, out),
+            (Value::Text(t), _) => t.to_sql(ty, out),
+            (Value::Blob(b), &Type::BYTEA) => b.to_sql(ty, out),
+            (v, ty) => Err(format!("cannot bind {v:?} to a parameter of type {ty}").into()),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// `?N` placeholders as PostgreSQL's `$N`, leaving quoted text alone.
+pub(crate) fn pg_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quoted = false;
+    for c in sql.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '?' if !quoted => out.push('$'),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// A PostgreSQL connection with its prepared statements. Statements are prepared once per
+/// connection (one round trip each after that) and forgotten when it is replaced.
+pub struct PgConn {
+    client: RefCell<postgres::Client>,
+    statements: RefCell<HashMap<String, postgres::Statement>>,
+    config: postgres::Config,
+    savepoints: Cell<u32>,
+}
+
+impl std::fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConn")
+            .field("closed", &self.client.borrow().is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgConn {
+    /// Connects (without TLS: a Unix socket or a private network; see docs/deployment.md).
+    pub fn connect(config: postgres::Config) -> Result<PgConn, SqlError> {
+        let client = config.connect(postgres::NoTls)?;
+        Ok(PgConn {
+            client: RefCell::new(client),
+            statements: RefCell::new(HashMap::new()),
+            config,
+            savepoints: Cell::new(0),
+        })
+    }
+
+    /// Connects again if the connection was lost (a server restart); its prepared
+    /// statements go with the old one.
+    pub fn reconnect_if_closed(&self) -> Result<(), SqlError> {
+        if self.client.borrow().is_closed() {
+            let fresh = self.config.connect(postgres::NoTls)?;
+            *self.client.borrow_mut() = fresh;
+            self.statements.borrow_mut().clear();
+            self.savepoints.set(0);
+        }
+        Ok(())
+    }
+
+    fn statement(&self, sql: &str) -> Result<postgres::Statement, SqlError> {
+        if let Some(s) = self.statements.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.borrow_mut().prepare(&pg_placeholders(sql))?;
+        self.statements
+            .borrow_mut()
+            .insert(sql.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    fn query(&self, sql: &str, params: &[Value<'_>]) -> Result<Vec<postgres::Row>, SqlError> {
+        let statement = self.statement(sql)?;
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        Ok(self.client.borrow_mut().query(&statement, &refs)?)
+    }
+
+    fn execute(&self, sql: &str, params: &[Value<'_>]) -> Result<usize, SqlError> {
+        let statement = self.statement(sql)?;
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let n = self.client.borrow_mut().execute(&statement, &refs)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    /// One integer from a statement without parameters (`NULL` or no row is 0).
+    pub(crate) fn read_one(&self, sql: &str) -> Result<i64, SqlError> {
+        self.query(sql, &[])?
+            .first()
+            .map_or(Ok(None), |r| Row::Pg(r).get::<Option<i64>>(0))
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Runs statements without parameters (transaction control, schema), one round trip.
+    pub(crate) fn batch(&self, sql: &str) -> Result<(), SqlError> {
+        Ok(self.client.borrow_mut().batch_execute(sql)?)
+    }
+
+    /// A fresh savepoint name, unique on this connection.
+    pub(crate) fn next_savepoint(&self) -> String {
+        let n = self.savepoints.get().wrapping_add(1);
+        self.savepoints.set(n);
+        format!("sp{n}")
+    }
+}
+
+/// The handle every storage function takes (see [`super::Db`]): a borrowed connection of
+/// one backend.
+#[derive(Clone, Copy)]
+pub(crate) enum Handle<'a> {
+    Lite(&'a rusqlite::Connection),
+    Pg(&'a PgConn),
+}
+
+impl Handle<'_> {
+    pub(crate) fn execute<P: Params>(
+        self,
+        sql: &str,
+        p: P,
+        cached: bool,
+    ) -> Result<usize, SqlError> {
+        let values = p.values();
+        match self {
+            Handle::Lite(c) => {
+                let params = rusqlite::params_from_iter(values.iter());
+                Ok(if cached {
+                    c.prepare_cached(sql)?.execute(params)?
+                } else {
+                    c.execute(sql, params)?
+                })
+            }
+            Handle::Pg(c) => c.execute(sql, &values),
+        }
+    }
+
+    pub(crate) fn rows<T, P, F>(
+        self,
+        sql: &str,
+        p: P,
+        cached: bool,
+        mut f: F,
+    ) -> Result<Vec<T>, SqlError>
+    where
+        P: Params,
+        F: FnMut(&Row<'_>) -> Result<T, SqlError>,
+    {
+        let values = p.values();
+        match self {
+            Handle::Lite(c) => {
+                if cached {
+                    lite_rows(&mut *c.prepare_cached(sql)?, &values, f)
+                } else {
+                    lite_rows(&mut c.prepare(sql)?, &values, f)
+                }
+            }
+            Handle::Pg(c) => c
+                .query(sql, &values)?
+                .iter()
+                .map(|r| f(&Row::Pg(r)))
+                .collect(),
+        }
+    }
+}
+
+fn lite_rows<T>(
+    stmt: &mut rusqlite::Statement<'_>,
+    values: &[Value<'_>],
+    mut f: impl FnMut(&Row<'_>) -> Result<T, SqlError>,
+) -> Result<Vec<T>, SqlError> {
+    let mut rows = stmt.query(rusqlite::params_from_iter(values.iter()))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(f(&Row::Lite(r))?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_renumbered_outside_quotes() {
+        assert_eq!(
+            pg_placeholders("SELECT '?1', a FROM t WHERE b = ?1 AND c = ?12"),
+            "SELECT '?1', a FROM t WHERE b = $1 AND c = $12"
+        );
+    }
+
+    #[test]
+    fn cells_convert_and_refuse_other_kinds() {
+        assert_eq!(bool::from_cell(Value::Int(1)), Some(true));
+        assert_eq!(f64::from_cell(Value::Int(2)), Some(2.0));
+        assert_eq!(Option::<String>::from_cell(Value::Null), Some(None));
+        assert_eq!(String::from_cell(Value::Int(1)), None);
+        assert_eq!(u32::from_cell(Value::Int(-1)), None);
+        assert_eq!(i64::from_cell(Value::Null), None);
+    }
+
+    #[test]
+    fn numerics_decode_when_integral() {
+        use postgres::types::FromSql;
+        // 1_0000_0002 = digits [1, 0, 2], weight 2, positive.
+        let raw = [0, 3, 0, 2, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2];
+        assert_eq!(
+            Numeric::from_sql(&Type::NUMERIC, &raw).unwrap().0,
+            100_000_002
+        );
+        // -5
+        let raw = [0, 1, 0, 0, 0x40, 0, 0, 0, 0, 5];
+        assert_eq!(Numeric::from_sql(&Type::NUMERIC, &raw).unwrap().0, -5);
+        // 0 has no digits.
+        let raw = [0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(Numeric::from_sql(&Type::NUMERIC, &raw).unwrap().0, 0);
+        // 1.5 = digits [1, 5000], weight 0.
+        let raw = [0, 2, 0, 0, 0, 0, 0, 1, 0, 1, 0x13, 0x88];
+        assert!(Numeric::from_sql(&Type::NUMERIC, &raw).is_err());
+    }
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# A private PostgreSQL server for the tests, never the machine's own:
+#   scripts/postgres.sh start DIR   makes a cluster in DIR (when new) and starts it; prints
+#                                   its connection string (a superuser, database postgres)
+#   scripts/postgres.sh stop DIR    stops it (fast shutdown)
+# It listens on a Unix socket in DIR only (no TCP port to collide with), and runs as the
+# `postgres` user when started by root (the server refuses to run as root). fsync is off: a
+# crash of the server process loses nothing (the kernel holds the writes), which is what the
+# tests' restarts exercise; commits stay synchronous.
+set -euo pipefail
+
+action="${1:?usage: postgres.sh start|stop DIR}"
+dir="${2:?usage: postgres.sh start|stop DIR}"
+
+bindir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+if [ -z "$bindir" ]; then
+  echo "postgres.sh: no PostgreSQL server binaries (scripts/install-deps.sh installs them)" >&2
+  exit 1
+fi
+
+as_owner() {
+  if [ "$(id -u)" -eq 0 ]; then
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+case "$action" in
+  start)
+    mkdir -p "$dir"
+    if [ "$(id -u)" -eq 0 ]; then chown postgres: "$dir"; fi
+    chmod 0700 "$dir"
+    if [ ! -f "$dir/data/PG_VERSION" ]; then
+      as_owner "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 \
+        --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+    fi
+    as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+      -o "-k $dir -c listen_addresses= -c fsync=off -c full_page_writes=off -c max_connections=200" \
+      start >/dev/null || { tail -n 20 "$dir/server.log" >&2; exit 1; }
+    echo "host=$dir port=5432 user=postgres dbname=postgres"
+    ;;
+  stop)
+    if [ -f "$dir/data/postmaster.pid" ]; then
+      as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+    fi
+    ;;
+  *)
+    echo "usage: postgres.sh start|stop DIR" >&2
+    exit 2
+    ;;
+esac
