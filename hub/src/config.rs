@@ -580,13 +580,30 @@ pub fn redact_password(url: &str) -> String {
         .or_else(|| url.strip_prefix("postgresql://"))
     {
         let scheme = &url[..url.len() - rest.len()];
-        if let Some(at) = rest.find('@') {
-            let (userinfo, host) = rest.split_at(at);
-            if let Some(colon) = userinfo.find(':') {
-                return format!("{scheme}{}:***{host}", &userinfo[..colon]);
+        let mut shown = match rest.find('@') {
+            Some(at) => {
+                let (userinfo, host) = rest.split_at(at);
+                match userinfo.find(':') {
+                    Some(colon) => format!("{scheme}{}:***{host}", &userinfo[..colon]),
+                    None => url.to_owned(),
+                }
             }
+            None => url.to_owned(),
+        };
+        // `?password=…` among the query parameters.
+        if let Some(q) = shown.find('?') {
+            let (base, query) = shown.split_at(q + 1);
+            let query = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => kv.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("&");
+            shown = format!("{base}{query}");
         }
-        return url.to_owned();
+        return shown;
     }
     url.split_whitespace()
         .map(|kv| match kv.split_once('=') {
@@ -607,6 +624,10 @@ mod tests {
                 "postgres://hub:***@db1:5432/qrcash",
             ),
             ("postgresql://hub@db1/qrcash", "postgresql://hub@db1/qrcash"),
+            (
+                "postgres://db1/qrcash?user=hub&password=s3cret",
+                "postgres://db1/qrcash?user=hub&password=***",
+            ),
             (
                 "host=db1 password=s3cret dbname=qrcash",
                 "host=db1 password=*** dbname=qrcash",

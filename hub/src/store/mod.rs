@@ -9,6 +9,7 @@ pub mod audit;
 mod error;
 pub mod ledger;
 pub mod operations;
+pub mod outbox;
 mod pg_schema;
 pub mod registry;
 pub mod rows;
@@ -177,12 +178,16 @@ impl PgScope<'_> {
     fn close(&mut self, keep: bool) -> Result<(), SqlError> {
         self.open = false;
         match (&self.savepoint, keep) {
-            (None, true) => self.conn.batch("COMMIT"),
-            (None, false) => self.conn.batch("ROLLBACK"),
-            (Some(name), true) => self.conn.batch(&format!("RELEASE SAVEPOINT {name}")),
-            (Some(name), false) => self.conn.batch(&format!(
-                "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
-            )),
+            (None, true) => self.conn.commit(),
+            (None, false) => {
+                self.conn.rollback();
+                Ok(())
+            }
+            (Some(name), true) => self.conn.release(name),
+            (Some(name), false) => {
+                self.conn.rollback_to(name);
+                Ok(())
+            }
         }
     }
 }
@@ -190,8 +195,8 @@ impl PgScope<'_> {
 impl Drop for PgScope<'_> {
     fn drop(&mut self) {
         if self.open {
-            // A failure here leaves the connection in an aborted transaction, which the
-            // next `BEGIN` reports; nothing was committed.
+            // A failed rollback marks the connection: the next `BEGIN` ends what is left
+            // open first. Nothing was committed.
             let _ = self.close(false);
         }
     }
@@ -212,8 +217,7 @@ impl<'c> Tx<'c> {
         Ok(Savepoint(match &mut self.0 {
             TxInner::Lite(t) => SpInner::Lite(t.savepoint().map_err(SqlError::from)?),
             TxInner::Pg(s) => {
-                let name = s.conn.next_savepoint();
-                s.conn.batch(&format!("SAVEPOINT {name}"))?;
+                let name = s.conn.savepoint()?;
                 SpInner::Pg(PgScope {
                     conn: s.conn,
                     savepoint: Some(name),
@@ -302,9 +306,22 @@ impl Store {
     /// key-value form `host=/run/postgresql dbname=qrcash`) and migrates it. Several hub
     /// instances may do so at once: one migrates, the others wait for it.
     pub fn open_postgres(url: &str) -> Result<Store, StoreError> {
-        let config: postgres::Config = url
+        let mut config: postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Migration(format!("database url: {e}")))?;
+        // A partitioned network must not hang the writer: connecting, a silent peer and a
+        // statement are bounded unless the connection string says otherwise, so that the
+        // message is run again ([`crate::handler::RETRY_FOR`]) or fails.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .tcp_user_timeout(Duration::from_secs(15));
+        if config.get_options().is_none() {
+            config.options("-c statement_timeout=30s -c idle_in_transaction_session_timeout=60s");
+        }
         let conn = PgConn::connect(config)?;
         pg_schema::migrate(&conn)?;
         Ok(Store {
@@ -387,8 +404,7 @@ impl Store {
                     .map_err(SqlError::from)?,
             ))),
             Backend::Pg(c) => {
-                c.reconnect_if_closed()?;
-                c.batch("BEGIN ISOLATION LEVEL SERIALIZABLE")?;
+                c.begin()?;
                 Ok(Tx(TxInner::Pg(PgScope {
                     conn: c,
                     savepoint: None,
@@ -464,7 +480,16 @@ impl Store {
         client
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .map_err(|e| format!("create database {name}: {e}"))?;
-        Ok(format!("{admin} dbname={name}"))
+        Ok(if admin.contains("://") {
+            format!(
+                "{}/{name}",
+                admin
+                    .rsplit_once('/')
+                    .map_or(admin.as_str(), |(base, _)| base)
+            )
+        } else {
+            format!("{admin} dbname={name}")
+        })
     }
 }
 
@@ -650,7 +675,7 @@ mod tests {
     /// nothing to compare against.
     #[test]
     fn postgres_and_sqlite_have_the_same_tables_and_columns() {
-        if std::env::var("QRCASH_TEST_BACKEND").as_deref() != Ok("postgres") {
+        if !on_postgres() {
             return;
         }
         let lite = Store::open_in_memory().unwrap();
@@ -673,5 +698,98 @@ mod tests {
         pg_columns.sort();
         assert!(lite_columns.len() > 100, "{lite_columns:?}");
         assert_eq!(pg_columns, lite_columns);
+    }
+
+    fn on_postgres() -> bool {
+        std::env::var("QRCASH_TEST_BACKEND").as_deref() == Ok("postgres")
+    }
+
+    /// PostgreSQL aborts a transaction at its first error and turns `COMMIT` into a silent
+    /// rollback: the store reports that failure instead of a success, forgets it only when a
+    /// savepoint taken before it is rolled back, and the connection stays usable.
+    #[test]
+    fn a_failed_statement_spoils_the_transaction_unless_its_savepoint_is_undone() {
+        if !on_postgres() {
+            return;
+        }
+        let mut s = Store::open_test();
+        let mut tx = s.begin().unwrap();
+        let sp = tx.savepoint().unwrap();
+        assert!(
+            sp.db()
+                .test_execute("INSERT INTO nowhere VALUES (1)")
+                .is_err()
+        );
+        drop(sp);
+        next_seq(tx.db()).unwrap();
+        tx.commit().unwrap();
+
+        let tx = s.begin().unwrap();
+        assert!(
+            tx.db()
+                .test_execute("INSERT INTO nowhere VALUES (1)")
+                .is_err()
+        );
+        let later = next_seq(tx.db()).unwrap_err();
+        assert!(later.to_string().contains("failed earlier"), "{later}");
+        let e = tx.commit().unwrap_err();
+        assert!(
+            matches!(e, StoreError::Database(SqlError::Aborted(_))),
+            "{e:?}"
+        );
+        assert!(!e.is_transient());
+        s.begin().unwrap().commit().unwrap();
+        assert_eq!(
+            current_seq(s.db()).unwrap(),
+            1,
+            "the spoilt transaction took no number"
+        );
+    }
+
+    /// A serialization failure a caller swallowed still reaches the commit, as a conflict to
+    /// run again.
+    #[test]
+    fn a_swallowed_conflict_is_reported_at_commit() {
+        if !on_postgres() {
+            return;
+        }
+        let url = Store::test_database().unwrap();
+        let (mut a, mut b) = (
+            Store::open_postgres(&url).unwrap(),
+            Store::open_postgres(&url).unwrap(),
+        );
+        a.db()
+            .test_execute("INSERT INTO meta(key, value) VALUES ('k', 0)")
+            .unwrap();
+        let tb = b.begin().unwrap();
+        assert_eq!(
+            tb.db()
+                .read_i64("SELECT value FROM meta WHERE key = 'k'")
+                .unwrap(),
+            0
+        );
+        let ta = a.begin().unwrap();
+        ta.db()
+            .test_execute("UPDATE meta SET value = 1 WHERE key = 'k'")
+            .unwrap();
+        ta.commit().unwrap();
+        let swallowed = tb
+            .db()
+            .test_execute("UPDATE meta SET value = 2 WHERE key = 'k'");
+        assert!(
+            matches!(swallowed, Err(StoreError::Conflict(_))),
+            "{swallowed:?}"
+        );
+        let e = tb.commit().unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict(_)) && e.is_transient(),
+            "{e:?}"
+        );
+        assert_eq!(
+            a.db()
+                .read_i64("SELECT value FROM meta WHERE key = 'k'")
+                .unwrap(),
+            1
+        );
     }
 }

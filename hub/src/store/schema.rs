@@ -364,6 +364,20 @@ CREATE TABLE atm_counts (
 CREATE INDEX atm_counts_by_atm ON atm_counts(atm_id, id);
 "#;
 
+/// The transactional outbox (`store::outbox`): answers kept with the transaction that
+/// decided them until they reached the broker.
+const V8: &str = r#"
+CREATE TABLE outbox (
+    id         INTEGER PRIMARY KEY,
+    topic      TEXT NOT NULL,
+    payload    BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    due_at     INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX outbox_by_due ON outbox(due_at);
+"#;
+
 /// The migrations, oldest first.
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -374,6 +388,7 @@ pub fn migrations() -> Migrations<'static> {
         M::up(V5),
         M::up(V6),
         M::up(V7),
+        M::up(V8),
     ])
 }
 

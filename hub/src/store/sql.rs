@@ -193,6 +193,9 @@ pub enum SqlError {
     /// PostgreSQL reported an error (or the connection failed).
     #[error("{}", pg_message(.0))]
     Postgres(#[from] postgres::Error),
+    /// The transaction failed earlier (see [`PgConn`]); this is that failure.
+    #[error("the transaction failed earlier: {}", .0.message)]
+    Aborted(Failure),
     /// A statement that must return a row returned none.
     #[error("no row")]
     NoRows,
@@ -232,21 +235,38 @@ impl SqlError {
     /// The transaction lost a race with another one (serialization failure or deadlock):
     /// running it again from the start is correct and will most likely succeed.
     pub fn is_conflict(&self) -> bool {
-        matches!(self.sqlstate(), Some("40001" | "40P01"))
+        match self {
+            SqlError::Aborted(f) => f.conflict,
+            _ => matches!(self.sqlstate(), Some("40001" | "40P01")),
+        }
     }
 
     /// The connection to the server is gone (restart, network): the transaction did not
-    /// commit, or its outcome is unknown if it failed at `COMMIT`.
+    /// commit, or its outcome is unknown if it failed at `COMMIT`. Errors of our own side
+    /// (a value that does not convert, a statement the server refused) are not.
     pub fn is_connection(&self) -> bool {
         match self {
             SqlError::Postgres(e) => {
+                let io = std::error::Error::source(e)
+                    .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
                 e.is_closed()
-                    || e.code().is_none() && e.as_db_error().is_none()
+                    || io
                     || matches!(
                         e.code().map(postgres::error::SqlState::code),
-                        Some("57P01" | "57P02" | "57P03" | "08000" | "08003" | "08006")
+                        Some(
+                            "57P01"
+                                | "57P02"
+                                | "57P03"
+                                | "08000"
+                                | "08001"
+                                | "08003"
+                                | "08004"
+                                | "08006"
+                                | "08P01"
+                        )
                     )
             }
+            SqlError::Aborted(f) => f.connection,
             _ => false,
         }
     }
@@ -369,8 +389,8 @@ impl<'a> postgres::types::FromSql<'a> for Numeric {
         let ndigits = usize::from(word(0)?);
         let weight = i32::from(word(1)? as i16);
         let sign = word(2)?;
-        if sign == 0xC000 {
-            return Err("numeric NaN".into());
+        if sign != 0x0000 && sign != 0x4000 {
+            return Err(format!("numeric NaN or infinity (sign {sign:#06x})").into());
         }
         let mut value: i128 = 0;
         for k in 0..ndigits {
@@ -433,7 +453,9 @@ impl ToSql for Value<'_> {
             (Value::Real(v), &Type::FLOAT8) => v.to_sql(ty, out),
             #[allow(clippy::cast_possible_truncation)]
             (Value::Real(v), &Type::FLOAT4) => (v as f32).to_sql(ty, out),
-            (Value::Text(t), _) => t.to_sql(ty, out),
+            (Value::Text(t), &(Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME)) => {
+                t.to_sql(ty, out)
+            }
             (Value::Blob(b), &Type::BYTEA) => b.to_sql(ty, out),
             (v, ty) => Err(format!("cannot bind {v:?} to a parameter of type {ty}").into()),
         }
@@ -463,19 +485,47 @@ pub(crate) fn pg_placeholders(sql: &str) -> String {
     out
 }
 
-/// A PostgreSQL connection with its prepared statements. Statements are prepared once per
-/// connection (one round trip each after that) and forgotten when it is replaced.
+/// A PostgreSQL connection with its prepared statements and the state of its transaction.
+/// Statements are prepared once per connection (one round trip each after that) and
+/// forgotten when it is replaced.
+///
+/// PostgreSQL aborts a transaction at its first error: every later statement fails with
+/// "current transaction is aborted" (25P02) and `COMMIT` silently rolls back. So the
+/// connection remembers the first failure since `BEGIN` ([`Failure`]): a later 25P02 is
+/// reported as that failure (a conflict stays a conflict, to be run again), `COMMIT` of a
+/// failed transaction is refused with it, and only `ROLLBACK TO` a savepoint taken before
+/// an ordinary failure clears it (never a conflict or a lost connection).
 pub struct PgConn {
     client: RefCell<postgres::Client>,
     statements: RefCell<HashMap<String, postgres::Statement>>,
     config: postgres::Config,
-    savepoints: Cell<u32>,
+    names: Cell<u32>,
+    /// Open savepoints.
+    depth: Cell<u32>,
+    in_transaction: Cell<bool>,
+    failure: RefCell<Option<Failure>>,
+    /// A rollback failed: the server may still hold a transaction for this connection.
+    dirty: Cell<bool>,
+}
+
+/// The first failure inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Savepoints open when it happened.
+    depth: u32,
+    /// It was a serialization failure or deadlock.
+    pub conflict: bool,
+    /// The connection was lost.
+    pub connection: bool,
+    /// What the server said.
+    pub message: String,
 }
 
 impl std::fmt::Debug for PgConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgConn")
             .field("closed", &self.client.borrow().is_closed())
+            .field("in_transaction", &self.in_transaction.get())
             .finish_non_exhaustive()
     }
 }
@@ -488,27 +538,53 @@ impl PgConn {
             client: RefCell::new(client),
             statements: RefCell::new(HashMap::new()),
             config,
-            savepoints: Cell::new(0),
+            names: Cell::new(0),
+            depth: Cell::new(0),
+            in_transaction: Cell::new(false),
+            failure: RefCell::new(None),
+            dirty: Cell::new(false),
         })
     }
 
-    /// Connects again if the connection was lost (a server restart); its prepared
-    /// statements go with the old one.
-    pub fn reconnect_if_closed(&self) -> Result<(), SqlError> {
-        if self.client.borrow().is_closed() {
-            let fresh = self.config.connect(postgres::NoTls)?;
-            *self.client.borrow_mut() = fresh;
-            self.statements.borrow_mut().clear();
-            self.savepoints.set(0);
-        }
+    fn reconnect(&self) -> Result<(), SqlError> {
+        let fresh = self.config.connect(postgres::NoTls)?;
+        *self.client.borrow_mut() = fresh;
+        self.statements.borrow_mut().clear();
+        self.dirty.set(false);
         Ok(())
+    }
+
+    /// Notes a failed statement; returns the error to report (a 25P02 after an earlier
+    /// failure is reported as that failure).
+    fn failed(&self, e: SqlError) -> SqlError {
+        if !self.in_transaction.get() {
+            return e;
+        }
+        let mut failure = self.failure.borrow_mut();
+        match &*failure {
+            Some(first) if e.sqlstate() == Some("25P02") => SqlError::Aborted(first.clone()),
+            Some(_) => e,
+            None => {
+                *failure = Some(Failure {
+                    depth: self.depth.get(),
+                    conflict: e.is_conflict(),
+                    connection: e.is_connection(),
+                    message: e.to_string(),
+                });
+                e
+            }
+        }
     }
 
     fn statement(&self, sql: &str) -> Result<postgres::Statement, SqlError> {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.borrow_mut().prepare(&pg_placeholders(sql))?;
+        let s = self
+            .client
+            .borrow_mut()
+            .prepare(&pg_placeholders(sql))
+            .map_err(|e| self.failed(e.into()))?;
         self.statements
             .borrow_mut()
             .insert(sql.to_owned(), s.clone());
@@ -519,14 +595,16 @@ impl PgConn {
         let statement = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        Ok(self.client.borrow_mut().query(&statement, &refs)?)
+        let rows = self.client.borrow_mut().query(&statement, &refs);
+        rows.map_err(|e| self.failed(e.into()))
     }
 
     fn execute(&self, sql: &str, params: &[Value<'_>]) -> Result<usize, SqlError> {
         let statement = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let n = self.client.borrow_mut().execute(&statement, &refs)?;
+        let n = self.client.borrow_mut().execute(&statement, &refs);
+        let n = n.map_err(|e| self.failed(e.into()))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
@@ -538,16 +616,106 @@ impl PgConn {
             .map(Option::unwrap_or_default)
     }
 
-    /// Runs statements without parameters (transaction control, schema), one round trip.
+    /// Runs statements without parameters (schema, locks), one round trip.
     pub(crate) fn batch(&self, sql: &str) -> Result<(), SqlError> {
-        Ok(self.client.borrow_mut().batch_execute(sql)?)
+        let done = self.client.borrow_mut().batch_execute(sql);
+        done.map_err(|e| self.failed(e.into()))
     }
 
-    /// A fresh savepoint name, unique on this connection.
-    pub(crate) fn next_savepoint(&self) -> String {
-        let n = self.savepoints.get().wrapping_add(1);
-        self.savepoints.set(n);
-        format!("sp{n}")
+    /// Starts a `SERIALIZABLE` transaction, first connecting again if the connection was
+    /// lost (a server restart) and ending whatever a failed rollback left open.
+    pub(crate) fn begin(&self) -> Result<(), SqlError> {
+        if self.client.borrow().is_closed() {
+            self.reconnect()?;
+        } else if self.dirty.get() {
+            let cleared = self.client.borrow_mut().batch_execute("ROLLBACK");
+            if cleared.is_err() {
+                self.reconnect()?;
+            }
+            self.dirty.set(false);
+        }
+        self.client
+            .borrow_mut()
+            .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")?;
+        self.in_transaction.set(true);
+        self.depth.set(0);
+        *self.failure.borrow_mut() = None;
+        Ok(())
+    }
+
+    /// Commits; a transaction that failed is rolled back instead and its failure reported.
+    pub(crate) fn commit(&self) -> Result<(), SqlError> {
+        if let Some(failure) = self.failure.borrow_mut().take() {
+            self.end("ROLLBACK");
+            return Err(SqlError::Aborted(failure));
+        }
+        let done = self.client.borrow_mut().batch_execute("COMMIT");
+        self.in_transaction.set(false);
+        done.map_err(|e| {
+            let e = SqlError::from(e);
+            if e.is_connection() {
+                self.dirty.set(true);
+            }
+            e
+        })
+    }
+
+    /// Rolls the transaction back.
+    pub(crate) fn rollback(&self) {
+        self.failure.borrow_mut().take();
+        self.end("ROLLBACK");
+    }
+
+    fn end(&self, sql: &str) {
+        if self.client.borrow_mut().batch_execute(sql).is_err() {
+            self.dirty.set(true);
+        }
+        self.in_transaction.set(false);
+    }
+
+    /// Takes a savepoint; returns its name.
+    pub(crate) fn savepoint(&self) -> Result<String, SqlError> {
+        let n = self.names.get().wrapping_add(1);
+        self.names.set(n);
+        let name = format!("sp{n}");
+        self.batch(&format!("SAVEPOINT {name}"))?;
+        self.depth.set(self.depth.get() + 1);
+        Ok(name)
+    }
+
+    /// Keeps a savepoint's effects in the transaction.
+    pub(crate) fn release(&self, name: &str) -> Result<(), SqlError> {
+        let done = self.batch(&format!("RELEASE SAVEPOINT {name}"));
+        self.close_level();
+        done
+    }
+
+    /// Undoes a savepoint's effects; an ordinary failure inside it is forgotten.
+    pub(crate) fn rollback_to(&self, name: &str) {
+        let level = self.depth.get();
+        let done = self.client.borrow_mut().batch_execute(&format!(
+            "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
+        ));
+        if done.is_err() {
+            self.dirty.set(true);
+        } else {
+            let mut failure = self.failure.borrow_mut();
+            if failure
+                .as_ref()
+                .is_some_and(|f| f.depth >= level && !f.conflict && !f.connection)
+            {
+                *failure = None;
+            }
+        }
+        self.close_level();
+    }
+
+    fn close_level(&self) {
+        let depth = self.depth.get().saturating_sub(1);
+        self.depth.set(depth);
+        if let Some(f) = self.failure.borrow_mut().as_mut() {
+            f.depth = f.depth.min(depth);
+        }
     }
 }
 
