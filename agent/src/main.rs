@@ -535,12 +535,18 @@ async fn run(cfg: AgentConfig) -> Result<()> {
                 .map(|d| Box::new(d) as Box<dyn Dispenser>)
         }),
     );
+    // Listening before the agent starts: a stop asked for as soon as the agent reports itself
+    // alive is a clean stop too. SIGTERM is what systemd sends, SIGINT what a terminal does.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
     let agent = Agent::start(cfg, camera.source, Box::new(dispenser))
         .await
         .context("starting the agent")?;
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for a signal")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
     tracing::info!("stopping");
     agent.shutdown().await;
     Ok(())

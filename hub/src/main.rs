@@ -838,14 +838,16 @@ fn serve(path: &Path, embedded: bool) -> Result<()> {
             println!("embedded MQTT broker on {}", broker.url());
         }
         let url = config.broker.url.clone();
+        // Listening before the service starts, so that a stop asked for at once is clean too.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
         let handle = HubService::from_config(config)
             .await
             .context("cannot start the hub")?;
         tracing::info!(broker = %url, "hub running; SIGINT or SIGTERM stops it");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot listen for SIGTERM")?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         tracing::info!("stopping");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use qrcash_agent::config::{CassetteConfig, OutboxSettings, Timing};
-use qrcash_agent::{Agent, AgentConfig, AgentEvent, AgentHandle};
+use qrcash_agent::{Agent, AgentConfig, AgentEvent, AgentHandle, Screen};
 use qrcash_hardware::camera::{SyntheticCamera, SyntheticScene};
 use qrcash_hardware::dispenser::lcdm::{LcdmConfig, LcdmDispenser, LcdmModel};
 use qrcash_hardware::dispenser::sim::{SimConfig, SimHandle, Simulator};
@@ -116,15 +116,17 @@ pub async fn start_on(
         Agent::start_with_clock(config, Box::new(camera.clone()), Box::new(dispenser), clock)
             .await
             .expect("agent");
-    let mut events = agent.subscribe();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Ok(AgentEvent::Link { up: true })) => break,
-            Ok(_) => {}
-            Err(_) => panic!("the agent did not connect to {broker_url}"),
-        }
-    }
+    let events = agent.subscribe();
+    // The screen is a watch, so a link that came up before this line is seen too (an event
+    // sent before `subscribe` is not).
+    let mut screen = agent.screen_watch();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        screen.wait_for(|s| *s == Screen::Idle),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the agent did not connect to {broker_url}"))
+    .expect("the agent runs");
     TestAtm {
         agent,
         events,
