@@ -436,6 +436,10 @@ pub struct StorageSection {
     pub sweep_interval_s: u64,
     /// How long the hub remembers processed message ids (to answer duplicates).
     pub processed_retention_s: u64,
+    /// An answer not confirmed published this long after its commit (its instance died, or
+    /// the broker was unreachable) is published again by the sweeper of any instance, and
+    /// again every as long until confirmed or expired.
+    pub outbox_retry_s: u64,
 }
 
 impl Default for StorageSection {
@@ -445,6 +449,7 @@ impl Default for StorageSection {
             group_commit_max: 64,
             sweep_interval_s: 5,
             processed_retention_s: 8 * 24 * 3600,
+            outbox_retry_s: 10,
         }
     }
 }

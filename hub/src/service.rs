@@ -16,12 +16,16 @@
 //!   PINs are checked (argon2) on their own worker threads, so guessing never occupies the
 //!   writer.
 //! - The writer thread takes every message waiting (up to `group_commit_max`) into one
-//!   SQLite transaction (group commit), each message atomic in its own savepoint, and hands
-//!   the answers out only after the commit.
+//!   transaction (group commit), each message atomic in its own savepoint, and hands the
+//!   answers out only after the commit. The answers are kept in the transactional outbox in
+//!   that same transaction; the publisher confirms each once it went out and the link stayed
+//!   up for [`CONFIRM_AFTER`], and the writer then forgets it. What stays unconfirmed (this
+//!   process died, or the link dropped) the sweeper of any instance publishes again.
 //! - Shutdown: stop taking messages, let the writer finish what it has, publish its answers,
 //!   disconnect.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use qrcash_io::KeyFile;
@@ -64,7 +68,14 @@ pub enum ServiceError {
 pub(crate) enum WriterCmd {
     Message(Incoming),
     Sweep,
+    /// Outbox rows whose answers reached the broker.
+    Published(Vec<i64>),
 }
+
+/// How long the link must stay up after a publish before its outbox row is forgotten: the
+/// client queues a publish at once, and a connection that drops within this time may have
+/// lost it (it is then published again from the outbox).
+pub const CONFIRM_AFTER: Duration = Duration::from_secs(2);
 
 /// How the service connects.
 #[derive(Debug, Clone)]
@@ -189,8 +200,9 @@ impl HubService {
         Self::start(hub, options).await
     }
 
-    /// Starts the service around `hub`.
+    /// Starts the service around `hub` (with its outbox on: [`Hub::with_outbox`]).
     pub async fn start(hub: Hub, options: ServiceOptions) -> Result<HubHandle, ServiceError> {
+        let hub = hub.with_outbox();
         let mut link_options = LinkOptions::new(options.broker.clone(), options.client_id.clone())
             .subscribe(topics::hub_subscriptions(options.shared_subscription));
         // The key set, retained and renewed on every connection: devices that trust any key
@@ -230,6 +242,9 @@ impl HubService {
             .spawn(move || writer_loop(hub, writer_rx, out_tx, group, stats))
             .map_err(ServiceError::Thread)?;
 
+        // Counts the link's drops, so the publisher confirms only what went out on a
+        // connection that stayed up.
+        let drops = Arc::new(AtomicU64::new(0));
         let tasks = vec![
             tokio::spawn(intake(
                 link_events,
@@ -237,10 +252,19 @@ impl HubService {
                     writer: writer_tx.clone(),
                     secrets: secrets.clone(),
                     clock,
+                    drops: drops.clone(),
                 },
                 stop_rx.clone(),
             )),
-            tokio::spawn(publisher(link.clone(), out_rx, stats_tx)),
+            tokio::spawn(publisher(
+                link.clone(),
+                out_rx,
+                stats_tx,
+                Confirmer {
+                    writer: writer_tx.clone(),
+                    drops,
+                },
+            )),
             tokio::spawn(sweeper(writer_tx, options.sweep_interval, stop_rx)),
         ];
         Ok(HubHandle {
@@ -260,6 +284,7 @@ struct Intake {
     writer: mpsc::Sender<WriterCmd>,
     secrets: Option<SecretStage>,
     clock: Arc<dyn Clock>,
+    drops: Arc<AtomicU64>,
 }
 
 /// Hands every message to the writer (through the secret checks when there are any) until
@@ -273,6 +298,7 @@ async fn intake(
         writer,
         secrets,
         clock,
+        drops,
     } = intake;
     loop {
         let event = tokio::select! {
@@ -282,7 +308,9 @@ async fn intake(
         match event {
             None => return,
             Some(LinkEvent::Up) => tracing::info!("connected to the broker and subscribed"),
-            Some(LinkEvent::Down) => {}
+            Some(LinkEvent::Down) => {
+                drops.fetch_add(1, Ordering::SeqCst);
+            }
             Some(LinkEvent::Message { topic, payload }) => {
                 let msg = Incoming::new(topic, payload);
                 let msg = match &secrets {
@@ -300,16 +328,60 @@ async fn intake(
     }
 }
 
-/// Publishes the writer's answers; when the writer is done (shutdown), closes the link.
+/// Where the publisher confirms outbox rows.
+struct Confirmer {
+    writer: mpsc::Sender<WriterCmd>,
+    drops: Arc<AtomicU64>,
+}
+
+/// Publishes the writer's answers and confirms their outbox rows once the link stayed up
+/// for [`CONFIRM_AFTER`]; when the writer is done (shutdown), closes the link. Rows of
+/// answers published while the link was down, or before it dropped, stay for the sweeper.
 async fn publisher(
     link: LinkHandle,
     mut answers: mpsc::Receiver<Outgoing>,
     stats: watch::Sender<ServiceStats>,
+    confirmer: Confirmer,
 ) {
-    while let Some(out) = answers.recv().await {
-        match link.publish(&out.topic, out.payload).await {
-            Ok(()) => stats.send_modify(|s| s.published += 1),
-            Err(e) => tracing::warn!(error = %e, topic = %out.topic, "publish failed"),
+    // (row, published at, drops seen then), oldest first.
+    let mut sent: std::collections::VecDeque<(i64, tokio::time::Instant, u64)> =
+        std::collections::VecDeque::new();
+    let mut tick = tokio::time::interval(CONFIRM_AFTER / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            out = answers.recv() => {
+                let Some(out) = out else { break };
+                let up = link.is_up();
+                let drops = confirmer.drops.load(Ordering::SeqCst);
+                match link.publish(&out.topic, out.payload).await {
+                    Ok(()) => {
+                        stats.send_modify(|s| s.published += 1);
+                        if let (Some(row), true) = (out.outbox, up) {
+                            sent.push_back((row, tokio::time::Instant::now(), drops));
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, topic = %out.topic, "publish failed"),
+                }
+            }
+            _ = tick.tick() => {
+                let drops = confirmer.drops.load(Ordering::SeqCst);
+                let mut done = Vec::new();
+                while let Some(&(row, at, seen)) = sent.front() {
+                    if seen != drops {
+                        // The link dropped since: maybe lost; the sweeper publishes it again.
+                        sent.pop_front();
+                    } else if at.elapsed() >= CONFIRM_AFTER {
+                        done.push(row);
+                        sent.pop_front();
+                    } else {
+                        break;
+                    }
+                }
+                if !done.is_empty() {
+                    let _ = confirmer.writer.try_send(WriterCmd::Published(done));
+                }
+            }
         }
     }
     link.disconnect(Duration::from_secs(10)).await;
@@ -346,11 +418,13 @@ fn writer_loop(
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Vec::new();
         let mut sweep = false;
+        let mut published = Vec::new();
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {
                 WriterCmd::Message(m) => batch.push(m),
                 WriterCmd::Sweep => sweep = true,
+                WriterCmd::Published(rows) => published.extend(rows),
             }
             if batch.len() < group {
                 next = rx.try_recv().ok();
@@ -368,6 +442,12 @@ fn writer_loop(
                 s.handled += batch.len() as u64;
                 s.batches += 1;
             });
+        }
+        if !published.is_empty()
+            && let Err(e) = hub.confirm_published(&published)
+        {
+            // They stay in the outbox and go out once more: receivers drop the copy.
+            tracing::warn!(error = %e, rows = published.len(), "outbox confirmations not recorded");
         }
         if sweep {
             match hub.sweep() {

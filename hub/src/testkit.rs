@@ -149,6 +149,15 @@ impl Rig {
         Rig::new(Store::open_test(), test_config(), seed)
     }
 
+    /// The same rig with the hub's transactional outbox on, as the service runs it
+    /// ([`Hub::with_outbox`]).
+    pub fn with_outbox(self) -> Rig {
+        Rig {
+            hub: self.hub.with_outbox(),
+            ..self
+        }
+    }
+
     /// Now on the rig's clock.
     pub fn now(&self) -> u64 {
         use qrcash_protocol::Clock as _;

@@ -954,14 +954,12 @@ impl World {
                 self.spawn_agent(None).await?;
                 settle_within = Duration::from_secs(8);
             }
-            Fault::Crash(step) => {
+            Fault::Crash(_) => {
                 self.wait_agent_exit().await?;
+                // Before its write-ahead the order died with the process; the hub sends it
+                // again when the agent is back online, and the agent refuses it (the session
+                // it names is gone): the hold is released within the usual wait.
                 self.spawn_agent(None).await?;
-                if step == CrashStep::BeforeWriteAhead {
-                    // The order died with the process: nothing will settle it before the
-                    // report grace (the final sweep checks that).
-                    settle_within = Duration::from_secs(1);
-                }
             }
             Fault::BrokerOutage { after_ms, down_ms } => {
                 tokio::time::sleep(Duration::from_millis(after_ms)).await;
@@ -1116,8 +1114,9 @@ impl World {
                 });
                 let (ok, what) = match step {
                     CrashStep::BeforeWriteAhead => (
-                        phase == "lost-order" && paid == 0 && report.is_none(),
-                        "an order lost before its write-ahead pays nothing",
+                        phase == "failed" && paid == 0 && report.is_none(),
+                        "an order lost before its write-ahead is sent again once the ATM is \
+                         back online, refused and released, and pays nothing",
                     ),
                     CrashStep::AfterWriteAhead => (
                         phase == "in_doubt"

@@ -291,10 +291,10 @@ async fn the_hub_reconnects_and_resubscribes_after_a_broker_restart() {
             .await;
         client.publish(&dev.atm_up(), bytes.clone()).await;
         if let Some((_, payload)) = client.next_publish(Duration::from_millis(500)).await {
-            let out = qrcash_hub::handler::Outgoing {
-                topic: qrcash_protocol::topics::atm_down("atm-1"),
+            let out = qrcash_hub::handler::Outgoing::new(
+                qrcash_protocol::topics::atm_down("atm-1"),
                 payload,
-            };
+            );
             let answer: qrcash_protocol::Claims<AtmDown> =
                 qrcash_hub::testkit::open(&out, &net.hub_key);
             match answer.msg {
@@ -364,6 +364,9 @@ async fn the_sweeper_aborts_an_unconfirmed_session_over_the_broker() {
         PhonePush::ConfirmRequest(r) => r,
         other => panic!("{other:?}"),
     };
+    // Let the publisher confirm what it sent, so that the jump below finds nothing left in
+    // the outbox and the abort is the only message that follows it.
+    tokio::time::sleep(qrcash_hub::service::CONFIRM_AFTER + Duration::from_secs(1)).await;
     net.clock.advance(Duration::from_secs(121));
     match atm.down(&net).await.msg {
         AtmDown::Abort(a) => {
@@ -385,4 +388,68 @@ async fn the_sweeper_aborts_an_unconfirmed_session_over_the_broker() {
         other => panic!("{other:?}"),
     }
     net.stop().await;
+}
+
+/// An instance that commits its answers and dies before publishing them loses nothing:
+/// another instance on the same database publishes them from the outbox, each in a fresh
+/// envelope, and stops once they went out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_committed_by_an_instance_that_died_reaches_its_receiver() {
+    use qrcash_hub::store::Store;
+    use qrcash_hub::testkit::{Rig, open, test_config};
+    use qrcash_protocol::Claims;
+
+    let broker = qrcash_hub::embedded_broker::start(0).expect("embedded broker");
+    let cfg = BrokerConfig::plain(broker.url());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hub.sqlite");
+
+    // Instance A decides and commits, then dies before anything reaches the broker.
+    let mut a = Rig::new(Store::open(&path).expect("database"), test_config(), 7).with_outbox();
+    setup(&mut a);
+    let mut dev = TestDevice::new("phone-1");
+    let login = a.login(&mut dev, "hanako");
+    assert!(login.result.is_ok(), "{:?}", login.result);
+    let register = a.phone(
+        &mut dev,
+        PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+            account: "hanako".into(),
+            amount: Amount::new(10_000, Currency::JPY),
+        }),
+    );
+    let first: Vec<Claims<PhonePush>> = login
+        .outgoing
+        .iter()
+        .chain(&register.outgoing)
+        .map(|o| open(o, &a.hub_key()))
+        .collect();
+    assert_eq!(first.len(), 2);
+    drop(a);
+
+    // Instance B on the same database publishes them once they are due.
+    let mut phone = Peer::connect(&cfg, dev, false).await;
+    let b = Rig::new(Store::open(&path).expect("database"), test_config(), 8);
+    let net = Net::start_rig(cfg.clone(), "hub-b", Duration::from_millis(50), b, dir).await;
+    assert!(
+        phone.silent(Duration::from_millis(500)).await,
+        "not before outbox_retry_s"
+    );
+    net.clock.advance(Duration::from_secs(10));
+    for want in &first {
+        let got = phone.push(&net).await;
+        assert_eq!(
+            (&got.msg, &got.re, got.exp),
+            (&want.msg, &want.re, want.exp)
+        );
+        assert!(got.seq > want.seq && got.jti != want.jti);
+    }
+    assert!(matches!(first[1].msg, PhonePush::CodeIssued(_)));
+
+    // Confirmed once they went out (the link stayed up): never sent again.
+    tokio::time::sleep(qrcash_hub::service::CONFIRM_AFTER + Duration::from_secs(2)).await;
+    net.clock.advance(Duration::from_secs(30));
+    assert!(phone.silent(Duration::from_secs(1)).await, "sent again");
+    let hub = net.stop().await;
+    let backlog = qrcash_hub::store::outbox::backlog(hub.store().db()).unwrap();
+    assert_eq!(backlog, (0, None));
 }

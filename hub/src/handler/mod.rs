@@ -107,6 +107,21 @@ pub struct Outgoing {
     /// The payload (a JWS compact serialization).
     #[serde(with = "payload_text")]
     pub payload: Vec<u8>,
+    /// Its row in the transactional outbox (`store::outbox`), when the hub keeps one: to be
+    /// confirmed once it reached the broker ([`Hub::confirm_published`]).
+    #[serde(skip)]
+    pub outbox: Option<i64>,
+}
+
+impl Outgoing {
+    /// A message for `topic`, not (yet) in the outbox.
+    pub fn new(topic: impl Into<String>, payload: Vec<u8>) -> Outgoing {
+        Outgoing {
+            topic: topic.into(),
+            payload,
+            outbox: None,
+        }
+    }
 }
 
 /// Stores payloads (ASCII JWS) as text rather than arrays of numbers.
@@ -375,10 +390,7 @@ impl Ctx<'_> {
         if to == self.sender {
             claims = claims.in_reply_to(self.jti.clone());
         }
-        Ok(Outgoing {
-            topic,
-            payload: self.signer.seal(&claims).into_bytes(),
-        })
+        Ok(Outgoing::new(topic, self.signer.seal(&claims).into_bytes()))
     }
 
     /// A message sent before, signed again: a fresh `seq`, `jti`, `iat` and `exp` (its
@@ -386,24 +398,43 @@ impl Ctx<'_> {
     /// stored bytes (their `seq` was seen) and find them stale after their `exp`, so a repeat
     /// must be a new envelope (`docs/protocol.md` §4).
     pub(crate) fn reseal(&mut self, previous: &Outgoing) -> Result<Outgoing, StoreError> {
+        self.envelope_again(previous, false)
+    }
+
+    /// Like [`Ctx::reseal`], but expiring when the message did: an outbox resend of an answer
+    /// that may never have gone out (it is not due after that).
+    pub(crate) fn resend(&mut self, previous: &Outgoing) -> Result<Outgoing, StoreError> {
+        self.envelope_again(previous, true)
+    }
+
+    fn envelope_again(
+        &mut self,
+        previous: &Outgoing,
+        same_exp: bool,
+    ) -> Result<Outgoing, StoreError> {
         let old: Claims<serde_json::Value> = Sealed::parse(&previous.payload, usize::MAX)
             .and_then(|s| s.peek())
             .map_err(|e| StoreError::Corrupt(format!("stored message: {e}")))?;
         let lifetime = old.exp.saturating_sub(old.iat).max(1);
+        let exp = if same_exp && old.exp > self.now {
+            old.exp
+        } else {
+            self.now.saturating_add(lifetime)
+        };
         let claims = Claims {
             iss: old.iss,
             aud: old.aud,
             iat: self.now,
-            exp: self.now.saturating_add(lifetime),
+            exp,
             jti: envelope::new_jti(),
             seq: store::next_seq(self.db)?,
             re: old.re,
             msg: old.msg,
         };
-        Ok(Outgoing {
-            topic: previous.topic.clone(),
-            payload: self.signer.seal(&claims).into_bytes(),
-        })
+        Ok(Outgoing::new(
+            previous.topic.clone(),
+            self.signer.seal(&claims).into_bytes(),
+        ))
     }
 
     /// A signed message to an ATM.
@@ -449,6 +480,9 @@ pub struct Hub {
     warnings: WarningCatalog,
     clock: Arc<dyn Clock>,
     rng: Box<dyn Entropy>,
+    /// Keep every answer in the transactional outbox (the service does; see
+    /// [`Hub::with_outbox`]).
+    outbox: bool,
 }
 
 /// An authenticated message, ready for its handler.
@@ -503,7 +537,28 @@ impl Hub {
             warnings,
             clock,
             rng,
+            outbox: false,
         }
+    }
+
+    /// The same hub keeping every answer it decides in the transactional outbox, in the
+    /// transaction that decided it ([`crate::store::outbox`]): each [`Outgoing`] then names
+    /// its row, the caller confirms it once published ([`Hub::confirm_published`]), and the
+    /// sweeper of any instance publishes again what stays unconfirmed. The service runs so.
+    pub fn with_outbox(mut self) -> Hub {
+        self.outbox = true;
+        self
+    }
+
+    /// Forgets outbox rows whose answers reached the broker; returns how many.
+    pub fn confirm_published(&mut self, ids: &[i64]) -> Result<usize, StoreError> {
+        let store = &mut self.store;
+        retry_transient(|| {
+            let tx = store.begin()?;
+            let n = store::outbox::confirm(tx.db(), ids)?;
+            tx.commit()?;
+            Ok(n)
+        })
     }
 
     /// The same hub, still accepting `previous` keys (verify-only) after a rotation.
@@ -594,6 +649,7 @@ impl Hub {
             config,
             warnings,
             rng,
+            outbox,
             ..
         } = self;
         let mut tx = store.begin()?;
@@ -608,6 +664,11 @@ impl Hub {
                 checked: &m.checked,
             };
             results.push(process(&mut tx, shared, rng.as_mut(), m)?);
+        }
+        if *outbox {
+            for h in &mut results {
+                keep(tx.db(), &mut h.outgoing, config, now)?;
+            }
         }
         tx.commit()?;
         Ok(results)
@@ -628,9 +689,18 @@ impl Hub {
             config,
             warnings,
             rng,
+            outbox,
             ..
         } = self;
         let tx = store.begin()?;
+        if !store::try_sweep_lock(tx.db())? {
+            tx.commit()?;
+            let report = SweepReport {
+                skipped: true,
+                ..SweepReport::default()
+            };
+            return Ok((Vec::new(), report));
+        }
         let shared = Shared {
             cfg: config,
             signer,
@@ -640,10 +710,54 @@ impl Hub {
             checked: &[],
         };
         let mut ctx = shared.ctx(tx.db(), rng.as_mut(), "", "", "");
-        let out = sweep::sweep(&mut ctx)?;
+        let (mut out, mut report) = sweep::sweep(&mut ctx)?;
+        if *outbox {
+            keep(tx.db(), &mut out, config, now)?;
+        }
+        // What an instance committed and did not confirm published in time (it died, or the
+        // broker was away), in a fresh envelope: the stored bytes' `seq` may have fallen out
+        // of the receiver's window meanwhile. A receiver that had it recognises the repeat by
+        // its content (`docs/protocol.md` §4).
+        let retry = config.storage.outbox_retry_s.max(1);
+        for pending in store::outbox::due(tx.db(), now, retry, OUTBOX_BATCH)? {
+            let mut again = ctx.resend(&Outgoing::new(pending.topic, pending.payload))?;
+            again.outbox = Some(pending.id);
+            out.push(again);
+            report.outbox_resent += 1;
+        }
+        report.outbox_expired = store::outbox::drop_expired(tx.db(), now)?;
+        if report.outbox_expired > 0 {
+            tracing::warn!(
+                expired = report.outbox_expired,
+                "answers expired unpublished in the outbox (their senders resend)"
+            );
+        }
         tx.commit()?;
-        Ok(out)
+        Ok((out, report))
     }
+}
+
+/// How many outbox rows one sweep publishes again at most (the rest wait for the next).
+const OUTBOX_BATCH: u32 = 256;
+
+/// Keeps `out` in the transactional outbox of the transaction `db` belongs to, each until
+/// the expiry inside it (or the down-link lifetime if it cannot be read).
+fn keep(db: Db<'_>, out: &mut [Outgoing], cfg: &HubConfig, now: u64) -> Result<(), StoreError> {
+    let retry = cfg.storage.outbox_retry_s.max(1);
+    for o in out {
+        let expires = Sealed::parse(&o.payload, usize::MAX)
+            .and_then(|s| s.peek::<serde_json::Value>())
+            .map_or(now + cfg.replay.downlink_ttl_s, |c| c.exp);
+        o.outbox = Some(store::outbox::put(
+            db,
+            &o.topic,
+            &o.payload,
+            now,
+            now + retry,
+            expires,
+        )?);
+    }
+    Ok(())
 }
 
 /// How long a transaction is run again while it keeps failing transiently
@@ -712,15 +826,28 @@ fn process(
             "offline"
         };
         let known = rows::atm_presence(tx.db(), id, presence, now)?;
+        let outgoing = if known && presence == "online" {
+            let mut ctx = shared.ctx(tx.db(), &mut *rng, id, "", "");
+            steps::outstanding_orders(&mut ctx, id)?
+        } else {
+            Vec::new()
+        };
         entry.msg_type = Some("presence".into());
         entry.outcome = if known { "accepted" } else { "rejected" }.into();
-        entry.detail = Some(presence.into());
+        entry.detail = Some(if outgoing.is_empty() {
+            presence.into()
+        } else {
+            format!(
+                "{presence}; outstanding orders sent again: {}",
+                outgoing.len()
+            )
+        });
         if !known {
             entry.reason = Some("unknown_atm".into());
         }
         audit::append(tx.db(), &entry)?;
         return Ok(Handled {
-            outgoing: Vec::new(),
+            outgoing,
             result: if known {
                 Ok(Disposition::Presence)
             } else {

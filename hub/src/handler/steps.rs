@@ -92,14 +92,36 @@ pub(crate) fn apply(
         && let Some(atm) = w.atm_id.as_deref()
     {
         // The same order (id, notes, expiry), in a fresh envelope.
-        out.push(ctx.reseal(&Outgoing {
-            topic: qrcash_protocol::topics::atm_down(atm),
-            payload: order.clone().into_bytes(),
-        })?);
+        out.push(ctx.reseal(&Outgoing::new(
+            qrcash_protocol::topics::atm_down(atm),
+            order.clone().into_bytes(),
+        ))?);
     }
     if let Some(status) = step.receipt {
         let (device, receipt) = receipt(ctx.db, w, step.settled, status, ctx.now)?;
         out.push(ctx.push_phone(&device, receipt)?);
+    }
+    Ok(out)
+}
+
+/// The orders outstanding at ATM `atm` (confirmed, still valid, no report yet), each again
+/// in a fresh envelope: sent when the ATM comes back online, because an order published while
+/// it was away may be lost. The agent executes an order id at most once and answers a repeat
+/// with the report it stored; an agent that restarted without the session refuses the order
+/// (`OrderRefused`), and the hold is released at once instead of going in doubt an hour later.
+pub(crate) fn outstanding_orders(
+    ctx: &mut Ctx<'_>,
+    atm: &str,
+) -> Result<Vec<Outgoing>, StoreError> {
+    let listing = rows::Listing::OrderOutstanding { atm, now: ctx.now };
+    let mut out = Vec::new();
+    for w in rows::withdrawals(ctx.db, &listing)? {
+        if let Some(order) = &w.order_payload {
+            out.push(ctx.reseal(&Outgoing::new(
+                qrcash_protocol::topics::atm_down(atm),
+                order.clone().into_bytes(),
+            ))?);
+        }
     }
     Ok(out)
 }

@@ -29,12 +29,21 @@ pub struct SweepReport {
     /// Login-failure counts of subjects unlocked and quiet, refusals of self-signed logins
     /// past their retention, and replay windows of keys that never enrolled, forgotten.
     pub login_traces_pruned: usize,
+    /// Answers of the transactional outbox published again (not confirmed in time).
+    pub outbox_resent: usize,
+    /// Answers that expired in the outbox unconfirmed (their receivers would refuse them).
+    pub outbox_expired: usize,
+    /// Another instance was sweeping (PostgreSQL): this one skipped its turn.
+    pub skipped: bool,
 }
 
 impl SweepReport {
     /// Whether the sweep changed anything.
     pub fn is_empty(&self) -> bool {
-        *self == SweepReport::default()
+        SweepReport {
+            skipped: false,
+            ..*self
+        } == SweepReport::default()
     }
 }
 

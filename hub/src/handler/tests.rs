@@ -1890,3 +1890,150 @@ fn only_the_device_that_staged_a_withdrawal_may_confirm_it() {
     assert!(rig.order(&h.outgoing, "atm-1").is_none());
     rig.confirm_order(&mut phone, &req);
 }
+
+/// The outbox rows waiting, oldest first.
+fn outbox_rows(rig: &Rig) -> Vec<i64> {
+    let db = rig.hub.store().db();
+    let rows = db
+        .test_texts("SELECT CAST(id AS TEXT) FROM outbox ORDER BY id")
+        .unwrap();
+    rows.iter().map(|r| r.parse().unwrap()).collect()
+}
+
+fn outbox_ids(out: &[super::Outgoing]) -> Vec<i64> {
+    out.iter()
+        .map(|o| o.outbox.expect("kept in the outbox"))
+        .collect()
+}
+
+#[test]
+fn answers_wait_in_the_outbox_until_published_and_go_out_again_in_a_fresh_envelope() {
+    let (rig, mut phone, mut atm) = setup(41);
+    let mut rig = rig.with_outbox();
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    // The code, the ATM's `AwaitConfirmation` and `Ack`, and the confirmation request went
+    // out: the publisher confirms them.
+    let published = outbox_rows(&rig);
+    assert_eq!(published.len(), 4, "{published:?}");
+    assert_eq!(rig.hub.confirm_published(&published).unwrap(), 4);
+    assert!(outbox_rows(&rig).is_empty());
+
+    // The confirmation's answers are kept with the decision; this instance dies before it
+    // publishes them.
+    let h = rig.confirm(&mut phone, &req);
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    let kept = outbox_ids(&h.outgoing);
+    assert_eq!(outbox_rows(&rig), kept);
+    let order = rig.order(&h.outgoing, "atm-1").expect("dispense order");
+
+    // Not due before `outbox_retry_s` (10 s).
+    rig.clock.advance(Duration::from_secs(9));
+    let (out, report) = rig.hub.sweep().unwrap();
+    assert_eq!((out.len(), report.outbox_resent), (0, 0));
+    rig.clock.advance(Duration::from_secs(1));
+    let (out, report) = rig.hub.sweep().unwrap();
+    assert_eq!(report.outbox_resent, kept.len());
+    assert_eq!(
+        outbox_ids(&out),
+        kept,
+        "each names its row, to be confirmed"
+    );
+    for (first, again) in h.outgoing.iter().zip(&out) {
+        assert_eq!(first.topic, again.topic);
+        let x: Claims<serde_json::Value> = open(first, &rig.hub_key());
+        let y: Claims<serde_json::Value> = open(again, &rig.hub_key());
+        assert_eq!((&x.aud, &x.re, &x.msg), (&y.aud, &y.re, &y.msg));
+        assert!(y.seq > x.seq && x.jti != y.jti && y.iat == rig.now());
+        assert_eq!(y.exp, x.exp, "a resend expires when the answer did");
+    }
+    assert_eq!(rig.order(&out, "atm-1"), Some(order));
+    // Taken: due again only a retry period later, then again until confirmed.
+    let (out, _) = rig.hub.sweep().unwrap();
+    assert!(out.is_empty());
+    rig.clock.advance(Duration::from_secs(10));
+    let (out, _) = rig.hub.sweep().unwrap();
+    assert_eq!(outbox_ids(&out), kept);
+    assert_eq!(rig.hub.confirm_published(&kept).unwrap(), kept.len());
+    rig.clock.advance(Duration::from_secs(10));
+    let (out, report) = rig.hub.sweep().unwrap();
+    assert_eq!((out.len(), report.outbox_resent), (0, 0));
+    assert!(outbox_rows(&rig).is_empty());
+
+    // An answer never confirmed is forgotten when it expires (its receiver would refuse it).
+    let h = rig.phone(
+        &mut phone,
+        PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+            account: "hanako".into(),
+            amount: jpy(10_000),
+        }),
+    );
+    assert_eq!(outbox_rows(&rig), outbox_ids(&h.outgoing));
+    let exp = open::<PhonePush>(&h.outgoing[0], &rig.hub_key()).exp;
+    rig.clock.advance(Duration::from_secs(exp - rig.now()));
+    let (out, report) = rig.hub.sweep().unwrap();
+    assert_eq!((report.outbox_resent, report.outbox_expired), (0, 1));
+    assert_eq!(
+        outbox_rows(&rig),
+        outbox_ids(&out),
+        "only the sweep's own answers wait"
+    );
+    assert_books(&rig);
+}
+
+#[test]
+fn an_atm_back_online_gets_its_outstanding_order_again() {
+    let (mut rig, mut phone, mut atm) = setup(42);
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let order = rig.confirm_order(&mut phone, &req);
+    rig.clock.advance(Duration::from_secs(5));
+    let h = rig.hub.handle(&topics::atm_presence("atm-1"), b"offline");
+    assert_eq!(h.result, Ok(Disposition::Presence));
+    assert!(h.outgoing.is_empty());
+    // Another ATM coming online is not sent atm-1's order.
+    rig.atm("atm-2");
+    let h = rig.hub.handle(&topics::atm_presence("atm-2"), b"online");
+    assert_eq!(h.result, Ok(Disposition::Presence));
+    assert!(h.outgoing.is_empty());
+
+    let h = rig.hub.handle(&topics::atm_presence("atm-1"), b"online");
+    assert_eq!(h.result, Ok(Disposition::Presence));
+    let downs = rig.downs(&h.outgoing, "atm-1");
+    assert_eq!(downs.len(), 1);
+    assert!(matches!(&downs[0].msg, AtmDown::DispenseOrder(o) if *o == order));
+    assert_eq!(downs[0].iat, rig.now(), "a fresh envelope");
+    let entry = audit::tail(rig.hub.store().db(), 1)
+        .unwrap()
+        .remove(0)
+        .entry;
+    assert_eq!(
+        entry.detail.as_deref(),
+        Some("online; outstanding orders sent again: 1")
+    );
+
+    // The agent restarted without the session and refuses the order: released at once.
+    let h = rig.atm_send(
+        &mut atm,
+        AtmUp::OrderRefused(OrderRefused {
+            order_id: order.order_id,
+            tx_id: order.tx_id,
+            reason: "not the transaction presented at this ATM".into(),
+        }),
+    );
+    assert_eq!(h.result, Ok(Disposition::Applied));
+    assert_eq!(phase(&rig, &code.tx_id), Phase::Failed);
+    assert_eq!(balances(&rig, "hanako"), (100_000, 0));
+    let h = rig.hub.handle(&topics::atm_presence("atm-1"), b"online");
+    assert!(h.outgoing.is_empty(), "nothing outstanding");
+
+    // An expired order is not sent again (the agent would refuse it; the sweeper settles it).
+    let code = rig.register(&mut phone, "hanako", 10_000);
+    let req = rig.present(&mut atm, &code.token, "phone-1");
+    let order = rig.confirm_order(&mut phone, &req);
+    rig.clock
+        .advance(Duration::from_secs(order.expires_at - rig.now()));
+    let h = rig.hub.handle(&topics::atm_presence("atm-1"), b"online");
+    assert!(h.outgoing.is_empty());
+    assert_books(&rig);
+}

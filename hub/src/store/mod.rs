@@ -615,6 +615,20 @@ pub fn prune_stranger_windows(db: Db<'_>) -> Result<usize, StoreError> {
     )?)
 }
 
+/// Whether this transaction may sweep: on PostgreSQL one instance at a time (a
+/// transaction-scoped advisory lock, free again at its commit; others skip their turn rather
+/// than wait); SQLite has one writer anyway.
+pub fn try_sweep_lock(db: Db<'_>) -> Result<bool, StoreError> {
+    if !db.is_postgres() {
+        return Ok(true);
+    }
+    Ok(
+        db.row_cached("SELECT pg_try_advisory_xact_lock(7462629940843)", [], |r| {
+            r.get::<bool>(0)
+        })?,
+    )
+}
+
 /// Forgets processed ids older than `before` (their messages are refused as stale anyway).
 pub fn prune_processed(db: Db<'_>, before: u64) -> Result<usize, StoreError> {
     Ok(db.execute("DELETE FROM processed WHERE at < ?1", [to_sql(before)])?)

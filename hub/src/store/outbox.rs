@@ -1,7 +1,8 @@
 //! The transactional outbox: every answer the hub decides is written here in the same
 //! transaction as the decision, and deleted once it reached the broker. An instance that
 //! dies between its commit and its publish leaves its answers here, and the sweeper of any
-//! live instance publishes them (the same bytes: receivers drop a second copy by its `seq`).
+//! live instance publishes them again, each in a fresh envelope (receivers recognise a repeat
+//! by its content, `docs/protocol.md` §4).
 
 use super::sql::params;
 use super::{Db, StoreError, from_sql, to_sql};

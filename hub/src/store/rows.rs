@@ -827,6 +827,13 @@ pub enum Listing<'a> {
         /// The order's expiry plus the report grace.
         before: u64,
     },
+    /// Ordered at ATM `atm`, the order still valid at `now`, no report yet.
+    OrderOutstanding {
+        /// The ATM.
+        atm: &'a str,
+        /// Now.
+        now: u64,
+    },
     /// Not yet final, or flagged for reconciliation.
     Unsettled,
     /// The operator's filter: a phase, only flagged ones, one account (each optional).
@@ -857,6 +864,11 @@ pub fn withdrawals(db: Db<'_>, which: &Listing<'_>) -> Result<Vec<WithdrawalRow>
             db,
             "phase = 'ordered' AND order_expires_at < ?1",
             &[&to_sql(*before)],
+        ),
+        Listing::OrderOutstanding { atm, now } => withdrawals_where(
+            db,
+            "phase = 'ordered' AND atm_id = ?1 AND order_expires_at > ?2",
+            &[atm, &to_sql(*now)],
         ),
         Listing::Unsettled => withdrawals_where(
             db,

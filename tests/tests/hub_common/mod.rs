@@ -48,6 +48,18 @@ impl Net {
         let store = Store::open(&dir.path().join("hub.sqlite")).expect("database");
         let mut rig = Rig::new(store, test_config(), 7);
         let devices = setup(&mut rig);
+        let net = Self::start_rig(broker, client_id, sweep_interval, rig, dir).await;
+        (net, devices)
+    }
+
+    /// Starts the hub of `rig` (its database in `dir`) as a service.
+    pub async fn start_rig(
+        broker: BrokerConfig,
+        client_id: &str,
+        sweep_interval: Duration,
+        rig: Rig,
+        dir: tempfile::TempDir,
+    ) -> Net {
         let hub_key = rig.hub_key();
         let hub_id = rig.hub_id();
         let Rig { hub, clock } = rig;
@@ -63,16 +75,13 @@ impl Net {
             handle.wait_ready(WAIT).await,
             "hub did not subscribe in time"
         );
-        (
-            Net {
-                handle,
-                clock,
-                hub_key,
-                hub_id,
-                dir,
-            },
-            devices,
-        )
+        Net {
+            handle,
+            clock,
+            hub_key,
+            hub_id,
+            dir,
+        }
     }
 
     /// Now on the hub's clock.
@@ -140,7 +149,7 @@ impl Peer {
             .next_publish(WAIT)
             .await
             .unwrap_or_else(|| panic!("{}: no answer within {WAIT:?}", self.dev.id));
-        qrcash_hub::handler::Outgoing { topic, payload }
+        qrcash_hub::handler::Outgoing::new(topic, payload)
     }
 
     /// The next push to this phone, opened with the hub key.

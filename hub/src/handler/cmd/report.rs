@@ -130,6 +130,12 @@ fn decide(w: &WithdrawalRow, r: &DispenseReport) -> Verdict {
         dispensed: r.dispensed.minor,
     };
     if let Ok(step) = transition(&w.lifecycle(), event) {
+        // Still unsure about a withdrawal already in doubt (an agent answers an order sent
+        // again with the report it kept): nothing to apply, the report is kept as evidence.
+        // Its bounds join the evidence an operator resolves the withdrawal by.
+        if w.phase == Phase::InDoubt && step.next == Phase::InDoubt {
+            return Verdict::Late(Late { disagreement: None });
+        }
         return Verdict::Apply { step, consistent };
     }
     let settled_phase = matches!(w.phase, Phase::Dispensed | Phase::Partial | Phase::Failed);
@@ -222,6 +228,23 @@ mod tests {
         };
         assert!(!consistent);
         assert_eq!(step.next, Phase::InDoubt);
+    }
+
+    #[test]
+    fn a_second_unsure_report_leaves_a_withdrawal_in_doubt_unapplied_and_a_sure_one_settles_it() {
+        let w = withdrawal(Phase::InDoubt, 0);
+        // The agent's answer to an order sent again: the unsure report it kept.
+        assert_eq!(
+            decide(&w, &report(DispenseOutcome::InDoubt, 10_000, 1)),
+            Verdict::Late(Late { disagreement: None })
+        );
+        let Verdict::Apply { step, consistent } =
+            decide(&w, &report(DispenseOutcome::Failed, 0, 0))
+        else {
+            panic!("a definitive report settles a withdrawal in doubt");
+        };
+        assert!(consistent);
+        assert_eq!(step.next, Phase::Failed);
     }
 
     #[test]
