@@ -25,7 +25,6 @@
 //!   disconnect.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use qrcash_io::KeyFile;
@@ -62,15 +61,22 @@ pub enum ServiceError {
     /// A thread could not be started.
     #[error("cannot start the writer thread: {0}")]
     Thread(std::io::Error),
+    /// Opening the database or loading the keys panicked.
+    #[error("setting up the hub failed: {0}")]
+    Setup(String),
 }
 
 /// Commands for the writer thread.
 pub(crate) enum WriterCmd {
     Message(Incoming),
     Sweep,
-    /// Outbox rows whose answers reached the broker.
-    Published(Vec<i64>),
 }
+
+/// Outbox rows whose answers reached the broker, from the publisher to the writer, which
+/// takes them whenever it wakes (at the latest for the next sweep, before it sweeps). Not a
+/// command: confirmations are never dropped for a full queue, and the publisher holds no
+/// sender that would keep the writer waiting at shutdown.
+type Confirmed = Arc<std::sync::Mutex<Vec<i64>>>;
 
 /// How long the link must stay up after a publish before its outbox row is forgotten: the
 /// client queues a publish at once, and a connection that drops within this time may have
@@ -178,6 +184,16 @@ pub struct HubService;
 impl HubService {
     /// Opens the database and key named by `config` and starts with the system clock.
     pub async fn from_config(config: HubConfig) -> Result<HubHandle, ServiceError> {
+        let options = ServiceOptions::from_config(&config);
+        // Off the runtime's threads: the PostgreSQL client blocks on a runtime of its own.
+        let hub = tokio::task::spawn_blocking(move || Self::hub(config))
+            .await
+            .map_err(|e| ServiceError::Setup(e.to_string()))??;
+        Self::start(hub, options).await
+    }
+
+    /// The hub of `config`: its database opened (and migrated), its keys loaded.
+    fn hub(config: HubConfig) -> Result<Hub, ServiceError> {
         let store = config.open_store()?;
         let key = PrivateKey::load(&config.key_file)?;
         let previous = config
@@ -187,8 +203,7 @@ impl HubService {
             .collect::<Result<Vec<_>, _>>()?;
         let warnings =
             WarningCatalog::load(config.warnings.file.as_deref(), &config.warnings.languages)?;
-        let options = ServiceOptions::from_config(&config);
-        let hub = Hub::new(
+        Ok(Hub::new(
             store,
             Signer::new(config.hub_id.clone(), key),
             config,
@@ -196,8 +211,7 @@ impl HubService {
             Arc::new(SystemClock) as Arc<dyn Clock>,
             Box::new(OsEntropy),
         )
-        .with_previous_keys(previous)?;
-        Self::start(hub, options).await
+        .with_previous_keys(previous)?)
     }
 
     /// Starts the service around `hub` (with its outbox on: [`Hub::with_outbox`]).
@@ -237,14 +251,15 @@ impl HubService {
         let clock = hub.clock().clone();
         let group = options.group_commit_max.max(1);
         let stats = stats_tx.clone();
+        let confirmed = Confirmed::default();
         let writer = std::thread::Builder::new()
             .name("hub-writer".into())
-            .spawn(move || writer_loop(hub, writer_rx, out_tx, group, stats))
+            .spawn({
+                let confirmed = confirmed.clone();
+                move || writer_loop(hub, writer_rx, out_tx, group, stats, confirmed)
+            })
             .map_err(ServiceError::Thread)?;
 
-        // Counts the link's drops, so the publisher confirms only what went out on a
-        // connection that stayed up.
-        let drops = Arc::new(AtomicU64::new(0));
         let tasks = vec![
             tokio::spawn(intake(
                 link_events,
@@ -252,19 +267,10 @@ impl HubService {
                     writer: writer_tx.clone(),
                     secrets: secrets.clone(),
                     clock,
-                    drops: drops.clone(),
                 },
                 stop_rx.clone(),
             )),
-            tokio::spawn(publisher(
-                link.clone(),
-                out_rx,
-                stats_tx,
-                Confirmer {
-                    writer: writer_tx.clone(),
-                    drops,
-                },
-            )),
+            tokio::spawn(publisher(link.clone(), out_rx, stats_tx, confirmed)),
             tokio::spawn(sweeper(writer_tx, options.sweep_interval, stop_rx)),
         ];
         Ok(HubHandle {
@@ -284,7 +290,6 @@ struct Intake {
     writer: mpsc::Sender<WriterCmd>,
     secrets: Option<SecretStage>,
     clock: Arc<dyn Clock>,
-    drops: Arc<AtomicU64>,
 }
 
 /// Hands every message to the writer (through the secret checks when there are any) until
@@ -298,7 +303,6 @@ async fn intake(
         writer,
         secrets,
         clock,
-        drops,
     } = intake;
     loop {
         let event = tokio::select! {
@@ -308,9 +312,7 @@ async fn intake(
         match event {
             None => return,
             Some(LinkEvent::Up) => tracing::info!("connected to the broker and subscribed"),
-            Some(LinkEvent::Down) => {
-                drops.fetch_add(1, Ordering::SeqCst);
-            }
+            Some(LinkEvent::Down) => tracing::warn!("lost the broker connection"),
             Some(LinkEvent::Message { topic, payload }) => {
                 let msg = Incoming::new(topic, payload);
                 let msg = match &secrets {
@@ -328,12 +330,6 @@ async fn intake(
     }
 }
 
-/// Where the publisher confirms outbox rows.
-struct Confirmer {
-    writer: mpsc::Sender<WriterCmd>,
-    drops: Arc<AtomicU64>,
-}
-
 /// Publishes the writer's answers and confirms their outbox rows once the link stayed up
 /// for [`CONFIRM_AFTER`]; when the writer is done (shutdown), closes the link. Rows of
 /// answers published while the link was down, or before it dropped, stay for the sweeper.
@@ -341,9 +337,9 @@ async fn publisher(
     link: LinkHandle,
     mut answers: mpsc::Receiver<Outgoing>,
     stats: watch::Sender<ServiceStats>,
-    confirmer: Confirmer,
+    confirmed: Confirmed,
 ) {
-    // (row, published at, drops seen then), oldest first.
+    // (row, published at, the link's losses then), oldest first.
     let mut sent: std::collections::VecDeque<(i64, tokio::time::Instant, u64)> =
         std::collections::VecDeque::new();
     let mut tick = tokio::time::interval(CONFIRM_AFTER / 2);
@@ -353,22 +349,22 @@ async fn publisher(
             out = answers.recv() => {
                 let Some(out) = out else { break };
                 let up = link.is_up();
-                let drops = confirmer.drops.load(Ordering::SeqCst);
+                let losses = link.losses();
                 match link.publish(&out.topic, out.payload).await {
                     Ok(()) => {
                         stats.send_modify(|s| s.published += 1);
                         if let (Some(row), true) = (out.outbox, up) {
-                            sent.push_back((row, tokio::time::Instant::now(), drops));
+                            sent.push_back((row, tokio::time::Instant::now(), losses));
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, topic = %out.topic, "publish failed"),
                 }
             }
             _ = tick.tick() => {
-                let drops = confirmer.drops.load(Ordering::SeqCst);
+                let losses = link.losses();
                 let mut done = Vec::new();
                 while let Some(&(row, at, seen)) = sent.front() {
-                    if seen != drops {
+                    if seen != losses {
                         // The link dropped since: maybe lost; the sweeper publishes it again.
                         sent.pop_front();
                     } else if at.elapsed() >= CONFIRM_AFTER {
@@ -379,7 +375,7 @@ async fn publisher(
                     }
                 }
                 if !done.is_empty() {
-                    let _ = confirmer.writer.try_send(WriterCmd::Published(done));
+                    lock(&confirmed).extend(done);
                 }
             }
         }
@@ -414,17 +410,16 @@ fn writer_loop(
     out: mpsc::Sender<Outgoing>,
     group: usize,
     stats: watch::Sender<ServiceStats>,
+    confirmed: Confirmed,
 ) -> Hub {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Vec::new();
         let mut sweep = false;
-        let mut published = Vec::new();
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {
                 WriterCmd::Message(m) => batch.push(m),
                 WriterCmd::Sweep => sweep = true,
-                WriterCmd::Published(rows) => published.extend(rows),
             }
             if batch.len() < group {
                 next = rx.try_recv().ok();
@@ -438,11 +433,13 @@ fn writer_loop(
                 }
                 answers.extend(h.outgoing);
             }
+            tracing::debug!(messages = batch.len(), "batch handled");
             stats.send_modify(|s| {
                 s.handled += batch.len() as u64;
                 s.batches += 1;
             });
         }
+        let published = std::mem::take(&mut *lock(&confirmed));
         if !published.is_empty()
             && let Err(e) = hub.confirm_published(&published)
         {
@@ -467,4 +464,12 @@ fn writer_loop(
         }
     }
     hub
+}
+
+/// The confirmations, even after a panic elsewhere held the lock (a list of row ids cannot be
+/// left half-changed).
+fn lock(confirmed: &Confirmed) -> std::sync::MutexGuard<'_, Vec<i64>> {
+    confirmed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

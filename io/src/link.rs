@@ -37,7 +37,7 @@
 //! survive a crash is in the programs' own stores (the agent's outbox, the hub's database).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rumqttc::{
@@ -163,7 +163,7 @@ impl Drop for Tasks {
 pub struct LinkHandle {
     client: AsyncClient,
     up: watch::Receiver<bool>,
-    finishing: Arc<AtomicBool>,
+    state: Arc<State>,
     on_disconnect: Arc<[Publication]>,
     tasks: Arc<Tasks>,
 }
@@ -188,6 +188,14 @@ impl LinkHandle {
             })
     }
 
+    /// How many connections were lost or closed since the link started, counted the moment
+    /// the poll task learns of it. A publish queued before the count grew may have been lost
+    /// with its connection (the session is clean); one queued on a connection that is still
+    /// the current one has not been.
+    pub fn losses(&self) -> u64 {
+        self.state.losses.load(Ordering::SeqCst)
+    }
+
     /// Whether the link is connected and subscribed now.
     pub fn is_up(&self) -> bool {
         *self.up.borrow()
@@ -210,7 +218,7 @@ impl LinkHandle {
     /// is delivered if the broker is there, and publishing fails with
     /// [`PublishError::Closed`] if it is not. For shutdowns.
     pub fn finish(&self) {
-        self.finishing.store(true, Ordering::SeqCst);
+        self.state.finishing.store(true, Ordering::SeqCst);
     }
 
     /// Publishes the `on_disconnect` messages, sends DISCONNECT after everything queued, and
@@ -261,13 +269,13 @@ pub fn spawn(options: LinkOptions) -> Result<(LinkHandle, mpsc::Receiver<LinkEve
     let (up_tx, up) = watch::channel(false);
     let (connack_tx, connack_rx) = mpsc::channel(4);
     let subscribes = !options.subscriptions.is_empty();
-    let finishing = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(State::default());
     let tls = TlsFiles::new(&options.broker, options.tls_check);
     let tasks = vec![
         tokio::spawn(poll(
             eventloop,
             subscribes,
-            finishing.clone(),
+            state.clone(),
             events_tx,
             up_tx,
             connack_tx,
@@ -283,7 +291,7 @@ pub fn spawn(options: LinkOptions) -> Result<(LinkHandle, mpsc::Receiver<LinkEve
     let handle = LinkHandle {
         client,
         up,
-        finishing,
+        state,
         on_disconnect: options.on_disconnect.into(),
         tasks: Arc::new(Tasks(tasks)),
     };
@@ -420,11 +428,20 @@ impl TlsFiles {
     }
 }
 
+/// What the handles and the poll task share.
+#[derive(Debug, Default)]
+struct State {
+    /// Set by [`LinkHandle::finish`]: a connection error ends the link.
+    finishing: AtomicBool,
+    /// Connections lost or closed ([`LinkHandle::losses`]).
+    losses: AtomicU64,
+}
+
 /// The poll task: connection state and messages to the program, backoff after errors.
 async fn poll(
     mut eventloop: EventLoop,
     subscribes: bool,
-    finishing: Arc<AtomicBool>,
+    state: Arc<State>,
     events: mpsc::Sender<LinkEvent>,
     up: watch::Sender<bool>,
     connacks: mpsc::Sender<()>,
@@ -450,6 +467,7 @@ async fn poll(
             // Drops the connection. What was in flight may be lost with the clean session:
             // what matters is in the programs' own stores, which send it again.
             eventloop.clean();
+            state.losses.fetch_add(1, Ordering::SeqCst);
             if up.send_replace(false) {
                 tell(&events, LinkEvent::Down).await;
             }
@@ -508,6 +526,7 @@ async fn poll(
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 // Let the DISCONNECT reach the socket, then stop.
                 let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+                state.losses.fetch_add(1, Ordering::SeqCst);
                 if up.send_replace(false) {
                     let _ = events.try_send(LinkEvent::Down);
                 }
@@ -516,10 +535,12 @@ async fn poll(
             Ok(_) => {}
             Err(rumqttc::ConnectionError::RequestsDone) => {
                 // Every client is gone: nobody can publish or disconnect any more.
+                state.losses.fetch_add(1, Ordering::SeqCst);
                 up.send_replace(false);
                 return;
             }
             Err(e) => {
+                state.losses.fetch_add(1, Ordering::SeqCst);
                 if up.send_replace(false) {
                     tell(&events, LinkEvent::Down).await;
                 }
@@ -527,7 +548,7 @@ async fn poll(
                     retry.abort();
                 }
                 refusals.reset();
-                if finishing.load(Ordering::SeqCst) {
+                if state.finishing.load(Ordering::SeqCst) {
                     tracing::debug!(error = %e, "broker connection ended while finishing");
                     return;
                 }

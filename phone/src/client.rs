@@ -637,15 +637,20 @@ impl PhoneClient {
         }
     }
 
-    /// Waits for the hub's `ConfirmRequest` (for `tx_id`, or any when `None`).
+    /// Waits for the hub's `ConfirmRequest` (for `tx_id`, or any when `None`) whose `confirm_by`
+    /// is still ahead.
     pub async fn await_confirm_request(
         &mut self,
         tx_id: Option<TxId>,
         timeout: Duration,
     ) -> Result<ConfirmRequest, PhoneError> {
+        // A request whose deadline passed is a copy the hub sent again for an earlier
+        // withdrawal (`docs/protocol.md` §4): never the one waited for.
+        let now = self.clock.now();
         let claims = self
             .next_push("confirmation request", timeout, |c| {
-                matches!(&c.msg, PhonePush::ConfirmRequest(r) if tx_id.is_none_or(|t| t == r.tx_id))
+                matches!(&c.msg, PhonePush::ConfirmRequest(r)
+                    if tx_id.is_none_or(|t| t == r.tx_id) && r.confirm_by > now)
             })
             .await?;
         match claims.msg {

@@ -388,6 +388,7 @@ async fn run(cli: Cli) -> Result<()> {
                     &mut phone,
                     &store,
                     clock.as_ref(),
+                    Some(code.tx_id),
                     Duration::from_secs(wait),
                 )
                 .await?;
@@ -398,6 +399,7 @@ async fn run(cli: Cli) -> Result<()> {
                 &mut phone,
                 &store,
                 clock.as_ref(),
+                None,
                 Duration::from_secs(wait),
             )
             .await?;
@@ -528,14 +530,17 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// Waits for the confirmation request of `tx` (of any withdrawal without one: a copy the hub
+/// sent again for an earlier withdrawal could then be taken).
 async fn await_confirm(
     phone: &mut PhoneClient,
     store: &DeviceStore,
     clock: &dyn Clock,
+    tx: Option<qrcash_protocol::TxId>,
     wait: Duration,
 ) -> Result<()> {
     println!("waiting for the ATM to read the code...");
-    let req = phone.await_confirm_request(None, wait).await?;
+    let req = phone.await_confirm_request(tx, wait).await?;
     store.save_json(CONFIRM_FILE, &req)?;
     print!("{}", display::confirm_screen(&req, clock.now()));
     println!("answer with `qrcash-phone confirm`, `decline` or `not-me`");

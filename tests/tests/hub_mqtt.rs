@@ -114,7 +114,14 @@ async fn withdrawal(cfg: impl Fn(&str) -> BrokerConfig) {
         other => panic!("{other:?}"),
     }
 
+    // A stop finishes the queue and disconnects at once (nothing keeps the writer waiting).
+    let stopping = std::time::Instant::now();
     let hub = net.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the hub took {:?} to stop",
+        stopping.elapsed()
+    );
     let view = admin::show_account(hub.store(), "hanako").unwrap();
     assert_eq!((view.available, view.held), (70_000, 0));
     assert!(admin::ledger_check(hub.store()).unwrap().is_ok());
@@ -387,6 +394,57 @@ async fn the_sweeper_aborts_an_unconfirmed_session_over_the_broker() {
         }
         other => panic!("{other:?}"),
     }
+    net.stop().await;
+}
+
+/// An answer whose connection dropped before it was confirmed (published, then the link up
+/// for `CONFIRM_AFTER`) stays in the outbox and goes out again once the hub is back; one that
+/// was confirmed does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_whose_connection_dropped_before_it_was_confirmed_goes_out_again() {
+    let mut broker = Mosquitto::start();
+    let cfg = BrokerConfig::plain(broker.url());
+    let (net, _) = Net::start_sweeping(cfg.clone(), "hub", Duration::from_millis(50), setup).await;
+    let mut phone = Peer::connect(&cfg, TestDevice::new("phone-1"), false).await;
+    let login = login_message(&phone.dev, "hanako", Some(near_atm()));
+    phone.phone(&net, login).await;
+    assert!(matches!(
+        phone.push(&net).await.msg,
+        PhonePush::LoginResult(_)
+    ));
+    // Confirmed: the link stays up past CONFIRM_AFTER.
+    tokio::time::sleep(qrcash_hub::service::CONFIRM_AFTER + Duration::from_secs(1)).await;
+    let register = PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+        account: "hanako".into(),
+        amount: Amount::new(10_000, Currency::JPY),
+    });
+    phone.phone(&net, register).await;
+    let first = match phone.push(&net).await.msg {
+        PhonePush::CodeIssued(c) => c,
+        other => panic!("{other:?}"),
+    };
+    // The broker goes away before the code's row could be confirmed.
+    broker.stop();
+    drop(phone);
+    broker.start_again();
+    assert!(
+        net.handle.wait_ready(WAIT).await,
+        "the hub did not come back"
+    );
+    let mut phone = Peer::connect(&cfg, TestDevice::new("phone-1"), false).await;
+    assert!(
+        phone.silent(Duration::from_millis(300)).await,
+        "nothing is due yet"
+    );
+    net.clock.advance(Duration::from_secs(10));
+    match phone.push(&net).await.msg {
+        PhonePush::CodeIssued(c) => assert_eq!(c.tx_id, first.tx_id),
+        other => panic!("only the unconfirmed code goes out again, not {other:?}"),
+    }
+    // This copy went out on a connection that stayed up: confirmed, never sent again.
+    tokio::time::sleep(qrcash_hub::service::CONFIRM_AFTER + Duration::from_secs(2)).await;
+    net.clock.advance(Duration::from_secs(30));
+    assert!(phone.silent(Duration::from_millis(500)).await);
     net.stop().await;
 }
 

@@ -496,7 +496,8 @@ pub(crate) fn pg_placeholders(sql: &str) -> String {
 /// failed transaction is refused with it, and only `ROLLBACK TO` a savepoint taken before
 /// an ordinary failure clears it (never a conflict or a lost connection).
 pub struct PgConn {
-    client: RefCell<postgres::Client>,
+    /// `None` only while being dropped.
+    client: RefCell<Option<postgres::Client>>,
     statements: RefCell<HashMap<String, postgres::Statement>>,
     config: postgres::Config,
     names: Cell<u32>,
@@ -506,6 +507,19 @@ pub struct PgConn {
     failure: RefCell<Option<Failure>>,
     /// A rollback failed: the server may still hold a transaction for this connection.
     dirty: Cell<bool>,
+}
+
+impl Drop for PgConn {
+    /// `postgres::Client` closes its connection by blocking on a runtime of its own, which
+    /// panics on a thread that drives tokio tasks (a hub service handing its store back at
+    /// shutdown, say): there it is closed from a thread of its own.
+    fn drop(&mut self) {
+        if let Some(client) = self.client.get_mut().take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let _ = std::thread::spawn(move || drop(client)).join();
+        }
+    }
 }
 
 /// The first failure inside a transaction.
@@ -524,7 +538,7 @@ pub struct Failure {
 impl std::fmt::Debug for PgConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgConn")
-            .field("closed", &self.client.borrow().is_closed())
+            .field("closed", &self.client().is_closed())
             .field("in_transaction", &self.in_transaction.get())
             .finish_non_exhaustive()
     }
@@ -535,7 +549,7 @@ impl PgConn {
     pub fn connect(config: postgres::Config) -> Result<PgConn, SqlError> {
         let client = config.connect(postgres::NoTls)?;
         Ok(PgConn {
-            client: RefCell::new(client),
+            client: RefCell::new(Some(client)),
             statements: RefCell::new(HashMap::new()),
             config,
             names: Cell::new(0),
@@ -546,9 +560,16 @@ impl PgConn {
         })
     }
 
+    /// The connection.
+    fn client(&self) -> std::cell::RefMut<'_, postgres::Client> {
+        std::cell::RefMut::map(self.client.borrow_mut(), |c| {
+            c.as_mut().expect("the client is taken only by drop")
+        })
+    }
+
     fn reconnect(&self) -> Result<(), SqlError> {
         let fresh = self.config.connect(postgres::NoTls)?;
-        *self.client.borrow_mut() = fresh;
+        *self.client.borrow_mut() = Some(fresh);
         self.statements.borrow_mut().clear();
         self.dirty.set(false);
         Ok(())
@@ -581,8 +602,7 @@ impl PgConn {
             return Ok(s.clone());
         }
         let s = self
-            .client
-            .borrow_mut()
+            .client()
             .prepare(&pg_placeholders(sql))
             .map_err(|e| self.failed(e.into()))?;
         self.statements
@@ -595,7 +615,7 @@ impl PgConn {
         let statement = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let rows = self.client.borrow_mut().query(&statement, &refs);
+        let rows = self.client().query(&statement, &refs);
         rows.map_err(|e| self.failed(e.into()))
     }
 
@@ -603,7 +623,7 @@ impl PgConn {
         let statement = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let n = self.client.borrow_mut().execute(&statement, &refs);
+        let n = self.client().execute(&statement, &refs);
         let n = n.map_err(|e| self.failed(e.into()))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
@@ -618,24 +638,23 @@ impl PgConn {
 
     /// Runs statements without parameters (schema, locks), one round trip.
     pub(crate) fn batch(&self, sql: &str) -> Result<(), SqlError> {
-        let done = self.client.borrow_mut().batch_execute(sql);
+        let done = self.client().batch_execute(sql);
         done.map_err(|e| self.failed(e.into()))
     }
 
     /// Starts a `SERIALIZABLE` transaction, first connecting again if the connection was
     /// lost (a server restart) and ending whatever a failed rollback left open.
     pub(crate) fn begin(&self) -> Result<(), SqlError> {
-        if self.client.borrow().is_closed() {
+        if self.client().is_closed() {
             self.reconnect()?;
         } else if self.dirty.get() {
-            let cleared = self.client.borrow_mut().batch_execute("ROLLBACK");
+            let cleared = self.client().batch_execute("ROLLBACK");
             if cleared.is_err() {
                 self.reconnect()?;
             }
             self.dirty.set(false);
         }
-        self.client
-            .borrow_mut()
+        self.client()
             .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")?;
         self.in_transaction.set(true);
         self.depth.set(0);
@@ -649,7 +668,7 @@ impl PgConn {
             self.end("ROLLBACK");
             return Err(SqlError::Aborted(failure));
         }
-        let done = self.client.borrow_mut().batch_execute("COMMIT");
+        let done = self.client().batch_execute("COMMIT");
         self.in_transaction.set(false);
         done.map_err(|e| {
             let e = SqlError::from(e);
@@ -667,7 +686,7 @@ impl PgConn {
     }
 
     fn end(&self, sql: &str) {
-        if self.client.borrow_mut().batch_execute(sql).is_err() {
+        if self.client().batch_execute(sql).is_err() {
             self.dirty.set(true);
         }
         self.in_transaction.set(false);
@@ -693,7 +712,7 @@ impl PgConn {
     /// Undoes a savepoint's effects; an ordinary failure inside it is forgotten.
     pub(crate) fn rollback_to(&self, name: &str) {
         let level = self.depth.get();
-        let done = self.client.borrow_mut().batch_execute(&format!(
+        let done = self.client().batch_execute(&format!(
             "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
         ));
         if done.is_err() {
