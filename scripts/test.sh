@@ -8,15 +8,17 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+# A private PostgreSQL server that lives for this run: the suites that run hub instances on
+# PostgreSQL create their databases on it (without QRCASH_TEST_PG they start their own).
+pgdir="$(mktemp -d /tmp/qrcash-pg.XXXXXX)"
+trap 'scripts/postgres.sh stop "$pgdir" || true; rm -rf "$pgdir"' EXIT
+export QRCASH_TEST_PG="$(scripts/postgres.sh start "$pgdir")"
 # The whole workspace: unit tests next to the code, end-to-end suites in tests/. Built as
 # the ATM ships: the agent with the camera (Video4Linux through bindgen/libclang; without a
 # /dev/video* device the device test says so and skips).
 cargo test --workspace --locked --features qrcash-agent/v4l
 # The hub's suites again on PostgreSQL (unit, handler, simulation, command line, and the
-# race of two hub instances for one code), on a private server that lives for this run.
-pgdir="$(mktemp -d /tmp/qrcash-pg.XXXXXX)"
-trap 'scripts/postgres.sh stop "$pgdir" || true; rm -rf "$pgdir"' EXIT
-export QRCASH_TEST_PG="$(scripts/postgres.sh start "$pgdir")"
+# race of two hub instances for one code).
 # The very test binaries built above (a `-p qrcash-hub` build would resolve features anew and
 # compile again), run from the hub's folder as cargo runs them.
 mapfile -t hub_tests < <(

@@ -7,6 +7,7 @@ pub mod atm;
 pub mod customer;
 pub mod hub;
 pub mod invariants;
+pub mod postgres;
 pub mod python;
 pub mod scenario;
 

@@ -463,10 +463,16 @@ impl Store {
     /// Creates an empty PostgreSQL database for one test on the server of `QRCASH_TEST_PG`
     /// and returns its connection string.
     pub fn test_database() -> Result<String, String> {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static NEXT: AtomicU32 = AtomicU32::new(0);
         let admin = std::env::var("QRCASH_TEST_PG")
             .map_err(|_| "QRCASH_TEST_PG is not set (scripts/test.sh sets it)".to_owned())?;
+        Self::create_test_database(&admin)
+    }
+
+    /// Creates an empty PostgreSQL database on the server `admin` (a connection string with
+    /// an administrator's rights) and returns its connection string.
+    pub fn create_test_database(admin: &str) -> Result<String, String> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -475,17 +481,15 @@ impl Store {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let mut client = postgres::Client::connect(&admin, postgres::NoTls)
-            .map_err(|e| format!("QRCASH_TEST_PG={admin}: {e}"))?;
+        let mut client = postgres::Client::connect(admin, postgres::NoTls)
+            .map_err(|e| format!("PostgreSQL at {admin}: {e}"))?;
         client
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .map_err(|e| format!("create database {name}: {e}"))?;
         Ok(if admin.contains("://") {
             format!(
                 "{}/{name}",
-                admin
-                    .rsplit_once('/')
-                    .map_or(admin.as_str(), |(base, _)| base)
+                admin.rsplit_once('/').map_or(admin, |(base, _)| base)
             )
         } else {
             format!("{admin} dbname={name}")

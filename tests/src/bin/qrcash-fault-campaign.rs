@@ -12,6 +12,8 @@
 //! run` does (files camera, LCDM dispenser, crash hooks from `QRCASH_AGENT_CRASH_AT`): the
 //! campaign spawns it so it can SIGKILL it, and the default test suite can reach this binary
 //! (`CARGO_BIN_EXE_*` only names binaries of the crate under test).
+//! `qrcash-fault-campaign hub --config FILE` runs one hub instance as `qrcash-hub run` does,
+//! for the suites that SIGKILL hub instances (`tests/tests/hub_instances.rs`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -52,12 +54,22 @@ enum Role {
         #[arg(long)]
         config: PathBuf,
     },
+    /// One hub instance, as `qrcash-hub run` runs it (SIGKILLed and restarted by the suites
+    /// that run several instances on one database).
+    #[command(hide = true)]
+    Hub {
+        /// The hub's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(Role::Agent { config }) = args.role {
-        return run_agent(config);
+    match args.role {
+        Some(Role::Agent { config }) => return run_agent(config),
+        Some(Role::Hub { config }) => return run_hub(config),
+        None => {}
     }
     let (scenarios, seeds, seed, verbose) = (args.scenarios, args.seeds, args.seed, !args.quiet);
     let seed = seed.unwrap_or_else(|| {
@@ -66,11 +78,7 @@ fn main() -> Result<()> {
             .map_or(1, |d| d.as_secs())
     });
     let agent_exe = std::env::current_exe().context("locating this executable")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = runtime()?;
     let mut failed = Vec::new();
     let mut total = 0usize;
     for seed in (0..seeds.max(1)).map(|i| seed.wrapping_add(i)) {
@@ -162,24 +170,61 @@ fn run_seed(
     Ok(summary.scenarios)
 }
 
-/// Runs the agent until killed (or SIGINT), like `qrcash-agent run`.
-fn run_agent(config: PathBuf) -> Result<()> {
+/// Runs one hub instance until killed (or SIGINT/SIGTERM), like `qrcash-hub run`; prints
+/// `hub ready` on standard error once it is connected and subscribed.
+fn run_hub(config: PathBuf) -> Result<()> {
+    init_logging();
+    let cfg = qrcash_hub::config::HubConfig::load(&config)
+        .with_context(|| format!("loading {}", config.display()))?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+        let hub = qrcash_hub::service::HubService::from_config(cfg)
+            .await
+            .context("starting the hub")?;
+        if !hub.wait_ready(Duration::from_secs(30)).await {
+            bail!("the hub did not subscribe within 30 s");
+        }
+        eprintln!("hub ready");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        hub.shutdown().await;
+        Ok(())
+    })
+}
+
+/// The async runtime of each role: two workers, as the machines it runs on have.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .init();
+}
+
+/// Runs the agent until killed (or SIGINT), like `qrcash-agent run`.
+fn run_agent(config: PathBuf) -> Result<()> {
+    init_logging();
     let cfg = qrcash_agent::AgentConfig::load(&config)
         .with_context(|| format!("loading {}", config.display()))?;
     let camera_cfg = cfg.camera.clone().context("no [camera] section")?;
     let dispenser_cfg = cfg.dispenser.clone().context("no [dispenser] section")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = runtime()?;
     rt.block_on(async move {
         let camera = qrcash_hardware::camera::open(&camera_cfg).context("opening the camera")?;
         let dispenser = qrcash_hardware::dispenser::lcdm::LcdmDispenser::open(dispenser_cfg)
