@@ -18,7 +18,7 @@ export QRCASH_TEST_PG="$(scripts/postgres.sh start "$pgdir")"
 # /dev/video* device the device test says so and skips).
 cargo test --workspace --locked --features qrcash-agent/v4l
 # The hub's suites again on PostgreSQL (unit, handler, simulation, command line, and the
-# race of two hub instances for one code).
+# race of two hub instances for one code, the round trips per message).
 # The very test binaries built above (a `-p qrcash-hub` build would resolve features anew and
 # compile again), run from the hub's folder as cargo runs them.
 mapfile -t hub_tests < <(

@@ -423,6 +423,15 @@ impl Store {
             Backend::Pg(_) => None,
         }
     }
+
+    /// Round trips to the PostgreSQL server since the store was opened (migrations
+    /// included); `None` on SQLite, which runs in the process.
+    pub fn round_trips(&self) -> Option<u64> {
+        match &self.backend {
+            Backend::Lite(_) => None,
+            Backend::Pg(c) => Some(c.round_trips()),
+        }
+    }
 }
 
 /// The backend the test suites run on: SQLite in memory unless `QRCASH_TEST_BACKEND` is

@@ -507,6 +507,8 @@ pub struct PgConn {
     failure: RefCell<Option<Failure>>,
     /// A rollback failed: the server may still hold a transaction for this connection.
     dirty: Cell<bool>,
+    /// Round trips so far ([`PgConn::round_trips`]).
+    trips: Cell<u64>,
 }
 
 impl Drop for PgConn {
@@ -557,7 +559,20 @@ impl PgConn {
             in_transaction: Cell::new(false),
             failure: RefCell::new(None),
             dirty: Cell::new(false),
+            trips: Cell::new(0),
         })
+    }
+
+    /// The connection, for one round trip to the server (counted: [`PgConn::round_trips`]).
+    fn trip(&self) -> std::cell::RefMut<'_, postgres::Client> {
+        self.trips.set(self.trips.get() + 1);
+        self.client()
+    }
+
+    /// Round trips to the server since the connection was opened: statements prepared and
+    /// run, transactions begun and committed (each is one message and its answer).
+    pub fn round_trips(&self) -> u64 {
+        self.trips.get()
     }
 
     /// The connection.
@@ -615,7 +630,7 @@ impl PgConn {
         let statement = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let rows = self.client().query(&statement, &refs);
+        let rows = self.trip().query(&statement, &refs);
         rows.map_err(|e| self.failed(e.into()))
     }
 
@@ -623,7 +638,7 @@ impl PgConn {
         let statement = self.statement(sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let n = self.client().execute(&statement, &refs);
+        let n = self.trip().execute(&statement, &refs);
         let n = n.map_err(|e| self.failed(e.into()))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
@@ -638,7 +653,7 @@ impl PgConn {
 
     /// Runs statements without parameters (schema, locks), one round trip.
     pub(crate) fn batch(&self, sql: &str) -> Result<(), SqlError> {
-        let done = self.client().batch_execute(sql);
+        let done = self.trip().batch_execute(sql);
         done.map_err(|e| self.failed(e.into()))
     }
 
@@ -648,13 +663,13 @@ impl PgConn {
         if self.client().is_closed() {
             self.reconnect()?;
         } else if self.dirty.get() {
-            let cleared = self.client().batch_execute("ROLLBACK");
+            let cleared = self.trip().batch_execute("ROLLBACK");
             if cleared.is_err() {
                 self.reconnect()?;
             }
             self.dirty.set(false);
         }
-        self.client()
+        self.trip()
             .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")?;
         self.in_transaction.set(true);
         self.depth.set(0);
@@ -668,7 +683,7 @@ impl PgConn {
             self.end("ROLLBACK");
             return Err(SqlError::Aborted(failure));
         }
-        let done = self.client().batch_execute("COMMIT");
+        let done = self.trip().batch_execute("COMMIT");
         self.in_transaction.set(false);
         done.map_err(|e| {
             let e = SqlError::from(e);
@@ -686,7 +701,7 @@ impl PgConn {
     }
 
     fn end(&self, sql: &str) {
-        if self.client().batch_execute(sql).is_err() {
+        if self.trip().batch_execute(sql).is_err() {
             self.dirty.set(true);
         }
         self.in_transaction.set(false);
@@ -712,7 +727,7 @@ impl PgConn {
     /// Undoes a savepoint's effects; an ordinary failure inside it is forgotten.
     pub(crate) fn rollback_to(&self, name: &str) {
         let level = self.depth.get();
-        let done = self.client().batch_execute(&format!(
+        let done = self.trip().batch_execute(&format!(
             "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
         ));
         if done.is_err() {
