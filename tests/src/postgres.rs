@@ -28,21 +28,19 @@ impl Postgres {
                 private: None,
             };
         }
+        Self::private()
+    }
+
+    /// A private server of this test's own, which it may restart ([`Postgres::restart`]).
+    ///
+    /// # Panics
+    /// When it cannot be started.
+    pub fn private() -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("qrcash-pg.")
             .tempdir()
             .expect("a folder for PostgreSQL");
-        let out = Command::new(script())
-            .arg("start")
-            .arg(dir.path())
-            .output()
-            .expect("scripts/postgres.sh runs");
-        assert!(
-            out.status.success(),
-            "scripts/postgres.sh start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let admin = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let admin = postgres_sh("start", dir.path());
         Postgres {
             admin,
             private: Some(dir),
@@ -56,6 +54,21 @@ impl Postgres {
     /// When the server refuses.
     pub fn database(&self) -> String {
         blocking(|| Store::create_test_database(&self.admin)).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+impl Postgres {
+    /// Stops the private server (fast shutdown: every connection is cut) and starts it again.
+    ///
+    /// # Panics
+    /// On the server of `QRCASH_TEST_PG`, which other tests share, or when it fails to start.
+    pub fn restart(&self) {
+        let dir = self
+            .private
+            .as_ref()
+            .expect("only a private server is restarted");
+        postgres_sh("stop", dir.path());
+        postgres_sh("start", dir.path());
     }
 }
 
@@ -75,6 +88,25 @@ impl Drop for Postgres {
 /// When `f` panics (its message is printed by that thread).
 pub fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| s.spawn(f).join().expect("the blocking call panicked"))
+}
+
+/// Runs `scripts/postgres.sh ACTION DIR`; what it printed (the connection string, for
+/// `start`).
+///
+/// # Panics
+/// When it fails.
+fn postgres_sh(action: &str, dir: &Path) -> String {
+    let out = Command::new(script())
+        .arg(action)
+        .arg(dir)
+        .output()
+        .expect("scripts/postgres.sh runs");
+    assert!(
+        out.status.success(),
+        "scripts/postgres.sh {action}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn script() -> PathBuf {

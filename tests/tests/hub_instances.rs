@@ -2,9 +2,10 @@
 //! hub processes subscribed through `$share/hub/` on a private Mosquitto, so any of them may
 //! get any message of any flow. Withdrawals run one after another; in each, right after one of
 //! its four messages went out, one instance is SIGKILLed and started again, as a supervisor
-//! would. The devices publish the same bytes again until they are answered (as the protocol
-//! asks), the live instances' sweepers publish from the outbox what a killed one committed
-//! and never sent, and in the end every withdrawal was ordered once, paid out once and settled
+//! would; once, right after a confirmation, PostgreSQL itself is restarted. The devices
+//! publish the same bytes again until they are answered (as the protocol asks), the live
+//! instances' sweepers publish from the outbox what a killed one committed and never sent,
+//! the instances connect to the database again and run again what it cut, and in the end every withdrawal was ordered once, paid out once and settled
 //! once, the books balance and nothing is left to send.
 
 use std::path::{Path, PathBuf};
@@ -32,6 +33,8 @@ use qrcash_tests::postgres::{Postgres, blocking};
 
 const INSTANCES: usize = 3;
 const WITHDRAWALS: usize = 9;
+/// The withdrawal during which PostgreSQL is restarted.
+const RESTART_DATABASE: usize = 5;
 const AMOUNT: u64 = 10_000;
 const START: u64 = 1_000_000;
 /// A device publishes the same bytes again after this long without its answer.
@@ -42,7 +45,8 @@ const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_the_load_and_a_killed_one_loses_nothing() {
-    let pg = Postgres::get();
+    // Its own server: it is restarted in the middle of a withdrawal.
+    let pg = Postgres::private();
     let url = pg.database();
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
@@ -101,6 +105,11 @@ async fn three_instances_share_the_load_and_a_killed_one_loses_nothing() {
             if at == step {
                 std::thread::sleep(after);
                 hubs.kill_and_restart(victim);
+            }
+            // Once, right after a confirmation: every instance loses its connection and
+            // runs what it was doing again once the database is back.
+            if n == RESTART_DATABASE && at == 2 {
+                pg.restart();
             }
         };
 
