@@ -111,6 +111,9 @@ pub struct Outgoing {
     /// confirmed once it reached the broker ([`Hub::confirm_published`]).
     #[serde(skip)]
     pub outbox: Option<i64>,
+    /// The `exp` sealed inside, when the hub sealed it here (how long the outbox keeps it).
+    #[serde(skip)]
+    pub expires: Option<u64>,
 }
 
 impl Outgoing {
@@ -120,6 +123,15 @@ impl Outgoing {
             topic: topic.into(),
             payload,
             outbox: None,
+            expires: None,
+        }
+    }
+
+    /// The message `signer` seals from `claims`, for `topic`.
+    fn sealed<B: Serialize>(topic: String, signer: &Signer, claims: &Claims<B>) -> Outgoing {
+        Outgoing {
+            expires: Some(claims.exp),
+            ..Outgoing::new(topic, signer.seal(claims).into_bytes())
         }
     }
 }
@@ -390,7 +402,7 @@ impl Ctx<'_> {
         if to == self.sender {
             claims = claims.in_reply_to(self.jti.clone());
         }
-        Ok(Outgoing::new(topic, self.signer.seal(&claims).into_bytes()))
+        Ok(Outgoing::sealed(topic, self.signer, &claims))
     }
 
     /// A message sent before, signed again: a fresh `seq`, `jti`, `iat` and `exp` (its
@@ -431,9 +443,10 @@ impl Ctx<'_> {
             re: old.re,
             msg: old.msg,
         };
-        Ok(Outgoing::new(
+        Ok(Outgoing::sealed(
             previous.topic.clone(),
-            self.signer.seal(&claims).into_bytes(),
+            self.signer,
+            &claims,
         ))
     }
 
@@ -741,13 +754,11 @@ impl Hub {
 const OUTBOX_BATCH: u32 = 256;
 
 /// Keeps `out` in the transactional outbox of the transaction `db` belongs to, each until
-/// the expiry inside it (or the down-link lifetime if it cannot be read).
+/// the `exp` sealed inside it (the down-link lifetime for one sealed elsewhere).
 fn keep(db: Db<'_>, out: &mut [Outgoing], cfg: &HubConfig, now: u64) -> Result<(), StoreError> {
     let retry = cfg.storage.outbox_retry_s.max(1);
     for o in out {
-        let expires = Sealed::parse(&o.payload, usize::MAX)
-            .and_then(|s| s.peek::<serde_json::Value>())
-            .map_or(now + cfg.replay.downlink_ttl_s, |c| c.exp);
+        let expires = o.expires.unwrap_or(now + cfg.replay.downlink_ttl_s);
         o.outbox = Some(store::outbox::put(
             db,
             &o.topic,
