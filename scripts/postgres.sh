@@ -6,7 +6,8 @@
 # It listens on a Unix socket in DIR only (no TCP port to collide with), and runs as the
 # `postgres` user when started by root (the server refuses to run as root). fsync is off: a
 # crash of the server process loses nothing (the kernel holds the writes), which is what the
-# tests' restarts exercise; commits stay synchronous.
+# tests' restarts exercise; commits stay synchronous. QRCASH_PG_FSYNC=on keeps fsync and
+# full-page writes on, as production runs (the benchmarks use it).
 set -euo pipefail
 
 action="${1:?usage: postgres.sh start|stop DIR}"
@@ -26,6 +27,9 @@ as_owner() {
   fi
 }
 
+fsync="${QRCASH_PG_FSYNC:-off}"
+case "$fsync" in on|off) ;; *) echo "postgres.sh: QRCASH_PG_FSYNC is on or off" >&2; exit 2 ;; esac
+
 case "$action" in
   start)
     mkdir -p "$dir"
@@ -36,7 +40,7 @@ case "$action" in
         --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
     fi
     as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-      -o "-k $dir -c listen_addresses= -c fsync=off -c full_page_writes=off -c max_connections=200" \
+      -o "-k $dir -c listen_addresses= -c fsync=$fsync -c full_page_writes=$fsync -c max_connections=200" \
       start >/dev/null || { tail -n 20 "$dir/server.log" >&2; exit 1; }
     echo "host=$dir port=5432 user=postgres dbname=postgres"
     ;;

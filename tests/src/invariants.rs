@@ -33,7 +33,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use qrcash_hub::admin::{self, TxFilter};
-use qrcash_hub::store::Store as HubStore;
+use qrcash_hub::store::{Store as HubStore, settlement};
 use qrcash_hub::withdrawal::Phase;
 use qrcash_protocol::messages::{DispenseOrder, DispenseOutcome, DispenseReport};
 use rusqlite::{Connection, OpenFlags};
@@ -230,69 +230,59 @@ pub enum ReadError {
     },
 }
 
-/// Reads the hub's database (while the hub runs: WAL lets readers in).
+/// Reads the hub's SQLite database (while the hub runs: WAL lets readers in).
 pub fn read_hub(path: &Path) -> Result<HubView, ReadError> {
+    let store = HubStore::open(path).map_err(|e| ReadError::Hub(e.to_string()))?;
+    read_hub_store(&store)
+}
+
+/// Reads the hub's database through its store, on either backend (on PostgreSQL, from a
+/// thread that drives no async tasks: [`crate::postgres::blocking`]).
+pub fn read_hub_store(store: &HubStore) -> Result<HubView, ReadError> {
     let err = |e: &dyn std::fmt::Display| ReadError::Hub(e.to_string());
-    let store = HubStore::open(path).map_err(|e| err(&e))?;
-    let unsettled: BTreeSet<String> = admin::unsettled(&store)
+    let unsettled: BTreeSet<String> = admin::unsettled(store)
         .map_err(|e| err(&e))?
         .into_iter()
         .map(|w| w.tx_id.to_string())
         .collect();
-    let withdrawals = admin::list_withdrawals(&store, &TxFilter::default())
-        .map_err(|e| err(&e))?
-        .into_iter()
-        .map(|w| {
-            let tx_id = w.tx_id.to_string();
-            HubWithdrawal {
-                unsettled: unsettled.contains(&tx_id),
-                tx_id,
-                phase: w.phase,
-                amount: w.amount.minor,
-                settled: w.settled,
-                atm_id: w.atm_id,
-                order_id: w.order_id.map(|o| o.to_string()),
-                code_expires_at: w.code_expires_at,
-                confirm_by: w.confirm_by,
-                order_expires_at: w.order_expires_at,
-                flagged: w.needs_reconciliation,
-                resolved: None,
-                evidence: None,
-            }
-        })
-        .collect::<Vec<_>>();
-    let mut withdrawals = withdrawals;
-    for w in &mut withdrawals {
-        let Ok(tx) = w.tx_id.parse() else { continue };
-        w.resolved = admin::resolution_of(&store, &tx)
-            .map_err(|e| err(&e))?
-            .map(|r| r.dispensed);
+    let mut withdrawals = Vec::new();
+    let mut reports = Vec::new();
+    for w in admin::list_withdrawals(store, &TxFilter::default()).map_err(|e| err(&e))? {
+        let tx = w.tx_id;
+        let tx_id = tx.to_string();
+        let mut evidence = None;
         if w.order_id.is_some() {
-            let e = admin::withdrawal_evidence(&store, &tx).map_err(|e| err(&e))?;
-            w.evidence = (!e.reports.is_empty()).then_some((e.low, e.high));
+            let e = admin::withdrawal_evidence(store, &tx).map_err(|e| err(&e))?;
+            evidence = (!e.reports.is_empty()).then_some((e.low, e.high));
+            for r in settlement::received_reports(store.db(), &tx).map_err(|e| err(&e))? {
+                reports.push(HubReport {
+                    tx_id: tx_id.clone(),
+                    order_id: r.order_id,
+                    outcome: r.outcome,
+                    dispensed: r.dispensed,
+                    applied: r.applied,
+                });
+            }
         }
+        withdrawals.push(HubWithdrawal {
+            unsettled: unsettled.contains(&tx_id),
+            resolved: admin::resolution_of(store, &tx)
+                .map_err(|e| err(&e))?
+                .map(|r| r.dispensed),
+            tx_id,
+            phase: w.phase,
+            amount: w.amount.minor,
+            settled: w.settled,
+            atm_id: w.atm_id,
+            order_id: w.order_id.map(|o| o.to_string()),
+            code_expires_at: w.code_expires_at,
+            confirm_by: w.confirm_by,
+            order_expires_at: w.order_expires_at,
+            flagged: w.needs_reconciliation,
+            evidence,
+        });
     }
-    let reports = {
-        let mut stmt = store
-            .conn()
-            .ok_or_else(|| err(&"not a SQLite hub database"))?
-            .prepare(
-                "SELECT tx_id, order_id, outcome, dispensed, applied FROM dispense_reports ORDER BY id",
-            )
-            .map_err(|e| err(&e))?;
-        stmt.query_map([], |r| {
-            Ok(HubReport {
-                tx_id: r.get(0)?,
-                order_id: r.get(1)?,
-                outcome: r.get(2)?,
-                dispensed: r.get::<_, i64>(3)?.max(0) as u64,
-                applied: r.get(4)?,
-            })
-        })
-        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| err(&e))?
-    };
-    let ledger = admin::ledger_check(&store).map_err(|e| err(&e))?;
+    let ledger = admin::ledger_check(store).map_err(|e| err(&e))?;
     Ok(HubView {
         withdrawals,
         reports,

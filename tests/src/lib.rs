@@ -6,6 +6,7 @@
 pub mod atm;
 pub mod customer;
 pub mod hub;
+pub mod instances;
 pub mod invariants;
 pub mod postgres;
 pub mod python;

@@ -14,6 +14,8 @@ pub struct Postgres {
     admin: String,
     /// The private cluster this value started and stops (none for `QRCASH_TEST_PG`).
     private: Option<tempfile::TempDir>,
+    /// Whether it fsyncs (see [`Postgres::private_durable`]).
+    durable: bool,
 }
 
 impl Postgres {
@@ -26,6 +28,7 @@ impl Postgres {
             return Postgres {
                 admin,
                 private: None,
+                durable: false,
             };
         }
         Self::private()
@@ -36,15 +39,35 @@ impl Postgres {
     /// # Panics
     /// When it cannot be started.
     pub fn private() -> Postgres {
+        Self::start_private(false)
+    }
+
+    /// A private server that fsyncs its commits and writes full pages, as production runs
+    /// (the tests' servers do not: restarting the process loses nothing without it); for
+    /// benchmarks.
+    ///
+    /// # Panics
+    /// When it cannot be started.
+    pub fn private_durable() -> Postgres {
+        Self::start_private(true)
+    }
+
+    fn start_private(durable: bool) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("qrcash-pg.")
             .tempdir()
             .expect("a folder for PostgreSQL");
-        let admin = postgres_sh("start", dir.path());
+        let admin = postgres_sh("start", dir.path(), durable);
         Postgres {
             admin,
             private: Some(dir),
+            durable,
         }
+    }
+
+    /// The folder of a private server (its data, socket and log), if this is one.
+    pub fn dir(&self) -> Option<&Path> {
+        self.private.as_ref().map(tempfile::TempDir::path)
     }
 
     /// A new, empty database on the server: its connection string. Callable from async
@@ -67,8 +90,8 @@ impl Postgres {
             .private
             .as_ref()
             .expect("only a private server is restarted");
-        postgres_sh("stop", dir.path());
-        postgres_sh("start", dir.path());
+        postgres_sh("stop", dir.path(), self.durable);
+        postgres_sh("start", dir.path(), self.durable);
     }
 }
 
@@ -90,15 +113,16 @@ pub fn blocking<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| s.spawn(f).join().expect("the blocking call panicked"))
 }
 
-/// Runs `scripts/postgres.sh ACTION DIR`; what it printed (the connection string, for
+/// Runs `scripts/postgres.sh ACTION DIR` (fsync on when `durable`); what it printed (the connection string, for
 /// `start`).
 ///
 /// # Panics
 /// When it fails.
-fn postgres_sh(action: &str, dir: &Path) -> String {
+fn postgres_sh(action: &str, dir: &Path, durable: bool) -> String {
     let out = Command::new(script())
         .arg(action)
         .arg(dir)
+        .env("QRCASH_PG_FSYNC", if durable { "on" } else { "off" })
         .output()
         .expect("scripts/postgres.sh runs");
     assert!(

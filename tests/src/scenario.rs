@@ -2,7 +2,10 @@
 //! injected into each, checked against the money invariants after every scenario.
 //!
 //! The world is built once per campaign and reused across scenarios: a private Mosquitto,
-//! the hub service in-process over a real SQLite file (restartable from disk), the agent as
+//! the hub service in-process over a real SQLite file (restartable from disk) or, with
+//! [`HubSetup::Instances`], several hub instance processes on one PostgreSQL database of a
+//! private server, sharing the load through `$share/hub/` (killed and restarted, the
+//! database restarted under them), the agent as
 //! a child process (so it can be SIGKILLed and restarted; the binary is
 //! `qrcash-fault-campaign agent --config FILE`), the LCDM simulator on a pty with its fault
 //! knobs, the reference phone client, and a spy client that captures every sealed message
@@ -12,8 +15,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use qrcash_hardware::dispenser::sim::{Faults, SimConfig, SimHandle, Simulator};
@@ -23,7 +26,7 @@ use qrcash_hub::handler::Hub;
 use qrcash_hub::identity::HashCost;
 use qrcash_hub::rng::SeededEntropy;
 use qrcash_hub::service::{HubHandle, HubService, ServiceOptions};
-use qrcash_hub::store::Store as HubStore;
+use qrcash_hub::store::{Store as HubStore, rows};
 use qrcash_hub::testkit::{PIN, SHIBUYA, password, test_config};
 use qrcash_hub::warnings::WarningCatalog;
 use qrcash_hub::withdrawal::Phase;
@@ -33,8 +36,10 @@ use qrcash_phone::{DeviceStore, PhoneClient, PhoneSettings, requests};
 use qrcash_protocol::{Amount, Clock, Currency, Position, PrivateKey, Signer, SystemClock, topics};
 
 use crate::broker::Mosquitto;
+use crate::instances::{Instances, READY_WITHIN};
 use crate::invariants::{self, Deadlines, Drift, MachineView, Verdict};
 use crate::mqtt::TestClient;
+use crate::postgres::{Postgres, blocking};
 use qrcash_protocol::messages::{CountSource, DispenseReport};
 
 /// The ATM under test.
@@ -50,6 +55,12 @@ const CONFIRM_TIMEOUT_S: u64 = 6;
 /// Notes per cassette in one dispenser batch (the agent's `max_notes_per_batch`): small, so
 /// that many withdrawals take several batches and a crash can fall between two.
 const BATCH: u64 = 3;
+
+/// Hub kills and database restarts strike within this many milliseconds of the
+/// registration: anywhere in a flow, from the registration to the report.
+const KILL_WITHIN_MS: u64 = 1_500;
+/// Hub instances log `info` from their service (readiness, subscriptions), else warnings.
+const INSTANCE_LOG: &str = "warn,qrcash_hub::service=info";
 
 /// The campaign's seeded generator: the hub's, so one seed replays the whole run.
 pub use qrcash_hub::rng::SeededEntropy as Rng;
@@ -160,10 +171,26 @@ pub enum Fault {
         /// How long it stays down.
         down_ms: u64,
     },
-    /// The hub service is restarted from its database (after presentation or confirmation).
+    /// The hub service is restarted from its database (after presentation or confirmation);
+    /// with several instances, every one of them (SIGTERM, then started again).
     HubRestart {
         /// Restart after the confirmation (`true`) or before it (`false`).
         after_confirm: bool,
+    },
+    /// One hub instance is SIGKILLed this long after the withdrawal began (at any step:
+    /// before a commit, between a commit and its publish, while idle) and started again at
+    /// once. Several instances only.
+    HubKill {
+        /// Which instance.
+        instance: usize,
+        /// Delay after the registration was sent.
+        after_ms: u64,
+    },
+    /// PostgreSQL is stopped (every connection cut, transactions in flight rolled back) this
+    /// long after the withdrawal began, and started again. Several instances only.
+    DatabaseRestart {
+        /// Delay after the registration was sent.
+        after_ms: u64,
     },
     /// After the flow, captured sealed messages (this scenario's and `older` earlier ones)
     /// are published again: replays and long-delayed duplicates.
@@ -197,14 +224,17 @@ impl Fault {
             Fault::KillAtOrder { .. } => "sigkill-agent-mid-dispense",
             Fault::BrokerOutage { .. } => "broker-restart",
             Fault::HubRestart { .. } => "hub-restart",
+            Fault::HubKill { .. } => "sigkill-hub-instance",
+            Fault::DatabaseRestart { .. } => "database-restart",
             Fault::Replay { .. } => "replay-duplicates",
             Fault::ConfirmTwice => "confirm-twice",
             Fault::LateConfirm => "late-confirm",
         }
     }
 
-    /// One of every kind, in a fixed order (the default suite runs these first).
-    pub fn every_kind(rng: &mut Rng) -> Vec<Fault> {
+    /// One of every kind the hub setup allows, in a fixed order (the default suite runs these
+    /// first).
+    pub fn every_kind(rng: &mut Rng, hubs: HubSetup) -> Vec<Fault> {
         let mut all = vec![
             Fault::None,
             Fault::Device(DeviceFault::Jam(rng.below(3) as u32)),
@@ -238,6 +268,15 @@ impl Fault {
             Fault::ConfirmTwice,
             Fault::LateConfirm,
         ];
+        if let HubSetup::Instances(n) = hubs {
+            all.push(Fault::HubKill {
+                instance: rng.below(n as u64) as usize,
+                after_ms: rng.below(KILL_WITHIN_MS),
+            });
+            all.push(Fault::DatabaseRestart {
+                after_ms: rng.below(KILL_WITHIN_MS),
+            });
+        }
         // Shuffle so that each kind follows a different predecessor from seed to seed.
         for i in (1..all.len()).rev() {
             let j = rng.below(i as u64 + 1) as usize;
@@ -246,8 +285,22 @@ impl Fault {
         all
     }
 
-    /// A random fault (the baseline and replays weighted up: they are cheap).
-    pub fn random(rng: &mut Rng) -> Fault {
+    /// A random fault (the baseline and replays weighted up: they are cheap). With several
+    /// hub instances, one in five kills an instance or restarts the database.
+    pub fn random(rng: &mut Rng, hubs: HubSetup) -> Fault {
+        if let HubSetup::Instances(instances) = hubs
+            && rng.below(5) == 0
+        {
+            let after_ms = rng.below(KILL_WITHIN_MS);
+            return if rng.below(3) == 0 {
+                Fault::DatabaseRestart { after_ms }
+            } else {
+                Fault::HubKill {
+                    instance: rng.below(instances as u64) as usize,
+                    after_ms,
+                }
+            };
+        }
         let n = rng.below(3) as u32;
         match rng.below(20) {
             0..=2 => Fault::None,
@@ -307,7 +360,119 @@ pub struct Settings {
     pub agent_exe: PathBuf,
     /// Print one line per scenario to stderr.
     pub verbose: bool,
+    /// Where the hub runs.
+    pub hubs: HubSetup,
 }
+
+/// Where a campaign's hub runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HubSetup {
+    /// One hub service in the campaign's process on a SQLite file (the embedded default).
+    #[default]
+    Embedded,
+    /// This many hub instance processes (`qrcash-fault-campaign hub`) on one PostgreSQL
+    /// database of a private server, subscribed through `$share/hub/`.
+    Instances(usize),
+}
+
+/// The hub's database as the campaign opens it.
+#[derive(Debug, Clone)]
+enum HubDb {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl HubDb {
+    fn open(&self) -> Result<HubStore, String> {
+        match self {
+            HubDb::Sqlite(path) => HubStore::open(path),
+            HubDb::Postgres(url) => HubStore::open_postgres(url),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// `f` on a store opened now, on a thread of its own (the PostgreSQL client blocks on a
+    /// runtime of its own); tried again while the database cannot answer (it is restarting),
+    /// for up to [`STEP`].
+    fn read<T: Send>(
+        &self,
+        f: impl Fn(&HubStore) -> Result<T, String> + Sync,
+    ) -> Result<T, Failure> {
+        blocking(|| {
+            let deadline = Instant::now() + STEP;
+            loop {
+                match self.open().and_then(|store| f(&store)) {
+                    Ok(t) => return Ok(t),
+                    Err(e) if Instant::now() >= deadline => return Err(fail("hub database", e)),
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        })
+    }
+
+    /// `f` on a store opened now, once (a write is never repeated blindly).
+    fn write<T: Send>(
+        &self,
+        f: impl FnOnce(HubStore) -> Result<T, String> + Send,
+    ) -> Result<T, Failure> {
+        blocking(|| f(self.open()?))
+    }
+}
+
+/// Hub instances on PostgreSQL.
+struct Cluster {
+    /// The private server (restarted by [`Fault::DatabaseRestart`]).
+    pg: Arc<Postgres>,
+    /// The instance processes (killed from a task of their own by [`Fault::HubKill`]).
+    instances: Arc<Mutex<Instances>>,
+}
+
+impl Cluster {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Instances> {
+        // A panic while holding it cannot leave the process table half changed.
+        self.instances
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn start_all(&self) -> Result<(), Failure> {
+        let mut instances = self.lock();
+        (0..instances.len()).try_for_each(|i| instances.spawn(i))
+    }
+
+    /// Waits until every instance is ready since its latest start and, when `subscribed` is
+    /// given (counts per instance), subscribed again since.
+    async fn wait_ready(&self, subscribed: Option<&[usize]>) -> Result<(), Failure> {
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            let waiting = {
+                let instances = self.lock();
+                (0..instances.len()).find(|&i| {
+                    !instances.ready(i)
+                        || subscribed.is_some_and(|s| instances.subscriptions(i) <= s[i])
+                })
+            };
+            let Some(i) = waiting else { return Ok(()) };
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "hub instance {i} is not ready:\n{}",
+                    self.lock().log(i)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn subscriptions(&self) -> Vec<usize> {
+        let instances = self.lock();
+        (0..instances.len())
+            .map(|i| instances.subscriptions(i))
+            .collect()
+    }
+}
+
+/// A fault striking on a timer while the withdrawal runs, from a task of its own.
+type Strike = tokio::task::JoinHandle<Result<(), Failure>>;
 
 /// Everything running.
 pub struct World {
@@ -318,7 +483,12 @@ pub struct World {
     clock: ShiftClock,
     hub_key: PrivateKey,
     hub_config: HubConfig,
+    /// The hub's database.
+    hub_db: HubDb,
+    /// The in-process hub service ([`HubSetup::Embedded`]).
     hub: Option<HubHandle>,
+    /// The hub instances ([`HubSetup::Instances`]).
+    cluster: Option<Cluster>,
     sim: SimHandle,
     agent: Option<Child>,
     phone: PhoneClient,
@@ -384,11 +554,17 @@ impl World {
         hub_config.withdrawal.confirm_timeout_s = CONFIRM_TIMEOUT_S;
 
         // The hub's database: an account with plenty of money and this ATM.
+        let (hub_db, pg) = match settings.hubs {
+            HubSetup::Embedded => (HubDb::Sqlite(dir.path().join("hub.sqlite")), None),
+            HubSetup::Instances(_) => {
+                // A server of the campaign's own: it is restarted under the instances.
+                let pg = blocking(Postgres::private);
+                (HubDb::Postgres(pg.database()), Some(pg))
+            }
+        };
         let atm_key = PrivateKey::generate();
-        {
-            let mut store =
-                HubStore::open(&dir.path().join("hub.sqlite")).map_err(|e| fail("hub store", e))?;
-            let now = clock.now();
+        let now = clock.now();
+        hub_db.write(|mut store| {
             admin::create_account(
                 &mut store,
                 &NewAccount {
@@ -415,7 +591,8 @@ impl World {
                 now,
             )
             .map_err(|e| fail("ATM", e))?;
-        }
+            Ok(())
+        })?;
         atm_key
             .save(&dir.path().join("atm.jwk"))
             .map_err(|e| fail("ATM key", e))?;
@@ -432,7 +609,27 @@ impl World {
         write_png(&png, None)?;
         write_agent_config(dir.path(), &broker.url(), sim.port_path())?;
 
-        let phone_settings = PhoneSettings::new("hanako-phone", BrokerConfig::plain(broker.url()));
+        let cluster = match (pg, &hub_db) {
+            (Some(pg), HubDb::Postgres(url)) => Some(Cluster {
+                pg: Arc::new(pg),
+                instances: Arc::new(Mutex::new(instance_configs(
+                    &settings,
+                    dir.path(),
+                    &hub_config,
+                    &hub_key,
+                    &broker.url(),
+                    url,
+                )?)),
+            }),
+            _ => None,
+        };
+        let mut phone_settings =
+            PhoneSettings::new("hanako-phone", BrokerConfig::plain(broker.url()));
+        if cluster.is_some() {
+            // An instance killed before its commit loses the message: the phone's outbox sends
+            // it again well within the confirmation window.
+            phone_settings.resend_after = Duration::from_secs(1);
+        }
         let phone = PhoneClient::connect(
             phone_settings,
             PrivateKey::generate(),
@@ -450,7 +647,9 @@ impl World {
             clock,
             hub_key,
             hub_config,
+            hub_db,
             hub: None,
+            cluster,
             sim,
             agent: None,
             phone,
@@ -530,23 +729,19 @@ impl World {
         }
     }
 
-    fn hub_instance(&mut self) -> Result<Hub, Failure> {
-        let store = HubStore::open(&self.path("hub.sqlite")).map_err(|e| fail("hub store", e))?;
-        let c = &self.hub_config;
-        let warnings = WarningCatalog::load(c.warnings.file.as_deref(), &c.warnings.languages)
-            .map_err(|e| fail("warnings", e))?;
-        Ok(Hub::new(
-            store,
-            Signer::new(c.hub_id.clone(), self.hub_key.clone()),
-            c.clone(),
-            warnings,
-            Arc::new(self.clock.clone()),
-            Box::new(SeededEntropy::new(self.rng.next_u64())),
-        ))
-    }
-
     async fn start_hub(&mut self) -> Result<(), Failure> {
-        let hub = self.hub_instance()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.start_all()?;
+            return cluster.wait_ready(None).await;
+        }
+        let store = self.hub_db.open().map_err(|e| fail("hub store", e))?;
+        let hub = make_hub(
+            store,
+            &self.hub_config,
+            &self.hub_key,
+            &self.clock,
+            self.rng.next_u64(),
+        )?;
         let handle = HubService::start(hub, self.hub_options())
             .await
             .map_err(|e| fail("hub service", e))?;
@@ -557,12 +752,41 @@ impl World {
         Ok(())
     }
 
-    /// Stops the hub service and starts a new one from the database.
+    /// Stops the hub service (every instance) and starts it again from the database.
     async fn restart_hub(&mut self) -> Result<(), Failure> {
         if let Some(h) = self.hub.take() {
             drop(h.shutdown().await);
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.lock().stop_all();
+        }
         self.start_hub().await
+    }
+
+    /// Starts the timer of a fault that strikes on its own while the flow runs.
+    fn strike(&self, fault: Fault) -> Option<Strike> {
+        let cluster = self.cluster.as_ref()?;
+        match fault {
+            Fault::HubKill { instance, after_ms } => {
+                let instances = cluster.instances.clone();
+                Some(tokio::task::spawn_blocking(move || {
+                    std::thread::sleep(Duration::from_millis(after_ms));
+                    instances
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .kill_and_restart(instance)
+                }))
+            }
+            Fault::DatabaseRestart { after_ms } => {
+                let pg = cluster.pg.clone();
+                Some(tokio::task::spawn_blocking(move || {
+                    std::thread::sleep(Duration::from_millis(after_ms));
+                    pg.restart();
+                    Ok(())
+                }))
+            }
+            _ => None,
+        }
     }
 
     async fn spawn_agent(&mut self, crash: Option<CrashStep>) -> Result<(), Failure> {
@@ -629,6 +853,7 @@ impl World {
     }
 
     async fn broker_outage(&mut self, down: Duration) -> Result<(), Failure> {
+        let subscribed = self.cluster.as_ref().map(Cluster::subscriptions);
         self.spy = None;
         self.broker.stop();
         tokio::time::sleep(down).await;
@@ -644,6 +869,9 @@ impl World {
         {
             return Err("the hub did not reconnect after the broker restart".into());
         }
+        if let (Some(cluster), Some(before)) = (&self.cluster, subscribed) {
+            cluster.wait_ready(Some(&before)).await?;
+        }
         Ok(())
     }
 
@@ -652,21 +880,18 @@ impl World {
     }
 
     fn hub_phase(&self, tx: &str) -> Result<Option<String>, Failure> {
-        let db = rusqlite::Connection::open_with_flags(
-            self.path("hub.sqlite"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .map_err(|e| fail("hub database", e))?;
-        db.busy_timeout(Duration::from_secs(10))
-            .map_err(|e| fail("hub database", e))?;
-        use rusqlite::OptionalExtension as _;
-        db.query_row(
-            "SELECT phase FROM withdrawals WHERE tx_id = ?1",
-            [tx],
-            |r| r.get::<_, String>(0),
-        )
-        .optional()
-        .map_err(|e| fail("hub database", e))
+        let id: qrcash_protocol::TxId = tx.parse().map_err(|e| fail("transaction id", e))?;
+        self.hub_db.read(|store| {
+            rows::withdrawal(store.db(), &id)
+                .map(|w| w.map(|w| w.phase.as_str().to_owned()))
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// The hub's side, read for the invariants.
+    fn read_hub(&self) -> Result<invariants::HubView, Failure> {
+        self.hub_db
+            .read(|store| invariants::read_hub_store(store).map_err(|e| e.to_string()))
     }
 
     fn agent_has_order_for(&self, tx: &str) -> Result<bool, Failure> {
@@ -779,7 +1004,7 @@ impl World {
     /// reported once, at the scenario that caused it, and later scenarios are judged on
     /// what they change.
     pub fn check(&mut self, drained: bool, deadlines: Deadlines) -> Result<Verdict, Failure> {
-        let hub = invariants::read_hub(&self.path("hub.sqlite")).map_err(|e| e.to_string())?;
+        let hub = self.read_hub()?;
         let agent = invariants::read_agent(&self.path("agent.db")).map_err(|e| e.to_string())?;
         let mut v =
             invariants::check_carried(&hub, &agent, self.machine(), drained, deadlines, self.drift);
@@ -827,21 +1052,22 @@ impl World {
     /// what physically left the machine, through the guard rails of `tx resolve`.
     fn resolve_as_operator(&self, tx: &str, counted: u64) -> Result<(), String> {
         let id: qrcash_protocol::TxId = tx.parse()?;
-        let mut store =
-            HubStore::open(&self.path("hub.sqlite")).map_err(|e| format!("hub store: {e}"))?;
-        admin::resolve_withdrawal(
-            &mut store,
-            &id,
-            &admin::Resolution {
-                dispensed: counted,
-                operator: "campaign".into(),
-                reason: "cash counted in the machine".into(),
-            },
-            self.hub_config.withdrawal.report_grace_s,
-            self.clock.now(),
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        let (grace, now) = (self.hub_config.withdrawal.report_grace_s, self.clock.now());
+        self.hub_db.write(|mut store| {
+            admin::resolve_withdrawal(
+                &mut store,
+                &id,
+                &admin::Resolution {
+                    dispensed: counted,
+                    operator: "campaign".into(),
+                    reason: "cash counted in the machine".into(),
+                },
+                grace,
+                now,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        })
     }
 
     fn deadlines_now(&self) -> Deadlines {
@@ -893,6 +1119,7 @@ impl World {
             _ => {}
         }
         let captured_from = self.captured.len();
+        let strike = self.strike(fault);
 
         let code = self
             .phone
@@ -970,6 +1197,12 @@ impl World {
             } => self.restart_hub().await?,
             _ => {}
         }
+        if let Some(strike) = strike {
+            strike.await.map_err(|e| fail("the fault's task", e))??;
+            if let Some(cluster) = &self.cluster {
+                cluster.wait_ready(None).await?;
+            }
+        }
 
         let mut phase = self.wait_settled(&tx, settle_within).await?;
         if phase.is_none() && self.agent_has_order_for(&tx)? {
@@ -1003,8 +1236,7 @@ impl World {
         let mut resent_and_refused = 0;
 
         if let Fault::Replay { older } = fault {
-            let hub_before =
-                invariants::read_hub(&self.path("hub.sqlite")).map_err(|e| e.to_string())?;
+            let hub_before = self.read_hub()?;
             let machine_before = self.machine();
             self.pump_spy(Duration::from_millis(50), |_| false).await;
             let mut batch: Vec<(String, Vec<u8>)> = self.captured[captured_from..].to_vec();
@@ -1025,8 +1257,7 @@ impl World {
                 .await
                 .map_err(|e| fail("balance after the replays", e))?;
             let drained = self.wait_drained().await?;
-            let hub_after =
-                invariants::read_hub(&self.path("hub.sqlite")).map_err(|e| e.to_string())?;
+            let hub_after = self.read_hub()?;
             let phases = |h: &invariants::HubView| {
                 h.withdrawals
                     .iter()
@@ -1102,6 +1333,13 @@ impl World {
             Fault::LateConfirm => expect(
                 matches!(phase.as_str(), "expired" | "cancelled") && paid == 0,
                 "a late confirmation pays nothing",
+                &mut verdict,
+            ),
+            Fault::HubKill { .. } | Fault::DatabaseRestart { .. } => expect(
+                (phase == "dispensed" && paid == amount)
+                    || (matches!(phase.as_str(), "failed" | "expired" | "cancelled") && paid == 0),
+                "a hub instance's death or a database restart completes the withdrawal or \
+                 pays nothing, and never leaves it in doubt",
                 &mut verdict,
             ),
             Fault::Crash(step) => {
@@ -1226,21 +1464,27 @@ impl World {
             None => None,
         };
         drop(hub);
+        if let Some(cluster) = &self.cluster {
+            cluster.lock().stop_all();
+        }
         let w = &self.hub_config.withdrawal;
         self.clock.shift(
             Duration::from_secs(w.code_ttl_s + w.confirm_timeout_s + w.order_ttl_s)
                 + w.report_grace()
                 + Duration::from_secs(60),
         );
-        let mut hub = self.hub_instance()?;
-        hub.sweep().map_err(|e| fail("final sweep", e))?;
-        drop(hub);
+        let seed = self.rng.next_u64();
+        let (config, key, clock) = (&self.hub_config, &self.hub_key, &self.clock);
+        self.hub_db.write(|store| {
+            let mut hub = make_hub(store, config, key, clock, seed)?;
+            hub.sweep().map(drop).map_err(|e| fail("final sweep", e))
+        })?;
         // The end state is judged whole: a line first seen at some scenario and still true
         // now (a message that never left the outbox) is reported again, as the final state.
         // The totals keep their carried drift, so an old discrepancy is not counted twice.
         self.reported.clear();
         let verdict = self.check(drained, Deadlines::AllPassed)?;
-        let hub = invariants::read_hub(&self.path("hub.sqlite")).map_err(|e| e.to_string())?;
+        let hub = self.read_hub()?;
         let released = hub
             .withdrawals
             .iter()
@@ -1248,6 +1492,59 @@ impl World {
             .count();
         Ok((verdict, released))
     }
+}
+
+/// A hub over `store` with the campaign's settings, key and clock.
+fn make_hub(
+    store: HubStore,
+    config: &HubConfig,
+    key: &PrivateKey,
+    clock: &ShiftClock,
+    seed: u64,
+) -> Result<Hub, Failure> {
+    let warnings =
+        WarningCatalog::load(config.warnings.file.as_deref(), &config.warnings.languages)
+            .map_err(|e| fail("warnings", e))?;
+    Ok(Hub::new(
+        store,
+        Signer::new(config.hub_id.clone(), key.clone()),
+        config.clone(),
+        warnings,
+        Arc::new(clock.clone()),
+        Box::new(SeededEntropy::new(seed)),
+    ))
+}
+
+/// The hub instances of [`HubSetup::Instances`], not started: one configuration each, as an
+/// operator would write it (the campaign's hub settings, a key file, the shared
+/// subscription, the database, a fast sweeper and outbox resend).
+fn instance_configs(
+    settings: &Settings,
+    dir: &Path,
+    config: &HubConfig,
+    key: &PrivateKey,
+    broker_url: &str,
+    database_url: &str,
+) -> Result<Instances, Failure> {
+    let HubSetup::Instances(n) = settings.hubs else {
+        return Err("not a setup with hub instances".into());
+    };
+    let key_file = dir.join("hub-key.jwk");
+    key.save(&key_file).map_err(|e| fail("hub key", e))?;
+    let instances = Instances::new(&settings.agent_exe, dir, n, INSTANCE_LOG);
+    for i in 0..n {
+        let mut c = config.clone();
+        c.key_file = key_file.clone();
+        c.broker.url = broker_url.to_owned();
+        c.broker.client_id = format!("hub-{i}");
+        c.broker.shared_subscription = true;
+        c.storage.database_url = Some(database_url.to_owned());
+        c.storage.sweep_interval_s = 1;
+        c.storage.outbox_retry_s = 3;
+        let text = toml::to_string(&c).map_err(|e| fail("hub configuration", e))?;
+        std::fs::write(instances.config(i), text).map_err(|e| fail("hub configuration", e))?;
+    }
+    Ok(instances)
 }
 
 fn write_agent_config(dir: &Path, broker_url: &str, port: &str) -> Result<(), Failure> {
@@ -1362,12 +1659,12 @@ pub async fn campaign(
     every_kind: bool,
 ) -> Result<Summary, Failure> {
     let started = Instant::now();
-    let seed = settings.seed;
+    let (seed, hubs) = (settings.seed, settings.hubs);
     let mut world = World::start(settings).await?;
     // Debugging aid: `QRCASH_FAULT_ONLY=<kind>` runs only random faults of that kind.
     let only = std::env::var("QRCASH_FAULT_ONLY").ok();
     let mut plan = if every_kind && only.is_none() {
-        Fault::every_kind(world.rng())
+        Fault::every_kind(world.rng(), hubs)
     } else {
         Vec::new()
     };
@@ -1377,7 +1674,7 @@ pub async fn campaign(
         let fault = match plan.get(i) {
             Some(f) => *f,
             None => loop {
-                let f = Fault::random(world.rng());
+                let f = Fault::random(world.rng(), hubs);
                 if only.as_deref().is_none_or(|k| k == f.kind()) {
                     break f;
                 }

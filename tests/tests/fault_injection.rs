@@ -10,16 +10,23 @@
 //! invariants (`qrcash_tests::invariants`) are checked after every scenario and once more
 //! after a final sweep past every deadline.
 //!
+//! The same campaign runs once more with three hub instance processes on one PostgreSQL
+//! database (a private server) sharing the load through `$share/hub/`, with two more kinds:
+//! a hub instance SIGKILLed at a random moment of the flow (before a commit, between a commit
+//! and its publish) and started again, and PostgreSQL restarted under the instances.
+//!
 //! Replay a failure with the seed it prints: `QRCASH_FAULT_SEED=<n> cargo test -p
 //! qrcash-tests --test fault_injection`. `QRCASH_FAULT_SCENARIOS` changes the count; the long
 //! campaign is `qrcash-fault-campaign` (docs/BENCHMARKS.md).
 
-use qrcash_tests::scenario::{Fault, Rng, Settings, campaign};
+use qrcash_tests::scenario::{Fault, HubSetup, Rng, Settings, campaign};
 
 /// The seed when `QRCASH_FAULT_SEED` is not set: fixed, so the default run is repeatable.
 const DEFAULT_SEED: u64 = 20_261_121;
 /// Every kind once (20 faults, 19 kinds) and a few random ones.
 const DEFAULT_SCENARIOS: usize = 24;
+/// With three hub instances: every kind once (22 faults, 21 kinds).
+const INSTANCES_SCENARIOS: usize = 22;
 
 fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok().and_then(|s| s.parse().ok())
@@ -27,16 +34,48 @@ fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_fault_campaign_keeps_every_money_invariant() {
+    short_campaign(HubSetup::Embedded, DEFAULT_SCENARIOS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_fault_campaign_on_three_hub_instances_and_postgres_keeps_every_money_invariant() {
+    let summary = short_campaign(HubSetup::Instances(3), INSTANCES_SCENARIOS).await;
+    // The kinds of this setup ran, and a hub instance's death or a restarted database
+    // (never in doubt: checked per scenario) paid out in full at least once.
+    for kind in ["sigkill-hub-instance", "database-restart"] {
+        assert!(
+            summary.by_kind.contains_key(kind),
+            "{kind} never ran\n{}",
+            summary.table()
+        );
+    }
+    let completed: usize = ["sigkill-hub-instance", "database-restart"]
+        .iter()
+        .filter_map(|k| summary.by_kind[k].1.get("dispensed"))
+        .sum();
+    assert!(
+        completed > 0,
+        "no withdrawal survived a hub death or a database restart\n{}",
+        summary.table()
+    );
+}
+
+/// Runs the short campaign on `hubs` and asserts what every setup must show.
+async fn short_campaign(
+    hubs: HubSetup,
+    default_scenarios: usize,
+) -> qrcash_tests::scenario::Summary {
     let seed = env_number("QRCASH_FAULT_SEED").unwrap_or(DEFAULT_SEED);
-    let scenarios = env_number("QRCASH_FAULT_SCENARIOS").unwrap_or(DEFAULT_SCENARIOS);
+    let scenarios = env_number("QRCASH_FAULT_SCENARIOS").unwrap_or(default_scenarios);
     eprintln!(
-        "fault injection: seed {seed}, {scenarios} scenarios (replay: QRCASH_FAULT_SEED={seed})"
+        "fault injection on {hubs:?}: seed {seed}, {scenarios} scenarios (replay: QRCASH_FAULT_SEED={seed})"
     );
     let summary = campaign(
         Settings {
             seed,
             agent_exe: env!("CARGO_BIN_EXE_qrcash-fault-campaign").into(),
             verbose: true,
+            hubs,
         },
         scenarios,
         true,
@@ -59,7 +98,7 @@ async fn a_short_fault_campaign_keeps_every_money_invariant() {
     // The campaign really exercised what it claims: every kind ran, cash moved, the crash
     // hooks left transactions in doubt, and the final check saw every withdrawal.
     assert_eq!(summary.scenarios, scenarios);
-    let kinds = Fault::every_kind(&mut Rng::new(0))
+    let kinds = Fault::every_kind(&mut Rng::new(0), hubs)
         .iter()
         .map(Fault::kind)
         .collect::<std::collections::BTreeSet<_>>()
@@ -92,6 +131,7 @@ async fn a_short_fault_campaign_keeps_every_money_invariant() {
         );
         assert!(last.orders >= kinds - 3, "orders reached the agent");
     }
+    summary
 }
 
 /// The sequence an auditor found with a fresh seed: a withdrawal paid out in full, then one
@@ -105,6 +145,7 @@ async fn a_crash_after_the_write_ahead_never_borrows_the_last_dispense_of_the_sa
         seed: 20_261_130,
         agent_exe: env!("CARGO_BIN_EXE_qrcash-fault-campaign").into(),
         verbose: true,
+        hubs: HubSetup::Embedded,
     })
     .await
     .expect("the world starts");

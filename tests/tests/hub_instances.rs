@@ -8,8 +8,7 @@
 //! the instances connect to the database again and run again what it cut, and in the end every withdrawal was ordered once, paid out once and settled
 //! once, the books balance and nothing is left to send.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use qrcash_hub::admin;
@@ -28,6 +27,7 @@ use qrcash_protocol::messages::{
 };
 use qrcash_protocol::{Amount, Claims, Clock, Currency, OrderId, PublicKey, SystemClock, TxId};
 use qrcash_tests::broker::Mosquitto;
+use qrcash_tests::instances::Instances;
 use qrcash_tests::mqtt::TestClient;
 use qrcash_tests::postgres::{Postgres, blocking};
 
@@ -73,16 +73,19 @@ async fn three_instances_share_the_load_and_a_killed_one_loses_nothing() {
         rig.login(&mut phone_dev, "hanako");
         (atm_dev, phone_dev)
     });
-    let mut hubs = Hubs::new(dir.path());
+    let mut hubs = Instances::new(
+        Path::new(env!("CARGO_BIN_EXE_qrcash-fault-campaign")),
+        dir.path(),
+        INSTANCES,
+        "warn,qrcash_hub::service=debug",
+    );
     for i in 0..INSTANCES {
         let mut c = config.clone();
         c.broker.client_id = format!("hub-{i}");
         std::fs::write(hubs.config(i), toml::to_string(&c).unwrap()).unwrap();
-        hubs.spawn(i);
+        hubs.spawn(i).unwrap();
     }
-    for i in 0..INSTANCES {
-        hubs.wait_ready(i, 1).await;
-    }
+    hubs.wait_all_ready().await.unwrap();
 
     let cfg = BrokerConfig::plain(broker.url());
     let mut world = World {
@@ -101,10 +104,10 @@ async fn three_instances_share_the_load_and_a_killed_one_loses_nothing() {
         let step = n % 4;
         let victim = n % INSTANCES;
         let after = Duration::from_millis((n as u64 * 7) % 25);
-        let kill = |hubs: &mut Hubs, at: usize| {
+        let kill = |hubs: &mut Instances, at: usize| {
             if at == step {
                 std::thread::sleep(after);
-                hubs.kill_and_restart(victim);
+                hubs.kill_and_restart(victim).unwrap();
             }
             // Once, right after a confirmation: every instance loses its connection and
             // runs what it was doing again once the database is back.
@@ -193,9 +196,7 @@ async fn three_instances_share_the_load_and_a_killed_one_loses_nothing() {
 
     // Every instance is back; what one of them committed and did not confirm goes out within
     // `outbox_retry_s` plus a sweep, and is then confirmed.
-    for i in 0..INSTANCES {
-        hubs.wait_ready(i, hubs.starts[i]).await;
-    }
+    hubs.wait_all_ready().await.unwrap();
     let deadline = Instant::now() + WAIT;
     loop {
         let backlog =
@@ -230,7 +231,8 @@ async fn three_instances_share_the_load_and_a_killed_one_loses_nothing() {
     let handled: Vec<usize> = (0..INSTANCES).map(|i| hubs.handled(i)).collect();
     eprintln!(
         "published {} (copies included), handled per instance {handled:?}, starts {:?}",
-        world.sent, hubs.starts
+        world.sent,
+        hubs.starts()
     );
     assert!(
         handled.iter().all(|&n| n > 0) && handled.iter().sum::<usize>() <= world.sent,
@@ -238,7 +240,7 @@ async fn three_instances_share_the_load_and_a_killed_one_loses_nothing() {
         world.sent
     );
     assert!(
-        hubs.starts.iter().sum::<usize>() > INSTANCES,
+        hubs.starts().iter().sum::<usize>() > INSTANCES,
         "instances were killed and started again"
     );
 }
@@ -268,107 +270,6 @@ fn books(url: &str, done: &[(TxId, OrderId)]) {
     );
     let books = admin::ledger_check(&store).unwrap();
     assert!(books.is_ok(), "{books}");
-}
-
-/// The hub instances: child processes of `qrcash-fault-campaign hub`.
-struct Hubs {
-    dir: PathBuf,
-    procs: Vec<Option<Child>>,
-    /// How often each was started.
-    starts: Vec<usize>,
-}
-
-impl Hubs {
-    fn new(dir: &Path) -> Hubs {
-        Hubs {
-            dir: dir.to_owned(),
-            procs: (0..INSTANCES).map(|_| None).collect(),
-            starts: vec![0; INSTANCES],
-        }
-    }
-
-    fn config(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("hub-{i}.toml"))
-    }
-
-    fn log_path(&self, i: usize) -> PathBuf {
-        self.dir.join(format!("hub-{i}.log"))
-    }
-
-    fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
-    }
-
-    /// Messages instance `i` handled, over all its starts (its `batch handled` lines).
-    fn handled(&self, i: usize) -> usize {
-        self.log(i)
-            .lines()
-            .filter(|l| l.contains("batch handled"))
-            .filter_map(|l| l.rsplit("messages=").next()?.trim().parse::<usize>().ok())
-            .sum()
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(i))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_qrcash-fault-campaign"))
-            .arg("hub")
-            .arg("--config")
-            .arg(self.config(i))
-            .env("RUST_LOG", "warn,qrcash_hub::service=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("a hub instance starts");
-        self.procs[i] = Some(child);
-        self.starts[i] += 1;
-    }
-
-    /// Waits until instance `i` said `hub ready` for its `start`-th start.
-    async fn wait_ready(&self, i: usize, start: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.log(i).matches("hub ready").count() < start {
-            assert!(
-                Instant::now() < deadline,
-                "instance {i} not ready:\n{}",
-                self.log(i)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL, then started again at once (as systemd's `Restart=always` would).
-    fn kill_and_restart(&mut self, i: usize) {
-        if let Some(mut c) = self.procs[i].take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-        self.spawn(i);
-    }
-
-    fn stop_all(&mut self) {
-        for c in self.procs.iter_mut().filter_map(Option::take) {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let mut c = c;
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Hubs {
-    fn drop(&mut self) {
-        for c in self.procs.iter_mut().filter_map(Option::take) {
-            let mut c = c;
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -326,6 +326,8 @@ pub struct ReportRow {
     pub received_at: u64,
     /// From which ATM.
     pub atm_id: String,
+    /// The order it reports on.
+    pub order_id: String,
     /// Its message id.
     pub jti: String,
     /// The device's verdict.
@@ -339,13 +341,14 @@ pub struct ReportRow {
 /// Every dispense report received for withdrawal `tx`, oldest first.
 pub fn received_reports(db: Db<'_>, tx: &TxId) -> Result<Vec<ReportRow>, StoreError> {
     Ok(db.rows(
-        "SELECT received_at, atm_id, jti, outcome, dispensed, applied FROM dispense_reports
-         WHERE tx_id = ?1 ORDER BY id",
+        "SELECT received_at, atm_id, jti, outcome, dispensed, applied, order_id
+         FROM dispense_reports WHERE tx_id = ?1 ORDER BY id",
         [tx.to_string()],
         |r| {
             Ok(ReportRow {
                 received_at: from_sql(r.get(0)?),
                 atm_id: r.get(1)?,
+                order_id: r.get(6)?,
                 jti: r.get(2)?,
                 outcome: r.get(3)?,
                 dispensed: from_sql(r.get(4)?),

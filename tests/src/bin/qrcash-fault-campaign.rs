@@ -1,8 +1,9 @@
 //! `qrcash-fault-campaign`: the long fault-injection campaign (and the agent it drives).
 //!
-//! `qrcash-fault-campaign --scenarios 2000 --seed 7 [--seeds N] [--quiet]` builds the world of
-//! `qrcash_tests::scenario` (private Mosquitto, hub service, agent child process, LCDM
-//! simulator, phone), runs one fault per withdrawal, checks the money invariants after each,
+//! `qrcash-fault-campaign --scenarios 2000 --seed 7 [--seeds N] [--quiet] [--hubs 3]` builds
+//! the world of `qrcash_tests::scenario` (private Mosquitto, hub service, agent child process,
+//! LCDM simulator, phone; with `--hubs N`, N hub instance processes on a private PostgreSQL
+//! instead of the in-process hub on SQLite), runs one fault per withdrawal, checks the money invariants after each,
 //! sweeps past every deadline at the end and checks once more. With `--seeds N` it runs N
 //! campaigns of `--scenarios` each, with the seeds `seed`, `seed + 1`, …, each in a fresh
 //! world, and prints every seed with its result for replay. Exit status 1 on any violation,
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use qrcash_tests::scenario::{Settings, campaign};
+use qrcash_tests::scenario::{HubSetup, Settings, campaign};
 
 /// Runs randomized fault scenarios against the real hub, agent and simulator and checks
 /// the money invariants after each; a failing seed is printed for replay.
@@ -39,6 +40,11 @@ struct Args {
     /// Only the summary, not every scenario.
     #[arg(long)]
     quiet: bool,
+    /// Run this many hub instance processes on one PostgreSQL database (a private server
+    /// started from `scripts/postgres.sh`) instead of one hub in this process on SQLite;
+    /// adds hub instance kills and database restarts to the faults.
+    #[arg(long)]
+    hubs: Option<usize>,
     /// The role the campaign starts this binary in.
     #[command(subcommand)]
     role: Option<Role>,
@@ -72,6 +78,11 @@ fn main() -> Result<()> {
         None => {}
     }
     let (scenarios, seeds, seed, verbose) = (args.scenarios, args.seeds, args.seed, !args.quiet);
+    let hubs = match args.hubs {
+        None => HubSetup::Embedded,
+        Some(0) => bail!("--hubs needs at least one instance"),
+        Some(n) => HubSetup::Instances(n),
+    };
     let seed = seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -82,7 +93,7 @@ fn main() -> Result<()> {
     let mut failed = Vec::new();
     let mut total = 0usize;
     for seed in (0..seeds.max(1)).map(|i| seed.wrapping_add(i)) {
-        match run_seed(&rt, seed, scenarios, &agent_exe, verbose) {
+        match run_seed(&rt, seed, scenarios, &agent_exe, verbose, hubs) {
             Ok(n) => total += n,
             Err(e) => {
                 eprintln!("seed {seed} FAILED: {e:#}");
@@ -120,15 +131,19 @@ fn run_seed(
     scenarios: usize,
     agent_exe: &std::path::Path,
     verbose: bool,
+    hubs: HubSetup,
 ) -> Result<usize> {
     let agent_exe = agent_exe.to_path_buf();
-    eprintln!("fault campaign: {scenarios} scenarios, seed {seed} (replay: --seed {seed})");
+    eprintln!(
+        "fault campaign: {scenarios} scenarios, seed {seed}, hub {hubs:?} (replay: --seed {seed})"
+    );
     let summary = rt
         .block_on(campaign(
             Settings {
                 seed,
                 agent_exe,
                 verbose,
+                hubs,
             },
             scenarios,
             true,
