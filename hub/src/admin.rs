@@ -46,6 +46,31 @@ fn audit_by(db: Db<'_>, at: u64, who: &str, cmd: &str, detail: String) -> Result
     )
 }
 
+/// Runs an operator command's transaction, and again from the start while it loses a race
+/// with a hub instance's transaction on PostgreSQL (a serialization failure or a deadlock: the
+/// loser is rolled back whole, so running it again is correct), for up to
+/// [`crate::handler::RETRY_FOR`]. A lost connection is not run again: whether its `COMMIT`
+/// happened is unknown, so the operator is told and looks (every command's guards refuse to
+/// apply twice: a second resolution finds the withdrawal settled, a second account exists).
+fn transact<T>(
+    store: &mut Store,
+    mut body: impl FnMut(&mut Store) -> Result<T, AdminError>,
+) -> Result<T, AdminError> {
+    let started = std::time::Instant::now();
+    let mut tries = 0;
+    loop {
+        match body(store) {
+            Err(AdminError::Store(StoreError::Conflict(_)))
+                if started.elapsed() < crate::handler::RETRY_FOR =>
+            {
+                tries += 1;
+                std::thread::sleep(crate::handler::conflict_pause(tries));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn check_id(what: &str, id: &str) -> Result<(), AdminError> {
     topics::validate_id(id).map_err(|e| AdminError::Invalid(format!("{what}: {e}")))
 }
@@ -87,32 +112,34 @@ pub fn create_account(
     }
     let password_hash = hash_secret(&a.password, cost).map_err(AdminError::Invalid)?;
     let pin_hash = hash_secret(&a.pin, cost).map_err(AdminError::Invalid)?;
-    let tx = store.begin()?;
-    if rows::account(tx.db(), &a.id)?.is_some() {
-        return Err(AdminError::Exists(format!("account {}", a.id)));
-    }
-    registry::insert_account(tx.db(), &a.id, a.currency, &password_hash, &pin_hash, now)?;
-    if a.opening_balance > 0 {
-        let p = Posting::movement(
-            PostingKind::TopUp,
-            LedgerAccount::TopUpSource(a.currency),
-            LedgerAccount::Available(a.id.clone()),
-            a.opening_balance,
-            a.currency,
-            format!("open-{}", a.id),
-            "opening balance",
-        )
-        .map_err(|e| AdminError::Invalid(e.to_string()))?;
-        books::apply(tx.db(), &p, now)?;
-    }
-    audit_op(
-        tx.db(),
-        now,
-        "account create",
-        format!("{} in {} opening {}", a.id, a.currency, a.opening_balance),
-    )?;
-    tx.commit()?;
-    Ok(())
+    transact(store, |store| {
+        let tx = store.begin()?;
+        if rows::account(tx.db(), &a.id)?.is_some() {
+            return Err(AdminError::Exists(format!("account {}", a.id)));
+        }
+        registry::insert_account(tx.db(), &a.id, a.currency, &password_hash, &pin_hash, now)?;
+        if a.opening_balance > 0 {
+            let p = Posting::movement(
+                PostingKind::TopUp,
+                LedgerAccount::TopUpSource(a.currency),
+                LedgerAccount::Available(a.id.clone()),
+                a.opening_balance,
+                a.currency,
+                format!("open-{}", a.id),
+                "opening balance",
+            )
+            .map_err(|e| AdminError::Invalid(e.to_string()))?;
+            books::apply(tx.db(), &p, now)?;
+        }
+        audit_op(
+            tx.db(),
+            now,
+            "account create",
+            format!("{} in {} opening {}", a.id, a.currency, a.opening_balance),
+        )?;
+        tx.commit()?;
+        Ok(())
+    })
 }
 
 /// Sets a new password (the customer asked support); starts the recent-change warning
@@ -132,37 +159,41 @@ pub fn change_password(
         )));
     }
     let hash = hash_secret(password, cost).map_err(AdminError::Invalid)?;
-    let tx = store.begin()?;
-    if !rows::set_password(tx.db(), id, &hash, now)? {
-        return Err(AdminError::NotFound(format!("account {id}")));
-    }
-    let signed_out = rows::end_sessions(tx.db(), id, None)?;
-    audit_op(
-        tx.db(),
-        now,
-        "account password",
-        format!("{id}; signed out: {}", signed_out.join(", ")),
-    )?;
-    tx.commit()?;
-    Ok(signed_out)
+    transact(store, |store| {
+        let tx = store.begin()?;
+        if !rows::set_password(tx.db(), id, &hash, now)? {
+            return Err(AdminError::NotFound(format!("account {id}")));
+        }
+        let signed_out = rows::end_sessions(tx.db(), id, None)?;
+        audit_op(
+            tx.db(),
+            now,
+            "account password",
+            format!("{id}; signed out: {}", signed_out.join(", ")),
+        )?;
+        tx.commit()?;
+        Ok(signed_out)
+    })
 }
 
 /// Ends the session of every device of an account ("sign out all devices", e.g. when the
 /// customer reports a lost phone before it is revoked). Returns the devices signed out.
 pub fn sign_out_devices(store: &mut Store, id: &str, now: u64) -> Result<Vec<String>, AdminError> {
-    let tx = store.begin()?;
-    if rows::account(tx.db(), id)?.is_none() {
-        return Err(AdminError::NotFound(format!("account {id}")));
-    }
-    let signed_out = rows::end_sessions(tx.db(), id, None)?;
-    audit_op(
-        tx.db(),
-        now,
-        "account sign-out",
-        format!("{id}; signed out: {}", signed_out.join(", ")),
-    )?;
-    tx.commit()?;
-    Ok(signed_out)
+    transact(store, |store| {
+        let tx = store.begin()?;
+        if rows::account(tx.db(), id)?.is_none() {
+            return Err(AdminError::NotFound(format!("account {id}")));
+        }
+        let signed_out = rows::end_sessions(tx.db(), id, None)?;
+        audit_op(
+            tx.db(),
+            now,
+            "account sign-out",
+            format!("{id}; signed out: {}", signed_out.join(", ")),
+        )?;
+        tx.commit()?;
+        Ok(signed_out)
+    })
 }
 
 /// An account with its balances and devices.
@@ -194,23 +225,25 @@ pub fn show_account(store: &Store, id: &str) -> Result<AccountView, AdminError> 
 
 /// Clears a freeze ("not me") after the operator has checked with the customer.
 pub fn unfreeze_account(store: &mut Store, id: &str, now: u64) -> Result<(), AdminError> {
-    let tx = store.begin()?;
-    let a =
-        rows::account(tx.db(), id)?.ok_or_else(|| AdminError::NotFound(format!("account {id}")))?;
-    if !a.frozen {
-        return Err(AdminError::WrongState(format!(
-            "account {id} is not frozen"
-        )));
-    }
-    rows::set_frozen(tx.db(), id, false, None, now)?;
-    audit_op(
-        tx.db(),
-        now,
-        "account unfreeze",
-        format!("{id} (was: {})", a.frozen_reason.unwrap_or_default()),
-    )?;
-    tx.commit()?;
-    Ok(())
+    transact(store, |store| {
+        let tx = store.begin()?;
+        let a = rows::account(tx.db(), id)?
+            .ok_or_else(|| AdminError::NotFound(format!("account {id}")))?;
+        if !a.frozen {
+            return Err(AdminError::WrongState(format!(
+                "account {id} is not frozen"
+            )));
+        }
+        rows::set_frozen(tx.db(), id, false, None, now)?;
+        audit_op(
+            tx.db(),
+            now,
+            "account unfreeze",
+            format!("{id} (was: {})", a.frozen_reason.unwrap_or_default()),
+        )?;
+        tx.commit()?;
+        Ok(())
+    })
 }
 
 /// A bank account registered for payouts.
@@ -231,32 +264,34 @@ pub struct NewBankAccount {
 /// Registers a bank account for payouts.
 pub fn add_bank_account(store: &mut Store, b: &NewBankAccount, now: u64) -> Result<(), AdminError> {
     check_id("bank account id", &b.id)?;
-    let tx = store.begin()?;
-    if rows::account(tx.db(), &b.account)?.is_none() {
-        return Err(AdminError::NotFound(format!("account {}", b.account)));
-    }
-    if rows::bank_account_owner(tx.db(), &b.id)?.is_some() {
-        return Err(AdminError::Exists(format!("bank account {}", b.id)));
-    }
-    registry::insert_bank_account(
-        tx.db(),
-        &registry::BankAccountRow {
-            id: &b.id,
-            account: &b.account,
-            bank: &b.bank,
-            number: &b.number,
-            holder: &b.holder,
-        },
-        now,
-    )?;
-    audit_op(
-        tx.db(),
-        now,
-        "account bank-add",
-        format!("{} for {} at {}", b.id, b.account, b.bank),
-    )?;
-    tx.commit()?;
-    Ok(())
+    transact(store, |store| {
+        let tx = store.begin()?;
+        if rows::account(tx.db(), &b.account)?.is_none() {
+            return Err(AdminError::NotFound(format!("account {}", b.account)));
+        }
+        if rows::bank_account_owner(tx.db(), &b.id)?.is_some() {
+            return Err(AdminError::Exists(format!("bank account {}", b.id)));
+        }
+        registry::insert_bank_account(
+            tx.db(),
+            &registry::BankAccountRow {
+                id: &b.id,
+                account: &b.account,
+                bank: &b.bank,
+                number: &b.number,
+                holder: &b.holder,
+            },
+            now,
+        )?;
+        audit_op(
+            tx.db(),
+            now,
+            "account bank-add",
+            format!("{} for {} at {}", b.id, b.account, b.bank),
+        )?;
+        tx.commit()?;
+        Ok(())
+    })
 }
 
 /// An ATM to enrol.
@@ -309,28 +344,30 @@ pub fn enroll_atm(store: &mut Store, a: &NewAtm, now: u64) -> Result<(), AdminEr
         serde_json::to_string(&key.to_jwk()).map_err(|e| AdminError::Invalid(e.to_string()))?;
     let denoms =
         serde_json::to_string(&a.denominations).map_err(|e| AdminError::Invalid(e.to_string()))?;
-    let tx = store.begin()?;
-    registry::enroll_atm(
-        tx.db(),
-        &registry::AtmEnrolment {
-            id: &a.id,
-            name: &a.name,
-            address: &a.address,
-            position: a.position,
-            public_jwk: &jwk,
-            kid: key.kid().as_str(),
-            denominations: &denoms,
-        },
-        now,
-    )?;
-    audit_op(
-        tx.db(),
-        now,
-        "atm enroll",
-        format!("{} key {} at {}", a.id, key.kid(), a.address),
-    )?;
-    tx.commit()?;
-    Ok(())
+    transact(store, |store| {
+        let tx = store.begin()?;
+        registry::enroll_atm(
+            tx.db(),
+            &registry::AtmEnrolment {
+                id: &a.id,
+                name: &a.name,
+                address: &a.address,
+                position: a.position,
+                public_jwk: &jwk,
+                kid: key.kid().as_str(),
+                denominations: &denoms,
+            },
+            now,
+        )?;
+        audit_op(
+            tx.db(),
+            now,
+            "atm enroll",
+            format!("{} key {} at {}", a.id, key.kid(), a.address),
+        )?;
+        tx.commit()?;
+        Ok(())
+    })
 }
 
 /// How long an enrolment code stays valid at most (30 days).
@@ -356,45 +393,47 @@ pub fn issue_enrolment_code(
             MAX_ENROLMENT_VALIDITY_S / 86_400
         )));
     }
-    let tx = store.begin()?;
-    let existing = rows::atm(tx.db(), id)?;
-    match (&existing, &pending) {
-        (None, None) => {
-            return Err(AdminError::Invalid(format!(
-                "ATM {id} is not enrolled yet: give its --name, --address, --lat, --lon and --denominations"
-            )));
+    transact(store, |store| {
+        let tx = store.begin()?;
+        let existing = rows::atm(tx.db(), id)?;
+        match (&existing, &pending) {
+            (None, None) => {
+                return Err(AdminError::Invalid(format!(
+                    "ATM {id} is not enrolled yet: give its --name, --address, --lat, --lon and --denominations"
+                )));
+            }
+            (Some(_), Some(_)) => {
+                return Err(AdminError::Invalid(format!(
+                    "ATM {id} is enrolled: its place and cassettes stay (change them with `atm enroll`); leave out --name and the rest"
+                )));
+            }
+            (None, Some(p)) => check_place(&p.position, &p.denominations)?,
+            (Some(_), None) => {}
         }
-        (Some(_), Some(_)) => {
-            return Err(AdminError::Invalid(format!(
-                "ATM {id} is enrolled: its place and cassettes stay (change them with `atm enroll`); leave out --name and the rest"
-            )));
-        }
-        (None, Some(p)) => check_place(&p.position, &p.denominations)?,
-        (Some(_), None) => {}
-    }
-    let code = qrcash_protocol::enrol::EnrolmentCode::generate();
-    let key = qrcash_protocol::enrol::proof_key(&code);
-    let expires_at = now.saturating_add(valid_for_s);
-    registry::put_enrolment(
-        tx.db(),
-        &registry::EnrolmentRow {
-            atm_id: id.to_owned(),
-            proof_key: data_encoding::HEXLOWER.encode(&key),
-            issued_at: now,
-            expires_at,
-            failures: 0,
-            used: None,
-            pending,
-        },
-    )?;
-    audit_op(
-        tx.db(),
-        now,
-        "atm enrol-code",
-        format!("{id}: a code valid until {expires_at}"),
-    )?;
-    tx.commit()?;
-    Ok(code)
+        let code = qrcash_protocol::enrol::EnrolmentCode::generate();
+        let key = qrcash_protocol::enrol::proof_key(&code);
+        let expires_at = now.saturating_add(valid_for_s);
+        registry::put_enrolment(
+            tx.db(),
+            &registry::EnrolmentRow {
+                atm_id: id.to_owned(),
+                proof_key: data_encoding::HEXLOWER.encode(&key),
+                issued_at: now,
+                expires_at,
+                failures: 0,
+                used: None,
+                pending: pending.clone(),
+            },
+        )?;
+        audit_op(
+            tx.db(),
+            now,
+            "atm enrol-code",
+            format!("{id}: a code valid until {expires_at}"),
+        )?;
+        tx.commit()?;
+        Ok(code)
+    })
 }
 
 /// A merchant to register.
@@ -416,14 +455,16 @@ pub fn add_merchant(store: &mut Store, m: &NewMerchant, now: u64) -> Result<(), 
     m.position
         .validate()
         .map_err(|e| AdminError::Invalid(format!("position: {e}")))?;
-    let tx = store.begin()?;
-    if rows::merchant(tx.db(), &m.id)?.is_some() {
-        return Err(AdminError::Exists(format!("merchant {}", m.id)));
-    }
-    registry::insert_merchant(tx.db(), &m.id, &m.name, m.currency, m.position, now)?;
-    audit_op(tx.db(), now, "merchant add", format!("{} {}", m.id, m.name))?;
-    tx.commit()?;
-    Ok(())
+    transact(store, |store| {
+        let tx = store.begin()?;
+        if rows::merchant(tx.db(), &m.id)?.is_some() {
+            return Err(AdminError::Exists(format!("merchant {}", m.id)));
+        }
+        registry::insert_merchant(tx.db(), &m.id, &m.name, m.currency, m.position, now)?;
+        audit_op(tx.db(), now, "merchant add", format!("{} {}", m.id, m.name))?;
+        tx.commit()?;
+        Ok(())
+    })
 }
 
 /// Devices, of one account or all.
@@ -438,13 +479,15 @@ pub fn revoke_device(
     reason: &str,
     now: u64,
 ) -> Result<(), AdminError> {
-    let tx = store.begin()?;
-    if !rows::revoke_device(tx.db(), id, reason, now)? {
-        return Err(AdminError::NotFound(format!("active device {id}")));
-    }
-    audit_op(tx.db(), now, "device revoke", format!("{id}: {reason}"))?;
-    tx.commit()?;
-    Ok(())
+    transact(store, |store| {
+        let tx = store.begin()?;
+        if !rows::revoke_device(tx.db(), id, reason, now)? {
+            return Err(AdminError::NotFound(format!("active device {id}")));
+        }
+        audit_op(tx.db(), now, "device revoke", format!("{id}: {reason}"))?;
+        tx.commit()?;
+        Ok(())
+    })
 }
 
 /// Devices under a restriction still in force at `now`.
@@ -457,27 +500,29 @@ pub fn list_restrictions(store: &Store, now: u64) -> Result<Vec<DeviceRow>, Admi
 
 /// Lifts a device's restriction before its time.
 pub fn lift_restriction(store: &mut Store, device: &str, now: u64) -> Result<(), AdminError> {
-    let tx = store.begin()?;
-    let d = rows::device(tx.db(), device)?
-        .ok_or_else(|| AdminError::NotFound(format!("device {device}")))?;
-    if d.restricted_until.is_none() {
-        return Err(AdminError::WrongState(format!(
-            "device {device} is not restricted"
-        )));
-    }
-    rows::set_restriction(tx.db(), device, None, None)?;
-    audit_op(
-        tx.db(),
-        now,
-        "restriction lift",
-        format!(
-            "{device} ({} until {:?})",
-            d.restriction_reason.unwrap_or_default(),
-            d.restricted_until
-        ),
-    )?;
-    tx.commit()?;
-    Ok(())
+    transact(store, |store| {
+        let tx = store.begin()?;
+        let d = rows::device(tx.db(), device)?
+            .ok_or_else(|| AdminError::NotFound(format!("device {device}")))?;
+        if d.restricted_until.is_none() {
+            return Err(AdminError::WrongState(format!(
+                "device {device} is not restricted"
+            )));
+        }
+        rows::set_restriction(tx.db(), device, None, None)?;
+        audit_op(
+            tx.db(),
+            now,
+            "restriction lift",
+            format!(
+                "{device} ({} until {:?})",
+                d.restriction_reason.unwrap_or_default(),
+                d.restricted_until
+            ),
+        )?;
+        tx.commit()?;
+        Ok(())
+    })
 }
 
 /// Which withdrawals to list.
@@ -586,81 +631,83 @@ pub fn resolve_withdrawal(
             "a resolution names the operator and the reason".into(),
         ));
     }
-    let tx = store.begin()?;
-    let w = rows::withdrawal(tx.db(), tx_id)?
-        .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
-    if w.phase == Phase::Ordered {
-        let live_until = w
-            .order_expires_at
-            .unwrap_or(0)
-            .saturating_add(report_grace_s);
-        if now < live_until {
-            return Err(AdminError::WrongState(format!(
-                "{tx_id} is ordered and its ATM has not reported: the order may still be \
+    transact(store, |store| {
+        let tx = store.begin()?;
+        let w = rows::withdrawal(tx.db(), tx_id)?
+            .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
+        if w.phase == Phase::Ordered {
+            let live_until = w
+                .order_expires_at
+                .unwrap_or(0)
+                .saturating_add(report_grace_s);
+            if now < live_until {
+                return Err(AdminError::WrongState(format!(
+                    "{tx_id} is ordered and its ATM has not reported: the order may still be \
                  executed; resolve after {live_until} (order expiry plus report grace) or once \
                  the ATM reports"
+                )));
+            }
+        }
+        if !matches!(w.phase, Phase::Ordered | Phase::InDoubt) {
+            return Err(AdminError::WrongState(format!(
+                "{tx_id} is {}: only a withdrawal whose cash is in doubt is resolved",
+                w.phase
             )));
         }
-    }
-    if !matches!(w.phase, Phase::Ordered | Phase::InDoubt) {
-        return Err(AdminError::WrongState(format!(
-            "{tx_id} is {}: only a withdrawal whose cash is in doubt is resolved",
-            w.phase
-        )));
-    }
-    let evidence = evidence_of(tx.db(), &w)?;
-    evidence
-        .check(r.dispensed)
-        .map_err(|e| AdminError::Invalid(format!("{tx_id}: {e}")))?;
-    let step = transition(
-        &w.lifecycle(),
-        Event::Resolve {
-            dispensed: r.dispensed,
-        },
-    )
-    .map_err(|e| AdminError::WrongState(e.to_string()))?;
-    if !rows::set_phase(tx.db(), tx_id, w.phase, step.next, now)? {
-        return Err(AdminError::WrongState(format!(
-            "transaction {tx_id} changed concurrently"
-        )));
-    }
-    for effect in &step.ledger {
-        books::apply(tx.db(), &crate::handler::posting_for(&w, *effect)?, now)?;
-    }
-    let note = format!(
-        "resolved by {}: {} paid out ({})",
-        r.operator, r.dispensed, r.reason
-    );
-    rows::record_settlement(tx.db(), tx_id, step.settled, false, Some(&note))?;
-    let evidence_json = evidence_json(&evidence);
-    settlement::record_resolution(
-        tx.db(),
-        tx_id,
-        &settlement::ResolutionRow {
-            operator: r.operator.clone(),
-            reason: r.reason.clone(),
-            dispensed: r.dispensed,
-            low: evidence.low,
-            high: evidence.high,
-            evidence: evidence_json.clone(),
-            resolved_at: now,
-        },
-    )?;
-    if let Some(status) = step.receipt {
-        queue_receipt(tx.db(), &w, step.settled, status, now)?;
-    }
-    audit_by(
-        tx.db(),
-        now,
-        &r.operator,
-        "tx resolve",
-        format!(
-            "{tx_id} {} → {} ({} paid out; bounds {}..={}; reason: {}; evidence: {evidence_json})",
-            w.phase, step.next, r.dispensed, evidence.low, evidence.high, r.reason
-        ),
-    )?;
-    tx.commit()?;
-    Ok(step.next)
+        let evidence = evidence_of(tx.db(), &w)?;
+        evidence
+            .check(r.dispensed)
+            .map_err(|e| AdminError::Invalid(format!("{tx_id}: {e}")))?;
+        let step = transition(
+            &w.lifecycle(),
+            Event::Resolve {
+                dispensed: r.dispensed,
+            },
+        )
+        .map_err(|e| AdminError::WrongState(e.to_string()))?;
+        if !rows::set_phase(tx.db(), tx_id, w.phase, step.next, now)? {
+            return Err(AdminError::WrongState(format!(
+                "transaction {tx_id} changed concurrently"
+            )));
+        }
+        for effect in &step.ledger {
+            books::apply(tx.db(), &crate::handler::posting_for(&w, *effect)?, now)?;
+        }
+        let note = format!(
+            "resolved by {}: {} paid out ({})",
+            r.operator, r.dispensed, r.reason
+        );
+        rows::record_settlement(tx.db(), tx_id, step.settled, false, Some(&note))?;
+        let evidence_json = evidence_json(&evidence);
+        settlement::record_resolution(
+            tx.db(),
+            tx_id,
+            &settlement::ResolutionRow {
+                operator: r.operator.clone(),
+                reason: r.reason.clone(),
+                dispensed: r.dispensed,
+                low: evidence.low,
+                high: evidence.high,
+                evidence: evidence_json.clone(),
+                resolved_at: now,
+            },
+        )?;
+        if let Some(status) = step.receipt {
+            queue_receipt(tx.db(), &w, step.settled, status, now)?;
+        }
+        audit_by(
+            tx.db(),
+            now,
+            &r.operator,
+            "tx resolve",
+            format!(
+                "{tx_id} {} → {} ({} paid out; bounds {}..={}; reason: {}; evidence: {evidence_json})",
+                w.phase, step.next, r.dispensed, evidence.low, evidence.high, r.reason
+            ),
+        )?;
+        tx.commit()?;
+        Ok(step.next)
+    })
 }
 
 /// The evidence as a JSON document for the record.
@@ -714,139 +761,143 @@ pub fn decide_correction(
             "a decision names the operator and the reason".into(),
         ));
     }
-    let tx = store.begin()?;
-    let c = settlement::correction(tx.db(), id)?
-        .ok_or_else(|| AdminError::NotFound(format!("correction {id}")))?;
-    if c.state != CorrectionState::Proposed {
-        return Err(AdminError::WrongState(format!(
-            "correction {id} was already decided"
-        )));
-    }
-    let tx_id: TxId = c
-        .tx_id
-        .parse()
-        .map_err(|e: String| AdminError::Store(StoreError::Corrupt(e)))?;
-    let w = rows::withdrawal(tx.db(), &tx_id)?
-        .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
-    let state = if approve {
-        CorrectionState::Approved
-    } else {
-        CorrectionState::Rejected
-    };
-    if !settlement::decide_correction(tx.db(), id, state, operator, note, now)? {
-        return Err(AdminError::WrongState(format!(
-            "correction {id} changed concurrently"
-        )));
-    }
-    if !approve {
+    transact(store, |store| {
+        let tx = store.begin()?;
+        let c = settlement::correction(tx.db(), id)?
+            .ok_or_else(|| AdminError::NotFound(format!("correction {id}")))?;
+        if c.state != CorrectionState::Proposed {
+            return Err(AdminError::WrongState(format!(
+                "correction {id} was already decided"
+            )));
+        }
+        let tx_id: TxId = c
+            .tx_id
+            .parse()
+            .map_err(|e: String| AdminError::Store(StoreError::Corrupt(e)))?;
+        let w = rows::withdrawal(tx.db(), &tx_id)?
+            .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
+        let state = if approve {
+            CorrectionState::Approved
+        } else {
+            CorrectionState::Rejected
+        };
+        if !settlement::decide_correction(tx.db(), id, state, operator, note, now)? {
+            return Err(AdminError::WrongState(format!(
+                "correction {id} changed concurrently"
+            )));
+        }
+        if !approve {
+            audit_by(
+                tx.db(),
+                now,
+                operator,
+                "tx correction reject",
+                format!("correction {id} of {tx_id}: {note}"),
+            )?;
+            tx.commit()?;
+            return Ok(w.phase);
+        }
+        if w.settled != c.from_settled || !w.phase.is_final() {
+            return Err(AdminError::WrongState(format!(
+                "{tx_id} is now {} settled {}, not {} as when correction {id} was proposed",
+                w.phase, w.settled, c.from_settled
+            )));
+        }
+        if c.to_settled > w.amount.minor {
+            return Err(AdminError::Invalid(format!(
+                "correction {id} exceeds the amount of {tx_id}"
+            )));
+        }
+        let cur = w.amount.currency;
+        let (from, to, v, text) = if c.to_settled > c.from_settled {
+            (
+                LedgerAccount::Available(w.account.clone()),
+                LedgerAccount::AtmCash(cur),
+                c.to_settled - c.from_settled,
+                format!("correction {id}: more cash left the ATM than was settled"),
+            )
+        } else {
+            (
+                LedgerAccount::AtmCash(cur),
+                LedgerAccount::Available(w.account.clone()),
+                c.from_settled - c.to_settled,
+                format!("correction {id}: less cash left the ATM than was settled"),
+            )
+        };
+        if v > 0 {
+            let posting = Posting::movement(
+                PostingKind::Correction,
+                from,
+                to,
+                v,
+                cur,
+                tx_id.to_string(),
+                text,
+            )
+            .map_err(|e| AdminError::Store(StoreError::Unbalanced(e.to_string())))?;
+            match books::apply(tx.db(), &posting, now) {
+                Ok(_) => {}
+                Err(StoreError::Overdraft(account)) => {
+                    return Err(AdminError::WrongState(format!(
+                        "{account} does not cover the additional {v}: settle with the customer \
+                     first (top-up), then approve"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (phase, status) = if c.to_settled == w.amount.minor {
+            (Phase::Dispensed, ReceiptStatus::Completed)
+        } else if c.to_settled == 0 {
+            (Phase::Failed, ReceiptStatus::Failed)
+        } else {
+            (Phase::Partial, ReceiptStatus::Partial)
+        };
+        if phase != w.phase && !rows::set_phase(tx.db(), &tx_id, w.phase, phase, now)? {
+            return Err(AdminError::WrongState(format!(
+                "transaction {tx_id} changed concurrently"
+            )));
+        }
+        let record = format!(
+            "corrected by {operator} (correction {id}): {} → {} paid out ({note})",
+            c.from_settled, c.to_settled
+        );
+        rows::record_settlement(tx.db(), &tx_id, c.to_settled, false, Some(&record))?;
+        queue_receipt(tx.db(), &w, c.to_settled, status, now)?;
         audit_by(
             tx.db(),
             now,
             operator,
-            "tx correction reject",
-            format!("correction {id} of {tx_id}: {note}"),
+            "tx correction approve",
+            format!("{tx_id}: {record}"),
         )?;
         tx.commit()?;
-        return Ok(w.phase);
-    }
-    if w.settled != c.from_settled || !w.phase.is_final() {
-        return Err(AdminError::WrongState(format!(
-            "{tx_id} is now {} settled {}, not {} as when correction {id} was proposed",
-            w.phase, w.settled, c.from_settled
-        )));
-    }
-    if c.to_settled > w.amount.minor {
-        return Err(AdminError::Invalid(format!(
-            "correction {id} exceeds the amount of {tx_id}"
-        )));
-    }
-    let cur = w.amount.currency;
-    let (from, to, v, text) = if c.to_settled > c.from_settled {
-        (
-            LedgerAccount::Available(w.account.clone()),
-            LedgerAccount::AtmCash(cur),
-            c.to_settled - c.from_settled,
-            format!("correction {id}: more cash left the ATM than was settled"),
-        )
-    } else {
-        (
-            LedgerAccount::AtmCash(cur),
-            LedgerAccount::Available(w.account.clone()),
-            c.from_settled - c.to_settled,
-            format!("correction {id}: less cash left the ATM than was settled"),
-        )
-    };
-    if v > 0 {
-        let posting = Posting::movement(
-            PostingKind::Correction,
-            from,
-            to,
-            v,
-            cur,
-            tx_id.to_string(),
-            text,
-        )
-        .map_err(|e| AdminError::Store(StoreError::Unbalanced(e.to_string())))?;
-        match books::apply(tx.db(), &posting, now) {
-            Ok(_) => {}
-            Err(StoreError::Overdraft(account)) => {
-                return Err(AdminError::WrongState(format!(
-                    "{account} does not cover the additional {v}: settle with the customer \
-                     first (top-up), then approve"
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let (phase, status) = if c.to_settled == w.amount.minor {
-        (Phase::Dispensed, ReceiptStatus::Completed)
-    } else if c.to_settled == 0 {
-        (Phase::Failed, ReceiptStatus::Failed)
-    } else {
-        (Phase::Partial, ReceiptStatus::Partial)
-    };
-    if phase != w.phase && !rows::set_phase(tx.db(), &tx_id, w.phase, phase, now)? {
-        return Err(AdminError::WrongState(format!(
-            "transaction {tx_id} changed concurrently"
-        )));
-    }
-    let record = format!(
-        "corrected by {operator} (correction {id}): {} → {} paid out ({note})",
-        c.from_settled, c.to_settled
-    );
-    rows::record_settlement(tx.db(), &tx_id, c.to_settled, false, Some(&record))?;
-    queue_receipt(tx.db(), &w, c.to_settled, status, now)?;
-    audit_by(
-        tx.db(),
-        now,
-        operator,
-        "tx correction approve",
-        format!("{tx_id}: {record}"),
-    )?;
-    tx.commit()?;
-    Ok(phase)
+        Ok(phase)
+    })
 }
 
 /// Clears the reconciliation flag of a withdrawal in a final phase after the operator
 /// looked into it (e.g. a late report that disagreed), with a note for the record.
 pub fn clear_flag(store: &mut Store, tx_id: &TxId, note: &str, now: u64) -> Result<(), AdminError> {
-    let tx = store.begin()?;
-    let w = rows::withdrawal(tx.db(), tx_id)?
-        .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
-    if !w.needs_reconciliation {
-        return Err(AdminError::WrongState(format!("{tx_id} is not flagged")));
-    }
-    if !w.phase.is_final() {
-        return Err(AdminError::WrongState(format!(
-            "{tx_id} is {}: settle it with `tx resolve`",
-            w.phase
-        )));
-    }
-    let note = format!("reconciled by operator: {note}");
-    rows::record_settlement(tx.db(), tx_id, w.settled, false, Some(&note))?;
-    audit_op(tx.db(), now, "tx clear-flag", format!("{tx_id}: {note}"))?;
-    tx.commit()?;
-    Ok(())
+    transact(store, |store| {
+        let tx = store.begin()?;
+        let w = rows::withdrawal(tx.db(), tx_id)?
+            .ok_or_else(|| AdminError::NotFound(format!("transaction {tx_id}")))?;
+        if !w.needs_reconciliation {
+            return Err(AdminError::WrongState(format!("{tx_id} is not flagged")));
+        }
+        if !w.phase.is_final() {
+            return Err(AdminError::WrongState(format!(
+                "{tx_id} is {}: settle it with `tx resolve`",
+                w.phase
+            )));
+        }
+        let note = format!("reconciled by operator: {note}");
+        rows::record_settlement(tx.db(), tx_id, w.settled, false, Some(&note))?;
+        audit_op(tx.db(), now, "tx clear-flag", format!("{tx_id}: {note}"))?;
+        tx.commit()?;
+        Ok(())
+    })
 }
 
 /// Checks the books (see [`books::check`]).

@@ -788,13 +788,7 @@ pub(crate) fn retry_transient<T>(
             Err(e) if e.is_transient() && started.elapsed() < RETRY_FOR => {
                 tries += 1;
                 let pause = match e {
-                    StoreError::Conflict(_) => {
-                        // Spread the next attempts of colliding instances apart.
-                        let jitter = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(1, |d| u64::from(d.subsec_nanos()) % 5);
-                        std::time::Duration::from_millis(u64::from(tries.min(10)) * jitter)
-                    }
+                    StoreError::Conflict(_) => conflict_pause(tries),
                     _ => {
                         tracing::warn!(error = %e, tries, "database unavailable: trying again");
                         std::time::Duration::from_millis(50u64 << tries.min(4))
@@ -805,6 +799,16 @@ pub(crate) fn retry_transient<T>(
             other => return other,
         }
     }
+}
+
+/// The pause before running a transaction again after its `tries`-th conflict: none at
+/// first, then a few milliseconds growing with the tries and jittered, so that two colliding
+/// instances (or an operator's command and an instance) stop colliding.
+pub(crate) fn conflict_pause(tries: u32) -> std::time::Duration {
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::from(d.subsec_nanos()) % 5);
+    std::time::Duration::from_millis(u64::from(tries.min(10)) * jitter)
 }
 
 /// One message, start to end. `Err` only for a database failure that spoils the batch.
