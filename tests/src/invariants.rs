@@ -119,6 +119,8 @@ pub struct AgentView {
     pub outcomes: BTreeMap<String, u32>,
     /// Messages other than heartbeats still waiting in the outbox.
     pub outbox_pending: u64,
+    /// Those messages, each as its kind, attempts and time queued (for the violation).
+    pub outbox_detail: Vec<String>,
     /// Dead letters (messages the hub refused permanently).
     pub dead_letters: u64,
 }
@@ -345,13 +347,20 @@ pub fn read_agent(path: &Path) -> Result<AgentView, ReadError> {
             map.insert(order, u32::try_from(n).unwrap_or(u32::MAX));
         }
     }
-    view.outbox_pending = db
-        .query_row(
-            "SELECT COUNT(*) FROM outbox WHERE kind <> 'Heartbeat'",
-            [],
-            |r| r.get::<_, i64>(0),
+    view.outbox_detail = db
+        .prepare(
+            "SELECT kind, attempts, created_at FROM outbox WHERE kind <> 'Heartbeat' ORDER BY id",
         )?
-        .max(0) as u64;
+        .query_map([], |r| {
+            Ok(format!(
+                "{} ({} attempts, queued at {})",
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    view.outbox_pending = view.outbox_detail.len() as u64;
     view.dead_letters = db
         .query_row("SELECT COUNT(*) FROM dead_letters", [], |r| {
             r.get::<_, i64>(0)
@@ -550,8 +559,9 @@ pub fn check_carried(
     }
     if drained && agent.outbox_pending > 0 {
         bad(format!(
-            "[3] {} messages still in the agent's outbox",
-            agent.outbox_pending
+            "[3] {} messages still in the agent's outbox: {}",
+            agent.outbox_pending,
+            agent.outbox_detail.join(", ")
         ));
     }
     if agent.dead_letters > 0 {
@@ -776,6 +786,7 @@ mod tests {
             started: [(id.clone(), 1)].into(),
             outcomes: [(id, 1)].into(),
             outbox_pending: 0,
+            outbox_detail: Vec::new(),
             dead_letters: 0,
         };
         let machine = MachineView::from_counts(&[0, amount / 1_000], &[10_000, 1_000]);

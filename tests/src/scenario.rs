@@ -1,7 +1,9 @@
 //! Fault-injection scenarios: complete withdrawals through the real pieces with one fault
 //! injected into each, checked against the money invariants after every scenario.
 //!
-//! The world is built once per campaign and reused across scenarios: a private Mosquitto,
+//! The world is built once per campaign and reused across scenarios: a private Mosquitto
+//! (or, with [`BrokerSetup::Nats`], a private cluster of NATS nodes, the hub on the first,
+//! the agent on the second and the phone on the last, each failing over to the others),
 //! the hub service in-process over a real SQLite file (restartable from disk) or, with
 //! [`HubSetup::Instances`], several hub instance processes on one PostgreSQL database of a
 //! private server, sharing the load through `$share/hub/` (killed and restarted, the
@@ -39,6 +41,7 @@ use crate::broker::Mosquitto;
 use crate::instances::{Instances, READY_WITHIN};
 use crate::invariants::{self, Deadlines, Drift, MachineView, Verdict};
 use crate::mqtt::TestClient;
+use crate::nats::NatsCluster;
 use crate::postgres::{Postgres, blocking};
 use qrcash_protocol::messages::{CountSource, DispenseReport};
 
@@ -59,6 +62,10 @@ const BATCH: u64 = 3;
 /// Hub kills and database restarts strike within this many milliseconds of the
 /// registration: anywhere in a flow, from the registration to the report.
 const KILL_WITHIN_MS: u64 = 1_500;
+/// The line the campaign writes into the agent's log before each start of the agent.
+const AGENT_STARTED: &str = "=== qrcash-fault-campaign: agent started ===";
+/// What the agent's link logs when it leaves a broker node for the next.
+const MOVING_ON: &str = "moving on to the next broker";
 /// Hub instances log `info` from their service (readiness, subscriptions), else warnings.
 const INSTANCE_LOG: &str = "warn,qrcash_hub::service=info";
 
@@ -171,6 +178,15 @@ pub enum Fault {
         /// How long it stays down.
         down_ms: u64,
     },
+    /// The broker node the agent is connected to is SIGKILLed this long after the
+    /// confirmation and started again `down_ms` after the agent moved to another node.
+    /// Clustered broker only (it takes the place of [`Fault::BrokerOutage`]).
+    BrokerNodeKill {
+        /// Delay after the confirmation before the node dies.
+        after_ms: u64,
+        /// How long it stays down once the agent left it.
+        down_ms: u64,
+    },
     /// The hub service is restarted from its database (after presentation or confirmation);
     /// with several instances, every one of them (SIGTERM, then started again).
     HubRestart {
@@ -223,6 +239,7 @@ impl Fault {
             Fault::Kill { .. } => "sigkill-agent",
             Fault::KillAtOrder { .. } => "sigkill-agent-mid-dispense",
             Fault::BrokerOutage { .. } => "broker-restart",
+            Fault::BrokerNodeKill { .. } => "broker-node-kill",
             Fault::HubRestart { .. } => "hub-restart",
             Fault::HubKill { .. } => "sigkill-hub-instance",
             Fault::DatabaseRestart { .. } => "database-restart",
@@ -232,9 +249,9 @@ impl Fault {
         }
     }
 
-    /// One of every kind the hub setup allows, in a fixed order (the default suite runs these
-    /// first).
-    pub fn every_kind(rng: &mut Rng, hubs: HubSetup) -> Vec<Fault> {
+    /// One of every kind the hub and broker setups allow, in a fixed order (the default suite
+    /// runs these first).
+    pub fn every_kind(rng: &mut Rng, hubs: HubSetup, broker: BrokerSetup) -> Vec<Fault> {
         let mut all = vec![
             Fault::None,
             Fault::Device(DeviceFault::Jam(rng.below(3) as u32)),
@@ -254,10 +271,7 @@ impl Fault {
             Fault::KillAtOrder {
                 after_ms: rng.below(30),
             },
-            Fault::BrokerOutage {
-                after_ms: rng.below(200),
-                down_ms: 200 + rng.below(800),
-            },
+            broker.outage(rng.below(200), 200 + rng.below(800)),
             Fault::HubRestart {
                 after_confirm: false,
             },
@@ -287,7 +301,7 @@ impl Fault {
 
     /// A random fault (the baseline and replays weighted up: they are cheap). With several
     /// hub instances, one in five kills an instance or restarts the database.
-    pub fn random(rng: &mut Rng, hubs: HubSetup) -> Fault {
+    pub fn random(rng: &mut Rng, hubs: HubSetup, broker: BrokerSetup) -> Fault {
         if let HubSetup::Instances(instances) = hubs
             && rng.below(5) == 0
         {
@@ -316,10 +330,7 @@ impl Fault {
             11 => Fault::KillAtOrder {
                 after_ms: rng.below(40),
             },
-            12 | 13 => Fault::BrokerOutage {
-                after_ms: rng.below(300),
-                down_ms: 100 + rng.below(1_500),
-            },
+            12 | 13 => broker.outage(rng.below(300), 100 + rng.below(1_500)),
             14 => Fault::HubRestart {
                 after_confirm: rng.below(2) == 0,
             },
@@ -362,6 +373,88 @@ pub struct Settings {
     pub verbose: bool,
     /// Where the hub runs.
     pub hubs: HubSetup,
+    /// What the broker is.
+    pub broker: BrokerSetup,
+}
+
+/// What a campaign's broker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BrokerSetup {
+    /// One private Mosquitto (restarted whole by [`Fault::BrokerOutage`]).
+    #[default]
+    Mosquitto,
+    /// A private cluster of this many NATS nodes with MQTT listeners (nodes killed one at a
+    /// time by [`Fault::BrokerNodeKill`]). NATS does not implement `$share`: one hub only.
+    Nats(usize),
+}
+
+impl BrokerSetup {
+    /// The broker fault of this setup: the whole broker restarted, or the agent's node killed.
+    fn outage(self, after_ms: u64, down_ms: u64) -> Fault {
+        match self {
+            BrokerSetup::Mosquitto => Fault::BrokerOutage { after_ms, down_ms },
+            BrokerSetup::Nats(_) => Fault::BrokerNodeKill { after_ms, down_ms },
+        }
+    }
+}
+
+/// The running broker.
+enum Broker {
+    Mosquitto(Mosquitto),
+    /// The hub and the spy on node 0 (never killed), the agent starting on node 1 and failing
+    /// over among the others, the phone starting on the last.
+    Nats(NatsCluster),
+}
+
+impl Broker {
+    async fn start(setup: BrokerSetup) -> Result<Broker, Failure> {
+        Ok(match setup {
+            BrokerSetup::Mosquitto => Broker::Mosquitto(Mosquitto::start()),
+            BrokerSetup::Nats(n) if n >= 3 => Broker::Nats(NatsCluster::start(n).await),
+            BrokerSetup::Nats(n) => {
+                return Err(format!(
+                    "a NATS cluster of {n} nodes cannot lose one (JetStream needs a majority \
+                     of three or more)"
+                ));
+            }
+        })
+    }
+
+    /// The hub's (and the spy's) settings.
+    fn hub(&self) -> BrokerConfig {
+        match self {
+            Broker::Mosquitto(m) => BrokerConfig::plain(m.url()),
+            Broker::Nats(c) => c.config(0),
+        }
+    }
+
+    /// The agent's settings: on NATS every node but the hub's, from node 1 on.
+    fn agent(&self) -> BrokerConfig {
+        match self {
+            Broker::Mosquitto(m) => BrokerConfig::plain(m.url()),
+            Broker::Nats(c) => BrokerConfig {
+                url: c.url(1),
+                failover_urls: (2..c.len()).map(|i| c.url(i)).collect(),
+                ..BrokerConfig::default()
+            },
+        }
+    }
+
+    /// The phone's settings.
+    fn phone(&self) -> BrokerConfig {
+        match self {
+            Broker::Mosquitto(m) => BrokerConfig::plain(m.url()),
+            Broker::Nats(c) => c.config(c.len() - 1),
+        }
+    }
+
+    /// The spy's: held to the hub's node, which no fault kills.
+    fn spy(&self) -> BrokerConfig {
+        match self {
+            Broker::Mosquitto(m) => BrokerConfig::plain(m.url()),
+            Broker::Nats(c) => BrokerConfig::plain(c.url(0)),
+        }
+    }
 }
 
 /// Where a campaign's hub runs.
@@ -478,7 +571,7 @@ type Strike = tokio::task::JoinHandle<Result<(), Failure>>;
 pub struct World {
     settings: Settings,
     rng: Rng,
-    broker: Mosquitto,
+    broker: Broker,
     dir: tempfile::TempDir,
     clock: ShiftClock,
     hub_key: PrivateKey,
@@ -534,7 +627,14 @@ impl World {
     /// Builds the world: broker, hub with one account and this ATM, simulator, agent, phone.
     pub async fn start(settings: Settings) -> Result<World, Failure> {
         let mut rng = Rng::new(settings.seed);
-        let broker = Mosquitto::start();
+        if let (HubSetup::Instances(_), BrokerSetup::Nats(_)) = (settings.hubs, settings.broker) {
+            return Err(
+                "hub instances share the load through `$share/hub/`, which NATS does not \
+                 implement: run them on Mosquitto"
+                    .into(),
+            );
+        }
+        let broker = Broker::start(settings.broker).await?;
         // `QRCASH_FAULT_KEEP=1` keeps the world's folder (databases, agent log, configs) for
         // a look after a failing seed.
         let keep = std::env::var_os("QRCASH_FAULT_KEEP").is_some();
@@ -607,7 +707,7 @@ impl World {
         .map_err(|e| fail("simulator", e))?;
         let png = dir.path().join("code.png");
         write_png(&png, None)?;
-        write_agent_config(dir.path(), &broker.url(), sim.port_path())?;
+        write_agent_config(dir.path(), &broker.agent(), sim.port_path())?;
 
         let cluster = match (pg, &hub_db) {
             (Some(pg), HubDb::Postgres(url)) => Some(Cluster {
@@ -617,17 +717,17 @@ impl World {
                     dir.path(),
                     &hub_config,
                     &hub_key,
-                    &broker.url(),
+                    &broker.hub().url,
                     url,
                 )?)),
             }),
             _ => None,
         };
-        let mut phone_settings =
-            PhoneSettings::new("hanako-phone", BrokerConfig::plain(broker.url()));
-        if cluster.is_some() {
-            // An instance killed before its commit loses the message: the phone's outbox sends
-            // it again well within the confirmation window.
+        let mut phone_settings = PhoneSettings::new("hanako-phone", broker.phone());
+        if cluster.is_some() || matches!(broker, Broker::Nats(_)) {
+            // An instance killed before its commit, or the phone's broker node killed before
+            // forwarding, loses the message: the phone's outbox sends it again well within
+            // the confirmation window.
             phone_settings.resend_after = Duration::from_secs(1);
         }
         let phone = PhoneClient::connect(
@@ -686,8 +786,7 @@ impl World {
     }
 
     async fn connect_spy(&mut self) -> Result<(), Failure> {
-        let cfg = BrokerConfig::plain(self.broker.url());
-        let mut spy = TestClient::connect(&cfg, "fault-spy")
+        let mut spy = TestClient::connect(&self.broker.spy(), "fault-spy")
             .await
             .map_err(|e| fail("spy client", e))?;
         spy.subscribe(&format!("{}/#", topics::ROOT)).await;
@@ -721,7 +820,7 @@ impl World {
 
     fn hub_options(&self) -> ServiceOptions {
         ServiceOptions {
-            broker: BrokerConfig::plain(self.broker.url()),
+            broker: self.broker.hub(),
             client_id: "hub".into(),
             shared_subscription: false,
             group_commit_max: 64,
@@ -790,16 +889,20 @@ impl World {
     }
 
     async fn spawn_agent(&mut self, crash: Option<CrashStep>) -> Result<(), Failure> {
-        let log = std::fs::OpenOptions::new()
+        let mut log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.path("agent.log"))
+            .map_err(|e| fail("agent log", e))?;
+        // Where this run of the agent starts in the log: [`World::agent_node`] reads on.
+        std::io::Write::write_all(&mut log, format!("{AGENT_STARTED}\n").as_bytes())
             .map_err(|e| fail("agent log", e))?;
         let mut cmd = Command::new(&self.settings.agent_exe);
         cmd.arg("agent")
             .arg("--config")
             .arg(self.path("agent.toml"))
-            .env("RUST_LOG", "warn")
+            // The link's `info` says when it moves on to another broker node.
+            .env("RUST_LOG", "warn,qrcash_io::link=info")
             .env_remove(qrcash_agent::runtime::CRASH_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -852,12 +955,68 @@ impl World {
         }
     }
 
+    /// The NATS node the agent uses now: the last one its link moved on to since it started
+    /// (its log says), else the first of its configuration.
+    fn agent_node(&self) -> Result<usize, Failure> {
+        let Broker::Nats(cluster) = &self.broker else {
+            return Err("not a clustered broker".into());
+        };
+        let log =
+            std::fs::read_to_string(self.path("agent.log")).map_err(|e| fail("agent log", e))?;
+        let run = log.rsplit(AGENT_STARTED).next().unwrap_or_default();
+        let url = run
+            .lines()
+            .rev()
+            .filter(|line| line.contains(MOVING_ON))
+            .find_map(|line| {
+                let url = line.split("broker=").nth(1)?.split_whitespace().next()?;
+                Some(
+                    url.trim_end_matches(|c: char| !c.is_ascii_digit())
+                        .to_owned(),
+                )
+            })
+            .unwrap_or_else(|| self.broker.agent().url);
+        cluster
+            .node_at(&url)
+            .ok_or_else(|| format!("the agent's log names a broker {url} of no node"))
+    }
+
+    /// Kills the NATS node the agent is connected to, waits until the agent moved to another
+    /// node and came online there, leaves the node down for `down`, then starts it again and
+    /// waits until it serves the cluster.
+    async fn broker_node_kill(&mut self, down: Duration) -> Result<(), Failure> {
+        let node = self.agent_node()?;
+        let Broker::Nats(cluster) = &mut self.broker else {
+            return Err("not a clustered broker".into());
+        };
+        cluster.kill(node);
+        let deadline = Instant::now() + STEP;
+        while self.agent_node()? == node {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the agent did not leave the killed broker node {node}"
+                ));
+            }
+            self.pump_spy(Duration::from_millis(50), |_| false).await;
+        }
+        // Its node's death published no last will: the presence stays `online`, and the
+        // agent announces it again on the new node.
+        tokio::time::sleep(down).await;
+        let Broker::Nats(cluster) = &mut self.broker else {
+            return Err("not a clustered broker".into());
+        };
+        cluster.restart(node).await
+    }
+
     async fn broker_outage(&mut self, down: Duration) -> Result<(), Failure> {
+        let Broker::Mosquitto(mosquitto) = &mut self.broker else {
+            return Err("a clustered broker is not restarted whole".into());
+        };
         let subscribed = self.cluster.as_ref().map(Cluster::subscriptions);
         self.spy = None;
-        self.broker.stop();
+        mosquitto.stop();
         tokio::time::sleep(down).await;
-        self.broker.start_again();
+        mosquitto.start_again();
         self.connect_spy().await?;
         if !self.pump_spy(STEP, |p| p == Some("online")).await {
             return Err("the agent did not reconnect after the broker restart".into());
@@ -973,8 +1132,24 @@ impl World {
 
     /// Waits until the agent's outbox holds nothing but heartbeats, and stays so while the
     /// broker carries no message for a moment: an answer still in flight (a hub resending an
-    /// order in a fresh envelope after a replay, say) would queue another report.
+    /// order in a fresh envelope after a replay, say) would queue another report. A report
+    /// queued again right after that moment (with several instances, one of them may resend
+    /// the order on the agent's `online` after another applied its report, and the agent
+    /// answers the repeat with its stored report) is waited out too, twice at most.
     async fn wait_drained(&mut self) -> Result<bool, Failure> {
+        for _ in 0..2 {
+            if !self.wait_drained_once().await? {
+                return Ok(false);
+            }
+            let view = invariants::read_agent(&self.path("agent.db")).map_err(|e| e.to_string())?;
+            if view.outbox_pending == 0 {
+                return Ok(true);
+            }
+        }
+        self.wait_drained_once().await
+    }
+
+    async fn wait_drained_once(&mut self) -> Result<bool, Failure> {
         const QUIET: Duration = Duration::from_millis(300);
         let deadline = tokio::time::Instant::now() + STEP;
         loop {
@@ -1004,8 +1179,10 @@ impl World {
     /// reported once, at the scenario that caused it, and later scenarios are judged on
     /// what they change.
     pub fn check(&mut self, drained: bool, deadlines: Deadlines) -> Result<Verdict, Failure> {
-        let hub = self.read_hub()?;
+        // The agent first, right after its outbox was seen drained: whatever it reported by
+        // then the hub had applied before acknowledging it.
         let agent = invariants::read_agent(&self.path("agent.db")).map_err(|e| e.to_string())?;
+        let hub = self.read_hub()?;
         let mut v =
             invariants::check_carried(&hub, &agent, self.machine(), drained, deadlines, self.drift);
         self.drift = v.drift;
@@ -1192,6 +1369,11 @@ impl World {
                 tokio::time::sleep(Duration::from_millis(after_ms)).await;
                 self.broker_outage(Duration::from_millis(down_ms)).await?;
             }
+            Fault::BrokerNodeKill { after_ms, down_ms } => {
+                tokio::time::sleep(Duration::from_millis(after_ms)).await;
+                self.broker_node_kill(Duration::from_millis(down_ms))
+                    .await?;
+            }
             Fault::HubRestart {
                 after_confirm: true,
             } => self.restart_hub().await?,
@@ -1335,11 +1517,13 @@ impl World {
                 "a late confirmation pays nothing",
                 &mut verdict,
             ),
-            Fault::HubKill { .. } | Fault::DatabaseRestart { .. } => expect(
+            Fault::HubKill { .. }
+            | Fault::DatabaseRestart { .. }
+            | Fault::BrokerNodeKill { .. } => expect(
                 (phase == "dispensed" && paid == amount)
                     || (matches!(phase.as_str(), "failed" | "expired" | "cancelled") && paid == 0),
-                "a hub instance's death or a database restart completes the withdrawal or \
-                 pays nothing, and never leaves it in doubt",
+                "a hub instance's or the agent's broker node's death, or a database restart, \
+                 completes the withdrawal or pays nothing, and never leaves it in doubt",
                 &mut verdict,
             ),
             Fault::Crash(step) => {
@@ -1547,8 +1731,9 @@ fn instance_configs(
     Ok(instances)
 }
 
-fn write_agent_config(dir: &Path, broker_url: &str, port: &str) -> Result<(), Failure> {
+fn write_agent_config(dir: &Path, broker: &BrokerConfig, port: &str) -> Result<(), Failure> {
     let p = |name: &str| dir.join(name).display().to_string();
+    let (broker_url, failover) = (&broker.url, toml::Value::from(broker.failover_urls.clone()));
     let text = format!(
         r#"
 atm_id = "{ATM}"
@@ -1566,6 +1751,7 @@ notes = 1000000
 
 [broker]
 url = "{broker_url}"
+failover_urls = {failover}
 
 [camera]
 kind = "files"
@@ -1659,12 +1845,12 @@ pub async fn campaign(
     every_kind: bool,
 ) -> Result<Summary, Failure> {
     let started = Instant::now();
-    let (seed, hubs) = (settings.seed, settings.hubs);
+    let (seed, hubs, broker) = (settings.seed, settings.hubs, settings.broker);
     let mut world = World::start(settings).await?;
     // Debugging aid: `QRCASH_FAULT_ONLY=<kind>` runs only random faults of that kind.
     let only = std::env::var("QRCASH_FAULT_ONLY").ok();
     let mut plan = if every_kind && only.is_none() {
-        Fault::every_kind(world.rng(), hubs)
+        Fault::every_kind(world.rng(), hubs, broker)
     } else {
         Vec::new()
     };
@@ -1674,7 +1860,7 @@ pub async fn campaign(
         let fault = match plan.get(i) {
             Some(f) => *f,
             None => loop {
-                let f = Fault::random(world.rng(), hubs);
+                let f = Fault::random(world.rng(), hubs, broker);
                 if only.as_deref().is_none_or(|k| k == f.kind()) {
                     break f;
                 }

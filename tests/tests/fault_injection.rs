@@ -15,11 +15,18 @@
 //! a hub instance SIGKILLed at a random moment of the flow (before a commit, between a commit
 //! and its publish) and started again, and PostgreSQL restarted under the instances.
 //!
+//! On a clustered broker (three NATS nodes, the hub on one, the agent starting on another):
+//! the node the agent is connected to SIGKILLed a random moment after the confirmation,
+//! twice (the agent moves to the other node, then back to the restarted one). The long
+//! campaign runs every other fault on the cluster too (`--nats 3`).
+//!
 //! Replay a failure with the seed it prints: `QRCASH_FAULT_SEED=<n> cargo test -p
 //! qrcash-tests --test fault_injection`. `QRCASH_FAULT_SCENARIOS` changes the count; the long
 //! campaign is `qrcash-fault-campaign` (docs/BENCHMARKS.md).
 
-use qrcash_tests::scenario::{Fault, HubSetup, Rng, Settings, campaign};
+use qrcash_tests::scenario::{
+    BrokerSetup, Fault, HubSetup, Rng, Settings, Summary, World, campaign,
+};
 
 /// The seed when `QRCASH_FAULT_SEED` is not set: fixed, so the default run is repeatable.
 const DEFAULT_SEED: u64 = 20_261_121;
@@ -61,10 +68,7 @@ async fn a_short_fault_campaign_on_three_hub_instances_and_postgres_keeps_every_
 }
 
 /// Runs the short campaign on `hubs` and asserts what every setup must show.
-async fn short_campaign(
-    hubs: HubSetup,
-    default_scenarios: usize,
-) -> qrcash_tests::scenario::Summary {
+async fn short_campaign(hubs: HubSetup, default_scenarios: usize) -> Summary {
     let seed = env_number("QRCASH_FAULT_SEED").unwrap_or(DEFAULT_SEED);
     let scenarios = env_number("QRCASH_FAULT_SCENARIOS").unwrap_or(default_scenarios);
     eprintln!(
@@ -76,6 +80,7 @@ async fn short_campaign(
             agent_exe: env!("CARGO_BIN_EXE_qrcash-fault-campaign").into(),
             verbose: true,
             hubs,
+            broker: BrokerSetup::Mosquitto,
         },
         scenarios,
         true,
@@ -98,7 +103,7 @@ async fn short_campaign(
     // The campaign really exercised what it claims: every kind ran, cash moved, the crash
     // hooks left transactions in doubt, and the final check saw every withdrawal.
     assert_eq!(summary.scenarios, scenarios);
-    let kinds = Fault::every_kind(&mut Rng::new(0), hubs)
+    let kinds = Fault::every_kind(&mut Rng::new(0), hubs, BrokerSetup::Mosquitto)
         .iter()
         .map(Fault::kind)
         .collect::<std::collections::BTreeSet<_>>()
@@ -140,12 +145,13 @@ async fn short_campaign(
 /// upper bound) instead of claiming the first dispense's counts as its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_the_write_ahead_never_borrows_the_last_dispense_of_the_same_notes() {
-    use qrcash_tests::scenario::{CrashStep, World};
+    use qrcash_tests::scenario::CrashStep;
     let mut world = World::start(Settings {
         seed: 20_261_130,
         agent_exe: env!("CARGO_BIN_EXE_qrcash-fault-campaign").into(),
         verbose: true,
         hubs: HubSetup::Embedded,
+        broker: BrokerSetup::Mosquitto,
     })
     .await
     .expect("the world starts");
@@ -169,4 +175,53 @@ async fn a_crash_after_the_write_ahead_never_borrows_the_last_dispense_of_the_sa
     let last = world.finish().await.expect("the final check runs");
     assert!(last.is_ok(), "{:?}", last.violations);
     assert_eq!(last.delivered_value, paid.amount);
+}
+
+/// The broker node the agent is connected to dies mid-flow, twice, on a cluster of three
+/// NATS nodes: the agent moves to the other node, then back to the restarted one; its
+/// reports and the hub's orders are sent again there, and every withdrawal completes or pays
+/// nothing, never in doubt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_broker_node_killed_mid_flow_on_a_nats_cluster_keeps_every_money_invariant() {
+    let seed = env_number("QRCASH_FAULT_SEED").unwrap_or(DEFAULT_SEED);
+    eprintln!("broker node kills on NATS: seed {seed} (replay: QRCASH_FAULT_SEED={seed})");
+    let mut world = World::start(Settings {
+        seed,
+        agent_exe: env!("CARGO_BIN_EXE_qrcash-fault-campaign").into(),
+        verbose: true,
+        hubs: HubSetup::Embedded,
+        broker: BrokerSetup::Nats(3),
+    })
+    .await
+    .expect("the world starts");
+    let mut rng = Rng::new(seed);
+    let mut node_kill = || Fault::BrokerNodeKill {
+        after_ms: rng.below(300),
+        down_ms: 200 + rng.below(800),
+    };
+    let faults = [node_kill(), node_kill()];
+    let mut summary = Summary::default();
+    for (i, fault) in faults.into_iter().enumerate() {
+        let outcome = world
+            .run(fault)
+            .await
+            .unwrap_or_else(|e| panic!("seed {seed}, scenario {i} ({fault:?}): {e}"));
+        summary.add(i, &outcome);
+    }
+    let last = world.finish().await.expect("the final check runs");
+    eprintln!("{}", summary.table());
+    assert!(
+        summary.violations.is_empty() && last.is_ok(),
+        "seed {seed}: violations:\n{}\n{:?}",
+        summary.violations.join("\n"),
+        last.violations
+    );
+    let kills = &summary.by_kind["broker-node-kill"];
+    assert_eq!(kills.0, 2, "{}", summary.table());
+    assert!(
+        kills.1.get("dispensed").copied().unwrap_or(0) > 0,
+        "no withdrawal survived its agent's broker node\n{}",
+        summary.table()
+    );
+    assert_eq!(last.withdrawals, faults.len());
 }

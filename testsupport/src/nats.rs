@@ -131,13 +131,17 @@ impl NatsCluster {
         );
     }
 
+    /// A subscriber on node `from` hears a message published on node `to` (each client held
+    /// to its node: no failover).
     async fn round_trip(&self, from: usize, to: usize) -> Result<(), String> {
-        let mut sub = TestClient::connect(&self.config(from), "cluster-probe-sub").await?;
+        let mut sub =
+            TestClient::connect(&BrokerConfig::plain(self.url(from)), "cluster-probe-sub").await?;
         let codes = sub.subscribe("probe/formed").await;
         if codes.contains(&rumqttc::SubscribeReasonCode::Failure) {
             return Err("the subscription was refused".into());
         }
-        let mut publisher = TestClient::connect(&self.config(to), "cluster-probe-pub").await?;
+        let mut publisher =
+            TestClient::connect(&BrokerConfig::plain(self.url(to)), "cluster-probe-pub").await?;
         publisher.publish("probe/formed", b"up".to_vec()).await;
         match sub.next_publish(Duration::from_secs(2)).await {
             Some(_) => Ok(()),
@@ -172,6 +176,51 @@ impl NatsCluster {
         while TcpStream::connect(("127.0.0.1", port)).is_ok() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts node `i` again after [`NatsCluster::kill`] and waits until it serves MQTT in
+    /// the cluster again: a message published on it reaches a subscriber on another node,
+    /// and one published on another node reaches a subscriber on it.
+    ///
+    /// # Errors
+    /// If that does not happen within 60 s; the message carries the node's log.
+    pub async fn restart(&mut self, i: usize) -> Result<(), String> {
+        if self.nodes[i].child.is_none() {
+            self.spawn(i);
+        }
+        let other = (i + 1) % self.nodes.len();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let tried = match self.round_trip(other, i).await {
+                Ok(()) => self.round_trip(i, other).await,
+                e => e,
+            };
+            match tried {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!(
+                        "NATS node {i} did not rejoin the cluster within 60 s ({e}): {}",
+                        self.log(i)
+                    ));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    /// How many nodes the cluster has (running or not).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the cluster has no node (never: [`NatsCluster::start`] makes at least one).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The node whose MQTT listener is at `url` (as [`NatsCluster::url`] gives it).
+    pub fn node_at(&self, url: &str) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| self.url(i) == url)
     }
 
     /// What node `i` logged so far.

@@ -1,9 +1,11 @@
 //! `qrcash-fault-campaign`: the long fault-injection campaign (and the agent it drives).
 //!
-//! `qrcash-fault-campaign --scenarios 2000 --seed 7 [--seeds N] [--quiet] [--hubs 3]` builds
-//! the world of `qrcash_tests::scenario` (private Mosquitto, hub service, agent child process,
-//! LCDM simulator, phone; with `--hubs N`, N hub instance processes on a private PostgreSQL
-//! instead of the in-process hub on SQLite), runs one fault per withdrawal, checks the money invariants after each,
+//! `qrcash-fault-campaign --scenarios 2000 --seed 7 [--seeds N] [--quiet] [--hubs 3 | --nats 3]`
+//! builds the world of `qrcash_tests::scenario` (private Mosquitto, hub service, agent child
+//! process, LCDM simulator, phone; with `--hubs N`, N hub instance processes on a private
+//! PostgreSQL instead of the in-process hub on SQLite; with `--nats N`, a private cluster of
+//! N NATS nodes instead of Mosquitto, the agent's node killed instead of the whole broker
+//! restarted), runs one fault per withdrawal, checks the money invariants after each,
 //! sweeps past every deadline at the end and checks once more. With `--seeds N` it runs N
 //! campaigns of `--scenarios` each, with the seeds `seed`, `seed + 1`, …, each in a fresh
 //! world, and prints every seed with its result for replay. Exit status 1 on any violation,
@@ -21,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use qrcash_tests::scenario::{HubSetup, Settings, campaign};
+use qrcash_tests::scenario::{BrokerSetup, HubSetup, Settings, campaign};
 
 /// Runs randomized fault scenarios against the real hub, agent and simulator and checks
 /// the money invariants after each; a failing seed is printed for replay.
@@ -43,8 +45,12 @@ struct Args {
     /// Run this many hub instance processes on one PostgreSQL database (a private server
     /// started from `scripts/postgres.sh`) instead of one hub in this process on SQLite;
     /// adds hub instance kills and database restarts to the faults.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "nats")]
     hubs: Option<usize>,
+    /// Run the broker as a private cluster of this many NATS nodes (3 or more) instead of one
+    /// Mosquitto; the broker fault then kills the node the agent is connected to.
+    #[arg(long)]
+    nats: Option<usize>,
     /// The role the campaign starts this binary in.
     #[command(subcommand)]
     role: Option<Role>,
@@ -83,6 +89,11 @@ fn main() -> Result<()> {
         Some(0) => bail!("--hubs needs at least one instance"),
         Some(n) => HubSetup::Instances(n),
     };
+    let broker = match args.nats {
+        None => BrokerSetup::Mosquitto,
+        Some(n) if n < 3 => bail!("--nats needs at least three nodes to lose one"),
+        Some(n) => BrokerSetup::Nats(n),
+    };
     let seed = seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -93,7 +104,7 @@ fn main() -> Result<()> {
     let mut failed = Vec::new();
     let mut total = 0usize;
     for seed in (0..seeds.max(1)).map(|i| seed.wrapping_add(i)) {
-        match run_seed(&rt, seed, scenarios, &agent_exe, verbose, hubs) {
+        match run_seed(&rt, seed, scenarios, &agent_exe, verbose, (hubs, broker)) {
             Ok(n) => total += n,
             Err(e) => {
                 eprintln!("seed {seed} FAILED: {e:#}");
@@ -131,11 +142,11 @@ fn run_seed(
     scenarios: usize,
     agent_exe: &std::path::Path,
     verbose: bool,
-    hubs: HubSetup,
+    (hubs, broker): (HubSetup, BrokerSetup),
 ) -> Result<usize> {
     let agent_exe = agent_exe.to_path_buf();
     eprintln!(
-        "fault campaign: {scenarios} scenarios, seed {seed}, hub {hubs:?} (replay: --seed {seed})"
+        "fault campaign: {scenarios} scenarios, seed {seed}, hub {hubs:?}, broker {broker:?} (replay: --seed {seed})"
     );
     let summary = rt
         .block_on(campaign(
@@ -144,6 +155,7 @@ fn run_seed(
                 agent_exe,
                 verbose,
                 hubs,
+                broker,
             },
             scenarios,
             true,
