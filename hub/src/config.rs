@@ -567,6 +567,18 @@ impl HubConfig {
         if self.storage.group_commit_max == 0 {
             return bad("storage.group_commit_max", "must be at least 1");
         }
+        // An answer is confirmed published `CONFIRM_AFTER` after its publish, at the
+        // publisher's next tick (1 s), and forgotten at the writer's next turn (a message or
+        // the next sweep): a shorter retry publishes every answer twice.
+        let confirmed_within =
+            crate::service::CONFIRM_AFTER.as_secs() + 1 + self.storage.sweep_interval_s.max(1);
+        if self.storage.outbox_retry_s <= confirmed_within {
+            return Err(ConfigError::Invalid(format!(
+                "storage.outbox_retry_s: must be more than {confirmed_within} s (an answer is \
+                 confirmed published up to 3 s plus storage.sweep_interval_s after its \
+                 publish; a shorter retry publishes answers twice)"
+            )));
+        }
         Ok(())
     }
 
@@ -689,6 +701,12 @@ mod tests {
             HubConfig::from_toml("[network]\ncurrency = \"yen\""),
             Err(ConfigError::Invalid(_))
         ));
+        // A resend sooner than an answer can be confirmed would publish every answer twice.
+        assert!(matches!(
+            HubConfig::from_toml("[storage]\nsweep_interval_s = 1\noutbox_retry_s = 4"),
+            Err(ConfigError::Invalid(e)) if e.contains("outbox_retry_s")
+        ));
+        HubConfig::from_toml("[storage]\nsweep_interval_s = 1\noutbox_retry_s = 5").unwrap();
         let c = HubConfig::from_toml("[withdrawal]\ncode_ttl_s = 60").unwrap();
         assert_eq!(c.withdrawal.code_ttl(), Duration::from_secs(60));
         assert_eq!(c.withdrawal.confirm_timeout_s, 120);
