@@ -33,6 +33,8 @@ pub fn nats_binary() -> PathBuf {
 struct Node {
     name: String,
     mqtt_port: u16,
+    /// The monitoring endpoint (`/healthz`).
+    http_port: u16,
     child: Option<Child>,
 }
 
@@ -60,9 +62,11 @@ impl NatsCluster {
         for (i, cluster_port) in cluster_ports.iter().enumerate() {
             let name = format!("n{i}");
             let mqtt_port = free_port();
+            let http_port = free_port();
             let config = format!(
                 "server_name: {name}\n\
                  listen: 127.0.0.1:{client}\n\
+                 http: 127.0.0.1:{http_port}\n\
                  jetstream {{ store_dir: \"{store}\" }}\n\
                  cluster {{\n  name: qrcash-test\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{routes}]\n}}\n\
                  mqtt {{ listen: 127.0.0.1:{mqtt_port} }}\n",
@@ -75,6 +79,7 @@ impl NatsCluster {
             nodes.push(Node {
                 name,
                 mqtt_port,
+                http_port,
                 child: None,
             });
         }
@@ -179,8 +184,9 @@ impl NatsCluster {
     }
 
     /// Starts node `i` again after [`NatsCluster::kill`] and waits until it serves MQTT in
-    /// the cluster again: a message published on it reaches a subscriber on another node,
-    /// and one published on another node reaches a subscriber on it.
+    /// the cluster again (a message published on it reaches a subscriber on another node,
+    /// and one published on another node reaches a subscriber on it) and every node is
+    /// healthy ([`NatsCluster::healthy`]): as an operator waits before the next maintenance.
     ///
     /// # Errors
     /// If that does not happen within 60 s; the message carries the node's log.
@@ -196,7 +202,15 @@ impl NatsCluster {
                 e => e,
             };
             match tried {
-                Ok(()) => return Ok(()),
+                Ok(()) if self.healthy() => return Ok(()),
+                Ok(()) if Instant::now() >= deadline => {
+                    return Err(format!(
+                        "NATS node {i} serves MQTT again but the cluster's JetStream did not \
+                         catch up within 60 s: {}",
+                        self.log(i)
+                    ));
+                }
+                Ok(()) => tokio::time::sleep(Duration::from_millis(200)).await,
                 Err(e) if Instant::now() >= deadline => {
                     return Err(format!(
                         "NATS node {i} did not rejoin the cluster within 60 s ({e}): {}",
@@ -206,6 +220,16 @@ impl NatsCluster {
                 Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
+    }
+
+    /// Whether every running node answers `/healthz` with `ok`: its JetStream (which holds
+    /// the MQTT sessions, retained messages and QoS 1 deliveries) is current with the
+    /// cluster's, so losing another node leaves a working majority.
+    pub fn healthy(&self) -> bool {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .all(|n| healthz(n.http_port))
     }
 
     /// How many nodes the cluster has (running or not).
@@ -228,6 +252,24 @@ impl NatsCluster {
         std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.nodes[i].name)))
             .unwrap_or_default()
     }
+}
+
+/// `GET /healthz` on a node's monitoring port answers `200` with `{"status":"ok"}`.
+fn healthz(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
 }
 
 impl Drop for NatsCluster {
