@@ -162,6 +162,22 @@ impl Mosquitto {
             })?;
         self.child = Some(child);
         if wait_for_port(self.port, Duration::from_secs(10)) {
+            // Another test's broker may hold the same port (two probes of `free_port` can
+            // name one port): then the port answers, but ours failed to bind and exits, and
+            // the other one disappears with its test. Ours must still be running.
+            std::thread::sleep(Duration::from_millis(100));
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+            if exited {
+                self.kill();
+                return Err(format!(
+                    "exited after start (port {} taken?): {}",
+                    self.port,
+                    self.log()
+                ));
+            }
             Ok(())
         } else {
             self.kill();
