@@ -56,19 +56,14 @@ fn transact<T>(
     store: &mut Store,
     mut body: impl FnMut(&mut Store) -> Result<T, AdminError>,
 ) -> Result<T, AdminError> {
-    let started = std::time::Instant::now();
-    let mut tries = 0;
-    loop {
-        match body(store) {
-            Err(AdminError::Store(StoreError::Conflict(_)))
-                if started.elapsed() < crate::handler::RETRY_FOR =>
-            {
-                tries += 1;
-                std::thread::sleep(crate::handler::conflict_pause(tries));
-            }
-            other => return other,
-        }
-    }
+    // Store errors go to the retry loop; the command's own refusals come out as they are.
+    crate::handler::retry_while(
+        |e| matches!(e, StoreError::Conflict(_)),
+        || match body(store) {
+            Err(AdminError::Store(e)) => Err(e),
+            other => Ok(other),
+        },
+    )?
 }
 
 fn check_id(what: &str, id: &str) -> Result<(), AdminError> {

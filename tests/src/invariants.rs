@@ -117,10 +117,9 @@ pub struct AgentView {
     pub started: BTreeMap<String, u32>,
     /// Device outcome records per order id.
     pub outcomes: BTreeMap<String, u32>,
-    /// Messages other than heartbeats still waiting in the outbox.
-    pub outbox_pending: u64,
-    /// Those messages, each as its kind, attempts and time queued (for the violation).
-    pub outbox_detail: Vec<String>,
+    /// Messages other than heartbeats still waiting in the outbox, each as its kind,
+    /// attempts and time queued.
+    pub outbox_pending: Vec<String>,
     /// Dead letters (messages the hub refused permanently).
     pub dead_letters: u64,
 }
@@ -347,7 +346,7 @@ pub fn read_agent(path: &Path) -> Result<AgentView, ReadError> {
             map.insert(order, u32::try_from(n).unwrap_or(u32::MAX));
         }
     }
-    view.outbox_detail = db
+    view.outbox_pending = db
         .prepare(
             "SELECT kind, attempts, created_at FROM outbox WHERE kind <> 'Heartbeat' ORDER BY id",
         )?
@@ -360,7 +359,6 @@ pub fn read_agent(path: &Path) -> Result<AgentView, ReadError> {
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    view.outbox_pending = view.outbox_detail.len() as u64;
     view.dead_letters = db
         .query_row("SELECT COUNT(*) FROM dead_letters", [], |r| {
             r.get::<_, i64>(0)
@@ -557,11 +555,11 @@ pub fn check_carried(
             ));
         }
     }
-    if drained && agent.outbox_pending > 0 {
+    if drained && !agent.outbox_pending.is_empty() {
         bad(format!(
             "[3] {} messages still in the agent's outbox: {}",
-            agent.outbox_pending,
-            agent.outbox_detail.join(", ")
+            agent.outbox_pending.len(),
+            agent.outbox_pending.join(", ")
         ));
     }
     if agent.dead_letters > 0 {
@@ -785,8 +783,7 @@ mod tests {
             }],
             started: [(id.clone(), 1)].into(),
             outcomes: [(id, 1)].into(),
-            outbox_pending: 0,
-            outbox_detail: Vec::new(),
+            outbox_pending: Vec::new(),
             dead_letters: 0,
         };
         let machine = MachineView::from_counts(&[0, amount / 1_000], &[10_000, 1_000]);
@@ -888,7 +885,7 @@ mod tests {
         hub.withdrawals[0].phase = Phase::Ordered;
         hub.withdrawals[0].settled = 0;
         hub.withdrawals[0].unsettled = true;
-        agent.outbox_pending = 1;
+        agent.outbox_pending = vec!["DispenseReport (1 attempts, queued at 0)".into()];
         let v = verdict(&hub, &agent, m);
         assert!(
             v.violations.iter().any(|s| s.contains("never reached")),

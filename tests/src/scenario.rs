@@ -1151,7 +1151,7 @@ impl World {
                 return Ok(false);
             }
             let view = invariants::read_agent(&self.path("agent.db")).map_err(|e| e.to_string())?;
-            if view.outbox_pending == 0 {
+            if view.outbox_pending.is_empty() {
                 return Ok(true);
             }
         }
@@ -1163,16 +1163,16 @@ impl World {
         let deadline = tokio::time::Instant::now() + STEP;
         loop {
             let view = invariants::read_agent(&self.path("agent.db")).map_err(|e| e.to_string())?;
-            if view.outbox_pending == 0 {
+            if view.outbox_pending.is_empty() {
                 let seen = self.captured.len();
                 self.pump_spy(QUIET, |_| false).await;
                 let view =
                     invariants::read_agent(&self.path("agent.db")).map_err(|e| e.to_string())?;
-                if self.captured.len() == seen && view.outbox_pending == 0 {
+                if self.captured.len() == seen && view.outbox_pending.is_empty() {
                     return Ok(true);
                 }
                 if tokio::time::Instant::now() >= deadline {
-                    return Ok(view.outbox_pending == 0);
+                    return Ok(view.outbox_pending.is_empty());
                 }
                 continue;
             }

@@ -779,13 +779,21 @@ pub const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 /// [`RETRY_FOR`]. A conflict is run again at once, then after a few milliseconds (so that
 /// two instances stop colliding); a lost connection after pauses doubling to a second.
 pub(crate) fn retry_transient<T>(
+    attempt: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    retry_while(StoreError::is_transient, attempt)
+}
+
+/// [`retry_transient`] for the errors `again` accepts only (a subset of the transient ones).
+pub(crate) fn retry_while<T>(
+    again: impl Fn(&StoreError) -> bool,
     mut attempt: impl FnMut() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     let started = std::time::Instant::now();
     let mut tries: u32 = 0;
     loop {
         match attempt() {
-            Err(e) if e.is_transient() && started.elapsed() < RETRY_FOR => {
+            Err(e) if e.is_transient() && again(&e) && started.elapsed() < RETRY_FOR => {
                 tries += 1;
                 let pause = match e {
                     StoreError::Conflict(_) => conflict_pause(tries),
@@ -804,7 +812,7 @@ pub(crate) fn retry_transient<T>(
 /// The pause before running a transaction again after its `tries`-th conflict: none at
 /// first, then a few milliseconds growing with the tries and jittered, so that two colliding
 /// instances (or an operator's command and an instance) stop colliding.
-pub(crate) fn conflict_pause(tries: u32) -> std::time::Duration {
+fn conflict_pause(tries: u32) -> std::time::Duration {
     let jitter = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| u64::from(d.subsec_nanos()) % 5);
