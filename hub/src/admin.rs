@@ -804,16 +804,17 @@ pub fn decide_correction(
             )));
         }
         let cur = w.amount.currency;
+        let cash = LedgerAccount::AtmCash(w.atm_id.clone().unwrap_or_else(|| "?".into()), cur);
         let (from, to, v, text) = if c.to_settled > c.from_settled {
             (
                 LedgerAccount::Available(w.account.clone()),
-                LedgerAccount::AtmCash(cur),
+                cash,
                 c.to_settled - c.from_settled,
                 format!("correction {id}: more cash left the ATM than was settled"),
             )
         } else {
             (
-                LedgerAccount::AtmCash(cur),
+                cash,
                 LedgerAccount::Available(w.account.clone()),
                 c.from_settled - c.to_settled,
                 format!("correction {id}: less cash left the ATM than was settled"),

@@ -10,7 +10,7 @@
 //! | `cust:{id}:available` | spendable | ≥ 0 |
 //! | `cust:{id}:held` | reserved for withdrawals in progress or in doubt | ≥ 0 |
 //! | `sys:topup:{cur}` | money that came in from outside (top-ups, opening balances) | ≤ 0 |
-//! | `sys:atm_cash:{cur}` | cash that left the ATMs, to settle with the ATM operator | ≥ 0 |
+//! | `sys:atm_cash:{atm}:{cur}` | cash that left one ATM, to settle with its operator | ≥ 0 |
 //! | `sys:payouts:{cur}` | bank payouts accepted, not yet settled | ≥ 0 |
 //! | `merchant:{id}` | owed to a merchant | ≥ 0 |
 //!
@@ -29,8 +29,9 @@ pub enum LedgerAccount {
     Held(String),
     /// Money that came in from outside.
     TopUpSource(Currency),
-    /// Cash paid out by ATMs.
-    AtmCash(Currency),
+    /// Cash paid out by one ATM (one account per machine: per-machine settlement, and no
+    /// row that every instance's dispenses update at once).
+    AtmCash(String, Currency),
     /// Bank payouts pending settlement.
     Payouts(Currency),
     /// A merchant's receivable.
@@ -44,7 +45,7 @@ impl LedgerAccount {
             LedgerAccount::Available(a) => format!("cust:{a}:available"),
             LedgerAccount::Held(a) => format!("cust:{a}:held"),
             LedgerAccount::TopUpSource(c) => format!("sys:topup:{c}"),
-            LedgerAccount::AtmCash(c) => format!("sys:atm_cash:{c}"),
+            LedgerAccount::AtmCash(atm, c) => format!("sys:atm_cash:{atm}:{c}"),
             LedgerAccount::Payouts(c) => format!("sys:payouts:{c}"),
             LedgerAccount::Merchant(m) => format!("merchant:{m}"),
         }
@@ -56,7 +57,7 @@ impl LedgerAccount {
             LedgerAccount::Available(_) => "available",
             LedgerAccount::Held(_) => "held",
             LedgerAccount::TopUpSource(_) => "topup_source",
-            LedgerAccount::AtmCash(_) => "atm_cash",
+            LedgerAccount::AtmCash(..) => "atm_cash",
             LedgerAccount::Payouts(_) => "payouts",
             LedgerAccount::Merchant(_) => "merchant",
         }

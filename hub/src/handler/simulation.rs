@@ -292,7 +292,10 @@ fn run(seed: u64, flows: usize) {
         .unwrap();
     assert_eq!(over, 0, "captures disagree with settled amounts");
     let cash = db
-        .read_i64("SELECT balance FROM ledger_accounts WHERE id = 'sys:atm_cash:JPY'")
+        .read_i64(
+            "SELECT COALESCE(SUM(balance), 0) FROM ledger_accounts
+             WHERE kind = 'atm_cash' AND currency = 'JPY'",
+        )
         .unwrap();
     let settled = db
         .read_i64("SELECT COALESCE(SUM(settled), 0) FROM withdrawals")

@@ -28,7 +28,7 @@ pub(crate) fn posting(w: &WithdrawalRow, effect: LedgerEffect) -> Result<Posting
         LedgerEffect::Capture(v) => (
             PostingKind::Capture,
             LedgerAccount::Held(cust.clone()),
-            LedgerAccount::AtmCash(cur),
+            LedgerAccount::AtmCash(atm.to_owned(), cur),
             v,
             format!("ATM withdrawal at {atm}"),
         ),

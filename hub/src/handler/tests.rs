@@ -125,6 +125,9 @@ fn a_withdrawal_goes_from_code_to_cash_to_receipt() {
     assert_eq!(receipt.balance, jpy(70_000));
     assert_eq!(balances(&rig, "hanako"), (70_000, 0));
     assert_eq!(phase(&rig, &code.tx_id), Phase::Dispensed);
+    // The cash is owed by the machine it left: one cash account per ATM.
+    let cash = crate::ledger::LedgerAccount::AtmCash("atm-1".into(), Currency::JPY);
+    assert_eq!(books::balance(rig.hub.store().db(), &cash).unwrap(), 30_000);
     assert_books(&rig);
     assert!(admin::unsettled(rig.hub.store()).unwrap().is_empty());
 }

@@ -7,7 +7,7 @@
 use crate::store::Db;
 use std::collections::BTreeMap;
 
-use super::sql::{OptionalExt, params};
+use super::sql::{OptionalExt, Param, params};
 use qrcash_protocol::Currency;
 
 use super::{from_sql, to_sql};
@@ -16,6 +16,15 @@ use crate::ledger::{LedgerAccount, LedgerReport, Posting};
 use crate::withdrawal::Phase;
 
 /// Writes a posting at time `at`; returns its id.
+///
+/// Three statements whatever the number of legs, on both backends: the balances of the
+/// accounts that exist move in one `UPDATE` (which takes their row locks in key order, so
+/// two postings over the same accounts cannot deadlock); an account's first posting creates
+/// it with that posting's amount; then the posting row, and its entries in one `INSERT`.
+/// Creating accounts in passing (rather than an `INSERT … ON CONFLICT DO NOTHING` for every
+/// leg) keeps a posting from touching rows other instances are changing: under
+/// `SERIALIZABLE` that insert fails whenever another transaction updated the account since
+/// this one's snapshot.
 pub fn apply(db: Db<'_>, p: &Posting, at: u64) -> Result<i64, StoreError> {
     if !p.is_balanced() {
         return Err(StoreError::Unbalanced(format!(
@@ -23,6 +32,66 @@ pub fn apply(db: Db<'_>, p: &Posting, at: u64) -> Result<i64, StoreError> {
             p.kind.as_str(),
             p.reference
         )));
+    }
+    let keys: Vec<String> = p.legs.iter().map(|l| l.account.key()).collect();
+    if (1..keys.len()).any(|i| keys[..i].contains(&keys[i])) {
+        return Err(StoreError::Unbalanced(format!(
+            "{} {} names an account twice",
+            p.kind.as_str(),
+            p.reference
+        )));
+    }
+    let mut moved: Vec<(String, String, String, i64)> = {
+        let mut values: Vec<&dyn Param> = Vec::with_capacity(keys.len() * 2);
+        for (key, leg) in keys.iter().zip(&p.legs) {
+            values.push(key);
+            values.push(&leg.amount);
+        }
+        let (cases, ids): (Vec<String>, Vec<String>) = (0..keys.len())
+            .map(|i| {
+                (
+                    format!("WHEN ?{} THEN CAST(?{} AS BIGINT)", 2 * i + 1, 2 * i + 2),
+                    format!("?{}", 2 * i + 1),
+                )
+            })
+            .unzip();
+        db.rows_cached(
+            &format!(
+                "UPDATE ledger_accounts SET balance = balance + CASE id {} END
+                 WHERE id IN ({}) RETURNING id, kind, currency, balance",
+                cases.join(" "),
+                ids.join(", ")
+            ),
+            values.as_slice(),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?
+    };
+    for (key, leg) in keys.iter().zip(&p.legs) {
+        if moved.iter().any(|m| &m.0 == key) {
+            continue;
+        }
+        let kind = leg.account.kind();
+        db.exec_cached(
+            "INSERT INTO ledger_accounts(id, kind, currency, balance) VALUES (?1, ?2, ?3, ?4)",
+            params![key, kind, p.currency.as_str(), leg.amount],
+        )?;
+        moved.push((
+            key.clone(),
+            kind.to_owned(),
+            p.currency.as_str().to_owned(),
+            leg.amount,
+        ));
+    }
+    for (key, kind, currency, balance) in &moved {
+        if currency != p.currency.as_str() {
+            return Err(StoreError::Unbalanced(format!(
+                "{key} is in {currency}, posting in {}",
+                p.currency
+            )));
+        }
+        if *balance < 0 && !LedgerAccount::may_be_negative(kind) {
+            return Err(StoreError::Overdraft(key.clone()));
+        }
     }
     let id: i64 = db.row_cached(
         "INSERT INTO postings(at, kind, currency, reference, description)
@@ -36,33 +105,25 @@ pub fn apply(db: Db<'_>, p: &Posting, at: u64) -> Result<i64, StoreError> {
         ],
         |r| r.get(0),
     )?;
-    for leg in &p.legs {
-        let key = leg.account.key();
-        db.exec_cached(
-            "INSERT INTO ledger_accounts(id, kind, currency, balance) VALUES (?1, ?2, ?3, 0)
-             ON CONFLICT(id) DO NOTHING",
-            params![key, leg.account.kind(), p.currency.as_str()],
-        )?;
-        let (balance, currency): (i64, String) = db.row_cached(
-            "UPDATE ledger_accounts SET balance = balance + ?2 WHERE id = ?1
-             RETURNING balance, currency",
-            params![key, leg.amount],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        if currency != p.currency.as_str() {
-            return Err(StoreError::Unbalanced(format!(
-                "{key} is in {currency}, posting in {}",
-                p.currency
-            )));
-        }
-        if balance < 0 && !LedgerAccount::may_be_negative(leg.account.kind()) {
-            return Err(StoreError::Overdraft(key));
-        }
-        db.exec_cached(
-            "INSERT INTO entries(posting_id, ledger_account, amount) VALUES (?1, ?2, ?3)",
-            params![id, key, leg.amount],
-        )?;
-    }
+    let mut values: Vec<&dyn Param> = Vec::with_capacity(1 + keys.len() * 2);
+    values.push(&id);
+    let rows: Vec<String> = keys
+        .iter()
+        .zip(&p.legs)
+        .enumerate()
+        .map(|(i, (key, leg))| {
+            values.push(key);
+            values.push(&leg.amount);
+            format!("(?1, ?{}, ?{})", 2 * i + 2, 2 * i + 3)
+        })
+        .collect();
+    db.exec_cached(
+        &format!(
+            "INSERT INTO entries(posting_id, ledger_account, amount) VALUES {}",
+            rows.join(", ")
+        ),
+        values.as_slice(),
+    )?;
     Ok(id)
 }
 
@@ -282,6 +343,61 @@ mod tests {
         assert!(matches!(
             apply(db, &bad, 1).unwrap_err(),
             StoreError::Unbalanced(_)
+        ));
+    }
+
+    #[test]
+    fn a_first_posting_opens_its_accounts_and_is_checked_like_any_other() {
+        let s = Store::open_test();
+        let db = s.db();
+        let source = LedgerAccount::TopUpSource(Currency::JPY);
+        let avail = LedgerAccount::Available("bob".into());
+        let cash = LedgerAccount::AtmCash("atm-9".into(), Currency::JPY);
+        // Both accounts are new: opened with the posting's amounts, one of them negative
+        // (the only kind that may be).
+        apply(
+            db,
+            &mv(PostingKind::TopUp, source.clone(), avail.clone(), 700),
+            1,
+        )
+        .unwrap();
+        assert_eq!(balance(db, &source).unwrap(), -700);
+        assert_eq!(balance(db, &avail).unwrap(), 700);
+        // One existing account, one new.
+        apply(
+            db,
+            &mv(PostingKind::Capture, avail.clone(), cash.clone(), 200),
+            2,
+        )
+        .unwrap();
+        assert_eq!(balance(db, &avail).unwrap(), 500);
+        assert_eq!(balance(db, &cash).unwrap(), 200);
+        // A new account that may not go negative is refused, as an existing one would be.
+        let carol = LedgerAccount::Available("carol".into());
+        assert!(matches!(
+            apply(db, &mv(PostingKind::Transfer, carol.clone(), avail.clone(), 1), 3),
+            Err(StoreError::Overdraft(k)) if k == carol.key()
+        ));
+        // An account named twice in one posting is refused.
+        let twice = mv(PostingKind::Transfer, avail.clone(), avail.clone(), 5);
+        assert!(matches!(
+            apply(db, &twice, 4),
+            Err(StoreError::Unbalanced(_))
+        ));
+        // Another currency's posting to an account is refused.
+        let euros = Posting::movement(
+            PostingKind::Transfer,
+            avail.clone(),
+            LedgerAccount::Available("dave".into()),
+            1,
+            Currency::EUR,
+            "ref",
+            "test",
+        )
+        .unwrap();
+        assert!(matches!(
+            apply(db, &euros, 5),
+            Err(StoreError::Unbalanced(_))
         ));
     }
 
