@@ -567,7 +567,7 @@ impl Hub {
     pub fn confirm_published(&mut self, ids: &[i64]) -> Result<usize, StoreError> {
         let store = &mut self.store;
         retry_transient(|| {
-            let tx = store.begin()?;
+            let tx = store.begin_relaxed()?;
             let n = store::outbox::confirm(tx.db(), ids)?;
             tx.commit()?;
             Ok(n)
@@ -630,81 +630,106 @@ impl Hub {
     /// applied and nothing is sent: every result is [`HandleError::Internal`].
     ///
     /// On PostgreSQL a transaction that lost a race with another hub instance's is rolled
-    /// back and the batch runs again from the start, reading what the winner committed; a
-    /// connection lost to a server restart is made again, with pauses of up to a second,
-    /// for [`RETRY_FOR`] in all. Running again is safe even when a lost connection hid a
+    /// back; the batch's messages then run again one transaction each (in the batch's
+    /// [`sender_order`]), each reading what the winner committed and run again itself until
+    /// it commits. A small transaction is far less likely to lose again than the whole batch
+    /// was, so instances under load do not keep aborting each other's batches. A connection
+    /// lost to a server restart is made again, with pauses of up to a second, for
+    /// [`RETRY_FOR`] in all. Running again is safe even when a lost connection hid a
     /// successful `COMMIT`: the batch's messages are then processed ids, answered as
     /// duplicates.
     pub fn handle_batch(&mut self, batch: &[Incoming]) -> Vec<Handled> {
+        if batch.len() > 1 {
+            let now = self.clock.now();
+            match self.try_batch(batch, now) {
+                Ok(done) => return done,
+                Err(e) if e.is_transient() => {
+                    tracing::debug!(error = %e, messages = batch.len(), "batch lost a race: one message at a time");
+                }
+                Err(e) => return not_committed(batch.len(), &e),
+            }
+            let mut done: Vec<Option<Handled>> = batch.iter().map(|_| None).collect();
+            for i in sender_order(batch) {
+                done[i] = self.handle_batch(std::slice::from_ref(&batch[i])).pop();
+            }
+            return done
+                .into_iter()
+                .map(|h| {
+                    h.unwrap_or_else(|| {
+                        not_committed(1, &StoreError::Corrupt("no result".into())).remove(0)
+                    })
+                })
+                .collect();
+        }
         match retry_transient(|| {
             let now = self.clock.now();
             self.try_batch(batch, now)
         }) {
             Ok(done) => done,
-            Err(e) => {
-                tracing::error!(error = %e, messages = batch.len(), "batch not committed");
-                batch
-                    .iter()
-                    .map(|_| Handled {
-                        outgoing: Vec::new(),
-                        result: Err(HandleError::Internal(e.to_string())),
-                    })
-                    .collect()
-            }
+            Err(e) => not_committed(batch.len(), &e),
         }
     }
 
     fn try_batch(&mut self, batch: &[Incoming], now: u64) -> Result<Vec<Handled>, StoreError> {
-        let Hub {
-            store,
-            signer,
-            keys,
-            config,
-            warnings,
-            rng,
-            outbox,
-            ..
-        } = self;
+        let (store, base, rng, outbox) = self.parts(now);
         let mut tx = store.begin()?;
-        let mut results = Vec::with_capacity(batch.len());
-        for m in batch {
+        let mut results: Vec<Option<Handled>> = batch.iter().map(|_| None).collect();
+        for i in sender_order(batch) {
+            let m = &batch[i];
             let shared = Shared {
-                cfg: config,
-                signer,
-                keys,
-                warnings,
-                now,
                 checked: &m.checked,
+                ..base
             };
-            results.push(process(&mut tx, shared, rng.as_mut(), m)?);
+            results[i] = Some(process(&mut tx, shared, &mut *rng, m)?);
         }
-        if *outbox {
+        let mut results: Vec<Handled> = results.into_iter().flatten().collect();
+        if outbox {
             for h in &mut results {
-                keep(tx.db(), &mut h.outgoing, config, now)?;
+                keep(tx.db(), &mut h.outgoing, base.cfg, now)?;
             }
         }
         tx.commit()?;
         Ok(results)
     }
 
+    /// The store, what every context of a transaction at `now` shares (no secret checked
+    /// ahead), the entropy and whether answers are kept in the outbox: borrowed apart.
+    fn parts(&mut self, now: u64) -> (&mut Store, Shared<'_>, &mut dyn Entropy, bool) {
+        let shared = Shared {
+            cfg: &self.config,
+            signer: &self.signer,
+            keys: &self.keys,
+            warnings: &self.warnings,
+            now,
+            checked: &[],
+        };
+        (&mut self.store, shared, self.rng.as_mut(), self.outbox)
+    }
+
     /// Runs the expiry sweeper once (in its own transaction, run again after a conflict as
-    /// [`Hub::handle_batch`] does).
+    /// [`Hub::handle_batch`] does), then, on the instance whose turn it was, publishes again
+    /// the outbox's unconfirmed answers (`resend_pending`, a transaction of its own).
     pub fn sweep(&mut self) -> Result<(Vec<Outgoing>, SweepReport), StoreError> {
-        retry_transient(|| self.sweep_once())
+        let (mut out, mut report) = retry_transient(|| self.sweep_once())?;
+        if report.skipped {
+            return Ok((out, report));
+        }
+        let (again, expired) = retry_transient(|| self.resend_pending())?;
+        report.outbox_resent = again.len();
+        report.outbox_expired = expired;
+        if expired > 0 {
+            tracing::warn!(
+                expired,
+                "answers expired unpublished in the outbox (their senders resend)"
+            );
+        }
+        out.extend(again);
+        Ok((out, report))
     }
 
     fn sweep_once(&mut self) -> Result<(Vec<Outgoing>, SweepReport), StoreError> {
         let now = self.clock.now();
-        let Hub {
-            store,
-            signer,
-            keys,
-            config,
-            warnings,
-            rng,
-            outbox,
-            ..
-        } = self;
+        let (store, shared, rng, outbox) = self.parts(now);
         let tx = store.begin()?;
         if !store::try_sweep_lock(tx.db())? {
             tx.commit()?;
@@ -714,40 +739,67 @@ impl Hub {
             };
             return Ok((Vec::new(), report));
         }
-        let shared = Shared {
-            cfg: config,
-            signer,
-            keys,
-            warnings,
-            now,
-            checked: &[],
-        };
-        let mut ctx = shared.ctx(tx.db(), rng.as_mut(), "", "", "");
-        let (mut out, mut report) = sweep::sweep(&mut ctx)?;
-        if *outbox {
-            keep(tx.db(), &mut out, config, now)?;
-        }
-        // What an instance committed and did not confirm published in time (it died, or the
-        // broker was away), in a fresh envelope: the stored bytes' `seq` may have fallen out
-        // of the receiver's window meanwhile. A receiver that had it recognises the repeat by
-        // its content (`docs/protocol.md` §4).
-        let retry = config.storage.outbox_retry_s.max(1);
-        for pending in store::outbox::due(tx.db(), now, retry, OUTBOX_BATCH)? {
-            let mut again = ctx.resend(&Outgoing::new(pending.topic, pending.payload))?;
-            again.outbox = Some(pending.id);
-            out.push(again);
-            report.outbox_resent += 1;
-        }
-        report.outbox_expired = store::outbox::drop_expired(tx.db(), now)?;
-        if report.outbox_expired > 0 {
-            tracing::warn!(
-                expired = report.outbox_expired,
-                "answers expired unpublished in the outbox (their senders resend)"
-            );
+        let mut ctx = shared.ctx(tx.db(), rng, "", "", "");
+        let (mut out, report) = sweep::sweep(&mut ctx)?;
+        if outbox {
+            keep(tx.db(), &mut out, shared.cfg, now)?;
         }
         tx.commit()?;
         Ok((out, report))
     }
+
+    /// Publishes again what an instance committed and did not confirm published in time (it
+    /// died, or the broker was away), in a fresh envelope: the stored bytes' `seq` may have
+    /// fallen out of the receiver's window meanwhile. A receiver that had it recognises the
+    /// repeat by its content (`docs/protocol.md` §4). Forgets what expired unpublished.
+    ///
+    /// Its own `READ COMMITTED` transaction ([`Store::begin_relaxed`]): nothing it does
+    /// depends on what it reads beyond the rows it locks (`FOR UPDATE SKIP LOCKED`, so two
+    /// instances never take one row), and a serializable scan of the outbox would make every
+    /// message transaction that adds an answer meanwhile a candidate for a false conflict.
+    fn resend_pending(&mut self) -> Result<(Vec<Outgoing>, usize), StoreError> {
+        let now = self.clock.now();
+        let (store, shared, rng, _) = self.parts(now);
+        let tx = store.begin_relaxed()?;
+        let mut ctx = shared.ctx(tx.db(), rng, "", "", "");
+        let retry = shared.cfg.storage.outbox_retry_s.max(1);
+        let mut out = Vec::new();
+        for pending in store::outbox::due(tx.db(), now, retry, OUTBOX_BATCH)? {
+            let mut again = ctx.resend(&Outgoing::new(pending.topic, pending.payload))?;
+            again.outbox = Some(pending.id);
+            out.push(again);
+        }
+        let expired = store::outbox::drop_expired(tx.db(), now)?;
+        drop(ctx);
+        tx.commit()?;
+        Ok((out, expired))
+    }
+}
+
+/// What every message of a batch whose transaction did not commit gets.
+fn not_committed(messages: usize, e: &StoreError) -> Vec<Handled> {
+    tracing::error!(error = %e, messages, "batch not committed");
+    (0..messages)
+        .map(|_| Handled {
+            outgoing: Vec::new(),
+            result: Err(HandleError::Internal(e.to_string())),
+        })
+        .collect()
+}
+
+/// The order in which a batch's messages are processed: grouped by sender (the topic up to
+/// its last level: an ATM's `up` and `presence` are one sender), in a fixed order of senders,
+/// each sender's messages in the order they arrived. Two instances' batches then take the
+/// rows of the senders they share (replay windows first) in the same order and cannot
+/// deadlock on them. Messages of different senders in one batch never depend on each other:
+/// a device's next message follows the hub's published answer, which follows a commit.
+fn sender_order(batch: &[Incoming]) -> Vec<usize> {
+    fn sender(m: &Incoming) -> &str {
+        m.topic.rsplit_once('/').map_or(&m.topic, |(s, _)| s)
+    }
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by(|&a, &b| sender(&batch[a]).cmp(sender(&batch[b])));
+    order
 }
 
 /// How many outbox rows one sweep publishes again at most (the rest wait for the next).
@@ -809,14 +861,16 @@ pub(crate) fn retry_while<T>(
     }
 }
 
-/// The pause before running a transaction again after its `tries`-th conflict: none at
-/// first, then a few milliseconds growing with the tries and jittered, so that two colliding
-/// instances (or an operator's command and an instance) stop colliding.
+/// The pause before running a transaction again after its `tries`-th conflict: random
+/// ("full jitter") below a ceiling that doubles from 2 ms to 128 ms, so that two colliding
+/// instances (or an operator's command and an instance) spread out instead of colliding
+/// again in lockstep.
 fn conflict_pause(tries: u32) -> std::time::Duration {
+    let ceiling_us = 1_000u64 << tries.clamp(1, 7);
     let jitter = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| u64::from(d.subsec_nanos()) % 5);
-    std::time::Duration::from_millis(u64::from(tries.min(10)) * jitter)
+        .map_or(1, |d| u64::from(d.subsec_nanos()));
+    std::time::Duration::from_micros(jitter % ceiling_us)
 }
 
 /// One message, start to end. `Err` only for a database failure that spoils the batch.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use qrcash_protocol::messages::{
     AtmUp, CodePresented, ConfirmRequest, DeclineWithdrawal, DispenseOrder, DispenseOutcome,
-    OrderRefused, PhonePush, PhoneUp, SessionCancelled, TopUp, Transfer,
+    OrderRefused, PhonePush, PhoneUp, RegisterWithdrawal, SessionCancelled, TopUp, Transfer,
 };
 use qrcash_protocol::{Amount, Currency, RejectReason};
 
@@ -315,6 +315,19 @@ fn ledger_is_conserved_over_thousands_of_random_flows() {
     run(11, 2_000);
 }
 
+/// Two hubs (the handlers of two instances) on one database in `dir` (a SQLite file, or
+/// PostgreSQL under `QRCASH_TEST_BACKEND=postgres`), configured so that `rounds`
+/// withdrawals of 1,000 yen by one customer fit under the daily limit.
+fn two_instances(dir: &std::path::Path, rounds: usize) -> (Rig, Rig) {
+    let key = test_hub_key();
+    let mut stores = Store::open_test_shared(&dir.join("hub.sqlite"), 2);
+    let (sb, sa) = (stores.pop().unwrap(), stores.pop().unwrap());
+    let mut config = test_config();
+    config.withdrawal.daily = 1_000 * (rounds as u64 + 1);
+    let a = Rig::with_key(sa, config.clone(), 1, key.clone());
+    (a, Rig::with_key(sb, config, 2, key))
+}
+
 /// Two hub instances share one database (a SQLite file, or PostgreSQL under
 /// `QRCASH_TEST_BACKEND=postgres`, where the loser's transaction fails to serialize and runs
 /// again); two ATMs present the same code at the same moment. Exactly one wins, every time:
@@ -326,14 +339,7 @@ fn two_atms_presenting_one_code_at_once_exactly_one_wins() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(40);
-    let key = test_hub_key();
-    let mut stores = Store::open_test_shared(&dir.path().join("hub.sqlite"), 2);
-    let (sb, sa) = (stores.pop().unwrap(), stores.pop().unwrap());
-    // Every round withdraws 1,000 yen: room for all of them under the daily limit.
-    let mut config = test_config();
-    config.withdrawal.daily = 1_000 * (rounds as u64 + 1);
-    let mut a = Rig::with_key(sa, config.clone(), 1, key.clone());
-    let b = Rig::with_key(sb, config, 2, key);
+    let (mut a, b) = two_instances(dir.path(), rounds);
     a.account("hanako", 10_000_000 + 1_000 * rounds as u64);
     let mut atm1 = a.atm("atm-1");
     let mut atm2 = a.atm("atm-2");
@@ -382,5 +388,76 @@ fn two_atms_presenting_one_code_at_once_exactly_one_wins() {
             Err(RejectReason::CodeAlreadyUsed)
         );
         hubs = [h0, h1];
+    }
+}
+
+/// The same race inside group commits: each instance handles a batch of its ATM's
+/// presentation and another customer's registration. On PostgreSQL the losing batch fails
+/// to serialize and its messages run again one transaction each: the registration it
+/// carried is applied all the same, and its presentation is answered `code_already_used`.
+#[test]
+fn a_batch_that_loses_the_race_still_applies_its_other_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let rounds = 20;
+    let (mut a, b) = two_instances(dir.path(), rounds);
+    let mut atms = [a.atm("atm-1"), a.atm("atm-2")];
+    let mut phone = TestDevice::new("phone-1");
+    let mut others = [TestDevice::new("phone-2"), TestDevice::new("phone-3")];
+    a.account("hanako", 10_000_000);
+    a.login(&mut phone, "hanako");
+    for (id, dev) in ["taro", "jiro"].into_iter().zip(&mut others) {
+        a.account(id, 10_000_000);
+        a.login(dev, id);
+    }
+    let mut hubs = [a, b];
+    for round in 0..rounds {
+        let code = hubs[0].register(&mut phone, "hanako", 1_000);
+        let (hub_id, now) = (hubs[0].hub_id(), hubs[0].now());
+        let batches: Vec<Vec<super::Incoming>> = (0..2)
+            .map(|i| {
+                let present = AtmUp::CodePresented(CodePresented {
+                    token: code.token.clone(),
+                });
+                let register = PhoneUp::RegisterWithdrawal(RegisterWithdrawal {
+                    account: ["taro", "jiro"][i].into(),
+                    amount: Amount::new(1_000, Currency::JPY),
+                });
+                vec![
+                    super::Incoming::new(atms[i].atm_up(), atms[i].message(&hub_id, now, present)),
+                    super::Incoming::new(
+                        others[i].phone_up(),
+                        others[i].message(&hub_id, now, register),
+                    ),
+                ]
+            })
+            .collect();
+        let barrier = Arc::new(Barrier::new(2));
+        let joins: Vec<_> = hubs
+            .into_iter()
+            .zip(batches)
+            .map(|(mut h, batch)| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let r = h.hub.handle_batch(&batch);
+                    (h, r)
+                })
+            })
+            .collect();
+        let done: Vec<_> = joins.into_iter().map(|j| j.join().unwrap()).collect();
+        let wins = done.iter().filter(|(_, r)| r[0].result.is_ok()).count();
+        assert_eq!(wins, 1, "round {round}: one presentation wins");
+        for (_, r) in &done {
+            if let Err(e) = &r[0].result {
+                assert_eq!(e.reason(), RejectReason::CodeAlreadyUsed, "round {round}");
+            }
+            assert_eq!(
+                r[1].result,
+                Ok(Disposition::Applied),
+                "round {round}: the batch's registration"
+            );
+        }
+        let mut back = done.into_iter().map(|(h, _)| h);
+        hubs = [back.next().unwrap(), back.next().unwrap()];
     }
 }

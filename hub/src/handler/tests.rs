@@ -2040,3 +2040,19 @@ fn an_atm_back_online_gets_its_outstanding_order_again() {
     assert!(h.outgoing.is_empty());
     assert_books(&rig);
 }
+
+#[test]
+fn a_batch_runs_sender_by_sender_keeping_each_senders_order() {
+    let m = |t: &str| super::Incoming::new(t, Vec::new());
+    let batch = [
+        m("qrcash/v1/phone/b/up"),
+        m("qrcash/v1/atm/z/up"),
+        m("qrcash/v1/phone/a/up"),
+        m("qrcash/v1/atm/z/presence"),
+        m("qrcash/v1/phone/b/up"),
+        m("qrcash/v1/atm/y/up"),
+    ];
+    // ATM z's `up` before its `presence` (one sender, arrival order); phone b's two messages
+    // in arrival order; senders in one fixed order.
+    assert_eq!(super::sender_order(&batch), [5, 1, 3, 2, 0, 4]);
+}

@@ -398,13 +398,26 @@ impl Store {
     /// Starts a write transaction. On PostgreSQL a connection lost to a server restart is
     /// made again first.
     pub fn begin(&mut self) -> Result<Tx<'_>, StoreError> {
+        self.begin_at(false)
+    }
+
+    /// Starts a write transaction for statements whose effect depends on nothing they read
+    /// beyond the rows they lock (forgetting published outbox rows by id, taking due ones
+    /// `FOR UPDATE SKIP LOCKED`). On PostgreSQL it runs `READ COMMITTED`: it
+    /// takes no predicate locks, so it cannot make the message transactions of other
+    /// instances fail to serialize. SQLite has one writer anyway.
+    pub fn begin_relaxed(&mut self) -> Result<Tx<'_>, StoreError> {
+        self.begin_at(true)
+    }
+
+    fn begin_at(&mut self, relaxed: bool) -> Result<Tx<'_>, StoreError> {
         match &mut self.backend {
             Backend::Lite(c) => Ok(Tx(TxInner::Lite(
                 c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                     .map_err(SqlError::from)?,
             ))),
             Backend::Pg(c) => {
-                c.begin()?;
+                c.begin(relaxed)?;
                 Ok(Tx(TxInner::Pg(PgScope {
                     conn: c,
                     savepoint: None,

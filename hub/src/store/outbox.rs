@@ -4,7 +4,7 @@
 //! live instance publishes them again, each in a fresh envelope (receivers recognise a repeat
 //! by its content, `docs/protocol.md` §4).
 
-use super::sql::params;
+use super::sql::{Param, params};
 use super::{Db, StoreError, from_sql, to_sql};
 
 /// An answer waiting to be confirmed published.
@@ -42,11 +42,16 @@ pub fn put(
     )?)
 }
 
-/// Forgets answers that reached the broker.
+/// Forgets answers that reached the broker (one statement per 64 ids).
 pub fn confirm(db: Db<'_>, ids: &[i64]) -> Result<usize, StoreError> {
     let mut n = 0;
-    for id in ids {
-        n += db.exec_cached("DELETE FROM outbox WHERE id = ?1", [id])?;
+    for chunk in ids.chunks(64) {
+        let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("?{i}")).collect();
+        let values: Vec<&dyn Param> = chunk.iter().map(|id| id as &dyn Param).collect();
+        n += db.exec_cached(
+            &format!("DELETE FROM outbox WHERE id IN ({})", marks.join(", ")),
+            values.as_slice(),
+        )?;
     }
     Ok(n)
 }

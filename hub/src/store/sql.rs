@@ -658,8 +658,9 @@ impl PgConn {
     }
 
     /// Starts a `SERIALIZABLE` transaction, first connecting again if the connection was
-    /// lost (a server restart) and ending whatever a failed rollback left open.
-    pub(crate) fn begin(&self) -> Result<(), SqlError> {
+    /// lost (a server restart) and ending whatever a failed rollback left open. `relaxed`
+    /// starts a `READ COMMITTED` one instead ([`super::Store::begin_relaxed`]).
+    pub(crate) fn begin(&self, relaxed: bool) -> Result<(), SqlError> {
         if self.client().is_closed() {
             self.reconnect()?;
         } else if self.dirty.get() {
@@ -669,8 +670,11 @@ impl PgConn {
             }
             self.dirty.set(false);
         }
-        self.trip()
-            .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")?;
+        self.trip().batch_execute(if relaxed {
+            "BEGIN ISOLATION LEVEL READ COMMITTED"
+        } else {
+            "BEGIN ISOLATION LEVEL SERIALIZABLE"
+        })?;
         self.in_transaction.set(true);
         self.depth.set(0);
         *self.failure.borrow_mut() = None;
