@@ -51,7 +51,7 @@ fn init_account_atm_ledger_and_audit() {
         std::fs::write(d.join("hub.toml"), config).unwrap();
     }
     let migrated = ok(d, &["migrate"]);
-    let version = if postgres { 2 } else { 8 };
+    let version = if postgres { 3 } else { 8 };
     assert!(
         migrated.ends_with(&format!("schema version {version}\n")),
         "{migrated}"

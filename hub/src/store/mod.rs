@@ -583,23 +583,32 @@ pub fn window(db: Db<'_>, sender: &str, kid: &str) -> Result<SenderWindow, Store
     })
 }
 
-/// Stores the replay window of `sender` under key `kid`.
+/// Stores the replay window of `sender` under key `kid`: an update of the row when there is
+/// one (no indexed column changes, so on PostgreSQL it stays on its page, a "HOT" update,
+/// and touches no index page that other instances' transactions have read), the row
+/// inserted otherwise.
 pub fn save_window(
     db: Db<'_>,
     sender: &str,
     kid: &str,
     w: &SenderWindow,
 ) -> Result<(), StoreError> {
-    db.exec_cached(
-        "INSERT INTO replay_windows(sender, kid, highest, seen) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT(sender, kid) DO UPDATE SET highest = ?3, seen = ?4",
-        params![
-            sender,
-            kid,
-            to_sql(w.highest),
-            w.seen.to_le_bytes().to_vec()
-        ],
+    let values = params![
+        sender,
+        kid,
+        to_sql(w.highest),
+        w.seen.to_le_bytes().to_vec()
+    ];
+    let updated = db.exec_cached(
+        "UPDATE replay_windows SET highest = ?3, seen = ?4 WHERE sender = ?1 AND kid = ?2",
+        values,
     )?;
+    if updated == 0 {
+        db.exec_cached(
+            "INSERT INTO replay_windows(sender, kid, highest, seen) VALUES (?1, ?2, ?3, ?4)",
+            values,
+        )?;
+    }
     Ok(())
 }
 
