@@ -376,6 +376,17 @@ struct Lane {
     account: String,
     client: AsyncClient,
     rx: mpsc::UnboundedReceiver<Delivered>,
+    /// The transaction of the flow under way, once its code is issued.
+    current: Option<String>,
+    /// The lane's last transactions: a message about one of them is a repeat (an outbox
+    /// resend, or an answer that came after the lane gave up), dropped as a device does
+    /// (`docs/protocol.md`: receivers drop repeats by the ids inside).
+    earlier: std::collections::VecDeque<String>,
+    /// Repeats dropped so far.
+    repeats: u64,
+    /// Whether the ATM waits for an `Ack` (after `CodePresented` and `DispenseReport`); one
+    /// that comes otherwise is a repeat.
+    awaits_ack: bool,
 }
 
 /// A lane's phone, ATM and account before they are connected.
@@ -454,6 +465,10 @@ async fn connect_lanes(
                 account,
                 client: client.clone(),
                 rx,
+                current: None,
+                earlier: std::collections::VecDeque::new(),
+                repeats: 0,
+                awaits_ack: false,
             });
         }
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -536,7 +551,46 @@ impl Lane {
             .ok_or_else(|| anyhow!("connection gone"))
     }
 
+    /// The next message of the flow under way: repeats about the lane's earlier
+    /// transactions, or about another one once the flow's is known, are dropped.
     async fn recv(&mut self, ctx: &Ctx) -> Result<(Got, Instant)> {
+        loop {
+            let (got, at) = self.recv_any(ctx).await?;
+            let tx = match &got {
+                Got::Down(AtmDown::AwaitConfirmation(m)) => Some(m.tx_id.to_string()),
+                Got::Down(AtmDown::DispenseOrder(m)) => Some(m.tx_id.to_string()),
+                Got::Push(PhonePush::CodeIssued(m)) => Some(m.tx_id.to_string()),
+                Got::Push(PhonePush::ConfirmRequest(m)) => Some(m.tx_id.to_string()),
+                Got::Push(PhonePush::Receipt(m)) => Some(m.reference.clone()),
+                _ => None,
+            };
+            let ack = matches!(got, Got::Down(AtmDown::Ack(_)));
+            let issued = matches!(got, Got::Push(PhonePush::CodeIssued(_)));
+            let stale = (ack && !std::mem::take(&mut self.awaits_ack))
+                || tx.is_some_and(|t| match &self.current {
+                    Some(c) => *c != t,
+                    // Before the flow's code is issued, only a code can be the flow's.
+                    None => !issued || self.earlier.contains(&t),
+                });
+            if !stale {
+                return Ok((got, at));
+            }
+            self.repeats += 1;
+        }
+    }
+
+    /// Ends the flow under way: its transaction's later messages are repeats.
+    fn end_flow(&mut self) {
+        self.awaits_ack = false;
+        if let Some(t) = self.current.take() {
+            if self.earlier.len() == 1024 {
+                self.earlier.pop_front();
+            }
+            self.earlier.push_back(t);
+        }
+    }
+
+    async fn recv_any(&mut self, ctx: &Ctx) -> Result<(Got, Instant)> {
         let d = self.recv_raw().await?;
         let key = ctx.hub_key.clone();
         let got = if d.down {
@@ -606,6 +660,7 @@ impl Lane {
             Got::Push(PhonePush::CodeIssued(c)) => c,
             other => bail!("register: {}", describe(&other)),
         };
+        self.current = Some(code.tx_id.to_string());
 
         let b = self.sign_atm(
             ctx,
@@ -613,6 +668,7 @@ impl Lane {
             b'P',
         );
         let presented = Instant::now();
+        self.awaits_ack = true;
         self.send(false, b).await?;
         let (mut waited, mut acked, mut request) =
             (false, false, None::<(ConfirmRequest, Instant)>);
@@ -660,6 +716,7 @@ impl Lane {
             report_message(&order, DispenseOutcome::Dispensed, AMOUNT),
             b'D',
         );
+        self.awaits_ack = true;
         self.send(false, b).await?;
         let (mut acked, mut receipt) = (false, false);
         while !(acked && receipt) {
@@ -756,6 +813,8 @@ struct PhaseResult {
     errors: u64,
     first_error: Option<String>,
     missed_starts: u64,
+    /// Messages the devices dropped as repeats of earlier transactions' (closed loop).
+    repeats: u64,
     elapsed: Duration,
     hop1: Vec<Duration>,
     hop2: Vec<Duration>,
@@ -815,7 +874,11 @@ async fn one_flow(
     sizes: &HashMap<u8, usize>,
 ) -> Result<FlowTimes> {
     match mode {
-        Mode::Hub => lane.hub_flow(ctx).await,
+        Mode::Hub => {
+            let flow = lane.hub_flow(ctx).await;
+            lane.end_flow();
+            flow
+        }
         Mode::Echo => lane.echo_flow(sizes).await,
     }
 }
@@ -863,7 +926,7 @@ async fn closed_loop(
             lane
         }));
     }
-    let mut back = Vec::new();
+    let mut back: Vec<Lane> = Vec::new();
     for t in tasks {
         back.push(t.await?);
     }
@@ -872,6 +935,10 @@ async fn closed_loop(
     let mut r = std::mem::take(&mut *lock(&result));
     r.elapsed = elapsed;
     r.cpu = cpu;
+    r.repeats = back
+        .iter_mut()
+        .map(|l| std::mem::take(&mut l.repeats))
+        .sum();
     Ok((back, r))
 }
 
@@ -1441,21 +1508,22 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n### On PostgreSQL: 1, 2 and 3 instances\n\nThe same closed loop ({} s per row, after 2 s of warm-up) with the hub on PostgreSQL instead of SQLite: a private PostgreSQL 15 server on a Unix socket with `fsync` and `full_page_writes` on (as production runs; `scripts/postgres.sh` with `QRCASH_PG_FSYNC=on`), commits synchronous, one database for every instance, each instance subscribed through `$share/hub/` (Mosquitto hands each message to one of them) with its own group commit. CPU per flow is the instances' CPU time over the flows (the server's apart), the figure that shows whether more instances add capacity where the cores do not.\n",
+            "\n### On PostgreSQL: 1, 2 and 3 instances\n\nThe same closed loop ({} s per row, after 2 s of warm-up) with the hub on PostgreSQL instead of SQLite: a private PostgreSQL 15 server on a Unix socket with `fsync` and `full_page_writes` on (as production runs; `scripts/postgres.sh` with `QRCASH_PG_FSYNC=on`), commits synchronous, one database for every instance, each instance subscribed through `$share/hub/` (Mosquitto hands each message to one of them) with its own group commit. The phases share the database, so an instance's sweeper may publish again answers an earlier phase's instances never confirmed published; the simulated devices drop those repeats, and messages about another transaction than the flow's, as a device does by the ids inside (`docs/protocol.md`), and count them. CPU per flow is the instances' CPU time over the flows (the server's apart), the figure that shows whether more instances add capacity where the cores do not.\n",
             self.settings.seconds
         );
         let _ = writeln!(
             s,
-            "| instances | flows/s | flows | errors | present → ConfirmRequest p50 / p99 ms | confirm → DispenseOrder p50 / p99 ms | whole flow p50 / p99 ms | hub CPU ms per flow | CPU cores used |"
+            "| instances | flows/s | flows | errors | present → ConfirmRequest p50 / p99 ms | confirm → DispenseOrder p50 / p99 ms | whole flow p50 / p99 ms | hub CPU ms per flow | repeats dropped by the devices | CPU cores used |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
         for (n, r) in &mut self.on_postgres {
             let hub_cores = r.cpu.first().map_or(f64::NAN, |(_, c)| *c);
             let per_flow = hub_cores * r.elapsed.as_secs_f64() * 1000.0 / (r.flows.max(1) as f64);
             let _ = writeln!(
                 s,
-                "| {n} | {} | {per_flow:.2} | {} |",
+                "| {n} | {} | {per_flow:.2} | {} | {} |",
                 r.cells(),
+                r.repeats,
                 r.cpu_cell()
             );
         }
