@@ -427,8 +427,9 @@ pub struct StorageSection {
     /// PostgreSQL instead of the SQLite file `database`: a connection string
     /// (`postgres://qrcash@db1/qrcash` or `host=/run/postgresql dbname=qrcash`). Several hub
     /// instances may share it (docs/deployment.md, "Several hub instances on PostgreSQL").
-    /// Prefer a password file (`PGPASSFILE` is not read: use peer or certificate
-    /// authentication, or keep the password in this file, which the package makes 0640).
+    /// TLS from libpq's `sslmode` and `sslrootcert`, required over TCP to another machine
+    /// (docs/deployment.md). `PGPASSFILE` is not read: use peer authentication, or keep the
+    /// password in this file, which the package makes 0640.
     pub database_url: Option<String>,
     /// Most messages committed in one transaction (group commit).
     pub group_commit_max: usize,

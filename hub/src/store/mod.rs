@@ -11,6 +11,7 @@ pub mod ledger;
 pub mod operations;
 pub mod outbox;
 mod pg_schema;
+pub mod pg_target;
 pub mod registry;
 pub mod rows;
 pub mod schema;
@@ -303,12 +304,11 @@ impl Store {
     }
 
     /// Connects to the PostgreSQL database `url` (`postgres://user@host/db`, or the
-    /// key-value form `host=/run/postgresql dbname=qrcash`) and migrates it. Several hub
-    /// instances may do so at once: one migrates, the others wait for it.
+    /// key-value form `host=/run/postgresql dbname=qrcash`; TLS as [`pg_target`] decides) and
+    /// migrates it. Several hub instances may do so at once: one migrates, the others wait.
     pub fn open_postgres(url: &str) -> Result<Store, StoreError> {
-        let mut config: postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Migration(format!("database url: {e}")))?;
+        let mut target = pg_target::target(url)?;
+        let config = &mut target.config;
         // A partitioned network must not hang the writer: connecting, a silent peer and a
         // statement are bounded unless the connection string says otherwise, so that the
         // message is run again ([`crate::handler::RETRY_FOR`]) or fails.
@@ -322,7 +322,7 @@ impl Store {
         if config.get_options().is_none() {
             config.options("-c statement_timeout=30s -c idle_in_transaction_session_timeout=60s");
         }
-        let conn = PgConn::connect(config)?;
+        let conn = PgConn::connect(target)?;
         pg_schema::migrate(&conn)?;
         Ok(Store {
             backend: Backend::Pg(Box::new(conn)),

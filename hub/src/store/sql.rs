@@ -212,14 +212,26 @@ pub enum SqlError {
 }
 
 /// A PostgreSQL error with the server's own words (the client's `Display` says only
-/// "db error").
+/// "db error"), or the client's with its causes ("error performing TLS handshake: invalid
+/// peer certificate: UnknownIssuer").
 fn pg_message(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => match db.detail() {
             Some(detail) => format!("{} ({}): {detail}", db.message(), db.code().code()),
             None => format!("{} ({})", db.message(), db.code().code()),
         },
-        None => e.to_string(),
+        None => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                let c_text = c.to_string();
+                if !text.ends_with(&c_text) {
+                    text = format!("{text}: {c_text}");
+                }
+                cause = c.source();
+            }
+            text
+        }
     }
 }
 
@@ -499,7 +511,7 @@ pub struct PgConn {
     /// `None` only while being dropped.
     client: RefCell<Option<postgres::Client>>,
     statements: RefCell<HashMap<String, postgres::Statement>>,
-    config: postgres::Config,
+    target: super::pg_target::PgTarget,
     names: Cell<u32>,
     /// Open savepoints.
     depth: Cell<u32>,
@@ -522,6 +534,14 @@ impl Drop for PgConn {
             let _ = std::thread::spawn(move || drop(client)).join();
         }
     }
+}
+
+/// A new client for `target`.
+fn open(target: &super::pg_target::PgTarget) -> Result<postgres::Client, SqlError> {
+    Ok(match &target.tls {
+        Some(tls) => target.config.connect(tls.clone())?,
+        None => target.config.connect(postgres::NoTls)?,
+    })
 }
 
 /// The first failure inside a transaction.
@@ -547,13 +567,13 @@ impl std::fmt::Debug for PgConn {
 }
 
 impl PgConn {
-    /// Connects (without TLS: a Unix socket or a private network; see docs/deployment.md).
-    pub fn connect(config: postgres::Config) -> Result<PgConn, SqlError> {
-        let client = config.connect(postgres::NoTls)?;
+    /// Connects, over TLS when the target says so ([`super::pg_target`]).
+    pub fn connect(target: super::pg_target::PgTarget) -> Result<PgConn, SqlError> {
+        let client = open(&target)?;
         Ok(PgConn {
             client: RefCell::new(Some(client)),
             statements: RefCell::new(HashMap::new()),
-            config,
+            target,
             names: Cell::new(0),
             depth: Cell::new(0),
             in_transaction: Cell::new(false),
@@ -583,7 +603,7 @@ impl PgConn {
     }
 
     fn reconnect(&self) -> Result<(), SqlError> {
-        let fresh = self.config.connect(postgres::NoTls)?;
+        let fresh = open(&self.target)?;
         *self.client.borrow_mut() = Some(fresh);
         self.statements.borrow_mut().clear();
         self.dirty.set(false);
