@@ -626,8 +626,8 @@ impl Hub {
     }
 
     /// Handles several messages in one transaction (group commit): each message's effects
-    /// stay atomic (savepoints), the fsync is shared. If the commit fails, nothing is
-    /// applied and nothing is sent: every result is [`HandleError::Internal`].
+    /// stay atomic (savepoints), the fsync is shared. A message whose transaction does not
+    /// commit is not applied and sends nothing: its result is [`HandleError::Internal`].
     ///
     /// On PostgreSQL a transaction that lost a race with another hub instance's is rolled
     /// back; the batch's messages then run again one transaction each (in the batch's
@@ -714,7 +714,15 @@ impl Hub {
         if report.skipped {
             return Ok((out, report));
         }
-        let (again, expired) = retry_transient(|| self.resend_pending())?;
+        // The sweep's own answers are committed (and in the outbox): they go out even when
+        // publishing the pending ones again fails.
+        let (again, expired) = match retry_transient(|| self.resend_pending()) {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox not published again this sweep");
+                (Vec::new(), 0)
+            }
+        };
         report.outbox_resent = again.len();
         report.outbox_expired = expired;
         if expired > 0 {

@@ -5,11 +5,14 @@
 //! `sslmode` (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`) and `sslrootcert`
 //! (a PEM file of the CAs to trust; the system's roots without it). Whenever TLS is used the
 //! server's certificate is verified against those CAs and its name against the host named
-//! (what libpq calls `verify-full`, whatever mode was written). Over TCP to any host but this
-//! machine's loopback the connection is TLS unless the string says `sslmode=disable`
-//! itself: the default `prefer` would fall back to plain text when the server (or a man in
-//! the middle) says it has no TLS. A Unix socket never uses TLS (PostgreSQL offers none
-//! there, and none is needed).
+//! (what libpq calls `verify-full`, whatever mode was written). Over TCP to any address but
+//! this machine's loopback (the `hostaddr` dialled when there is one, else the `host`) the
+//! connection is TLS unless the string says `sslmode=disable` itself: the default `prefer`
+//! would fall back to plain text when the server (or a man in the middle) says it has no
+//! TLS. On the loopback and over a Unix socket nothing leaves the machine: `prefer` means
+//! plain text there, and TLS only when the string asks for it (`sslmode=require` or
+//! `verify-…`, or a CA named with `sslrootcert`); a socket never uses TLS (PostgreSQL offers
+//! none there).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -103,38 +106,40 @@ fn libpq_extras(url: &str) -> Result<(String, Option<PathBuf>, bool), StoreError
     Ok((rest, root, verify))
 }
 
-/// Whether every host of `config` is this machine: loopback addresses and names, or Unix
-/// sockets.
-fn local_only(config: &postgres::Config) -> bool {
-    let addrs_local = config.get_hostaddrs().iter().all(IpAddr::is_loopback);
-    config.get_hosts().iter().all(|h| match h {
-        Host::Unix(_) => true,
-        Host::Tcp(name) => {
-            name == "localhost"
-                || name
-                    .trim_matches(['[', ']'])
-                    .parse::<IpAddr>()
-                    .is_ok_and(|a| a.is_loopback())
-                || (!config.get_hostaddrs().is_empty() && addrs_local)
-        }
-    })
+/// Where the driver dials, one entry per host: `Some(loopback)` for TCP (to the
+/// `hostaddr` when there is one, which the driver dials instead of the `host` name), `None`
+/// for a Unix socket.
+fn dialled(config: &postgres::Config) -> Vec<Option<bool>> {
+    let (hosts, addrs) = (config.get_hosts(), config.get_hostaddrs());
+    (0..hosts.len().max(addrs.len()))
+        .map(|i| match (addrs.get(i), hosts.get(i)) {
+            (Some(addr), _) => Some(addr.is_loopback()),
+            (None, Some(Host::Unix(_))) => None,
+            (None, Some(Host::Tcp(name))) => Some(
+                name == "localhost"
+                    || name
+                        .trim_matches(['[', ']'])
+                        .parse::<IpAddr>()
+                        .is_ok_and(|a| a.is_loopback()),
+            ),
+            (None, None) => None,
+        })
+        .collect()
 }
 
 /// Parses `url` and decides TLS (see the module's documentation); reads no file.
 pub fn plan(url: &str) -> Result<(postgres::Config, TlsPlan), StoreError> {
     let (rest, root_cert, verify) = libpq_extras(url)?;
     let mut config: postgres::Config = rest.parse().map_err(invalid)?;
-    let unix_only = config
-        .get_hosts()
-        .iter()
-        .all(|h| matches!(h, Host::Unix(_)));
-    let mode = if unix_only {
+    let targets = dialled(&config);
+    let mode = if targets.iter().all(Option::is_none) {
         SslMode::Disable
-    } else if verify {
+    } else if verify || root_cert.is_some() {
         SslMode::Require
     } else {
         match config.get_ssl_mode() {
-            SslMode::Prefer if !local_only(&config) => SslMode::Require,
+            SslMode::Prefer if targets.iter().all(|t| t.unwrap_or(true)) => SslMode::Disable,
+            SslMode::Prefer => SslMode::Require,
             other => other,
         }
     };
@@ -212,10 +217,36 @@ mod tests {
             mode("host=db1.bank.example sslmode=disable dbname=q"),
             SslMode::Disable
         );
-        // This machine: as written (the default tries TLS, verified, when offered).
-        assert_eq!(mode("host=localhost dbname=q"), SslMode::Prefer);
-        assert_eq!(mode("postgres://q@127.0.0.1:5433/q"), SslMode::Prefer);
-        assert_eq!(mode("postgres://q@[::1]/q"), SslMode::Prefer);
+        // This machine: plain text unless TLS is asked for.
+        assert_eq!(mode("host=localhost dbname=q"), SslMode::Disable);
+        assert_eq!(mode("postgres://q@127.0.0.1:5433/q"), SslMode::Disable);
+        assert_eq!(mode("postgres://q@[::1]/q"), SslMode::Disable);
+        assert_eq!(
+            mode("host=localhost sslmode=require dbname=q"),
+            SslMode::Require
+        );
+        assert_eq!(
+            mode("host=localhost sslrootcert=/ca.pem dbname=q"),
+            SslMode::Require
+        );
+        // The address dialled decides, not the name beside it.
+        assert_eq!(mode("hostaddr=203.0.113.7 dbname=q"), SslMode::Require);
+        assert_eq!(
+            mode("postgres://hub@/q?hostaddr=203.0.113.7"),
+            SslMode::Require
+        );
+        assert_eq!(
+            mode("host=/run/postgresql hostaddr=203.0.113.7 dbname=q"),
+            SslMode::Require
+        );
+        assert_eq!(
+            mode("host=localhost hostaddr=203.0.113.7 dbname=q"),
+            SslMode::Require
+        );
+        assert_eq!(
+            mode("host=db1.bank.example hostaddr=127.0.0.1 dbname=q"),
+            SslMode::Disable
+        );
         // A socket: never TLS.
         assert_eq!(
             mode("host=/run/postgresql sslmode=require dbname=q"),
