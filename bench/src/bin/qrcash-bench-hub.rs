@@ -384,9 +384,10 @@ struct Lane {
     earlier: std::collections::VecDeque<String>,
     /// Repeats dropped so far.
     repeats: u64,
-    /// Whether the ATM waits for an `Ack` (after `CodePresented` and `DispenseReport`); one
-    /// that comes otherwise is a repeat.
-    awaits_ack: bool,
+    /// The `jti`s of the ATM's messages so far: an `Ack` of earlier ones only is a repeat.
+    atm_sent: std::collections::VecDeque<String>,
+    /// The ATM message whose `Ack` the flow waits for.
+    awaited: Option<String>,
 }
 
 /// A lane's phone, ATM and account before they are connected.
@@ -468,7 +469,8 @@ async fn connect_lanes(
                 current: None,
                 earlier: std::collections::VecDeque::new(),
                 repeats: 0,
-                awaits_ack: false,
+                atm_sent: std::collections::VecDeque::new(),
+                awaited: None,
             });
         }
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -551,37 +553,43 @@ impl Lane {
             .ok_or_else(|| anyhow!("connection gone"))
     }
 
-    /// The next message of the flow under way: repeats about the lane's earlier
-    /// transactions, or about another one once the flow's is known, are dropped.
+    /// The next message of the flow under way, repeats dropped as a device drops them (by
+    /// the ids inside): a message about one of the lane's earlier transactions, an `Ack` of
+    /// earlier ATM messages only. Anything else is the flow's to judge: a message about an
+    /// unknown transaction, or an `Ack` of nothing the ATM sent, is an error there.
     async fn recv(&mut self, ctx: &Ctx) -> Result<(Got, Instant)> {
         loop {
             let (got, at) = self.recv_any(ctx).await?;
-            let tx = match &got {
-                Got::Down(AtmDown::AwaitConfirmation(m)) => Some(m.tx_id.to_string()),
-                Got::Down(AtmDown::DispenseOrder(m)) => Some(m.tx_id.to_string()),
-                Got::Push(PhonePush::CodeIssued(m)) => Some(m.tx_id.to_string()),
-                Got::Push(PhonePush::ConfirmRequest(m)) => Some(m.tx_id.to_string()),
-                Got::Push(PhonePush::Receipt(m)) => Some(m.reference.clone()),
-                _ => None,
+            let repeat = match &got {
+                Got::Down(AtmDown::Ack(a)) => {
+                    let awaited = self.awaited.as_ref().is_some_and(|j| a.ids.contains(j));
+                    if awaited {
+                        self.awaited = None;
+                    }
+                    !awaited && a.ids.iter().all(|j| self.atm_sent.contains(j))
+                }
+                Got::Down(AtmDown::AwaitConfirmation(m)) => self.is_earlier(&m.tx_id.to_string()),
+                Got::Down(AtmDown::DispenseOrder(m)) => self.is_earlier(&m.tx_id.to_string()),
+                Got::Push(PhonePush::CodeIssued(m)) => self.is_earlier(&m.tx_id.to_string()),
+                Got::Push(PhonePush::ConfirmRequest(m)) => self.is_earlier(&m.tx_id.to_string()),
+                Got::Push(PhonePush::Receipt(m)) => self.is_earlier(&m.reference),
+                _ => false,
             };
-            let ack = matches!(got, Got::Down(AtmDown::Ack(_)));
-            let issued = matches!(got, Got::Push(PhonePush::CodeIssued(_)));
-            let stale = (ack && !std::mem::take(&mut self.awaits_ack))
-                || tx.is_some_and(|t| match &self.current {
-                    Some(c) => *c != t,
-                    // Before the flow's code is issued, only a code can be the flow's.
-                    None => !issued || self.earlier.contains(&t),
-                });
-            if !stale {
+            if !repeat {
                 return Ok((got, at));
             }
             self.repeats += 1;
         }
     }
 
+    /// Whether `tx` is one of the lane's earlier transactions (not the flow's).
+    fn is_earlier(&self, tx: &str) -> bool {
+        self.current.as_deref() != Some(tx) && self.earlier.iter().any(|t| t == tx)
+    }
+
     /// Ends the flow under way: its transaction's later messages are repeats.
     fn end_flow(&mut self) {
-        self.awaits_ack = false;
+        self.awaited = None;
         if let Some(t) = self.current.take() {
             if self.earlier.len() == 1024 {
                 self.earlier.pop_front();
@@ -627,8 +635,15 @@ impl Lane {
         b
     }
 
+    /// Signs an ATM message the flow then waits to see acknowledged.
     fn sign_atm(&mut self, ctx: &Ctx, msg: AtmUp, kind: u8) -> Vec<u8> {
-        let b = self.atm.message(&ctx.hub_id, ctx.clock.now(), msg);
+        let claims = self.atm.claims(&ctx.hub_id, ctx.clock.now(), msg);
+        let b = self.atm.seal(&claims);
+        if self.atm_sent.len() == 4096 {
+            self.atm_sent.pop_front();
+        }
+        self.atm_sent.push_back(claims.jti.clone());
+        self.awaited = Some(claims.jti);
         lock(&ctx.sizes).add(kind, b.len());
         b
     }
@@ -668,7 +683,6 @@ impl Lane {
             b'P',
         );
         let presented = Instant::now();
-        self.awaits_ack = true;
         self.send(false, b).await?;
         let (mut waited, mut acked, mut request) =
             (false, false, None::<(ConfirmRequest, Instant)>);
@@ -716,7 +730,6 @@ impl Lane {
             report_message(&order, DispenseOutcome::Dispensed, AMOUNT),
             b'D',
         );
-        self.awaits_ack = true;
         self.send(false, b).await?;
         let (mut acked, mut receipt) = (false, false);
         while !(acked && receipt) {
@@ -1508,7 +1521,7 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n### On PostgreSQL: 1, 2 and 3 instances\n\nThe same closed loop ({} s per row, after 2 s of warm-up) with the hub on PostgreSQL instead of SQLite: a private PostgreSQL 15 server on a Unix socket with `fsync` and `full_page_writes` on (as production runs; `scripts/postgres.sh` with `QRCASH_PG_FSYNC=on`), commits synchronous, one database for every instance, each instance subscribed through `$share/hub/` (Mosquitto hands each message to one of them) with its own group commit. The phases share the database, so an instance's sweeper may publish again answers an earlier phase's instances never confirmed published; the simulated devices drop those repeats, and messages about another transaction than the flow's, as a device does by the ids inside (`docs/protocol.md`), and count them. CPU per flow is the instances' CPU time over the flows (the server's apart), the figure that shows whether more instances add capacity where the cores do not.\n",
+            "\n### On PostgreSQL: 1, 2 and 3 instances\n\nThe same closed loop ({} s per row, after 2 s of warm-up) with the hub on PostgreSQL instead of SQLite: a private PostgreSQL 15 server on a Unix socket with `fsync` and `full_page_writes` on (as production runs; `scripts/postgres.sh` with `QRCASH_PG_FSYNC=on`), commits synchronous, one database for every instance, each instance subscribed through `$share/hub/` (Mosquitto hands each message to one of them) with its own group commit. The phases share the database, so an instance's sweeper may publish again answers an earlier phase's instances never confirmed published; the simulated devices drop those repeats as a device does, by the ids inside (a message about one of the lane's earlier transactions, an `Ack` of earlier ATM messages only; `docs/protocol.md`), and count them; a message about any other transaction is an error. CPU per flow is the instances' CPU time over the flows (the server's apart), the figure that shows whether more instances add capacity where the cores do not.\n",
             self.settings.seconds
         );
         let _ = writeln!(
