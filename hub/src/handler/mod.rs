@@ -629,8 +629,8 @@ impl Hub {
     /// stay atomic (savepoints), the fsync is shared. A message whose transaction does not
     /// commit is not applied and sends nothing: its result is [`HandleError::Internal`].
     ///
-    /// On PostgreSQL a transaction that lost a race with another hub instance's is rolled
-    /// back; the batch's messages then run again one transaction each (in the batch's
+    /// On PostgreSQL a batch whose transaction lost a race with another hub instance's is
+    /// rolled back; its messages then run again one transaction each (in the batch's
     /// [`sender_order`]), each reading what the winner committed and run again itself until
     /// it commits. A small transaction is far less likely to lose again than the whole batch
     /// was, so instances under load do not keep aborting each other's batches. A connection
@@ -643,23 +643,26 @@ impl Hub {
             let now = self.clock.now();
             match self.try_batch(batch, now) {
                 Ok(done) => return done,
-                Err(e) if e.is_transient() => {
+                Err(e @ StoreError::Conflict(_)) => {
                     tracing::debug!(error = %e, messages = batch.len(), "batch lost a race: one message at a time");
+                    let mut done: Vec<Option<Handled>> = batch.iter().map(|_| None).collect();
+                    for i in sender_order(batch) {
+                        done[i] = self.handle_batch(std::slice::from_ref(&batch[i])).pop();
+                    }
+                    return done
+                        .into_iter()
+                        .map(|h| {
+                            h.unwrap_or_else(|| {
+                                not_committed(1, &StoreError::Corrupt("no result".into())).remove(0)
+                            })
+                        })
+                        .collect();
                 }
+                // A lost connection: the whole batch waits for the server below, once (one
+                // message at a time, each would wait for it in turn).
+                Err(e) if e.is_transient() => {}
                 Err(e) => return not_committed(batch.len(), &e),
             }
-            let mut done: Vec<Option<Handled>> = batch.iter().map(|_| None).collect();
-            for i in sender_order(batch) {
-                done[i] = self.handle_batch(std::slice::from_ref(&batch[i])).pop();
-            }
-            return done
-                .into_iter()
-                .map(|h| {
-                    h.unwrap_or_else(|| {
-                        not_committed(1, &StoreError::Corrupt("no result".into())).remove(0)
-                    })
-                })
-                .collect();
         }
         match retry_transient(|| {
             let now = self.clock.now();
