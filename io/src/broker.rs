@@ -106,23 +106,35 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, LinkError> {
     })
 }
 
+/// The CA certificates of the PEM file `path`, to verify a server with (the broker's here,
+/// the hub's database in `qrcash-hub`); refuses a file without one.
+pub fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, LinkError> {
+    let bad = |detail: String| LinkError::TlsFile {
+        path: path.display().to_string(),
+        detail,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut read_pem(path)?.as_slice()) {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in file".into()));
+    }
+    Ok(roots)
+}
+
 fn tls_config(cfg: &BrokerConfig) -> Result<rustls::ClientConfig, LinkError> {
     let file_err = |path: &Path, detail: String| LinkError::TlsFile {
         path: path.display().to_string(),
         detail,
     };
-    let mut roots = rustls::RootCertStore::empty();
     let ca = cfg
         .ca_file
         .as_deref()
         .ok_or_else(|| LinkError::Tls("mqtts:// needs ca_file (the broker's CA)".into()))?;
-    for cert in rustls_pemfile::certs(&mut read_pem(ca)?.as_slice()) {
-        let cert = cert.map_err(|e| file_err(ca, e.to_string()))?;
-        roots.add(cert).map_err(|e| file_err(ca, e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(file_err(ca, "no certificate in file".into()));
-    }
+    let roots = ca_roots(ca)?;
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -645,18 +645,13 @@ impl Hub {
                 Ok(done) => return done,
                 Err(e @ StoreError::Conflict(_)) => {
                     tracing::debug!(error = %e, messages = batch.len(), "batch lost a race: one message at a time");
-                    let mut done: Vec<Option<Handled>> = batch.iter().map(|_| None).collect();
+                    let mut done: Vec<(usize, Handled)> = Vec::with_capacity(batch.len());
                     for i in sender_order(batch) {
-                        done[i] = self.handle_batch(std::slice::from_ref(&batch[i])).pop();
+                        let one = self.handle_batch(std::slice::from_ref(&batch[i]));
+                        done.extend(one.into_iter().map(|h| (i, h)));
                     }
-                    return done
-                        .into_iter()
-                        .map(|h| {
-                            h.unwrap_or_else(|| {
-                                not_committed(1, &StoreError::Corrupt("no result".into())).remove(0)
-                            })
-                        })
-                        .collect();
+                    done.sort_by_key(|(i, _)| *i);
+                    return done.into_iter().map(|(_, h)| h).collect();
                 }
                 // A lost connection: the whole batch waits for the server below, once (one
                 // message at a time, each would wait for it in turn).

@@ -15,7 +15,7 @@
 //! none there).
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use postgres::config::{Host, SslMode};
@@ -155,7 +155,9 @@ pub fn target(url: &str) -> Result<PgTarget, StoreError> {
         return Ok(PgTarget { config, tls: None });
     }
     let roots = match &plan.root_cert {
-        Some(path) => roots_from(path)?,
+        Some(path) => {
+            qrcash_io::broker::ca_roots(path).map_err(|e| invalid(format!("sslrootcert: {e}")))?
+        }
         None => system_roots()?,
     };
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -169,19 +171,6 @@ pub fn target(url: &str) -> Result<PgTarget, StoreError> {
         config,
         tls: Some(tokio_postgres_rustls::MakeRustlsConnect::new(tls)),
     })
-}
-
-fn roots_from(path: &Path) -> Result<rustls::RootCertStore, StoreError> {
-    let bad = |e: &dyn std::fmt::Display| invalid(format!("sslrootcert {}: {e}", path.display()));
-    let pem = std::fs::read(path).map_err(|e| bad(&e))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
-    }
-    if roots.is_empty() {
-        return Err(bad(&"no certificate in the file"));
-    }
-    Ok(roots)
 }
 
 fn system_roots() -> Result<rustls::RootCertStore, StoreError> {
@@ -200,6 +189,7 @@ fn system_roots() -> Result<rustls::RootCertStore, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn mode(url: &str) -> SslMode {
         plan(url).unwrap().1.mode
